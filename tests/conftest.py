@@ -1,0 +1,98 @@
+"""Shared fixtures: real PostgreSQL and Redis, each test in its own database or key prefix.
+
+The servers come from TOKENSVC_TEST_PG (an admin DSN) and TOKENSVC_TEST_REDIS. `./dev test`
+starts throwaway servers when the defaults are not reachable; here an unreachable server stops
+the run with a message instead of skipping, so a missing server can never pass as green.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+PG_ADMIN_DSN = os.environ.get("TOKENSVC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TOKENSVC_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _pg_url_for(database: str) -> str:
+    """The SQLAlchemy URL of `database` on the test server."""
+    base, _, _ = PG_ADMIN_DSN.rpartition("/")
+    return base.replace("postgresql://", "postgresql+asyncpg://", 1) + "/" + database
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = "tokensvc_t_" + secrets.token_hex(6)
+    try:
+        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.exit(
+            f"PostgreSQL is not reachable at {PG_ADMIN_DSN} ({exc}). "
+            "Run the tests with ./dev test, which starts a throwaway server, "
+            "or set TOKENSVC_TEST_PG to an admin DSN.",
+            returncode=3,
+        )
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield _pg_url_for(name)
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite database file in the test's temporary directory."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'tokensvc.db'}"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture
+async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A unique key prefix for one test; every key under it is deleted afterwards."""
+    prefix = "tokensvc-test-" + secrets.token_hex(6) + ":"
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.ping()
+    except (OSError, aioredis.RedisError) as exc:
+        await client.aclose()
+        pytest.exit(
+            f"Redis is not reachable at {redis_url} ({exc}). "
+            "Run the tests with ./dev test, which starts a throwaway server, "
+            "or set TOKENSVC_TEST_REDIS.",
+            returncode=3,
+        )
+    try:
+        yield prefix
+    finally:
+        keys = [key async for key in client.scan_iter(match=prefix + "*", count=500)]
+        # Cluster-style hash tags put the prefix inside braces; clean those up too.
+        keys += [key async for key in client.scan_iter(match="{" + prefix + "*", count=500)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A private data directory (KEK file, SQLite file) for one test."""
+    path = tmp_path / "data"
+    path.mkdir(mode=0o700)
+    yield path
