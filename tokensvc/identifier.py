@@ -1,0 +1,54 @@
+"""The macaroon identifier of tokens we mint: which root key signed it, and the token's id.
+
+Binary and public: `0x01` version, one flags byte, 16 random bytes of token id, the ASCII key id.
+The admin flag lives here, inside the signed identifier, because caveats can only take authority
+away; being admin-capable is a grant the minting service makes and nobody can add later.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+from tokensvc.errors import InvalidToken
+
+VERSION = 1
+FLAG_ADMIN = 0x01
+TOKEN_ID_BYTES = 16
+_KNOWN_FLAGS = FLAG_ADMIN
+_KEY_ID = re.compile(rb"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenIdentifier:
+    key_id: str
+    token_id: bytes
+    admin: bool = False
+
+    @property
+    def token_id_hex(self) -> str:
+        return self.token_id.hex()
+
+    def encode(self) -> bytes:
+        flags = FLAG_ADMIN if self.admin else 0
+        return bytes((VERSION, flags)) + self.token_id + self.key_id.encode("ascii")
+
+
+def new_identifier(*, key_id: str, admin: bool = False) -> TokenIdentifier:
+    """A fresh identifier with a 128-bit random token id."""
+    return TokenIdentifier(key_id=key_id, token_id=secrets.token_bytes(TOKEN_ID_BYTES), admin=admin)
+
+
+def decode_identifier(raw: bytes) -> TokenIdentifier:
+    """Parse an identifier; anything not minted by tokensvc is an invalid token."""
+    if len(raw) < 3 + TOKEN_ID_BYTES or raw[0] != VERSION or raw[1] & ~_KNOWN_FLAGS:
+        raise InvalidToken("token was not issued by this service (unknown identifier format)")
+    key_id = raw[2 + TOKEN_ID_BYTES :]
+    if _KEY_ID.fullmatch(key_id) is None:
+        raise InvalidToken("token was not issued by this service (bad key id)")
+    return TokenIdentifier(
+        key_id=key_id.decode("ascii"),
+        token_id=raw[2 : 2 + TOKEN_ID_BYTES],
+        admin=bool(raw[1] & FLAG_ADMIN),
+    )

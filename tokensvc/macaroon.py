@@ -1,0 +1,224 @@
+"""Macaroons in the libmacaroons binary formats (v2, and v1 for reading), as pymacaroons writes them.
+
+Our own codec rather than pymacaroons' objects: it is on the /verify hot path, it must be strict
+(pymacaroons ignores trailing bytes and accepts out-of-range lengths in places), and it must bound
+its work by the input size. Every malformed input raises `MalformedMacaroon`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokensvc.errors import InvalidToken
+
+VERSION_2 = 2
+
+# libmacaroons v2 field types (doc/format.txt).
+_EOS = 0
+_LOCATION = 1
+_IDENTIFIER = 2
+_VID = 4
+_SIGNATURE = 6
+
+SIGNATURE_BYTES = 32
+
+
+class MalformedMacaroon(InvalidToken):
+    """The token's bytes are not a well-formed macaroon."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caveat:
+    """One caveat: first-party when `vid` is None, else third-party with a verification id."""
+
+    cid: bytes
+    vid: bytes | None = None
+    location: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Macaroon:
+    identifier: bytes
+    caveats: tuple[Caveat, ...]
+    signature: bytes
+    location: bytes | None = None
+
+    def __repr__(self) -> str:
+        # The signature of a discharge is a bearer secret; keep it out of reprs and logs.
+        return f"Macaroon(identifier={self.identifier!r}, caveats={len(self.caveats)})"
+
+
+# ---- v2 ------------------------------------------------------------------------------------------
+
+
+def _read_uvarint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """Decode an unsigned varint at `pos`; bounded to 5 bytes, since no field is near 4 GiB."""
+    result = 0
+    shift = 0
+    while pos < end and shift <= 28:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+    raise MalformedMacaroon("malformed token: bad length prefix")
+
+
+def _read_field(data: bytes, pos: int, end: int) -> tuple[int, bytes | None, int]:
+    """One v2 packet: (field type, payload or None for end-of-section, next position)."""
+    if pos >= end:
+        raise MalformedMacaroon("malformed token: truncated")
+    field = data[pos]
+    if field == _EOS:
+        return _EOS, None, pos + 1
+    if field >= 0x80:
+        raise MalformedMacaroon("malformed token: unknown field")
+    length, pos = _read_uvarint(data, pos + 1, end)
+    stop = pos + length
+    if stop > end:
+        raise MalformedMacaroon("malformed token: field extends past the end")
+    return field, data[pos:stop], stop
+
+
+def parse_v2(data: bytes, *, max_caveats: int) -> Macaroon:
+    """Parse binary v2; `max_caveats` bounds the work a hostile token can ask for."""
+    end = len(data)
+    if end < 1 or data[0] != VERSION_2:
+        raise MalformedMacaroon("malformed token: not a version 2 macaroon")
+    field, payload, pos = _read_field(data, 1, end)
+    location: bytes | None = None
+    if field == _LOCATION:
+        location = payload
+        field, payload, pos = _read_field(data, pos, end)
+    if field != _IDENTIFIER or payload is None:
+        raise MalformedMacaroon("malformed token: missing identifier")
+    identifier = payload
+    field, _, pos = _read_field(data, pos, end)
+    if field != _EOS:
+        raise MalformedMacaroon("malformed token: unexpected field in header")
+
+    caveats: list[Caveat] = []
+    while True:
+        field, payload, pos = _read_field(data, pos, end)
+        if field == _EOS:
+            break
+        if len(caveats) >= max_caveats:
+            raise MalformedMacaroon(f"malformed token: more than {max_caveats} caveats")
+        cav_location: bytes | None = None
+        if field == _LOCATION:
+            cav_location = payload
+            field, payload, pos = _read_field(data, pos, end)
+        if field != _IDENTIFIER or payload is None:
+            raise MalformedMacaroon("malformed token: caveat without identifier")
+        cid = payload
+        field, payload, pos = _read_field(data, pos, end)
+        if field == _EOS:
+            if cav_location is not None:
+                raise MalformedMacaroon("malformed token: location on a first-party caveat")
+            caveats.append(Caveat(cid))
+            continue
+        if field != _VID or payload is None:
+            raise MalformedMacaroon("malformed token: unexpected field in caveat")
+        vid = payload
+        field, _, pos = _read_field(data, pos, end)
+        if field != _EOS:
+            raise MalformedMacaroon("malformed token: unexpected field in caveat")
+        caveats.append(Caveat(cid, vid, cav_location))
+
+    field, payload, pos = _read_field(data, pos, end)
+    if field != _SIGNATURE or payload is None or len(payload) != SIGNATURE_BYTES:
+        raise MalformedMacaroon("malformed token: missing or bad signature")
+    if pos != end:
+        raise MalformedMacaroon("malformed token: trailing bytes")
+    return Macaroon(identifier, tuple(caveats), payload, location)
+
+
+def _append_field(out: bytearray, field: int, payload: bytes) -> None:
+    out.append(field)
+    length = len(payload)
+    while length >= 0x80:
+        out.append((length & 0x7F) | 0x80)
+        length >>= 7
+    out.append(length)
+    out += payload
+
+
+def serialize_v2(macaroon: Macaroon) -> bytes:
+    """Binary v2, byte for byte what pymacaroons writes for the same macaroon."""
+    out = bytearray([VERSION_2])
+    if macaroon.location is not None:
+        _append_field(out, _LOCATION, macaroon.location)
+    _append_field(out, _IDENTIFIER, macaroon.identifier)
+    out.append(_EOS)
+    for caveat in macaroon.caveats:
+        if caveat.location is not None:
+            _append_field(out, _LOCATION, caveat.location)
+        _append_field(out, _IDENTIFIER, caveat.cid)
+        if caveat.vid is not None:
+            _append_field(out, _VID, caveat.vid)
+        out.append(_EOS)
+    out.append(_EOS)
+    _append_field(out, _SIGNATURE, macaroon.signature)
+    return bytes(out)
+
+
+# ---- v1 (read only) ------------------------------------------------------------------------------
+
+
+def parse_v1(data: bytes, *, max_caveats: int) -> Macaroon:
+    """Parse the libmacaroons v1 packet format (4 hex digits of length, `key value\\n`)."""
+    pos = 0
+    end = len(data)
+    location: bytes | None = None
+    identifier: bytes | None = None
+    signature: bytes | None = None
+    caveats: list[list[bytes | None]] = []  # [cid, vid, cl]
+    while pos < end:
+        if signature is not None:
+            raise MalformedMacaroon("malformed token: data after the signature")
+        try:
+            size = int(data[pos : pos + 4], 16)
+        except ValueError:
+            raise MalformedMacaroon("malformed token: bad v1 packet header") from None
+        if size < 6 or pos + size > end or data[pos + size - 1] != 0x0A:
+            raise MalformedMacaroon("malformed token: bad v1 packet")
+        key, sep, value = data[pos + 4 : pos + size - 1].partition(b" ")
+        if not sep:
+            raise MalformedMacaroon("malformed token: bad v1 packet")
+        pos += size
+        if key == b"location" and identifier is None and location is None:
+            location = value
+        elif key == b"identifier" and identifier is None:
+            identifier = value
+        elif key == b"cid" and identifier is not None:
+            if len(caveats) >= max_caveats:
+                raise MalformedMacaroon(f"malformed token: more than {max_caveats} caveats")
+            caveats.append([value, None, None])
+        elif key == b"vid" and caveats and caveats[-1][1] is None:
+            caveats[-1][1] = value
+        elif key == b"cl" and caveats and caveats[-1][2] is None:
+            caveats[-1][2] = value
+        elif key == b"signature" and identifier is not None:
+            signature = value
+        else:
+            raise MalformedMacaroon("malformed token: unexpected v1 packet")
+    if identifier is None or signature is None or len(signature) != SIGNATURE_BYTES:
+        raise MalformedMacaroon("malformed token: missing identifier or signature")
+    built = []
+    for cid, vid, cl in caveats:
+        assert cid is not None
+        built.append(Caveat(cid, vid, cl if vid is not None else None))
+    return Macaroon(identifier, tuple(built), signature, location)
+
+
+def parse_binary(data: bytes, *, max_caveats: int) -> Macaroon:
+    """Parse either binary format, told apart by the first byte as libmacaroons does."""
+    if not data:
+        raise MalformedMacaroon("malformed token: empty")
+    first = data[0]
+    if first == VERSION_2:
+        return parse_v2(data, max_caveats=max_caveats)
+    if 0x30 <= first <= 0x39 or 0x61 <= first <= 0x66:
+        return parse_v1(data, max_caveats=max_caveats)
+    raise MalformedMacaroon("malformed token: unknown format version")

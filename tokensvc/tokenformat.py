@@ -1,0 +1,62 @@
+"""The token strings callers see, and the plain pymacaroons serializations we also accept.
+
+Ours: `tsv1_` + base64url(binary v2, no padding) + `.` + CRC32 (8 hex digits) of everything before
+the dot. The prefix lets secret scanners find leaked tokens (as PyPI's `pypi-` and GitHub's `ghp_`
+do), the checksum lets clients and scanners reject typos and random matches offline. Regular
+expression: `TOKEN_PATTERN` below.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+import zlib
+
+from tokensvc.errors import InvalidToken, PayloadTooLarge
+from tokensvc.macaroon import Macaroon, MalformedMacaroon, parse_binary, serialize_v2
+
+PREFIX = "tsv1_"
+TOKEN_PATTERN = re.compile(r"tsv1_[A-Za-z0-9_-]{40,}\.[0-9a-f]{8}")
+
+_URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
+
+
+def _checksum(body: str) -> str:
+    return format(zlib.crc32(body.encode("ascii")), "08x")
+
+
+def encode_token(macaroon: Macaroon) -> str:
+    """The external form of a macaroon."""
+    payload = binascii.b2a_base64(serialize_v2(macaroon), newline=False)
+    body = PREFIX + payload.rstrip(b"=").translate(bytes.maketrans(b"+/", b"-_")).decode("ascii")
+    return body + "." + _checksum(body)
+
+
+def checksum_ok(token: str) -> bool:
+    """Offline check of a `tsv1_` token's checksum: catches typos without any key."""
+    body, dot, check = token.rpartition(".")
+    return bool(dot) and body.startswith(PREFIX) and _checksum(body) == check
+
+
+def b64decode_any(text: str | bytes) -> bytes:
+    """Strict base64 in either alphabet, padded or not; anything else is malformed."""
+    raw = text.encode("ascii", "replace") if isinstance(text, str) else text
+    raw = raw.rstrip(b"=").translate(_URLSAFE_TO_STD)
+    try:
+        return binascii.a2b_base64(raw + b"=" * (-len(raw) % 4), strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise MalformedMacaroon("malformed token: bad base64") from None
+
+
+def decode_token(token: str, *, max_bytes: int, max_caveats: int) -> Macaroon:
+    """Parse our `tsv1_` form or a plain pymacaroons base64 serialization (binary v1 or v2)."""
+    if len(token) > max_bytes:
+        raise PayloadTooLarge(f"token longer than {max_bytes} bytes")
+    if token.startswith(PREFIX):
+        body, dot, check = token.rpartition(".")
+        if not dot or _checksum(body) != check:
+            raise InvalidToken("malformed token: checksum mismatch (typo or truncation?)")
+        payload = body[len(PREFIX) :]
+    else:
+        payload = token.strip()
+    return parse_binary(b64decode_any(payload), max_caveats=max_caveats)
