@@ -1,0 +1,330 @@
+"""The `tokensvc` command line: run and operate the service, and use it as a client.
+
+Human-readable output by default, `--json` for scripts; a non-zero exit status on any failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+
+from tokensvc.config import Config, ConfigError, parse_duration
+from tokensvc.errors import TokensvcError
+
+T = TypeVar("T")
+
+
+def _run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+def _config() -> Config:
+    try:
+        return Config.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else human(data))
+
+
+def _fail_on_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn our typed errors into a one-line message and exit status 1, never a traceback."""
+
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TokensvcError as exc:
+            raise click.ClickException(f"{exc.code}: {exc.message}") from None
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="tokensvc")
+def main() -> None:
+    """tokensvc: macaroon tokens, root keys, passwords and lockout."""
+
+
+# ---- serve / migrate -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default TOKENSVC_HOST or 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default TOKENSVC_PORT or 8080).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+def serve(host: str | None, port: int | None, workers: int) -> None:
+    """Run the HTTP service."""
+    from tokensvc.server import run
+
+    config = _config()
+    try:
+        run(config, host=host or config.host, port=port or config.port, workers=workers)
+    except TokensvcError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@main.command()
+def migrate() -> None:
+    """Bring the database schema up to date."""
+    from keystore import create_engine
+
+    from tokensvc.migrate import upgrade
+
+    config = _config()
+
+    async def go() -> None:
+        if config.embedded:
+            config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        engine = create_engine(config.effective_database_url)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    _run(go())
+    click.echo(f"database at {config.public_database_url} is up to date")
+
+
+# ---- local operator access (break-glass, straight against the database) ---------------------------
+
+
+class _Local:
+    """The keyring and minter over the configured database, for operator commands."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    async def __aenter__(self) -> _Local:
+        from keystore import KeyEncryptionKey, Keyring, RotationPolicy, create_engine
+
+        from tokensvc.migrate import upgrade
+        from tokensvc.minting import Minter
+
+        config = self.config
+        if config.embedded:
+            config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.engine = create_engine(config.effective_database_url)
+        await upgrade(self.engine)
+        kek = KeyEncryptionKey.load(
+            value=config.kek,
+            file=config.kek_file,
+            data_dir=config.data_dir if config.embedded else None,
+        )
+        clock = lambda: datetime.now(UTC)  # noqa: E731
+        self.keyring = Keyring(
+            self.engine,
+            kek=kek,
+            policy=RotationPolicy(
+                lifetime=config.key_lifetime, generate_interval=config.key_generate_interval
+            ),
+            clock=clock,
+        )
+        self.minter = Minter(self.keyring, location=config.location, clock=clock)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.engine.dispose()
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---- token -----------------------------------------------------------------------------------------
+
+
+@main.group()
+def token() -> None:
+    """Mint, inspect and check tokens."""
+
+
+@token.command("mint")
+@click.option("--subject", help="Who the token is for (default: the caller).")
+@click.option("--ttl", default=None, help="Lifetime, e.g. 15m, 1h, 12h (default 1h).")
+@click.option("--op", "operations", multiple=True, help="Allowed operation (repeatable).")
+@click.option("--resource", "resources", multiple=True, help="Allowed resource; `prefix*` allowed.")
+@click.option("--audience", "audiences", multiple=True, help="Service the token is for.")
+@click.option("--cidr", "cidrs", multiple=True, help="Client network the token is valid from.")
+@click.option("--admin", is_flag=True, help="Make the token admin-capable.")
+@click.option("--description", default="", help="What the token is for.")
+@click.option("--local", is_flag=True, help="Mint straight against the configured database.")
+@click.option("--url", default=None, help="Service URL (default: the logged-in one).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_fail_on_errors
+def token_mint(
+    subject: str | None,
+    ttl: str | None,
+    operations: tuple[str, ...],
+    resources: tuple[str, ...],
+    audiences: tuple[str, ...],
+    cidrs: tuple[str, ...],
+    admin: bool,
+    description: str,
+    local: bool,
+    url: str | None,
+    as_json: bool,
+) -> None:
+    """Mint a scoped token (through the API, or with --local as an operator)."""
+    config = _config()
+    if local:
+        from tokensvc.minting import MintRequest
+
+        if not subject:
+            raise click.UsageError("--subject is required with --local")
+        try:
+            lifetime = parse_duration(ttl) if ttl else config.default_token_ttl
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--ttl") from None
+
+        async def go() -> dict[str, Any]:
+            async with _Local(config) as local_ops:
+                minted = await local_ops.minter.mint(
+                    MintRequest(
+                        subject=subject,
+                        ttl=lifetime,
+                        operations=operations,
+                        resources=resources,
+                        audiences=audiences,
+                        cidrs=cidrs,
+                        admin=admin,
+                        description=description,
+                    )
+                )
+            return {
+                "token": minted.token,
+                "token_id": minted.token_id,
+                "subject": minted.subject,
+                "key_id": minted.key_id,
+                "admin": minted.admin,
+                "expires_at": _iso(minted.expires_at),
+            }
+
+        result = _run(go())
+    else:
+        from tokensvc.client import Client
+
+        body: dict[str, Any] = {
+            "operations": list(operations),
+            "resources": list(resources),
+            "audience": list(audiences),
+            "cidrs": list(cidrs),
+            "admin": admin,
+            "description": description,
+        }
+        if subject:
+            body["subject"] = subject
+        if ttl:
+            body["ttl"] = ttl
+        result = Client.from_saved(url).request("POST", "/v1/tokens", body)
+    _emit(result, as_json, lambda r: r["token"])
+
+
+@token.command("inspect")
+@click.argument("token_string", metavar="TOKEN", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@_fail_on_errors
+def token_inspect(token_string: str | None, as_json: bool) -> None:
+    """Show what a token says, offline (reads TOKEN or standard input). Nothing is verified."""
+    from tokensvc.describe import describe
+
+    raw = token_string or sys.stdin.readline().strip()
+    info = describe(raw)
+
+    def human(i: dict[str, Any]) -> str:
+        lines = [f"{k}: {v}" for k, v in i.items() if k != "caveats"]
+        lines += [f"caveat: {c}" for c in i["caveats"]]
+        return "\n".join(lines)
+
+    _emit(info, as_json, human)
+
+
+# ---- keys ------------------------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """Root keys: list and rotate."""
+
+
+def _key_rows(infos: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": i.id,
+            "created_at": _iso(i.created_at),
+            "expires_at": _iso(i.expires_at),
+            "current": i.current,
+        }
+        for i in infos
+    ]
+
+
+def _key_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'ID':<24} {'CREATED':<21} {'EXPIRES':<21} CURRENT"]
+    lines += [
+        f"{r['id']:<24} {r['created_at']:<21} {r['expires_at']:<21} {'*' if r['current'] else ''}"
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
+@keys.command("list")
+@click.option("--local", is_flag=True, help="Read the configured database directly.")
+@click.option("--url", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@_fail_on_errors
+def keys_list(local: bool, url: str | None, as_json: bool) -> None:
+    """List root keys (metadata only)."""
+    if local:
+
+        async def go() -> list[dict[str, Any]]:
+            async with _Local(_config()) as ops:
+                return _key_rows(await ops.keyring.list())
+
+        rows = _run(go())
+    else:
+        from tokensvc.client import Client
+
+        rows = Client.from_saved(url).request("GET", "/v1/keys")["keys"]
+    _emit(rows, as_json, _key_table)
+
+
+@keys.command("rotate")
+@click.option("--local", is_flag=True, help="Write the configured database directly.")
+@click.option("--url", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@_fail_on_errors
+def keys_rotate(local: bool, url: str | None, as_json: bool) -> None:
+    """Make a new root key now; new tokens are minted on it."""
+    if local:
+
+        async def go() -> dict[str, Any]:
+            async with _Local(_config()) as ops:
+                key = await ops.keyring.rotate()
+                return next(r for r in _key_rows(await ops.keyring.list()) if r["id"] == key.id)
+
+        row = _run(go())
+    else:
+        from tokensvc.client import Client
+
+        row = Client.from_saved(url).request("POST", "/v1/keys/rotate", {})
+    _emit(row, as_json, lambda r: f"new current key {r['id']}, expires {r['expires_at']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,173 @@
+"""Configuration from the environment (`TOKENSVC_*`), secrets also from `*_FILE` variables.
+
+No configuration at all is a valid, runnable setup: the embedded default (SQLite file and
+in-process lockout in the data directory, 127.0.0.1:8080).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from tokensvc.errors import TokensvcError
+
+
+class ConfigError(TokensvcError):
+    """The configuration is invalid."""
+
+    status = 500
+    code = "config_error"
+
+
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90`, `90s`, `15m`, `1h30m`, `2d` → timedelta; bare numbers are seconds."""
+    text = text.strip()
+    if text.isdigit():
+        return timedelta(seconds=int(text))
+    match = _DURATION.fullmatch(text)
+    if not text or match is None:
+        raise ConfigError(f"not a duration: {text!r} (use e.g. 90s, 15m, 1h30m, 2d)")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+def _default_data_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "tokensvc"
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = field(default_factory=lambda: _default_data_dir(os.environ))
+    database_url: str | None = None
+    redis_url: str | None = None
+    redis_prefix: str = "tokensvc:"
+    kek: str | None = field(default=None, repr=False)
+    kek_file: str | None = None
+    admin_password: str | None = field(default=None, repr=False)
+    location: str = "tokensvc"
+    key_lifetime: timedelta = timedelta(hours=24)
+    key_generate_interval: timedelta = timedelta(hours=1)
+    key_maintenance_interval: timedelta = timedelta(minutes=1)
+    default_token_ttl: timedelta = timedelta(hours=1)
+    login_default_ttl: timedelta = timedelta(hours=8)
+    login_max_ttl: timedelta = timedelta(hours=23)
+    max_token_bytes: int = 16384
+    max_caveats: int = 128
+    max_discharges: int = 16
+    max_body_bytes: int = 65536
+    auto_migrate: bool = True
+    password_profile: str = "OWASP"
+    pepper: bytes | None = field(default=None, repr=False)
+    trusted_proxies: tuple[str, ...] = ()
+    log_level: str = "info"
+
+    @property
+    def embedded(self) -> bool:
+        """True when running on the built-in SQLite database."""
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'tokensvc.db'}"
+
+    @property
+    def public_database_url(self) -> str:
+        """The database URL with any password masked, for logs and status output."""
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.effective_database_url)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Read `TOKENSVC_*` variables; unknown values are a ConfigError naming the variable."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get("TOKENSVC_" + name)
+            return value if value not in (None, "") else None
+
+        def secret(name: str) -> str | None:
+            direct = get(name)
+            path = get(name + "_FILE")
+            if direct is not None and path is not None:
+                raise ConfigError(f"set TOKENSVC_{name} or TOKENSVC_{name}_FILE, not both")
+            if path is None:
+                return direct
+            try:
+                return Path(path).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read TOKENSVC_{name}_FILE: {exc.strerror}") from None
+
+        def duration(name: str, default: timedelta) -> timedelta:
+            value = get(name)
+            return default if value is None else parse_duration(value)
+
+        def integer(name: str, default: int) -> int:
+            value = get(name)
+            if value is None:
+                return default
+            if not value.isdigit():
+                raise ConfigError(f"TOKENSVC_{name} must be a whole number, got {value!r}")
+            return int(value)
+
+        defaults = cls()
+        data_dir = get("DATA_DIR")
+        pepper = secret("PEPPER")
+        config = cls(
+            host=get("HOST") or defaults.host,
+            port=integer("PORT", defaults.port),
+            data_dir=Path(data_dir) if data_dir else _default_data_dir(env),
+            database_url=secret("DATABASE_URL"),
+            redis_url=secret("REDIS_URL"),
+            redis_prefix=get("REDIS_PREFIX") or defaults.redis_prefix,
+            kek=get("KEK"),
+            kek_file=get("KEK_FILE"),
+            admin_password=secret("ADMIN_PASSWORD"),
+            location=get("LOCATION") or defaults.location,
+            key_lifetime=duration("KEY_LIFETIME", defaults.key_lifetime),
+            key_generate_interval=duration("KEY_GENERATE_INTERVAL", defaults.key_generate_interval),
+            key_maintenance_interval=duration(
+                "KEY_MAINTENANCE_INTERVAL", defaults.key_maintenance_interval
+            ),
+            default_token_ttl=duration("DEFAULT_TOKEN_TTL", defaults.default_token_ttl),
+            login_default_ttl=duration("LOGIN_DEFAULT_TTL", defaults.login_default_ttl),
+            login_max_ttl=duration("LOGIN_MAX_TTL", defaults.login_max_ttl),
+            max_token_bytes=integer("MAX_TOKEN_BYTES", defaults.max_token_bytes),
+            max_caveats=integer("MAX_CAVEATS", defaults.max_caveats),
+            max_discharges=integer("MAX_DISCHARGES", defaults.max_discharges),
+            max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes),
+            auto_migrate=(get("AUTO_MIGRATE") or "true").lower() in ("1", "true", "yes"),
+            password_profile=get("PASSWORD_PROFILE") or defaults.password_profile,
+            pepper=pepper.encode() if pepper else None,
+            trusted_proxies=tuple(
+                p.strip() for p in (get("TRUSTED_PROXIES") or "").split(",") if p.strip()
+            ),
+            log_level=get("LOG_LEVEL") or defaults.log_level,
+        )
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError("TOKENSVC_PORT must be between 1 and 65535")
+        if self.key_generate_interval >= self.key_lifetime:
+            raise ConfigError("TOKENSVC_KEY_GENERATE_INTERVAL must be shorter than KEY_LIFETIME")
+        if self.key_generate_interval <= timedelta(0):
+            raise ConfigError("TOKENSVC_KEY_GENERATE_INTERVAL must be positive")
+        if self.max_token_bytes < 256 or self.max_body_bytes < self.max_token_bytes:
+            raise ConfigError("TOKENSVC_MAX_BODY_BYTES must be at least TOKENSVC_MAX_TOKEN_BYTES")
+        url = self.effective_database_url
+        if not (url.startswith("postgresql+asyncpg://") or url.startswith("sqlite+aiosqlite://")):
+            raise ConfigError(
+                "TOKENSVC_DATABASE_URL must start with postgresql+asyncpg:// or sqlite+aiosqlite://"
+            )

@@ -1,0 +1,115 @@
+"""The password-for-macaroon exchange: lockout first, argon2 second, a token last.
+
+Order matters. The lockout check runs before argon2 so a locked identity costs the attacker
+nothing and us nothing; it also counts the attempt up front (see tokensvc.lockout), so concurrent
+guesses cannot slip past the threshold. Unknown users, disabled users and wrong passwords take the
+same path and give the same answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from tokensvc.errors import BadRequest, Unauthenticated
+from tokensvc.lockout import LockoutStore
+from tokensvc.minting import MintedToken, Minter, MintRequest
+from tokensvc.passwords import PasswordHasher
+from tokensvc.users import UserStore
+
+security = logging.getLogger("tokensvc.security")
+
+GENERIC_FAILURE = "invalid username or password"
+
+
+@dataclass(frozen=True)
+class LoginRequest:
+    username: str
+    password: str
+    client_ip: str
+    ttl: timedelta | None = None
+    operations: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()
+    cidrs: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:  # the password never reaches a log or a traceback
+        return f"LoginRequest(username={self.username!r}, client_ip={self.client_ip!r})"
+
+
+class LoginService:
+    def __init__(
+        self,
+        *,
+        users: UserStore,
+        hasher: PasswordHasher,
+        lockout: LockoutStore,
+        minter: Minter,
+        clock: Callable[[], datetime],
+        default_ttl: timedelta,
+        max_ttl: timedelta,
+    ) -> None:
+        self._users = users
+        self._hasher = hasher
+        self._lockout = lockout
+        self._minter = minter
+        self._clock = clock
+        self._default_ttl = default_ttl
+        self._max_ttl = min(max_ttl, minter.max_ttl)
+
+    async def login(self, request: LoginRequest) -> MintedToken:
+        """A token for the user; Unauthenticated, LockedOut or Unavailable otherwise."""
+        ttl = request.ttl or min(self._default_ttl, self._max_ttl)
+        if ttl > self._max_ttl or ttl <= timedelta(0):
+            raise BadRequest(f"ttl must be between 1 and {int(self._max_ttl.total_seconds())} seconds")
+        identity = request.username
+        now = self._clock().timestamp()
+        try:
+            await self._lockout.begin_attempt(identity=identity, client_ip=request.client_ip, now=now)
+        except Exception as exc:
+            event = "authn_login_lock" if getattr(exc, "status", 0) == 429 else "authn_login_fail"
+            security.warning(event, extra={"event": event, "user": identity[:64],
+                                           "client_ip": request.client_ip,
+                                           "reason": type(exc).__name__})
+            raise
+
+        user = await self._users.get(identity)
+        stored = user.password_hash if user is not None and not user.disabled else None
+        try:
+            result = await self._hasher.verify(stored, request.password)
+        except BaseException:
+            # The password was never judged (hasher overloaded, request cancelled): uncount it.
+            await self._lockout.abandon_attempt(
+                identity=identity, client_ip=request.client_ip, now=now
+            )
+            raise
+        if not result.ok or user is None:
+            security.warning("authn_login_fail", extra={"event": "authn_login_fail",
+                                                        "user": identity[:64],
+                                                        "client_ip": request.client_ip})
+            raise Unauthenticated(GENERIC_FAILURE)
+
+        await self._lockout.record_success(identity=identity, client_ip=request.client_ip, now=now)
+        if result.needs_rehash and stored is not None:
+            await self._users.rehash(
+                user.name, old_hash=stored, new_hash=await self._hasher.hash(request.password)
+            )
+        minted = await self._minter.mint(
+            MintRequest(
+                subject=user.name,
+                ttl=ttl,
+                operations=request.operations,
+                resources=request.resources,
+                audiences=request.audiences,
+                cidrs=request.cidrs,
+                admin=user.is_admin,
+                generation=user.generation,
+            )
+        )
+        security.info("authn_login_success", extra={"event": "authn_login_success",
+                                                     "user": user.name,
+                                                     "client_ip": request.client_ip,
+                                                     "token_id": minted.token_id})
+        return minted

@@ -1,0 +1,1 @@
+"""The aiohttp layer: app factory, middlewares, handlers. Parses and validates, then calls services."""

@@ -1,0 +1,158 @@
+"""The app factory: state under typed AppKeys, each resource owned by one cleanup context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+from aiohttp import web
+from keystore import KeyEncryptionKey, Keyring, RotationPolicy, create_engine
+
+from tokensvc.bootstrap import ensure_admin
+from tokensvc.config import Config
+from tokensvc.generations import SubjectGenerations
+from tokensvc.lockout import MemoryLockoutStore, RedisLockoutStore, redis_client_from_url
+from tokensvc.migrate import upgrade
+from tokensvc.login import LoginService
+from tokensvc.minting import Minter
+from tokensvc.passwords import PasswordHasher, profile_by_name
+from tokensvc.users import UserStore
+from tokensvc.verification import Limits, Verifier
+from tokensvc.web import appkeys
+from tokensvc.web.errors import error_middleware
+from tokensvc.web.handlers import health, keys, login, tokens, verify
+
+log = logging.getLogger("tokensvc")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    config = app[appkeys.CONFIG]
+    if config.embedded:
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    engine = create_engine(config.effective_database_url)
+    if config.auto_migrate:
+        await upgrade(engine)
+    app[appkeys.ENGINE] = engine
+    yield
+    await engine.dispose()
+
+
+async def _users(app: web.Application) -> AsyncIterator[None]:
+    config = app[appkeys.CONFIG]
+    users = UserStore(app[appkeys.ENGINE], clock=app[appkeys.CLOCK])
+    hasher = PasswordHasher(profile=profile_by_name(config.password_profile), pepper=config.pepper)
+    app[appkeys.USERS] = users
+    app[appkeys.GENERATIONS] = SubjectGenerations(users)
+    app[appkeys.HASHER] = hasher
+    await ensure_admin(users, hasher, config)
+    yield
+    hasher.close()
+
+
+async def _lockout(app: web.Application) -> AsyncIterator[None]:
+    config = app[appkeys.CONFIG]
+    if config.redis_url is None:
+        app[appkeys.LOCKOUT] = MemoryLockoutStore()
+        yield
+        return
+    redis = redis_client_from_url(config.redis_url)
+    app[appkeys.LOCKOUT] = RedisLockoutStore(redis, prefix=config.redis_prefix + "lockout:")
+
+    async def redis_ready() -> bool:
+        try:
+            return bool(await redis.ping())
+        except Exception:  # any failure means not ready
+            return False
+
+    app[appkeys.READINESS_PROBES]["redis"] = redis_ready
+    yield
+    await redis.aclose()
+
+
+async def _keys(app: web.Application) -> AsyncIterator[None]:
+    config = app[appkeys.CONFIG]
+    clock = app[appkeys.CLOCK]
+    kek = KeyEncryptionKey.load(
+        value=config.kek, file=config.kek_file, data_dir=config.data_dir if config.embedded else None
+    )
+    keyring = Keyring(
+        app[appkeys.ENGINE],
+        kek=kek,
+        policy=RotationPolicy(
+            lifetime=config.key_lifetime, generate_interval=config.key_generate_interval
+        ),
+        clock=clock,
+    )
+    await keyring.maintain()
+    app[appkeys.KEYRING] = keyring
+    minter = Minter(keyring, location=config.location, clock=clock)
+    app[appkeys.MINTER] = minter
+    app[appkeys.LOGIN] = LoginService(
+        users=app[appkeys.USERS],
+        hasher=app[appkeys.HASHER],
+        lockout=app[appkeys.LOCKOUT],
+        minter=minter,
+        clock=clock,
+        default_ttl=config.login_default_ttl,
+        max_ttl=config.login_max_ttl,
+    )
+    app[appkeys.VERIFIER] = Verifier(
+        keyring,
+        limits=Limits(
+            max_token_bytes=config.max_token_bytes,
+            max_caveats=config.max_caveats,
+            max_discharges=config.max_discharges,
+        ),
+        generations=app[appkeys.GENERATIONS],
+        clock=lambda: clock().timestamp(),
+    )
+    task = asyncio.create_task(_maintain_keys(keyring, config.key_maintenance_interval.total_seconds()))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _maintain_keys(keyring: Keyring, every: float) -> None:
+    """Make the next key ahead of need and purge expired ones; a failed round is retried."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await keyring.maintain()
+        except Exception:
+            log.warning("root key maintenance failed; retrying in %.0fs", every, exc_info=True)
+
+
+def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
+    """The tokensvc application for `config`; `clock` is injectable for tests."""
+    app = web.Application(
+        client_max_size=config.max_body_bytes, middlewares=[error_middleware]
+    )
+    app[appkeys.CONFIG] = config
+    app[appkeys.CLOCK] = clock
+    app[appkeys.TRUSTED_PROXIES] = tuple(
+        ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies
+    )
+    app[appkeys.READINESS_PROBES] = {}
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_users)
+    app.cleanup_ctx.append(_lockout)
+    app.cleanup_ctx.append(_keys)
+
+    app.router.add_post("/v1/verify", verify.verify)
+    app.router.add_post("/v1/login", login.login)
+    app.router.add_post("/v1/tokens", tokens.mint)
+    app.router.add_get("/v1/keys", keys.list_keys)
+    app.router.add_post("/v1/keys/rotate", keys.rotate)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/openapi.yaml", health.openapi)
+    return app

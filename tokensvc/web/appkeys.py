@@ -1,0 +1,36 @@
+"""Every piece of application state, as typed AppKeys, declared in one place."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from aiohttp import web
+from keystore import Keyring
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tokensvc.config import Config
+from tokensvc.generations import SubjectGenerations
+from tokensvc.lockout import LockoutStore
+from tokensvc.login import LoginService
+from tokensvc.minting import Minter
+from tokensvc.passwords import PasswordHasher
+from tokensvc.users import UserStore
+from tokensvc.verification import Verifier
+
+CONFIG = web.AppKey("config", Config)
+CLOCK = web.AppKey("clock", Callable[[], datetime])
+ENGINE = web.AppKey("engine", AsyncEngine)
+KEYRING = web.AppKey("keyring", Keyring)
+MINTER = web.AppKey("minter", Minter)
+VERIFIER = web.AppKey("verifier", Verifier)
+TRUSTED_PROXIES = web.AppKey(
+    "trusted_proxies", tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+)
+READINESS_PROBES = web.AppKey("readiness_probes", dict[str, Callable[[], Awaitable[bool]]])
+USERS = web.AppKey("users", UserStore)
+GENERATIONS = web.AppKey("generations", SubjectGenerations)
+HASHER = web.AppKey("hasher", PasswordHasher)
+LOCKOUT = web.AppKey("lockout", LockoutStore)
+LOGIN = web.AppKey("login", LoginService)

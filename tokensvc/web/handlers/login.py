@@ -1,0 +1,74 @@
+"""POST /v1/login: HTTP Basic or a JSON body → a token for the user."""
+
+from __future__ import annotations
+
+import binascii
+from base64 import b64decode
+
+import orjson
+from aiohttp import web
+
+from tokensvc.errors import BadRequest, Unauthenticated
+from tokensvc.login import LoginRequest
+from tokensvc.web import appkeys
+from tokensvc.web.auth import client_ip
+from tokensvc.web.handlers.tokens import minted_body, parse_ttl
+from tokensvc.web.jsonio import json_response, optional_str, reject_unknown, str_list
+
+_FIELDS = frozenset(("username", "password", "ttl", "operations", "resources", "audience", "cidrs"))
+
+
+def _basic(header: str) -> tuple[str, str] | None:
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthenticated("malformed Basic credentials") from None
+    username, sep, password = decoded.partition(":")
+    if not sep:
+        raise Unauthenticated("malformed Basic credentials")
+    return username, password
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await request.read()
+    data = {}
+    if body:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadRequest("request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise BadRequest("request body must be a JSON object")
+        reject_unknown(data, _FIELDS)
+    credentials = _basic(request.headers.get("Authorization", ""))
+    if credentials is None:
+        username = optional_str(data, "username", max_len=256)
+        password = optional_str(data, "password", max_len=4096)
+        if username is None or password is None:
+            raise Unauthenticated("send HTTP Basic credentials or username and password")
+        credentials = (username, password)
+    elif "username" in data or "password" in data:
+        raise BadRequest("credentials in both the Authorization header and the body")
+    username, password = credentials
+    if not username or len(username) > 256:
+        raise Unauthenticated("invalid username or password")
+    peer = client_ip(request) or "unknown"
+    config = request.app[appkeys.CONFIG]
+
+    minted = await request.app[appkeys.LOGIN].login(
+        LoginRequest(
+            username=username,
+            password=password,
+            client_ip=peer,
+            ttl=parse_ttl(data.get("ttl"), config.login_default_ttl) if "ttl" in data else None,
+            operations=str_list(data, "operations"),
+            resources=str_list(data, "resources"),
+            audiences=str_list(data, "audience"),
+            cidrs=str_list(data, "cidrs"),
+        )
+    )
+
+    return json_response(minted_body(minted))

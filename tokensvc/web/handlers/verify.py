@@ -1,0 +1,62 @@
+"""POST /v1/verify: the hot path other services call on every request they protect."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from tokensvc.errors import BadRequest
+from tokensvc.web import appkeys
+from tokensvc.web.jsonio import json_response, read_json_object
+
+_CONTEXT_FIELDS = ("operation", "resource", "audience", "client_ip")
+_ALLOWED = frozenset(("token", "discharges", "context"))
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _context(data: dict[str, Any]) -> dict[str, str | None]:
+    raw = data.get("context") or {}
+    if not isinstance(raw, dict):
+        raise BadRequest("context must be an object")
+    out: dict[str, str | None] = {}
+    for name in _CONTEXT_FIELDS:
+        value = raw.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > 2048):
+            raise BadRequest(f"context.{name} must be a string of at most 2048 characters")
+        out[name] = value
+    if len(raw) > len(out):
+        unknown = sorted(set(raw) - set(_CONTEXT_FIELDS))
+        raise BadRequest("unknown context field(s): " + ", ".join(u[:40] for u in unknown[:5]))
+    return out
+
+
+async def verify(request: web.Request) -> web.Response:
+    data = await read_json_object(request)
+    if not data.keys() <= _ALLOWED:
+        raise BadRequest("unknown field(s): " + ", ".join(sorted(data.keys() - _ALLOWED))[:200])
+    token = data.get("token")
+    if not isinstance(token, str) or not token:
+        raise BadRequest("token must be a non-empty string")
+    discharges = data.get("discharges") or []
+    if not isinstance(discharges, list) or not all(isinstance(d, str) for d in discharges):
+        raise BadRequest("discharges must be a list of strings")
+    context = _context(data)
+
+    verified = await request.app[appkeys.VERIFIER].verify(token, discharges, **context)
+
+    return json_response(
+        {
+            "valid": True,
+            "subject": verified.subject,
+            "token_id": verified.token_id,
+            "expires_at": iso(verified.expires_at),
+            "declared": verified.declared,
+        }
+    )

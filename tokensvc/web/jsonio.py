@@ -1,0 +1,65 @@
+"""JSON in and out with orjson, and the one place request bodies are parsed and size-checked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tokensvc.errors import BadRequest, PayloadTooLarge
+
+JSON = "application/json"
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type=JSON, headers=headers
+    )
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object; anything else is a 400, anything too big a 413."""
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge("request body too large") from None
+    if not body:
+        raise BadRequest("request body must be a JSON object")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def optional_str(data: dict[str, Any], name: str, *, max_len: int = 1024) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_len:
+        raise BadRequest(f"{name} must be a string of at most {max_len} characters")
+    return value
+
+
+def str_list(data: dict[str, Any], name: str, *, max_items: int = 64) -> tuple[str, ...]:
+    value = data.get(name)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if (
+        not isinstance(value, list)
+        or len(value) > max_items
+        or not all(isinstance(v, str) for v in value)
+    ):
+        raise BadRequest(f"{name} must be a list of at most {max_items} strings")
+    return tuple(value)
+
+
+def reject_unknown(data: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise BadRequest("unknown field(s): " + ", ".join(u[:40] for u in unknown[:5]))
