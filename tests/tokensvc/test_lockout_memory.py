@@ -1,0 +1,31 @@
+"""What only the in-memory lockout store must do: stay bounded."""
+
+from __future__ import annotations
+
+from tokensvc.lockout import LockoutPolicy, MemoryLockoutStore
+
+T0 = 1_763_760_000.0
+
+
+async def test_memory_is_bounded_under_a_flood_of_identities() -> None:
+    """10,000 distinct identities from distinct IPs never hold more than max_entries counters."""
+    store = MemoryLockoutStore(policy=LockoutPolicy(), max_entries=500)
+
+    for n in range(10_000):
+        await store.begin_attempt(identity=f"user{n}", client_ip=f"10.{n >> 8}.{n & 255}.1", now=T0)
+
+    assert len(store) <= 500
+
+
+async def test_expired_counters_are_evicted_first() -> None:
+    """When full, expired counters go before live ones, so live locks survive a flood."""
+    store = MemoryLockoutStore(policy=LockoutPolicy(), max_entries=100)
+    for n in range(10):
+        await store.begin_attempt(identity="alice", client_ip=f"198.51.100.{n}", now=T0 + 3600)
+    for n in range(30):
+        await store.begin_attempt(identity=f"old{n}", client_ip="203.0.113.1", now=T0)
+
+    for n in range(20):
+        await store.begin_attempt(identity=f"new{n}", client_ip="203.0.113.2", now=T0 + 3600)
+
+    assert (await store.status("alice", T0 + 3600)).locked

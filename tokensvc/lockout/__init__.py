@@ -1,0 +1,20 @@
+"""Failed-login lockout: progressive waits per identity, identity + IP, and IP.
+
+`LockoutStore` is the interface; `RedisLockoutStore` serves several workers and replicas,
+`MemoryLockoutStore` the embedded single-process mode.
+"""
+
+from tokensvc.lockout.memory_store import MemoryLockoutStore
+from tokensvc.lockout.policy import LockoutPolicy
+from tokensvc.lockout.redis_store import RedisLockoutStore, redis_client_from_url
+from tokensvc.lockout.store import CounterStatus, LockoutStatus, LockoutStore
+
+__all__ = [
+    "CounterStatus",
+    "LockoutPolicy",
+    "LockoutStatus",
+    "LockoutStore",
+    "MemoryLockoutStore",
+    "RedisLockoutStore",
+    "redis_client_from_url",
+]
