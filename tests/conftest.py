@@ -11,6 +11,12 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from tokensvc.config import Config
 
 import asyncpg
 import pytest
@@ -96,3 +102,87 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "data"
     path.mkdir(mode=0o700)
     yield path
+
+
+# ---- the application ---------------------------------------------------------------------------
+
+ADMIN_PASSWORD = "correct horse battery staple"
+
+
+class FakeClock:
+    """A settable UTC clock, injected into the app so tests move time instead of sleeping."""
+
+    def __init__(self, start: "datetime | None" = None) -> None:
+        from datetime import UTC, datetime
+
+        self.now = start or datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> "datetime":
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        from datetime import timedelta
+
+        self.now += timedelta(**delta)
+
+
+def basic_auth(username: str, password: str) -> dict[str, str]:
+    """An Authorization header for HTTP Basic."""
+    import base64
+
+    raw = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_config(*, database_url: str, data_dir: Path, **overrides: object) -> "Config":
+    """A test configuration: cheap argon2, a fresh KEK, the bootstrap admin's known password."""
+    import base64
+    import dataclasses
+
+    from tokensvc.config import Config
+
+    base = Config(
+        database_url=database_url,
+        data_dir=data_dir,
+        kek=base64.b64encode(secrets.token_bytes(32)).decode(),
+        admin_password=ADMIN_PASSWORD,
+        password_profile="CHEAP_FOR_TESTS",
+    )
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def app_config(request: pytest.FixtureRequest, data_dir: Path, sqlite_url: str) -> "Config":
+    """The app's configuration on real PostgreSQL, and on the embedded SQLite."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_url")
+    else:
+        url = sqlite_url
+    return make_config(database_url=url, data_dir=data_dir)
+
+
+@pytest.fixture
+def pg_config(pg_url: str, data_dir: Path) -> "Config":
+    """The app's configuration on real PostgreSQL only."""
+    return make_config(database_url=pg_url, data_dir=data_dir)
+
+
+@pytest.fixture
+async def client(aiohttp_client, app_config, clock):  # type: ignore[no-untyped-def]
+    """A test client for the real app factory."""
+    from tokensvc.web.app import create_app
+
+    return await aiohttp_client(create_app(app_config, clock=clock))
+
+
+@pytest.fixture
+async def admin_token(client) -> str:  # type: ignore[no-untyped-def]
+    """A token for the bootstrap admin, obtained through POST /v1/login."""
+    resp = await client.post("/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD))
+    assert resp.status == 200, await resp.text()
+    return str((await resp.json())["token"])

@@ -65,73 +65,89 @@ def _read_uvarint(data: bytes, pos: int, end: int) -> tuple[int, int]:
     raise MalformedMacaroon("malformed token: bad length prefix")
 
 
-def _read_field(data: bytes, pos: int, end: int) -> tuple[int, bytes | None, int]:
-    """One v2 packet: (field type, payload or None for end-of-section, next position)."""
-    if pos >= end:
-        raise MalformedMacaroon("malformed token: truncated")
-    field = data[pos]
-    if field == _EOS:
-        return _EOS, None, pos + 1
-    if field >= 0x80:
-        raise MalformedMacaroon("malformed token: unknown field")
-    length, pos = _read_uvarint(data, pos + 1, end)
-    stop = pos + length
-    if stop > end:
-        raise MalformedMacaroon("malformed token: field extends past the end")
-    return field, data[pos:stop], stop
-
-
 def parse_v2(data: bytes, *, max_caveats: int) -> Macaroon:
-    """Parse binary v2; `max_caveats` bounds the work a hostile token can ask for."""
+    """Parse binary v2; `max_caveats` bounds the work a hostile token can ask for.
+
+    Written as one loop over packets with the one-byte-length case inline: this runs on every
+    uncached /verify, and a function call per field doubled its cost.
+    """
     end = len(data)
     if end < 1 or data[0] != VERSION_2:
         raise MalformedMacaroon("malformed token: not a version 2 macaroon")
-    field, payload, pos = _read_field(data, 1, end)
+    # Flatten into (field, payload) packets; EOS is (0, None).
+    packets: list[tuple[int, bytes | None]] = []
+    append = packets.append
+    limit = 4 * (max_caveats + 2)  # a caveat is at most location, id, vid, EOS
+    pos = 1
+    while pos < end:
+        field = data[pos]
+        if field == _EOS:
+            append((_EOS, None))
+            pos += 1
+        else:
+            if field >= 0x80 or pos + 1 >= end:
+                raise MalformedMacaroon("malformed token: bad field")
+            length = data[pos + 1]
+            pos += 2
+            if length >= 0x80:
+                length, pos = _read_uvarint(data, pos - 1, end)
+            stop = pos + length
+            if stop > end:
+                raise MalformedMacaroon("malformed token: field extends past the end")
+            append((field, data[pos:stop]))
+            pos = stop
+            if field == _SIGNATURE:
+                break
+        if len(packets) > limit:
+            raise MalformedMacaroon(f"malformed token: more than {max_caveats} caveats")
+    if pos != end:
+        raise MalformedMacaroon("malformed token: trailing bytes")
+    if len(packets) < 4:
+        raise MalformedMacaroon("malformed token: truncated")
+
+    last_field, signature = packets[-1]
+    if last_field != _SIGNATURE or signature is None or len(signature) != SIGNATURE_BYTES:
+        raise MalformedMacaroon("malformed token: missing or bad signature")
+    if packets[-2][0] != _EOS:
+        raise MalformedMacaroon("malformed token: caveats not terminated")
+
+    i = 0
     location: bytes | None = None
-    if field == _LOCATION:
-        location = payload
-        field, payload, pos = _read_field(data, pos, end)
-    if field != _IDENTIFIER or payload is None:
-        raise MalformedMacaroon("malformed token: missing identifier")
-    identifier = payload
-    field, _, pos = _read_field(data, pos, end)
-    if field != _EOS:
-        raise MalformedMacaroon("malformed token: unexpected field in header")
+    if packets[0][0] == _LOCATION:
+        location = packets[0][1]
+        i = 1
+    field, identifier = packets[i]
+    if field != _IDENTIFIER or identifier is None or packets[i + 1][0] != _EOS:
+        raise MalformedMacaroon("malformed token: bad header")
+    i += 2
 
     caveats: list[Caveat] = []
-    while True:
-        field, payload, pos = _read_field(data, pos, end)
-        if field == _EOS:
-            break
-        if len(caveats) >= max_caveats:
-            raise MalformedMacaroon(f"malformed token: more than {max_caveats} caveats")
+    stop_at = len(packets) - 2  # the caveat list's closing EOS
+    while i < stop_at:
+        field, payload = packets[i]
         cav_location: bytes | None = None
         if field == _LOCATION:
             cav_location = payload
-            field, payload, pos = _read_field(data, pos, end)
+            i += 1
+            field, payload = packets[i]
         if field != _IDENTIFIER or payload is None:
             raise MalformedMacaroon("malformed token: caveat without identifier")
-        cid = payload
-        field, payload, pos = _read_field(data, pos, end)
-        if field == _EOS:
+        next_field, next_payload = packets[i + 1]
+        if next_field == _EOS:
             if cav_location is not None:
                 raise MalformedMacaroon("malformed token: location on a first-party caveat")
-            caveats.append(Caveat(cid))
-            continue
-        if field != _VID or payload is None:
+            caveats.append(Caveat(payload))
+            i += 2
+        elif next_field == _VID and next_payload is not None and packets[i + 2][0] == _EOS:
+            caveats.append(Caveat(payload, next_payload, cav_location))
+            i += 3
+        else:
             raise MalformedMacaroon("malformed token: unexpected field in caveat")
-        vid = payload
-        field, _, pos = _read_field(data, pos, end)
-        if field != _EOS:
-            raise MalformedMacaroon("malformed token: unexpected field in caveat")
-        caveats.append(Caveat(cid, vid, cav_location))
-
-    field, payload, pos = _read_field(data, pos, end)
-    if field != _SIGNATURE or payload is None or len(payload) != SIGNATURE_BYTES:
-        raise MalformedMacaroon("malformed token: missing or bad signature")
-    if pos != end:
-        raise MalformedMacaroon("malformed token: trailing bytes")
-    return Macaroon(identifier, tuple(caveats), payload, location)
+        if len(caveats) > max_caveats:
+            raise MalformedMacaroon(f"malformed token: more than {max_caveats} caveats")
+    if i != stop_at:
+        raise MalformedMacaroon("malformed token: bad caveat section")
+    return Macaroon(identifier, tuple(caveats), signature, location)
 
 
 def _append_field(out: bytearray, field: int, payload: bytes) -> None:
