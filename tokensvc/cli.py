@@ -134,7 +134,15 @@ class _Local:
             ),
             clock=clock,
         )
-        self.minter = Minter(self.keyring, location=config.location, clock=clock)
+        from tokensvc.generations import SubjectGenerations
+        from tokensvc.subjects import SubjectStore
+        from tokensvc.users import UserStore
+
+        self.users = UserStore(self.engine)
+        self.generations = SubjectGenerations(self.users, SubjectStore(self.engine))
+        self.minter = Minter(
+            self.keyring, generations=self.generations, location=config.location, clock=clock
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -323,6 +331,198 @@ def keys_rotate(local: bool, url: str | None, as_json: bool) -> None:
 
         row = Client.from_saved(url).request("POST", "/v1/keys/rotate", {})
     _emit(row, as_json, lambda r: f"new current key {r['id']}, expires {r['expires_at']}")
+
+
+# ---- login / whoami / logout ------------------------------------------------------------------------
+
+
+def _service_url(url: str | None) -> str:
+    from tokensvc.client import DEFAULT_URL
+
+    return (url or os.environ.get("TOKENSVC_URL") or DEFAULT_URL).rstrip("/")
+
+
+@main.command()
+@click.argument("username", required=False)
+@click.option("--url", default=None, help="Service URL (default TOKENSVC_URL or 127.0.0.1:8080).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--ttl", default=None, help="Ask for a shorter lifetime, e.g. 1h.")
+@click.option("--json", "as_json", is_flag=True)
+@_fail_on_errors
+def login(
+    username: str | None, url: str | None, password_stdin: bool, ttl: str | None, as_json: bool
+) -> None:
+    """Exchange a username and password for a token, stored in your config dir (mode 0600)."""
+    import base64
+
+    from tokensvc.client import Client, save_credentials
+
+    username = username or click.prompt("Username")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True)
+    basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+    client = Client(url=_service_url(url))
+    body = {"ttl": ttl} if ttl else {}
+    result = client.request("POST", "/v1/login", body, headers={"Authorization": f"Basic {basic}"})
+    path = save_credentials(
+        {
+            "url": client.url,
+            "token": result["token"],
+            "subject": result["subject"],
+            "expires_at": result["expires_at"],
+        }
+    )
+    info = {"subject": result["subject"], "expires_at": result["expires_at"], "stored": str(path)}
+    _emit(info, as_json, lambda i: f"logged in as {i['subject']} until {i['expires_at']}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@_fail_on_errors
+def whoami(as_json: bool) -> None:
+    """Show who the stored token belongs to, as the service sees it now."""
+    from tokensvc.client import Client
+
+    client = Client.from_saved()
+    result = client.request("POST", "/v1/verify", {"token": client.token})
+    info = {"subject": result["subject"], "expires_at": result["expires_at"], "url": client.url}
+    _emit(info, as_json, lambda i: f"{i['subject']} (token expires {i['expires_at']}) at {i['url']}")
+
+
+@main.command()
+@_fail_on_errors
+def logout() -> None:
+    """Forget the stored token."""
+    from tokensvc.client import credentials_path
+
+    path = credentials_path()
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        click.echo("not logged in")
+        return
+    click.echo("logged out")
+
+
+# ---- users -----------------------------------------------------------------------------------------
+
+
+@main.group()
+def user() -> None:
+    """Users: add, list, change passwords, disable, unlock."""
+
+
+def _new_password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return str(click.prompt("New password", hide_input=True, confirmation_prompt=True))
+
+
+def _user_line(u: dict[str, Any]) -> str:
+    flags = ",".join(u["roles"]) or "-"
+    return f"{u['name']:<24} roles={flags:<16} {'disabled' if u['disabled'] else 'enabled'}"
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="Give the user the admin role.")
+@click.option("--role", "roles", multiple=True, help="Extra role (repeatable).")
+@click.option("--password-stdin", is_flag=True)
+@click.option("--local", is_flag=True, help="Write the configured database directly.")
+@click.option("--url", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@_fail_on_errors
+def user_add(
+    name: str,
+    admin: bool,
+    roles: tuple[str, ...],
+    password_stdin: bool,
+    local: bool,
+    url: str | None,
+    as_json: bool,
+) -> None:
+    """Add a user (password prompted twice, or read from standard input)."""
+    password = _new_password(password_stdin)
+    all_roles = sorted(set(roles) | ({"admin"} if admin else set()))
+    if local:
+        from tokensvc.passwords import PasswordHasher, profile_by_name
+
+        config = _config()
+
+        async def go() -> dict[str, Any]:
+            async with _Local(config) as ops:
+                hasher = PasswordHasher(
+                    profile=profile_by_name(config.password_profile), pepper=config.pepper
+                )
+                try:
+                    created = await ops.users.create(
+                        name, password_hash=await hasher.hash(password), roles=all_roles
+                    )
+                finally:
+                    hasher.close()
+                return {"name": created.name, "roles": list(created.roles), "disabled": False}
+
+        result = _run(go())
+    else:
+        from tokensvc.client import Client
+
+        result = Client.from_saved(url).request(
+            "POST", "/v1/users", {"name": name, "password": password, "roles": all_roles}
+        )
+    _emit(result, as_json, lambda u: "created " + _user_line(u))
+
+
+@user.command("list")
+@click.option("--url", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@_fail_on_errors
+def user_list(url: str | None, as_json: bool) -> None:
+    """List users."""
+    from tokensvc.client import Client
+
+    users = Client.from_saved(url).request("GET", "/v1/users")["users"]
+    _emit(users, as_json, lambda us: "\n".join(_user_line(u) for u in us) or "(no users)")
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True)
+@click.option("--url", default=None)
+@_fail_on_errors
+def user_passwd(name: str, password_stdin: bool, url: str | None) -> None:
+    """Set a user's password; their existing tokens stop working."""
+    from tokensvc.client import Client
+
+    password = _new_password(password_stdin)
+    Client.from_saved(url).request("PATCH", f"/v1/users/{name}", {"password": password})
+    click.echo(f"password of {name} changed; their earlier tokens are revoked")
+
+
+@user.command("disable")
+@click.argument("name")
+@click.option("--enable", is_flag=True, help="Enable instead.")
+@click.option("--url", default=None)
+@_fail_on_errors
+def user_disable(name: str, enable: bool, url: str | None) -> None:
+    """Disable a user (their tokens stop working), or --enable them again."""
+    from tokensvc.client import Client
+
+    Client.from_saved(url).request("PATCH", f"/v1/users/{name}", {"disabled": not enable})
+    click.echo(f"{name} {'enabled' if enable else 'disabled'}")
+
+
+@user.command("unlock")
+@click.argument("name")
+@click.option("--url", default=None)
+@_fail_on_errors
+def user_unlock(name: str, url: str | None) -> None:
+    """Clear a user's failed-login lockout."""
+    from tokensvc.client import Client
+
+    Client.from_saved(url).request("DELETE", f"/v1/users/{name}/lockout")
+    click.echo(f"lockout of {name} cleared")
 
 
 if __name__ == "__main__":  # pragma: no cover

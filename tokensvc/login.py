@@ -105,7 +105,6 @@ class LoginService:
                 audiences=request.audiences,
                 cidrs=request.cidrs,
                 admin=user.is_admin,
-                generation=user.generation,
             )
         )
         security.info("authn_login_success", extra={"event": "authn_login_success",

@@ -16,6 +16,7 @@ from tokensvc.errors import BadRequest
 from tokensvc.identifier import new_identifier
 from tokensvc.macaroon import Caveat
 from tokensvc.tokenformat import encode_token
+from tokensvc.verification import GenerationSource
 
 _NAME = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
 
@@ -39,7 +40,6 @@ class MintRequest:
     audiences: tuple[str, ...] = ()
     cidrs: tuple[str, ...] = ()
     admin: bool = False
-    generation: int = 0
     description: str = field(default="", compare=False)
 
     def validate(self, *, max_ttl: timedelta) -> None:
@@ -77,8 +77,16 @@ class MintedToken:
 class Minter:
     """Signs tokens with the keyring's current key; a token never outlives its key."""
 
-    def __init__(self, keyring: Keyring, *, location: str, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        keyring: Keyring,
+        *,
+        generations: GenerationSource,
+        location: str,
+        clock: Callable[[], datetime],
+    ) -> None:
         self._keyring = keyring
+        self._generations = generations
         self._location = location.encode()
         self._clock = clock
 
@@ -89,12 +97,17 @@ class Minter:
     async def mint(self, request: MintRequest) -> MintedToken:
         request.validate(max_ttl=self.max_ttl)
         key = await self._keyring.current()
+        # Minted at the subject's current generation, so a later revoke-all or password change
+        # kills this token too; read fresh, never from a cache that could lag a revocation.
+        generation = await self._generations.fetch(request.subject)
         now = self._clock()
         expires_at = min(now + request.ttl, key.expires_at).replace(microsecond=0)
         predicates = [
             encode(Subject(request.subject)),
             encode(Expiry(int(expires_at.timestamp()))),
-            encode(Generation(request.generation)),
+            # Always present, even at 0: were a missing caveat read as generation 0, a holder
+            # could attenuate with a high Generation caveat and outlive a revoke-all.
+            encode(Generation(generation)),
         ]
         if request.operations:
             predicates.append(encode(Operations(tuple(request.operations))))

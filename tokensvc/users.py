@@ -38,9 +38,9 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
-from keystore.db import SQLITE_BEGIN_IMMEDIATE, Base
-from keystore.store import is_unavailable
-from tokensvc.errors import BadRequest, Conflict, NotFound, Unavailable
+from keystore.db import Base
+from tokensvc.db import run_db
+from tokensvc.errors import BadRequest, Conflict, NotFound
 
 __all__ = [
     "ADMIN_ROLE",
@@ -286,28 +286,7 @@ class UserStore:
     async def _run(
         self, op: Callable[[AsyncConnection], Awaitable[_T]], *, write: bool, retry: bool = True
     ) -> _T:
-        # As in keystore.store: a pooled connection the server closed meanwhile fails its first
-        # statement and invalidates the pool, so one retry runs on a fresh connection.
-        attempts = 2 if retry else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                async with self._engine.connect() as conn:
-                    if not write:
-                        return await op(conn)
-                    # SQLite: take the write lock up front, so a read-then-write cannot fail
-                    # halfway with SQLITE_BUSY; PostgreSQL ignores the option.
-                    await conn.execution_options(**{SQLITE_BEGIN_IMMEDIATE: True})
-                    async with conn.begin():
-                        return await op(conn)
-            except sa_exc.DBAPIError as exc:
-                if exc.connection_invalidated and attempt < attempts:
-                    continue
-                if is_unavailable(exc):
-                    raise Unavailable("the user database is unavailable") from exc
-                raise
-            except (OSError, sa_exc.TimeoutError, sa_exc.DisconnectionError) as exc:
-                raise Unavailable("the user database is unavailable") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await run_db(self._engine, op, write=write, retry=retry, what="the user database")
 
 
 def _user(found: RowMapping | dict[str, Any]) -> User:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from caveats import Context, check_predicates
+from caveats import Context, check_predicates, subject_of
 from keystore import Keyring, RootKey
 
 from tokensvc import chain
@@ -106,34 +106,25 @@ class Verifier:
         predicates = chain.verify_chain(
             macaroon, key.derived, parsed_discharges, max_depth=self._limits.max_depth
         )
-        now = self._clock()
+        subject = subject_of(predicates)
+        if subject is None:
+            raise InvalidToken("token names no subject, or conflicting ones")
         context = Context(
-            now=now, operation=operation, resource=resource, audience=audience, client_ip=client_ip
+            now=self._clock(),
+            operation=operation,
+            resource=resource,
+            audience=audience,
+            client_ip=client_ip,
+            generation=await self._generation(subject),
         )
         outcome = check_predicates(predicates, context)
-        if outcome.subject is None:
-            raise InvalidToken("token names no subject")
-        generation = await self._generation(outcome.subject)
-        if generation:
-            # Rare: only subjects whose tokens were revoked wholesale pay for a second pass.
-            outcome = check_predicates(
-                predicates,
-                Context(
-                    now=now,
-                    operation=operation,
-                    resource=resource,
-                    audience=audience,
-                    client_ip=client_ip,
-                    generation=generation,
-                ),
-            )
         if outcome.failures:
             reasons = "; ".join(f.reason for f in outcome.failures)
             if any(f.invalid for f in outcome.failures):
                 raise InvalidToken(reasons)
             raise CaveatDenied(reasons)
         return Verified(
-            subject=outcome.subject,
+            subject=subject,
             token_id=identifier.token_id_hex,
             key_id=identifier.key_id,
             admin=identifier.admin,

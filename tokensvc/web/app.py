@@ -20,11 +20,12 @@ from tokensvc.migrate import upgrade
 from tokensvc.login import LoginService
 from tokensvc.minting import Minter
 from tokensvc.passwords import PasswordHasher, profile_by_name
+from tokensvc.subjects import SubjectStore
 from tokensvc.users import UserStore
 from tokensvc.verification import Limits, Verifier
 from tokensvc.web import appkeys
 from tokensvc.web.errors import error_middleware
-from tokensvc.web.handlers import health, keys, login, tokens, verify
+from tokensvc.web.handlers import health, keys, login, tokens, users, verify
 
 log = logging.getLogger("tokensvc")
 
@@ -50,7 +51,7 @@ async def _users(app: web.Application) -> AsyncIterator[None]:
     users = UserStore(app[appkeys.ENGINE], clock=app[appkeys.CLOCK])
     hasher = PasswordHasher(profile=profile_by_name(config.password_profile), pepper=config.pepper)
     app[appkeys.USERS] = users
-    app[appkeys.GENERATIONS] = SubjectGenerations(users)
+    app[appkeys.GENERATIONS] = SubjectGenerations(users, SubjectStore(app[appkeys.ENGINE]))
     app[appkeys.HASHER] = hasher
     await ensure_admin(users, hasher, config)
     yield
@@ -93,7 +94,9 @@ async def _keys(app: web.Application) -> AsyncIterator[None]:
     )
     await keyring.maintain()
     app[appkeys.KEYRING] = keyring
-    minter = Minter(keyring, location=config.location, clock=clock)
+    minter = Minter(
+        keyring, generations=app[appkeys.GENERATIONS], location=config.location, clock=clock
+    )
     app[appkeys.MINTER] = minter
     app[appkeys.LOGIN] = LoginService(
         users=app[appkeys.USERS],
@@ -152,6 +155,13 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> we
     app.router.add_post("/v1/tokens", tokens.mint)
     app.router.add_get("/v1/keys", keys.list_keys)
     app.router.add_post("/v1/keys/rotate", keys.rotate)
+    app.router.add_post("/v1/users", users.create_user)
+    app.router.add_get("/v1/users", users.list_users)
+    app.router.add_get("/v1/users/{name}", users.get_user)
+    app.router.add_patch("/v1/users/{name}", users.patch_user)
+    app.router.add_delete("/v1/users/{name}", users.delete_user)
+    app.router.add_get("/v1/users/{name}/lockout", users.get_lockout)
+    app.router.add_delete("/v1/users/{name}/lockout", users.clear_lockout)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/openapi.yaml", health.openapi)

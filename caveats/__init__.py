@@ -1,0 +1,69 @@
+"""The caveat language of tokensvc: typed caveats, bakery text conditions, and checking them.
+
+Pure: no I/O and no clock; the time arrives in `Context.now`. See docs/architecture.md.
+"""
+
+from caveats.bakery import (
+    Allow,
+    Condition,
+    Declared,
+    Deny,
+    ErrorCondition,
+    TimeBefore,
+    format_rfc3339,
+    parse_condition,
+    parse_rfc3339,
+    time_before,
+)
+from caveats.checker import Outcome, check_predicates, subject_of
+from caveats.context import Context
+from caveats.errors import CaveatError, UnknownCaveat
+from caveats.registry import Caveat, caveat, check_fields, decode, encode, registered
+from caveats.result import SUCCESS, Failure, Result, Success
+from caveats.standard import (
+    Audience,
+    ClientCIDR,
+    Expiry,
+    Generation,
+    NotBefore,
+    Operations,
+    Resources,
+    Subject,
+)
+
+__all__ = [
+    "SUCCESS",
+    "Allow",
+    "Audience",
+    "Caveat",
+    "CaveatError",
+    "ClientCIDR",
+    "Condition",
+    "Context",
+    "Declared",
+    "Deny",
+    "ErrorCondition",
+    "Expiry",
+    "Failure",
+    "Generation",
+    "NotBefore",
+    "Operations",
+    "Outcome",
+    "Resources",
+    "Result",
+    "Subject",
+    "Success",
+    "TimeBefore",
+    "UnknownCaveat",
+    "caveat",
+    "check_fields",
+    "check_predicates",
+    "decode",
+    "encode",
+    "format_rfc3339",
+    "parse_condition",
+    "parse_rfc3339",
+    "registered",
+    "subject_of",
+    "time_before",
+]

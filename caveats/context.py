@@ -1,0 +1,22 @@
+"""The request context that caveats are checked against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Context:
+    """What a verifier knows about one request; `now` is unix seconds, supplied by the caller.
+
+    `generation` is the current token generation of the token's subject (bumped by revoke-all);
+    a token minted with an older generation is revoked. Fields left `None` are unknown, and a
+    caveat that needs an unknown field denies.
+    """
+
+    now: float
+    operation: str | None = None
+    resource: str | None = None
+    audience: str | None = None
+    client_ip: str | None = None
+    generation: int = 0

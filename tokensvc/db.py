@@ -1,0 +1,51 @@
+"""Running one unit of database work for the service's stores, with the failure handling they share."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from keystore.db import SQLITE_BEGIN_IMMEDIATE
+from keystore.store import is_unavailable
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tokensvc.errors import Unavailable
+
+_T = TypeVar("_T")
+
+
+async def run_db(
+    engine: AsyncEngine,
+    op: Callable[[AsyncConnection], Awaitable[_T]],
+    *,
+    write: bool,
+    retry: bool = True,
+    what: str = "the database",
+) -> _T:
+    """Run `op` on a connection (in a transaction when writing); Unavailable if the database is down.
+
+    As in keystore.store: a pooled connection the server closed meanwhile fails its first
+    statement and invalidates the pool, so one retry runs on a fresh connection. Writes that are
+    not idempotent pass retry=False.
+    """
+    attempts = 2 if retry else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            async with engine.connect() as conn:
+                if not write:
+                    return await op(conn)
+                # SQLite: take the write lock up front, so a read-then-write cannot fail
+                # halfway with SQLITE_BUSY; PostgreSQL ignores the option.
+                await conn.execution_options(**{SQLITE_BEGIN_IMMEDIATE: True})
+                async with conn.begin():
+                    return await op(conn)
+        except sa_exc.DBAPIError as exc:
+            if exc.connection_invalidated and attempt < attempts:
+                continue
+            if is_unavailable(exc):
+                raise Unavailable(f"{what} is unavailable") from exc
+            raise
+        except (OSError, sa_exc.TimeoutError, sa_exc.DisconnectionError) as exc:
+            raise Unavailable(f"{what} is unavailable") from exc
+    raise AssertionError("unreachable")  # pragma: no cover
