@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 
-from nacl.bindings import crypto_secretbox_open, crypto_secretbox_NONCEBYTES, crypto_secretbox
+from nacl.bindings import crypto_secretbox, crypto_secretbox_NONCEBYTES, crypto_secretbox_open
 from nacl.exceptions import CryptoError
 
 from tokensvc.errors import InvalidToken
@@ -39,7 +39,9 @@ def _third_party_step(sig: bytes, vid: bytes, cid: bytes) -> bytes:
 
 def bind_signature(root_signature: bytes, discharge_signature: bytes) -> bytes:
     """Bind a discharge to a token, as pymacaroons' HashSignaturesBinder does."""
-    return _hmac(_ZERO_KEY, _hmac(_ZERO_KEY, root_signature) + _hmac(_ZERO_KEY, discharge_signature))
+    return _hmac(
+        _ZERO_KEY, _hmac(_ZERO_KEY, root_signature) + _hmac(_ZERO_KEY, discharge_signature)
+    )
 
 
 def sign(

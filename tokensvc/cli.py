@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import click
 
@@ -82,7 +82,6 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
 def migrate() -> None:
     """Bring the database schema up to date."""
     from keystore import create_engine
-
     from tokensvc.migrate import upgrade
 
     config = _config()
@@ -109,9 +108,8 @@ class _Local:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    async def __aenter__(self) -> _Local:
+    async def __aenter__(self) -> Self:
         from keystore import KeyEncryptionKey, Keyring, RotationPolicy, create_engine
-
         from tokensvc.migrate import upgrade
         from tokensvc.minting import Minter
 
@@ -125,7 +123,7 @@ class _Local:
             file=config.kek_file,
             data_dir=config.data_dir if config.embedded else None,
         )
-        clock = lambda: datetime.now(UTC)  # noqa: E731
+        clock = lambda: datetime.now(UTC)
         self.keyring = Keyring(
             self.engine,
             kek=kek,
@@ -388,7 +386,9 @@ def whoami(as_json: bool) -> None:
     client = Client.from_saved()
     result = client.request("POST", "/v1/verify", {"token": client.token})
     info = {"subject": result["subject"], "expires_at": result["expires_at"], "url": client.url}
-    _emit(info, as_json, lambda i: f"{i['subject']} (token expires {i['expires_at']}) at {i['url']}")
+    _emit(
+        info, as_json, lambda i: f"{i['subject']} (token expires {i['expires_at']}) at {i['url']}"
+    )
 
 
 @main.command()

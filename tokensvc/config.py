@@ -167,7 +167,7 @@ class Config:
         if self.max_token_bytes < 256 or self.max_body_bytes < self.max_token_bytes:
             raise ConfigError("TOKENSVC_MAX_BODY_BYTES must be at least TOKENSVC_MAX_TOKEN_BYTES")
         url = self.effective_database_url
-        if not (url.startswith("postgresql+asyncpg://") or url.startswith("sqlite+aiosqlite://")):
+        if not (url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://"))):
             raise ConfigError(
                 "TOKENSVC_DATABASE_URL must start with postgresql+asyncpg:// or sqlite+aiosqlite://"
             )

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from keystore.db import SQLITE_BEGIN_IMMEDIATE
-from keystore.store import is_unavailable
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from keystore.db import SQLITE_BEGIN_IMMEDIATE
+from keystore.store import is_unavailable
 from tokensvc.errors import Unavailable
 
 _T = TypeVar("_T")

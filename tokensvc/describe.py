@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from caveats import CaveatError, decode
-
 from tokensvc.errors import InvalidToken
 from tokensvc.identifier import decode_identifier
 from tokensvc.tokenformat import checksum_ok, decode_token

@@ -13,13 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from tokensvc.errors import BadRequest, Unauthenticated
+from tokensvc.errors import BadRequest, LockedOut, Unauthenticated, Unavailable
 from tokensvc.lockout import LockoutStore
+from tokensvc.logs import security_event
 from tokensvc.minting import MintedToken, Minter, MintRequest
 from tokensvc.passwords import PasswordHasher
 from tokensvc.users import UserStore
-
-security = logging.getLogger("tokensvc.security")
 
 GENERIC_FAILURE = "invalid username or password"
 
@@ -63,16 +62,31 @@ class LoginService:
         """A token for the user; Unauthenticated, LockedOut or Unavailable otherwise."""
         ttl = request.ttl or min(self._default_ttl, self._max_ttl)
         if ttl > self._max_ttl or ttl <= timedelta(0):
-            raise BadRequest(f"ttl must be between 1 and {int(self._max_ttl.total_seconds())} seconds")
+            raise BadRequest(
+                f"ttl must be between 1 and {int(self._max_ttl.total_seconds())} seconds"
+            )
         identity = request.username
         now = self._clock().timestamp()
         try:
-            await self._lockout.begin_attempt(identity=identity, client_ip=request.client_ip, now=now)
-        except Exception as exc:
-            event = "authn_login_lock" if getattr(exc, "status", 0) == 429 else "authn_login_fail"
-            security.warning(event, extra={"event": event, "user": identity[:64],
-                                           "client_ip": request.client_ip,
-                                           "reason": type(exc).__name__})
+            await self._lockout.begin_attempt(
+                identity=identity, client_ip=request.client_ip, now=now
+            )
+        except LockedOut:
+            security_event(
+                "authn_login_lock",
+                level=logging.WARNING,
+                user=identity[:64],
+                client_ip=request.client_ip,
+            )
+            raise
+        except Unavailable:
+            security_event(
+                "authn_login_fail",
+                level=logging.WARNING,
+                user=identity[:64],
+                client_ip=request.client_ip,
+                reason="lockout store unavailable",
+            )
             raise
 
         user = await self._users.get(identity)
@@ -86,9 +100,12 @@ class LoginService:
             )
             raise
         if not result.ok or user is None:
-            security.warning("authn_login_fail", extra={"event": "authn_login_fail",
-                                                        "user": identity[:64],
-                                                        "client_ip": request.client_ip})
+            security_event(
+                "authn_login_fail",
+                level=logging.WARNING,
+                user=identity[:64],
+                client_ip=request.client_ip,
+            )
             raise Unauthenticated(GENERIC_FAILURE)
 
         await self._lockout.record_success(identity=identity, client_ip=request.client_ip, now=now)
@@ -107,8 +124,11 @@ class LoginService:
                 admin=user.is_admin,
             )
         )
-        security.info("authn_login_success", extra={"event": "authn_login_success",
-                                                     "user": user.name,
-                                                     "client_ip": request.client_ip,
-                                                     "token_id": minted.token_id})
+        security_event(
+            "authn_login_success",
+            user=user.name,
+            client_ip=request.client_ip,
+            token_id=minted.token_id,
+            rehashed=result.needs_rehash,
+        )
         return minted

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 
 from caveats import Audience, ClientCIDR, Expiry, Generation, Operations, Resources, Subject, encode
 from keystore import Keyring
-
 from tokensvc import chain
 from tokensvc.errors import BadRequest
 from tokensvc.identifier import new_identifier

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import multiprocessing
 import signal
 import sys
@@ -11,6 +10,7 @@ import sys
 from aiohttp import web
 
 from tokensvc.config import Config, ConfigError
+from tokensvc.logs import configure as configure_logging
 from tokensvc.web.app import create_app
 
 
@@ -23,9 +23,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def _serve_one(config: Config, host: str, port: int, reuse_port: bool) -> None:
-    logging.basicConfig(
-        level=config.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(config.log_level)
     web.run_app(
         create_app(config),
         host=host,

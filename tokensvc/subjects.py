@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from keystore.db import Base, UTCDateTime
 from sqlalchemy import Integer, String, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
+from keystore.db import Base, UTCDateTime
 from tokensvc.db import run_db
 
 

@@ -14,7 +14,6 @@ from typing import Protocol
 
 from caveats import Context, check_predicates, subject_of
 from keystore import Keyring, RootKey
-
 from tokensvc import chain
 from tokensvc.errors import BadRequest, CaveatDenied, InvalidToken
 from tokensvc.identifier import decode_identifier

@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 from aiohttp import web
-from keystore import KeyEncryptionKey, Keyring, RotationPolicy, create_engine
 
+from keystore import KeyEncryptionKey, Keyring, RotationPolicy, create_engine
 from tokensvc.bootstrap import ensure_admin
 from tokensvc.config import Config
 from tokensvc.generations import SubjectGenerations
 from tokensvc.lockout import MemoryLockoutStore, RedisLockoutStore, redis_client_from_url
-from tokensvc.migrate import upgrade
 from tokensvc.login import LoginService
+from tokensvc.migrate import upgrade
 from tokensvc.minting import Minter
 from tokensvc.passwords import PasswordHasher, profile_by_name
 from tokensvc.subjects import SubjectStore
@@ -70,7 +70,7 @@ async def _lockout(app: web.Application) -> AsyncIterator[None]:
     async def redis_ready() -> bool:
         try:
             return bool(await redis.ping())
-        except Exception:  # any failure means not ready
+        except Exception:  # noqa: BLE001 - any failure means not ready
             return False
 
     app[appkeys.READINESS_PROBES]["redis"] = redis_ready
@@ -82,7 +82,9 @@ async def _keys(app: web.Application) -> AsyncIterator[None]:
     config = app[appkeys.CONFIG]
     clock = app[appkeys.CLOCK]
     kek = KeyEncryptionKey.load(
-        value=config.kek, file=config.kek_file, data_dir=config.data_dir if config.embedded else None
+        value=config.kek,
+        file=config.kek_file,
+        data_dir=config.data_dir if config.embedded else None,
     )
     keyring = Keyring(
         app[appkeys.ENGINE],
@@ -117,7 +119,9 @@ async def _keys(app: web.Application) -> AsyncIterator[None]:
         generations=app[appkeys.GENERATIONS],
         clock=lambda: clock().timestamp(),
     )
-    task = asyncio.create_task(_maintain_keys(keyring, config.key_maintenance_interval.total_seconds()))
+    task = asyncio.create_task(
+        _maintain_keys(keyring, config.key_maintenance_interval.total_seconds())
+    )
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -136,9 +140,7 @@ async def _maintain_keys(keyring: Keyring, every: float) -> None:
 
 def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
     """The tokensvc application for `config`; `clock` is injectable for tests."""
-    app = web.Application(
-        client_max_size=config.max_body_bytes, middlewares=[error_middleware]
-    )
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_middleware])
     app[appkeys.CONFIG] = config
     app[appkeys.CLOCK] = clock
     app[appkeys.TRUSTED_PROXIES] = tuple(

@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from aiohttp import web
-from keystore import Keyring
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from keystore import Keyring
 from tokensvc.config import Config
 from tokensvc.generations import SubjectGenerations
 from tokensvc.lockout import LockoutStore

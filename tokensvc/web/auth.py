@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 
 from aiohttp import web
 
 from tokensvc.errors import Forbidden, Unauthenticated
+from tokensvc.logs import security_event
 from tokensvc.verification import Verified
 from tokensvc.web import appkeys
 
@@ -41,7 +43,9 @@ def client_ip(request: web.Request) -> str | None:
     return hops[0] if hops else peer
 
 
-def _in_any(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+def _in_any(
+    address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -61,8 +65,21 @@ async def require_admin(request: web.Request, operation: str) -> Verified:
         client_ip=client_ip(request),
     )
     if not verified.admin:
+        _denied(verified, operation, "token is not admin-capable")
         raise Forbidden("this token is not admin-capable")
     user = await request.app[appkeys.USERS].get(verified.subject)
     if user is None or user.name != verified.subject or user.disabled or not user.is_admin:
+        _denied(verified, operation, "subject is not an enabled admin")
         raise Forbidden("the token's subject is not an enabled admin user")
     return verified
+
+
+def _denied(verified: Verified, operation: str, reason: str) -> None:
+    security_event(
+        "authz_fail",
+        level=logging.WARNING,
+        user=verified.subject[:64],
+        token_id=verified.token_id,
+        operation=operation,
+        reason=reason,
+    )

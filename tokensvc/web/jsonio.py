@@ -12,10 +12,10 @@ from tokensvc.errors import BadRequest, PayloadTooLarge
 JSON = "application/json"
 
 
-def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, content_type=JSON, headers=headers
-    )
+def json_response(
+    data: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON, headers=headers)
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from keystore import KeyInfo
 
+from keystore import KeyInfo
+from tokensvc.logs import security_event
 from tokensvc.web import appkeys
 from tokensvc.web.auth import require_admin
 from tokensvc.web.handlers.verify import iso
@@ -32,11 +33,12 @@ async def list_keys(request: web.Request) -> web.Response:
 
 
 async def rotate(request: web.Request) -> web.Response:
-    await require_admin(request, "keys:rotate")
+    caller = await require_admin(request, "keys:rotate")
     keyring = request.app[appkeys.KEYRING]
 
     key = await keyring.rotate()
 
+    security_event("key_rotated", by=caller.subject, key_id=key.id)
     infos = await keyring.list()
     info = next(i for i in infos if i.id == key.id)
     return json_response(key_body(info), status=201)

@@ -9,11 +9,18 @@ from aiohttp import web
 
 from tokensvc.config import ConfigError, parse_duration
 from tokensvc.errors import BadRequest
+from tokensvc.logs import security_event
 from tokensvc.minting import MintedToken, MintRequest
 from tokensvc.web import appkeys
 from tokensvc.web.auth import require_admin
 from tokensvc.web.handlers.verify import iso
-from tokensvc.web.jsonio import json_response, optional_str, read_json_object, reject_unknown, str_list
+from tokensvc.web.jsonio import (
+    json_response,
+    optional_str,
+    read_json_object,
+    reject_unknown,
+    str_list,
+)
 
 _MINT_FIELDS = frozenset(
     ("subject", "ttl", "operations", "resources", "audience", "cidrs", "description", "admin")
@@ -68,4 +75,12 @@ async def mint(request: web.Request) -> web.Response:
 
     minted = await request.app[appkeys.MINTER].mint(mint_request)
 
+    security_event(
+        "token_minted",
+        by=caller.subject,
+        subject=minted.subject,
+        token_id=minted.token_id,
+        admin=minted.admin,
+        expires_at=minted_body(minted)["expires_at"],
+    )
     return json_response(minted_body(minted), status=201)

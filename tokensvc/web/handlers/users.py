@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from tokensvc.errors import BadRequest, NotFound
+from tokensvc.logs import security_event
 from tokensvc.users import User, canonical_name
 from tokensvc.web import appkeys
 from tokensvc.web.auth import require_admin
@@ -51,7 +52,7 @@ async def _existing(request: web.Request) -> User:
 
 
 async def create_user(request: web.Request) -> web.Response:
-    await require_admin(request, "users:write")
+    caller = await require_admin(request, "users:write")
     data = await read_json_object(request)
     reject_unknown(data, _CREATE)
     name = data.get("name")
@@ -64,6 +65,7 @@ async def create_user(request: web.Request) -> web.Response:
         name, password_hash=password_hash, roles=str_list(data, "roles"), disabled=_disabled(data)
     )
 
+    security_event("user_created", by=caller.subject, user=user.name, roles=list(user.roles))
     return json_response(user_body(user), status=201)
 
 
@@ -88,7 +90,7 @@ async def get_user(request: web.Request) -> web.Response:
 
 
 async def patch_user(request: web.Request) -> web.Response:
-    await require_admin(request, "users:write")
+    caller = await require_admin(request, "users:write")
     data = await read_json_object(request)
     reject_unknown(data, _PATCH)
     if not data:
@@ -98,7 +100,9 @@ async def patch_user(request: web.Request) -> web.Response:
     # Validate everything before writing anything, so a bad field changes nothing.
     roles = str_list(data, "roles") if "roles" in data else None
     disabled = _disabled(data) if "disabled" in data else None
-    new_hash = await request.app[appkeys.HASHER].hash(_password(data)) if "password" in data else None
+    new_hash = (
+        await request.app[appkeys.HASHER].hash(_password(data)) if "password" in data else None
+    )
 
     if new_hash is not None:
         user = await users.set_password(user.name, new_hash)
@@ -109,17 +113,19 @@ async def patch_user(request: web.Request) -> web.Response:
 
     # This process sees the new generation at once; other replicas within the cache TTL.
     request.app[appkeys.GENERATIONS].remember(user.name, user.generation)
+    security_event("user_updated", by=caller.subject, user=user.name, changed=sorted(data))
     return json_response(user_body(user))
 
 
 async def delete_user(request: web.Request) -> web.Response:
-    await require_admin(request, "users:write")
+    caller = await require_admin(request, "users:write")
     user = await _existing(request)
 
     # Revoke first: if the delete then fails, the user's tokens are dead but nothing is lost.
     await request.app[appkeys.GENERATIONS].revoke_all(user.name)
     await request.app[appkeys.USERS].delete(user.name)
 
+    security_event("user_deleted", by=caller.subject, user=user.name)
     return web.Response(status=204)
 
 
@@ -146,8 +152,9 @@ async def get_lockout(request: web.Request) -> web.Response:
 
 
 async def clear_lockout(request: web.Request) -> web.Response:
-    await require_admin(request, "users:write")
+    caller = await require_admin(request, "users:write")
 
     await request.app[appkeys.LOCKOUT].clear(request.match_info["name"])
 
+    security_event("authn_lockout_cleared", by=caller.subject, user=request.match_info["name"][:64])
     return web.Response(status=204)

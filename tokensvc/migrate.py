@@ -1,0 +1,79 @@
+"""Run the Alembic migrations programmatically: idempotent, and safe from several processes at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Final
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keystore.db import SQLITE_BEGIN_IMMEDIATE
+
+MIGRATIONS_DIR: Final[Path] = Path(__file__).resolve().parent / "migrations"
+
+# pg_advisory_xact_lock key for migrations: the bytes "tokensvc" as a signed 64-bit integer.
+MIGRATION_LOCK_KEY: Final[int] = int.from_bytes(b"tokensvc", "big", signed=True)
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic Config for tokensvc's migrations, without any alembic.ini."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str | None:
+    """The newest revision the code ships."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Bring the database to `revision` (default: the newest); a no-op when already there."""
+    await run_locked(engine, partial(_run_command, command.upgrade, revision))
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Take the database back to `revision` ("base" removes every table)."""
+    await run_locked(engine, partial(_run_command, command.downgrade, revision))
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database is at, or None if it was never migrated."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
+
+
+async def run_locked(engine: AsyncEngine, fn: Callable[[Connection], None]) -> None:
+    """Run `fn` on one connection inside one transaction that holds the migration lock.
+
+    PostgreSQL: a transaction-scoped advisory lock, so concurrent callers queue, and each finds
+    the work done when its turn comes (DDL is transactional there). SQLite: BEGIN IMMEDIATE takes
+    the database's write lock up front, with the same effect.
+    """
+    async with engine.connect() as conn:
+        await conn.execution_options(**{SQLITE_BEGIN_IMMEDIATE: True})
+        async with conn.begin():
+            if conn.dialect.name == "postgresql":
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
+            await conn.run_sync(fn)
+
+
+def _run_command(
+    action: Callable[[Config, str], None], revision: str, connection: Connection
+) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    action(config, revision)
