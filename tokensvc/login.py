@@ -60,7 +60,7 @@ class LoginService:
 
     async def login(self, request: LoginRequest) -> MintedToken:
         """A token for the user; Unauthenticated, LockedOut or Unavailable otherwise."""
-        ttl = request.ttl or min(self._default_ttl, self._max_ttl)
+        ttl = request.ttl if request.ttl is not None else min(self._default_ttl, self._max_ttl)
         if ttl > self._max_ttl or ttl <= timedelta(0):
             raise BadRequest(
                 f"ttl must be between 1 and {int(self._max_ttl.total_seconds())} seconds"

@@ -16,6 +16,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keystore.db import SQLITE_BEGIN_IMMEDIATE
+from keystore.errors import StoreUnavailable
+from keystore.store import is_unavailable
 
 MIGRATIONS_DIR: Final[Path] = Path(__file__).resolve().parent / "migrations"
 
@@ -51,7 +53,9 @@ async def downgrade(engine: AsyncEngine, revision: str) -> None:
 async def current_revision(engine: AsyncEngine) -> str | None:
     """The revision the database is at, or None if it was never migrated."""
     async with engine.connect() as conn:
-        return await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
+        return await conn.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )
 
 
 async def run_locked(engine: AsyncEngine, fn: Callable[[Connection], None]) -> None:
@@ -59,16 +63,24 @@ async def run_locked(engine: AsyncEngine, fn: Callable[[Connection], None]) -> N
 
     PostgreSQL: a transaction-scoped advisory lock, so concurrent callers queue, and each finds
     the work done when its turn comes (DDL is transactional there). SQLite: BEGIN IMMEDIATE takes
-    the database's write lock up front, with the same effect.
+    the database's write lock up front, with the same effect. An unreachable database raises
+    `keystore.StoreUnavailable`, as the keystore does everywhere else.
     """
-    async with engine.connect() as conn:
-        await conn.execution_options(**{SQLITE_BEGIN_IMMEDIATE: True})
-        async with conn.begin():
-            if conn.dialect.name == "postgresql":
-                await conn.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
-                )
-            await conn.run_sync(fn)
+    try:
+        async with engine.connect() as conn:
+            await conn.execution_options(**{SQLITE_BEGIN_IMMEDIATE: True})
+            async with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                    )
+                await conn.run_sync(fn)
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise StoreUnavailable(
+                f"database unavailable for migrations ({type(exc).__name__})"
+            ) from exc
+        raise
 
 
 def _run_command(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -173,16 +173,21 @@ def redis_client_from_url(url: str, **overrides: Any) -> Redis:
     """A client that fails fast: sub-second timeouts and one retry, so login fails closed quickly.
 
     redis-py's defaults (5 s timeouts, 10 retries with backoff) would hold a login for most of a
-    minute before answering 503.
+    minute before answering 503. The pool blocks (up to a second) when all its connections are
+    busy: redis-py's default pool raises at once past 100 connections, which turned a burst of
+    logins into 503s although Redis was fine.
     """
     options: dict[str, Any] = {
         "socket_connect_timeout": 0.5,
         "socket_timeout": 1.0,
         "retry": Retry(NoBackoff(), 1),
         "health_check_interval": 30,
+        "max_connections": 64,
+        "timeout": 1.0,
     }
     options.update(overrides)
-    return Redis.from_url(url, **options)
+    pool = BlockingConnectionPool.from_url(url, **options)
+    return Redis(connection_pool=pool)
 
 
 class RedisLockoutStore:

@@ -44,11 +44,14 @@ def optional_str(data: dict[str, Any], name: str, *, max_len: int = 1024) -> str
     return value
 
 
-def str_list(data: dict[str, Any], name: str, *, max_items: int = 64) -> tuple[str, ...]:
+def str_list(
+    data: dict[str, Any], name: str, *, max_items: int = 64, single_ok: bool = False
+) -> tuple[str, ...]:
+    """A list of strings; a bare string only where the API documents it (`audience`)."""
     value = data.get(name)
     if value is None:
         return ()
-    if isinstance(value, str):
+    if isinstance(value, str) and single_ok:
         value = [value]
     if (
         not isinstance(value, list)

@@ -66,7 +66,7 @@ async def login(request: web.Request) -> web.Response:
             ttl=parse_ttl(data.get("ttl"), config.login_default_ttl) if "ttl" in data else None,
             operations=str_list(data, "operations"),
             resources=str_list(data, "resources"),
-            audiences=str_list(data, "audience"),
+            audiences=str_list(data, "audience", single_ok=True),
             cidrs=str_list(data, "cidrs"),
         )
     )

@@ -67,7 +67,7 @@ async def mint(request: web.Request) -> web.Response:
         ttl=parse_ttl(data.get("ttl"), config.default_token_ttl),
         operations=str_list(data, "operations"),
         resources=str_list(data, "resources"),
-        audiences=str_list(data, "audience"),
+        audiences=str_list(data, "audience", single_ok=True),
         cidrs=str_list(data, "cidrs"),
         admin=admin,
         description=optional_str(data, "description") or "",
