@@ -46,10 +46,14 @@ def _fail_on_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from keystore import KeystoreError
+
         try:
             return fn(*args, **kwargs)
         except TokensvcError as exc:
             raise click.ClickException(f"{exc.code}: {exc.message}") from None
+        except KeystoreError as exc:
+            raise click.ClickException(f"keystore: {exc}") from None
 
     return wrapper
 
@@ -71,11 +75,15 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     """Run the HTTP service."""
     from tokensvc.server import run
 
+    from keystore import KeystoreError
+
     config = _config()
     try:
         run(config, host=host or config.host, port=port or config.port, workers=workers)
     except TokensvcError as exc:
         raise click.ClickException(exc.message) from None
+    except KeystoreError as exc:
+        raise click.ClickException(f"keystore: {exc}") from None
 
 
 @main.command()
@@ -83,12 +91,13 @@ def migrate() -> None:
     """Bring the database schema up to date."""
     from keystore import create_engine
     from tokensvc.migrate import upgrade
+    from tokensvc.web.app import prepare_embedded_database
 
     config = _config()
 
     async def go() -> None:
         if config.embedded:
-            config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            prepare_embedded_database(config)
         engine = create_engine(config.effective_database_url)
         try:
             await upgrade(engine)
@@ -112,10 +121,11 @@ class _Local:
         from keystore import KeyEncryptionKey, Keyring, RotationPolicy, create_engine
         from tokensvc.migrate import upgrade
         from tokensvc.minting import Minter
+        from tokensvc.web.app import prepare_embedded_database
 
         config = self.config
         if config.embedded:
-            config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            prepare_embedded_database(config)
         self.engine = create_engine(config.effective_database_url)
         await upgrade(self.engine)
         kek = KeyEncryptionKey.load(

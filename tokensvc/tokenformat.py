@@ -22,7 +22,8 @@ _URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
 
 
 def _checksum(body: str) -> str:
-    return format(zlib.crc32(body.encode("ascii")), "08x")
+    # "replace": a non-ASCII character cannot be in a real token, so it only has to not crash.
+    return format(zlib.crc32(body.encode("ascii", "replace")), "08x")
 
 
 def encode_token(macaroon: Macaroon) -> str:

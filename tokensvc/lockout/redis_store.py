@@ -187,7 +187,8 @@ def redis_client_from_url(url: str, **overrides: Any) -> Redis:
     }
     options.update(overrides)
     pool = BlockingConnectionPool.from_url(url, **options)
-    return Redis(connection_pool=pool)
+    # from_pool: the client owns the pool, so aclose() closes its connections too.
+    return Redis.from_pool(pool)
 
 
 class RedisLockoutStore:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -30,6 +31,14 @@ from tokensvc.web.handlers import health, keys, login, tokens, users, verify
 log = logging.getLogger("tokensvc")
 
 
+def prepare_embedded_database(config: Config) -> None:
+    """The data directory (0700) and an owner-only SQLite file, created before SQLite makes it 0644."""
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = config.data_dir / "tokensvc.db"
+    if config.database_url is None and not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -37,7 +46,7 @@ def utc_now() -> datetime:
 async def _database(app: web.Application) -> AsyncIterator[None]:
     config = app[appkeys.CONFIG]
     if config.embedded:
-        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prepare_embedded_database(config)
     engine = create_engine(config.effective_database_url)
     if config.auto_migrate:
         await upgrade(engine)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import binascii
 from base64 import b64decode
 
 import orjson
@@ -24,7 +23,7 @@ def _basic(header: str) -> tuple[str, str] | None:
         return None
     try:
         decoded = b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, non-ASCII input and UnicodeDecodeError alike
         raise Unauthenticated("malformed Basic credentials") from None
     username, sep, password = decoded.partition(":")
     if not sep:

@@ -12,6 +12,7 @@ from tokensvc.web import appkeys
 from tokensvc.web.jsonio import json_response, read_json_object
 
 _CONTEXT_FIELDS = ("operation", "resource", "audience", "client_ip")
+_CONTEXT_KEYS = frozenset(_CONTEXT_FIELDS)
 _ALLOWED = frozenset(("token", "discharges", "context"))
 
 
@@ -31,8 +32,8 @@ def _context(data: dict[str, Any]) -> dict[str, str | None]:
         if value is not None and (not isinstance(value, str) or len(value) > 2048):
             raise BadRequest(f"context.{name} must be a string of at most 2048 characters")
         out[name] = value
-    if len(raw) > len(out):
-        unknown = sorted(set(raw) - set(_CONTEXT_FIELDS))
+    if not raw.keys() <= _CONTEXT_KEYS:
+        unknown = sorted(raw.keys() - _CONTEXT_KEYS)
         raise BadRequest("unknown context field(s): " + ", ".join(u[:40] for u in unknown[:5]))
     return out
 

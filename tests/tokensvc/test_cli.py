@@ -1,0 +1,268 @@
+"""The real `tokensvc` console script, run as a subprocess against real PostgreSQL.
+
+Operator commands (`migrate`, `token mint --local`, `keys list|rotate --local`) and the offline
+`token inspect`; the tokens they make are checked by an app built on the same database and KEK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.conftest import ADMIN_PASSWORD, basic_auth, make_config
+from tokensvc.web import appkeys
+from tokensvc.web.app import create_app
+
+if TYPE_CHECKING:
+    from pytest_aiohttp import AiohttpClient
+
+SCRIPT = Path(sys.executable).parent / "tokensvc"
+
+
+def script() -> str:
+    if SCRIPT.exists():
+        return str(SCRIPT)
+    found = shutil.which("tokensvc")
+    assert found, "the tokensvc console script is not installed"
+    return found
+
+
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def __repr__(self) -> str:
+        return f"Result(rc={self.returncode}, stdout={self.stdout[-500:]!r}, stderr={self.stderr[-2000:]!r})"
+
+
+@pytest.fixture
+def kek() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, data_dir: Path, pg_url: str, kek: str) -> dict[str, str]:
+    """The environment of an operator on PostgreSQL: nothing from the caller's TOKENSVC_* or home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSVC_")}
+    home = tmp_path / "home"
+    home.mkdir()
+    env.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_DATA_HOME=str(home / ".local" / "share"),
+        TOKENSVC_DATA_DIR=str(data_dir),
+        TOKENSVC_DATABASE_URL=pg_url,
+        TOKENSVC_KEK=kek,
+    )
+    return env
+
+
+async def tokensvc(env: dict[str, str], *args: str) -> Result:
+    """Run the console script; its exit status and output."""
+    proc = await asyncio.create_subprocess_exec(
+        script(),
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+def assert_clean_failure(result: Result) -> str:
+    """Non-zero exit, no traceback, one `Error:` line saying what went wrong; that line."""
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr, result
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result
+    return errors[0]
+
+
+async def app_client(aiohttp_client: Any, pg_url: str, data_dir: Path, kek: str) -> Any:
+    """The service on the database and KEK the CLI used."""
+    return await aiohttp_client(
+        create_app(make_config(database_url=pg_url, data_dir=data_dir, kek=kek))
+    )
+
+
+async def test_migrate_creates_the_schema(cli_env: dict[str, str], pg_url: str) -> None:
+    """`tokensvc migrate` exits 0 and leaves the root_keys and users tables in an empty database."""
+    result = await tokensvc(cli_env, "migrate")
+
+    engine = create_async_engine(pg_url)
+    try:
+        async with engine.connect() as conn:
+            tables = set(
+                (
+                    await conn.execute(
+                        text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                    )
+                ).scalars()
+            )
+    finally:
+        await engine.dispose()
+    assert result.returncode == 0, result
+    assert {"root_keys", "users"} <= tables
+    assert "up to date" in result.stdout
+
+
+async def test_local_admin_mint_gives_a_token_the_service_accepts(
+    cli_env: dict[str, str], aiohttp_client: AiohttpClient, pg_url: str, data_dir: Path, kek: str
+) -> None:
+    """`token mint --local --admin --subject admin --ttl 1h --json` makes a token that verifies and passes admin calls."""
+    minted = await tokensvc(
+        cli_env,
+        "token",
+        "mint",
+        "--local",
+        "--admin",
+        "--subject",
+        "admin",
+        "--ttl",
+        "1h",
+        "--json",
+    )
+
+    assert minted.returncode == 0, minted
+    body = minted.json()
+    assert {"token", "token_id", "key_id", "subject", "admin", "expires_at"} <= set(body)
+    assert body["subject"] == "admin" and body["admin"] is True
+    client = await app_client(aiohttp_client, pg_url, data_dir, kek)
+    verified = await client.post("/v1/verify", json={"token": body["token"]})
+    assert verified.status == 200, await verified.text()
+    assert (await verified.json())["token_id"] == body["token_id"]
+    keys = await client.get("/v1/keys", headers={"Authorization": f"Bearer {body['token']}"})
+    assert keys.status == 200, await keys.text()
+    assert body["key_id"] in {k["id"] for k in (await keys.json())["keys"]}
+
+
+async def service_token(client: Any, **body: Any) -> dict[str, Any]:
+    """A token minted by the service itself, through login and POST /v1/tokens."""
+    login = await client.post("/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD))
+    admin_token = (await login.json())["token"]
+    resp = await client.post(
+        "/v1/tokens", json=body, headers={"Authorization": f"Bearer {admin_token}"}
+    )
+    assert resp.status == 201, await resp.text()
+    return dict(await resp.json())
+
+
+async def test_inspect_shows_the_identifier_and_caveats_offline(
+    cli_env: dict[str, str], aiohttp_client: AiohttpClient, pg_url: str, data_dir: Path, kek: str
+) -> None:
+    """`token inspect TOKEN --json` shows token_id, key_id and caveats of a service-minted token, with no configuration."""
+    client = await app_client(aiohttp_client, pg_url, data_dir, kek)
+    minted = await service_token(
+        client, subject="alice", operations=["read"], resources=["/docs/*"]
+    )
+    offline = {k: v for k, v in cli_env.items() if not k.startswith("TOKENSVC_")}
+
+    result = await tokensvc(offline, "token", "inspect", minted["token"], "--json")
+
+    assert result.returncode == 0, result
+    info = result.json()
+    assert info["token_id"] == minted["token_id"]
+    assert info["key_id"] == minted["key_id"]
+    assert info["admin"] is False
+    caveats = " ".join(info["caveats"])
+    assert "alice" in caveats and "read" in caveats and "/docs/*" in caveats
+
+
+async def test_inspect_of_a_damaged_token_fails_cleanly(cli_env: dict[str, str]) -> None:
+    """`token inspect` of garbage, a bad checksum or non-ASCII text exits non-zero with one line, no traceback."""
+    offline = {k: v for k, v in cli_env.items() if not k.startswith("TOKENSVC_")}
+    token = "tsv1_AgEIdG9rZW5zdmMCIgEAVfV6EdZCLF63AhYp47XvNjA5N2M1MGFhZGVmZDlhMDQAAgdbMiwieCJdAAIOWzAsMTc5NTMwMDI0OF0AAgVbNywwXQAABiDYOoVFEbeO5RT8wFGCxJMnHtZbhrAPkLxjfRihTp_wLA.00000000"
+
+    results = await asyncio.gather(
+        tokensvc(offline, "token", "inspect", "not a token at all"),
+        tokensvc(offline, "token", "inspect", token),
+        tokensvc(offline, "token", "inspect", "tsv1_\u00e9t\u00e9.00000000"),
+    )
+
+    garbage, bad_checksum, non_ascii = results
+    assert_clean_failure(garbage)
+    assert "checksum" in assert_clean_failure(bad_checksum)
+    assert_clean_failure(non_ascii)
+
+
+async def test_keys_list_and_rotate_locally(
+    cli_env: dict[str, str], aiohttp_client: AiohttpClient, pg_url: str, data_dir: Path, kek: str
+) -> None:
+    """`keys list --local --json` shows the service's current key; `keys rotate --local --json` makes a new current one."""
+    client = await app_client(aiohttp_client, pg_url, data_dir, kek)
+    scheduled = (await service_token(client, subject="alice"))["key_id"]
+
+    listed = await tokensvc(cli_env, "keys", "list", "--local", "--json")
+    rotated = await tokensvc(cli_env, "keys", "rotate", "--local", "--json")
+
+    assert listed.returncode == 0, listed
+    assert [k["id"] for k in listed.json() if k["current"]] == [scheduled]
+    for key in listed.json():
+        assert set(key) == {"id", "created_at", "expires_at", "current"}
+    assert rotated.returncode == 0, rotated
+    new = rotated.json()
+    assert new["id"] != scheduled and new["current"] is True
+    infos = await client.app[appkeys.KEYRING].list()
+    assert {i.id: i.current for i in infos} == {scheduled: False, new["id"]: True}
+
+
+async def test_bad_ttl_exits_non_zero_with_a_one_line_message(cli_env: dict[str, str]) -> None:
+    """A --ttl that is no duration, zero, or longer than a key can back fails with one `Error:` line and no traceback."""
+    base = ("token", "mint", "--local", "--subject", "alice", "--ttl")
+
+    banana, zero, too_long = await asyncio.gather(
+        tokensvc(cli_env, *base, "banana"),
+        tokensvc(cli_env, *base, "0"),
+        tokensvc(cli_env, *base, "48h"),
+    )
+
+    assert "ttl" in assert_clean_failure(banana).lower()
+    assert "banana" in banana.stderr
+    assert "ttl" in assert_clean_failure(zero).lower()
+    assert "ttl" in assert_clean_failure(too_long).lower()
+    assert banana.stdout == zero.stdout == too_long.stdout == ""
+
+
+async def test_wrong_kek_fails_with_one_line_not_a_traceback(
+    cli_env: dict[str, str], aiohttp_client: AiohttpClient, pg_url: str, data_dir: Path, kek: str
+) -> None:
+    """With a KEK other than the one the root keys were sealed with, a local mint is one `Error:` line and a non-zero exit."""
+    await app_client(aiohttp_client, pg_url, data_dir, kek)  # seals this interval's key under `kek`
+    wrong_kek = {**cli_env, "TOKENSVC_KEK": base64.b64encode(secrets.token_bytes(32)).decode()}
+
+    result = await tokensvc(wrong_kek, "token", "mint", "--local", "--subject", "alice", "--json")
+
+    assert "key-encryption key" in assert_clean_failure(result)
+    assert result.stdout == ""
+
+
+async def test_unreachable_database_fails_with_one_line_not_a_traceback(
+    cli_env: dict[str, str],
+) -> None:
+    """With the database unreachable, `keys list --local` is one `Error:` line and a non-zero exit."""
+    unreachable = {
+        **cli_env,
+        "TOKENSVC_DATABASE_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none",
+    }
+
+    result = await tokensvc(unreachable, "keys", "list", "--local", "--json")
+
+    assert_clean_failure(result)
+    assert result.stdout == ""

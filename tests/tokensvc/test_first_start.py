@@ -1,0 +1,212 @@
+"""The README's first command, for real: `tokensvc serve` with no configuration at all.
+
+A subprocess with a private HOME and XDG_DATA_HOME and no TOKENSVC_* variable: it must create its
+data directory, KEK and SQLite database, print the generated admin password once, and serve a
+login → mint → verify round trip over real HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+SCRIPT = Path(sys.executable).parent / "tokensvc"
+PASSWORD_LINE = re.compile(r"created user 'admin' with password: (\S+)")
+START_TIMEOUT = 30.0
+
+
+def script() -> str:
+    if SCRIPT.exists():
+        return str(SCRIPT)
+    found = shutil.which("tokensvc")
+    assert found, "the tokensvc console script is not installed"
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    stderr_path: Path
+    stdout_path: Path
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+
+def request(
+    url: str, *, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """One HTTP request; the status and JSON body, for errors too."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def wait_until_serving(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(f"tokensvc serve exited with {server.process.returncode}:\n{server.stderr}")
+        try:
+            if request(server.url + "/healthz")[0] == 200:
+                return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"tokensvc serve did not answer /healthz within {START_TIMEOUT}s:\n{server.stderr}")
+
+
+@pytest.fixture
+def bare_env(tmp_path: Path) -> dict[str, str]:
+    """The caller's environment minus every TOKENSVC_* variable, with a private home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSVC_")}
+    home = tmp_path / "home"
+    home.mkdir()
+    env.update(
+        HOME=str(home),
+        XDG_DATA_HOME=str(home / ".local" / "share"),
+        XDG_CONFIG_HOME=str(home / ".config"),
+    )
+    return env
+
+
+@pytest.fixture
+def start(bare_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """Start `tokensvc serve --port N` (as often as asked); every server is stopped afterwards."""
+    servers: list[Server] = []
+
+    def run() -> Server:
+        port = free_port()
+        n = len(servers)
+        stdout_path, stderr_path = tmp_path / f"stdout{n}", tmp_path / f"stderr{n}"
+        with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+            process = subprocess.Popen(
+                [script(), "serve", "--port", str(port)],
+                env=bare_env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+            )
+        server = Server(process, f"http://127.0.0.1:{port}", stderr_path, stdout_path)
+        servers.append(server)
+        wait_until_serving(server)
+        return server
+
+    yield run
+    for server in servers:
+        server.stop()
+
+
+def basic(username: str, password: str) -> dict[str, str]:
+    return {
+        "Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+    }
+
+
+def test_first_start_without_configuration_serves_a_login_mint_verify_round_trip(
+    start: Callable[[], Server], bare_env: dict[str, str]
+) -> None:
+    """With no configuration, `tokensvc serve` prints an admin password once, and login → mint → verify works over HTTP."""
+    server = start()
+    found = PASSWORD_LINE.search(server.stderr)
+    assert found, server.stderr
+    password = found.group(1)
+
+    login_status, login = request(
+        server.url + "/v1/login", method="POST", headers=basic("admin", password)
+    )
+    admin = {"Authorization": f"Bearer {login.get('token')}"}
+    mint_status, minted = request(
+        server.url + "/v1/tokens",
+        method="POST",
+        body={"subject": "alice", "ttl": "1h"},
+        headers=admin,
+    )
+    verify_status, verified = request(
+        server.url + "/v1/verify", method="POST", body={"token": minted.get("token")}
+    )
+
+    assert login_status == 200, login
+    assert mint_status == 201, minted
+    assert verify_status == 200, verified
+    assert verified["subject"] == "alice" and verified["valid"] is True
+    assert server.stderr.count(password) == 1
+    assert password not in server.stdout
+    assert server.stop() in (0, -signal.SIGTERM)
+    assert "Traceback" not in server.stderr, server.stderr
+
+
+def test_first_start_keeps_its_secrets_private_and_a_restart_reuses_them(
+    start: Callable[[], Server], bare_env: dict[str, str]
+) -> None:
+    """The data dir is 0700 and the generated KEK file 0600; a restart prints no new password and the first one still works."""
+    first = start()
+    password = PASSWORD_LINE.search(first.stderr).group(1)  # type: ignore[union-attr]
+    first.stop()
+    data_dir = Path(bare_env["XDG_DATA_HOME"]) / "tokensvc"
+    kek = data_dir / "kek"
+
+    second = start()
+    login_status, login = request(
+        second.url + "/v1/login", method="POST", headers=basic("admin", password)
+    )
+
+    assert kek.is_file(), sorted(p.name for p in data_dir.iterdir())
+    assert stat.S_IMODE(kek.stat().st_mode) == 0o600
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert PASSWORD_LINE.search(second.stderr) is None, second.stderr
+    assert password not in second.stderr
+    assert login_status == 200, login
+    verify_status, _ = request(
+        second.url + "/v1/verify", method="POST", body={"token": login["token"]}
+    )
+    assert verify_status == 200

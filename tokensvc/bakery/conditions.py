@@ -1,0 +1,111 @@
+"""The third-party conditions tokensvc discharges, and who the caller must be for each.
+
+- `user-is NAME`: the caller authenticates as user NAME (HTTP Basic through the login path, with
+  its lockout, or a tokensvc token); declares `username NAME`.
+- `has-role ROLE`: the caller authenticates as an enabled user holding ROLE; declares `username`.
+- `account-active NAME`: user NAME exists, is enabled and is not locked out. Needs no caller, and
+  answers every failure with the same message, so that it tells no more than it must about which
+  accounts exist.
+
+A condition that does not hold raises `ConditionRefused`; an unknown one `ConditionNotRecognized`.
+The caller is authenticated only when a condition needs it, so `account-active` costs no argon2.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Final, Protocol
+
+from tokensvc.bakery.errors import ConditionNotRecognized, ConditionRefused
+from tokensvc.errors import BadRequest
+from tokensvc.lockout import LockoutStore
+from tokensvc.users import User, UserStore, canonical_name
+
+USER_IS: Final = "user-is"
+HAS_ROLE: Final = "has-role"
+ACCOUNT_ACTIVE: Final = "account-active"
+
+USERNAME: Final = "username"
+
+_ROLE: Final = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
+_INACTIVE: Final = "account-active: the account is not active"
+
+
+def clip(text: str, limit: int = 64) -> str:
+    """Untrusted text quoted in a message: repr'd and cut, so it cannot forge log lines."""
+    return repr(text[:limit] + ("…" if len(text) > limit else ""))
+
+
+class Caller(Protocol):
+    """Whoever asks for the discharge; authenticated lazily, once."""
+
+    async def authenticate(self) -> str:
+        """The caller's user name (canonical); Unauthenticated, LockedOut or Unavailable otherwise."""
+        ...
+
+
+class Conditions:
+    """Checks a condition for a caller; returns the attributes the discharge declares."""
+
+    def __init__(
+        self, *, users: UserStore, lockout: LockoutStore, clock: Callable[[], datetime]
+    ) -> None:
+        self._users = users
+        self._lockout = lockout
+        self._clock = clock
+
+    async def check(self, condition: str, caller: Caller) -> dict[str, str]:
+        """Raise ConditionRefused / ConditionNotRecognized, or return what to declare."""
+        name, _, arg = condition.partition(" ")
+        if name == USER_IS:
+            return await self._user_is(arg, caller)
+        if name == HAS_ROLE:
+            return await self._has_role(arg, caller)
+        if name == ACCOUNT_ACTIVE:
+            await self._account_active(arg)
+            return {}
+        raise ConditionNotRecognized(f"caveat not recognized: {clip(condition)}")
+
+    async def _caller(self, caller: Caller, condition: str) -> User:
+        who = await caller.authenticate()
+        user = await self._users.get(who)
+        # A token's subject need not be a user (admins mint for services): only users qualify.
+        if user is None or user.disabled:
+            raise ConditionRefused(f"{condition}: the caller is not an enabled user")
+        return user
+
+    async def _user_is(self, arg: str, caller: Caller) -> dict[str, str]:
+        try:
+            wanted = canonical_name(arg)
+        except BadRequest:
+            raise ConditionRefused(f"user-is: {clip(arg)} is not a user name") from None
+        user = await self._caller(caller, USER_IS)
+        if user.name != wanted:
+            raise ConditionRefused(
+                f"user-is: authenticated as {clip(user.name)}, not {clip(wanted)}"
+            )
+        return {USERNAME: user.name}
+
+    async def _has_role(self, arg: str, caller: Caller) -> dict[str, str]:
+        if _ROLE.fullmatch(arg) is None:
+            raise ConditionRefused(f"has-role: {clip(arg)} is not a role name")
+        user = await self._caller(caller, HAS_ROLE)
+        if arg not in user.roles:
+            raise ConditionRefused(f"has-role: {clip(user.name)} does not have role {clip(arg)}")
+        return {USERNAME: user.name}
+
+    async def _account_active(self, arg: str) -> None:
+        try:
+            name = canonical_name(arg)
+        except BadRequest:
+            raise ConditionRefused(_INACTIVE) from None
+        user = await self._users.get(name)
+        if user is None or user.disabled:
+            raise ConditionRefused(_INACTIVE)
+        status = await self._lockout.status(name, self._clock().timestamp())
+        # The identity-wide lock, not per-IP ones: failures from one address lock that address
+        # out of the account, and must not make the account itself look inactive elsewhere.
+        if status.locked_until is not None:
+            raise ConditionRefused(_INACTIVE)
