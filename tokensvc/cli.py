@@ -73,9 +73,8 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
 def serve(host: str | None, port: int | None, workers: int) -> None:
     """Run the HTTP service."""
-    from tokensvc.server import run
-
     from keystore import KeystoreError
+    from tokensvc.server import run
 
     config = _config()
     try:
@@ -142,18 +141,27 @@ class _Local:
             ),
             clock=clock,
         )
+        from keystore.discharger_key import load_discharger_key
+        from tokensvc.bakery.thirdparty import ThirdPartyLocator
         from tokensvc.generations import SubjectGenerations
         from tokensvc.subjects import SubjectStore
         from tokensvc.users import UserStore
 
         self.users = UserStore(self.engine)
         self.generations = SubjectGenerations(self.users, SubjectStore(self.engine))
+        self.locator = ThirdPartyLocator(config.bakery)
         self.minter = Minter(
-            self.keyring, generations=self.generations, location=config.location, clock=clock
+            self.keyring,
+            generations=self.generations,
+            location=config.location,
+            clock=clock,
+            third_parties=self.locator,
+            discharger_key=await load_discharger_key(self.engine, kek=kek, clock=clock),
         )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.locator.close()
         await self.engine.dispose()
 
 
@@ -178,6 +186,14 @@ def token() -> None:
 @click.option("--cidr", "cidrs", multiple=True, help="Client network the token is valid from.")
 @click.option("--admin", is_flag=True, help="Make the token admin-capable.")
 @click.option("--description", default="", help="What the token is for.")
+@click.option(
+    "--third-party",
+    "third_party",
+    type=(str, str),
+    multiple=True,
+    metavar="LOCATION CONDITION",
+    help="Require a discharge from a third party (repeatable).",
+)
 @click.option("--local", is_flag=True, help="Mint straight against the configured database.")
 @click.option("--url", default=None, help="Service URL (default: the logged-in one).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -191,13 +207,16 @@ def token_mint(
     cidrs: tuple[str, ...],
     admin: bool,
     description: str,
+    third_party: tuple[tuple[str, str], ...],
     local: bool,
     url: str | None,
     as_json: bool,
 ) -> None:
     """Mint a scoped token (through the API, or with --local as an operator)."""
+    third_party_body = [{"location": loc, "condition": cond} for loc, cond in third_party]
     config = _config()
     if local:
+        from tokensvc.bakery.thirdparty import parse_third_party
         from tokensvc.minting import MintRequest
 
         if not subject:
@@ -218,6 +237,7 @@ def token_mint(
                         audiences=audiences,
                         cidrs=cidrs,
                         admin=admin,
+                        third_party=parse_third_party(third_party_body or None),
                         description=description,
                     )
                 )
@@ -242,6 +262,8 @@ def token_mint(
             "admin": admin,
             "description": description,
         }
+        if third_party_body:
+            body["third_party"] = third_party_body
         if subject:
             body["subject"] = subject
         if ttl:
@@ -267,6 +289,15 @@ def token_inspect(token_string: str | None, as_json: bool) -> None:
         return "\n".join(lines)
 
     _emit(info, as_json, human)
+
+
+def _attach_bakery_commands() -> None:
+    from tokensvc.bakery.cli import discharge_command
+
+    token.add_command(discharge_command)
+
+
+_attach_bakery_commands()
 
 
 # ---- keys ------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from tokensvc.bakery.config import BakeryConfig
 from tokensvc.errors import TokensvcError
 
 
@@ -70,6 +71,7 @@ class Config:
     pepper: bytes | None = field(default=None, repr=False)
     trusted_proxies: tuple[str, ...] = ()
     log_level: str = "info"
+    bakery: BakeryConfig = field(default_factory=BakeryConfig)
 
     @property
     def embedded(self) -> bool:
@@ -153,6 +155,7 @@ class Config:
                 p.strip() for p in (get("TRUSTED_PROXIES") or "").split(",") if p.strip()
             ),
             log_level=get("LOG_LEVEL") or defaults.log_level,
+            bakery=BakeryConfig.from_env(env),
         )
         config.validate()
         return config

@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 from caveats import Audience, ClientCIDR, Expiry, Generation, Operations, Resources, Subject, encode
 from keystore import Keyring
+from keystore.discharger_key import DischargerKey
 from tokensvc import chain
+from tokensvc.bakery.thirdparty import ThirdPartyLocator, ThirdPartyRequest, add_third_party_caveats
 from tokensvc.errors import BadRequest
 from tokensvc.identifier import new_identifier
 from tokensvc.macaroon import Caveat
@@ -39,6 +41,7 @@ class MintRequest:
     audiences: tuple[str, ...] = ()
     cidrs: tuple[str, ...] = ()
     admin: bool = False
+    third_party: tuple[ThirdPartyRequest, ...] = ()
     description: str = field(default="", compare=False)
 
     def validate(self, *, max_ttl: timedelta) -> None:
@@ -83,8 +86,12 @@ class Minter:
         generations: GenerationSource,
         location: str,
         clock: Callable[[], datetime],
+        third_parties: ThirdPartyLocator | None = None,
+        discharger_key: DischargerKey | None = None,
     ) -> None:
         self._keyring = keyring
+        self._third_parties = third_parties
+        self._discharger_key = discharger_key
         self._generations = generations
         self._location = location.encode()
         self._clock = clock
@@ -123,6 +130,15 @@ class Minter:
             caveats=[Caveat(p) for p in predicates],
             location=self._location,
         )
+        if request.third_party:
+            if self._third_parties is None or self._discharger_key is None:
+                raise BadRequest("third-party caveats are not enabled")
+            macaroon = await add_third_party_caveats(
+                macaroon,
+                request.third_party,
+                locator=self._third_parties,
+                key=self._discharger_key,
+            )
         return MintedToken(
             token=encode_token(macaroon),
             token_id=identifier.token_id_hex,

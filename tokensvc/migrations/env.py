@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 import keystore.models  # noqa: F401  (registers root_keys on Base.metadata)
-import tokensvc.subjects  # noqa: F401  (subject_generations)
+import tokensvc.subjects
 import tokensvc.users  # noqa: F401  (users)
 from keystore.db import Base, create_engine
 from tokensvc.migrate import run_locked

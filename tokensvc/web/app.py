@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from keystore import KeyEncryptionKey, Keyring, RotationPolicy, create_engine
+from tokensvc.bakery import appkeys as bakery_keys
 from tokensvc.bootstrap import ensure_admin
 from tokensvc.config import Config
 from tokensvc.generations import SubjectGenerations
@@ -26,6 +27,7 @@ from tokensvc.users import UserStore
 from tokensvc.verification import Limits, Verifier
 from tokensvc.web import appkeys
 from tokensvc.web.errors import error_middleware
+from tokensvc.web.handlers import bakery as bakery_handlers
 from tokensvc.web.handlers import health, keys, login, tokens, users, verify
 
 log = logging.getLogger("tokensvc")
@@ -53,6 +55,15 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.ENGINE] = engine
     yield
     await engine.dispose()
+
+
+async def _kek(app: web.Application) -> AsyncIterator[None]:
+    """The key-encryption key, loaded once for the keyring and the discharger key."""
+    config = app[appkeys.CONFIG]
+    app[appkeys.KEK] = KeyEncryptionKey.load(
+        value=config.kek, file=config.kek_file, data_dir=config.data_dir if config.embedded else None
+    )
+    yield
 
 
 async def _users(app: web.Application) -> AsyncIterator[None]:
@@ -106,7 +117,12 @@ async def _keys(app: web.Application) -> AsyncIterator[None]:
     await keyring.maintain()
     app[appkeys.KEYRING] = keyring
     minter = Minter(
-        keyring, generations=app[appkeys.GENERATIONS], location=config.location, clock=clock
+        keyring,
+        generations=app[appkeys.GENERATIONS],
+        location=config.location,
+        clock=clock,
+        third_parties=app[bakery_keys.THIRD_PARTIES],
+        discharger_key=app[bakery_keys.DISCHARGER_KEY],
     )
     app[appkeys.MINTER] = minter
     app[appkeys.LOGIN] = LoginService(
@@ -157,9 +173,12 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> we
     )
     app[appkeys.READINESS_PROBES] = {}
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_kek)
     app.cleanup_ctx.append(_users)
     app.cleanup_ctx.append(_lockout)
+    app.cleanup_ctx.append(bakery_handlers.discharger_context)
     app.cleanup_ctx.append(_keys)
+    bakery_handlers.setup(app, config.bakery.prefix, config=config.bakery)
 
     app.router.add_post("/v1/verify", verify.verify)
     app.router.add_post("/v1/login", login.login)

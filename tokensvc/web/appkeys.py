@@ -9,7 +9,7 @@ from datetime import datetime
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keystore import Keyring
+from keystore import KeyEncryptionKey, Keyring
 from tokensvc.config import Config
 from tokensvc.generations import SubjectGenerations
 from tokensvc.lockout import LockoutStore
@@ -34,3 +34,4 @@ GENERATIONS = web.AppKey("generations", SubjectGenerations)
 HASHER = web.AppKey("hasher", PasswordHasher)
 LOCKOUT = web.AppKey("lockout", LockoutStore)
 LOGIN = web.AppKey("login", LoginService)
+KEK = web.AppKey("kek", KeyEncryptionKey)

@@ -28,7 +28,6 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from keystore import KeyEncryptionKey
 from keystore.discharger_key import load_discharger_key
 from tokensvc.bakery import appkeys as bakery_keys
 from tokensvc.bakery.codec import MAX_CAVEAT_BYTES, b64decode_any
@@ -90,14 +89,8 @@ async def discharger_context(app: web.Application) -> AsyncIterator[None]:
     if bakery_keys.BAKERY_CONFIG not in app:
         app[bakery_keys.BAKERY_CONFIG] = BakeryConfig()
     config = app[bakery_keys.BAKERY_CONFIG]
-    service = app[appkeys.CONFIG]
     clock = app[appkeys.CLOCK]
-    kek = KeyEncryptionKey.load(
-        value=service.kek,
-        file=service.kek_file,
-        data_dir=service.data_dir if service.embedded else None,
-    )
-    key = await load_discharger_key(app[appkeys.ENGINE], kek=kek, clock=clock)
+    key = await load_discharger_key(app[appkeys.ENGINE], kek=app[appkeys.KEK], clock=clock)
     app[bakery_keys.DISCHARGER_KEY] = key
     app[bakery_keys.DISCHARGER] = Discharger(
         key,

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tokensvc.bakery.thirdparty import parse_third_party
 from tokensvc.config import ConfigError, parse_duration
 from tokensvc.errors import BadRequest
 from tokensvc.logs import security_event
@@ -23,7 +24,17 @@ from tokensvc.web.jsonio import (
 )
 
 _MINT_FIELDS = frozenset(
-    ("subject", "ttl", "operations", "resources", "audience", "cidrs", "description", "admin")
+    (
+        "subject",
+        "ttl",
+        "operations",
+        "resources",
+        "audience",
+        "cidrs",
+        "description",
+        "admin",
+        "third_party",
+    )
 )
 
 
@@ -70,6 +81,7 @@ async def mint(request: web.Request) -> web.Response:
         audiences=str_list(data, "audience", single_ok=True),
         cidrs=str_list(data, "cidrs"),
         admin=admin,
+        third_party=parse_third_party(data.get("third_party")),
         description=optional_str(data, "description") or "",
     )
 

@@ -1,0 +1,226 @@
+"""`tokensvc token discharge`, run as a real process against loopback tokensvc and bakery servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from macaroonbakery import bakery, checkers, httpbakery
+
+from tests.bakery.conftest import ALICE_PASSWORD, Client, bearer, login, mint, with_third_party
+
+MakeServer = Callable[..., Awaitable[TestServer]]
+
+# The command is attached to the main CLI group by the lead; until then, run it on its own.
+RUN = "from tokensvc.bakery.cli import discharge_command; discharge_command(prog_name='discharge')"
+
+
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+    def __repr__(self) -> str:
+        return f"Result(rc={self.returncode}, stdout={self.stdout[-800:]!r}, stderr={self.stderr[-2000:]!r})"
+
+
+async def run(env: dict[str, str], *args: str, stdin: bytes = b"") -> Result:
+    """The discharge command in its own process; exit status and output."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        RUN,
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=60)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+class Ok(bakery.ThirdPartyCaveatChecker):  # type: ignore[misc]
+    """`is-ok` holds, declaring nothing."""
+
+    def check_third_party_caveat(self, ctx: Any, info: Any) -> list[checkers.Caveat]:
+        if info.condition != "is-ok":
+            raise bakery.ThirdPartyCaveatCheckFailed("no")
+        return []
+
+
+def recording_discharger(key: bakery.PrivateKey, seen: list[dict[str, str]]) -> web.Application:
+    """A bakery discharger that records the headers of each discharge request."""
+
+    async def info(request: web.Request) -> web.Response:
+        return web.json_response({"PublicKey": str(key.public_key), "Version": 3})
+
+    async def discharge(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        content = dict(await request.post())
+        macaroon = httpbakery.discharge(
+            checkers.AuthContext(), content, key, bakery.ThirdPartyStore(), Ok()
+        )
+        return web.json_response({"Macaroon": macaroon.to_dict()})
+
+    app = web.Application()
+    app.router.add_get("/discharge/info", info)
+    app.router.add_post("/discharge", discharge)
+    return app
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """A clean environment with its own config directory (no stored login yet)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSVC_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    return env
+
+
+def store_login(env: dict[str, str], url: str, token: str) -> None:
+    """What `tokensvc login` leaves behind."""
+    path = Path(env["XDG_CONFIG_HOME"]) / "tokensvc" / "credentials.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"url": url, "token": token}))
+    path.chmod(0o600)
+
+
+async def two_party_token(
+    client: Client, admin_token: str, tokensvc_location: str, bakery_location: str, condition: str
+) -> str:
+    """A token for alice needing `condition` from tokensvc and `is-ok` from the bakery discharger."""
+    token = await mint(client, admin_token, subject="alice")
+    token = await with_third_party(client, token, tokensvc_location, condition)
+    return await with_third_party(client, token, bakery_location, "is-ok")
+
+
+async def test_discharges_every_caveat_and_verifies_the_bundle(
+    aiohttp_server: MakeServer,
+    client: Client,
+    server: TestServer,
+    admin_token: str,
+    users: dict[str, str],
+    discharger_url: str,
+    cli_env: dict[str, str],
+) -> None:
+    """With a stored login, both caveats are discharged, bound, and /v1/verify says valid with alice declared."""
+    seen: list[dict[str, str]] = []
+    other = await aiohttp_server(recording_discharger(bakery.generate_key(), seen))
+    token = await two_party_token(
+        client, admin_token, discharger_url, str(other.make_url("")), "user-is alice"
+    )
+    store_login(cli_env, str(server.make_url("")), await login(client, "alice", ALICE_PASSWORD))
+
+    result = await run(cli_env, token, "--json")
+
+    assert result.returncode == 0, result
+    body = json.loads(result.stdout)
+    assert len(body["discharges"]) == 2
+    assert body["verify"]["valid"] is True
+    assert body["verify"]["subject"] == "alice"
+    assert body["verify"]["declared"] == {"username": "alice"}
+    # The login token went to tokensvc's discharger only, never to the other one.
+    assert len(seen) == 1 and "Authorization" not in seen[0]
+
+
+async def test_basic_credentials_from_stdin_and_discharges_only(
+    aiohttp_server: MakeServer,
+    client: Client,
+    server: TestServer,
+    admin_token: str,
+    users: dict[str, str],
+    discharger_url: str,
+    cli_env: dict[str, str],
+) -> None:
+    """`--user alice --password-stdin --no-verify` prints bound discharges that /v1/verify accepts."""
+    other = await aiohttp_server(recording_discharger(bakery.generate_key(), []))
+    token = await two_party_token(
+        client, admin_token, discharger_url, str(other.make_url("")), "user-is alice"
+    )
+
+    result = await run(
+        cli_env,
+        token,
+        "--url",
+        str(server.make_url("")),
+        "--user",
+        "alice",
+        "--password-stdin",
+        "--no-verify",
+        stdin=ALICE_PASSWORD.encode() + b"\n",
+    )
+
+    assert result.returncode == 0, result
+    discharges = result.stdout.split()
+    assert len(discharges) == 2
+    verified = await client.post("/v1/verify", json={"token": token, "discharges": discharges})
+    assert verified.status == 200, await verified.text()
+
+
+async def test_a_refused_discharge_fails_cleanly(
+    aiohttp_server: MakeServer,
+    client: Client,
+    server: TestServer,
+    admin_token: str,
+    users: dict[str, str],
+    discharger_url: str,
+    cli_env: dict[str, str],
+) -> None:
+    """A condition alice cannot meet exits non-zero with one `Error:` line carrying tokensvc's reason."""
+    other = await aiohttp_server(recording_discharger(bakery.generate_key(), []))
+    token = await two_party_token(
+        client, admin_token, discharger_url, str(other.make_url("")), "user-is bob"
+    )
+    store_login(cli_env, str(server.make_url("")), await login(client, "alice", ALICE_PASSWORD))
+
+    result = await run(cli_env, token)
+
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result
+    assert "refused" in errors[0] and "not 'bob'" in errors[0]
+
+
+async def test_a_token_without_third_party_caveats_just_verifies(
+    client: Client, server: TestServer, admin_token: str, cli_env: dict[str, str]
+) -> None:
+    """No caveats to discharge: the token is verified as it is, and the output says so."""
+    token = await mint(client, admin_token, subject="alice")
+
+    result = await run(cli_env, token, "--url", str(server.make_url("")))
+
+    assert result.returncode == 0, result
+    assert result.stdout.strip() == "valid: subject alice, 0 discharge(s)"
+
+
+async def test_a_bad_token_fails_cleanly(cli_env: dict[str, str]) -> None:
+    """Garbage instead of a token exits non-zero without a traceback."""
+    result = await run(cli_env, "tsv1_garbage.00000000", "--url", "http://127.0.0.1:9")
+
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr
+    assert "Error:" in result.stderr
+
+
+async def test_bearer_is_what_the_stored_login_sends(
+    client: Client, users: dict[str, str], server: TestServer
+) -> None:
+    """The credentials helper sends the stored token to tokensvc's own locations only."""
+    from tokensvc.bakery.cli import credentials_for
+
+    token = await login(client, "alice", ALICE_PASSWORD)
+    url = str(server.make_url(""))
+    headers = credentials_for(url, basic=None, token=token)
+
+    assert headers(url.rstrip("/") + "/bakery") == bearer(token)
+    assert headers("http://elsewhere.example/bakery") == {}
+    assert headers(url.rstrip("/") + "evil.example") == {}
