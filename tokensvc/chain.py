@@ -24,8 +24,18 @@ _KEYGEN = b"macaroons-key-generator"
 _ZERO_KEY = bytes(32)
 
 
-def _hmac(key: bytes, msg: bytes) -> bytes:
-    return hmac.digest(key, msg, "sha256")
+try:
+    # hmac.digest's one-shot C implementation, without the Python wrapper around it (about 20 %
+    # of each HMAC here). Private to CPython, hence the fallback.
+    from _hashlib import hmac_digest as _hmac_digest
+
+    def _hmac(key: bytes, msg: bytes) -> bytes:
+        return _hmac_digest(key, msg, "sha256")  # type: ignore[no-any-return]
+
+except ImportError:  # pragma: no cover - other Pythons
+
+    def _hmac(key: bytes, msg: bytes) -> bytes:
+        return hmac.digest(key, msg, "sha256")
 
 
 def derive_key(root_key: bytes) -> bytes:
@@ -85,6 +95,19 @@ def verify_chain(
     Raises InvalidToken when a signature is wrong, a third-party caveat has no discharge, a
     discharge is used twice or not at all, or nesting goes deeper than `max_depth`.
     """
+    if not discharges:
+        # The common case, a token with first-party caveats only: one straight loop.
+        sig = _hmac(derived_key, token.identifier)
+        predicates = []
+        for caveat in token.caveats:
+            if caveat.vid is not None:
+                raise InvalidToken("a third-party caveat has no discharge")
+            predicates.append(caveat.cid)
+            sig = _hmac(sig, caveat.cid)
+        if not hmac.compare_digest(sig, token.signature):
+            raise InvalidToken("signature mismatch: token")
+        return predicates
+
     by_id: dict[bytes, int] = {}
     for index, discharge in enumerate(discharges):
         if discharge.identifier in by_id:

@@ -66,6 +66,7 @@ class Config:
     max_caveats: int = 128
     max_discharges: int = 16
     max_body_bytes: int = 65536
+    verify_cache_entries: int = 50_000
     auto_migrate: bool = True
     password_profile: str = "OWASP"
     pepper: bytes | None = field(default=None, repr=False)
@@ -148,6 +149,7 @@ class Config:
             max_caveats=integer("MAX_CAVEATS", defaults.max_caveats),
             max_discharges=integer("MAX_DISCHARGES", defaults.max_discharges),
             max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes),
+            verify_cache_entries=integer("VERIFY_CACHE_ENTRIES", defaults.verify_cache_entries),
             auto_migrate=(get("AUTO_MIGRATE") or "true").lower() in ("1", "true", "yes"),
             password_profile=get("PASSWORD_PROFILE") or defaults.password_profile,
             pepper=pepper.encode() if pepper else None,

@@ -1,21 +1,28 @@
-"""The current token generation of each subject, cached for the verify path.
+"""The current token generation of every subject, held in memory for the verify path.
 
 A subject's generation goes up when its password changes, it is disabled or loses a role (the
 users table), or it is deleted (the subject_generations floor; later also revoke-all). Tokens
-carry the generation they were minted at and die once it is passed. Reading it from the database
-on every verify would put queries on the hot path, so values are cached for `ttl` seconds: a
-change made through this process is seen at once, one made through another replica within `ttl`
-(the documented propagation bound).
+carry the generation they were minted at and die once it is passed.
+
+Nearly every subject is at generation 0, and the few that are not are few: so each process keeps
+all raised generations in a dict and refreshes it in the background, and a verify never waits on
+the database. Changes made through this process apply at once; changes made through another
+replica apply within `refresh_interval` (plus the `overlap` that absorbs clock skew between
+replicas when reading `updated_at`): that is the documented propagation bound.
 """
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
-from collections.abc import Callable
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 
 from tokensvc.subjects import SubjectStore
 from tokensvc.users import UserStore
+
+log = logging.getLogger("tokensvc.generations")
 
 
 class SubjectGenerations:
@@ -24,44 +31,70 @@ class SubjectGenerations:
         users: UserStore,
         subjects: SubjectStore,
         *,
-        ttl: float = 5.0,
-        max_entries: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
+        refresh_interval: float = 2.0,
+        overlap: timedelta = timedelta(seconds=30),
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._users = users
         self._subjects = subjects
-        self._ttl = ttl
-        self._max_entries = max_entries
-        self._clock = clock
-        self._cache: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self.refresh_interval = refresh_interval
+        self._overlap = overlap
+        self._wall_clock = wall_clock
+        self._raised: dict[str, int] = {}
+        self._since: datetime | None = None
 
-    def get_cached(self, subject: str) -> int | None:
-        entry = self._cache.get(subject)
-        if entry is None or entry[1] <= self._clock():
-            return None
-        return entry[0]
+    def current(self, subject: str) -> int:
+        """The subject's generation as this process knows it (no I/O)."""
+        return self._raised.get(subject, 0)
+
+    def _merge(self, subject: str, generation: int) -> None:
+        # Generations only go up; a stale read never lowers what we know.
+        if generation > self._raised.get(subject, 0):
+            self._raised[subject] = generation
+
+    async def refresh(self) -> None:
+        """Read what changed since the last refresh (everything, the first time)."""
+        started = self._wall_clock()
+        for subject, generation in await self._users.generations_since(self._since):
+            self._merge(subject, generation)
+        for subject, generation in await self._subjects.generations_since(self._since):
+            self._merge(subject, generation)
+        self._since = started - self._overlap
 
     async def fetch(self, subject: str) -> int:
-        """Read the subject's current generation from the database and cache it."""
+        """The subject's generation read fresh from the database (for minting)."""
         user = await self._users.get(subject)
         from_user = user.generation if user is not None and user.name == subject else 0
-        value = max(from_user, await self._subjects.generation(subject))
-        self.remember(subject, value)
-        return value
+        self._merge(subject, max(from_user, await self._subjects.generation(subject)))
+        return self.current(subject)
 
     def remember(self, subject: str, generation: int) -> None:
-        """Record a value this process just wrote or read."""
-        self._cache[subject] = (generation, self._clock() + self._ttl)
-        self._cache.move_to_end(subject)
-        while len(self._cache) > self._max_entries:
-            self._cache.popitem(last=False)
-
-    def forget(self, subject: str) -> None:
-        self._cache.pop(subject, None)
+        """Record a value this process just wrote."""
+        self._merge(subject, generation)
 
     async def revoke_all(self, subject: str) -> int:
         """Kill every token of `subject` issued so far; returns the new generation."""
         current = await self.fetch(subject)
         value = await self._subjects.raise_floor(subject, at_least=current + 1)
-        self.remember(subject, value)
+        self._merge(subject, value)
         return value
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Load everything, then keep refreshing in the background until the block exits."""
+        await self.refresh()
+        task = asyncio.create_task(self._refresh_forever())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_interval)
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - keep serving what we know; the next round retries
+                log.warning("refreshing subject generations failed", exc_info=True)

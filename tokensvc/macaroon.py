@@ -68,85 +68,72 @@ def _read_uvarint(data: bytes, pos: int, end: int) -> tuple[int, int]:
 def parse_v2(data: bytes, *, max_caveats: int) -> Macaroon:
     """Parse binary v2; `max_caveats` bounds the work a hostile token can ask for.
 
-    Written as one loop over packets with the one-byte-length case inline: this runs on every
-    uncached /verify, and a function call per field doubled its cost.
+    One pass over the bytes with the one-byte-length case inline: this runs on every uncached
+    /verify, and building intermediate packets or calling a function per field doubled its cost.
+    The grammar (libmacaroons doc/format.txt):
+      2 | [location] identifier EOS | ([location] identifier [vid] EOS)* EOS | signature
     """
     end = len(data)
-    if end < 1 or data[0] != VERSION_2:
+    if end < 4 or data[0] != VERSION_2:
         raise MalformedMacaroon("malformed token: not a version 2 macaroon")
-    # Flatten into (field, payload) packets; EOS is (0, None).
-    packets: list[tuple[int, bytes | None]] = []
-    append = packets.append
-    limit = 4 * (max_caveats + 2)  # a caveat is at most location, id, vid, EOS
-    pos = 1
-    while pos < end:
+
+    def field_at(pos: int) -> tuple[int, bytes, int]:
+        # (field type, payload, next position) of a non-EOS field starting at `pos`.
+        if pos + 2 > end:
+            raise MalformedMacaroon("malformed token: truncated")
         field = data[pos]
-        if field == _EOS:
-            append((_EOS, None))
-            pos += 1
-        else:
-            if field >= 0x80 or pos + 1 >= end:
-                raise MalformedMacaroon("malformed token: bad field")
-            length = data[pos + 1]
-            pos += 2
-            if length >= 0x80:
-                length, pos = _read_uvarint(data, pos - 1, end)
-            stop = pos + length
-            if stop > end:
-                raise MalformedMacaroon("malformed token: field extends past the end")
-            append((field, data[pos:stop]))
-            pos = stop
-            if field == _SIGNATURE:
-                break
-        if len(packets) > limit:
-            raise MalformedMacaroon(f"malformed token: more than {max_caveats} caveats")
-    if pos != end:
-        raise MalformedMacaroon("malformed token: trailing bytes")
-    if len(packets) < 4:
-        raise MalformedMacaroon("malformed token: truncated")
+        length = data[pos + 1]
+        start = pos + 2
+        if length >= 0x80:
+            length, start = _read_uvarint(data, pos + 1, end)
+        stop = start + length
+        if stop > end:
+            raise MalformedMacaroon("malformed token: field extends past the end")
+        return field, data[start:stop], stop
 
-    last_field, signature = packets[-1]
-    if last_field != _SIGNATURE or signature is None or len(signature) != SIGNATURE_BYTES:
-        raise MalformedMacaroon("malformed token: missing or bad signature")
-    if packets[-2][0] != _EOS:
-        raise MalformedMacaroon("malformed token: caveats not terminated")
-
-    i = 0
+    field, payload, pos = field_at(1)
     location: bytes | None = None
-    if packets[0][0] == _LOCATION:
-        location = packets[0][1]
-        i = 1
-    field, identifier = packets[i]
-    if field != _IDENTIFIER or identifier is None or packets[i + 1][0] != _EOS:
+    if field == _LOCATION:
+        location = payload
+        field, payload, pos = field_at(pos)
+    if field != _IDENTIFIER or pos >= end or data[pos] != _EOS:
         raise MalformedMacaroon("malformed token: bad header")
-    i += 2
+    identifier = payload
+    pos += 1
 
     caveats: list[Caveat] = []
-    stop_at = len(packets) - 2  # the caveat list's closing EOS
-    while i < stop_at:
-        field, payload = packets[i]
+    while True:
+        if pos >= end:
+            raise MalformedMacaroon("malformed token: truncated")
+        if data[pos] == _EOS:  # the end of the caveat list
+            pos += 1
+            break
+        if len(caveats) >= max_caveats:
+            raise MalformedMacaroon(f"malformed token: more than {max_caveats} caveats")
+        field, payload, pos = field_at(pos)
         cav_location: bytes | None = None
         if field == _LOCATION:
             cav_location = payload
-            i += 1
-            field, payload = packets[i]
-        if field != _IDENTIFIER or payload is None:
+            field, payload, pos = field_at(pos)
+        if field != _IDENTIFIER:
             raise MalformedMacaroon("malformed token: caveat without identifier")
-        next_field, next_payload = packets[i + 1]
-        if next_field == _EOS:
+        if pos < end and data[pos] == _EOS:
             if cav_location is not None:
                 raise MalformedMacaroon("malformed token: location on a first-party caveat")
             caveats.append(Caveat(payload))
-            i += 2
-        elif next_field == _VID and next_payload is not None and packets[i + 2][0] == _EOS:
-            caveats.append(Caveat(payload, next_payload, cav_location))
-            i += 3
-        else:
+            pos += 1
+            continue
+        field, vid, pos = field_at(pos)
+        if field != _VID or pos >= end or data[pos] != _EOS:
             raise MalformedMacaroon("malformed token: unexpected field in caveat")
-        if len(caveats) > max_caveats:
-            raise MalformedMacaroon(f"malformed token: more than {max_caveats} caveats")
-    if i != stop_at:
-        raise MalformedMacaroon("malformed token: bad caveat section")
+        caveats.append(Caveat(payload, vid, cav_location))
+        pos += 1
+
+    field, signature, pos = field_at(pos)
+    if field != _SIGNATURE or len(signature) != SIGNATURE_BYTES:
+        raise MalformedMacaroon("malformed token: missing or bad signature")
+    if pos != end:
+        raise MalformedMacaroon("malformed token: trailing bytes")
     return Macaroon(identifier, tuple(caveats), signature, location)
 
 

@@ -46,6 +46,17 @@ class SubjectStore:
 
         return await run_db(self._engine, run, write=False)
 
+    async def generations_since(self, since: datetime | None) -> list[tuple[str, int]]:
+        """(subject, generation) of floors updated after `since` (all of them for None)."""
+
+        async def run(conn: AsyncConnection) -> list[tuple[str, int]]:
+            query = select(_TABLE.c.subject, _TABLE.c.generation)
+            if since is not None:
+                query = query.where(_TABLE.c.updated_at > since)
+            return [(row.subject, int(row.generation)) for row in await conn.execute(query)]
+
+        return await run_db(self._engine, run, write=False)
+
     async def raise_floor(self, subject: str, *, at_least: int) -> int:
         """Make the subject's generation at least `at_least`; returns the stored value."""
         now = datetime.now(UTC)

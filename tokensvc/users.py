@@ -195,6 +195,17 @@ class UserStore:
 
         return await self._run(run, write=False)
 
+    async def generations_since(self, since: datetime | None) -> builtins.list[tuple[str, int]]:
+        """(name, generation) of users with a raised generation, updated after `since`."""
+
+        async def run(conn: AsyncConnection) -> builtins.list[tuple[str, int]]:
+            query = select(_TABLE.c.name, _TABLE.c.generation).where(_TABLE.c.generation > 0)
+            if since is not None:
+                query = query.where(_TABLE.c.updated_at > since)
+            return [(row.name, int(row.generation)) for row in await conn.execute(query)]
+
+        return await self._run(run, write=False)
+
     async def set_password(self, name: str, password_hash: str) -> User:
         """Store a new password hash and bump the generation (tokens held are revoked)."""
         _check_hash(password_hash)

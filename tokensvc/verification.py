@@ -3,11 +3,18 @@
 The hot path of the service. Every step that does not need I/O stays synchronous; the only awaits
 are a root-key cache miss and a subject-generation cache miss, each of which goes to the database
 once and is then served from memory.
+
+The signature chain of a token (with its discharges) depends only on their bytes and the root key,
+so its result is cached (`ChainCache`): a hit skips decoding and every HMAC. Nothing that depends
+on the request or on time is cached: each hit re-checks that the root key is still live, the
+subject's generation, and every caveat against the context — so expiry, revocation and scope are
+decided afresh on every call.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -24,9 +31,13 @@ from tokensvc.tokenformat import decode_token
 class GenerationSource(Protocol):
     """Where the current token generation of a subject comes from (revoke-all, password change)."""
 
-    def get_cached(self, subject: str) -> int | None: ...
+    def current(self, subject: str) -> int:
+        """What this process knows, without I/O (the verify path)."""
+        ...
 
-    async def fetch(self, subject: str) -> int: ...
+    async def fetch(self, subject: str) -> int:
+        """Read fresh from the database (minting)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +51,53 @@ class Verified:
 
 
 @dataclass(frozen=True, slots=True)
+class _Chained:
+    """What a verified signature chain established; valid as long as its root key is."""
+
+    predicates: tuple[bytes, ...]
+    subject: str
+    token_id: str
+    key_id: str
+    admin: bool
+
+
+class ChainCache:
+    """A bounded LRU of verified chains, keyed by the exact token and discharge strings."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[str | tuple[str, ...], _Chained] = OrderedDict()
+
+    def get(self, key: str | tuple[str, ...]) -> _Chained | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str | tuple[str, ...], entry: _Chained) -> None:
+        if self._max <= 0:
+            return
+        self._entries[key] = entry
+        if len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop every chain signed by `key_id` (a revoked root key)."""
+        stale = [k for k, v in self._entries.items() if v.key_id == key_id]
+        for k in stale:
+            del self._entries[k]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     max_token_bytes: int = 16384
     max_caveats: int = 128
     max_discharges: int = 16
     max_depth: int = 8
+    cache_entries: int = 50_000
 
 
 class Verifier:
@@ -62,6 +115,7 @@ class Verifier:
         self._limits = limits
         self._generations = generations
         self._clock = clock
+        self.cache = ChainCache(limits.cache_entries)
 
     def parse(self, token: str) -> Macaroon:
         """Decode a token string, within the configured size limits."""
@@ -77,14 +131,6 @@ class Verifier:
                 raise InvalidToken("root key unknown or expired (token outlived its key)")
         return key
 
-    async def _generation(self, subject: str) -> int:
-        if self._generations is None:
-            return 0
-        value = self._generations.get_cached(subject)
-        if value is None:
-            value = await self._generations.fetch(subject)
-        return value
-
     async def verify(
         self,
         token: str,
@@ -96,6 +142,37 @@ class Verifier:
         client_ip: str | None = None,
     ) -> Verified:
         """Raise InvalidToken (401) or CaveatDenied (403), or return what the token says."""
+        cache_key: str | tuple[str, ...] = (token, *discharges) if discharges else token
+        chained = self.cache.get(cache_key)
+        if chained is None or self._keyring.get_cached(chained.key_id) is None:
+            # A miss, or a hit whose root key expired or left the cache: the full path decides.
+            chained = await self._verify_chain(token, discharges)
+            self.cache.put(cache_key, chained)
+        context = Context(
+            now=self._clock(),
+            operation=operation,
+            resource=resource,
+            audience=audience,
+            client_ip=client_ip,
+            generation=self._generations.current(chained.subject) if self._generations else 0,
+        )
+        outcome = check_predicates(chained.predicates, context)
+        if outcome.failures:
+            reasons = "; ".join(f.reason for f in outcome.failures)
+            if any(f.invalid for f in outcome.failures):
+                raise InvalidToken(reasons)
+            raise CaveatDenied(reasons)
+        return Verified(
+            subject=chained.subject,
+            token_id=chained.token_id,
+            key_id=chained.key_id,
+            admin=chained.admin,
+            expires_at=outcome.expires_at,
+            declared=outcome.declared,
+        )
+
+    async def _verify_chain(self, token: str, discharges: Sequence[str]) -> _Chained:
+        """Decode and check every signature; InvalidToken unless all hold."""
         if len(discharges) > self._limits.max_discharges:
             raise BadRequest(f"at most {self._limits.max_discharges} discharges")
         macaroon = self.parse(token)
@@ -108,25 +185,10 @@ class Verifier:
         subject = subject_of(predicates)
         if subject is None:
             raise InvalidToken("token names no subject, or conflicting ones")
-        context = Context(
-            now=self._clock(),
-            operation=operation,
-            resource=resource,
-            audience=audience,
-            client_ip=client_ip,
-            generation=await self._generation(subject),
-        )
-        outcome = check_predicates(predicates, context)
-        if outcome.failures:
-            reasons = "; ".join(f.reason for f in outcome.failures)
-            if any(f.invalid for f in outcome.failures):
-                raise InvalidToken(reasons)
-            raise CaveatDenied(reasons)
-        return Verified(
+        return _Chained(
+            predicates=tuple(predicates),
             subject=subject,
             token_id=identifier.token_id_hex,
             key_id=identifier.key_id,
             admin=identifier.admin,
-            expires_at=outcome.expires_at,
-            declared=outcome.declared,
         )

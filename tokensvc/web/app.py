@@ -71,10 +71,12 @@ async def _users(app: web.Application) -> AsyncIterator[None]:
     users = UserStore(app[appkeys.ENGINE], clock=app[appkeys.CLOCK])
     hasher = PasswordHasher(profile=profile_by_name(config.password_profile), pepper=config.pepper)
     app[appkeys.USERS] = users
-    app[appkeys.GENERATIONS] = SubjectGenerations(users, SubjectStore(app[appkeys.ENGINE]))
+    generations = SubjectGenerations(users, SubjectStore(app[appkeys.ENGINE]))
+    app[appkeys.GENERATIONS] = generations
     app[appkeys.HASHER] = hasher
     await ensure_admin(users, hasher, config)
-    yield
+    async with generations.running():
+        yield
     hasher.close()
 
 
@@ -140,6 +142,7 @@ async def _keys(app: web.Application) -> AsyncIterator[None]:
             max_token_bytes=config.max_token_bytes,
             max_caveats=config.max_caveats,
             max_discharges=config.max_discharges,
+            cache_entries=config.verify_cache_entries,
         ),
         generations=app[appkeys.GENERATIONS],
         clock=lambda: clock().timestamp(),

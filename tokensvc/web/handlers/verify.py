@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,8 +18,14 @@ _ALLOWED = frozenset(("token", "discharges", "context"))
 
 
 def iso(ts: float | None) -> str | None:
+    """RFC 3339 UTC, whole seconds; hot tokens share expiries, so the strings are cached."""
     if ts is None:
         return None
+    return _iso(int(ts))
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

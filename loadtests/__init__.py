@@ -1,0 +1,1 @@
+"""tokensvc benchmarks: `python -m loadtests http|micro|all` (see loadtests/README.md)."""

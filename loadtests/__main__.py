@@ -1,0 +1,61 @@
+"""`python -m loadtests {http,micro,all} [options]` — see loadtests/README.md."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+USAGE = """usage: python -m loadtests {http,micro,all} [options]
+
+  http   start tokensvc and a bare aiohttp handler on loopback, load both with wrk (or a Python
+         load generator), print /v1/verify req/s and p50/p99 latency as ratios against the bare one
+  micro  in-process: tokensvc's verify vs pymacaroons' deserialize + Verifier vs a bare HMAC chain
+  all    micro, then http (options: --quick for short runs of both)
+
+`python -m loadtests COMMAND --help` lists a command's options."""
+
+
+def _guarded(fn: Callable[[list[str]], int], argv: list[str]) -> int:
+    """Run a benchmark; a failure of the service under test is a message, not a traceback."""
+    try:
+        return fn(argv)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "micro":
+        from loadtests import micro
+
+        micro.run(rest)
+        return 0
+    if command == "http":
+        from loadtests import httpbench
+
+        return _guarded(httpbench.run, rest)
+    if command == "all":
+        from loadtests import httpbench, micro
+
+        quick = "--quick" in rest
+        if [a for a in rest if a != "--quick"]:
+            print("all: only --quick is accepted; run micro/http separately for other options")
+            return 2
+        print("== micro ==", flush=True)
+        micro.run(["--iterations", "2000", "--rounds", "3"] if quick else [])
+        print("\n== http ==", flush=True)
+        return _guarded(
+            httpbench.run,
+            ["--duration", "3", "--rounds", "2", "--distinct", "2000"] if quick else [],
+        )
+    print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

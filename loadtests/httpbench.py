@@ -1,0 +1,602 @@
+"""HTTP benchmark: /v1/verify of a running tokensvc against a bare aiohttp JSON handler.
+
+Starts `tokensvc serve` (embedded SQLite in a temporary data directory, uvloop, one process) and
+`loadtests.bare` (the same aiohttp + uvloop, access log off, a handler that only parses the JSON
+body) on free loopback ports, mints tokens through the admin API, then alternates closed-loop runs
+of the load generator against:
+
+- `bare`: the bare handler, fed the hot-set bodies (it does not look at the token);
+- `hot`: tokensvc with a hot set of a few tokens cycled;
+- `distinct`: tokensvc with N distinct tokens (each its own subject), sent in order across all
+  distinct runs, so each token is verified once until all N have been used.
+
+The order of the three is reversed every other round, so drift on a noisy machine hits them all.
+Reported: medians across rounds of req/s, p50 and p99 latency and server CPU time per request, and
+ratios tokensvc / bare of those medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loadtests import loadgen
+from loadtests.common import (
+    SHARED_MACHINE_NOTE,
+    Deadline,
+    fmt,
+    fmt_ratio,
+    free_port,
+    loadavg_note,
+    machine_info,
+    median,
+    pinned,
+    ratio,
+    spread,
+    table,
+    write_results,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTEXT = {"operation": "read", "resource": "/docs/1", "audience": "files"}
+MINT_BODY = {
+    "ttl": "1h",
+    "operations": ["read", "write"],
+    "audience": ["files"],
+    "resources": ["/docs/*"],
+}
+MINT_CONCURRENCY = 16
+TARGETS = ("bare", "hot", "distinct")
+
+
+def _tokensvc_bin() -> str:
+    candidate = Path(sys.executable).with_name("tokensvc")
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("tokensvc")
+    if found is None:
+        raise SystemExit(
+            "http: the `tokensvc` command is not installed (pip install -e . in the venv)"
+        )
+    return found
+
+
+# ---- processes ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    _clk_tck: int = field(default_factory=lambda: os.sysconf("SC_CLK_TCK"))
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process (all its threads) so far."""
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return float("nan")
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self._clk_tck
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def wait_healthy(self, seconds: float = 60.0) -> None:
+        deadline = Deadline(seconds)
+        last = ""
+        while not deadline.passed:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode} before answering /healthz; "
+                    f"its log:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(self.base + "/healthz", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+                    last = f"HTTP {resp.status}"
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise RuntimeError(
+            f"{self.name} did not answer /healthz in {seconds:.0f}s ({last}); log:\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def _start(
+    name: str, cmd: list[str], env: dict[str, str], port: int, workdir: Path, cpus: set[int] | None
+) -> Server:
+    log = workdir / f"{name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            pinned(cmd, cpus),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+    return Server(name, proc, port, log)
+
+
+# ---- tokens ---------------------------------------------------------------------------------------
+
+
+def _admin_token(env: dict[str, str]) -> str:
+    cmd = [
+        _tokensvc_bin(),
+        "token",
+        "mint",
+        "--local",
+        "--admin",
+        "--subject",
+        "admin",
+        "--ttl",
+        "1h",
+        "--json",
+    ]
+    proc = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"`{' '.join(cmd[1:])}` failed ({proc.returncode}): {proc.stderr[-2000:]}"
+        )
+    try:
+        return str(json.loads(proc.stdout)["token"])
+    except (ValueError, KeyError) as exc:
+        raise RuntimeError(
+            f"unexpected output from `tokensvc token mint`: {proc.stdout[:500]!r}"
+        ) from exc
+
+
+async def _mint(
+    base: str, admin: str, subjects: list[str], seconds: float
+) -> tuple[list[str], float]:
+    """Mint one token per subject through POST /v1/tokens; the tokens and the mint rate."""
+    import aiohttp
+
+    tokens: list[str | None] = [None] * len(subjects)
+    deadline = Deadline(seconds)
+    next_index = 0
+    done = 0
+    last_report = time.monotonic()
+    start = time.monotonic()
+    headers = {"Authorization": f"Bearer {admin}"}
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal next_index, done, last_report
+        while next_index < len(subjects):
+            if deadline.passed:
+                raise RuntimeError(
+                    f"minting took longer than {seconds:.0f}s ({done}/{len(subjects)} done)"
+                )
+            i = next_index
+            next_index += 1
+            async with session.post(
+                base + "/v1/tokens", json={"subject": subjects[i], **MINT_BODY}, headers=headers
+            ) as resp:
+                text = await resp.text()
+                if resp.status != 201:
+                    raise RuntimeError(f"POST /v1/tokens answered {resp.status}: {text[:500]}")
+                tokens[i] = json.loads(text)["token"]
+            done += 1
+            if len(subjects) >= 2000 and time.monotonic() - last_report > 5:
+                last_report = time.monotonic()
+                rate = done / (last_report - start)
+                print(f"http:   minted {done:,}/{len(subjects):,} ({rate:,.0f}/s)", flush=True)
+
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(*(worker(session) for _ in range(MINT_CONCURRENCY)))
+    elapsed = time.monotonic() - start
+    return [t for t in tokens if t is not None], len(subjects) / elapsed if elapsed else float(
+        "nan"
+    )
+
+
+def _verify_once(base: str, token: str) -> dict[str, Any]:
+    body = json.dumps({"token": token, "context": CONTEXT}).encode()
+    req = urllib.request.Request(
+        base + "/v1/verify", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return {"status": resp.status, "body": json.loads(resp.read())}
+    except urllib.error.HTTPError as exc:
+        return {"status": exc.code, "body": exc.read().decode(errors="replace")[:500]}
+
+
+def _write_bodies(path: Path, tokens: list[str]) -> None:
+    with open(path, "w") as f:
+        f.writelines(
+            json.dumps({"token": token, "context": CONTEXT}, separators=(",", ":")) + "\n"
+            for token in tokens
+        )
+
+
+# ---- the benchmark --------------------------------------------------------------------------------
+
+
+def _one_run(
+    gen: loadgen.LoadGen,
+    server: Server,
+    bodies: Path,
+    args: argparse.Namespace,
+    workdir: Path,
+    cpus: set[int] | None,
+    offset: int = 0,
+) -> dict[str, Any]:
+    cpu_before = server.cpu_seconds()
+    result = gen.run(
+        url=server.base + "/v1/verify",
+        bodies=bodies,
+        duration=args.duration,
+        connections=args.connections,
+        workdir=workdir,
+        offset=offset,
+        cpus=cpus,
+    )
+    cpu = server.cpu_seconds() - cpu_before
+    if server.proc.poll() is not None:
+        raise RuntimeError(f"{server.name} died during the run; its log:\n{server.log_tail()}")
+    seconds = result["duration_us"] / 1e6 if result.get("duration_us") else args.duration
+    requests = int(result["requests"])
+    errors = result.get("errors", {})
+    return {
+        "rps": requests / seconds if seconds else float("nan"),
+        "p50_ms": result["latency_us"]["p50"] / 1000,
+        "p99_ms": result["latency_us"]["p99"] / 1000,
+        "p90_ms": (result["latency_us"].get("p90") or float("nan")) / 1000,
+        "requests": requests,
+        "seconds": seconds,
+        "errors": errors,
+        "error_count": sum(int(v) for v in errors.values()),
+        "server_cpu_us_per_req": cpu / requests * 1e6 if requests else float("nan"),
+        "server_cpu_share": cpu / seconds if seconds else float("nan"),
+    }
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests http", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (default 10)")
+    parser.add_argument(
+        "--connections", type=int, default=64, help="keep-alive connections (default 64)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of bare/hot/distinct runs (default 3)"
+    )
+    parser.add_argument(
+        "--distinct", type=int, default=20000, help="distinct tokens for the all-distinct runs"
+    )
+    parser.add_argument("--hot", type=int, default=10, help="tokens in the hot set (default 10)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="wrk threads (default 1: the machine has 2 cores)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="unrecorded seconds per target first"
+    )
+    parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the servers to CPU 0 and the load generator to CPU 1 (needs 2+ CPUs)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (logs, bodies)"
+    )
+    parser.add_argument("--no-save", action="store_true", help="do not write a results file")
+    args = parser.parse_args(argv)
+    if not (
+        0.5 <= args.duration <= 600 and 1 <= args.rounds <= 50 and 1 <= args.connections <= 10000
+    ):
+        parser.error("--duration in 0.5..600, --rounds in 1..50, --connections in 1..10000")
+    if not (1 <= args.hot <= 10000 and 1 <= args.distinct <= 1_000_000 and 1 <= args.threads <= 64):
+        parser.error("--hot in 1..10000, --distinct in 1..1000000, --threads in 1..64")
+
+    cpus = os.cpu_count() or 1
+    server_cpus = loadgen_cpus = None
+    if args.pin:
+        if cpus < 2:
+            parser.error("--pin needs at least 2 CPUs")
+        server_cpus, loadgen_cpus = {0}, {1}
+
+    gen = loadgen.find(args.loadgen, args.threads)
+    note = loadavg_note()
+    print(f"http: load generator: {gen.describe()}" + (f"; {note}" if note else ""), flush=True)
+
+    workdir = Path(tempfile.mkdtemp(prefix="tokensvc-bench-http-"))
+    data_dir = workdir / "data"
+    servers: list[Server] = []
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSVC_")}
+        svc_port, bare_port = free_port(), free_port()
+        while bare_port == svc_port:
+            bare_port = free_port()
+        svc_env = dict(
+            env,
+            TOKENSVC_DATA_DIR=str(data_dir),
+            TOKENSVC_PORT=str(svc_port),
+            TOKENSVC_HOST="127.0.0.1",
+        )
+        svc = _start(
+            "tokensvc", [_tokensvc_bin(), "serve"], svc_env, svc_port, workdir, server_cpus
+        )
+        servers.append(svc)
+        # A second tokensvc on the same database with its chain cache off: every request then
+        # decodes and runs every HMAC, which is what all-distinct tokens cost (minting enough
+        # tokens to never repeat one within a run would take longer than the run itself).
+        nocache_port = free_port()
+        nocache_env = dict(
+            svc_env, TOKENSVC_PORT=str(nocache_port), TOKENSVC_VERIFY_CACHE_ENTRIES="0"
+        )
+        nocache = _start(
+            "tokensvc-nocache",
+            [_tokensvc_bin(), "serve"],
+            nocache_env,
+            nocache_port,
+            workdir,
+            server_cpus,
+        )
+        servers.append(nocache)
+        bare = _start(
+            "bare",
+            [sys.executable, "-m", "loadtests.bare", "--port", str(bare_port)],
+            env,
+            bare_port,
+            workdir,
+            server_cpus,
+        )
+        servers.append(bare)
+        bare.wait_healthy()
+        svc.wait_healthy()
+        nocache.wait_healthy()
+        print(
+            f"http: tokensvc on :{svc_port} (pid {svc.proc.pid}), bare on :{bare_port} (pid {bare.proc.pid})",
+            flush=True,
+        )
+
+        admin = _admin_token(dict(svc_env))
+        print(
+            f"http: minting {args.hot} hot + {args.distinct:,} distinct tokens through POST /v1/tokens…",
+            flush=True,
+        )
+        hot_subjects = [f"bench-hot-{i}" for i in range(args.hot)]
+        distinct_subjects = [f"bench-{i:07d}" for i in range(args.distinct)]
+        budget = 120 + args.distinct / 20  # generous, but bounded
+        hot_tokens, _ = asyncio.run(_mint(svc.base, admin, hot_subjects, budget))
+        distinct_tokens, mint_rate = asyncio.run(_mint(svc.base, admin, distinct_subjects, budget))
+        print(
+            f"http: minted at {mint_rate:,.0f} tokens/s ({MINT_CONCURRENCY} concurrent requests)",
+            flush=True,
+        )
+
+        for label, token in (("hot", hot_tokens[0]), ("distinct", distinct_tokens[-1])):
+            answer = _verify_once(svc.base, token)
+            if (
+                answer["status"] != 200
+                or not isinstance(answer["body"], dict)
+                or answer["body"].get("valid") is not True
+            ):
+                raise RuntimeError(f"sanity check: verifying a {label} token gave {answer}")
+        answer = _verify_once(bare.base, hot_tokens[0])
+        if answer["status"] != 200:
+            raise RuntimeError(f"sanity check: the bare handler answered {answer}")
+
+        bodies = {
+            "bare": workdir / "hot.jsonl",
+            "hot": workdir / "hot.jsonl",
+            "distinct": workdir / "distinct.jsonl",
+        }
+        _write_bodies(bodies["hot"], hot_tokens)
+        _write_bodies(bodies["distinct"], distinct_tokens)
+        server_for = {"bare": bare, "hot": svc, "distinct": nocache}
+
+        # The distinct runs continue where the previous one stopped, so a token comes back only
+        # once all N have been used.
+        distinct_sent = 0
+        if args.warmup > 0:
+            warm = argparse.Namespace(**{**vars(args), "duration": args.warmup})
+            for target in TARGETS:
+                offset = distinct_sent if target == "distinct" else 0
+                res = _one_run(
+                    gen, server_for[target], bodies[target], warm, workdir, loadgen_cpus, offset
+                )
+                if target == "distinct":
+                    # + connections: requests still in flight when the run ended used tokens too.
+                    distinct_sent += res["requests"] + args.connections
+
+        runs: dict[str, list[dict[str, Any]]] = {t: [] for t in TARGETS}
+        for r in range(args.rounds):
+            order = TARGETS if r % 2 == 0 else tuple(reversed(TARGETS))
+            for target in order:
+                time.sleep(0.5)  # let the previous run's connections close
+                offset = distinct_sent if target == "distinct" else 0
+                res = _one_run(
+                    gen, server_for[target], bodies[target], args, workdir, loadgen_cpus, offset
+                )
+                if target == "distinct":
+                    # + connections: requests still in flight when the run ended used tokens too.
+                    distinct_sent += res["requests"] + args.connections
+                res["round"] = r
+                runs[target].append(res)
+                flag = f"  ERRORS {res['errors']}" if res["error_count"] else ""
+                print(
+                    f"http: round {r + 1}/{args.rounds} {target:8s} {res['rps']:9,.0f} req/s  "
+                    f"p50 {res['p50_ms']:6.2f} ms  p99 {res['p99_ms']:6.2f} ms  "
+                    f"server CPU {res['server_cpu_us_per_req']:6.1f} µs/req{flag}",
+                    flush=True,
+                )
+        svc_log_tail = svc.log_tail(15)
+    finally:
+        for server in servers:
+            server.stop()
+        if args.keep:
+            print(f"http: kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    data: dict[str, Any] = {
+        "params": {k: v for k, v in vars(args).items() if k not in ("keep", "no_save")},
+        "loadgen": {"kind": gen.kind, "version": gen.version, "threads": gen.threads},
+        "machine": machine_info(),
+        "mint_rate_per_s": mint_rate,
+        # Requests (warm-up included) sent to the distinct set, each run starting where the last
+        # stopped: ≤ N means every token was verified at most once.
+        "distinct_requests_total": distinct_sent,
+        "runs": runs,
+        "medians": {
+            t: {
+                m: median([r[m] for r in runs[t]])
+                for m in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_req")
+            }
+            for t in TARGETS
+        },
+        "errors_total": {t: sum(r["error_count"] for r in runs[t]) for t in TARGETS},
+        "tokensvc_log_tail": svc_log_tail,
+    }
+    data["ratios"] = {
+        t: {
+            "rps": ratio(data["medians"][t]["rps"], data["medians"]["bare"]["rps"]),
+            "p50": ratio(data["medians"][t]["p50_ms"], data["medians"]["bare"]["p50_ms"]),
+            "p99": ratio(data["medians"][t]["p99_ms"], data["medians"]["bare"]["p99_ms"]),
+            "server_cpu_per_req": ratio(
+                data["medians"][t]["server_cpu_us_per_req"],
+                data["medians"]["bare"]["server_cpu_us_per_req"],
+            ),
+            "rps_per_round": [
+                ratio(a["rps"], b["rps"]) for a, b in zip(runs[t], runs["bare"], strict=True)
+            ],
+        }
+        for t in ("hot", "distinct")
+    }
+    print()
+    print(render(data), flush=True)
+    if not args.no_save:
+        path = write_results("http", data)
+        print(f"results: {path}")
+    return 1 if any(data["errors_total"].values()) else 0
+
+
+def _distinct_note(n: int, sent: int) -> str:
+    head = (
+        f"distinct: {n:,} tokens, one subject each, sent in order across runs ({sent:,} requests): "
+    )
+    if sent <= n:
+        return head + "every token was verified at most once"
+    return (
+        head
+        + f"cycled, each token verified ~{sent / n:.1f}× in all (served by a tokensvc with TOKENSVC_VERIFY_CACHE_ENTRIES=0, so every request runs the full chain as an all-distinct stream would)"
+    )
+
+
+def render(data: dict[str, Any]) -> str:
+    p = data["params"]
+    lg = data["loadgen"]
+    labels = {
+        "bare": "bare aiohttp JSON handler",
+        "hot": f"tokensvc /v1/verify, hot set ({p['hot']} tokens)",
+        "distinct": f"tokensvc /v1/verify, distinct ({p['distinct']:,} tokens, chain cache off)",
+    }
+    rows = []
+    for t in TARGETS:
+        m = data["medians"][t]
+        runs = data["runs"][t]
+        rows.append(
+            [
+                labels[t],
+                fmt(m["rps"]),
+                spread([r["rps"] for r in runs]),
+                fmt(m["p50_ms"]),
+                fmt(m["p99_ms"]),
+                fmt(m["server_cpu_us_per_req"]),
+                str(data["errors_total"][t]),
+            ]
+        )
+    ratio_rows = []
+    for t in ("hot", "distinct"):
+        q = data["ratios"][t]
+        ratio_rows.append(
+            [
+                labels[t].replace("tokensvc /v1/verify, ", ""),
+                fmt_ratio(q["rps"]),
+                " ".join(f"{x:.2f}" for x in q["rps_per_round"]),
+                fmt_ratio(q["p50"]),
+                fmt_ratio(q["p99"]),
+                fmt_ratio(q["server_cpu_per_req"]),
+            ]
+        )
+    gen = (
+        f"wrk ({lg['version']}, {lg['threads']} thread(s))"
+        if lg["kind"] == "wrk"
+        else "the Python load generator"
+    )
+    lines = [
+        (
+            f"http: POST /v1/verify, {p['connections']} connections, closed loop, {gen}; medians "
+            f"of {p['rounds']} rounds × {p['duration']:g} s per target, order reversed every other round"
+        ),
+        table(
+            ["target", "req/s", "req/s min–max", "p50 ms", "p99 ms", "server CPU µs/req", "errors"],
+            rows,
+        ),
+        "",
+        table(
+            ["tokensvc / bare", "req/s", "per round", "p50", "p99", "server CPU/req"],
+            ratio_rows,
+        ),
+        "",
+        (
+            f"goal: hot req/s ratio ≥ 0.75 → "
+            f"{'met' if data['ratios']['hot']['rps'] >= 0.75 else 'NOT met'} "
+            f"({data['ratios']['hot']['rps']:.2f})"
+        ),
+        _distinct_note(p["distinct"], data["distinct_requests_total"]),
+        f"minting through POST /v1/tokens ran at {data['mint_rate_per_s']:,.0f} tokens/s",
+        "note: "
+        + SHARED_MACHINE_NOTE.format(cpus=data["machine"].get("cpus"))
+        + ("; servers pinned to CPU 0, load generator to CPU 1" if p.get("pin") else ""),
+    ]
+    if lg["kind"] != "wrk":
+        lines.append(
+            "note: the Python load generator is likely the bottleneck: ratios are compressed towards 1"
+        )
+    if any(data["errors_total"].values()):
+        lines.append(
+            f"WARNING: non-2xx responses or socket errors: {data['errors_total']} — figures are suspect"
+        )
+    return "\n".join(lines)
