@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
+import os
+import shutil
 import signal
 import sys
+import tempfile
+from collections.abc import Iterator
 
 from aiohttp import web
 
@@ -37,12 +42,39 @@ def _serve_one(config: Config, host: str, port: int, reuse_port: bool) -> None:
 
 
 def run(config: Config, *, host: str, port: int, workers: int = 1) -> None:
-    """Serve until interrupted; with workers > 1 each process accepts on the same port."""
+    """Serve until interrupted; with workers > 1 each process accepts on the same port.
+
+    The kernel spreads connections over the workers (SO_REUSEPORT). Workers share nothing in
+    memory, so whatever must be shared lives in the database or Redis; each keeps its own caches,
+    which is why revocations and generations are refreshed in the background. Prometheus metrics
+    are written to a multiprocess directory so a scrape of any worker adds up all of them.
+    """
     if workers == 1:
         _serve_one(config, host, port, reuse_port=False)
         return
     if config.redis_url is None:
         raise ConfigError("--workers > 1 needs TOKENSVC_REDIS_URL (lockout state must be shared)")
+    with _multiprocess_metrics_dir():
+        _supervise(config, host, port, workers)
+
+
+@contextlib.contextmanager
+def _multiprocess_metrics_dir() -> Iterator[None]:
+    """PROMETHEUS_MULTIPROC_DIR for the workers: the operator's, or a fresh one removed at exit."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="tokensvc-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _supervise(config: Config, host: str, port: int, workers: int) -> None:
+    """Start the workers; stop all of them when one dies or a signal arrives."""
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=_serve_one, args=(config, host, port, True), daemon=False)
@@ -50,13 +82,27 @@ def run(config: Config, *, host: str, port: int, workers: int = 1) -> None:
     ]
     for process in processes:
         process.start()
+    stopping = False
 
     def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for process in processes:
             if process.is_alive():
-                process.terminate()
+                process.terminate()  # SIGTERM: aiohttp drains requests in flight, then exits
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    for process in processes:
-        process.join()
+    # A worker that dies on its own takes the service down with a non-zero status, so the
+    # process supervisor (systemd, Kubernetes) restarts the whole set in a known state.
+    while any(p.is_alive() for p in processes):
+        for process in processes:
+            process.join(timeout=0.5)
+            if not stopping and process.exitcode not in (None, 0):
+                print(
+                    f"tokensvc: worker {process.pid} exited with {process.exitcode}; stopping",
+                    file=sys.stderr,
+                )
+                stop(signal.SIGTERM, None)
+    if not stopping or any(p.exitcode not in (0, -signal.SIGTERM) for p in processes):
+        sys.exit(1)
