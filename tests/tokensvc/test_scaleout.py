@@ -1,0 +1,168 @@
+"""Three `tokensvc serve` processes on separate ports, sharing one PostgreSQL and one Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tests.conftest import ADMIN_PASSWORD, basic_auth
+from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
+
+REPLICAS = 3
+
+
+async def _wait_healthy(
+    session: aiohttp.ClientSession, base: str, proc: subprocess.Popen[bytes]
+) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"replica exited with {proc.returncode}")
+        try:
+            async with session.get(base + "/healthz") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError("replica did not become healthy")
+
+
+@pytest.fixture
+async def replicas(
+    pg_url: str, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> AsyncIterator[list[str]]:
+    """Base URLs of three replicas with one KEK, database and Redis prefix; always terminated."""
+    kek = base64.b64encode(secrets.token_bytes(32)).decode()
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
+    bases: list[str] = []
+    try:
+        for i in range(REPLICAS):
+            port = _free_port()
+            env = _clean_env(tmp_path / f"r{i}")
+            env.update(
+                TOKENSVC_DATA_DIR=str(tmp_path / f"r{i}" / "data"),
+                TOKENSVC_DATABASE_URL=pg_url,
+                TOKENSVC_REDIS_URL=redis_url,
+                TOKENSVC_REDIS_PREFIX=redis_prefix,
+                TOKENSVC_KEK=kek,
+                TOKENSVC_ADMIN_PASSWORD=ADMIN_PASSWORD,
+                TOKENSVC_PASSWORD_PROFILE="CHEAP_FOR_TESTS",
+            )
+            log = (tmp_path / f"replica{i}.log").open("wb")
+            logs.append(log)
+            procs.append(
+                subprocess.Popen(  # noqa: ASYNC220 - returns at once, nothing blocks
+                    [TOKENSVC, "serve", "--port", str(port)], env=env, stdout=log, stderr=log
+                )
+            )
+            bases.append(f"http://127.0.0.1:{port}")
+        async with aiohttp.ClientSession() as session:
+            for base, proc in zip(bases, procs, strict=True):
+                await _wait_healthy(session, base, proc)
+        yield bases
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for log in logs:
+            log.close()
+
+
+async def _login(
+    session: aiohttp.ClientSession, base: str, user: str, password: str, ip: str = ""
+) -> int:
+    headers = basic_auth(user, password)
+    async with session.post(base + "/v1/login", headers=headers) as resp:
+        return resp.status
+
+
+async def test_replicas_share_one_root_key_and_verify_each_others_tokens(
+    replicas: list[str], pg_url: str
+) -> None:
+    """Started together, the replicas made exactly one root key, and a token from any verifies on all."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            replicas[0] + "/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD)
+        ) as resp:
+            token = (await resp.json())["token"]
+        statuses = []
+        for base in replicas:
+            async with session.post(base + "/v1/verify", json={"token": token}) as resp:
+                statuses.append(resp.status)
+    conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        keys = await conn.fetchval("SELECT count(*) FROM root_keys")
+    finally:
+        await conn.close()
+
+    assert statuses == [200] * REPLICAS
+    assert keys == 1
+
+
+async def test_failures_spread_over_replicas_count_as_one_identitys(replicas: list[str]) -> None:
+    """Wrong passwords sent round-robin to three replicas lock the identity as if sent to one."""
+    async with aiohttp.ClientSession() as session:
+        failures = [
+            await _login(session, replicas[i % REPLICAS], "admin", "wrong password!")
+            for i in range(5)
+        ]
+        after = [await _login(session, base, "admin", ADMIN_PASSWORD) for base in replicas]
+
+    # 5 failures from one IP reach the identity+IP threshold, wherever they were sent.
+    assert failures == [401] * 5
+    assert after == [429] * REPLICAS
+
+
+async def test_a_password_change_through_one_replica_revokes_on_all(replicas: list[str]) -> None:
+    """Tokens of a user whose password changed via one replica are refused by every replica within the bound."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            replicas[0] + "/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD)
+        ) as resp:
+            admin = {"Authorization": f"Bearer {(await resp.json())['token']}"}
+        async with session.post(
+            replicas[0] + "/v1/users",
+            json={"name": "carol", "password": "carol's first password"},
+            headers=admin,
+        ) as resp:
+            assert resp.status == 201
+        async with session.post(
+            replicas[1] + "/v1/login", headers=basic_auth("carol", "carol's first password")
+        ) as resp:
+            carol = (await resp.json())["token"]
+        started = time.monotonic()
+        async with session.patch(
+            replicas[0] + "/v1/users/carol",
+            json={"password": "carol's second password"},
+            headers=admin,
+        ) as resp:
+            assert resp.status == 200
+        pending = set(replicas)
+        seen_after: dict[str, float] = {}
+        while pending and time.monotonic() - started < 10:
+            for base in list(pending):
+                async with session.post(base + "/v1/verify", json={"token": carol}) as resp:
+                    if resp.status == 401:
+                        seen_after[base] = time.monotonic() - started
+                        pending.discard(base)
+            await asyncio.sleep(0.05)
+
+    print(f"password change seen as revocation after (s): {sorted(seen_after.values())}")
+    assert not pending, f"still accepted by {pending}"
+    assert max(seen_after.values()) < 5.0
