@@ -1,18 +1,33 @@
-"""`python -m loadtests {http,micro,all} [options]` — see loadtests/README.md."""
+"""`python -m loadtests {http,micro,storm,workers,memory,locust,report,all} [options]` — see loadtests/README.md."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 
-USAGE = """usage: python -m loadtests {http,micro,all} [options]
+USAGE = """usage: python -m loadtests {http,micro,storm,workers,memory,locust,report,all} [options]
 
   http   start tokensvc and a bare aiohttp handler on loopback, load both with wrk (or a Python
          load generator), print /v1/verify req/s and p50/p99 latency as ratios against the bare one
   micro  in-process: tokensvc's verify vs pymacaroons' deserialize + Verifier vs a bare HMAC chain
+  storm    tokensvc with Redis lockout and argon2 (OWASP): logins/s alone, then /v1/verify req/s
+           and p99 with and without a concurrent login storm, as ratios
+  workers  /v1/verify against `tokensvc serve --workers 1` and `--workers 2`: the 2-vs-1 ratio
+  memory   in-process: verify N distinct tokens (default 1,000,000), RSS sampled every 50k
+  locust   the locust scenario (login → mint → verify) headless against a fresh tokensvc
+  report   one summary of the latest results files + loadtests/results/latency.png
   all    micro, then http (options: --quick for short runs of both)
 
 `python -m loadtests COMMAND --help` lists a command's options."""
+
+
+_MODULES = {
+    "storm": "storm",
+    "workers": "workers",
+    "memory": "memory",
+    "locust": "locustrun",
+    "report": "report",
+}
 
 
 def _guarded(fn: Callable[[list[str]], int], argv: list[str]) -> int:
@@ -39,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         from loadtests import httpbench
 
         return _guarded(httpbench.run, rest)
+    if command in _MODULES:
+        import importlib
+
+        module = importlib.import_module(f"loadtests.{_MODULES[command]}")
+        return _guarded(module.run, rest)
     if command == "all":
         from loadtests import httpbench, micro
 

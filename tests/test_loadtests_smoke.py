@@ -43,3 +43,48 @@ def test_micro_benchmark_prints_its_table() -> None:
     ):
         assert expected in out, f"{expected!r} missing from:\n{out}"
     assert "results:" not in out  # --no-save wrote nothing
+
+
+def _run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "loadtests", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_memory_benchmark_prints_its_table() -> None:
+    proc = _run("memory", "--tokens", "300", "--sample-every", "100", "--batch", "50", "--no-save")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for expected in ("RSS at start (MiB)", "RSS max (MiB)", "growth after the cache filled", "300"):
+        assert expected in proc.stdout, f"{expected!r} missing from:\n{proc.stdout}"
+    assert "results:" not in proc.stdout
+
+
+def test_report_summarises_results_files(tmp_path: Path) -> None:
+    import json
+
+    medians = {"rps": 1000.0, "p50_ms": 1.0, "p99_ms": 3.0, "server_cpu_us_per_req": 50.0}
+    ratios = {"rps": 0.9, "p50": 1.1, "p99": 1.2, "server_cpu_per_req": 1.5, "rps_per_round": [0.9]}
+    (tmp_path / "http-20990101T000000Z.json").write_text(
+        json.dumps(
+            {
+                "kind": "http",
+                "written_at": "2099-01-01T00:00:00",
+                "medians": {t: medians for t in ("bare", "hot", "distinct")},
+                "ratios": {"hot": ratios, "distinct": ratios},
+            }
+        )
+    )
+    proc = _run("report", "--results-dir", str(tmp_path), "--no-plot")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "hot verify req/s / bare" in proc.stdout and "0.90×" in proc.stdout
+
+
+def test_usage_lists_every_command() -> None:
+    proc = _run("--help", timeout=60)
+    for command in ("storm", "workers", "memory", "locust", "report"):
+        assert command in proc.stdout
