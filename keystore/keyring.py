@@ -98,6 +98,11 @@ class Keyring:
         """The rotation policy in force (its `max_token_ttl` caps token lifetimes)."""
         return self._policy
 
+    @property
+    def current_created_at(self) -> datetime | None:
+        """When the key this process mints with was made; memory only, None before the first."""
+        return self._current.created_at if self._current is not None else None
+
     async def current(self) -> RootKey:
         """The key to mint with: made if this interval has none yet, then cached until it ends."""
         now = self._now()
@@ -140,6 +145,19 @@ class Keyring:
             self._cache.put(key)
             self._set_current(key, now)
             return key
+
+    async def revoke(self, key_id: str) -> bool:
+        """Delete a root key now (every token it signed dies); False if there was none."""
+        async with self._current_lock:
+            deleted = await self._store.delete(key_id)
+            self.forget(key_id)
+        return deleted
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key from memory (revoked here or by another replica); never mint with it."""
+        self._cache.evict(key_id)
+        if self._current is not None and self._current.id == key_id:
+            self._current = self._current_slot = None
 
     async def maintain(self) -> None:
         """Ensure this interval's key exists and purge expired ones; run it periodically."""

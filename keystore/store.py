@@ -101,6 +101,15 @@ class RootKeyStore:
 
         return await self._run(run, write=False)
 
+    async def delete(self, key_id: str) -> bool:
+        """Delete the row with this id (a revoked key); whether there was one."""
+
+        async def run(conn: AsyncConnection) -> bool:
+            result = await conn.execute(delete(_TABLE).where(_TABLE.c.id == key_id))
+            return bool(result.rowcount)
+
+        return await self._run(run, write=True)
+
     async def delete_expired(self, now: datetime) -> int:
         """Delete every row whose `expires_at` is at or before `now`; how many went."""
 

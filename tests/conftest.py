@@ -112,12 +112,12 @@ ADMIN_PASSWORD = "correct horse battery staple"
 class FakeClock:
     """A settable UTC clock, injected into the app so tests move time instead of sleeping."""
 
-    def __init__(self, start: "datetime | None" = None) -> None:
+    def __init__(self, start: datetime | None = None) -> None:
         from datetime import UTC, datetime
 
         self.now = start or datetime.now(UTC).replace(microsecond=0)
 
-    def __call__(self) -> "datetime":
+    def __call__(self) -> datetime:
         return self.now
 
     def advance(self, **delta: float) -> None:
@@ -139,7 +139,7 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def make_config(*, database_url: str, data_dir: Path, **overrides: object) -> "Config":
+def make_config(*, database_url: str, data_dir: Path, **overrides: object) -> Config:
     """A test configuration: cheap argon2, a fresh KEK, the bootstrap admin's known password."""
     import base64
     import dataclasses
@@ -157,7 +157,7 @@ def make_config(*, database_url: str, data_dir: Path, **overrides: object) -> "C
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
-def app_config(request: pytest.FixtureRequest, data_dir: Path, sqlite_url: str) -> "Config":
+def app_config(request: pytest.FixtureRequest, data_dir: Path, sqlite_url: str) -> Config:
     """The app's configuration on real PostgreSQL, and on the embedded SQLite."""
     if request.param == "postgres":
         url = request.getfixturevalue("pg_url")
@@ -167,7 +167,7 @@ def app_config(request: pytest.FixtureRequest, data_dir: Path, sqlite_url: str) 
 
 
 @pytest.fixture
-def pg_config(pg_url: str, data_dir: Path) -> "Config":
+def pg_config(pg_url: str, data_dir: Path) -> Config:
     """The app's configuration on real PostgreSQL only."""
     return make_config(database_url=pg_url, data_dir=data_dir)
 

@@ -30,7 +30,7 @@ try:
     from _hashlib import hmac_digest as _hmac_digest
 
     def _hmac(key: bytes, msg: bytes) -> bytes:
-        return _hmac_digest(key, msg, "sha256")  # type: ignore[no-any-return]
+        return _hmac_digest(key, msg, "sha256")
 
 except ImportError:  # pragma: no cover - other Pythons
 
@@ -98,15 +98,15 @@ def verify_chain(
     if not discharges:
         # The common case, a token with first-party caveats only: one straight loop.
         sig = _hmac(derived_key, token.identifier)
-        predicates = []
+        first_party: list[bytes] = []
         for caveat in token.caveats:
             if caveat.vid is not None:
                 raise InvalidToken("a third-party caveat has no discharge")
-            predicates.append(caveat.cid)
+            first_party.append(caveat.cid)
             sig = _hmac(sig, caveat.cid)
         if not hmac.compare_digest(sig, token.signature):
             raise InvalidToken("signature mismatch: token")
-        return predicates
+        return first_party
 
     by_id: dict[bytes, int] = {}
     for index, discharge in enumerate(discharges):
@@ -127,20 +127,20 @@ def verify_chain(
                 predicates.append(cid)
                 sig = _hmac(sig, cid)
                 continue
-            index = by_id.get(cid)
-            if index is None:
+            found = by_id.get(cid)
+            if found is None:
                 raise InvalidToken("a third-party caveat has no discharge")
-            if used[index]:
+            if used[found]:
                 raise InvalidToken("a discharge is used more than once (cycle?)")
             if depth + 1 > max_depth:
                 raise InvalidToken(f"discharges nested deeper than {max_depth}")
-            used[index] = True
+            used[found] = True
             try:
                 nonce = vid[:crypto_secretbox_NONCEBYTES]
                 discharge_key = crypto_secretbox_open(vid[crypto_secretbox_NONCEBYTES:], nonce, sig)
             except (CryptoError, ValueError, TypeError):
                 raise InvalidToken("signature mismatch (third-party caveat)") from None
-            work.append((discharges[index], discharge_key, depth + 1))
+            work.append((discharges[found], discharge_key, depth + 1))
             sig = _third_party_step(sig, vid, cid)
         if macaroon is not token:
             sig = bind_signature(token.signature, sig)

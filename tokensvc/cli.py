@@ -158,6 +158,15 @@ class _Local:
             third_parties=self.locator,
             discharger_key=await load_discharger_key(self.engine, kek=kek, clock=clock),
         )
+        from keystore.service_keys import ServiceKeys
+        from tokensvc.registry import TokenRegistry
+
+        self.registry = TokenRegistry(self.engine)
+        self.minter.attach(
+            self.registry,
+            service_keys=ServiceKeys(self.engine, kek=kek, clock=clock),
+            max_service_ttl=config.max_service_token_ttl,
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -185,6 +194,9 @@ def token() -> None:
 @click.option("--audience", "audiences", multiple=True, help="Service the token is for.")
 @click.option("--cidr", "cidrs", multiple=True, help="Client network the token is valid from.")
 @click.option("--admin", is_flag=True, help="Make the token admin-capable.")
+@click.option(
+    "--service", is_flag=True, help="Long-lived service token on its own root key (ttl up to 365d)."
+)
 @click.option("--description", default="", help="What the token is for.")
 @click.option(
     "--third-party",
@@ -206,6 +218,7 @@ def token_mint(
     audiences: tuple[str, ...],
     cidrs: tuple[str, ...],
     admin: bool,
+    service: bool,
     description: str,
     third_party: tuple[tuple[str, str], ...],
     local: bool,
@@ -239,7 +252,9 @@ def token_mint(
                         admin=admin,
                         third_party=parse_third_party(third_party_body or None),
                         description=description,
-                    )
+                        service=service,
+                    ),
+                    created_by="(local operator)",
                 )
             return {
                 "token": minted.token,
@@ -248,6 +263,7 @@ def token_mint(
                 "key_id": minted.key_id,
                 "admin": minted.admin,
                 "expires_at": _iso(minted.expires_at),
+                "kind": minted.kind,
             }
 
         result = _run(go())
@@ -262,6 +278,8 @@ def token_mint(
             "admin": admin,
             "description": description,
         }
+        if service:
+            body["service"] = True
         if third_party_body:
             body["third_party"] = third_party_body
         if subject:
@@ -289,6 +307,137 @@ def token_inspect(token_string: str | None, as_json: bool) -> None:
         return "\n".join(lines)
 
     _emit(info, as_json, human)
+
+
+def _token_rows_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no tokens)"
+    lines = [
+        f"{'TOKEN ID':<32} {'SUBJECT':<16} {'KIND':<8} {'STATUS':<8} {'EXPIRES':<20} LAST USED"
+    ]
+    lines += [
+        f"{r['token_id']:<32} {r['subject'][:16]:<16} {r['kind']:<8} {r['status']:<8}"
+        f" {r['expires_at'] or '-':<20} {r['last_used_at'] or '-'}"
+        + (f"  # {r['description'][:40]}" if r.get("description") else "")
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
+@token.command("list")
+@click.option("--subject", default=None, help="Only this subject's tokens.")
+@click.option("--all", "include_all", is_flag=True, help="Include revoked and expired tokens.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--after", default=None, help="Paging cursor: list after this token id.")
+@click.option("--url", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@_fail_on_errors
+def token_list(
+    subject: str | None,
+    include_all: bool,
+    limit: int,
+    after: str | None,
+    url: str | None,
+    as_json: bool,
+) -> None:
+    """List registered tokens (metadata only, never a token)."""
+    from urllib.parse import urlencode
+
+    from tokensvc.client import Client
+
+    query: dict[str, str] = {"limit": str(limit)}
+    if subject:
+        query["subject"] = subject
+    if after:
+        query["after"] = after
+    if include_all:
+        query.update(include_revoked="true", include_expired="true")
+    result = Client.from_saved(url).request("GET", "/v1/tokens?" + urlencode(query))
+    _emit(result["tokens"], as_json, _token_rows_table)
+
+
+@token.command("revoke")
+@click.argument("token_id", required=False)
+@click.option(
+    "--token", "presented", default=None, help="Revoke by presenting the token ('-': stdin)."
+)
+@click.option("--url", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@_fail_on_errors
+def token_revoke(
+    token_id: str | None, presented: str | None, url: str | None, as_json: bool
+) -> None:
+    """Revoke a token by id (admin or its owner), or by presenting it with --token (anyone)."""
+    from tokensvc.client import Client, load_credentials
+
+    if (token_id is None) == (presented is None):
+        raise click.UsageError("give a TOKEN_ID or --token, not both")
+    if presented is not None:
+        raw = sys.stdin.readline().strip() if presented == "-" else presented.strip()
+        saved = load_credentials() or {}
+        base = _service_url(url or saved.get("url"))
+        Client(url=base).request("POST", "/v1/tokens/revoke", {"token": raw})
+        info = {"revoked": "presented token", "note": "the service answers 204 to anything"}
+        _emit(info, as_json, lambda i: "revocation sent (a genuine token is now revoked)")
+        return
+    Client.from_saved(url).request("DELETE", f"/v1/tokens/{token_id}")
+    _emit({"revoked": token_id}, as_json, lambda i: f"revoked {i['revoked']}")
+
+
+@token.command("attenuate")
+@click.argument("token_string", metavar="TOKEN", required=False)
+@click.option("--op", "operations", multiple=True, help="Allowed operation (repeatable).")
+@click.option("--resource", "resources", multiple=True, help="Allowed resource (repeatable).")
+@click.option("--audience", "audiences", multiple=True, help="Service the token is for.")
+@click.option("--ttl", default=None, help="Expire this much from now, e.g. 10m.")
+@click.option("--json", "as_json", is_flag=True)
+@_fail_on_errors
+def token_attenuate(
+    token_string: str | None,
+    operations: tuple[str, ...],
+    resources: tuple[str, ...],
+    audiences: tuple[str, ...],
+    ttl: str | None,
+    as_json: bool,
+) -> None:
+    """Narrow a token offline: append first-party caveats (no key, no network needed)."""
+    import time
+
+    from caveats import Audience, Expiry, Operations, Resources, encode
+    from tokensvc.attenuation import attenuate
+
+    raw = token_string or sys.stdin.readline().strip()
+    predicates = []
+    if operations:
+        predicates.append(encode(Operations(tuple(operations))))
+    if resources:
+        predicates.append(encode(Resources(tuple(resources))))
+    if audiences:
+        predicates.append(encode(Audience(tuple(audiences))))
+    if ttl:
+        try:
+            seconds = parse_duration(ttl).total_seconds()
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--ttl") from None
+        predicates.append(encode(Expiry(int(time.time() + seconds))))
+    if not predicates:
+        raise click.UsageError("nothing to add: give --op, --resource, --audience or --ttl")
+    narrowed = attenuate(raw, predicates)
+    _emit({"token": narrowed}, as_json, lambda r: r["token"])
+
+
+@token.command("check")
+@click.argument("token_string", metavar="TOKEN", required=False)
+@click.option("--json", "as_json", is_flag=True)
+def token_check(token_string: str | None, as_json: bool) -> None:
+    """Check a token's format and checksum offline; exit 1 if it is bad. Verifies no signature."""
+    from tokensvc.attenuation import check_format
+
+    raw = token_string or sys.stdin.readline().strip()
+    result = check_format(raw)
+    _emit(result, as_json, lambda r: "ok" if r["ok"] else f"bad token: {r['problem']}")
+    if not result["ok"]:
+        sys.exit(1)
 
 
 def _attach_bakery_commands() -> None:
@@ -435,10 +584,19 @@ def whoami(as_json: bool) -> None:
 @main.command()
 @_fail_on_errors
 def logout() -> None:
-    """Forget the stored token."""
-    from tokensvc.client import credentials_path
+    """Revoke the stored token (best effort) and forget it."""
+    from tokensvc.client import Client, credentials_path, load_credentials
 
     path = credentials_path()
+    saved = load_credentials()
+    if saved and isinstance(saved.get("token"), str):
+        try:
+            # Anonymous on purpose: presenting the token is what authorises burning it.
+            Client(url=str(saved.get("url") or _service_url(None)).rstrip("/")).request(
+                "POST", "/v1/tokens/revoke", {"token": saved["token"]}
+            )
+        except TokensvcError as exc:
+            click.echo(f"warning: could not revoke the stored token ({exc.message})", err=True)
     try:
         path.unlink()
     except FileNotFoundError:

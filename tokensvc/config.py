@@ -30,13 +30,17 @@ _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 def parse_duration(text: str) -> timedelta:
     """`90`, `90s`, `15m`, `1h30m`, `2d` → timedelta; bare numbers are seconds."""
     text = text.strip()
-    if text.isdigit():
-        return timedelta(seconds=int(text))
-    match = _DURATION.fullmatch(text)
+    # ASCII only: "²".isdigit() is true, and \d would take any script's digits.
+    match = _DURATION.fullmatch(text) if text.isascii() else None
+    if text.isascii() and text.isdigit():
+        match = _DURATION.fullmatch(text + "s")
     if not text or match is None:
         raise ConfigError(f"not a duration: {text!r} (use e.g. 90s, 15m, 1h30m, 2d)")
     days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    try:
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    except OverflowError:
+        raise ConfigError(f"duration out of range: {text!r}") from None
 
 
 def _default_data_dir(env: Mapping[str, str]) -> Path:
@@ -66,18 +70,37 @@ class Config:
     max_caveats: int = 128
     max_discharges: int = 16
     max_body_bytes: int = 65536
+    max_concurrent: int = 256
+    max_queue: int = 1024
+    queue_timeout: timedelta = timedelta(seconds=2)
+    # Logins in progress, not argon2 runs: the hasher bounds those itself (and answers 503 past its
+    # queue); a flood at a locked-out account is cheap and should still hear 429, not overload.
+    login_max_concurrent: int = 128
+    login_max_queue: int = 256
     verify_cache_entries: int = 50_000
+    # Token lifecycle: service tokens (own root key) up to this TTL; how often each process
+    # polls for revocations (the cross-replica bound without Redis); how often last-use is written.
+    max_service_token_ttl: timedelta = timedelta(days=365)
+    revocation_refresh_interval: timedelta = timedelta(seconds=1)
+    usage_flush_interval: timedelta = timedelta(seconds=5)
     auto_migrate: bool = True
     password_profile: str = "OWASP"
     pepper: bytes | None = field(default=None, repr=False)
     trusted_proxies: tuple[str, ...] = ()
     log_level: str = "info"
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     bakery: BakeryConfig = field(default_factory=BakeryConfig)
 
     @property
     def embedded(self) -> bool:
         """True when running on the built-in SQLite database."""
         return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def tls(self) -> bool:
+        """True when this process terminates TLS itself (cert and key files configured)."""
+        return self.tls_cert_file is not None
 
     @property
     def effective_database_url(self) -> str:
@@ -149,7 +172,17 @@ class Config:
             max_caveats=integer("MAX_CAVEATS", defaults.max_caveats),
             max_discharges=integer("MAX_DISCHARGES", defaults.max_discharges),
             max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes),
+            max_concurrent=integer("MAX_CONCURRENT", defaults.max_concurrent),
+            max_queue=integer("MAX_QUEUE", defaults.max_queue),
+            queue_timeout=duration("QUEUE_TIMEOUT", defaults.queue_timeout),
+            login_max_concurrent=integer("LOGIN_MAX_CONCURRENT", defaults.login_max_concurrent),
+            login_max_queue=integer("LOGIN_MAX_QUEUE", defaults.login_max_queue),
             verify_cache_entries=integer("VERIFY_CACHE_ENTRIES", defaults.verify_cache_entries),
+            max_service_token_ttl=duration("MAX_SERVICE_TOKEN_TTL", defaults.max_service_token_ttl),
+            revocation_refresh_interval=duration(
+                "REVOCATION_REFRESH_INTERVAL", defaults.revocation_refresh_interval
+            ),
+            usage_flush_interval=duration("USAGE_FLUSH_INTERVAL", defaults.usage_flush_interval),
             auto_migrate=(get("AUTO_MIGRATE") or "true").lower() in ("1", "true", "yes"),
             password_profile=get("PASSWORD_PROFILE") or defaults.password_profile,
             pepper=pepper.encode() if pepper else None,
@@ -157,6 +190,8 @@ class Config:
                 p.strip() for p in (get("TRUSTED_PROXIES") or "").split(",") if p.strip()
             ),
             log_level=get("LOG_LEVEL") or defaults.log_level,
+            tls_cert_file=get("TLS_CERT_FILE"),
+            tls_key_file=get("TLS_KEY_FILE"),
             bakery=BakeryConfig.from_env(env),
         )
         config.validate()
@@ -171,6 +206,20 @@ class Config:
             raise ConfigError("TOKENSVC_KEY_GENERATE_INTERVAL must be positive")
         if self.max_token_bytes < 256 or self.max_body_bytes < self.max_token_bytes:
             raise ConfigError("TOKENSVC_MAX_BODY_BYTES must be at least TOKENSVC_MAX_TOKEN_BYTES")
+        if self.max_concurrent < 1 or self.login_max_concurrent < 1:
+            raise ConfigError(
+                "TOKENSVC_MAX_CONCURRENT and TOKENSVC_LOGIN_MAX_CONCURRENT must be at least 1"
+            )
+        if min(self.revocation_refresh_interval, self.usage_flush_interval) <= timedelta(0):
+            raise ConfigError(
+                "TOKENSVC_REVOCATION_REFRESH_INTERVAL and USAGE_FLUSH_INTERVAL must be positive"
+            )
+        if self.queue_timeout <= timedelta(0):
+            raise ConfigError("TOKENSVC_QUEUE_TIMEOUT must be positive")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError(
+                "set both TOKENSVC_TLS_CERT_FILE and TOKENSVC_TLS_KEY_FILE, or neither"
+            )
         url = self.effective_database_url
         if not (url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://"))):
             raise ConfigError(

@@ -96,5 +96,5 @@ class SubjectGenerations:
             await asyncio.sleep(self.refresh_interval)
             try:
                 await self.refresh()
-            except Exception:  # noqa: BLE001 - keep serving what we know; the next round retries
+            except Exception:
                 log.warning("refreshing subject generations failed", exc_info=True)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from tokensvc import metrics
 from tokensvc.errors import BadRequest, LockedOut, Unauthenticated, Unavailable
 from tokensvc.lockout import LockoutStore
 from tokensvc.logs import security_event
@@ -72,6 +73,7 @@ class LoginService:
                 identity=identity, client_ip=request.client_ip, now=now
             )
         except LockedOut:
+            metrics.LOGIN_LOCKED.inc()
             security_event(
                 "authn_login_lock",
                 level=logging.WARNING,
@@ -80,6 +82,7 @@ class LoginService:
             )
             raise
         except Unavailable:
+            metrics.LOGIN_UNAVAILABLE.inc()
             security_event(
                 "authn_login_fail",
                 level=logging.WARNING,
@@ -100,6 +103,7 @@ class LoginService:
             )
             raise
         if not result.ok or user is None:
+            metrics.LOGIN_FAIL.inc()
             security_event(
                 "authn_login_fail",
                 level=logging.WARNING,
@@ -124,6 +128,7 @@ class LoginService:
                 admin=user.is_admin,
             )
         )
+        metrics.LOGIN_SUCCESS.inc()
         security_event(
             "authn_login_success",
             user=user.name,

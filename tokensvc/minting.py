@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from caveats import Audience, ClientCIDR, Expiry, Generation, Operations, Resources, Subject, encode
-from keystore import Keyring
+from keystore import Keyring, RootKey
 from keystore.discharger_key import DischargerKey
+from keystore.service_keys import ServiceKeys, service_key_id
 from tokensvc import chain
 from tokensvc.bakery.thirdparty import ThirdPartyLocator, ThirdPartyRequest, add_third_party_caveats
 from tokensvc.errors import BadRequest
-from tokensvc.identifier import new_identifier
+from tokensvc.identifier import TOKEN_ID_BYTES, TokenIdentifier
 from tokensvc.macaroon import Caveat
+from tokensvc.registry import TokenRecord, TokenRegistry
 from tokensvc.tokenformat import encode_token
 from tokensvc.verification import GenerationSource
 
@@ -43,15 +49,15 @@ class MintRequest:
     admin: bool = False
     third_party: tuple[ThirdPartyRequest, ...] = ()
     description: str = field(default="", compare=False)
+    # A long-lived service token on a root key of its own (TTL up to the service maximum).
+    service: bool = False
 
     def validate(self, *, max_ttl: timedelta) -> None:
         _check_names("subject", (self.subject,))
         if self.ttl <= timedelta(0):
             raise BadRequest("ttl must be positive")
         if self.ttl > max_ttl:
-            raise BadRequest(
-                f"ttl must be at most {int(max_ttl.total_seconds())} seconds on a rotating key"
-            )
+            raise BadRequest(f"ttl must be at most {int(max_ttl.total_seconds())} seconds")
         _check_names("operations", self.operations)
         _check_names("resources", self.resources)
         _check_names("audiences", self.audiences)
@@ -74,6 +80,8 @@ class MintedToken:
     subject: str
     expires_at: datetime
     admin: bool
+    kind: str = "rotating"
+    description: str = ""
 
 
 class Minter:
@@ -95,14 +103,58 @@ class Minter:
         self._generations = generations
         self._location = location.encode()
         self._clock = clock
+        self._registry: TokenRegistry | None = None
+        self._service_keys: ServiceKeys | None = None
+        self._max_service_ttl = timedelta(0)
+
+    def attach(
+        self,
+        registry: TokenRegistry,
+        *,
+        service_keys: ServiceKeys | None = None,
+        max_service_ttl: timedelta = timedelta(0),
+    ) -> None:
+        """Register every token minted from now on; with `service_keys`, allow TTLs beyond the
+        rotating keys' (up to `max_service_ttl`) on a root key of the token's own."""
+        self._registry = registry
+        self._service_keys = service_keys
+        self._max_service_ttl = max_service_ttl
 
     @property
     def max_ttl(self) -> timedelta:
         return self._keyring.policy.max_token_ttl
 
-    async def mint(self, request: MintRequest) -> MintedToken:
-        request.validate(max_ttl=self.max_ttl)
-        key = await self._keyring.current()
+    async def mint(self, request: MintRequest, *, created_by: str | None = None) -> MintedToken:
+        """Sign a token; registered (when a registry is attached) before it is returned."""
+        service = request.service
+        if service and self._service_keys is None:
+            raise BadRequest("service tokens are not enabled")
+        request.validate(max_ttl=self._max_service_ttl if service else self.max_ttl)
+        token_id = secrets.token_bytes(TOKEN_ID_BYTES)
+        service_row: dict[str, Any] | None = None
+        if service:
+            assert self._service_keys is not None
+            key_expiry = (self._clock() + request.ttl).replace(microsecond=0)
+            key, service_row = self._service_keys.new_key(token_id.hex(), expires_at=key_expiry)
+            identifier = TokenIdentifier(
+                key_id=service_key_id(token_id.hex()), token_id=token_id, admin=request.admin
+            )
+        else:
+            key = await self._keyring.current()
+            identifier = TokenIdentifier(key_id=key.id, token_id=token_id, admin=request.admin)
+        return await self._sign(
+            request, key, identifier, created_by=created_by, service_row=service_row
+        )
+
+    async def _sign(
+        self,
+        request: MintRequest,
+        key: RootKey,
+        identifier: TokenIdentifier,
+        *,
+        created_by: str | None,
+        service_row: dict[str, Any] | None,
+    ) -> MintedToken:
         # Minted at the subject's current generation, so a later revoke-all or password change
         # kills this token too; read fresh, never from a cache that could lag a revocation.
         generation = await self._generations.fetch(request.subject)
@@ -123,7 +175,6 @@ class Minter:
             predicates.append(encode(Audience(tuple(request.audiences))))
         if request.cidrs:
             predicates.append(encode(ClientCIDR(tuple(request.cidrs))))
-        identifier = new_identifier(key_id=key.id, admin=request.admin)
         macaroon = chain.sign(
             derived_key=key.derived,
             identifier=identifier.encode(),
@@ -139,11 +190,51 @@ class Minter:
                 locator=self._third_parties,
                 key=self._discharger_key,
             )
-        return MintedToken(
+        minted = MintedToken(
             token=encode_token(macaroon),
             token_id=identifier.token_id_hex,
             key_id=key.id,
             subject=request.subject,
             expires_at=expires_at.astimezone(UTC),
             admin=request.admin,
+            kind="service" if service_row is not None else "rotating",
+            description=request.description,
         )
+        if self._registry is not None:
+            await self._register(
+                minted, now=now, created_by=created_by, service_row=service_row, key=key
+            )
+        return minted
+
+    async def _register(
+        self,
+        minted: MintedToken,
+        *,
+        now: datetime,
+        created_by: str | None,
+        service_row: dict[str, Any] | None,
+        key: RootKey,
+    ) -> None:
+        # The row (and a service token's key) is committed before the token leaves this
+        # function: a token the registry does not know can never have been handed out.
+        assert self._registry is not None
+        record = TokenRecord(
+            token_id=minted.token_id,
+            subject=minted.subject,
+            created_by=(created_by or minted.subject)[:255],
+            created_at=now.astimezone(UTC),
+            expires_at=minted.expires_at,
+            description=minted.description,
+            admin=minted.admin,
+            kind=minted.kind,
+        )
+        service_keys = self._service_keys
+        if service_row is None or service_keys is None:
+            await self._registry.add(record)
+            return
+
+        async def insert_key(conn: AsyncConnection) -> None:
+            assert service_row is not None and service_keys is not None
+            await service_keys.insert(conn, service_row, key)
+
+        await self._registry.add(record, with_conn=insert_key)

@@ -13,9 +13,11 @@ import tempfile
 from collections.abc import Iterator
 
 from aiohttp import web
+from prometheus_client import multiprocess
 
 from tokensvc.config import Config, ConfigError
 from tokensvc.logs import configure as configure_logging
+from tokensvc.tls import ssl_context
 from tokensvc.web.app import create_app
 
 
@@ -31,6 +33,8 @@ def _serve_one(config: Config, host: str, port: int, reuse_port: bool) -> None:
     configure_logging(config.log_level)
     web.run_app(
         create_app(config),
+        # Built here, in the worker: an SSLContext cannot be handed to a spawned process.
+        ssl_context=ssl_context(config),
         host=host,
         port=port,
         reuse_port=reuse_port or None,
@@ -49,6 +53,7 @@ def run(config: Config, *, host: str, port: int, workers: int = 1) -> None:
     which is why revocations and generations are refreshed in the background. Prometheus metrics
     are written to a multiprocess directory so a scrape of any worker adds up all of them.
     """
+    ssl_context(config)  # a bad certificate fails here, before any worker starts
     if workers == 1:
         _serve_one(config, host, port, reuse_port=False)
         return
@@ -64,6 +69,7 @@ def _multiprocess_metrics_dir() -> Iterator[None]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         yield
         return
+    # Set before any worker imports prometheus_client (workers are spawned, so they read it fresh).
     path = tempfile.mkdtemp(prefix="tokensvc-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     try:
@@ -95,9 +101,15 @@ def _supervise(config: Config, host: str, port: int, workers: int) -> None:
     signal.signal(signal.SIGINT, stop)
     # A worker that dies on its own takes the service down with a non-zero status, so the
     # process supervisor (systemd, Kubernetes) restarts the whole set in a known state.
+    reaped: set[int] = set()
     while any(p.is_alive() for p in processes):
         for process in processes:
             process.join(timeout=0.5)
+            if process.exitcode is not None and process.pid not in reaped:
+                reaped.add(process.pid)  # type: ignore[arg-type]
+                # The parent imported prometheus_client before the directory was set, so call
+                # the multiprocess helper directly: it reads the directory at call time.
+                multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
             if not stopping and process.exitcode not in (None, 0):
                 print(
                     f"tokensvc: worker {process.pid} exited with {process.exitcode}; stopping",

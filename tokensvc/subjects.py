@@ -9,8 +9,9 @@ subject is the larger of the two.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Final
 
-from sqlalchemy import Integer, String, select, update
+from sqlalchemy import Integer, String, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
@@ -27,7 +28,7 @@ class SubjectGenerationRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-_TABLE = SubjectGenerationRow.__table__
+_TABLE: Final[Table] = SubjectGenerationRow.__table__  # type: ignore[assignment]
 
 
 class SubjectStore:

@@ -9,10 +9,16 @@ so its result is cached (`ChainCache`): a hit skips decoding and every HMAC. Not
 on the request or on time is cached: each hit re-checks that the root key is still live, the
 subject's generation, and every caveat against the context — so expiry, revocation and scope are
 decided afresh on every call.
+
+Token lifecycle (`attach`): a revoked token id is refused with a dict lookup (the set is kept
+current in place by tokensvc.revocation); a successful verify notes the token's use in memory
+(tokensvc.usage flushes it); service tokens name keys `t-<token id>` that come from
+keystore.service_keys instead of the rotating keyring, cached the same way.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -21,11 +27,18 @@ from typing import Protocol
 
 from caveats import Context, check_predicates, subject_of
 from keystore import Keyring, RootKey
+from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys
 from tokensvc import chain
 from tokensvc.errors import BadRequest, CaveatDenied, InvalidToken
 from tokensvc.identifier import decode_identifier
 from tokensvc.macaroon import Macaroon
 from tokensvc.tokenformat import decode_token
+
+
+class UsageSink(Protocol):
+    """Where token uses go (tokensvc.usage): an in-memory note, no I/O."""
+
+    def record(self, token_id: str, now: float) -> None: ...
 
 
 class GenerationSource(Protocol):
@@ -116,6 +129,32 @@ class Verifier:
         self._generations = generations
         self._clock = clock
         self.cache = ChainCache(limits.cache_entries)
+        self._service_keys: ServiceKeys | None = None
+        self._revoked: dict[str, float] = {}
+        self._revoked_keys: set[str] = set()
+        self._usage: UsageSink | None = None
+
+    def attach(
+        self,
+        *,
+        service_keys: ServiceKeys | None = None,
+        revoked: dict[str, float] | None = None,
+        revoked_keys: set[str] | None = None,
+        usage: UsageSink | None = None,
+    ) -> None:
+        """Wire the token lifecycle in: service-token keys, the revoked-id set (a dict kept
+        current in place by tokensvc.revocation), revoked root keys, and last-use recording."""
+        self._service_keys = service_keys
+        if revoked is not None:
+            self._revoked = revoked
+        if revoked_keys is not None:
+            self._revoked_keys = revoked_keys
+        self._usage = usage
+
+    def _cached_key(self, key_id: str) -> RootKey | None:
+        if key_id.startswith(KEY_ID_PREFIX):
+            return self._service_keys.get_cached(key_id) if self._service_keys else None
+        return self._keyring.get_cached(key_id)
 
     def parse(self, token: str) -> Macaroon:
         """Decode a token string, within the configured size limits."""
@@ -124,12 +163,43 @@ class Verifier:
         )
 
     async def _root_key(self, key_id: str) -> RootKey:
-        key = self._keyring.get_cached(key_id)
+        key = self._cached_key(key_id)
         if key is None:
+            if key_id in self._revoked_keys:
+                raise InvalidToken("root key revoked")
+            if key_id.startswith(KEY_ID_PREFIX):
+                key = await self._service_keys.get(key_id) if self._service_keys else None
+                if key is None:
+                    raise InvalidToken("service token unknown, revoked or expired")
+                return key
             key = await self._keyring.get(key_id)
             if key is None:
                 raise InvalidToken("root key unknown or expired (token outlived its key)")
         return key
+
+    async def authenticate(self, token: str) -> tuple[str, str, str, float]:
+        """Whether `token` was signed by us, whatever its caveats or discharges say.
+
+        (token id, subject, key id, key expiry) of a genuine token; InvalidToken otherwise.
+        For self-revocation: expiry and third-party caveats do not matter, the signature does.
+        """
+        macaroon = self.parse(token)
+        identifier = decode_identifier(macaroon.identifier)
+        key = await self._root_key(identifier.key_id)
+        # Recompute the signature over every caveat as signed (third-party ones included) and
+        # compare: proof of possession of a genuine token, no discharges needed.
+        expected = chain.sign(
+            derived_key=key.derived,
+            identifier=macaroon.identifier,
+            caveats=macaroon.caveats,
+            location=macaroon.location,
+        )
+        if not hmac.compare_digest(expected.signature, macaroon.signature):
+            raise InvalidToken("signature mismatch: token")
+        subject = subject_of(c.cid for c in macaroon.caveats if c.vid is None)
+        if subject is None:
+            raise InvalidToken("token names no subject, or conflicting ones")
+        return identifier.token_id_hex, subject, identifier.key_id, key.expires_at.timestamp()
 
     async def verify(
         self,
@@ -144,12 +214,15 @@ class Verifier:
         """Raise InvalidToken (401) or CaveatDenied (403), or return what the token says."""
         cache_key: str | tuple[str, ...] = (token, *discharges) if discharges else token
         chained = self.cache.get(cache_key)
-        if chained is None or self._keyring.get_cached(chained.key_id) is None:
+        if chained is None or self._cached_key(chained.key_id) is None:
             # A miss, or a hit whose root key expired or left the cache: the full path decides.
             chained = await self._verify_chain(token, discharges)
             self.cache.put(cache_key, chained)
+        if chained.token_id in self._revoked:
+            raise InvalidToken("token revoked")
+        now = self._clock()
         context = Context(
-            now=self._clock(),
+            now=now,
             operation=operation,
             resource=resource,
             audience=audience,
@@ -162,6 +235,8 @@ class Verifier:
             if any(f.invalid for f in outcome.failures):
                 raise InvalidToken(reasons)
             raise CaveatDenied(reasons)
+        if self._usage is not None:
+            self._usage.record(chained.token_id, now)
         return Verified(
             subject=chained.subject,
             token_id=chained.token_id,

@@ -78,8 +78,9 @@ def _with_discharge() -> tuple[PyMacaroon, PyMacaroon, bytes]:
     root = PyMacaroon(location="svc", identifier="root", key=ROOT_KEY, version=MACAROON_V2)
     root.add_first_party_caveat("r = 1")
     root.add_third_party_caveat("https://tp", discharge_key, "tp-caveat")
-    discharge = PyMacaroon(location="https://tp", identifier="tp-caveat", key=discharge_key,
-                           version=MACAROON_V2)
+    discharge = PyMacaroon(
+        location="https://tp", identifier="tp-caveat", key=discharge_key, version=MACAROON_V2
+    )
     discharge.add_first_party_caveat("d = 1")
     return root, discharge, discharge_key
 
@@ -132,8 +133,9 @@ def test_self_referencing_discharge_is_rejected_quickly() -> None:
     discharge_key = os.urandom(32)
     root = PyMacaroon(location="svc", identifier="root", key=ROOT_KEY, version=MACAROON_V2)
     root.add_third_party_caveat("https://tp", discharge_key, "loop")
-    discharge = PyMacaroon(location="https://tp", identifier="loop", key=discharge_key,
-                           version=MACAROON_V2)
+    discharge = PyMacaroon(
+        location="https://tp", identifier="loop", key=discharge_key, version=MACAROON_V2
+    )
     discharge.add_third_party_caveat("https://tp", discharge_key, "loop")
     bound = root.prepare_for_request(discharge)
     started = time.perf_counter()
@@ -154,12 +156,16 @@ def test_deep_nesting_is_rejected() -> None:
         d = PyMacaroon(location="tp", identifier=f"d{i}", key=keys[i], version=MACAROON_V2)
         d.add_third_party_caveat("tp", keys[i + 1], f"d{i + 1}")
         discharges.append(d)
-    discharges.append(PyMacaroon(location="tp", identifier="d11", key=keys[11], version=MACAROON_V2))
+    discharges.append(
+        PyMacaroon(location="tp", identifier="d11", key=keys[11], version=MACAROON_V2)
+    )
     bound = [_parse(root.prepare_for_request(d)) for d in discharges]
 
     with pytest.raises(InvalidToken, match="deeper than 8"):
         chain.verify_chain(_parse(root), chain.derive_key(ROOT_KEY), bound, max_depth=8)
-    assert len(chain.verify_chain(_parse(root), chain.derive_key(ROOT_KEY), bound, max_depth=12)) == 0
+    assert (
+        len(chain.verify_chain(_parse(root), chain.derive_key(ROOT_KEY), bound, max_depth=12)) == 0
+    )
 
 
 def test_add_third_party_matches_pymacaroons() -> None:
@@ -172,8 +178,9 @@ def test_add_third_party_matches_pymacaroons() -> None:
         location=b"https://tp",
         nonce=os.urandom(24),
     )
-    discharge = PyMacaroon(location="https://tp", identifier="cav", key=discharge_key,
-                           version=MACAROON_V2)
+    discharge = PyMacaroon(
+        location="https://tp", identifier="cav", key=discharge_key, version=MACAROON_V2
+    )
     py_root = _to_py(ours)
     verifier = Verifier()
     verifier.satisfy_exact("a = 1")

@@ -18,7 +18,9 @@ def _served(tmp_path: Path) -> set[tuple[str, str]]:
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("path") or info.get("formatter")
-        if path and route.method not in ("HEAD", "*"):
+        if path and route.method == "*":
+            served.add(("get", path))  # any-method routes (forward-auth) are documented as GET
+        elif path and route.method != "HEAD":
             served.add((route.method.lower(), path))
     return served
 

@@ -20,8 +20,12 @@ from tokensvc.tokenformat import (
 
 
 def _macaroon() -> PyMacaroon:
-    m = PyMacaroon(location="l", identifier=b"\x01\x00" + os.urandom(16) + b"k1", key=b"k" * 32,
-                   version=MACAROON_V2)
+    m = PyMacaroon(
+        location="l",
+        identifier=b"\x01\x00" + os.urandom(16) + b"k1",
+        key=b"k" * 32,
+        version=MACAROON_V2,
+    )
     m.add_first_party_caveat("a = 1")
     return m
 

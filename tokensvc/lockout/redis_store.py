@@ -30,6 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from tokensvc import metrics
 from tokensvc.errors import LockedOut, Unavailable
 from tokensvc.lockout.policy import LockoutPolicy
 from tokensvc.lockout.store import CounterStatus, LockoutStatus, hash_identity, hash_ip
@@ -314,6 +315,7 @@ class RedisLockoutStore:
         try:
             return await call
         except (TimeoutError, RedisError, OSError) as exc:
+            metrics.REDIS_ERRORS.inc()
             raise Unavailable(
                 "the lockout store is unavailable", retry_after=UNAVAILABLE_RETRY_AFTER
             ) from exc

@@ -13,10 +13,12 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from keystore import KeyEncryptionKey, Keyring, RotationPolicy, create_engine
+from tokensvc import metrics
 from tokensvc.bakery import appkeys as bakery_keys
 from tokensvc.bootstrap import ensure_admin
 from tokensvc.config import Config
 from tokensvc.generations import SubjectGenerations
+from tokensvc.lifecycle import token_lifecycle
 from tokensvc.lockout import MemoryLockoutStore, RedisLockoutStore, redis_client_from_url
 from tokensvc.login import LoginService
 from tokensvc.migrate import upgrade
@@ -25,10 +27,23 @@ from tokensvc.passwords import PasswordHasher, profile_by_name
 from tokensvc.subjects import SubjectStore
 from tokensvc.users import UserStore
 from tokensvc.verification import Limits, Verifier
-from tokensvc.web import appkeys
+from tokensvc.web import appkeys, governor
 from tokensvc.web.errors import error_middleware
+from tokensvc.web.handlers import (
+    audit,
+    forwardauth,
+    health,
+    introspect,
+    keys,
+    login,
+    revocation,
+    tokens,
+    users,
+    verify,
+)
 from tokensvc.web.handlers import bakery as bakery_handlers
-from tokensvc.web.handlers import health, keys, login, tokens, users, verify
+from tokensvc.web.handlers import metrics as metrics_handlers
+from tokensvc.web.middlewares import request_middleware
 
 log = logging.getLogger("tokensvc")
 
@@ -61,7 +76,9 @@ async def _kek(app: web.Application) -> AsyncIterator[None]:
     """The key-encryption key, loaded once for the keyring and the discharger key."""
     config = app[appkeys.CONFIG]
     app[appkeys.KEK] = KeyEncryptionKey.load(
-        value=config.kek, file=config.kek_file, data_dir=config.data_dir if config.embedded else None
+        value=config.kek,
+        file=config.kek_file,
+        data_dir=config.data_dir if config.embedded else None,
     )
     yield
 
@@ -163,12 +180,17 @@ async def _maintain_keys(keyring: Keyring, every: float) -> None:
         try:
             await keyring.maintain()
         except Exception:
+            metrics.DATABASE_ERRORS.inc()
             log.warning("root key maintenance failed; retrying in %.0fs", every, exc_info=True)
 
 
 def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
     """The tokensvc application for `config`; `clock` is injectable for tests."""
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_middleware])
+    # The request middleware is outermost, so error answers get its headers and log line too.
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[request_middleware(tls=config.tls), error_middleware],
+    )
     app[appkeys.CONFIG] = config
     app[appkeys.CLOCK] = clock
     app[appkeys.TRUSTED_PROXIES] = tuple(
@@ -181,11 +203,19 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> we
     app.cleanup_ctx.append(_lockout)
     app.cleanup_ctx.append(bakery_handlers.discharger_context)
     app.cleanup_ctx.append(_keys)
+    app.cleanup_ctx.append(token_lifecycle)
     bakery_handlers.setup(app, config.bakery.prefix, config=config.bakery)
+    governor.setup(app, config)  # just outside error_middleware: overload answers stay cheap
 
     app.router.add_post("/v1/verify", verify.verify)
     app.router.add_post("/v1/login", login.login)
     app.router.add_post("/v1/tokens", tokens.mint)
+    app.router.add_get("/v1/tokens", tokens.list_tokens)
+    app.router.add_post("/v1/tokens/revoke", revocation.revoke_presented)
+    app.router.add_delete("/v1/tokens/{id}", revocation.revoke_by_id)
+    app.router.add_post("/v1/subjects/{subject}/revoke-all", revocation.revoke_all)
+    app.router.add_post("/v1/keys/{id}/revoke", revocation.revoke_key)
+    app.router.add_get("/v1/audit", audit.list_audit)
     app.router.add_get("/v1/keys", keys.list_keys)
     app.router.add_post("/v1/keys/rotate", keys.rotate)
     app.router.add_post("/v1/users", users.create_user)
@@ -195,7 +225,10 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> we
     app.router.add_delete("/v1/users/{name}", users.delete_user)
     app.router.add_get("/v1/users/{name}/lockout", users.get_lockout)
     app.router.add_delete("/v1/users/{name}/lockout", users.clear_lockout)
+    introspect.setup(app)
+    forwardauth.setup(app)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/openapi.yaml", health.openapi)
+    metrics_handlers.setup(app)
     return app

@@ -10,17 +10,22 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keystore import KeyEncryptionKey, Keyring
+from keystore.service_keys import ServiceKeys
+from tokensvc.audit import AuditLog
 from tokensvc.config import Config
 from tokensvc.generations import SubjectGenerations
 from tokensvc.lockout import LockoutStore
 from tokensvc.login import LoginService
 from tokensvc.minting import Minter
 from tokensvc.passwords import PasswordHasher
+from tokensvc.registry import TokenRegistry
+from tokensvc.revocation import Revocations
+from tokensvc.usage import UsageRecorder
 from tokensvc.users import UserStore
 from tokensvc.verification import Verifier
 
 CONFIG = web.AppKey("config", Config)
-CLOCK = web.AppKey("clock", Callable[[], datetime])
+CLOCK = web.AppKey[Callable[[], datetime]]("clock")
 ENGINE = web.AppKey("engine", AsyncEngine)
 KEYRING = web.AppKey("keyring", Keyring)
 MINTER = web.AppKey("minter", Minter)
@@ -35,3 +40,10 @@ HASHER = web.AppKey("hasher", PasswordHasher)
 LOCKOUT = web.AppKey("lockout", LockoutStore)
 LOGIN = web.AppKey("login", LoginService)
 KEK = web.AppKey("kek", KeyEncryptionKey)
+
+# ---- token lifecycle (issue 5) ----
+REGISTRY = web.AppKey("registry", TokenRegistry)
+SERVICE_KEYS = web.AppKey("service_keys", ServiceKeys)
+REVOCATIONS = web.AppKey("revocations", Revocations)
+USAGE = web.AppKey("usage", UsageRecorder)
+AUDIT = web.AppKey("audit", AuditLog)

@@ -7,6 +7,7 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from tokensvc import metrics
 from tokensvc.errors import LockedOut, TokensvcError, Unavailable
 from tokensvc.web.jsonio import json_response
 
@@ -36,9 +37,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers: dict[str, str] = {}
         if isinstance(exc, (LockedOut, Unavailable)):
             headers["Retry-After"] = str(exc.retry_after)
+            if isinstance(exc, Unavailable):
+                metrics.count_database_error(exc.__cause__)
         if exc.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="tokensvc"'
-        body = error_body(exc.code, exc.message)
+        body: dict[str, object] = dict(error_body(exc.code, exc.message))
         if exc.code in ("invalid_token", "caveat_denied") and request.path.endswith("/verify"):
             # /v1/verify callers read {"valid", "reason"}; the error object is kept for uniformity.
             body = {"valid": False, "reason": exc.message, **body}
@@ -49,7 +52,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = _HTTP_CODES.get(exc.status, "http_error")
         message = exc.reason if exc.status != 413 else "request body too large"
         return json_response(error_body(code, message), status=exc.status)
-    except Exception:
+    except Exception as exc:
+        metrics.count_database_error(exc)
         # The trace goes to our log (no request data in it); the client learns nothing internal.
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response(error_body("internal_error", "internal error"), status=500)

@@ -66,3 +66,13 @@ def reject_unknown(data: dict[str, Any], allowed: frozenset[str]) -> None:
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise BadRequest("unknown field(s): " + ", ".join(u[:40] for u in unknown[:5]))
+
+
+def printable(value: str | None, name: str, *, max_len: int = 255) -> str | None:
+    """A query or path value bound for the database: no control characters (PostgreSQL refuses
+    NUL in text, which would otherwise surface as a 500), bounded length."""
+    if value is None:
+        return None
+    if len(value) > max_len or not value.isprintable():
+        raise BadRequest(f"{name} must be at most {max_len} printable characters")
+    return value

@@ -39,6 +39,7 @@ async def rotate(request: web.Request) -> web.Response:
     key = await keyring.rotate()
 
     security_event("key_rotated", by=caller.subject, key_id=key.id)
+    await request.app[appkeys.AUDIT].record(caller.subject, "key_rotated", key.id)
     infos = await keyring.list()
     info = next(i for i in infos if i.id == key.id)
     return json_response(key_body(info), status=201)

@@ -1,8 +1,8 @@
-"""POST /v1/tokens: admins mint scoped tokens."""
+"""POST /v1/tokens: admins mint scoped tokens; GET /v1/tokens: the registry (never a secret)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -12,12 +12,14 @@ from tokensvc.config import ConfigError, parse_duration
 from tokensvc.errors import BadRequest
 from tokensvc.logs import security_event
 from tokensvc.minting import MintedToken, MintRequest
+from tokensvc.registry import TokenRecord
 from tokensvc.web import appkeys
 from tokensvc.web.auth import require_admin
 from tokensvc.web.handlers.verify import iso
 from tokensvc.web.jsonio import (
     json_response,
     optional_str,
+    printable,
     read_json_object,
     reject_unknown,
     str_list,
@@ -34,6 +36,7 @@ _MINT_FIELDS = frozenset(
         "description",
         "admin",
         "third_party",
+        "service",
     )
 )
 
@@ -44,7 +47,7 @@ def parse_ttl(value: Any, default: timedelta) -> timedelta:
         return default
     if isinstance(value, bool):
         raise BadRequest("ttl must be seconds or a duration like 1h")
-    if isinstance(value, int):
+    if isinstance(value, int) and abs(value) < 2**31:  # larger cannot be a timedelta: a 400
         return timedelta(seconds=value)
     if isinstance(value, str) and len(value) <= 32:
         try:
@@ -62,6 +65,7 @@ def minted_body(minted: MintedToken) -> dict[str, Any]:
         "key_id": minted.key_id,
         "admin": minted.admin,
         "expires_at": iso(minted.expires_at.timestamp()),
+        "kind": minted.kind,
     }
 
 
@@ -72,6 +76,9 @@ async def mint(request: web.Request) -> web.Response:
     admin = data.get("admin", False)
     if not isinstance(admin, bool):
         raise BadRequest("admin must be a boolean")
+    service = data.get("service", False)
+    if not isinstance(service, bool):
+        raise BadRequest("service must be a boolean")
     config = request.app[appkeys.CONFIG]
     mint_request = MintRequest(
         subject=optional_str(data, "subject", max_len=255) or caller.subject,
@@ -83,9 +90,10 @@ async def mint(request: web.Request) -> web.Response:
         admin=admin,
         third_party=parse_third_party(data.get("third_party")),
         description=optional_str(data, "description") or "",
+        service=service,
     )
 
-    minted = await request.app[appkeys.MINTER].mint(mint_request)
+    minted = await request.app[appkeys.MINTER].mint(mint_request, created_by=caller.subject)
 
     security_event(
         "token_minted",
@@ -94,5 +102,80 @@ async def mint(request: web.Request) -> web.Response:
         token_id=minted.token_id,
         admin=minted.admin,
         expires_at=minted_body(minted)["expires_at"],
+        kind=minted.kind,
+    )
+    await request.app[appkeys.AUDIT].record(
+        caller.subject,
+        "token_minted",
+        minted.token_id,
+        subject=minted.subject,
+        admin=minted.admin,
+        kind=minted.kind,
+        expires_at=minted.expires_at,
+        operations=mint_request.operations,
+        resources=mint_request.resources,
+        audience=mint_request.audiences,
+        description=mint_request.description,
     )
     return json_response(minted_body(minted), status=201)
+
+
+def _when(value: datetime | None) -> str | None:
+    return None if value is None else iso(value.timestamp())
+
+
+def record_body(record: TokenRecord, *, now: datetime) -> dict[str, Any]:
+    """Registry metadata: no token, no key, nothing that verifies."""
+    if record.revoked_at is not None:
+        status = "revoked"
+    elif record.expires_at <= now:
+        status = "expired"
+    else:
+        status = "active"
+    return {
+        "token_id": record.token_id,
+        "subject": record.subject,
+        "description": record.description,
+        "created_by": record.created_by,
+        "created_at": _when(record.created_at),
+        "expires_at": _when(record.expires_at),
+        "last_used_at": _when(record.last_used_at),
+        "revoked_at": _when(record.revoked_at),
+        "admin": record.admin,
+        "kind": record.kind,
+        "status": status,
+    }
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise BadRequest(f"{name} must be true or false")
+    return value in ("true", "1")
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    """GET /v1/tokens?subject=&include_revoked=&include_expired=&limit=&after="""
+    await require_admin(request, "tokens:read")
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise BadRequest("limit must be a whole number") from None
+    if not 1 <= limit <= 1000:
+        raise BadRequest("limit must be between 1 and 1000")
+    subject = printable(request.query.get("subject"), "subject")
+    after = printable(request.query.get("after"), "after", max_len=64)
+    now = datetime.now(UTC)
+
+    records = await request.app[appkeys.REGISTRY].list(
+        now=now,
+        subject=subject,
+        include_revoked=_flag(request, "include_revoked"),
+        include_expired=_flag(request, "include_expired"),
+        after=after,
+        limit=limit,
+    )
+
+    body: dict[str, Any] = {"tokens": [record_body(r, now=now) for r in records]}
+    body["next_after"] = records[-1].token_id if len(records) == limit else None
+    return json_response(body)

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tokensvc import metrics
 from tokensvc.errors import BadRequest, NotFound
 from tokensvc.logs import security_event
 from tokensvc.users import User, canonical_name
@@ -66,12 +67,15 @@ async def create_user(request: web.Request) -> web.Response:
     )
 
     security_event("user_created", by=caller.subject, user=user.name, roles=list(user.roles))
+    await request.app[appkeys.AUDIT].record(
+        caller.subject, "user_created", user.name, roles=list(user.roles), disabled=user.disabled
+    )
     return json_response(user_body(user), status=201)
 
 
 async def list_users(request: web.Request) -> web.Response:
     await require_admin(request, "users:read")
-    after = request.query.get("after")
+    after = canonical_name(request.query["after"]) if "after" in request.query else None
     try:
         limit = int(request.query.get("limit", "100"))
     except ValueError:
@@ -114,6 +118,9 @@ async def patch_user(request: web.Request) -> web.Response:
     # This process sees the new generation at once; other replicas within the cache TTL.
     request.app[appkeys.GENERATIONS].remember(user.name, user.generation)
     security_event("user_updated", by=caller.subject, user=user.name, changed=sorted(data))
+    await request.app[appkeys.AUDIT].record(
+        caller.subject, "user_updated", user.name, changed=sorted(data)
+    )
     return json_response(user_body(user))
 
 
@@ -126,6 +133,7 @@ async def delete_user(request: web.Request) -> web.Response:
     await request.app[appkeys.USERS].delete(user.name)
 
     security_event("user_deleted", by=caller.subject, user=user.name)
+    await request.app[appkeys.AUDIT].record(caller.subject, "user_deleted", user.name)
     return web.Response(status=204)
 
 
@@ -156,5 +164,6 @@ async def clear_lockout(request: web.Request) -> web.Response:
 
     await request.app[appkeys.LOCKOUT].clear(request.match_info["name"])
 
+    metrics.LOCKOUT_CLEARS.inc()
     security_event("authn_lockout_cleared", by=caller.subject, user=request.match_info["name"][:64])
     return web.Response(status=204)

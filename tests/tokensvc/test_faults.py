@@ -1,0 +1,326 @@
+"""Faults on real servers: PostgreSQL and Redis stopped and restarted under load; graceful shutdown.
+
+PostgreSQL and Redis here are PRIVATE throwaway servers (the way ./dev starts them), so stopping
+them never touches the shared ones the rest of the suite uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import ADMIN_PASSWORD, basic_auth, make_config
+from tokensvc.web.app import create_app
+
+IS_ROOT = os.geteuid() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_bindir() -> str | None:
+    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if os.access(f"{d}/initdb", os.X_OK) and os.access(f"{d}/pg_ctl", os.X_OK):
+            return d
+    found = shutil.which("pg_ctl")
+    return os.path.dirname(found) if found and shutil.which("initdb") else None
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL on a free loopback port, stoppable and restartable at will."""
+
+    def __init__(self, bindir: str) -> None:
+        self.bindir = bindir
+        self.dir = tempfile.mkdtemp(prefix="tokensvc-fault-pg.")
+        self.data = f"{self.dir}/data"
+        self.port = _free_port()
+        os.mkdir(f"{self.dir}/sock")
+        if IS_ROOT:
+            shutil.chown(self.dir, "postgres", "postgres")
+            shutil.chown(f"{self.dir}/sock", "postgres", "postgres")
+
+    def _run(self, *args: str) -> None:
+        cmd = ["runuser", "-u", "postgres", "--", *args] if IS_ROOT else list(args)
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+    def init(self) -> None:
+        self._run(
+            f"{self.bindir}/initdb", "-D", self.data, "-U", "postgres", "-A", "trust",
+            "-E", "UTF8", "--no-locale", "--no-sync",
+        )  # fmt: skip
+        with open(f"{self.data}/postgresql.conf", "a") as conf:
+            conf.write(
+                f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
+                f"unix_socket_directories = '{self.dir}/sock'\n"
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+            )
+
+    def start(self) -> None:
+        self._run(f"{self.bindir}/pg_ctl", "-D", self.data, "-l", f"{self.dir}/log", "-w", "start")
+
+    def stop(self) -> None:
+        self._run(f"{self.bindir}/pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        if os.path.exists(f"{self.data}/postmaster.pid"):
+            self._run(f"{self.bindir}/pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+
+
+class PrivateRedis:
+    """A throwaway redis-server on a free loopback port."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self.dir = tempfile.mkdtemp(prefix="tokensvc-fault-redis.")
+        self.port = _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--logfile", f"{self.dir}/log"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) for a private server")
+    pg = PrivatePostgres(bindir)
+    try:
+        pg.init()
+        pg.start()
+        yield pg
+    finally:
+        pg.remove()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("no redis-server for a private server")
+    redis = PrivateRedis(server)
+    try:
+        redis.start()
+        yield redis
+    finally:
+        redis.remove()
+
+
+class VerifyLoad:
+    """A steady /v1/verify load from a few concurrent loops; counts answers by status."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, token: str) -> None:
+        self.session, self.url, self.token = session, url, token
+        self.statuses: Counter[int | str] = Counter()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                async with self.session.post(self.url, json={"token": self.token}) as resp:
+                    await resp.read()
+                    self.statuses[resp.status] += 1
+            except aiohttp.ClientError as exc:
+                self.statuses[type(exc).__name__] += 1
+            await asyncio.sleep(0.002)
+
+    def start(self, workers: int = 4) -> None:
+        self._tasks = [asyncio.create_task(self._loop()) for _ in range(workers)]
+
+    def snapshot(self) -> Counter[int | str]:
+        return Counter(self.statuses)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+async def _until(predicate: object, *, timeout: float = 60.0) -> float:
+    """Seconds until the async `predicate()` is true, polling every 100 ms."""
+    started = time.monotonic()
+    while not await predicate():  # type: ignore[operator]
+        if time.monotonic() - started > timeout:
+            raise AssertionError("did not recover within the timeout")
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+def _delta(after: Counter[int | str], before: Counter[int | str]) -> dict[int | str, int]:
+    return {k: after[k] - before[k] for k in after if after[k] - before[k]}
+
+
+async def test_postgres_then_redis_down_and_back_under_verify_load(
+    aiohttp_client, private_pg: PrivatePostgres, private_redis: PrivateRedis, data_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Verify serves through both outages; readiness, minting and login fail fast and recover."""
+    config = make_config(database_url=private_pg.url, data_dir=data_dir)
+    config = dataclasses.replace(config, redis_url=private_redis.url)
+    client = await aiohttp_client(create_app(config))
+    login = await client.post("/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD))
+    assert login.status == 200, await login.text()
+    admin = {"Authorization": "Bearer " + (await login.json())["token"]}
+    minted = await client.post("/v1/tokens", json={"subject": "svc", "ttl": "1h"}, headers=admin)
+    assert minted.status == 201, await minted.text()
+    token = (await minted.json())["token"]
+    session = client.session
+    load = VerifyLoad(session, str(client.make_url("/v1/verify")), token)
+    figures: dict[str, object] = {}
+
+    async def mint_status() -> tuple[int, dict[str, object], str | None]:
+        resp = await client.post("/v1/tokens", json={"subject": "svc"}, headers=admin)
+        return resp.status, await resp.json(), resp.headers.get("Retry-After")
+
+    async def ready() -> bool:
+        return (await client.get("/readyz")).status == 200
+
+    load.start()
+    await asyncio.sleep(1.0)
+    baseline = load.snapshot()
+
+    # ---- PostgreSQL down ------------------------------------------------------------------------
+    await asyncio.to_thread(private_pg.stop)
+    down_at = load.snapshot()
+    await asyncio.sleep(2.0)
+    readyz = await client.get("/readyz")
+    mint_down = await mint_status()
+    await asyncio.sleep(1.0)
+    pg_outage = _delta(load.snapshot(), down_at)
+    figures["pg_down.verify"] = pg_outage
+    figures["pg_down.readyz"] = readyz.status
+    figures["pg_down.mint"] = (mint_down[0], mint_down[1].get("error"), mint_down[2])
+
+    # ---- PostgreSQL back ------------------------------------------------------------------------
+    await asyncio.to_thread(private_pg.start)
+    up_at = load.snapshot()
+
+    async def minting_works() -> bool:
+        return (await mint_status())[0] == 201
+
+    figures["pg_up.seconds_to_mint"] = round(await _until(minting_works), 2)
+    figures["pg_up.seconds_to_ready"] = round(await _until(ready), 2)
+    figures["pg_up.verify"] = _delta(load.snapshot(), up_at)
+
+    # ---- Redis down -----------------------------------------------------------------------------
+    await asyncio.to_thread(private_redis.stop)
+    redis_down_at = load.snapshot()
+    login_down = await client.post("/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD))
+    login_down_body = await login_down.json()
+    readyz_redis = await client.get("/readyz")
+    await asyncio.sleep(1.5)
+    figures["redis_down.verify"] = _delta(load.snapshot(), redis_down_at)
+    figures["redis_down.login"] = (
+        login_down.status,
+        login_down_body.get("error"),
+        login_down.headers.get("Retry-After"),
+    )
+    figures["redis_down.readyz"] = readyz_redis.status
+
+    # ---- Redis back -----------------------------------------------------------------------------
+    await asyncio.to_thread(private_redis.start)
+    redis_up_at = load.snapshot()
+
+    async def login_works() -> bool:
+        resp = await client.post("/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD))
+        return resp.status == 200
+
+    figures["redis_up.seconds_to_login"] = round(await _until(login_works), 2)
+    figures["redis_up.seconds_to_ready"] = round(await _until(ready), 2)
+    await asyncio.sleep(0.5)
+    figures["redis_up.verify"] = _delta(load.snapshot(), redis_up_at)
+    await load.stop()
+    await client.close()  # the app's cleanup runs now, while its servers are still up
+    figures["baseline.verify_per_s"] = baseline[200]
+    figures["total.verify"] = dict(load.statuses)
+
+    print("\nfault figures:")
+    for name, value in figures.items():
+        print(f"  {name}: {value}")
+
+    # Verify served from cached keys through both outages, with no error at all.
+    assert set(pg_outage) == {200} and pg_outage[200] > 0
+    assert set(figures["redis_down.verify"]) == {200}  # type: ignore[arg-type]
+    assert set(load.statuses) == {200}
+    assert readyz.status == 503 and readyz_redis.status == 503
+    assert mint_down[0] == 503 and mint_down[2] is not None
+    assert login_down.status == 503 and login_down.headers.get("Retry-After")
+    assert login_down_body["error"]["code"] == "unavailable"
+
+
+async def test_graceful_shutdown_completes_requests_in_flight(
+    sqlite_url: str, data_dir: Path
+) -> None:
+    """A request in flight when the server shuts down still gets its full answer."""
+    app = create_app(make_config(database_url=sqlite_url, data_dir=data_dir))
+    entered = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        entered.set()
+        await asyncio.sleep(1.0)
+        return web.json_response({"done": True})
+
+    app.router.add_get("/v1/_test/slow", slow)
+    runner = web.AppRunner(app, shutdown_timeout=5)
+    await runner.setup()
+    port = _free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    async with aiohttp.ClientSession() as session:
+        in_flight = asyncio.create_task(session.get(f"http://127.0.0.1:{port}/v1/_test/slow"))
+        await entered.wait()
+
+        started = time.monotonic()
+        await runner.cleanup()
+        shutdown_seconds = time.monotonic() - started
+
+        resp = await in_flight
+        assert resp.status == 200
+        assert await resp.json() == {"done": True}
+    print(f"\ngraceful shutdown: in-flight request completed; cleanup took {shutdown_seconds:.2f}s")
+    assert shutdown_seconds < 5

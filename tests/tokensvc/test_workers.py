@@ -1,0 +1,96 @@
+"""`tokensvc serve --workers 2`: one port, several processes, metrics that add up across them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ADMIN_PASSWORD
+from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
+
+_HEALTHZ_COUNT = re.compile(
+    r'^tokensvc_http_request_duration_seconds_count\{route="/healthz",status_class="2xx"\} (\S+)$',
+    re.MULTILINE,
+)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read().decode()
+
+
+@pytest.fixture
+def two_workers(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A two-worker server on the embedded database and a private Redis prefix; its base URL."""
+    port = _free_port()
+    env = _clean_env(tmp_path)
+    env.update(
+        TOKENSVC_DATA_DIR=str(tmp_path / "data"),
+        TOKENSVC_REDIS_URL=redis_url,
+        TOKENSVC_REDIS_PREFIX=redis_prefix,
+        TOKENSVC_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        TOKENSVC_PASSWORD_PROFILE="CHEAP_FOR_TESTS",
+    )
+    with (tmp_path / "server.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [TOKENSVC, "serve", "--port", str(port), "--workers", "2"],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    _get(base + "/healthz")
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("server did not start") from None
+                    time.sleep(0.2)
+            time.sleep(1.0)  # both workers up (the first answer may come from either)
+            yield base, proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _healthz_count(base: str) -> float:
+    match = _HEALTHZ_COUNT.search(_get(base + "/metrics"))
+    return float(match.group(1)) if match else 0.0
+
+
+def test_metrics_add_up_across_workers(two_workers: tuple[str, subprocess.Popen[bytes]]) -> None:
+    """Requests served by either worker all appear in one scrape's totals."""
+    base, _ = two_workers
+    before = _healthz_count(base)
+
+    for _ in range(40):
+        _get(base + "/healthz")
+
+    assert _healthz_count(base) - before == 40
+
+
+def test_workers_stop_cleanly_on_sigterm(two_workers: tuple[str, subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to the supervisor stops every worker and the supervisor exits 0."""
+    base, proc = two_workers
+
+    proc.terminate()
+    code = proc.wait(timeout=20)
+
+    assert code == 0
+    with pytest.raises(OSError):
+        _get(base + "/healthz")

@@ -1,0 +1,120 @@
+"""GET /v1/auth: forward-auth for nginx `auth_request` and Traefik ForwardAuth.
+
+The proxy asks whether the request it is about to pass on may go through; the answer is the
+status alone (200 allow, 401 no or bad token, 403 denied). The request context comes from the
+headers each proxy sets, see docs/forward-auth.md:
+
+- method and URI from `X-Original-Method`/`X-Original-URI` (nginx), else
+  `X-Forwarded-Method`/`X-Forwarded-Uri` (Traefik), else this request's own method;
+- operation: `X-Auth-Operation` when the proxy sets one, else the method mapped to `read`
+  (GET, HEAD, OPTIONS) or `write` (anything else);
+- resource: the URI's path, percent-decoded and normalised as the proxy will route it;
+- audience: `X-Auth-Audience` when the proxy sets one;
+- client IP: the trusted-proxy rule of `tokensvc.web.auth.client_ip`.
+
+A client calling this endpoint directly and choosing these headers learns no more than
+`/v1/verify` already tells anyone holding the token.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+from urllib.parse import quote, unquote_to_bytes
+
+from aiohttp import web
+
+from tokensvc.errors import Forbidden
+from tokensvc.web import appkeys
+from tokensvc.web.auth import bearer_token, client_ip
+
+READ_METHODS: Final = frozenset(("GET", "HEAD", "OPTIONS"))
+READ: Final = "read"
+WRITE: Final = "write"
+
+_MAX_URI: Final = 2048
+_MAX_NAME: Final = 255
+# Header values are sent as they are except `%` and anything outside printable ASCII.
+_HEADER_SAFE: Final = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def setup(app: web.Application) -> None:
+    """Register /v1/auth for every method: nginx subrequests keep the original request's method."""
+    app.router.add_route("*", "/v1/auth", forward_auth)
+
+
+async def forward_auth(request: web.Request) -> web.Response:
+    token = bearer_token(request)
+    method = _header(request, "X-Original-Method", "X-Forwarded-Method") or request.method
+    operation = _name(request, "X-Auth-Operation") or operation_for(method)
+    uri = _header(request, "X-Original-URI", "X-Forwarded-Uri")
+    resource = None if uri is None else resource_of(uri)
+
+    verified = await request.app[appkeys.VERIFIER].verify(
+        token,
+        operation=operation,
+        resource=resource,
+        audience=_name(request, "X-Auth-Audience"),
+        client_ip=client_ip(request),
+    )
+
+    return web.Response(
+        text="ok\n",
+        headers={
+            "X-Auth-Subject": quote(verified.subject, safe=_HEADER_SAFE),
+            "X-Auth-Token-Id": verified.token_id,
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+def operation_for(method: str) -> str:
+    """`read` for GET, HEAD and OPTIONS; `write` for every other method, known or not."""
+    return READ if method.strip().upper() in READ_METHODS else WRITE
+
+
+def resource_of(uri: str) -> str:
+    """The path of `uri` as a proxy routes it: no query, percent-decoded, dot segments resolved.
+
+    Matching the raw `$request_uri` would let `/public/../admin` pass a `/public/*` resource
+    caveat while nginx serves `/admin`; so the path is decoded and normalised the way nginx does
+    (merged slashes, `.` and `..` removed, never above the root). A trailing slash is kept.
+    Anything that cannot be a path denies (403), so the proxy refuses rather than errs.
+    """
+    if len(uri) > _MAX_URI:
+        raise Forbidden("the original URI is too long")
+    path = uri.split("?", 1)[0].split("#", 1)[0]
+    if not path.startswith("/") and "://" in path:
+        # An absolute-form request target (`http://host/path`).
+        path = "/" + path.split("://", 1)[1].partition("/")[2]
+    try:
+        path = unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise Forbidden("the original URI is not UTF-8") from None
+    if not path.startswith("/") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise Forbidden("the original URI is not an absolute path")
+    segments: list[str] = []
+    for segment in path.split("/")[1:]:
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    trailing = path.endswith(("/", "/.", "/..")) and bool(segments)
+    return "/" + "/".join(segments) + ("/" if trailing else "")
+
+
+def _header(request: web.Request, *names: str) -> str | None:
+    """The first of `names` that the request carries, stripped; None if none does."""
+    for name in names:
+        value = request.headers.get(name)
+        if value is not None and value.strip():
+            return value.strip()
+    return None
+
+
+def _name(request: web.Request, name: str) -> str | None:
+    """A short header naming an operation or audience; an unusable one denies."""
+    value = _header(request, name)
+    if value is not None and (len(value) > _MAX_NAME or not value.isprintable()):
+        raise Forbidden(f"{name} is not a usable name")
+    return value

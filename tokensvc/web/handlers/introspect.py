@@ -1,0 +1,125 @@
+"""POST /v1/introspect: RFC 7662 token introspection for authenticated callers.
+
+Introspection answers "is this token live?" — genuine signature, root key still there, not
+expired, not revoked — not "does it allow some request?". The token is therefore verified with an
+empty context: an `InvalidToken` makes it inactive, while a `CaveatDenied` (a caveat that needs an
+operation, resource, audience or client IP the empty context does not name) still leaves it active;
+its restrictions are reported as `scope` and `aud` instead. A token with third-party caveats needs
+its discharges, which RFC 7662 has no field for, so it is reported inactive (use `/v1/verify`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from caveats import Audience, CaveatError, Context, Operations, check_predicates, decode
+from tokensvc.errors import BadRequest, CaveatDenied, InvalidToken, PayloadTooLarge
+from tokensvc.identifier import decode_identifier
+from tokensvc.web import appkeys
+from tokensvc.web.auth import API_AUDIENCE, bearer_token, client_ip
+from tokensvc.web.jsonio import json_response
+
+#: The operation a caller's token must allow to introspect other tokens.
+INTROSPECT_OPERATION = "tokens:introspect"
+
+# RFC 7662 §3: the answer describes a bearer credential, so no cache may keep it.
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_INACTIVE: dict[str, Any] = {"active": False}
+
+
+def setup(app: web.Application) -> None:
+    """Register POST /v1/introspect."""
+    app.router.add_post("/v1/introspect", introspect)
+
+
+async def introspect(request: web.Request) -> web.Response:
+    await _authenticate_caller(request)
+    token = await _token_field(request)
+
+    body = await describe(request.app, token)
+
+    return json_response(body, headers=_NO_STORE)
+
+
+async def _authenticate_caller(request: web.Request) -> None:
+    """The caller's own token must allow `tokens:introspect` on this API (401/403 otherwise)."""
+    await request.app[appkeys.VERIFIER].verify(
+        bearer_token(request),
+        operation=INTROSPECT_OPERATION,
+        resource=request.path,
+        audience=API_AUDIENCE,
+        client_ip=client_ip(request),
+    )
+
+
+async def _token_field(request: web.Request) -> str:
+    """The form field `token` (RFC 7662 §2.1); `token_type_hint` is accepted and ignored."""
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge("request body too large") from None
+    except ValueError:
+        # A multipart body that does not parse, or a bad charset.
+        raise BadRequest("the body must be application/x-www-form-urlencoded") from None
+    token = form.get("token")
+    if not isinstance(token, str) or not token:
+        raise BadRequest("the form field token is required")
+    return token
+
+
+async def describe(app: web.Application, token: str) -> dict[str, Any]:
+    """The RFC 7662 answer for `token`: its claims when live, else only `{"active": false}`."""
+    verifier = app[appkeys.VERIFIER]
+    try:
+        await verifier.verify(token)
+    except CaveatDenied:
+        pass  # live, but restricted to contexts an empty one does not name; see the module doc
+    except (InvalidToken, BadRequest, PayloadTooLarge):
+        return dict(_INACTIVE)
+
+    # The chain verified, so these caveats are the genuine ones; read the claims from them.
+    macaroon = verifier.parse(token)
+    predicates = [c.cid for c in macaroon.caveats if c.vid is None]
+    now = app[appkeys.CLOCK]().timestamp()
+    outcome = check_predicates(predicates, Context(now=now))
+    # A passed bakery `time-before` denies rather than invalidates, so expiry is re-checked here.
+    if outcome.subject is None or (outcome.expires_at is not None and outcome.expires_at <= now):
+        return dict(_INACTIVE)
+    body: dict[str, Any] = {
+        "active": True,
+        "sub": outcome.subject,
+        "jti": decode_identifier(macaroon.identifier).token_id_hex,
+        "token_type": "macaroon",
+        "iss": app[appkeys.CONFIG].location,
+    }
+    if outcome.expires_at is not None:
+        body["exp"] = int(outcome.expires_at)
+    operations = _intersection(predicates, Operations)
+    if operations is not None:
+        body["scope"] = " ".join(operations)
+    audiences = _intersection(predicates, Audience)
+    if audiences is not None:
+        body["aud"] = audiences[0] if len(audiences) == 1 else audiences
+    return body
+
+
+def _intersection(predicates: list[bytes], kind: type[Operations | Audience]) -> list[str] | None:
+    """What every caveat of `kind` allows (attenuation only narrows), or None if none restricts."""
+    allowed: list[str] | None = None
+    for predicate in predicates:
+        if not predicate.startswith(b"["):
+            continue
+        try:
+            item = decode(predicate)
+        except CaveatError:
+            continue
+        if not isinstance(item, kind):
+            continue
+        values = item.operations if isinstance(item, Operations) else item.audiences
+        if allowed is None:
+            allowed = list(dict.fromkeys(values))
+        else:
+            allowed = [v for v in allowed if v in values]
+    return allowed
