@@ -15,6 +15,7 @@ from typing import Any, Self, TypeVar
 
 import click
 
+from tokensvc.cli_errors import fail_on_errors
 from tokensvc.config import Config, ConfigError, parse_duration
 from tokensvc.errors import TokensvcError
 
@@ -39,23 +40,7 @@ def _emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
     click.echo(json.dumps(data, indent=2, default=str) if as_json else human(data))
 
 
-def _fail_on_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn our typed errors into a one-line message and exit status 1, never a traceback."""
-
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from keystore import KeystoreError
-
-        try:
-            return fn(*args, **kwargs)
-        except TokensvcError as exc:
-            raise click.ClickException(f"{exc.code}: {exc.message}") from None
-        except KeystoreError as exc:
-            raise click.ClickException(f"keystore: {exc}") from None
-
-    return wrapper
+_fail_on_errors = fail_on_errors
 
 
 @click.group()

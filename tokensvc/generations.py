@@ -13,12 +13,12 @@ replicas when reading `updated_at`): that is the documented propagation bound.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
+from tokensvc.background import every, tasks_running
 from tokensvc.subjects import SubjectStore
 from tokensvc.users import UserStore
 
@@ -83,18 +83,8 @@ class SubjectGenerations:
     async def running(self) -> AsyncIterator[None]:
         """Load everything, then keep refreshing in the background until the block exits."""
         await self.refresh()
-        task = asyncio.create_task(self._refresh_forever())
-        try:
+        refreshing = every(
+            self.refresh_interval, self.refresh, what="refreshing subject generations"
+        )
+        async with tasks_running(refreshing):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_interval)
-            try:
-                await self.refresh()
-            except Exception:
-                log.warning("refreshing subject generations failed", exc_info=True)

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keystore.db import Base
+from tokensvc.background import every, tasks_running
 from tokensvc.db import run_db
 from tokensvc.registry import TokenRecord, TokenRegistry
 
@@ -197,25 +198,11 @@ class Revocations:
     async def running(self) -> AsyncIterator[None]:
         """Load everything, then keep up (polling, and Redis pub/sub if configured)."""
         await self.refresh()
-        tasks = [asyncio.create_task(self._refresh_forever())]
+        jobs = [every(self.refresh_interval, self.refresh, what="refreshing revocations")]
         if self._redis is not None:
-            tasks.append(asyncio.create_task(self._listen_forever()))
-        try:
+            jobs.append(self._listen_forever())
+        async with tasks_running(*jobs):
             yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_interval)
-            try:
-                await self.refresh()
-            except Exception:
-                log.warning("refreshing revocations failed", exc_info=True)
 
     async def _listen_forever(self) -> None:
         while True:

@@ -10,12 +10,12 @@ next round, and the last batch is flushed when the process stops.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+from tokensvc.background import every, tasks_running
 from tokensvc.registry import TokenRegistry
 
 log = logging.getLogger("tokensvc.usage")
@@ -56,22 +56,10 @@ class UsageRecorder:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        task = asyncio.create_task(self._flush_forever())
-        try:
+        flushing = every(self.flush_interval, self.flush, what="flushing token last-use times")
+        async with tasks_running(flushing):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            try:
-                await self.flush()
-            except Exception:
-                log.warning("final flush of token last-use times failed", exc_info=True)
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            try:
-                await self.flush()
-            except Exception:
-                log.warning("flushing token last-use times failed", exc_info=True)
+        try:
+            await self.flush()
+        except Exception:
+            log.warning("final flush of token last-use times failed", exc_info=True)

@@ -13,7 +13,6 @@ so a token naming a hostile location cannot harvest them.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ import click
 from tokensvc import chain
 from tokensvc.bakery.codec import LATEST_VERSION
 from tokensvc.bakery.jsonmacaroon import from_bakery_json
+from tokensvc.cli_errors import fail_on_errors
 from tokensvc.errors import TokensvcError
 from tokensvc.macaroon import Macaroon, serialize_v2
 from tokensvc.tokenformat import decode_token
@@ -145,15 +145,7 @@ def credentials_for(
     return headers
 
 
-def _fail_on_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TokensvcError as exc:
-            raise click.ClickException(f"{exc.code}: {exc.message}") from None
-
-    return wrapper
+_fail_on_errors = fail_on_errors
 
 
 @click.command("discharge")

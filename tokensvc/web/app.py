@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
@@ -14,6 +12,7 @@ from aiohttp import web
 
 from keystore import KeyEncryptionKey, Keyring, RotationPolicy, create_engine
 from tokensvc import metrics
+from tokensvc.background import every, tasks_running
 from tokensvc.bakery import appkeys as bakery_keys
 from tokensvc.bootstrap import ensure_admin
 from tokensvc.config import Config
@@ -21,6 +20,7 @@ from tokensvc.generations import SubjectGenerations
 from tokensvc.lifecycle import token_lifecycle
 from tokensvc.lockout import MemoryLockoutStore, RedisLockoutStore, redis_client_from_url
 from tokensvc.login import LoginService
+from tokensvc.logs import flush_access_log
 from tokensvc.migrate import upgrade
 from tokensvc.minting import Minter
 from tokensvc.passwords import PasswordHasher, profile_by_name
@@ -70,6 +70,17 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.ENGINE] = engine
     yield
     await engine.dispose()
+
+
+async def _access_log(app: web.Application) -> AsyncIterator[None]:
+    """Flush the block-buffered access log every second and at shutdown."""
+
+    async def flush() -> None:
+        flush_access_log()
+
+    async with tasks_running(every(1.0, flush, what="flushing the access log")):
+        yield
+    flush_access_log()
 
 
 async def _kek(app: web.Application) -> AsyncIterator[None]:
@@ -164,24 +175,20 @@ async def _keys(app: web.Application) -> AsyncIterator[None]:
         generations=app[appkeys.GENERATIONS],
         clock=lambda: clock().timestamp(),
     )
-    task = asyncio.create_task(
-        _maintain_keys(keyring, config.key_maintenance_interval.total_seconds())
-    )
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
-
-async def _maintain_keys(keyring: Keyring, every: float) -> None:
-    """Make the next key ahead of need and purge expired ones; a failed round is retried."""
-    while True:
-        await asyncio.sleep(every)
+    async def maintain() -> None:
+        """Make the next key ahead of need and purge expired ones."""
         try:
             await keyring.maintain()
         except Exception:
             metrics.DATABASE_ERRORS.inc()
-            log.warning("root key maintenance failed; retrying in %.0fs", every, exc_info=True)
+            raise
+
+    maintaining = every(
+        config.key_maintenance_interval.total_seconds(), maintain, what="root key maintenance"
+    )
+    async with tasks_running(maintaining):
+        yield
 
 
 def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
@@ -197,6 +204,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> we
         ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies
     )
     app[appkeys.READINESS_PROBES] = {}
+    app.cleanup_ctx.append(_access_log)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_kek)
     app.cleanup_ctx.append(_users)

@@ -60,8 +60,15 @@ class Budget:
     _in_flight: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if _metrics is not None:  # bound once: the hot path then costs one gauge set
-            self._in_flight = _metrics.GOVERNOR_IN_FLIGHT.labels(pool=self.name)
+        if _metrics is None:
+            return
+        gauge = _metrics.GOVERNOR_IN_FLIGHT.labels(pool=self.name)
+        if _metrics.MULTIPROCESS:
+            # Workers write their own values to files; the gauge must be set as it changes.
+            self._in_flight = gauge
+        else:
+            # One process: read at scrape time, so the hot path touches no metric at all.
+            gauge.set_function(lambda: self.active)
 
     @property
     def queue_depth(self) -> int:

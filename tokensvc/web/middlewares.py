@@ -18,11 +18,11 @@ import time
 from collections.abc import Mapping
 from os import urandom
 
-import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from tokensvc import metrics
+from tokensvc.logs import REQUEST_ID as CURRENT_REQUEST_ID
 from tokensvc.logs import access_line
 from tokensvc.web.auth import client_ip
 
@@ -43,8 +43,6 @@ _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # stdlib logging, not a cached structlog proxy: tokensvc.logs.configure renders it as JSON (the
 # `extra` fields become keys) whenever it runs, and a disabled level costs one comparison.
 _access = logging.getLogger("tokensvc.access")
-_bind = structlog.contextvars.bind_contextvars
-_reset = structlog.contextvars.reset_contextvars
 
 
 def security_headers(*, tls: bool) -> dict[str, str]:
@@ -66,7 +64,7 @@ def request_middleware(*, tls: bool) -> Middleware:
         if request_id is None or _SAFE_REQUEST_ID.fullmatch(request_id) is None:
             request_id = urandom(16).hex()
         # Security events logged while handling this request carry its id too.
-        bound = _bind(request_id=request_id)
+        bound = CURRENT_REQUEST_ID.set(request_id)
         status = 500
         try:
             response = await handler(request)
@@ -99,8 +97,8 @@ def request_middleware(*, tls: bool) -> Middleware:
                 "client_ip": client_ip(request),
             }
             if not access_line(fields) and _access.isEnabledFor(logging.INFO):
-                del fields["request_id"]  # bound in the context vars for the stdlib path
+                del fields["request_id"]  # added from the REQUEST_ID context var
                 _access.info("http_request", extra=fields)
-            _reset(**bound)
+            CURRENT_REQUEST_ID.reset(bound)
 
     return middleware
