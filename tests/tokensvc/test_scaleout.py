@@ -166,3 +166,31 @@ async def test_a_password_change_through_one_replica_revokes_on_all(replicas: li
     print(f"password change seen as revocation after (s): {sorted(seen_after.values())}")
     assert not pending, f"still accepted by {pending}"
     assert max(seen_after.values()) < 5.0
+
+
+async def test_a_token_revoked_through_one_replica_is_refused_by_all(replicas: list[str]) -> None:
+    """Self-revocation through replica 0 reaches every replica within the documented 1 s bound."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            replicas[1] + "/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD)
+        ) as resp:
+            token = (await resp.json())["token"]
+        for base in replicas:
+            async with session.post(base + "/v1/verify", json={"token": token}) as resp:
+                assert resp.status == 200
+        started = time.monotonic()
+        async with session.post(replicas[0] + "/v1/tokens/revoke", json={"token": token}) as resp:
+            assert resp.status == 204
+        pending = set(replicas)
+        seen_after: dict[str, float] = {}
+        while pending and time.monotonic() - started < 10:
+            for base in list(pending):
+                async with session.post(base + "/v1/verify", json={"token": token}) as resp:
+                    if resp.status == 401:
+                        seen_after[base] = time.monotonic() - started
+                        pending.discard(base)
+            await asyncio.sleep(0.01)
+
+    print(f"token revocation seen by all three after (s): {sorted(seen_after.values())}")
+    assert not pending, f"still accepted by {pending}"
+    assert max(seen_after.values()) < 1.5

@@ -117,6 +117,8 @@ async def patch_user(request: web.Request) -> web.Response:
 
     # This process sees the new generation at once; other replicas within the cache TTL.
     request.app[appkeys.GENERATIONS].remember(user.name, user.generation)
+    # Other replicas hear it at once over Redis (else within their generations poll).
+    await request.app[appkeys.REVOCATIONS].publish_generation(user.name, user.generation)
     security_event("user_updated", by=caller.subject, user=user.name, changed=sorted(data))
     await request.app[appkeys.AUDIT].record(
         caller.subject, "user_updated", user.name, changed=sorted(data)
@@ -129,7 +131,8 @@ async def delete_user(request: web.Request) -> web.Response:
     user = await _existing(request)
 
     # Revoke first: if the delete then fails, the user's tokens are dead but nothing is lost.
-    await request.app[appkeys.GENERATIONS].revoke_all(user.name)
+    generation = await request.app[appkeys.GENERATIONS].revoke_all(user.name)
+    await request.app[appkeys.REVOCATIONS].publish_generation(user.name, generation)
     await request.app[appkeys.USERS].delete(user.name)
 
     security_event("user_deleted", by=caller.subject, user=user.name)
