@@ -85,6 +85,9 @@ class Config:
     usage_flush_interval: timedelta = timedelta(seconds=5)
     auto_migrate: bool = True
     password_profile: str = "OWASP"
+    # argon2 threads; default: one core fewer than the machine has, so the event loop (and
+    # /v1/verify) keeps a core during a login storm.
+    hash_concurrency: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1))
     pepper: bytes | None = field(default=None, repr=False)
     trusted_proxies: tuple[str, ...] = ()
     log_level: str = "info"
@@ -185,6 +188,7 @@ class Config:
             usage_flush_interval=duration("USAGE_FLUSH_INTERVAL", defaults.usage_flush_interval),
             auto_migrate=(get("AUTO_MIGRATE") or "true").lower() in ("1", "true", "yes"),
             password_profile=get("PASSWORD_PROFILE") or defaults.password_profile,
+            hash_concurrency=integer("HASH_CONCURRENCY", defaults.hash_concurrency),
             pepper=pepper.encode() if pepper else None,
             trusted_proxies=tuple(
                 p.strip() for p in (get("TRUSTED_PROXIES") or "").split(",") if p.strip()

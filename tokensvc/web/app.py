@@ -97,7 +97,11 @@ async def _kek(app: web.Application) -> AsyncIterator[None]:
 async def _users(app: web.Application) -> AsyncIterator[None]:
     config = app[appkeys.CONFIG]
     users = UserStore(app[appkeys.ENGINE], clock=app[appkeys.CLOCK])
-    hasher = PasswordHasher(profile=profile_by_name(config.password_profile), pepper=config.pepper)
+    hasher = PasswordHasher(
+        profile=profile_by_name(config.password_profile),
+        pepper=config.pepper,
+        max_concurrency=max(1, config.hash_concurrency),
+    )
     app[appkeys.USERS] = users
     generations = SubjectGenerations(users, SubjectStore(app[appkeys.ENGINE]))
     app[appkeys.GENERATIONS] = generations
