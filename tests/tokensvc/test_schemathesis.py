@@ -10,19 +10,17 @@ from typing import Any, Self
 
 import pytest
 import requests
+import schemathesis
 from aiohttp import web
-
-from tests.conftest import ADMIN_PASSWORD
-from tokensvc.config import Config
-from tokensvc.web.app import create_app
-
-schemathesis = pytest.importorskip("schemathesis")
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
+
+from tests.conftest import ADMIN_PASSWORD
+from tokensvc.config import Config
+from tokensvc.web.app import create_app
 
 MAX_EXAMPLES = 25
 
