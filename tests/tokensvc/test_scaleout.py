@@ -92,6 +92,23 @@ async def _login(
         return resp.status
 
 
+async def _until_all_refuse(
+    session: aiohttp.ClientSession, replicas: list[str], token: str, started: float
+) -> tuple[dict[str, float], set[str]]:
+    """Poll every replica until each refuses `token` (or 10 s pass): seconds after `started`
+    at which each did, and the replicas still accepting it."""
+    pending = set(replicas)
+    seen_after: dict[str, float] = {}
+    while pending and time.monotonic() - started < 10:
+        for base in list(pending):
+            async with session.post(base + "/v1/verify", json={"token": token}) as resp:
+                if resp.status == 401:
+                    seen_after[base] = time.monotonic() - started
+                    pending.discard(base)
+        await asyncio.sleep(0.01)
+    return seen_after, pending
+
+
 async def test_replicas_share_one_root_key_and_verify_each_others_tokens(
     replicas: list[str], pg_url: str
 ) -> None:
@@ -153,15 +170,7 @@ async def test_a_password_change_through_one_replica_revokes_on_all(replicas: li
             headers=admin,
         ) as resp:
             assert resp.status == 200
-        pending = set(replicas)
-        seen_after: dict[str, float] = {}
-        while pending and time.monotonic() - started < 10:
-            for base in list(pending):
-                async with session.post(base + "/v1/verify", json={"token": carol}) as resp:
-                    if resp.status == 401:
-                        seen_after[base] = time.monotonic() - started
-                        pending.discard(base)
-            await asyncio.sleep(0.05)
+        seen_after, pending = await _until_all_refuse(session, replicas, carol, started)
 
     print(f"password change seen as revocation after (s): {sorted(seen_after.values())}")
     assert not pending, f"still accepted by {pending}"
@@ -181,15 +190,7 @@ async def test_a_token_revoked_through_one_replica_is_refused_by_all(replicas: l
         started = time.monotonic()
         async with session.post(replicas[0] + "/v1/tokens/revoke", json={"token": token}) as resp:
             assert resp.status == 204
-        pending = set(replicas)
-        seen_after: dict[str, float] = {}
-        while pending and time.monotonic() - started < 10:
-            for base in list(pending):
-                async with session.post(base + "/v1/verify", json={"token": token}) as resp:
-                    if resp.status == 401:
-                        seen_after[base] = time.monotonic() - started
-                        pending.discard(base)
-            await asyncio.sleep(0.01)
+        seen_after, pending = await _until_all_refuse(session, replicas, token, started)
 
     print(f"token revocation seen by all three after (s): {sorted(seen_after.values())}")
     assert not pending, f"still accepted by {pending}"
