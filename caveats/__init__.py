@@ -15,7 +15,7 @@ from caveats.bakery import (
     parse_rfc3339,
     time_before,
 )
-from caveats.checker import Outcome, check_predicates, subject_of
+from caveats.checker import Outcome, Policy, check_predicates, subject_of
 from caveats.context import Context
 from caveats.errors import CaveatError, UnknownCaveat
 from caveats.registry import Caveat, caveat, check_fields, decode, encode, registered
@@ -49,6 +49,7 @@ __all__ = [
     "NotBefore",
     "Operations",
     "Outcome",
+    "Policy",
     "Resources",
     "Result",
     "Subject",

@@ -98,6 +98,48 @@ def check_predicates(predicates: Iterable[bytes | str], ctx: Context) -> Outcome
     return outcome
 
 
+class Policy:
+    """A token's first-party predicates decoded once, to be checked against many contexts.
+
+    A verified signature chain is cached (tokensvc.verification), and with it this: what does
+    not depend on the request — subject, declared values, earliest expiry, malformed or
+    conflicting predicates — is settled when it is built, and `holds` runs only the
+    context-dependent checks. `holds(ctx)` is True exactly when `check_predicates(predicates,
+    ctx)` would find no failure; when it is False, `check_predicates` gives the reasons.
+    """
+
+    __slots__ = ("_checks", "declared", "expires_at", "predicates", "subject")
+
+    def __init__(self, predicates: Iterable[bytes]) -> None:
+        self.predicates = tuple(predicates)
+        outcome = Outcome([], None, None, {})
+        checks: list[Callable[[Context], Success | Failure]] = []
+        for predicate in self.predicates:
+            item = _parsed(predicate)
+            collect = _COLLECTORS.get(type(item))
+            if collect is not None and not collect(item, outcome):
+                continue
+            checks.append(item.check)  # type: ignore[union-attr]  # a Failure was collected
+        self.subject: str | None = outcome.subject
+        self.expires_at: float | None = outcome.expires_at
+        self.declared: dict[str, str] = outcome.declared
+        # None: a predicate fails in every context (malformed, unknown, conflicting).
+        self._checks = None if outcome.failures else tuple(checks)
+
+    def holds(self, ctx: Context) -> bool:
+        """Whether every predicate holds in `ctx` (the fast answer; no reasons)."""
+        checks = self._checks
+        if checks is None:
+            return False
+        try:
+            for check in checks:
+                if check(ctx) is not SUCCESS:
+                    return False
+        except Exception:  # noqa: BLE001 - a crashing check denies; check_predicates says so
+            return False
+        return True
+
+
 # Predicates that carry information besides holding or not. A collector records its item in the
 # outcome and returns whether the item still needs to be checked.
 

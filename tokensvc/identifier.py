@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from tokensvc.errors import InvalidToken
 
@@ -20,8 +20,8 @@ _KNOWN_FLAGS = FLAG_ADMIN
 _KEY_ID = re.compile(rb"[A-Za-z0-9_-]{1,64}")
 
 
-@dataclass(frozen=True, slots=True)
-class TokenIdentifier:
+# A NamedTuple: immutable, and cheaper to build than a frozen dataclass on the uncached verify.
+class TokenIdentifier(NamedTuple):
     key_id: str
     token_id: bytes
     admin: bool = False

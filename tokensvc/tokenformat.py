@@ -21,9 +21,14 @@ TOKEN_PATTERN = re.compile(r"tsv1_[A-Za-z0-9_-]{40,}\.[0-9a-f]{8}")
 _URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
 
 
+def _checksum_of(body: bytes) -> bytes:
+    """8 lowercase hex digits of CRC32: the one definition of the checksum."""
+    return b"%08x" % zlib.crc32(body)
+
+
 def _checksum(body: str) -> str:
     # "replace": a non-ASCII character cannot be in a real token, so it only has to not crash.
-    return format(zlib.crc32(body.encode("ascii", "replace")), "08x")
+    return _checksum_of(body.encode("ascii", "replace")).decode("ascii")
 
 
 def encode_token(macaroon: Macaroon) -> str:
@@ -44,20 +49,26 @@ def b64decode_any(text: str | bytes) -> bytes:
     raw = text.encode("ascii", "replace") if isinstance(text, str) else text
     raw = raw.rstrip(b"=").translate(_URLSAFE_TO_STD)
     try:
-        return binascii.a2b_base64(raw + b"=" * (-len(raw) % 4), strict_mode=True)
+        return binascii.a2b_base64(raw + b"=="[: -len(raw) % 4], strict_mode=True)
     except (binascii.Error, ValueError):
         raise MalformedMacaroon("malformed token: bad base64") from None
+
+
+_PREFIX_BYTES = PREFIX.encode("ascii")
 
 
 def decode_token(token: str, *, max_bytes: int, max_caveats: int) -> Macaroon:
     """Parse our `tsv1_` form or a plain pymacaroons base64 serialization (binary v1 or v2)."""
     if len(token) > max_bytes:
         raise PayloadTooLarge(f"token longer than {max_bytes} bytes")
-    if token.startswith(PREFIX):
-        body, dot, check = token.rpartition(".")
-        if not dot or _checksum(body) != check:
+    # Bytes from here on (a real token is ASCII; anything else only has to fail cleanly, and
+    # "replace" turns it into a checksum or base64 error): one encode instead of one per step.
+    raw = token.encode("ascii") if token.isascii() else token.encode("ascii", "replace")
+    if raw.startswith(_PREFIX_BYTES):
+        body, dot, check = raw.rpartition(b".")
+        if not dot or _checksum_of(body) != check:
             raise InvalidToken("malformed token: checksum mismatch (typo or truncation?)")
-        payload = body[len(PREFIX) :]
+        payload = body[len(_PREFIX_BYTES) :]
     else:
-        payload = token.strip()
+        payload = raw.strip()
     return parse_binary(b64decode_any(payload), max_caveats=max_caveats)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 
@@ -186,3 +187,12 @@ def test_add_third_party_matches_pymacaroons() -> None:
     verifier.satisfy_exact("a = 1")
 
     assert verifier.verify(py_root, ROOT_KEY, [py_root.prepare_for_request(discharge)])
+
+
+@pytest.mark.parametrize("key_len", [0, 1, 23, 31, 32, 33, 63, 64, 65, 200])
+@pytest.mark.parametrize("msg_len", [0, 1, 55, 56, 64, 119, 1000])
+def test_our_hmac_equals_the_standard_library(key_len: int, msg_len: int) -> None:
+    # The chain composes HMAC from two SHA-256 calls (faster than OpenSSL's one-shot HMAC);
+    # every key length class (padded, exactly one block, hashed first) must agree with hmac.
+    key, msg = os.urandom(key_len), os.urandom(msg_len)
+    assert chain._hmac(key, msg) == hmac.digest(key, msg, "sha256")
