@@ -16,7 +16,7 @@ from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
 from tokensvc.config import Config, ConfigError
 from tokensvc.tls import ssl_context
 from tokensvc.web.app import create_app
-from tokensvc.web.middlewares import HSTS, SECURITY_HEADERS
+from tokensvc.web.headers import HSTS, SECURITY_HEADERS
 
 
 @pytest.fixture

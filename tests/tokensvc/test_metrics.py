@@ -16,11 +16,13 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
+from tokensvc import metrics
 from tokensvc.web.app import create_app
 
 
 def sample(name: str, **labels: str) -> float:
     """The current value of one sample in this process (0 when not yet created)."""
+    metrics.flush_requests()  # request tallies reach the metrics every second or on a scrape
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
@@ -78,7 +80,9 @@ async def test_verify_outcomes_are_counted_by_reason(http: Any) -> None:
     before = {r: sample("tokensvc_verify_total", endpoint="verify", reason=r) for r in reasons}
 
     await http.post("/v1/verify", json={"token": token, "context": {"operation": "read"}})
-    await http.post("/v1/verify", json={"token": token[:-2] + "00"})
+    # Change the checksum's last digit for sure: a fixed "00" left 1 token in 256 untouched.
+    tampered = token[:-1] + ("0" if token[-1] != "0" else "1")
+    await http.post("/v1/verify", json={"token": tampered})
     await http.post("/v1/verify", json={"token": token, "context": {"operation": "write"}})
     await http.post("/v1/verify", json={"token": 42})
 
@@ -150,7 +154,9 @@ async def test_key_age_and_chain_cache_size_are_read_at_scrape_time(
 _WORKER = """
 from tokensvc import metrics
 metrics.LOGIN_SUCCESS.inc()
-metrics.REQUEST_DURATION.labels("/v1/verify", "2xx").observe(0.001)
+metrics.observe_request("/v1/verify", 200, 0.001)  # tallied in memory...
+metrics.observe_request("/v1/verify", 200, 0.0002)
+metrics.flush_requests()  # ...and folded into the memory-mapped values
 metrics.ROOT_KEY_AGE.set({age})
 """
 _SCRAPER = """
@@ -183,7 +189,12 @@ def test_worker_processes_add_up_in_multiprocess_mode(tmp_path: Path) -> None:
         "tokensvc_http_request_duration_seconds_count",
         (("route", "/v1/verify"), ("status_class", "2xx")),
     )
-    assert values[count] == 2
+    assert values[count] == 4
+    bucket = "tokensvc_http_request_duration_seconds_bucket"
+    labels = (("le", "0.0005"), ("route", "/v1/verify"), ("status_class", "2xx"))
+    assert values[(bucket, labels)] == 2  # one 0.2 ms request from each worker
+    verified = ("tokensvc_verify_total", (("endpoint", "verify"), ("reason", "valid")))
+    assert values[verified] == 4
     # Exited workers' live gauges would be dropped by mark_process_dead; here both still count.
     assert values[("tokensvc_root_key_age_seconds", ())] == 250
 

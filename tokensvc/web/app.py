@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -24,11 +25,12 @@ from tokensvc.logs import flush_access_log
 from tokensvc.migrate import upgrade
 from tokensvc.minting import Minter
 from tokensvc.passwords import PasswordHasher, profile_by_name
+from tokensvc.redisconn import close_client
 from tokensvc.subjects import SubjectStore
 from tokensvc.users import UserStore
 from tokensvc.verification import Limits, Verifier
-from tokensvc.web import appkeys, governor
-from tokensvc.web.errors import error_middleware
+from tokensvc.web import appkeys
+from tokensvc.web.governor import GOVERNOR, Governor
 from tokensvc.web.handlers import (
     audit,
     forwardauth,
@@ -72,15 +74,17 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await engine.dispose()
 
 
-async def _access_log(app: web.Application) -> AsyncIterator[None]:
-    """Flush the block-buffered access log every second and at shutdown."""
+async def _flushing(app: web.Application) -> AsyncIterator[None]:
+    """Every second and at shutdown: write out buffered access lines, fold request tallies into
+    the metrics (both are kept off the per-request path)."""
 
     async def flush() -> None:
         flush_access_log()
+        metrics.flush_requests()
 
-    async with tasks_running(every(1.0, flush, what="flushing the access log")):
+    async with tasks_running(every(1.0, flush, what="flushing access log and metrics")):
         yield
-    flush_access_log()
+    await flush()
 
 
 async def _kek(app: web.Application) -> AsyncIterator[None]:
@@ -129,7 +133,7 @@ async def _lockout(app: web.Application) -> AsyncIterator[None]:
 
     app[appkeys.READINESS_PROBES]["redis"] = redis_ready
     yield
-    await redis.aclose()
+    await close_client(redis)
 
 
 async def _keys(app: web.Application) -> AsyncIterator[None]:
@@ -177,7 +181,8 @@ async def _keys(app: web.Application) -> AsyncIterator[None]:
             cache_entries=config.verify_cache_entries,
         ),
         generations=app[appkeys.GENERATIONS],
-        clock=lambda: clock().timestamp(),
+        # The same instant either way; time.time skips building a datetime on every verify.
+        clock=time.time if clock is utc_now else lambda: clock().timestamp(),
     )
 
     async def maintain() -> None:
@@ -197,18 +202,19 @@ async def _keys(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
     """The tokensvc application for `config`; `clock` is injectable for tests."""
-    # The request middleware is outermost, so error answers get its headers and log line too.
+    governor = Governor.from_config(config)
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[request_middleware(tls=config.tls), error_middleware],
+        middlewares=[request_middleware(tls=config.tls, governor=governor)],
     )
+    app[GOVERNOR] = governor
     app[appkeys.CONFIG] = config
     app[appkeys.CLOCK] = clock
     app[appkeys.TRUSTED_PROXIES] = tuple(
         ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies
     )
     app[appkeys.READINESS_PROBES] = {}
-    app.cleanup_ctx.append(_access_log)
+    app.cleanup_ctx.append(_flushing)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_kek)
     app.cleanup_ctx.append(_users)
@@ -217,7 +223,6 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> we
     app.cleanup_ctx.append(_keys)
     app.cleanup_ctx.append(token_lifecycle)
     bakery_handlers.setup(app, config.bakery.prefix, config=config.bakery)
-    governor.setup(app, config)  # just outside error_middleware: overload answers stay cheap
 
     app.router.add_post("/v1/verify", verify.verify)
     app.router.add_post("/v1/login", login.login)

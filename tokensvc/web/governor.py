@@ -12,8 +12,8 @@ is refused at once and as JSON, with Retry-After:
   an overloaded login must not look like a lockout;
 - a queued request still has no slot after `queue_timeout` → 503. No request waits longer.
 
-The middleware sits outside the error middleware (its answers need no mapping) and inside any
-logging or header middleware, so refusals are still logged and carry the usual headers.
+The request middleware (tokensvc.web.middlewares) applies the budget around the handler, inside
+its logging and headers, so refusals are still logged and carry the usual headers.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from types import ModuleType
 from typing import Any, Final
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from tokensvc.config import Config
 from tokensvc.web.jsonio import json_response
@@ -179,7 +178,8 @@ _MESSAGES: Final = {
 }
 
 
-def _refusal(request: web.Request, budget: Budget, reason: str, governor: Governor) -> web.Response:
+def refusal(request: web.Request, budget: Budget, reason: str, governor: Governor) -> web.Response:
+    """The answer to a request the budget could not take (`reason` as `Budget.wait` gives it)."""
     status = budget.overload_status if reason == "queue_full" else 503
     retry_after = str(max(1, math.ceil(budget.timeout)))
     _count_overload(budget, reason)
@@ -191,38 +191,6 @@ def _refusal(request: web.Request, budget: Budget, reason: str, governor: Govern
         code = "too_many_requests" if status == 429 else "overloaded"
         body = {"error": {"code": code, "message": _MESSAGES[reason]}}
     return json_response(body, status=status, headers={"Retry-After": retry_after})
-
-
-def middleware_for(governor: Governor) -> Middleware:
-    """The governor as an aiohttp middleware (a closure: no per-request app lookup)."""
-
-    @web.middleware
-    async def governor_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        budget = governor.budget_for(request)
-        if budget is None:
-            return await handler(request)
-        if not budget.try_acquire():
-            reason = await budget.wait()
-            if reason is not None:
-                return _refusal(request, budget, reason, governor)
-        try:
-            return await handler(request)
-        finally:
-            budget.release()
-
-    return governor_middleware
-
-
-def setup(app: web.Application, config: Config) -> Governor:
-    """Install the governor just outside the error middleware (or outermost if there is none)."""
-    from tokensvc.web.errors import error_middleware
-
-    governor = Governor.from_config(config)
-    app[GOVERNOR] = governor
-    middlewares = app.middlewares
-    index = middlewares.index(error_middleware) if error_middleware in middlewares else 0
-    middlewares.insert(index, middleware_for(governor))
-    return governor
 
 
 # ---- metrics hooks ---------------------------------------------------------------------------

@@ -6,16 +6,26 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from tokensvc.errors import BadRequest, PayloadTooLarge
+from tokensvc.web.headers import SECURITY_HEADERS
 
 JSON = "application/json"
+
+# Every JSON answer starts from a copy of these (a C-level copy; aiohttp uses a CIMultiDict it
+# is given as it is), which is cheaper than adding the security headers afterwards.
+_JSON_HEADERS: CIMultiDict[str] = CIMultiDict({"Content-Type": JSON, **SECURITY_HEADERS})
 
 
 def json_response(
     data: Any, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON, headers=headers)
+    """`data` as a JSON answer, with the security headers and any `headers` given."""
+    all_headers = _JSON_HEADERS.copy()
+    if headers:
+        all_headers.update(headers)
+    return web.Response(body=orjson.dumps(data), status=status, headers=all_headers)
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:

@@ -1,9 +1,12 @@
-"""The outer request middleware: security headers, a request id, one JSON log line, metrics.
+"""The request middleware: the one layer around every handler.
 
-It sits outside the error middleware, so it sees every answer as a response — errors included —
-and stamps the same headers on all of them. The headers come from one dict built at start-up;
-updating a response from it costs about as much as a dict copy (see docs/security.md for the
-measurement against an `on_response_prepare` signal).
+In order, for each request: a request id (echoed, or made), the governor's budget (a queue and
+503s when overloaded), the handler, every failure turned into a JSON answer (tokensvc.web.errors),
+the security headers, then one JSON log line and the request metrics — on errors and refusals too.
+
+One middleware rather than one per concern: each aiohttp middleware layer costs a partial call
+and a coroutine per request, which on /v1/verify is a measurable share of the whole answer (see
+loadtests/README.md); the concerns stay in their own modules, this only calls them in order.
 
 The log line names the route, never the query string or any header but `X-Request-ID`: tokens
 and passwords travel in bodies and the Authorization header, which are never logged.
@@ -12,70 +15,71 @@ and passwords travel in bodies and the Authorization header, which are never log
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
+import secrets
 import time
-from collections.abc import Mapping
-from os import urandom
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from tokensvc import metrics
+from tokensvc.errors import TokensvcError
 from tokensvc.logs import REQUEST_ID as CURRENT_REQUEST_ID
 from tokensvc.logs import access_line
+from tokensvc.web import errors
 from tokensvc.web.auth import client_ip
-
-SECURITY_HEADERS: Mapping[str, str] = {
-    "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    "Referrer-Policy": "no-referrer",
-}
-# Two years, as the HSTS preload list asks; sent only when this process terminates TLS itself.
-HSTS = "max-age=63072000"
+from tokensvc.web.governor import Governor, refusal
+from tokensvc.web.headers import HSTS, MARKER, SECURITY_HEADERS
 
 REQUEST_ID = "X-Request-ID"
 # An incoming id is echoed only if it is short and plain: it lands in logs and response headers.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+# Ids we make: a random per-process prefix and a counter. Unique across processes and restarts
+# (64 random bits), and a fraction of the cost of 16 fresh random bytes per request; an id only
+# has to tell requests apart, not be unguessable.
+_ID_PREFIX = secrets.token_hex(8)
+_ids = itertools.count(1)
 
 # stdlib logging, not a cached structlog proxy: tokensvc.logs.configure renders it as JSON (the
 # `extra` fields become keys) whenever it runs, and a disabled level costs one comparison.
 _access = logging.getLogger("tokensvc.access")
 
 
-def security_headers(*, tls: bool) -> dict[str, str]:
-    """The headers every response carries; HSTS only when served over TLS."""
-    headers = dict(SECURITY_HEADERS)
-    if tls:
-        headers["Strict-Transport-Security"] = HSTS
-    return headers
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ids):016x}"  # 32 hex digits, like a UUID
 
 
-def request_middleware(*, tls: bool) -> Middleware:
+def request_middleware(*, tls: bool, governor: Governor | None = None) -> Middleware:
     """The middleware for an app that does (`tls=True`) or does not terminate TLS itself."""
-    headers = security_headers(tls=tls)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
         request_id = request.headers.get(REQUEST_ID)
         if request_id is None or _SAFE_REQUEST_ID.fullmatch(request_id) is None:
-            request_id = urandom(16).hex()
+            request_id = new_request_id()
         # Security events logged while handling this request carry its id too.
         bound = CURRENT_REQUEST_ID.set(request_id)
         status = 500
         try:
-            response = await handler(request)
+            response = await _answer(request, handler, governor)
             status = response.status
-            response.headers.update(headers)
-            response.headers[REQUEST_ID] = request_id
+            response_headers = response.headers
+            if MARKER not in response_headers:  # not built by json_response
+                response_headers.update(SECURITY_HEADERS)
+            if tls:
+                response_headers["Strict-Transport-Security"] = HSTS
+            response_headers[REQUEST_ID] = request_id
             return response
         except web.HTTPException as exc:
-            # Only what the error middleware lets through (redirects and other non-errors).
+            # Only what _answer lets through: redirects and other answers below 400.
             status = exc.status
-            exc.headers.update(headers)
+            exc.headers.update(SECURITY_HEADERS)
+            if tls:
+                exc.headers["Strict-Transport-Security"] = HSTS
             exc.headers[REQUEST_ID] = request_id
             raise
         except asyncio.CancelledError:
@@ -86,14 +90,14 @@ def request_middleware(*, tls: bool) -> Middleware:
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
             metrics.observe_request(route, status, elapsed)
-            metrics.count_verify(route, status)
             fields = {
                 "request_id": request_id,
                 "method": request.method,
                 "path": request.path[:512],
                 "route": route,
                 "status": status,
-                "duration_ms": round(elapsed * 1000.0, 3),
+                "duration_ms": int(elapsed * 1_000_000)
+                / 1000,  # µs precision, cheaper than round()
                 "client_ip": client_ip(request),
             }
             if not access_line(fields) and _access.isEnabledFor(logging.INFO):
@@ -102,3 +106,28 @@ def request_middleware(*, tls: bool) -> Middleware:
             CURRENT_REQUEST_ID.reset(bound)
 
     return middleware
+
+
+async def _answer(
+    request: web.Request, handler: Handler, governor: Governor | None
+) -> web.StreamResponse:
+    """The handler's answer within the governor's budget, every failure as a JSON answer."""
+    budget = governor.budget_for(request) if governor is not None else None
+    if budget is not None and not budget.try_acquire():
+        reason = await budget.wait()
+        if reason is not None:
+            assert governor is not None
+            return refusal(request, budget, reason, governor)
+    try:
+        return await handler(request)
+    except TokensvcError as exc:
+        return errors.for_tokensvc_error(request, exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return errors.for_http_error(exc)
+    except Exception as exc:  # noqa: BLE001 - the last resort: a 500 without a trace
+        return errors.for_unexpected(request, exc)
+    finally:
+        if budget is not None:
+            budget.release()

@@ -29,8 +29,12 @@ def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _context(data: dict[str, Any]) -> dict[str, str | None]:
-    raw = data.get("context") or {}
+_NO_CONTEXT: dict[str, str | None] = dict.fromkeys(_CONTEXT_FIELDS)
+
+
+def _context(raw: Any) -> dict[str, str | None]:
+    if not raw:
+        return _NO_CONTEXT  # only read: unpacked into keyword arguments
     if not isinstance(raw, dict):
         raise BadRequest("context must be an object")
     out: dict[str, str | None] = {}
@@ -52,10 +56,12 @@ async def verify(request: web.Request) -> web.Response:
     token = data.get("token")
     if not isinstance(token, str) or not token:
         raise BadRequest("token must be a non-empty string")
-    discharges = data.get("discharges") or []
-    if not isinstance(discharges, list) or not all(isinstance(d, str) for d in discharges):
+    discharges = data.get("discharges") or ()
+    if discharges and (
+        not isinstance(discharges, list) or not all(isinstance(d, str) for d in discharges)
+    ):
         raise BadRequest("discharges must be a list of strings")
-    context = _context(data)
+    context = _context(data.get("context"))
 
     verified = await request.app[appkeys.VERIFIER].verify(token, discharges, **context)
 
