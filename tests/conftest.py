@@ -2,7 +2,9 @@
 
 The servers come from TOKENSVC_TEST_PG (an admin DSN) and TOKENSVC_TEST_REDIS. `./dev test`
 starts throwaway servers when the defaults are not reachable; here an unreachable server stops
-the run with a message instead of skipping, so a missing server can never pass as green.
+the run with a message instead of skipping, so a missing server can never pass as green. The
+Redis Cluster and the Sentinel that the lockout tests also run on are throwaway servers started
+from the local redis-server (tests/redis_servers.py); without one those tests fail, never skip.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ if TYPE_CHECKING:
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
+from redis.exceptions import RedisClusterException, RedisError
+
+from tests.redis_servers import ClusterServers, SentinelServers
 
 PG_ADMIN_DSN = os.environ.get("TOKENSVC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TOKENSVC_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -70,14 +74,57 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+#: The kinds of Redis the lockout store is tested on: one server, a Cluster, a Sentinel's master.
+REDIS_KINDS = ("redis", "cluster", "sentinel")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterServers]:
+    """A throwaway Redis Cluster of three masters on loopback ports, shared by the whole run."""
+    cluster = ClusterServers()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[SentinelServers]:
+    """A throwaway master watched by one Sentinel, shared by the whole run."""
+    servers = SentinelServers()
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.remove()
+
+
+def redis_url_of(request: pytest.FixtureRequest, kind: str) -> str:
+    """The `TOKENSVC_REDIS_URL` of a Redis of `kind` (one of REDIS_KINDS), started if need be."""
+    if kind == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    if kind == "sentinel":
+        return str(request.getfixturevalue("redis_sentinel").url)
+    return REDIS_URL
+
+
+@pytest.fixture(params=REDIS_KINDS)
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """Each kind of Redis in turn: the shared server, a three-master Cluster, a Sentinel's master."""
+    return redis_url_of(request, request.param)
+
+
 @pytest.fixture
 async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
     """A unique key prefix for one test; every key under it is deleted afterwards."""
+    from tokensvc.redisconn import redis_client_from_url
+
     prefix = "tokensvc-test-" + secrets.token_hex(6) + ":"
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis_client_from_url(redis_url)
     try:
         await client.ping()
-    except (OSError, aioredis.RedisError) as exc:
+    except (OSError, RedisError, RedisClusterException) as exc:
         await client.aclose()
         pytest.exit(
             f"Redis is not reachable at {redis_url} ({exc}). "

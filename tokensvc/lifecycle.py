@@ -12,7 +12,7 @@ from aiohttp import web
 
 from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys, service_key_id
 from tokensvc.audit import AuditLog
-from tokensvc.lockout import redis_client_from_url
+from tokensvc.redisconn import close_client, pubsub_client_from_url
 from tokensvc.registry import TokenRegistry
 from tokensvc.revocation import CHANNEL_SUFFIX, Revocations
 from tokensvc.usage import UsageRecorder
@@ -27,9 +27,10 @@ async def token_lifecycle(app: web.Application) -> AsyncIterator[None]:
     verifier = app[appkeys.VERIFIER]
     registry = TokenRegistry(engine)
     service_keys = ServiceKeys(engine, kek=app[appkeys.KEK], clock=clock)
-    # Pub/sub needs a connection that may sit idle: no socket timeout on this client.
+    # Pub/sub needs a connection that may sit idle: no socket timeout on this client. In a
+    # Redis Cluster it is a client of one node, which hears every node's PUBLISH.
     redis = (
-        redis_client_from_url(config.redis_url, socket_timeout=None, max_connections=4)
+        pubsub_client_from_url(config.redis_url, socket_timeout=None, max_connections=4)
         if config.redis_url
         else None
     )
@@ -75,4 +76,4 @@ async def token_lifecycle(app: web.Application) -> AsyncIterator[None]:
             yield
     finally:
         if redis is not None:
-            await redis.aclose()
+            await close_client(redis)

@@ -11,7 +11,6 @@ import dataclasses
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,15 +23,10 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth, make_config
+from tests.redis_servers import RedisServer, free_port
 from tokensvc.web.app import create_app
 
 IS_ROOT = os.geteuid() == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pg_bindir() -> str | None:
@@ -50,7 +44,7 @@ class PrivatePostgres:
         self.bindir = bindir
         self.dir = tempfile.mkdtemp(prefix="tokensvc-fault-pg.")
         self.data = f"{self.dir}/data"
-        self.port = _free_port()
+        self.port = free_port()
         os.mkdir(f"{self.dir}/sock")
         if IS_ROOT:
             shutil.chown(self.dir, "postgres", "postgres")
@@ -88,44 +82,6 @@ class PrivatePostgres:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
 
 
-class PrivateRedis:
-    """A throwaway redis-server on a free loopback port."""
-
-    def __init__(self, server: str) -> None:
-        self.server = server
-        self.dir = tempfile.mkdtemp(prefix="tokensvc-fault-redis.")
-        self.port = _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--logfile", f"{self.dir}/log"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def remove(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-
 @pytest.fixture
 def private_pg() -> Iterator[PrivatePostgres]:
     bindir = _pg_bindir()
@@ -145,13 +101,8 @@ def private_pg() -> Iterator[PrivatePostgres]:
 
 
 @pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail(
-            "the fault tests need redis-server for a private server: apt-get install redis-server"
-        )
-    redis = PrivateRedis(server)
+def private_redis() -> Iterator[RedisServer]:
+    redis = RedisServer()  # fails, never skips, without redis-server
     try:
         redis.start()
         yield redis
@@ -204,7 +155,7 @@ def _delta(after: Counter[int | str], before: Counter[int | str]) -> dict[int | 
 
 
 async def test_postgres_then_redis_down_and_back_under_verify_load(
-    aiohttp_client, private_pg: PrivatePostgres, private_redis: PrivateRedis, data_dir: Path
+    aiohttp_client, private_pg: PrivatePostgres, private_redis: RedisServer, data_dir: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """Verify serves through both outages; readiness, minting and login fail fast and recover."""
     config = make_config(database_url=private_pg.url, data_dir=data_dir)
@@ -315,7 +266,7 @@ async def test_graceful_shutdown_completes_requests_in_flight(
     app.router.add_get("/v1/_test/slow", slow)
     runner = web.AppRunner(app, shutdown_timeout=5)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     async with aiohttp.ClientSession() as session:
         in_flight = asyncio.create_task(session.get(f"http://127.0.0.1:{port}/v1/_test/slow"))

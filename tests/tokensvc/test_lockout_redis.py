@@ -1,4 +1,7 @@
-"""What only the Redis lockout store must do: fail closed, keep no usernames, expire every key."""
+"""What only the Redis lockout store must do: fail closed, keep no usernames, expire every key.
+
+Each test runs on one server, on a three-master Redis Cluster and on a Sentinel's master.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +9,44 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from redis.asyncio import Redis
 
+from tests.conftest import REDIS_KINDS
 from tokensvc.errors import Unavailable
 from tokensvc.lockout import LockoutPolicy, RedisLockoutStore, redis_client_from_url
+from tokensvc.redisconn import RedisClient
 
 T0 = 1_763_760_000.0
 
 
 @pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+def redis_url(any_redis_url: str) -> str:
+    return any_redis_url
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[RedisClient]:
     client = redis_client_from_url(redis_url)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-def store(redis_client: Redis, redis_prefix: str) -> RedisLockoutStore:
+def store(redis_client: RedisClient, redis_prefix: str) -> RedisLockoutStore:
     return RedisLockoutStore(redis_client, policy=LockoutPolicy(), prefix=redis_prefix)
 
 
-async def _keys(client: Redis, prefix: str) -> list[str]:
+async def _keys(client: RedisClient, prefix: str) -> list[str]:
     return [key.decode() async for key in client.scan_iter(match=prefix + "*", count=500)]
 
 
-async def test_unreachable_redis_fails_closed_quickly() -> None:
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:1", "redis+sentinel://127.0.0.1:1/x"],
+    ids=REDIS_KINDS,
+)
+async def test_unreachable_redis_fails_closed_quickly(url: str) -> None:
     """With Redis unreachable every call raises Unavailable, with a Retry-After, within 2 s."""
-    client = redis_client_from_url("redis://127.0.0.1:1/0")
+    client = redis_client_from_url(url)
     store = RedisLockoutStore(client, prefix="tokensvc-test-unreachable:")
     started = time.monotonic()
 
@@ -52,7 +66,7 @@ async def test_unreachable_redis_fails_closed_quickly() -> None:
 
 
 async def test_keys_hold_no_usernames_and_all_expire(
-    store: RedisLockoutStore, redis_client: Redis, redis_prefix: str
+    store: RedisLockoutStore, redis_client: RedisClient, redis_prefix: str
 ) -> None:
     """Every key is hashed (no identity, no IP in clear), hash-tagged by identity, and has a TTL."""
     await store.begin_attempt(identity="alice.smith", client_ip="192.0.2.1", now=time.time())
@@ -70,7 +84,7 @@ async def test_keys_hold_no_usernames_and_all_expire(
 
 
 async def test_counter_ttl_covers_the_lock_and_the_window(
-    store: RedisLockoutStore, redis_client: Redis, redis_prefix: str
+    store: RedisLockoutStore, redis_client: RedisClient, redis_prefix: str
 ) -> None:
     """A counter's real TTL is the window plus its current wait, so it outlives its lock."""
     now = time.time()
@@ -84,7 +98,7 @@ async def test_counter_ttl_covers_the_lock_and_the_window(
 
 
 async def test_scripts_are_reloaded_after_a_script_flush(
-    store: RedisLockoutStore, redis_client: Redis
+    store: RedisLockoutStore, redis_client: RedisClient
 ) -> None:
     """EVALSHA falls back to loading the script when Redis has forgotten it."""
     await store.begin_attempt(identity="alice", client_ip="192.0.2.1", now=T0)
@@ -95,7 +109,7 @@ async def test_scripts_are_reloaded_after_a_script_flush(
     assert (await store.status("alice", T0)).failures == 2
 
 
-async def test_prefix_with_braces_is_rejected(redis_client: Redis) -> None:
+async def test_prefix_with_braces_is_rejected(redis_client: RedisClient) -> None:
     """A prefix holding braces would move the hash tag, so it is refused."""
     with pytest.raises(ValueError, match="braces"):
         RedisLockoutStore(redis_client, prefix="tokensvc:{x}:")

@@ -1,4 +1,7 @@
-"""Lockout semantics shared by the Redis and the in-memory store, each test run against both."""
+"""Lockout semantics shared by the Redis and the in-memory store, each test run against each.
+
+The Redis store runs on one server, on a three-master Redis Cluster and on a Sentinel's master.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from redis.asyncio import Redis
 
+from tests.conftest import REDIS_KINDS, redis_url_of
 from tokensvc.errors import LockedOut
 from tokensvc.lockout import (
     LockoutPolicy,
@@ -16,24 +19,36 @@ from tokensvc.lockout import (
     RedisLockoutStore,
     redis_client_from_url,
 )
+from tokensvc.redisconn import RedisClient, close_client
 
 T0 = 1_763_760_000.0
 MakeStore = Callable[[LockoutPolicy], LockoutStore]
 
 
+@pytest.fixture(params=[*REDIS_KINDS, "memory"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+def redis_url(request: pytest.FixtureRequest, store_kind: str) -> str:
+    """The Redis of the store under test (for the in-memory store, one that goes unused)."""
+    return redis_url_of(request, "redis" if store_kind == "memory" else store_kind)
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[RedisClient]:
     client = redis_client_from_url(redis_url, max_connections=256)
     yield client
-    await client.aclose()
+    await close_client(client)  # a 256-connection pool can be slow to close
 
 
-@pytest.fixture(params=["redis", "memory"])
-def make_store(request: pytest.FixtureRequest, redis_client: Redis, redis_prefix: str) -> MakeStore:
+@pytest.fixture
+def make_store(store_kind: str, redis_client: RedisClient, redis_prefix: str) -> MakeStore:
     """Build a store of the parametrised kind with a given policy."""
-    if request.param == "redis":
-        return lambda policy: RedisLockoutStore(redis_client, policy=policy, prefix=redis_prefix)
-    return lambda policy: MemoryLockoutStore(policy=policy)
+    if store_kind == "memory":
+        return lambda policy: MemoryLockoutStore(policy=policy)
+    return lambda policy: RedisLockoutStore(redis_client, policy=policy, prefix=redis_prefix)
 
 
 @pytest.fixture
@@ -262,6 +277,20 @@ async def test_failures_are_forgotten_after_the_window(store: LockoutStore) -> N
     outcomes = [await attempt(store, "alice", "192.0.2.1", later) for _ in range(5)]
 
     assert outcomes == [None] * 5
+
+
+async def test_retry_after_names_the_latest_of_the_locks(make_store: MakeStore) -> None:
+    """Locked by its IP's counter for 10 s and by its identity + IP counter for 20 s: wait 20 s."""
+    store = make_store(
+        LockoutPolicy(ip_threshold=3, identity_ip_threshold=1, base_wait=10, max_wait=1000)
+    )
+    await attempt(store, "alice", "192.0.2.1", T0)
+    await attempt(store, "alice", "192.0.2.1", T0 + 10)  # the pair's second lock: 20 s
+    await attempt(store, "bob", "192.0.2.1", T0 + 10)  # the IP's first lock: 10 s
+
+    retry_after = await attempt(store, "alice", "192.0.2.1", T0 + 10)
+
+    assert retry_after == 20
 
 
 async def test_sitting_out_a_capped_lock_does_not_reset_the_count(make_store: MakeStore) -> None:

@@ -14,9 +14,9 @@ import time
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth, make_config
+from tokensvc.redisconn import pubsub_client_from_url
 from tokensvc.revocation import CHANNEL_SUFFIX
 from tokensvc.web.app import create_app
 
@@ -35,16 +35,21 @@ async def start(
     clients = [await aiohttp_client(create_app(config, clock=clock)) for _ in range(3)]
     if redis is not None:
         # Wait until all three subscribers are listening, as long-running replicas would be.
-        r = aioredis.Redis.from_url(redis)
-        try:
-            for _ in range(200):
-                ((_, count),) = await r.pubsub_numsub(prefix + CHANNEL_SUFFIX)
-                if count >= 3:
-                    break
-                await asyncio.sleep(0.01)
-        finally:
-            await r.aclose()
+        await until_subscribed(redis, prefix + CHANNEL_SUFFIX, subscribers=3)
     return clients
+
+
+async def until_subscribed(redis_url: str, channel: str, *, subscribers: int) -> None:
+    """Wait (up to 2 s) until `channel` has that many subscribers where tokensvc subscribes."""
+    r = pubsub_client_from_url(redis_url)
+    try:
+        for _ in range(200):
+            ((_, count),) = await r.pubsub_numsub(channel)
+            if count >= subscribers:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await r.aclose()
 
 
 async def admin_token(client: Any) -> str:

@@ -6,8 +6,9 @@
 
 from tokensvc.lockout.memory_store import MemoryLockoutStore
 from tokensvc.lockout.policy import LockoutPolicy
-from tokensvc.lockout.redis_store import RedisLockoutStore, redis_client_from_url
+from tokensvc.lockout.redis_store import RedisLockoutStore
 from tokensvc.lockout.store import CounterStatus, LockoutStatus, LockoutStore
+from tokensvc.redisconn import redis_client_from_url
 
 __all__ = [
     "CounterStatus",

@@ -1,4 +1,4 @@
-"""The lockout store in Redis: one Lua script per step, so every step is atomic across replicas.
+"""The lockout store in Redis: Lua scripts, each atomic on one hash slot, so it runs in a cluster.
 
 Keys, under the configured prefix (`h` is the identity's hash, `i` the client IP's):
 
@@ -9,11 +9,24 @@ Keys, under the configured prefix (`h` is the identity's hash, `i` the client IP
 - `ip:i`        client IP counter           HASH n, t
 
 The identity's keys share the hash tag `{h}`, so in Redis Cluster they live in one slot. The
-per-IP key cannot: it is shared by every identity. A cluster deployment needs the IP counter in
-its own step — a second script on the IP's slot (check, then count), run before the identity
-script, with the IP count taken back if the identity script refuses — or the IP key hashed into
-the identity's slot, which turns it into a per-identity counter. Until then, scripts here name
-keys in two slots and need a standalone server or Sentinel.
+per-IP counter is shared by every identity and lives wherever its own name hashes to; its name
+has no braces, so it is the same key as before the cluster support and replicas of either
+version count into it during a rolling upgrade.
+
+So an attempt is two steps, each one script, each atomic on its own slot:
+
+1. the client IP's counter: refuse if it is locked, else count the attempt;
+2. the identity's counters (identity + IP, and identity unless the IP is trusted): the same.
+
+If step 2 refuses, step 1's count is taken back, as a success or an abandoned attempt takes it
+back: the count goes, the time of the last failure stays. If step 1 refuses, nothing is counted
+and step 2 only reads, so Retry-After still names the latest of the applicable locks. Both
+counts happen before argon2 runs, and each counter is checked and counted atomically, so
+concurrent attempts can never slip past any counter's threshold. What the split adds is a window
+between the steps in which an attempt's IP count is visible although its identity is about to
+refuse it: a concurrent attempt from that IP can then meet an IP counter one above its true
+count. Likewise a count whose take-back fails (Redis unreachable, the process stopped between
+the steps) stays. Every such error is towards refusing, never towards another guess.
 
 `now` comes from the caller (in ms to the script), never from Redis's clock, so tests control time
 and replicas agree on the logic; counters also expire logically against that `now`. Real TTLs
@@ -22,29 +35,25 @@ are set on every key as well, so nothing outlives its usefulness.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from tokensvc import metrics
 from tokensvc.errors import LockedOut, Unavailable
 from tokensvc.lockout.policy import LockoutPolicy
 from tokensvc.lockout.store import CounterStatus, LockoutStatus, hash_identity, hash_ip
+from tokensvc.redisconn import RedisClient
 
-__all__ = ["RedisLockoutStore", "redis_client_from_url"]
+__all__ = ["RedisLockoutStore"]
 
-# Shared by the scripts. KEYS: 1 ip counter, 2 pair counter, 3 identity counter, 4 trusted,
-# 5 pairs index. ARGV: 1 now ms, 2 ip hash, 3-5 thresholds (ip, pair, identity), 6 base wait ms,
-# 7 max wait ms, 8 window ms, 9 trusted window ms, 10 max trusted IPs, 11 max pairs.
+# Shared by every script. ARGV: 1 now ms, 2 base wait ms, 3 max wait ms, 4 window ms.
 _PRELUDE = """
 local now = tonumber(ARGV[1])
-local member = ARGV[2]
-local base, cap, window = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local trusted_window = tonumber(ARGV[9])
+local base, cap, window = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 
 local function wait(n, threshold)
   if n < threshold then return 0 end
@@ -59,13 +68,22 @@ local function load(key, threshold)
   return n, t
 end
 
-local function applicable()
-  local counters = {{KEYS[1], tonumber(ARGV[3])}, {KEYS[2], tonumber(ARGV[4])}}
-  local score = redis.call('ZSCORE', KEYS[4], member)
-  if not (score and tonumber(score) > now - trusted_window) then
-    counters[3] = {KEYS[3], tonumber(ARGV[5])}
-  end
-  return counters
+-- Milliseconds until the counter's lock ends; 0 when it is open.
+local function locked_for(key, threshold)
+  local n, t = load(key, threshold)
+  local w = wait(n, threshold)
+  if w > 0 and t + w > now then return t + w - now end
+  return 0
+end
+
+-- Count one failure; returns when the counter will be forgotten (ms).
+local function count(key, threshold)
+  local n, t = load(key, threshold)
+  n, t = n + 1, math.max(t, now)
+  local expires = t + wait(n, threshold) + window
+  redis.call('HSET', key, 'n', n, 't', t)
+  redis.call('PEXPIRE', key, math.max(1, math.ceil(expires - now)))
+  return expires
 end
 
 local function take_back(key, threshold)
@@ -74,55 +92,84 @@ local function take_back(key, threshold)
 end
 """
 
-_BEGIN = (
+# The client IP's counter. KEYS: 1 ip counter. ARGV 5: ip threshold.
+_IP_BEGIN = (
     _PRELUDE
     + """
-local counters = applicable()
-local loaded, retry = {}, 0
-for i, c in ipairs(counters) do
-  local n, t = load(c[1], c[2])
-  loaded[i] = {n, t}
-  local w = wait(n, c[2])
-  if w > 0 and t + w - now > retry then retry = t + w - now end
-end
+local threshold = tonumber(ARGV[5])
+local retry = locked_for(KEYS[1], threshold)
 if retry > 0 then return math.ceil(retry) end
+count(KEYS[1], threshold)
+return 0
+"""
+)
+
+_IP_TAKE_BACK = (
+    _PRELUDE
+    + """
+take_back(KEYS[1], tonumber(ARGV[5]))
+return 0
+"""
+)
+
+# The identity's counters. KEYS: 1 pair counter, 2 identity counter, 3 trusted, 4 pairs index.
+# ARGV: 5 ip hash, 6-7 thresholds (pair, identity), 8 trusted window ms, 9 max trusted IPs,
+# 10 max pairs; for begin, 11: 1 to count the attempt, 0 only to say how long it is locked.
+_IDENTITY_PRELUDE = (
+    _PRELUDE
+    + """
+local member = ARGV[5]
+local trusted_window = tonumber(ARGV[8])
+
+local function applicable()
+  local counters = {{KEYS[1], tonumber(ARGV[6])}}
+  local score = redis.call('ZSCORE', KEYS[3], member)
+  if not (score and tonumber(score) > now - trusted_window) then
+    counters[2] = {KEYS[2], tonumber(ARGV[7])}
+  end
+  return counters
+end
+"""
+)
+
+_BEGIN = (
+    _IDENTITY_PRELUDE
+    + """
+local counters = applicable()
+local retry = 0
+for _, c in ipairs(counters) do retry = math.max(retry, locked_for(c[1], c[2])) end
+if retry > 0 or ARGV[11] == '0' then return math.ceil(retry) end
 
 for i, c in ipairs(counters) do
-  local n, t = loaded[i][1] + 1, math.max(loaded[i][2], now)
-  local expires = t + wait(n, c[2]) + window
-  redis.call('HSET', c[1], 'n', n, 't', t)
-  redis.call('PEXPIRE', c[1], math.max(1, math.ceil(expires - now)))
-  if i == 2 then
-    redis.call('ZADD', KEYS[5], expires, member)
-  end
+  local expires = count(c[1], c[2])
+  if i == 1 then redis.call('ZADD', KEYS[4], expires, member) end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
-local extra = redis.call('ZCARD', KEYS[5]) - tonumber(ARGV[11])
-if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[5], 0, extra - 1) end
-redis.call('PEXPIRE', KEYS[5], math.ceil(cap + window))
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[10])
+if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1) end
+redis.call('PEXPIRE', KEYS[4], math.ceil(cap + window))
 return 0
 """
 )
 
 _SUCCESS = (
-    _PRELUDE
+    _IDENTITY_PRELUDE
     + """
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('ZREM', KEYS[5], member)
-take_back(KEYS[1], tonumber(ARGV[3]))
-if trusted_window > 0 and tonumber(ARGV[10]) > 0 then
-  redis.call('ZADD', KEYS[4], 'GT', now, member)
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - trusted_window)
-  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[10])
-  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1) end
-  redis.call('PEXPIRE', KEYS[4], math.ceil(trusted_window))
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[4], member)
+if trusted_window > 0 and tonumber(ARGV[9]) > 0 then
+  redis.call('ZADD', KEYS[3], 'GT', now, member)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - trusted_window)
+  local extra = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[9])
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, extra - 1) end
+  redis.call('PEXPIRE', KEYS[3], math.ceil(trusted_window))
 end
 return 0
 """
 )
 
 _ABANDON = (
-    _PRELUDE
+    _IDENTITY_PRELUDE
     + """
 for _, c in ipairs(applicable()) do take_back(c[1], c[2]) end
 return 0
@@ -131,32 +178,25 @@ return 0
 
 # Status and clear reach the pair counters through the index. Those keys are built here rather
 # than passed in KEYS, which is safe in a cluster only because they share the hash tag of KEYS[1].
-# KEYS: 1 identity counter, 2 trusted, 3 pairs index. ARGV: 1 pair key prefix, then for status
-# 2 now ms, 3 identity threshold, 4 pair threshold, 5 base, 6 cap, 7 window, 8 trusted window.
-_STATUS = """
-local now = tonumber(ARGV[2])
-local base, cap, window = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local function wait(n, threshold)
-  if n < threshold then return 0 end
-  return math.min(cap, base * 2 ^ math.min(n - threshold, 60))
-end
+# KEYS: 1 identity counter, 2 trusted, 3 pairs index. ARGV for status: 5 pair key prefix,
+# 6 identity threshold, 7 pair threshold, 8 trusted window ms; for clear: 1 pair key prefix.
+_STATUS = (
+    _PRELUDE
+    + """
 local function read(key, threshold, out)
-  local v = redis.call('HMGET', key, 'n', 't')
-  local n, t = tonumber(v[1]) or 0, tonumber(v[2]) or 0
-  if n > 0 and now >= t + wait(n, threshold) + window then n = 0 end
-  local locked_until = 0
+  local n, t = load(key, threshold)
   local w = wait(n, threshold)
-  if w > 0 and t + w > now then locked_until = t + w end
   out[#out + 1] = n
-  out[#out + 1] = math.ceil(locked_until)
+  out[#out + 1] = (w > 0 and t + w > now) and math.ceil(t + w) or 0
 end
 local out = {redis.call('ZCOUNT', KEYS[2], string.format('(%d', now - tonumber(ARGV[8])), '+inf')}
-read(KEYS[1], tonumber(ARGV[3]), out)
+read(KEYS[1], tonumber(ARGV[6]), out)
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], string.format('(%d', now), '+inf')) do
-  read(ARGV[1] .. member, tonumber(ARGV[4]), out)
+  read(ARGV[5] .. member, tonumber(ARGV[7]), out)
 end
 return out
 """
+)
 
 _CLEAR = """
 for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
@@ -170,34 +210,22 @@ return 0
 UNAVAILABLE_RETRY_AFTER = 5
 
 
-def redis_client_from_url(url: str, **overrides: Any) -> Redis:
-    """A client that fails fast: sub-second timeouts and one retry, so login fails closed quickly.
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """The keys and arguments of one attempt's two steps."""
 
-    redis-py's defaults (5 s timeouts, 10 retries with backoff) would hold a login for most of a
-    minute before answering 503. The pool blocks (up to a second) when all its connections are
-    busy: redis-py's default pool raises at once past 100 connections, which turned a burst of
-    logins into 503s although Redis was fine.
-    """
-    options: dict[str, Any] = {
-        "socket_connect_timeout": 0.5,
-        "socket_timeout": 1.0,
-        "retry": Retry(NoBackoff(), 1),
-        "health_check_interval": 30,
-        "max_connections": 64,
-        "timeout": 1.0,
-    }
-    options.update(overrides)
-    pool = BlockingConnectionPool.from_url(url, **options)
-    # from_pool: the client owns the pool, so aclose() closes its connections too.
-    return Redis.from_pool(pool)
+    ip_keys: list[str]
+    ip_args: list[str | int]
+    identity_keys: list[str]
+    identity_args: list[str | int]
 
 
 class RedisLockoutStore:
-    """LockoutStore in Redis, shared by every worker and replica."""
+    """LockoutStore in Redis (one server, Sentinel or Cluster), shared by every worker and replica."""
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         policy: LockoutPolicy | None = None,
         prefix: str = "tokensvc:lockout:",
@@ -209,6 +237,8 @@ class RedisLockoutStore:
         self._policy = policy or LockoutPolicy()
         self._prefix = prefix
         self._identity_key = identity_key
+        self._ip_begin = redis.register_script(_IP_BEGIN)
+        self._ip_take_back = redis.register_script(_IP_TAKE_BACK)
         self._begin = redis.register_script(_BEGIN)
         self._success = redis.register_script(_SUCCESS)
         self._abandon = redis.register_script(_ABANDON)
@@ -223,18 +253,39 @@ class RedisLockoutStore:
         return self._policy
 
     async def begin_attempt(self, *, identity: str, client_ip: str, now: float) -> None:
-        """Raise LockedOut if a counter is locked, else count a failure in each (atomically)."""
-        retry_ms = int(await self._run(self._begin, identity, client_ip, now))
+        """Raise LockedOut if a counter is locked, else count a failure in each.
+
+        The IP's counter first, then the identity's, each checked and counted atomically; an
+        IP count is taken back when the identity refuses (see the module docstring).
+        """
+        attempt = self._attempt(identity, client_ip, now)
+        ip_retry_ms = int(await self._guard(self._ip_begin(attempt.ip_keys, attempt.ip_args)))
+        if ip_retry_ms > 0:
+            # Nothing was counted; Retry-After still names the latest lock, as one script would.
+            identity_retry_ms = 0
+            with contextlib.suppress(Unavailable):
+                identity_retry_ms = await self._identity_begin(attempt, count=False)
+            raise _locked_out(max(ip_retry_ms, identity_retry_ms))
+        try:
+            retry_ms = await self._identity_begin(attempt, count=True)
+        except Unavailable:
+            await self._take_back_ip(attempt)
+            raise
         if retry_ms > 0:
-            raise LockedOut(retry_after=max(1, math.ceil(retry_ms / 1000)))
+            await self._take_back_ip(attempt)
+            raise _locked_out(retry_ms)
 
     async def record_success(self, *, identity: str, client_ip: str, now: float) -> None:
         """Reset the identity's counters, take the attempt off the IP, trust the IP."""
-        await self._run(self._success, identity, client_ip, now)
+        attempt = self._attempt(identity, client_ip, now)
+        await self._guard(self._success(attempt.identity_keys, attempt.identity_args))
+        await self._guard(self._ip_take_back(attempt.ip_keys, attempt.ip_args))
 
     async def abandon_attempt(self, *, identity: str, client_ip: str, now: float) -> None:
         """Take an unchecked attempt's provisional failure back off its counters."""
-        await self._run(self._abandon, identity, client_ip, now)
+        attempt = self._attempt(identity, client_ip, now)
+        await self._guard(self._abandon(attempt.identity_keys, attempt.identity_args))
+        await self._guard(self._ip_take_back(attempt.ip_keys, attempt.ip_args))
 
     async def status(self, identity: str, now: float) -> LockoutStatus:
         """The identity's counters and trusted-IP count."""
@@ -242,13 +293,10 @@ class RedisLockoutStore:
         p = self._policy
         keys = self._identity_keys(identity_hash)
         args: list[str | int] = [
+            *self._common_args(now),
             self._pair_prefix(identity_hash),
-            _ms(now),
             p.identity_threshold,
             p.identity_ip_threshold,
-            _ms(p.base_wait),
-            _ms(p.max_wait),
-            _ms(p.window),
             _ms(p.trusted_ip_window),
         ]
         reply = await self._guard(self._status(keys=keys, args=args))
@@ -282,43 +330,56 @@ class RedisLockoutStore:
     def _pair_prefix(self, identity_hash: str) -> str:
         return f"{self._prefix}{{{identity_hash}}}:p:"
 
-    async def _run(self, script: Any, identity: str, client_ip: str, now: float) -> Any:
+    def _common_args(self, now: float) -> list[str | int]:
+        p = self._policy
+        return [_ms(now), _ms(p.base_wait), _ms(p.max_wait), _ms(p.window)]
+
+    def _attempt(self, identity: str, client_ip: str, now: float) -> _Attempt:
         identity_hash = hash_identity(identity, key=self._identity_key)
         ip_hash = hash_ip(client_ip, key=self._identity_key)
         counter, trusted, pairs = self._identity_keys(identity_hash)
-        keys = [
-            f"{self._prefix}ip:{ip_hash}",
-            self._pair_prefix(identity_hash) + ip_hash,
-            counter,
-            trusted,
-            pairs,
-        ]
         p = self._policy
-        args: list[str | int] = [
-            _ms(now),
-            ip_hash,
-            p.ip_threshold,
-            p.identity_ip_threshold,
-            p.identity_threshold,
-            _ms(p.base_wait),
-            _ms(p.max_wait),
-            _ms(p.window),
-            _ms(p.trusted_ip_window),
-            p.max_trusted_ips,
-            p.max_tracked_pairs,
-        ]
-        return await self._guard(script(keys=keys, args=args))
+        common = self._common_args(now)
+        return _Attempt(
+            ip_keys=[f"{self._prefix}ip:{ip_hash}"],
+            ip_args=[*common, p.ip_threshold],
+            identity_keys=[self._pair_prefix(identity_hash) + ip_hash, counter, trusted, pairs],
+            identity_args=[
+                *common,
+                ip_hash,
+                p.identity_ip_threshold,
+                p.identity_threshold,
+                _ms(p.trusted_ip_window),
+                p.max_trusted_ips,
+                p.max_tracked_pairs,
+            ],
+        )
+
+    async def _identity_begin(self, attempt: _Attempt, *, count: bool) -> int:
+        args = [*attempt.identity_args, 1 if count else 0]
+        return int(await self._guard(self._begin(attempt.identity_keys, args)))
+
+    async def _take_back_ip(self, attempt: _Attempt) -> None:
+        # Best effort: the attempt is refused either way, and a count left behind errs towards
+        # locking the IP, never towards letting a guess through.
+        with contextlib.suppress(Unavailable):
+            await self._guard(self._ip_take_back(attempt.ip_keys, attempt.ip_args))
 
     @staticmethod
     async def _guard(call: Any) -> Any:
         # Fail closed: whatever goes wrong talking to Redis, the attempt is refused with a 503.
+        # RedisClusterException (no node reachable, slots not covered) is not a RedisError.
         try:
             return await call
-        except (TimeoutError, RedisError, OSError) as exc:
+        except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
             metrics.REDIS_ERRORS.inc()
             raise Unavailable(
                 "the lockout store is unavailable", retry_after=UNAVAILABLE_RETRY_AFTER
             ) from exc
+
+
+def _locked_out(retry_ms: int) -> LockedOut:
+    return LockedOut(retry_after=max(1, math.ceil(retry_ms / 1000)))
 
 
 def _ms(seconds: float) -> int:
