@@ -12,7 +12,9 @@ import asyncio
 import concurrent.futures
 import hashlib
 import hmac
+import os
 import secrets
+import threading
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,6 +112,22 @@ class VerifyResult:
         raise TypeError("VerifyResult has no truth value; test .ok")
 
 
+HASHING_NICE = 19  # the lowest CPU priority
+
+
+def _lowest_priority() -> None:
+    """Run the calling hashing thread at the lowest CPU priority (on Linux, nice is per thread).
+
+    When a login storm and /v1/verify compete for the cores, the scheduler then runs the event
+    loop first: the storm slows logins, which the pool and its queue already cap, rather than
+    every verify. On idle cores nothing changes. Elsewhere (no per-thread nice) it is a no-op.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICE)
+    except (AttributeError, OSError):
+        pass
+
+
 class PasswordHasher:
     """argon2id hashing and verification off the event loop, with bounded concurrency."""
 
@@ -134,7 +152,7 @@ class PasswordHasher:
         self._waiting = 0
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_concurrency, thread_name_prefix="argon2"
+            max_workers=max_concurrency, thread_name_prefix="argon2", initializer=_lowest_priority
         )
         # Made once, in the background, with the same profile: unknown users cost the same.
         self._dummy_hash = self._executor.submit(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -13,6 +16,7 @@ import pytest
 from tokensvc.errors import BadRequest, Unavailable
 from tokensvc.passwords import (
     CHEAP_FOR_TESTS,
+    HASHING_NICE,
     OWASP,
     PasswordHasher,
     VerifyResult,
@@ -230,3 +234,17 @@ async def test_unknown_users_take_as_long_as_wrong_passwords() -> None:
         f" unknown user {unknown_median * 1e3:.3f} ms, difference {difference:.1%}"
     )
     assert difference < 0.25
+
+
+async def test_hashing_threads_run_at_the_lowest_cpu_priority(hasher: PasswordHasher) -> None:
+    """argon2 yields the cores to the event loop (and /v1/verify) when they compete (on Linux,
+    where nice is per thread; elsewhere the pool keeps the loop's priority)."""
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    loop = asyncio.get_running_loop()
+    in_pool = await loop.run_in_executor(hasher._executor, priority)
+
+    assert in_pool == (HASHING_NICE if sys.platform == "linux" else priority())
+    assert priority() < HASHING_NICE  # the loop's own thread is untouched
