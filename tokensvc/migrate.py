@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -58,6 +59,10 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         )
 
 
+# How often a migration on SQLite is tried when the database is locked (≈1.8 s of waits in all).
+_SQLITE_LOCKED_ATTEMPTS: Final = 8
+
+
 async def run_locked(engine: AsyncEngine, fn: Callable[[Connection], None]) -> None:
     """Run `fn` on one connection inside one transaction that holds the migration lock.
 
@@ -65,7 +70,23 @@ async def run_locked(engine: AsyncEngine, fn: Callable[[Connection], None]) -> N
     the work done when its turn comes (DDL is transactional there). SQLite: BEGIN IMMEDIATE takes
     the database's write lock up front, with the same effect. An unreachable database raises
     `keystore.StoreUnavailable`, as the keystore does everywhere else.
+
+    SQLite can still refuse at once with "database is locked" while processes opening a new
+    database switch it to WAL together (SQLite skips the busy handler where waiting could
+    deadlock); that attempt is repeated, briefly, since a migration finds done work done.
     """
+    for attempt in range(_SQLITE_LOCKED_ATTEMPTS):
+        try:
+            await _run_locked_once(engine, fn)
+            return
+        except StoreUnavailable as exc:
+            locked = engine.dialect.name == "sqlite" and "database is locked" in str(exc.__cause__)
+            if not locked or attempt == _SQLITE_LOCKED_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+
+
+async def _run_locked_once(engine: AsyncEngine, fn: Callable[[Connection], None]) -> None:
     try:
         async with engine.connect() as conn:
             await conn.execution_options(**{SQLITE_BEGIN_IMMEDIATE: True})
