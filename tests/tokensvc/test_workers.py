@@ -68,6 +68,9 @@ def two_workers(
                 proc.wait()
 
 
+FLUSH_SECONDS = 1.0  # tokensvc.web.app's _flushing interval
+
+
 def _healthz_count(base: str) -> float:
     match = _HEALTHZ_COUNT.search(_get(base + "/metrics"))
     return float(match.group(1)) if match else 0.0
@@ -76,11 +79,17 @@ def _healthz_count(base: str) -> float:
 def test_metrics_add_up_across_workers(two_workers: tuple[str, subprocess.Popen[bytes]]) -> None:
     """Requests served by either worker all appear in one scrape's totals."""
     base, _ = two_workers
+    # Each worker folds its request tallies into the shared metrics every second (and the one
+    # scraped does so at once): let the start-up probes settle first.
+    time.sleep(FLUSH_SECONDS + 0.5)
     before = _healthz_count(base)
 
     for _ in range(40):
         _get(base + "/healthz")
 
+    deadline = time.monotonic() + 3 * FLUSH_SECONDS
+    while _healthz_count(base) - before < 40 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert _healthz_count(base) - before == 40
 
 
