@@ -1,15 +1,17 @@
-"""`python -m loadtests {http,micro,storm,workers,memory,locust,report,all} [options]` — see loadtests/README.md."""
+"""`python -m loadtests {http,micro,instructions,storm,workers,memory,locust,report,all} [options]` — see loadtests/README.md."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 
-USAGE = """usage: python -m loadtests {http,micro,storm,workers,memory,locust,report,all} [options]
+USAGE = """usage: python -m loadtests {http,micro,instructions,storm,workers,memory,locust,report,all} [options]
 
   http   start tokensvc and a bare aiohttp handler on loopback, load both with wrk (or a Python
          load generator), print /v1/verify req/s and p50/p99 latency as ratios against the bare one
   micro  in-process: tokensvc's verify vs pymacaroons' deserialize + Verifier vs a bare HMAC chain
+  instructions  server-side instructions per /v1/verify under callgrind (noise-free), tokensvc
+                with a hot token against the bare aiohttp handler, as a ratio (needs valgrind)
   storm    tokensvc with Redis lockout and argon2 (OWASP): logins/s alone, then /v1/verify req/s
            and p99 with and without a concurrent login storm, as ratios
   workers  /v1/verify against `tokensvc serve --workers 1` and `--workers 2`: the 2-vs-1 ratio
@@ -22,6 +24,7 @@ USAGE = """usage: python -m loadtests {http,micro,storm,workers,memory,locust,re
 
 
 _MODULES = {
+    "instructions": "instructions",
     "storm": "storm",
     "workers": "workers",
     "memory": "memory",

@@ -1,8 +1,8 @@
 """`python -m loadtests report`: one summary of the latest results files, and a latency plot.
 
-Reads the newest `results/<kind>-*.json` of each kind (http, micro, storm, workers, memory,
-locust), prints every ratio against its in-run baseline (the bare aiohttp handler, the bare HMAC
-chain, the no-storm run, one worker), and writes `results/latency.png`: p50/p99 and req/s per
+Reads the newest `results/<kind>-*.json` of each kind (http, instructions, micro, storm, workers,
+memory, locust), prints every ratio against its in-run baseline (the bare aiohttp handler, the bare
+HMAC chain, the no-storm run, one worker), and writes `results/latency.png`: p50/p99 and req/s per
 target of the latest http, storm and workers runs (matplotlib, an optional dependency).
 Each ratio comes from one run; ratios from different commands were measured at different times.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 from loadtests.common import RESULTS_DIR, fmt, fmt_ratio, table
 
-KINDS = ("http", "micro", "storm", "workers", "memory", "locust")
+KINDS = ("http", "instructions", "micro", "storm", "workers", "memory", "locust")
 
 
 def latest(kind: str, directory: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -70,6 +70,29 @@ def summary_rows(found: dict[str, dict[str, Any]]) -> list[list[str]]:
             ],
             ["http", "distinct verify p99 / bare p99", fmt_ratio(q["distinct"]["p99"]), "", ""],
         ]
+    if "instructions" in found:
+        i = found["instructions"]
+        names = {"hot": "hot", "nocache": "distinct, chain cache off"}
+        per_request = i["instructions_per_request"]
+        for target, q in i["ratios"].items():
+            name = names.get(target, target)
+            counts = f"{per_request[target]:,.0f} vs {per_request['bare']:,.0f}"
+            rows += [
+                [
+                    "instructions",
+                    f"{name} verify server instr/req / bare (callgrind)",
+                    fmt_ratio(q["instructions_per_request"]),
+                    "",
+                    counts,
+                ],
+                [
+                    "instructions",
+                    f"{name} verify req/s / bare, estimated as bare/tokensvc instr",
+                    f"≈ {q['expected_throughput_estimate']:.2f}",
+                    "(estimate)",
+                    "",
+                ],
+            ]
     if "micro" in found:
         res = found["micro"]["results"].get("3") or next(iter(found["micro"]["results"].values()))
         med = res["us_per_op_median"]

@@ -79,12 +79,45 @@ def test_report_summarises_results_files(tmp_path: Path) -> None:
             }
         )
     )
+    (tmp_path / "instructions-20990101T000000Z.json").write_text(
+        json.dumps(
+            {
+                "kind": "instructions",
+                "written_at": "2099-01-01T00:00:00",
+                "instructions_per_request": {"bare": 200000.0, "hot": 300000.0},
+                "ratios": {
+                    "hot": {"instructions_per_request": 1.5, "expected_throughput_estimate": 0.667}
+                },
+            }
+        )
+    )
     proc = _run("report", "--results-dir", str(tmp_path), "--no-plot")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "hot verify req/s / bare" in proc.stdout and "0.90×" in proc.stdout
+    assert "hot verify server instr/req / bare (callgrind)" in proc.stdout
+    assert "1.50×" in proc.stdout and "≈ 0.67" in proc.stdout
+
+
+def test_instructions_says_how_to_install_valgrind_when_it_is_missing() -> None:
+    # The callgrind runs themselves take minutes: too slow here. Without valgrind on PATH the
+    # command must stop at once with the install hint.
+    import os
+
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent))
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtests", "instructions", "--no-save"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "apt-get install valgrind" in proc.stderr
 
 
 def test_usage_lists_every_command() -> None:
     proc = _run("--help", timeout=60)
-    for command in ("storm", "workers", "memory", "locust", "report"):
+    for command in ("instructions", "storm", "workers", "memory", "locust", "report"):
         assert command in proc.stdout
