@@ -19,9 +19,10 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # ---------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
 
-# Most dependencies ship manylinux wheels; the compiler is for platforms where one is missing.
+# The compiler and OpenSSL headers build tokensvc's compiled verify path (tokensvc/_speedups.c),
+# and any dependency without a wheel for this platform.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential libffi-dev \
+    && apt-get install -y --no-install-recommends build-essential libffi-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -43,6 +44,7 @@ COPY keystore ./keystore
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install /src \
     && tokensvc --help >/dev/null \
+    && python -c "import tokensvc._speedups" \
     && python -c "from importlib.resources import files; files('tokensvc').joinpath('openapi.yaml').read_text()"
 
 # ---------------------------------------------------------------------------

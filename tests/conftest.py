@@ -233,3 +233,25 @@ async def admin_token(client) -> str:  # type: ignore[no-untyped-def]
     resp = await client.post("/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD))
     assert resp.status == 200, await resp.text()
     return str((await resp.json())["token"])
+
+
+@pytest.fixture(params=["compiled", "python"])
+def verify_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on the compiled verify path (tokensvc._speedups) and on the pure-Python one
+    that stands in where the extension could not be built."""
+    from tokensvc import chain, macaroon, tokenformat
+
+    if request.param == "compiled":
+        assert chain._first_party_chain is not None, SPEEDUPS_MISSING
+    else:
+        monkeypatch.setattr(chain, "_hmac", chain._hmac_python)
+        monkeypatch.setattr(chain, "_first_party_chain", None)
+        monkeypatch.setattr(macaroon, "_compiled_parse_v2", None)
+        monkeypatch.setattr(tokenformat, "_compiled_b64decode", None)
+    return str(request.param)
+
+
+SPEEDUPS_MISSING = (
+    "tokensvc._speedups is not built: install a C compiler and the OpenSSL headers "
+    "(apt-get install gcc libssl-dev) and run ./dev again (or pip install -e .)"
+)

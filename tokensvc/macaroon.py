@@ -7,9 +7,15 @@ its work by the input size. Every malformed input raises `MalformedMacaroon`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from tokensvc.errors import InvalidToken
+
+try:
+    from tokensvc import _speedups
+except ImportError:  # built without a C compiler: the pure-Python parser alone, same results
+    _speedups = None  # type: ignore[assignment]
 
 VERSION_2 = 2
 
@@ -224,12 +230,24 @@ def parse_v1(data: bytes, *, max_caveats: int) -> Macaroon:
     return Macaroon(identifier, tuple(built), signature, location)
 
 
+# The compiled v2 parser (tokensvc/_speedups.c) reads a well-formed token several times faster
+# and answers None for anything else; parse_v2 above stays the reference, and names the error.
+_compiled_parse_v2: Callable[[bytes, int], Macaroon | None] | None = None
+if _speedups is not None:
+    _speedups.set_types(Caveat, Macaroon)
+    _compiled_parse_v2 = _speedups.parse_v2
+
+
 def parse_binary(data: bytes, *, max_caveats: int) -> Macaroon:
     """Parse either binary format, told apart by the first byte as libmacaroons does."""
     if not data:
         raise MalformedMacaroon("malformed token: empty")
     first = data[0]
     if first == VERSION_2:
+        if _compiled_parse_v2 is not None:
+            parsed = _compiled_parse_v2(data, max_caveats)
+            if parsed is not None:
+                return parsed
         return parse_v2(data, max_caveats=max_caveats)
     if 0x30 <= first <= 0x39 or 0x61 <= first <= 0x66:
         return parse_v1(data, max_caveats=max_caveats)

@@ -19,6 +19,7 @@ keystore.service_keys instead of the rotating keyring, cached the same way.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -33,6 +34,8 @@ from tokensvc.errors import BadRequest, CaveatDenied, InvalidToken
 from tokensvc.identifier import decode_identifier
 from tokensvc.macaroon import Macaroon
 from tokensvc.tokenformat import decode_token
+
+log = logging.getLogger("tokensvc.verification")
 
 
 class UsageSink(Protocol):
@@ -125,6 +128,11 @@ class Verifier:
         generations: GenerationSource | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if not chain.COMPILED:
+            log.warning(
+                "tokensvc._speedups is not built: uncached verifies take the pure-Python path, "
+                "about twice as slow (install gcc and libssl-dev, then reinstall tokensvc)"
+            )
         self._keyring = keyring
         self._limits = limits
         self._generations = generations

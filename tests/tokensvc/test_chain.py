@@ -15,6 +15,9 @@ from tokensvc.errors import InvalidToken
 from tokensvc.macaroon import Caveat, Macaroon, parse_binary, serialize_v2
 from tokensvc.tokenformat import b64decode_any
 
+# Each test runs on the compiled path (tokensvc._speedups) and on the pure-Python one.
+pytestmark = pytest.mark.usefixtures("verify_path")
+
 ROOT_KEY = os.urandom(32)
 
 

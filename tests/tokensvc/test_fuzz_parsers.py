@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,9 @@ from tokensvc.errors import TokensvcError
 from tokensvc.identifier import decode_identifier, new_identifier
 from tokensvc.macaroon import Caveat, Macaroon, parse_binary, serialize_v2
 from tokensvc.tokenformat import decode_token, encode_token
+
+# Each test runs on the compiled path (tokensvc._speedups) and on the pure-Python one.
+pytestmark = pytest.mark.usefixtures("verify_path")
 
 TIME_BOUND = 0.05  # seconds per call
 FUZZ = settings(

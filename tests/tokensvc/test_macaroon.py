@@ -14,6 +14,9 @@ from tokensvc.errors import InvalidToken
 from tokensvc.macaroon import MalformedMacaroon, parse_binary, parse_v2, serialize_v2
 from tokensvc.tokenformat import b64decode_any
 
+# Each test runs on the compiled path (tokensvc._speedups) and on the pure-Python one.
+pytestmark = pytest.mark.usefixtures("verify_path")
+
 
 def _pymacaroon(version: int, caveats: int = 3, third_party: bool = True) -> PyMacaroon:
     m = PyMacaroon(location="here", identifier=b"\x01\x00id", key=os.urandom(32), version=version)

@@ -18,6 +18,9 @@ from tokensvc.tokenformat import (
     encode_token,
 )
 
+# Each test runs on the compiled path (tokensvc._speedups) and on the pure-Python one.
+pytestmark = pytest.mark.usefixtures("verify_path")
+
 
 def _macaroon() -> PyMacaroon:
     m = PyMacaroon(
