@@ -115,7 +115,11 @@ class Policy:
         outcome = Outcome([], None, None, {})
         checks: list[Callable[[Context], Success | Failure]] = []
         for predicate in self.predicates:
-            item = _parsed(predicate)
+            # Predicates from a verified chain are bytes: _parsed's type checks are not needed.
+            if type(predicate) is bytes and len(predicate) <= MAX_CACHED_PREDICATE:
+                item = _parse_cached(predicate)
+            else:
+                item = _parsed(predicate)
             collect = _COLLECTORS.get(type(item))
             if collect is not None and not collect(item, outcome):
                 continue
