@@ -208,22 +208,39 @@ def _timestamp() -> str:
     return _millisecond_text
 
 
-def access_line(fields: dict[str, Any]) -> bool:
+def access_line(
+    request_id: str,
+    method: str,
+    path: str,
+    route: str,
+    status: int,
+    seconds: float,
+    client_ip: str | None,
+) -> bool:
     """Write one `http_request` line; False when logging is not configured (use stdlib logging).
 
     A path that is its route's template (no parameters: /v1/verify) cannot carry a secret and
-    skips the scrub.
+    skips the scrub. The fields are one dict literal, in the order the formatter writes them:
+    building a smaller dict and adding to it costs a resize on every request.
     """
     stream = _access_stream
     if stream is None:
         return False
-    path = fields.get("path")
-    if isinstance(path, str) and path != fields.get("route"):
-        fields["path"] = scrub(path)
-    fields["event"] = "http_request"
-    fields["level"] = "info"
-    fields["logger"] = "tokensvc.access"
-    fields["timestamp"] = _timestamp()
+    if path != route:
+        path = scrub(path[:512])
+    fields = {
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "route": route,
+        "status": status,
+        "duration_ms": int(seconds * 1_000_000) / 1000,  # µs precision, cheaper than round()
+        "client_ip": client_ip,
+        "event": "http_request",
+        "level": "info",
+        "logger": "tokensvc.access",
+        "timestamp": _timestamp(),
+    }
     if _access_binary:
         stream.write(orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE))
     else:

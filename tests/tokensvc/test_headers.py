@@ -172,3 +172,21 @@ def test_unreadable_tls_files_are_a_config_error(config: Config, tmp_path: Path)
 
     with pytest.raises(ConfigError, match="TOKENSVC_TLS_CERT_FILE"):
         ssl_context(broken)
+
+
+def test_json_answers_own_their_headers() -> None:
+    """json_response hands aiohttp its one prebuilt header set, relying on web.Response to copy
+    the headers it is given: if a new aiohttp stopped copying, the X-Request-ID the middleware
+    adds would land in every later answer. This fails first."""
+    from tokensvc.web import jsonio
+
+    pristine = list(jsonio._JSON_HEADERS.items())
+    first = jsonio.json_response({"a": 1})
+    second = jsonio.json_response({"b": 2})
+    assert first.headers is not second.headers
+    assert first.headers is not jsonio._JSON_HEADERS
+    first.headers["X-Request-ID"] = "one"
+    assert "X-Request-ID" not in second.headers
+    assert list(jsonio._JSON_HEADERS.items()) == pristine
+    assert_security_headers(second.headers)
+    assert second.headers["Content-Type"] == "application/json"

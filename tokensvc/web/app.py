@@ -203,16 +203,15 @@ async def _keys(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
     """The tokensvc application for `config`; `clock` is injectable for tests."""
     governor = Governor.from_config(config)
-    app = web.Application(
-        client_max_size=config.max_body_bytes,
-        middlewares=[request_middleware(tls=config.tls, governor=governor)],
+    trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies)
+    middleware = request_middleware(
+        tls=config.tls, governor=governor, trusted_proxies=trusted_proxies
     )
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[middleware])
     app[GOVERNOR] = governor
     app[appkeys.CONFIG] = config
     app[appkeys.CLOCK] = clock
-    app[appkeys.TRUSTED_PROXIES] = tuple(
-        ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies
-    )
+    app[appkeys.TRUSTED_PROXIES] = trusted_proxies
     app[appkeys.READINESS_PROBES] = {}
     app.cleanup_ctx.append(_flushing)
     app.cleanup_ctx.append(_database)
