@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from sqlalchemy import exc as sa_exc
@@ -13,6 +16,26 @@ from keystore.store import is_unavailable
 from tokensvc.errors import Unavailable
 
 _T = TypeVar("_T")
+
+
+# SQLite has one writer at a time, and a connection waiting for the write lock retries with
+# back-off in its driver thread, in no particular order: with dozens of writes queued (a burst of
+# mints on the embedded database) one can keep losing until busy_timeout runs out, and its
+# request fails with 503. Writes of this process take their turn here first, in arrival order, so
+# only other processes (`--workers` on SQLite) are left to the busy timeout.
+_sqlite_writers: weakref.WeakKeyDictionary[object, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def _write_turn(engine: AsyncEngine) -> AsyncIterator[None]:
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+    lock = _sqlite_writers.get(engine.sync_engine)
+    if lock is None:
+        lock = _sqlite_writers[engine.sync_engine] = asyncio.Lock()
+    async with lock:
+        yield
 
 
 async def run_db(
@@ -32,9 +55,10 @@ async def run_db(
     attempts = 2 if retry else 1
     for attempt in range(1, attempts + 1):
         try:
-            async with engine.connect() as conn:
-                if not write:
+            if not write:
+                async with engine.connect() as conn:
                     return await op(conn)
+            async with _write_turn(engine), engine.connect() as conn:
                 # SQLite: take the write lock up front, so a read-then-write cannot fail
                 # halfway with SQLITE_BUSY; PostgreSQL ignores the option.
                 await conn.execution_options(**{SQLITE_BEGIN_IMMEDIATE: True})
