@@ -44,7 +44,7 @@ COPY keystore ./keystore
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install /src \
     && tokensvc --help >/dev/null \
-    && python -c "import tokensvc._speedups" \
+    && (cd / && python -c "import tokensvc._speedups") \
     && python -c "from importlib.resources import files; files('tokensvc').joinpath('openapi.yaml').read_text()"
 
 # ---------------------------------------------------------------------------
