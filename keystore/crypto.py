@@ -35,6 +35,7 @@ KEK_FILE_NAME: Final[str] = "kek"
 # and reveals nothing about it to whoever only sees the id (logs, the root_keys table).
 _KEK_ID_PERSON: Final[bytes] = b"tokensvc kek-id"
 _KEK_ID_MESSAGE: Final[bytes] = b"key-encryption key fingerprint"
+_SUBKEY_PERSON: Final[bytes] = b"tokensvc subkey"
 
 
 class SecretBytes:
@@ -174,6 +175,19 @@ class KeyEncryptionKey:
                 f" (mode {mode:04o}); run `chmod 600 {path}`"
             )
         return cls._read_file(path)
+
+    def derive(self, purpose: bytes) -> bytes:
+        """A 32-byte key for `purpose`, derived one way from this key (BLAKE2b keyed by it).
+
+        For secrets every replica must share without storing them anywhere else, such as the key
+        that makes lockout's identity hashes irreversible. Knowing a derived key reveals nothing
+        of this one or of keys derived for other purposes.
+        """
+        if not purpose:
+            raise ValueError("a derived key needs a purpose")
+        return hashlib.blake2b(
+            purpose, key=self._key.reveal(), person=_SUBKEY_PERSON, digest_size=32
+        ).digest()
 
     def encrypt(self, plaintext: bytes, *, aad: bytes) -> bytes:
         """Seal `plaintext` bound to `aad` (the root key's id): random 24-byte nonce + AEAD output."""

@@ -326,3 +326,16 @@ def test_decrypt_of_truncated_ciphertext_fails() -> None:
 
     with pytest.raises(KeyDecryptionError, match="truncated"):
         kek.decrypt(b"\x00" * (NONCE_BYTES + TAG_BYTES - 1), aad=b"key-1")
+
+
+def test_derived_keys_are_stable_per_purpose_and_reveal_nothing_of_the_kek() -> None:
+    raw = bytes(range(32))
+    kek = KeyEncryptionKey(raw)
+    lockout = kek.derive(b"lockout")
+    assert len(lockout) == 32
+    assert lockout == KeyEncryptionKey(raw).derive(b"lockout")  # every replica agrees
+    assert lockout != kek.derive(b"other purpose")
+    assert lockout != KeyEncryptionKey(bytes(32)).derive(b"lockout")
+    assert raw not in lockout and lockout != raw
+    with pytest.raises(ValueError):
+        kek.derive(b"")

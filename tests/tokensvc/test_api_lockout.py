@@ -627,3 +627,33 @@ async def test_readyz_reports_redis_when_reachable(rclient) -> None:  # type: ig
 
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["checks"] == {"database": "ok", "redis": "ok"}
+
+
+# ---- what Redis holds ------------------------------------------------------------------------------
+
+
+async def test_redis_names_identities_and_addresses_only_by_keyed_hashes(
+    rclient: Any, redis_url: str, redis_prefix: str
+) -> None:
+    """Whoever can read Redis cannot test a guessed username or address against its keys: the
+    hashes are keyed with a key derived from the KEK, which Redis never sees."""
+    import redis.asyncio as aioredis
+
+    from tokensvc.lockout.store import hash_identity, hash_ip
+    from tokensvc.web.app import LOCKOUT_HASH_PURPOSE
+
+    name, ip = "mallory-guessable", "203.0.113.77"
+    for _ in range(3):
+        assert (await attempt(rclient, name, WRONG, ip)).status == 401
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = [k.decode() async for k in client.scan_iter(match=redis_prefix + "*")]
+    finally:
+        await client.aclose()
+    text = " ".join(keys)
+    assert keys
+    key = rclient.app[appkeys.KEK].derive(LOCKOUT_HASH_PURPOSE)
+    assert hash_identity(name, key=key) in text and hash_ip(ip, key=key) in text
+    for guessable in (name, ip, hash_identity(name), hash_ip(ip)):
+        assert guessable not in text

@@ -116,6 +116,9 @@ async def _users(app: web.Application) -> AsyncIterator[None]:
     hasher.close()
 
 
+LOCKOUT_HASH_PURPOSE = b"lockout identity and address hashes v1"
+
+
 async def _lockout(app: web.Application) -> AsyncIterator[None]:
     config = app[appkeys.CONFIG]
     if config.redis_url is None:
@@ -123,7 +126,13 @@ async def _lockout(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     redis = redis_client_from_url(config.redis_url)
-    app[appkeys.LOCKOUT] = RedisLockoutStore(redis, prefix=config.redis_prefix + "lockout:")
+    # Keyed hashes name identities and addresses in Redis: without the KEK, whoever reads Redis
+    # cannot test a guessed username against them. Every replica has the KEK, so all agree.
+    app[appkeys.LOCKOUT] = RedisLockoutStore(
+        redis,
+        prefix=config.redis_prefix + "lockout:",
+        identity_key=app[appkeys.KEK].derive(LOCKOUT_HASH_PURPOSE),
+    )
 
     async def redis_ready() -> bool:
         try:
