@@ -79,10 +79,7 @@ def check_predicates(predicates: Iterable[bytes | str], ctx: Context) -> Outcome
     failures = outcome.failures
     for predicate in predicates:
         try:
-            if type(predicate) is bytes and len(predicate) <= MAX_CACHED_PREDICATE:
-                item = _parse_cached(predicate)
-            else:
-                item = _parsed(predicate)
+            item = _parsed(predicate)
             collect = _COLLECTORS.get(type(item))
             if collect is not None and not collect(item, outcome):
                 continue
@@ -115,11 +112,7 @@ class Policy:
         outcome = Outcome([], None, None, {})
         checks: list[Callable[[Context], Success | Failure]] = []
         for predicate in self.predicates:
-            # Predicates from a verified chain are bytes: _parsed's type checks are not needed.
-            if type(predicate) is bytes and len(predicate) <= MAX_CACHED_PREDICATE:
-                item = _parse_cached(predicate)
-            else:
-                item = _parsed(predicate)
+            item = _parsed(predicate)
             collect = _COLLECTORS.get(type(item))
             if collect is not None and not collect(item, outcome):
                 continue
@@ -209,6 +202,10 @@ def subject_of(predicates: Iterable[bytes | str]) -> str | None:
 
 def _parsed(predicate: bytes | str) -> _Parsed:
     """The decoded caveat or condition in `predicate`, or the invalid Failure saying why not."""
+    # First the common case (bytes from a verified chain, seen before): one type check and the
+    # decode cache, before any conversion.
+    if type(predicate) is bytes and len(predicate) <= MAX_CACHED_PREDICATE:
+        return _parse_cached(predicate)
     if type(predicate) is not bytes:
         if isinstance(predicate, str):
             try:
