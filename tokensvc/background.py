@@ -14,12 +14,18 @@ log = logging.getLogger("tokensvc.background")
 async def every(seconds: float, job: Callable[[], Awaitable[object]], *, what: str) -> None:
     """Run `job` every `seconds` forever; a failing round is retried at the next one.
 
+    Rounds start at a fixed rate (a round's own duration does not push the next one back), so a
+    refresh documented as "every 1 s" sees a change at most 1 s plus one round after it is made;
+    a round that overruns its slot is followed by the next a whole interval later, never at once.
     While a dependency is down every round fails: the first failure is logged with its
     traceback, later ones as one line, and the recovery once.
     """
+    loop = asyncio.get_running_loop()
     failing = False
+    next_round = loop.time() + seconds
     while True:
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(max(0.0, next_round - loop.time()))
+        next_round += seconds
         try:
             await job()
         except Exception as exc:
@@ -32,6 +38,8 @@ async def every(seconds: float, job: Callable[[], Awaitable[object]], *, what: s
             if failing:
                 log.info("%s recovered", what)
             failing = False
+        if next_round <= loop.time():  # overran: wait a whole interval from now
+            next_round = loop.time() + seconds
 
 
 @contextlib.asynccontextmanager
