@@ -3,7 +3,8 @@
 Order matters. The lockout check runs before argon2 so a locked identity costs the attacker
 nothing and us nothing; it also counts the attempt up front (see tokensvc.lockout), so concurrent
 guesses cannot slip past the threshold. Unknown users, disabled users and wrong passwords take the
-same path and give the same answer.
+same path and give the same answer. Before either, a login the hasher has no room for is refused
+(503) without touching the lockout store or the database: under a storm that is most of them.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class LoginService:
             raise BadRequest(
                 f"ttl must be between 1 and {int(self._max_ttl.total_seconds())} seconds"
             )
+        # Shed first: in a storm most logins find the hasher's queue full, and each would
+        # otherwise cost two lockout round trips and a user look-up before its 503.
+        self._hasher.check_capacity()
         identity = request.username
         now = self._clock().timestamp()
         try:

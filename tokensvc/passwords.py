@@ -218,9 +218,16 @@ class PasswordHasher:
         except VerificationError:
             pass
 
-    async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
+    def check_capacity(self) -> None:
+        """Raise Unavailable if a check started now would be refused: every worker busy and the
+        wait queue full. Callers shed a login with it before spending lockout and database round
+        trips on an answer that is 503 anyway; a check that still finds the queue full later
+        (it filled meanwhile) is refused the same way."""
         if self._semaphore.locked() and self._waiting >= self._max_waiting:
             raise Unavailable("too many password checks in progress", retry_after=1)
+
+    async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
+        self.check_capacity()
         self._waiting += 1
         try:
             await self._semaphore.acquire()

@@ -6,6 +6,7 @@ in-process lockout); the timing and rehash tests build their own app with real a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
@@ -21,8 +22,10 @@ import argon2
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
+from tokensvc.errors import Unauthenticated, Unavailable
+from tokensvc.login import LoginRequest, LoginService
 from tokensvc.minting import MintRequest
-from tokensvc.passwords import OWASP, profile_by_name
+from tokensvc.passwords import OWASP, PasswordHasher, profile_by_name
 from tokensvc.web import appkeys
 from tokensvc.web.app import create_app
 
@@ -478,3 +481,55 @@ async def test_failed_login_does_not_rehash(
 
     assert status == 401
     assert (await users.get("alice")).password_hash == weak_hash  # type: ignore[union-attr]
+
+
+class Counted:
+    """A real store whose method look-ups are recorded: what a login touched, and in what order."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls.append(name)
+        return getattr(self.inner, name)
+
+
+async def test_a_login_the_hasher_has_no_room_for_is_shed_before_lockout_and_database(
+    aiohttp_client, sqlite_url: str, data_dir: Path, clock: FakeClock
+) -> None:  # type: ignore[no-untyped-def]
+    """With every argon2 worker busy and the wait queue full, a login is refused with 503 before
+    the lockout store or the user table is consulted; with room again, it takes the usual path."""
+    client = await aiohttp_client(
+        create_app(make_config(database_url=sqlite_url, data_dir=data_dir), clock=clock)
+    )
+    app = client.app
+    hasher = PasswordHasher(profile=OWASP, max_concurrency=1, max_waiting=1)
+    users, lockout = Counted(app[appkeys.USERS]), Counted(app[appkeys.LOCKOUT])
+    service = LoginService(
+        users=users,
+        hasher=hasher,
+        lockout=lockout,
+        minter=app[appkeys.MINTER],
+        clock=clock,
+        default_ttl=timedelta(hours=1),
+        max_ttl=timedelta(hours=2),
+    )
+    stored = await hasher.hash(ALICE_PASSWORD)
+    busy = [asyncio.create_task(hasher.verify(stored, ALICE_PASSWORD)) for _ in range(2)]
+    await asyncio.sleep(0)  # one running, one queued: the queue is full
+
+    try:
+        with pytest.raises(Unavailable) as refused:
+            await service.login(LoginRequest("alice", ALICE_PASSWORD, "192.0.2.7"))
+        shed_users, shed_lockout = list(users.calls), list(lockout.calls)
+        assert all(r.ok for r in await asyncio.gather(*busy))
+        with pytest.raises(Unauthenticated):
+            await service.login(LoginRequest("alice", "not alice's password", "192.0.2.7"))
+    finally:
+        hasher.close()
+
+    assert refused.value.retry_after == 1
+    assert (shed_users, shed_lockout) == ([], [])
+    assert "get" in users.calls
+    assert lockout.calls[0] == "begin_attempt"
