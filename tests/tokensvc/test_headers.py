@@ -190,3 +190,19 @@ def test_json_answers_own_their_headers() -> None:
     assert list(jsonio._JSON_HEADERS.items()) == pristine
     assert_security_headers(second.headers)
     assert second.headers["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [("PUT", "/v1/verify", {"POST"}), ("PATCH", "/v1/keys", {"GET", "HEAD"})],
+)
+async def test_a_wrong_method_answer_names_the_allowed_ones(
+    http: Any, method: str, path: str, allowed: set[str]
+) -> None:
+    """405 carries Allow (RFC 9110 §15.5.6), beside the usual JSON error body."""
+
+    resp = await http.request(method, path)
+
+    assert resp.status == 405
+    assert {m.strip() for m in resp.headers["Allow"].split(",")} == allowed
+    assert (await resp.json())["error"]["code"] == "method_not_allowed"

@@ -52,7 +52,11 @@ def for_http_error(exc: web.HTTPException) -> web.Response:
     """The JSON answer for aiohttp's own 4xx/5xx (no route, wrong method, body too large)."""
     code = _HTTP_CODES.get(exc.status, "http_error")
     message = exc.reason if exc.status != 413 else "request body too large"
-    return json_response(error_body(code, message), status=exc.status)
+    # A 405 must say which methods the resource has (RFC 9110 §15.5.6); aiohttp put them here.
+    allow = exc.headers.get("Allow") if exc.status == 405 else None
+    return json_response(
+        error_body(code, message), status=exc.status, headers={"Allow": allow} if allow else None
+    )
 
 
 def for_unexpected(request: web.Request, exc: Exception) -> web.Response:
