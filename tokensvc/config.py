@@ -79,10 +79,12 @@ class Config:
     login_max_queue: int = 256
     verify_cache_entries: int = 50_000
     # Token lifecycle: service tokens (own root key) up to this TTL; how often each process
-    # polls for revocations (the cross-replica bound without Redis); how often last-use is written.
+    # polls for revocations (the cross-replica bound without Redis); how often last-use is written:
+    # once a minute, so a token in steady use costs one row update a minute, not one per flush of
+    # a few seconds (on PostgreSQL, each is a dead tuple for vacuum).
     max_service_token_ttl: timedelta = timedelta(days=365)
     revocation_refresh_interval: timedelta = timedelta(seconds=1)
-    usage_flush_interval: timedelta = timedelta(seconds=5)
+    usage_flush_interval: timedelta = timedelta(seconds=60)
     auto_migrate: bool = True
     password_profile: str = "OWASP"
     # argon2 threads; default: one core fewer than the machine has, so the event loop (and

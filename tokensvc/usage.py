@@ -26,7 +26,7 @@ MAX_PENDING = 200_000
 
 
 class UsageRecorder:
-    def __init__(self, registry: TokenRegistry, *, flush_interval: float = 5.0) -> None:
+    def __init__(self, registry: TokenRegistry, *, flush_interval: float = 60.0) -> None:
         self._registry = registry
         self.flush_interval = flush_interval
         self.pending: dict[str, float] = {}
