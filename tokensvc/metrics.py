@@ -47,7 +47,7 @@ VERIFY_OUTCOMES = Counter(
 VERIFY_REASONS = ("valid", "invalid", "denied", "bad_request", "error")
 
 # route template → {status: pre-bound child}; statuses not listed count as "bad_request" (4xx)
-# or "error" (5xx). Endpoints added here are counted by the request middleware.
+# or "error" (5xx). Endpoints added here are counted by the request pipeline.
 _VERIFY_ENDPOINTS = {"/v1/verify": "verify", "/v1/auth": "auth"}
 _VERIFY_BY_STATUS = {200: "valid", 401: "invalid", 403: "denied"}
 VERIFY_CHILDREN: dict[str, dict[int, Counter]] = {}

@@ -38,7 +38,7 @@ def _serve_one(config: Config, host: str, port: int, reuse_port: bool) -> None:
         host=host,
         port=port,
         reuse_port=reuse_port or None,
-        access_log=None,  # one structured line per request comes from our own middleware later
+        access_log=None,  # one structured line per request comes from our own request pipeline
         loop=_new_loop(),
         shutdown_timeout=10,
         print=lambda msg: print(msg, file=sys.stderr),

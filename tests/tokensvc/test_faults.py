@@ -25,6 +25,7 @@ from aiohttp import web
 from tests.conftest import ADMIN_PASSWORD, basic_auth, make_config
 from tests.redis_servers import RedisServer, free_port
 from tokensvc.web.app import create_app
+from tokensvc.web.routes import add_routes
 
 IS_ROOT = os.geteuid() == 0
 
@@ -263,7 +264,7 @@ async def test_graceful_shutdown_completes_requests_in_flight(
         await asyncio.sleep(1.0)
         return web.json_response({"done": True})
 
-    app.router.add_get("/v1/_test/slow", slow)
+    add_routes(app, [web.get("/v1/_test/slow", slow)])
     runner = web.AppRunner(app, shutdown_timeout=5)
     await runner.setup()
     port = free_port()

@@ -22,7 +22,8 @@ from tokensvc.web import appkeys
 from tokensvc.web import governor as governor_module
 from tokensvc.web.app import create_app
 from tokensvc.web.governor import GOVERNOR, Budget, Governor
-from tokensvc.web.middlewares import request_middleware
+from tokensvc.web.pipeline import request_pipeline
+from tokensvc.web.routes import add_routes
 
 SLOW_PATH = "/v1/_test/slow"
 SLOW_SECONDS = 0.05
@@ -124,9 +125,9 @@ def test_login_and_basic_discharge_use_the_login_budget() -> None:
 
 
 async def test_a_request_under_the_cap_takes_one_slot_and_gives_it_back() -> None:
-    """The request middleware holds a slot of the right budget for exactly the handler's run."""
+    """The request pipeline holds a slot of the right budget for exactly the handler's run."""
     gov = Governor.from_config(Config())
-    middleware = request_middleware(tls=False, governor=gov)
+    wrap = request_pipeline(tls=False, governor=gov)
     seen: list[tuple[int, int]] = []
 
     async def handler(_: web.Request) -> web.StreamResponse:
@@ -136,7 +137,7 @@ async def test_a_request_under_the_cap_takes_one_slot_and_gives_it_back() -> Non
     app = web.Application()
     app[appkeys.TRUSTED_PROXIES] = ()  # read for the log line
     for method, path in (("POST", "/v1/verify"), ("POST", "/v1/login"), ("GET", "/healthz")):
-        await middleware(make_mocked_request(method, path, app=app), handler)
+        await wrap(handler, path)(make_mocked_request(method, path, app=app))
 
     assert seen == [(1, 0), (0, 1), (0, 0)]
     assert (gov.default.active, gov.login.active) == (0, 0)
@@ -175,7 +176,7 @@ def _overload_count(budget: str, reason: str) -> float | None:
 async def test_2000_concurrent_requests_get_quick_answers(small_limits_config: Config) -> None:
     """2,000 requests at once against small limits: the excess is refused fast, nobody waits long."""
     app = create_app(small_limits_config)
-    app.router.add_get(SLOW_PATH, _slow)
+    add_routes(app, [web.get(SLOW_PATH, _slow)])
     served: list[tuple[int, float]] = []  # (status, seconds inside the server), outermost view
 
     @web.middleware
@@ -293,7 +294,7 @@ async def test_exempt_paths_answer_while_saturated(small_limits_config: Config) 
         await release.wait()
         return web.json_response({})
 
-    app.router.add_get("/v1/_test/hold", hold)
+    add_routes(app, [web.get("/v1/_test/hold", hold)])
     async with TestServer(app) as server, aiohttp.ClientSession() as session:
         held = asyncio.create_task(session.get(server.make_url("/v1/_test/hold")))
         while app[GOVERNOR].default.active == 0:

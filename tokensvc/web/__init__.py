@@ -1,1 +1,1 @@
-"""The aiohttp layer: app factory, middlewares, handlers. Parses and validates, then calls services."""
+"""The aiohttp layer: app factory, request pipeline and routes, handlers. Parses and validates, then calls services."""

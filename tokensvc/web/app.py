@@ -45,7 +45,8 @@ from tokensvc.web.handlers import (
 )
 from tokensvc.web.handlers import bakery as bakery_handlers
 from tokensvc.web.handlers import metrics as metrics_handlers
-from tokensvc.web.middlewares import request_middleware
+from tokensvc.web.pipeline import request_pipeline
+from tokensvc.web.routes import PIPELINE, add_catch_all, add_routes
 
 log = logging.getLogger("tokensvc")
 
@@ -213,10 +214,10 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> we
     """The tokensvc application for `config`; `clock` is injectable for tests."""
     governor = Governor.from_config(config)
     trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies)
-    middleware = request_middleware(
+    app = web.Application(client_max_size=config.max_body_bytes)
+    app[PIPELINE] = request_pipeline(
         tls=config.tls, governor=governor, trusted_proxies=trusted_proxies
     )
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[middleware])
     app[GOVERNOR] = governor
     app[appkeys.CONFIG] = config
     app[appkeys.CLOCK] = clock
@@ -232,28 +233,39 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> we
     app.cleanup_ctx.append(token_lifecycle)
     bakery_handlers.setup(app, config.bakery.prefix, config=config.bakery)
 
-    app.router.add_post("/v1/verify", verify.verify)
-    app.router.add_post("/v1/login", login.login)
-    app.router.add_post("/v1/tokens", tokens.mint)
-    app.router.add_get("/v1/tokens", tokens.list_tokens)
-    app.router.add_post("/v1/tokens/revoke", revocation.revoke_presented)
-    app.router.add_delete("/v1/tokens/{id}", revocation.revoke_by_id)
-    app.router.add_post("/v1/subjects/{subject}/revoke-all", revocation.revoke_all)
-    app.router.add_post("/v1/keys/{id}/revoke", revocation.revoke_key)
-    app.router.add_get("/v1/audit", audit.list_audit)
-    app.router.add_get("/v1/keys", keys.list_keys)
-    app.router.add_post("/v1/keys/rotate", keys.rotate)
-    app.router.add_post("/v1/users", users.create_user)
-    app.router.add_get("/v1/users", users.list_users)
-    app.router.add_get("/v1/users/{name}", users.get_user)
-    app.router.add_patch("/v1/users/{name}", users.patch_user)
-    app.router.add_delete("/v1/users/{name}", users.delete_user)
-    app.router.add_get("/v1/users/{name}/lockout", users.get_lockout)
-    app.router.add_delete("/v1/users/{name}/lockout", users.clear_lockout)
+    add_routes(
+        app,
+        [
+            web.post("/v1/verify", verify.verify),
+            web.post("/v1/login", login.login),
+            web.post("/v1/tokens", tokens.mint),
+            web.get("/v1/tokens", tokens.list_tokens),
+            web.post("/v1/tokens/revoke", revocation.revoke_presented),
+            web.delete("/v1/tokens/{id}", revocation.revoke_by_id),
+            web.post("/v1/subjects/{subject}/revoke-all", revocation.revoke_all),
+            web.post("/v1/keys/{id}/revoke", revocation.revoke_key),
+            web.get("/v1/audit", audit.list_audit),
+            web.get("/v1/keys", keys.list_keys),
+            web.post("/v1/keys/rotate", keys.rotate),
+            web.post("/v1/users", users.create_user),
+            web.get("/v1/users", users.list_users),
+            web.get("/v1/users/{name}", users.get_user),
+            web.patch("/v1/users/{name}", users.patch_user),
+            web.delete("/v1/users/{name}", users.delete_user),
+            web.get("/v1/users/{name}/lockout", users.get_lockout),
+            web.delete("/v1/users/{name}/lockout", users.clear_lockout),
+        ],
+    )
     introspect.setup(app)
     forwardauth.setup(app)
-    app.router.add_get("/healthz", health.healthz)
-    app.router.add_get("/readyz", health.readyz)
-    app.router.add_get("/openapi.yaml", health.openapi)
+    add_routes(
+        app,
+        [
+            web.get("/healthz", health.healthz),
+            web.get("/readyz", health.readyz),
+            web.get("/openapi.yaml", health.openapi),
+        ],
+    )
     metrics_handlers.setup(app)
+    add_catch_all(app)
     return app

@@ -1,6 +1,6 @@
 """Every failure as a JSON answer `{"error": {"code", "message"}}`, never a trace.
 
-Called by the request middleware (tokensvc.web.middlewares), which catches what a handler
+Called by the request pipeline (tokensvc.web.pipeline), which catches what a handler
 raises; these functions only build the answers.
 """
 

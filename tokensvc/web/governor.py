@@ -12,7 +12,7 @@ is refused at once and as JSON, with Retry-After:
   an overloaded login must not look like a lockout;
 - a queued request still has no slot after `queue_timeout` → 503. No request waits longer.
 
-The request middleware (tokensvc.web.middlewares) applies the budget around the handler, inside
+The request pipeline (tokensvc.web.pipeline) applies the budget around the handler, inside
 its logging and headers, so refusals are still logged and carry the usual headers.
 """
 

@@ -1,6 +1,6 @@
 """The security headers every answer carries (OWASP's set for an API that browsers never render).
 
-JSON answers are built with them (tokensvc.web.jsonio); the request middleware adds them to any
+JSON answers are built with them (tokensvc.web.jsonio); the request pipeline adds them to any
 other answer and adds HSTS when this process terminates TLS itself.
 """
 

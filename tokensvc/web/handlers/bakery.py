@@ -48,6 +48,7 @@ from tokensvc.login import LoginRequest
 from tokensvc.web import appkeys
 from tokensvc.web.auth import API_AUDIENCE, client_ip
 from tokensvc.web.jsonio import json_response
+from tokensvc.web.routes import add_routes
 
 log = logging.getLogger("tokensvc.bakery")
 
@@ -75,9 +76,14 @@ def setup(app: web.Application, prefix: str, *, config: BakeryConfig | None = No
     """Register the discharger's routes under `prefix` (its state comes from `discharger_context`)."""
     config = dataclasses.replace(config or BakeryConfig(), prefix=prefix)
     app[bakery_keys.BAKERY_CONFIG] = config
-    app.router.add_get(f"{config.prefix}/discharge/info", discharge_info)
-    app.router.add_get(f"{config.prefix}/publickey", public_key)
-    app.router.add_post(f"{config.prefix}/discharge", discharge)
+    add_routes(
+        app,
+        [
+            web.get(f"{config.prefix}/discharge/info", discharge_info),
+            web.get(f"{config.prefix}/publickey", public_key),
+            web.post(f"{config.prefix}/discharge", discharge),
+        ],
+    )
 
 
 async def discharger_context(app: web.Application) -> AsyncIterator[None]:

@@ -26,6 +26,7 @@ from aiohttp import web
 from tokensvc.errors import Forbidden
 from tokensvc.web import appkeys
 from tokensvc.web.auth import bearer_token, client_ip
+from tokensvc.web.routes import add_routes
 
 READ_METHODS: Final = frozenset(("GET", "HEAD", "OPTIONS"))
 READ: Final = "read"
@@ -39,7 +40,7 @@ _HEADER_SAFE: Final = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%"
 
 def setup(app: web.Application) -> None:
     """Register /v1/auth for every method: nginx subrequests keep the original request's method."""
-    app.router.add_route("*", "/v1/auth", forward_auth)
+    add_routes(app, [web.route("*", "/v1/auth", forward_auth)])
 
 
 async def forward_auth(request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ from tokensvc.identifier import decode_identifier
 from tokensvc.web import appkeys
 from tokensvc.web.auth import API_AUDIENCE, bearer_token, client_ip
 from tokensvc.web.jsonio import json_response
+from tokensvc.web.routes import add_routes
 
 #: The operation a caller's token must allow to introspect other tokens.
 INTROSPECT_OPERATION = "tokens:introspect"
@@ -31,7 +32,7 @@ _INACTIVE: dict[str, Any] = {"active": False}
 
 def setup(app: web.Application) -> None:
     """Register POST /v1/introspect."""
-    app.router.add_post("/v1/introspect", introspect)
+    add_routes(app, [web.post("/v1/introspect", introspect)])
 
 
 async def introspect(request: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from tokensvc import metrics
 from tokensvc.web import appkeys
+from tokensvc.web.routes import add_routes
 
 # In multiprocess mode a scrape reaches one worker; the others keep their gauges this fresh.
 REFRESH_EVERY = 15.0
@@ -52,5 +53,5 @@ async def _refresher(app: web.Application) -> AsyncIterator[None]:
 
 def setup(app: web.Application) -> None:
     """Add GET /metrics and the periodic gauge refresh to `app`."""
-    app.router.add_get("/metrics", serve_metrics)
+    add_routes(app, [web.get("/metrics", serve_metrics)])
     app.cleanup_ctx.append(_refresher)

@@ -1,0 +1,49 @@
+"""Adding routes to the app: every handler wrapped in the request pipeline, unknown ones answered.
+
+The app has no aiohttp middleware (see tokensvc.web.pipeline), so two things a middleware would
+cover are done here instead: each route's handler is wrapped when it is added (`add_routes`,
+also for routes added after `create_app`), and a last, catch-all route answers what no other
+route matches — 404, or 405 with `Allow` when the path exists for other methods — as JSON through
+the same pipeline, so those answers carry the headers, the log line and the metrics too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aiohttp import web
+
+from tokensvc.web.pipeline import Wrap
+
+PIPELINE: web.AppKey[Wrap] = web.AppKey("pipeline")
+
+# aiohttp looks a path up under its longest registered prefix first, and this one is "/": every
+# other route, whenever it was added, is tried before it.
+_CATCH_ALL = "/{unmatched_path:.*}"
+UNMATCHED = "unmatched"  # the route name logs and metrics give an unmatched request
+
+
+def add_routes(app: web.Application, routes: Iterable[web.RouteDef]) -> None:
+    """Add `routes`, each handler wrapped in the app's pipeline and named by its path template."""
+    wrap = app[PIPELINE]
+    for route in routes:
+        web.RouteDef(
+            route.method, route.path, wrap(route.handler, route.path), route.kwargs
+        ).register(app.router)
+
+
+def add_catch_all(app: web.Application) -> None:
+    """The route that answers 404/405 for every request no other route takes."""
+    app.router.add_route("*", _CATCH_ALL, app[PIPELINE](_unmatched, UNMATCHED))
+
+
+async def _unmatched(request: web.Request) -> web.StreamResponse:
+    allowed: set[str] = set()
+    this = request.match_info.route.resource  # the catch-all itself, which matches everything
+    for resource in request.app.router.resources():
+        if resource is not this:
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
