@@ -3,7 +3,7 @@
 Set up as `tokensvc serve` runs its app — aiohttp's `web.run_app` on a uvloop loop, access log
 off, one process — but the handler only reads the body, parses it with orjson, and answers a small
 JSON object shaped like /v1/verify's answer. The difference between the two is the price of
-tokensvc's middleware, validation and token verification.
+tokensvc's request pipeline, validation and token verification.
 
     python -m loadtests.bare --port 8081 [--host 127.0.0.1]
 """

@@ -18,7 +18,8 @@ from tokensvc.web.pipeline import Wrap
 PIPELINE: web.AppKey[Wrap] = web.AppKey("pipeline")
 
 # aiohttp looks a path up under its longest registered prefix first, and this one is "/": every
-# other route, whenever it was added, is tried before it.
+# other route, whenever it was added, is tried before it (unless it is also a pattern straight
+# under "/", which this app has none of).
 _CATCH_ALL = "/{unmatched_path:.*}"
 UNMATCHED = "unmatched"  # the route name logs and metrics give an unmatched request
 
