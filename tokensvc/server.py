@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing
 import os
 import shutil
@@ -29,10 +30,25 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+async def freeze_startup_objects(app: web.Application) -> None:
+    """Move everything alive once the app has started out of the garbage collector's sight.
+
+    Modules, the app, its stores and caches (~120,000 objects) live as long as the process, yet a
+    full collection walks them all: ~60 ms of a stalled event loop each time, which lands in the
+    /v1/verify p99 whenever enough new objects survive (a stream of distinct tokens). Frozen, they
+    are skipped and a full collection walks only what was made since. Not for tests, which start
+    many apps in one process: only `tokensvc serve` does it.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def _serve_one(config: Config, host: str, port: int, reuse_port: bool) -> None:
     configure_logging(config.log_level)
+    app = create_app(config)
+    app.on_startup.append(freeze_startup_objects)  # after every cleanup context has started
     web.run_app(
-        create_app(config),
+        app,
         # Built here, in the worker: an SSLContext cannot be handed to a spawned process.
         ssl_context=ssl_context(config),
         host=host,
