@@ -254,18 +254,13 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> we
             web.delete("/v1/users/{name}", users.delete_user),
             web.get("/v1/users/{name}/lockout", users.get_lockout),
             web.delete("/v1/users/{name}/lockout", users.clear_lockout),
-        ],
-    )
-    introspect.setup(app)
-    forwardauth.setup(app)
-    add_routes(
-        app,
-        [
             web.get("/healthz", health.healthz),
             web.get("/readyz", health.readyz),
             web.get("/openapi.yaml", health.openapi),
         ],
     )
+    introspect.setup(app)
+    forwardauth.setup(app)
     metrics_handlers.setup(app)
     add_catch_all(app)
     return app
