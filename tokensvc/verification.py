@@ -31,7 +31,7 @@ from keystore import Keyring, RootKey
 from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys
 from tokensvc import chain
 from tokensvc.errors import BadRequest, CaveatDenied, InvalidToken
-from tokensvc.identifier import decode_identifier
+from tokensvc.identifier import TokenIdentifier, decode_identifier
 from tokensvc.macaroon import Macaroon
 from tokensvc.tokenformat import decode_token
 
@@ -76,6 +76,14 @@ class _Chained(NamedTuple):
     key_id: str
     admin: bool
     key_expires_at: float  # unix seconds; the chain proves nothing from then on
+
+
+class _Decoded(NamedTuple):
+    """A token and its discharges, parsed but not yet checked."""
+
+    macaroon: Macaroon
+    identifier: TokenIdentifier
+    discharges: list[Macaroon]
 
 
 class ChainCache:
@@ -221,14 +229,60 @@ class Verifier:
         client_ip: str | None = None,
     ) -> Verified:
         """Raise InvalidToken (401) or CaveatDenied (403), or return what the token says."""
+        verified = self.verify_now(
+            token,
+            discharges,
+            operation=operation,
+            resource=resource,
+            audience=audience,
+            client_ip=client_ip,
+        )
+        if verified is not None:
+            return verified
+        # A root key this process has not cached yet: read it, then decide as verify_now does.
+        cache_key: str | tuple[str, ...] = (token, *discharges) if discharges else token
+        chained = await self._verify_chain(token, discharges)
+        self.cache.put(cache_key, chained)
+        return self._decide(chained, self._clock(), operation, resource, audience, client_ip)
+
+    def verify_now(
+        self,
+        token: str,
+        discharges: Sequence[str] = (),
+        *,
+        operation: str | None = None,
+        resource: str | None = None,
+        audience: str | None = None,
+        client_ip: str | None = None,
+    ) -> Verified | None:
+        """`verify` without awaiting: None when the answer needs a root key from the database.
+
+        Everything else — a chain-cache hit, or a miss whose root key is cached — is decided
+        here, which is what lets tokensvc.web.fastverify answer inside the connection's read
+        callback. Raises exactly what `verify` raises.
+        """
         cache_key: str | tuple[str, ...] = (token, *discharges) if discharges else token
         now = self._clock()
         chained = self.cache.get(cache_key)
         # A hit stands while its root key lives; a revoked key's chains are dropped from the
         # cache (forget_key) when the revocation arrives. A miss or a stale hit: the full path.
         if chained is None or now >= chained.key_expires_at:
-            chained = await self._verify_chain(token, discharges)
+            chained = self._verify_chain_now(token, discharges)
+            if chained is None:
+                return None
             self.cache.put(cache_key, chained)
+        return self._decide(chained, now, operation, resource, audience, client_ip)
+
+    def _decide(
+        self,
+        chained: _Chained,
+        now: float,
+        operation: str | None,
+        resource: str | None,
+        audience: str | None,
+        client_ip: str | None,
+    ) -> Verified:
+        """What a genuine chain allows now, in this context: revocation, generation, caveats."""
         if chained.token_id in self._revoked:
             raise InvalidToken("token revoked")
         context = Context(
@@ -259,8 +313,7 @@ class Verifier:
             dict(declared) if declared else {},  # callers get their own copy
         )
 
-    async def _verify_chain(self, token: str, discharges: Sequence[str]) -> _Chained:
-        """Decode and check every signature; InvalidToken unless all hold."""
+    def _decode(self, token: str, discharges: Sequence[str]) -> _Decoded:
         limits = self._limits
         parsed_discharges: list[Macaroon] = []
         if discharges:
@@ -270,15 +323,30 @@ class Verifier:
         macaroon = decode_token(
             token, max_bytes=limits.max_token_bytes, max_caveats=limits.max_caveats
         )
-        identifier = decode_identifier(macaroon.identifier)
-        # Awaiting only on a key-cache miss: the common case runs without a nested coroutine.
-        key = self._cached_key(identifier.key_id) or await self._root_key(identifier.key_id)
+        return _Decoded(macaroon, decode_identifier(macaroon.identifier), parsed_discharges)
+
+    def _verify_chain_now(self, token: str, discharges: Sequence[str]) -> _Chained | None:
+        """Decode and check every signature; None if the root key is not cached."""
+        decoded = self._decode(token, discharges)
+        key = self._cached_key(decoded.identifier.key_id)
+        return None if key is None else self._check_chain(decoded, key)
+
+    async def _verify_chain(self, token: str, discharges: Sequence[str]) -> _Chained:
+        """Decode and check every signature, reading the root key if need be."""
+        decoded = self._decode(token, discharges)
+        key_id = decoded.identifier.key_id
+        key = self._cached_key(key_id) or await self._root_key(key_id)
+        return self._check_chain(decoded, key)
+
+    def _check_chain(self, decoded: _Decoded, key: RootKey) -> _Chained:
+        """InvalidToken unless every signature holds under `key`."""
         predicates = chain.verify_chain(
-            macaroon, key.derived, parsed_discharges, max_depth=limits.max_depth
+            decoded.macaroon, key.derived, decoded.discharges, max_depth=self._limits.max_depth
         )
         policy = Policy(predicates)
         if policy.subject is None:
             raise InvalidToken("token names no subject, or conflicting ones")
+        identifier = decoded.identifier
         return _Chained(
             policy,
             policy.subject,

@@ -27,16 +27,27 @@ def bearer_token(request: web.Request) -> str:
 
 
 def client_ip(request: web.Request) -> str | None:
-    """The peer address; X-Forwarded-For is believed only when the peer is a trusted proxy.
+    """The peer address; X-Forwarded-For is believed only when the peer is a trusted proxy."""
+    return client_address(
+        request.remote,
+        request.headers.get("X-Forwarded-For", ""),
+        request.app[appkeys.TRUSTED_PROXIES],
+    )
+
+
+def client_address(
+    peer: str | None,
+    forwarded_for: str,
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> str | None:
+    """The client behind `peer`, given its X-Forwarded-For header and the trusted proxies.
 
     Walking X-Forwarded-For from the right and stopping at the first untrusted hop means a client
     cannot choose its own address by sending the header itself.
     """
-    peer = request.remote
-    trusted = request.app[appkeys.TRUSTED_PROXIES]
     if not trusted or peer is None or not _in_any(peer, trusted):
         return peer
-    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
     for hop in reversed(hops):
         if not _in_any(hop, trusted):
             return hop

@@ -34,6 +34,13 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
 
 def for_tokensvc_error(request: web.Request, exc: TokensvcError) -> web.Response:
     """The answer for one of our own errors: its status and code, plus the headers it implies."""
+    body, headers = tokensvc_error_parts(exc, request.path)
+    return json_response(body, status=exc.status, headers=headers)
+
+
+def tokensvc_error_parts(exc: TokensvcError, path: str) -> tuple[dict[str, object], dict[str, str]]:
+    """The body and extra headers of `exc`'s answer (status: exc.status); shared with the
+    fast /v1/verify path, which writes its answers itself."""
     headers: dict[str, str] = {}
     if isinstance(exc, (LockedOut, Unavailable)):
         headers["Retry-After"] = str(exc.retry_after)
@@ -42,10 +49,10 @@ def for_tokensvc_error(request: web.Request, exc: TokensvcError) -> web.Response
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="tokensvc"'
     body: dict[str, object] = dict(error_body(exc.code, exc.message))
-    if exc.code in ("invalid_token", "caveat_denied") and request.path.endswith("/verify"):
+    if exc.code in ("invalid_token", "caveat_denied") and path.endswith("/verify"):
         # /v1/verify callers read {"valid", "reason"}; the error object is kept for uniformity.
         body = {"valid": False, "reason": exc.message, **body}
-    return json_response(body, status=exc.status, headers=headers)
+    return body, headers
 
 
 def for_http_error(exc: web.HTTPException) -> web.Response:
@@ -61,7 +68,12 @@ def for_http_error(exc: web.HTTPException) -> web.Response:
 
 def for_unexpected(request: web.Request, exc: Exception) -> web.Response:
     """A 500 that tells the client nothing internal; the trace goes to our log."""
+    return json_response(unexpected_body(request.method, request.path, exc), status=500)
+
+
+def unexpected_body(method: str, path: str, exc: Exception) -> dict[str, dict[str, str]]:
+    """Log `exc` with its trace and return the body of the 500 that answers it."""
     metrics.count_database_error(exc)
     # No request data in the trace: the log line names the method and path only.
-    log.exception("unhandled error on %s %s", request.method, request.path)
-    return json_response(error_body("internal_error", "internal error"), status=500)
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return error_body("internal_error", "internal error")

@@ -36,6 +36,11 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge("request body too large") from None
+    return json_object(body)
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """`body` parsed as a JSON object; BadRequest for anything else."""
     if not body:
         raise BadRequest("request body must be a JSON object")
     try:

@@ -57,6 +57,42 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ids):016x}"  # 32 hex digits, like a UUID
 
 
+def request_id_for(incoming: str | None) -> str:
+    """The id of a request that came with `incoming` as its X-Request-ID: echoed if safe."""
+    if incoming is None or _SAFE_REQUEST_ID.fullmatch(incoming) is None:
+        return new_request_id()
+    return incoming
+
+
+def record_request(
+    request_id: str,
+    method: str,
+    path: str,
+    route: str,
+    status: int,
+    start: float,
+    client: str | None,
+) -> None:
+    """The metrics and the access line of one answered request (started at perf_counter `start`).
+
+    Called while the request's id is the current REQUEST_ID, which the stdlib fallback reads.
+    """
+    elapsed = perf_counter() - start
+    metrics.observe_request(route, status, elapsed)
+    if not access_line(
+        request_id, method, path, route, status, elapsed, client
+    ) and _access.isEnabledFor(logging.INFO):
+        extra = {
+            "method": method,
+            "path": path[:512],
+            "route": route,
+            "status": status,
+            "duration_ms": int(elapsed * 1_000_000) / 1000,
+            "client_ip": client,
+        }
+        _access.info("http_request", extra=extra)
+
+
 #: What wraps a handler: `wrap(handler, route)`, with `route` its template for logs and metrics.
 Wrap = Callable[[Handler, str], Handler]
 
@@ -76,9 +112,7 @@ def request_pipeline(
     def wrap(handler: Handler, route: str) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
             start = perf_counter()
-            request_id = request.headers.get(REQUEST_ID)
-            if request_id is None or _SAFE_REQUEST_ID.fullmatch(request_id) is None:
-                request_id = new_request_id()
+            request_id = request_id_for(request.headers.get(REQUEST_ID))
             # Security events logged while handling this request carry its id too.
             bound = CURRENT_REQUEST_ID.set(request_id)
             status = 500
@@ -125,24 +159,10 @@ def request_pipeline(
                 status = 499  # the client went away first (nginx's code for it)
                 raise
             finally:
-                elapsed = perf_counter() - start
-                metrics.observe_request(route, status, elapsed)
                 client = client_ip(request) if trusted_proxies else request.remote
-                method = request.method
-                path = request.path
-                if not access_line(
-                    request_id, method, path, route, status, elapsed, client
-                ) and _access.isEnabledFor(logging.INFO):
-                    # The request id comes from the REQUEST_ID context var.
-                    extra = {
-                        "method": method,
-                        "path": path[:512],
-                        "route": route,
-                        "status": status,
-                        "duration_ms": int(elapsed * 1_000_000) / 1000,
-                        "client_ip": client,
-                    }
-                    _access.info("http_request", extra=extra)
+                record_request(
+                    request_id, request.method, request.path, route, status, start, client
+                )
                 CURRENT_REQUEST_ID.reset(bound)
 
         return handle

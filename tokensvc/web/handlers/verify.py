@@ -1,14 +1,20 @@
-"""POST /v1/verify: the hot path other services call on every request they protect."""
+"""POST /v1/verify: the hot path other services call on every request they protect.
+
+`tokensvc serve` answers most of these in tokensvc.web.fastverify, without an aiohttp request;
+both paths read the body with `parse_request` and answer with `answer`, so they agree.
+"""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
 from tokensvc.errors import BadRequest
+from tokensvc.verification import Verified
 from tokensvc.web import appkeys
 from tokensvc.web.jsonio import json_response, read_json_object
 
@@ -49,8 +55,14 @@ def _context(raw: Any) -> dict[str, str | None]:
     return out
 
 
-async def verify(request: web.Request) -> web.Response:
-    data = await read_json_object(request)
+class VerifyRequest(NamedTuple):
+    token: str
+    discharges: Sequence[str]
+    context: dict[str, str | None]  # keyword arguments of Verifier.verify
+
+
+def parse_request(data: dict[str, Any]) -> VerifyRequest:
+    """A /v1/verify body, checked; BadRequest for anything else. Shared with the fast path."""
     if not data.keys() <= _ALLOWED:
         raise BadRequest("unknown field(s): " + ", ".join(sorted(data.keys() - _ALLOWED))[:200])
     token = data.get("token")
@@ -61,16 +73,23 @@ async def verify(request: web.Request) -> web.Response:
         not isinstance(discharges, list) or not all(isinstance(d, str) for d in discharges)
     ):
         raise BadRequest("discharges must be a list of strings")
-    context = _context(data.get("context"))
+    return VerifyRequest(token, discharges, _context(data.get("context")))
 
-    verified = await request.app[appkeys.VERIFIER].verify(token, discharges, **context)
 
+def answer(verified: Verified) -> dict[str, Any]:
+    """The 200 body for a verified token. Shared with the fast path."""
+    return {
+        "valid": True,
+        "subject": verified.subject,
+        "token_id": verified.token_id,
+        "expires_at": iso(verified.expires_at),
+        "declared": verified.declared,
+    }
+
+
+async def verify(request: web.Request) -> web.Response:
+    asked = parse_request(await read_json_object(request))
+    verifier = request.app[appkeys.VERIFIER]
     return json_response(
-        {
-            "valid": True,
-            "subject": verified.subject,
-            "token_id": verified.token_id,
-            "expires_at": iso(verified.expires_at),
-            "declared": verified.declared,
-        }
+        answer(await verifier.verify(asked.token, asked.discharges, **asked.context))
     )
