@@ -78,6 +78,9 @@ class Config:
     login_max_concurrent: int = 128
     login_max_queue: int = 256
     verify_cache_entries: int = 50_000
+    # `tokensvc serve` answers complete POST /v1/verify requests in the connection's read
+    # callback when no I/O is needed (tokensvc.web.fastverify); off: every request takes aiohttp's path.
+    fast_verify: bool = True
     # Token lifecycle: service tokens (own root key) up to this TTL; how often each process
     # polls for revocations (the cross-replica bound without Redis); how often last-use is written:
     # once a minute, so a token in steady use costs one row update a minute, not one per flush of
@@ -183,6 +186,7 @@ class Config:
             login_max_concurrent=integer("LOGIN_MAX_CONCURRENT", defaults.login_max_concurrent),
             login_max_queue=integer("LOGIN_MAX_QUEUE", defaults.login_max_queue),
             verify_cache_entries=integer("VERIFY_CACHE_ENTRIES", defaults.verify_cache_entries),
+            fast_verify=(get("FAST_VERIFY") or "true").lower() in ("1", "true", "yes"),
             max_service_token_ttl=duration("MAX_SERVICE_TOKEN_TTL", defaults.max_service_token_ttl),
             revocation_refresh_interval=duration(
                 "REVOCATION_REFRESH_INTERVAL", defaults.revocation_refresh_interval

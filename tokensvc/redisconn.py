@@ -243,7 +243,7 @@ def _sentinel_master(target: _MultiHostURL, options: dict[str, Any]) -> Redis:
     # A pub/sub client may wait on the master without a timeout; a question to a Sentinel may not.
     if sentinel_options.get("socket_timeout") is None:
         sentinel_options["socket_timeout"] = _options({})["socket_timeout"]
-    sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options)
     master: Redis = sentinel.master_for(
         service,
         redis_class=_SentinelMaster,

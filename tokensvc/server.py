@@ -12,6 +12,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Iterator
+from ssl import SSLContext
 
 from aiohttp import web
 from prometheus_client import multiprocess
@@ -20,6 +21,7 @@ from tokensvc.config import Config, ConfigError
 from tokensvc.logs import configure as configure_logging
 from tokensvc.tls import ssl_context
 from tokensvc.web.app import create_app
+from tokensvc.web.fastverify import AppRunner
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -47,18 +49,48 @@ def _serve_one(config: Config, host: str, port: int, reuse_port: bool) -> None:
     configure_logging(config.log_level)
     app = create_app(config)
     app.on_startup.append(freeze_startup_objects)  # after every cleanup context has started
-    web.run_app(
+    # Built here, in the worker: an SSLContext cannot be handed to a spawned process.
+    serving = _serve(app, host=host, port=port, ssl=ssl_context(config), reuse_port=reuse_port)
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(serving)
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):  # SIGTERM / SIGINT
+        pass
+    finally:
+        # As web.run_app ends: the app cleaned up, then no task or generator outlives the loop.
+        if not main.done():
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _serve(
+    app: web.Application, *, host: str, port: int, ssl: SSLContext | None, reuse_port: bool
+) -> None:
+    """web.run_app's serving, on tokensvc.web.fastverify's runner (the fast /v1/verify path)."""
+    runner = AppRunner(
         app,
-        # Built here, in the worker: an SSLContext cannot be handed to a spawned process.
-        ssl_context=ssl_context(config),
-        host=host,
-        port=port,
-        reuse_port=reuse_port or None,
         access_log=None,  # one structured line per request comes from our own request pipeline
-        loop=_new_loop(),
+        handle_signals=True,  # SIGINT/SIGTERM raise GracefulExit: in-flight requests drain
         shutdown_timeout=10,
-        print=lambda msg: print(msg, file=sys.stderr),
+        keepalive_timeout=75,  # web.run_app's default
     )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=ssl, reuse_port=reuse_port or None)
+        await site.start()
+        print(f"======== Running on {site.name} ========\n(Press CTRL+C to quit)", file=sys.stderr)
+        await asyncio.Event().wait()  # until a signal ends the loop
+    finally:
+        await runner.cleanup()
 
 
 def run(config: Config, *, host: str, port: int, workers: int = 1) -> None:

@@ -1,0 +1,289 @@
+"""POST /v1/verify answered in the connection's read callback, when nothing needs awaiting.
+
+Most of a small request's CPU in aiohttp goes to its per-request machinery, not to HTTP parsing
+(which is C): a Task and a waiter future per request, the Request and Response objects, header
+preparation, the write and drain calls. For the route other services call on every request they
+serve, that machinery costs more than verifying the token. So `tokensvc serve` keeps aiohttp's
+connection handling and its C parser, and answers a verify inside `data_received` when it can:
+
+- a complete `POST /v1/verify` HTTP/1.1 keep-alive request (no upgrade, no content encoding, a
+  body within the limit) on a connection with nothing queued or in progress, whose writes are not
+  paused (a client that does not read gets aiohttp's path, which waits for the buffer to drain);
+- whose answer needs no I/O: Verifier.verify_now decides it (a chain-cache hit, or a miss whose
+  root key is cached). A root key still to be read hands the request, body included, to aiohttp.
+
+Everything else goes to aiohttp untouched and in order: answers leave in request order because
+this path only runs while the connection's own request loop is idle, waiting for a request.
+
+What the pipeline (tokensvc.web.pipeline) does is done here too, from the same functions: the
+body rules and answers (handlers.verify), error bodies (web.errors), the request id, the security
+headers (and HSTS under TLS), the access line and the metrics. The test suite runs its API tests
+through this path (tests/conftest.py), so any difference shows up there. Only the governor is not
+consulted: an answer given here holds no slot and never waits.
+
+It leans on aiohttp's RequestHandler internals (its message queue, its idle waiter, its keep-alive
+timer), which `tests/tokensvc/test_fastverify.py` exercises; TOKENSVC_FAST_VERIFY=false turns
+the path off without a code change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from email.utils import formatdate
+from http import HTTPStatus
+from ipaddress import IPv4Network, IPv6Network
+from time import perf_counter
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+
+from tokensvc.errors import TokensvcError
+from tokensvc.logs import REQUEST_ID as CURRENT_REQUEST_ID
+from tokensvc.verification import Verifier
+from tokensvc.web import appkeys
+from tokensvc.web.auth import client_address
+from tokensvc.web.errors import tokensvc_error_parts, unexpected_body
+from tokensvc.web.handlers.verify import answer, parse_request
+from tokensvc.web.headers import HSTS, SECURITY_HEADERS
+from tokensvc.web.jsonio import JSON, json_object
+from tokensvc.web.pipeline import REQUEST_ID, record_request, request_id_for
+
+PATH = "/v1/verify"
+
+_STATUS_LINES = {
+    status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode("ascii")
+    for status in HTTPStatus
+}
+
+
+def _header_lines(headers: Mapping[str, str]) -> bytes:
+    # Only our own constant values get here (no request data), so no CR/LF can slip in.
+    return b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items())
+
+
+class _Date:
+    """The Date header's value, formatted once a second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def now(self) -> bytes:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._value = formatdate(second, usegmt=True).encode("ascii")
+            self._second = second
+        return self._value
+
+
+class FastVerify:
+    """Answers for complete POST /v1/verify requests, decided without awaiting."""
+
+    def __init__(
+        self,
+        verifier: Verifier,
+        *,
+        max_body_bytes: int,
+        tls: bool,
+        trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
+    ) -> None:
+        self._verifier = verifier
+        self._max_body = max_body_bytes
+        self._trusted = trusted_proxies
+        fixed = {"Content-Type": JSON, **SECURITY_HEADERS, "Server": SERVER_SOFTWARE}
+        if tls:
+            fixed["Strict-Transport-Security"] = HSTS
+        self._fixed = _header_lines(fixed)
+        self._date = _Date()
+
+    @classmethod
+    def for_app(cls, app: web.Application) -> FastVerify | None:
+        """The fast path for a started app, or None where its configuration turns it off."""
+        config = app[appkeys.CONFIG]
+        if not config.fast_verify:
+            return None
+        return cls(
+            app[appkeys.VERIFIER],
+            max_body_bytes=config.max_body_bytes,
+            tls=config.tls,
+            trusted_proxies=app[appkeys.TRUSTED_PROXIES],
+        )
+
+    def eligible(self, message: Any, payload: StreamReader) -> bool:
+        """Whether this parsed request is one the fast path may take on (before its body is read)."""
+        return (
+            message.__class__ is RawRequestMessage
+            and message.path == PATH
+            and message.method == "POST"
+            and message.version == HttpVersion11
+            and not message.should_close
+            and not message.upgrade
+            and message.compression is None
+            and payload.is_eof()
+            and payload.exception() is None
+            and payload.total_bytes <= self._max_body
+        )
+
+    def respond(self, body: bytes, headers: Any, peer: str | None) -> bytes | None:
+        """The whole HTTP answer to a verify with this body and these request headers, or None
+        when it needs I/O (aiohttp's path then takes the request)."""
+        start = perf_counter()
+        request_id = request_id_for(headers.get(REQUEST_ID))
+        # Security events logged while answering carry the request's id, as in the pipeline.
+        bound = CURRENT_REQUEST_ID.set(request_id)
+        try:
+            extra = b""
+            try:
+                asked = parse_request(json_object(body))
+                verified = self._verifier.verify_now(asked.token, asked.discharges, **asked.context)
+                if verified is None:
+                    return None
+                status = 200
+                out = orjson.dumps(answer(verified))
+            except TokensvcError as exc:
+                status = exc.status
+                error, extra_headers = tokensvc_error_parts(exc, PATH)
+                out = orjson.dumps(error)
+                extra = _header_lines(extra_headers)
+            except Exception as exc:  # noqa: BLE001 - the last resort: a 500, no trace
+                status = 500
+                out = orjson.dumps(unexpected_body("POST", PATH, exc))
+            client = (
+                client_address(peer, headers.get("X-Forwarded-For", ""), self._trusted)
+                if self._trusted
+                else peer
+            )
+            record_request(request_id, "POST", PATH, PATH, status, start, client)
+            return b"".join(
+                (
+                    _STATUS_LINES[status],
+                    self._fixed,
+                    extra,
+                    b"X-Request-ID: ",
+                    request_id.encode("ascii"),  # made by us, or echoed only if plain ASCII
+                    b"\r\nDate: ",
+                    self._date.now(),
+                    b"\r\nContent-Length: ",
+                    str(len(out)).encode("ascii"),
+                    b"\r\n\r\n",
+                    out,
+                )
+            )
+        finally:
+            CURRENT_REQUEST_ID.reset(bound)
+
+
+class FastRequestHandler(RequestHandler):
+    """aiohttp's connection handler, with complete verifies answered as they are parsed."""
+
+    __slots__ = ("_fast", "_peer")
+
+    def __init__(self, manager: web.Server, *, fast: FastVerify, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._fast = fast
+        self._peer: str | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        # As aiohttp's request.remote reads it, once per connection instead of per request.
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, (list, tuple)):
+            self._peer = str(peername[0])
+        elif peername is not None:
+            self._peer = str(peername)
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._messages or self._paused:
+            super().data_received(data)  # busy, or writes paused: aiohttp's path, in order
+            return
+        # The request loop (RequestHandler.start) is idle, awaiting `waiter`. Hold its wake-up
+        # while the requests in this chunk are answered here; wake it for whatever is left.
+        self._waiter = None
+        messages = self._messages
+        try:
+            super().data_received(data)
+            while True:
+                while messages and self._answer(*messages[0]):
+                    messages.popleft()
+                    if self._parser is not None:
+                        self._parser.message_consumed()
+                if messages or not self._buffer_paused:
+                    break
+                # The parser stopped at its queue limit; everything queued has been answered, so
+                # let it go on through what it held back (this re-enters aiohttp's data_received).
+                self._resume_reading_if_drained()
+                if not messages:
+                    break
+        finally:
+            self._waiter = waiter
+            if self._force_close or self._close:
+                waiter.cancel()
+            elif messages:
+                waiter.set_result(None)
+
+    def _answer(self, message: Any, payload: StreamReader) -> bool:
+        """Answer the request at the head of the queue here; False leaves it to aiohttp."""
+        fast = self._fast
+        transport = self.transport
+        if transport is None or self._paused or not fast.eligible(message, payload):
+            return False
+        body = payload.read_nowait()
+        response = fast.respond(body, message.headers, self._peer)
+        if response is None:
+            # It needs I/O: aiohttp's path takes it, with the body it no longer finds in `payload`.
+            self._messages[0] = (message, self._replay(body))
+            return False
+        transport.write(response)
+        self._answered()
+        return True
+
+    def _replay(self, body: bytes) -> StreamReader:
+        reader = StreamReader(self, self._read_bufsize, loop=self._loop)
+        reader.feed_data(body)
+        reader.feed_eof()
+        return reader
+
+    def _answered(self) -> None:
+        """The bookkeeping aiohttp's request loop does after each answer: counts, keep-alive."""
+        if self._manager is not None:
+            self._manager.requests_count += 1
+        loop = self._loop
+        close_time = loop.time() + self._keepalive_timeout
+        self._next_keepalive_close_time = close_time
+        if self._keepalive_handle is None:
+            self._keepalive_handle = loop.call_at(close_time, self._process_keepalive)
+
+
+class FastServer(web.Server):
+    """aiohttp's low-level server, making FastRequestHandler connections."""
+
+    def __init__(self, fast: FastVerify, server: web.Server) -> None:
+        super().__init__(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=server._loop,
+            **server._kwargs,
+        )
+        self._fast = fast
+
+    def __call__(self) -> RequestHandler:
+        return FastRequestHandler(self, fast=self._fast, loop=self._loop, **self._kwargs)
+
+
+class AppRunner(web.AppRunner):
+    """web.AppRunner whose server takes the fast verify path where the app's config allows."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()  # starts the app: its verifier exists from here
+        fast = FastVerify.for_app(self.app)
+        return server if fast is None else FastServer(fast, server)
