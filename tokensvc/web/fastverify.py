@@ -52,6 +52,7 @@ from tokensvc.web.handlers.verify import answer, parse_request
 from tokensvc.web.headers import HSTS, SECURITY_HEADERS
 from tokensvc.web.jsonio import JSON, json_object
 from tokensvc.web.pipeline import REQUEST_ID, record_request, request_id_for
+from tokensvc.web.verifyrequest import read_verify_request
 
 PATH = "/v1/verify"
 
@@ -96,7 +97,7 @@ class FastVerify:
         trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
     ) -> None:
         self._verifier = verifier
-        self._max_body = max_body_bytes
+        self.max_body = max_body_bytes
         self._trusted = trusted_proxies
         fixed = {"Content-Type": JSON, **SECURITY_HEADERS, "Server": SERVER_SOFTWARE}
         if tls:
@@ -129,14 +130,16 @@ class FastVerify:
             and message.compression is None
             and payload.is_eof()
             and payload.exception() is None
-            and payload.total_bytes <= self._max_body
+            and payload.total_bytes <= self.max_body
         )
 
-    def respond(self, body: bytes, headers: Any, peer: str | None) -> bytes | None:
-        """The whole HTTP answer to a verify with this body and these request headers, or None
-        when it needs I/O (aiohttp's path then takes the request)."""
+    def respond(
+        self, body: bytes, request_id_sent: str | None, forwarded_for: str, peer: str | None
+    ) -> bytes | None:
+        """The whole HTTP answer to a verify with this body and these X-Request-ID and
+        X-Forwarded-For values, or None when it needs I/O (aiohttp's path then takes it)."""
         start = perf_counter()
-        request_id = request_id_for(headers.get(REQUEST_ID))
+        request_id = request_id_for(request_id_sent)
         # Security events logged while answering carry the request's id, as in the pipeline.
         bound = CURRENT_REQUEST_ID.set(request_id)
         try:
@@ -156,11 +159,7 @@ class FastVerify:
             except Exception as exc:  # noqa: BLE001 - the last resort: a 500, no trace
                 status = 500
                 out = orjson.dumps(unexpected_body("POST", PATH, exc))
-            client = (
-                client_address(peer, headers.get("X-Forwarded-For", ""), self._trusted)
-                if self._trusted
-                else peer
-            )
+            client = client_address(peer, forwarded_for, self._trusted) if self._trusted else peer
             record_request(request_id, "POST", PATH, PATH, status, start, client)
             return b"".join(
                 (
@@ -184,12 +183,15 @@ class FastVerify:
 class FastRequestHandler(RequestHandler):
     """aiohttp's connection handler, with complete verifies answered as they are parsed."""
 
-    __slots__ = ("_fast", "_peer")
+    __slots__ = ("_fast", "_peer", "_raw")
 
     def __init__(self, manager: web.Server, *, fast: FastVerify, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._fast = fast
         self._peer: str | None = None
+        # Whether every byte so far was read by read_verify_request: aiohttp's parser has seen
+        # none, so it holds no partial request and its request loop has nothing to answer.
+        self._raw = True
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -201,6 +203,15 @@ class FastRequestHandler(RequestHandler):
             self._peer = str(peername)
 
     def data_received(self, data: bytes) -> None:
+        if self._raw and not (self._paused or self._close or self._force_close):
+            # aiohttp's parser has read nothing on this connection yet, so no request is queued
+            # or in progress (the request loop may not even have started): answer in order here.
+            data = self._answer_raw(data)
+            if not data:
+                return
+        # aiohttp's parser reads the rest, and may keep part of a request from now on: its state
+        # is not ours to see, so this connection's later bytes all go through it.
+        self._raw = False
         waiter = self._waiter
         if waiter is None or waiter.done() or self._messages or self._paused:
             super().data_received(data)  # busy, or writes paused: aiohttp's path, in order
@@ -230,6 +241,28 @@ class FastRequestHandler(RequestHandler):
             elif messages:
                 waiter.set_result(None)
 
+    def _answer_raw(self, data: bytes) -> bytes:
+        """Answer the plain verifies `data` starts with, read from the bytes; what is left."""
+        fast = self._fast
+        transport = self.transport
+        start = 0
+        while not self._paused and transport is not None:
+            request = read_verify_request(data, start, fast.max_body)
+            if request is None:
+                break
+            response = fast.respond(
+                request.body, request.request_id, request.forwarded_for, self._peer
+            )
+            if response is None:
+                break  # it needs I/O: aiohttp's parser reads it, and the rest
+            self._request_count += 1
+            transport.write(response)
+            self._answered()
+            start = request.end
+            if start == len(data):
+                return b""
+        return data[start:] if start else data
+
     def _answer(self, message: Any, payload: StreamReader) -> bool:
         """Answer the request at the head of the queue here; False leaves it to aiohttp."""
         fast = self._fast
@@ -237,7 +270,10 @@ class FastRequestHandler(RequestHandler):
         if transport is None or self._paused or not fast.eligible(message, payload):
             return False
         body = payload.read_nowait()
-        response = fast.respond(body, message.headers, self._peer)
+        headers = message.headers
+        response = fast.respond(
+            body, headers.get(REQUEST_ID), headers.get("X-Forwarded-For", ""), self._peer
+        )
         if response is None:
             # It needs I/O: aiohttp's path takes it, with the body it no longer finds in `payload`.
             self._messages[0] = (message, self._replay(body))
