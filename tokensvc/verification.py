@@ -78,14 +78,6 @@ class _Chained(NamedTuple):
     key_expires_at: float  # unix seconds; the chain proves nothing from then on
 
 
-class _Decoded(NamedTuple):
-    """A token and its discharges, parsed but not yet checked."""
-
-    macaroon: Macaroon
-    identifier: TokenIdentifier
-    discharges: list[Macaroon]
-
-
 class ChainCache:
     """A bounded LRU of verified chains, keyed by the exact token and discharge strings."""
 
@@ -229,21 +221,13 @@ class Verifier:
         client_ip: str | None = None,
     ) -> Verified:
         """Raise InvalidToken (401) or CaveatDenied (403), or return what the token says."""
-        verified = self.verify_now(
-            token,
-            discharges,
-            operation=operation,
-            resource=resource,
-            audience=audience,
-            client_ip=client_ip,
-        )
-        if verified is not None:
-            return verified
-        # A root key this process has not cached yet: read it, then decide as verify_now does.
         cache_key: str | tuple[str, ...] = (token, *discharges) if discharges else token
-        chained = await self._verify_chain(token, discharges)
-        self.cache.put(cache_key, chained)
-        return self._decide(chained, self._clock(), operation, resource, audience, client_ip)
+        chained, now = self._chained(cache_key, token, discharges)
+        if chained is None:  # a root key this process has not cached yet: read it first
+            chained = await self._verify_chain(token, discharges)
+            self.cache.put(cache_key, chained)
+            now = self._clock()
+        return self._decide(chained, now, operation, resource, audience, client_ip)
 
     def verify_now(
         self,
@@ -262,16 +246,28 @@ class Verifier:
         callback. Raises exactly what `verify` raises.
         """
         cache_key: str | tuple[str, ...] = (token, *discharges) if discharges else token
+        chained, now = self._chained(cache_key, token, discharges)
+        if chained is None:
+            return None
+        return self._decide(chained, now, operation, resource, audience, client_ip)
+
+    def _chained(
+        self, cache_key: str | tuple[str, ...], token: str, discharges: Sequence[str]
+    ) -> tuple[_Chained | None, float]:
+        """The verified chain and the time: from the cache, or checked now under a cached root
+        key (and cached); None when the root key must be read first."""
         now = self._clock()
         chained = self.cache.get(cache_key)
         # A hit stands while its root key lives; a revoked key's chains are dropped from the
         # cache (forget_key) when the revocation arrives. A miss or a stale hit: the full path.
         if chained is None or now >= chained.key_expires_at:
-            chained = self._verify_chain_now(token, discharges)
-            if chained is None:
-                return None
+            macaroon, identifier, parsed_discharges = self._decode(token, discharges)
+            key = self._cached_key(identifier.key_id)
+            if key is None:
+                return None, now
+            chained = self._check_chain(macaroon, identifier, parsed_discharges, key)
             self.cache.put(cache_key, chained)
-        return self._decide(chained, now, operation, resource, audience, client_ip)
+        return chained, now
 
     def _decide(
         self,
@@ -313,7 +309,11 @@ class Verifier:
             dict(declared) if declared else {},  # callers get their own copy
         )
 
-    def _decode(self, token: str, discharges: Sequence[str]) -> _Decoded:
+    def _decode(
+        self, token: str, discharges: Sequence[str]
+    ) -> tuple[Macaroon, TokenIdentifier, list[Macaroon]]:
+        """The token and its discharges parsed, not yet checked (a plain tuple: built on every
+        uncached verify)."""
         limits = self._limits
         parsed_discharges: list[Macaroon] = []
         if discharges:
@@ -323,30 +323,29 @@ class Verifier:
         macaroon = decode_token(
             token, max_bytes=limits.max_token_bytes, max_caveats=limits.max_caveats
         )
-        return _Decoded(macaroon, decode_identifier(macaroon.identifier), parsed_discharges)
-
-    def _verify_chain_now(self, token: str, discharges: Sequence[str]) -> _Chained | None:
-        """Decode and check every signature; None if the root key is not cached."""
-        decoded = self._decode(token, discharges)
-        key = self._cached_key(decoded.identifier.key_id)
-        return None if key is None else self._check_chain(decoded, key)
+        return macaroon, decode_identifier(macaroon.identifier), parsed_discharges
 
     async def _verify_chain(self, token: str, discharges: Sequence[str]) -> _Chained:
         """Decode and check every signature, reading the root key if need be."""
-        decoded = self._decode(token, discharges)
-        key_id = decoded.identifier.key_id
+        macaroon, identifier, parsed_discharges = self._decode(token, discharges)
+        key_id = identifier.key_id
         key = self._cached_key(key_id) or await self._root_key(key_id)
-        return self._check_chain(decoded, key)
+        return self._check_chain(macaroon, identifier, parsed_discharges, key)
 
-    def _check_chain(self, decoded: _Decoded, key: RootKey) -> _Chained:
+    def _check_chain(
+        self,
+        macaroon: Macaroon,
+        identifier: TokenIdentifier,
+        parsed_discharges: list[Macaroon],
+        key: RootKey,
+    ) -> _Chained:
         """InvalidToken unless every signature holds under `key`."""
         predicates = chain.verify_chain(
-            decoded.macaroon, key.derived, decoded.discharges, max_depth=self._limits.max_depth
+            macaroon, key.derived, parsed_discharges, max_depth=self._limits.max_depth
         )
         policy = Policy(predicates)
         if policy.subject is None:
             raise InvalidToken("token names no subject, or conflicting ones")
-        identifier = decoded.identifier
         return _Chained(
             policy,
             policy.subject,
