@@ -347,6 +347,11 @@ def run(argv: list[str] | None = None) -> int:
         help="pin the servers to CPU 0 and the load generator to CPU 1 (needs 2+ CPUs)",
     )
     parser.add_argument(
+        "--no-fast-verify",
+        action="store_true",
+        help="serve tokensvc with TOKENSVC_FAST_VERIFY=false (every request on aiohttp's path)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the temporary directory (logs, bodies)"
     )
     parser.add_argument("--no-save", action="store_true", help="do not write a results file")
@@ -383,6 +388,8 @@ def run(argv: list[str] | None = None) -> int:
             TOKENSVC_PORT=str(svc_port),
             TOKENSVC_HOST="127.0.0.1",
         )
+        if args.no_fast_verify:
+            svc_env["TOKENSVC_FAST_VERIFY"] = "false"
         svc = _start(
             "tokensvc", [_tokensvc_bin(), "serve"], svc_env, svc_port, workdir, server_cpus
         )

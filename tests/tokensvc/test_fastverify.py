@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -20,8 +22,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from tests.served import ServedTestServer
 from tests.tokensvc.test_api_verify import bearer, mint
 from tokensvc.identifier import decode_identifier
+from tokensvc.tls import ssl_context
 from tokensvc.web import appkeys, fastverify
 from tokensvc.web.app import create_app
+from tokensvc.web.headers import HSTS
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -313,3 +317,36 @@ async def test_the_fast_path_can_be_turned_off(
         resp = await off.get("/v1/keys", headers=bearer(admin))
         assert resp.status == 200
     assert fast_answers == {"answered": 0, "handed_on": 0}
+
+
+async def test_over_native_tls_answers_carry_hsts_and_match_the_pipelines(
+    app_config: Config,
+    clock: FakeClock,
+    certificate: tuple[Path, Path],
+    plain: Client,
+    token: str,
+    fast_answers: dict[str, int],
+) -> None:
+    cert, key = certificate
+    config = dataclasses.replace(app_config, tls_cert_file=str(cert), tls_key_file=str(key))
+    server = ServedTestServer(create_app(config, clock=clock), host="127.0.0.1")
+    await server.start_server(ssl=ssl_context(config))
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.port, ssl=ssl.create_default_context(cafile=str(cert))
+        )
+        try:
+            writer.write(verify_request(verify_body(token)))
+            status, headers, body = await read_answer(reader)
+        finally:
+            writer.close()
+    finally:
+        await server.close()
+    assert fast_answers["answered"] == 1
+    assert status == 200 and headers["strict-transport-security"] == HSTS
+    reference = await plain.post("/v1/verify", data=verify_body(token))
+    assert json.loads(body) == await reference.json()
+    # The same headers as the pipeline's answer, plus HSTS (the reference serves plain HTTP).
+    assert {k for k in headers if k not in PER_ANSWER} == {
+        k.lower() for k in reference.headers if k.lower() not in PER_ANSWER
+    } | {"strict-transport-security"}
