@@ -154,6 +154,10 @@ class Config:
                 raise ConfigError(f"TOKENSVC_{name} must be a whole number, got {value!r}")
             return int(value)
 
+        def flag(name: str, default: bool) -> bool:
+            value = get(name)
+            return default if value is None else value.lower() in ("1", "true", "yes")
+
         defaults = cls()
         data_dir = get("DATA_DIR")
         pepper = secret("PEPPER")
@@ -186,13 +190,13 @@ class Config:
             login_max_concurrent=integer("LOGIN_MAX_CONCURRENT", defaults.login_max_concurrent),
             login_max_queue=integer("LOGIN_MAX_QUEUE", defaults.login_max_queue),
             verify_cache_entries=integer("VERIFY_CACHE_ENTRIES", defaults.verify_cache_entries),
-            fast_verify=(get("FAST_VERIFY") or "true").lower() in ("1", "true", "yes"),
+            fast_verify=flag("FAST_VERIFY", defaults.fast_verify),
             max_service_token_ttl=duration("MAX_SERVICE_TOKEN_TTL", defaults.max_service_token_ttl),
             revocation_refresh_interval=duration(
                 "REVOCATION_REFRESH_INTERVAL", defaults.revocation_refresh_interval
             ),
             usage_flush_interval=duration("USAGE_FLUSH_INTERVAL", defaults.usage_flush_interval),
-            auto_migrate=(get("AUTO_MIGRATE") or "true").lower() in ("1", "true", "yes"),
+            auto_migrate=flag("AUTO_MIGRATE", defaults.auto_migrate),
             password_profile=get("PASSWORD_PROFILE") or defaults.password_profile,
             hash_concurrency=integer("HASH_CONCURRENCY", defaults.hash_concurrency),
             pepper=pepper.encode() if pepper else None,

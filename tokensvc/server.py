@@ -51,25 +51,13 @@ def _serve_one(config: Config, host: str, port: int, reuse_port: bool) -> None:
     app.on_startup.append(freeze_startup_objects)  # after every cleanup context has started
     # Built here, in the worker: an SSLContext cannot be handed to a spawned process.
     serving = _serve(app, host=host, port=port, ssl=ssl_context(config), reuse_port=reuse_port)
-    loop = _new_loop()
-    asyncio.set_event_loop(loop)
-    main = loop.create_task(serving)
-    try:
-        loop.run_until_complete(main)
-    except (web.GracefulExit, KeyboardInterrupt):  # SIGTERM / SIGINT
-        pass
-    finally:
-        # As web.run_app ends: the app cleaned up, then no task or generator outlives the loop.
-        if not main.done():
-            main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                loop.run_until_complete(main)
-        left = asyncio.all_tasks(loop)
-        for task in left:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+    # asyncio.Runner ends as web.run_app does: the serving task (and so the app's cleanup) is
+    # cancelled and awaited, then every other task and async generator, before the loop closes.
+    with (
+        contextlib.suppress(web.GracefulExit, KeyboardInterrupt),
+        asyncio.Runner(loop_factory=_new_loop) as runner,
+    ):
+        runner.run(serving)  # until SIGTERM/SIGINT raise GracefulExit
 
 
 async def _serve(

@@ -55,13 +55,13 @@ def _context(raw: Any) -> dict[str, str | None]:
     return out
 
 
-class VerifyRequest(NamedTuple):
+class VerifyBody(NamedTuple):
     token: str
     discharges: Sequence[str]
     context: dict[str, str | None]  # keyword arguments of Verifier.verify
 
 
-def parse_request(data: dict[str, Any]) -> VerifyRequest:
+def parse_request(data: dict[str, Any]) -> VerifyBody:
     """A /v1/verify body, checked; BadRequest for anything else. Shared with the fast path."""
     if not data.keys() <= _ALLOWED:
         raise BadRequest("unknown field(s): " + ", ".join(sorted(data.keys() - _ALLOWED))[:200])
@@ -73,7 +73,7 @@ def parse_request(data: dict[str, Any]) -> VerifyRequest:
         not isinstance(discharges, list) or not all(isinstance(d, str) for d in discharges)
     ):
         raise BadRequest("discharges must be a list of strings")
-    return VerifyRequest(token, discharges, _context(data.get("context")))
+    return VerifyBody(token, discharges, _context(data.get("context")))
 
 
 def answer(verified: Verified) -> dict[str, Any]:
