@@ -81,6 +81,10 @@ class Config:
     # `tokensvc serve` answers complete POST /v1/verify requests in the connection's read
     # callback when no I/O is needed (tokensvc.web.fastverify); off: every request takes aiohttp's path.
     fast_verify: bool = True
+    # `tokensvc serve` with one worker and Redis: /v1/verify in a process of its own, every other
+    # connection handed to a second, lower-priority process (tokensvc.web.lane), so a login
+    # storm cannot take the verify process's event loop.
+    verify_process: bool = True
     # Token lifecycle: service tokens (own root key) up to this TTL; how often each process
     # polls for revocations (the cross-replica bound without Redis); how often last-use is written:
     # once a minute, so a token in steady use costs one row update a minute, not one per flush of
@@ -191,6 +195,7 @@ class Config:
             login_max_queue=integer("LOGIN_MAX_QUEUE", defaults.login_max_queue),
             verify_cache_entries=integer("VERIFY_CACHE_ENTRIES", defaults.verify_cache_entries),
             fast_verify=flag("FAST_VERIFY", defaults.fast_verify),
+            verify_process=flag("VERIFY_PROCESS", defaults.verify_process),
             max_service_token_ttl=duration("MAX_SERVICE_TOKEN_TTL", defaults.max_service_token_ttl),
             revocation_refresh_interval=duration(
                 "REVOCATION_REFRESH_INTERVAL", defaults.revocation_refresh_interval

@@ -1,4 +1,4 @@
-"""Running the app: uvloop, one or several worker processes on one port (SO_REUSEPORT)."""
+"""Running the app: uvloop; one process, a verify process and its lane, or several workers."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from ssl import SSLContext
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import multiprocess
@@ -22,6 +24,7 @@ from tokensvc.logs import configure as configure_logging
 from tokensvc.tls import ssl_context
 from tokensvc.web.app import create_app
 from tokensvc.web.fastverify import AppRunner
+from tokensvc.web.lane import LANE_NICE, Handoff, receive_connections
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -45,12 +48,32 @@ async def freeze_startup_objects(app: web.Application) -> None:
     gc.freeze()
 
 
-def _serve_one(config: Config, host: str, port: int, reuse_port: bool) -> None:
+def _serve_one(
+    config: Config, host: str, port: int, reuse_port: bool, lane: socket.socket | None = None
+) -> None:
+    """Serve the port; with `lane`, hand connections that are not verifying to the lane."""
     configure_logging(config.log_level)
     app = create_app(config)
     app.on_startup.append(freeze_startup_objects)  # after every cleanup context has started
+    handoff = Handoff(lane) if lane is not None else None
     # Built here, in the worker: an SSLContext cannot be handed to a spawned process.
-    serving = _serve(app, host=host, port=port, ssl=ssl_context(config), reuse_port=reuse_port)
+    serving = _serve(
+        app, host=host, port=port, ssl=ssl_context(config), reuse_port=reuse_port, handoff=handoff
+    )
+    _run_loop(serving)
+
+
+def _serve_lane(config: Config, lane: socket.socket) -> None:
+    """The lane process: serve the connections the verify process hands over (web.lane)."""
+    configure_logging(config.log_level)
+    with contextlib.suppress(OSError):
+        os.nice(LANE_NICE)
+    app = create_app(config)
+    app.on_startup.append(freeze_startup_objects)
+    _run_loop(_lane(app, lane))
+
+
+def _run_loop(serving: Coroutine[Any, Any, None]) -> None:
     # asyncio.Runner ends as web.run_app does: the serving task (and so the app's cleanup) is
     # cancelled and awaited, then every other task and async generator, before the loop closes.
     with (
@@ -60,17 +83,38 @@ def _serve_one(config: Config, host: str, port: int, reuse_port: bool) -> None:
         runner.run(serving)  # until SIGTERM/SIGINT raise GracefulExit
 
 
-async def _serve(
-    app: web.Application, *, host: str, port: int, ssl: SSLContext | None, reuse_port: bool
-) -> None:
-    """web.run_app's serving, on tokensvc.web.fastverify's runner (the fast /v1/verify path)."""
-    runner = AppRunner(
+def _runner(app: web.Application, handoff: Handoff | None = None) -> AppRunner:
+    return AppRunner(
         app,
+        handoff=handoff,
         access_log=None,  # one structured line per request comes from our own request pipeline
         handle_signals=True,  # SIGINT/SIGTERM raise GracefulExit: in-flight requests drain
         shutdown_timeout=10,
         keepalive_timeout=75,  # web.run_app's default
     )
+
+
+async def _lane(app: web.Application, lane: socket.socket) -> None:
+    runner = _runner(app)
+    await runner.setup()
+    assert runner.server is not None  # setup() made it
+    try:
+        await receive_connections(runner.server, lane)  # until the verify process stops
+    finally:
+        await runner.cleanup()
+
+
+async def _serve(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    ssl: SSLContext | None,
+    reuse_port: bool,
+    handoff: Handoff | None = None,
+) -> None:
+    """web.run_app's serving, on tokensvc.web.fastverify's runner (the fast /v1/verify path)."""
+    runner = _runner(app, handoff)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=ssl, reuse_port=reuse_port or None)
@@ -79,6 +123,24 @@ async def _serve(
         await asyncio.Event().wait()  # until a signal ends the loop
     finally:
         await runner.cleanup()
+        if handoff is not None:
+            handoff.close()  # the lane reads EOF and stops too
+
+
+def lane_enabled(config: Config, workers: int) -> bool:
+    """Whether `serve` runs a lane process beside the verify process (see tokensvc.web.lane).
+
+    It needs one worker (workers share the port differently), the fast path (whose raw state
+    says when a connection can move), no native TLS (a TLS session cannot move between
+    processes) and Redis (lockout counts must be shared by the two processes).
+    """
+    return (
+        config.verify_process
+        and workers == 1
+        and config.fast_verify
+        and not config.tls
+        and config.redis_url is not None
+    )
 
 
 def run(config: Config, *, host: str, port: int, workers: int = 1) -> None:
@@ -90,13 +152,30 @@ def run(config: Config, *, host: str, port: int, workers: int = 1) -> None:
     are written to a multiprocess directory so a scrape of any worker adds up all of them.
     """
     ssl_context(config)  # a bad certificate fails here, before any worker starts
+    context = multiprocessing.get_context("spawn")
+    if lane_enabled(config, workers):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with _multiprocess_metrics_dir():
+            _supervise(
+                [
+                    context.Process(target=_serve_one, args=(config, host, port, False, ours)),
+                    context.Process(target=_serve_lane, args=(config, theirs)),
+                ],
+                inherited=(ours, theirs),
+            )
+        return
     if workers == 1:
         _serve_one(config, host, port, reuse_port=False)
         return
     if config.redis_url is None:
         raise ConfigError("--workers > 1 needs TOKENSVC_REDIS_URL (lockout state must be shared)")
     with _multiprocess_metrics_dir():
-        _supervise(config, host, port, workers)
+        _supervise(
+            [
+                context.Process(target=_serve_one, args=(config, host, port, True))
+                for _ in range(workers)
+            ]
+        )
 
 
 @contextlib.contextmanager
@@ -115,15 +194,14 @@ def _multiprocess_metrics_dir() -> Iterator[None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _supervise(config: Config, host: str, port: int, workers: int) -> None:
-    """Start the workers; stop all of them when one dies or a signal arrives."""
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_serve_one, args=(config, host, port, True), daemon=False)
-        for _ in range(workers)
-    ]
+def _supervise(
+    processes: list[multiprocessing.process.BaseProcess], inherited: tuple[socket.socket, ...] = ()
+) -> None:
+    """Start the processes; stop all of them when one dies or a signal arrives."""
     for process in processes:
         process.start()
+    for sock in inherited:
+        sock.close()  # the children have their copies; the lane must see EOF when ours close
     stopping = False
 
     def stop(signum: int, frame: object) -> None:

@@ -51,6 +51,7 @@ from tokensvc.web.errors import tokensvc_error_parts, unexpected_body
 from tokensvc.web.handlers.verify import answer, parse_request
 from tokensvc.web.headers import HSTS, SECURITY_HEADERS
 from tokensvc.web.jsonio import JSON, json_object
+from tokensvc.web.lane import Handoff, is_lane_request
 from tokensvc.web.pipeline import REQUEST_ID, record_request, request_id_for
 from tokensvc.web.verifyrequest import read_verify_request
 
@@ -183,11 +184,14 @@ class FastVerify:
 class FastRequestHandler(RequestHandler):
     """aiohttp's connection handler, with complete verifies answered as they are parsed."""
 
-    __slots__ = ("_fast", "_peer", "_raw")
+    __slots__ = ("_fast", "_handoff", "_peer", "_raw")
 
-    def __init__(self, manager: web.Server, *, fast: FastVerify, **kwargs: Any) -> None:
+    def __init__(
+        self, manager: web.Server, *, fast: FastVerify, handoff: Handoff | None, **kwargs: Any
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._fast = fast
+        self._handoff = handoff
         self._peer: str | None = None
         # Whether every byte so far was read by read_verify_request: aiohttp's parser has seen
         # none, so it holds no partial request and its request loop has nothing to answer.
@@ -208,6 +212,16 @@ class FastRequestHandler(RequestHandler):
             # or in progress (the request loop may not even have started): answer in order here.
             data = self._answer_raw(data)
             if not data:
+                return
+            handoff, transport = self._handoff, self.transport
+            if (
+                handoff is not None
+                and transport is not None
+                and is_lane_request(data)
+                and handoff.offer(transport, data)
+            ):
+                # The lane process has the connection now; close our descriptor, not the socket.
+                transport.abort()
                 return
         # aiohttp's parser reads the rest, and may keep part of a request from now on: its state
         # is not ours to see, so this connection's later bytes all go through it.
@@ -302,7 +316,7 @@ class FastRequestHandler(RequestHandler):
 class FastServer(web.Server):
     """aiohttp's low-level server, making FastRequestHandler connections."""
 
-    def __init__(self, fast: FastVerify, server: web.Server) -> None:
+    def __init__(self, fast: FastVerify, server: web.Server, handoff: Handoff | None) -> None:
         super().__init__(
             server.request_handler,
             request_factory=server.request_factory,
@@ -311,15 +325,26 @@ class FastServer(web.Server):
             **server._kwargs,
         )
         self._fast = fast
+        self._handoff = handoff
 
     def __call__(self) -> RequestHandler:
-        return FastRequestHandler(self, fast=self._fast, loop=self._loop, **self._kwargs)
+        return FastRequestHandler(
+            self, fast=self._fast, handoff=self._handoff, loop=self._loop, **self._kwargs
+        )
 
 
 class AppRunner(web.AppRunner):
-    """web.AppRunner whose server takes the fast verify path where the app's config allows."""
+    """web.AppRunner whose server takes the fast verify path where the app's config allows.
+
+    With `handoff`, connections whose requests are not verifies go to the lane process
+    (tokensvc.web.lane); that needs the fast path, whose raw state tells when it is safe.
+    """
+
+    def __init__(self, app: web.Application, *, handoff: Handoff | None = None, **kwargs: Any):
+        super().__init__(app, **kwargs)
+        self._handoff = handoff
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()  # starts the app: its verifier exists from here
         fast = FastVerify.for_app(self.app)
-        return server if fast is None else FastServer(fast, server)
+        return server if fast is None else FastServer(fast, server, self._handoff)

@@ -1,0 +1,346 @@
+"""The lane (tokensvc.web.lane): connections that are not verifying move to a second process.
+
+In-process tests run both ends in one event loop: the verify app with a Handoff on one end of a
+SOCK_SEQPACKET pair, and a second app serving what arrives on the other end, exactly as the
+lane process does. The last tests run `tokensvc serve` itself, with its two processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import ADMIN_PASSWORD, basic_auth, make_config
+from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
+from tests.tokensvc.test_fastverify import read_answer, verify_request
+from tokensvc.server import lane_enabled
+from tokensvc.web.app import create_app
+from tokensvc.web.fastverify import AppRunner
+from tokensvc.web.lane import Handoff, is_lane_request, receive_connections
+
+if TYPE_CHECKING:
+    from tests.conftest import FakeClock
+    from tokensvc.config import Config
+
+
+class _VerifyServer(TestServer):
+    """The verify process's side: the fast path, handing other connections to `handoff`."""
+
+    def __init__(self, app: web.Application, handoff: Handoff) -> None:
+        super().__init__(app)
+        self.handoff = handoff
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return AppRunner(self.app, handoff=self.handoff, **kwargs)
+
+
+@dataclasses.dataclass
+class Lanes:
+    verify: _VerifyServer
+    lane: web.Server  # the lane's aiohttp server: its requests_count says what it answered
+    lane_end: socket.socket
+    receiving: asyncio.Task[None] | None
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(self.verify.host, self.verify.port)
+
+
+async def _lanes(app_config: Config, clock: FakeClock, *, receive: bool) -> AsyncIterator[Lanes]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    lane_runner = AppRunner(create_app(app_config, clock=clock))
+    await lane_runner.setup()
+    assert lane_runner.server is not None
+    verify = _VerifyServer(create_app(app_config, clock=clock), Handoff(ours))
+    await verify.start_server()
+    receiving = None
+    if receive:
+        receiving = asyncio.create_task(receive_connections(lane_runner.server, theirs))
+    try:
+        yield Lanes(verify, lane_runner.server, theirs, receiving)
+    finally:
+        await verify.close()
+        verify.handoff.close()  # the receiver reads EOF and returns
+        if receiving is not None:
+            await asyncio.wait_for(receiving, 10)
+        else:
+            theirs.close()
+        await lane_runner.cleanup()
+
+
+@pytest.fixture
+async def lanes(app_config: Config, clock: FakeClock) -> AsyncIterator[Lanes]:
+    async for pair in _lanes(app_config, clock, receive=True):
+        yield pair
+
+
+@pytest.fixture
+async def token(lanes: Lanes) -> str:
+    """A token for the bootstrap admin, from a login the lane answers."""
+    reader, writer = await lanes.connect()
+    writer.write(_login_request())
+    status, _, body = await read_answer(reader)
+    writer.close()
+    assert status == 200, body
+    return str(json.loads(body)["token"])
+
+
+def _login_request() -> bytes:
+    auth = basic_auth("admin", ADMIN_PASSWORD)["Authorization"]
+    return f"POST /v1/login HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n".encode()
+
+
+def _get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+
+
+def _verify(token: str) -> bytes:
+    return verify_request(json.dumps({"token": token}).encode())
+
+
+# ---- which requests move ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "moves"),
+    [
+        (b"POST /v1/login HTTP/1.1\r\nHost: t\r\n", True),
+        (b"GET /healthz HTTP/1.1\r\n", True),
+        (b"GET /metrics?x=1 HTTP/1.1\r\n", True),
+        (b"POST /v1/verify HTTP/1.1\r\nHost: t\r\n", False),  # a verify the byte reader left
+        (b"GET /v1/verify HTTP/1.1\r\n", False),  # its 405 is as cheap as a verify
+        (b"GET /v1/auth?rd=/x HTTP/1.1\r\n", False),  # forward-auth: proxies call it per request
+        (b"PUT /v1/auth HTTP/1.1\r\n", False),
+        (b"GET /heal", False),  # no whole first line yet: aiohttp's parser judges it
+        (b"GARBAGE\r\n\r\n", False),  # not a request line: aiohttp answers 400 here
+        (b"\r\nGET / HTTP/1.1\r\n", False),
+    ],
+)
+def test_only_whole_request_lines_off_the_hot_paths_move(data: bytes, moves: bool) -> None:
+    assert is_lane_request(data) is moves
+
+
+def test_the_lane_runs_only_where_a_connection_can_move_and_lockout_is_shared(
+    tmp_path: Path,
+) -> None:
+    base = make_config(
+        database_url="sqlite+aiosqlite:///x.db",
+        data_dir=tmp_path,
+        redis_url="redis://127.0.0.1:6379/0",
+    )
+    assert lane_enabled(base, workers=1)
+    assert not lane_enabled(base, workers=2)  # workers share the port through SO_REUSEPORT
+    assert not lane_enabled(dataclasses.replace(base, verify_process=False), workers=1)
+    assert not lane_enabled(dataclasses.replace(base, fast_verify=False), workers=1)
+    assert not lane_enabled(dataclasses.replace(base, redis_url=None), workers=1)
+    tls = dataclasses.replace(base, tls_cert_file="c.pem", tls_key_file="k.pem")
+    assert not lane_enabled(tls, workers=1)  # a TLS session cannot move between processes
+
+
+# ---- moving a connection ------------------------------------------------------------------------
+
+
+async def test_a_connection_that_is_not_verifying_moves_and_stays_with_the_lane(
+    lanes: Lanes, token: str
+) -> None:
+    answered_before = lanes.lane.requests_count  # the token fixture's login
+    reader, writer = await lanes.connect()
+    writer.write(_get("/healthz"))
+    status, _, body = await read_answer(reader)
+    assert (status, json.loads(body)["status"]) == (200, "ok")
+    assert lanes.verify.handoff.handed == 2  # the fixture's login connection, and this one
+    # Later requests on the moved connection, verifies included, are the lane's to answer.
+    writer.write(_verify(token))
+    status, _, body = await read_answer(reader)
+    assert (status, json.loads(body)["valid"]) == (200, True)
+    writer.write(_login_request())
+    status, _, _ = await read_answer(reader)
+    assert status == 200
+    assert lanes.lane.requests_count == answered_before + 3
+    writer.close()
+
+
+async def test_verifying_connections_stay_in_the_verify_process(lanes: Lanes, token: str) -> None:
+    handed_before = lanes.verify.handoff.handed
+    answered_before = lanes.lane.requests_count
+    reader, writer = await lanes.connect()
+    for _ in range(3):
+        writer.write(_verify(token))
+        status, _, body = await read_answer(reader)
+        assert (status, json.loads(body)["valid"]) == (200, True)
+    writer.write(_get("/v1/auth"))  # forward-auth without a token: 401, still answered here
+    status, _, _ = await read_answer(reader)
+    assert status == 401
+    assert lanes.verify.handoff.handed == handed_before
+    assert lanes.lane.requests_count == answered_before
+    writer.close()
+
+
+async def test_a_verify_and_a_login_in_one_packet_are_answered_in_order(
+    lanes: Lanes, token: str
+) -> None:
+    reader, writer = await lanes.connect()
+    writer.write(_verify(token) + _get("/healthz") + _verify(token))
+    answers = [await read_answer(reader) for _ in range(3)]
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    assert json.loads(answers[0][2])["valid"] is True  # by the verify process
+    assert json.loads(answers[1][2])["status"] == "ok"  # by the lane, with what followed it
+    assert json.loads(answers[2][2])["valid"] is True
+    writer.close()
+
+
+async def test_without_a_lane_the_verify_process_serves_everything(
+    app_config: Config, clock: FakeClock
+) -> None:
+    async for pair in _lanes(app_config, clock, receive=False):
+        pair.lane_end.close()  # the lane process is gone
+        for _ in range(2):
+            reader, writer = await pair.connect()
+            writer.write(_get("/healthz"))
+            status, _, _ = await read_answer(reader)
+            assert status == 200
+            writer.close()
+        assert pair.verify.handoff.handed == 0
+        assert pair.lane.requests_count == 0
+
+
+async def test_a_lane_that_is_behind_leaves_the_connection_here(
+    app_config: Config, clock: FakeClock
+) -> None:
+    async for pair in _lanes(app_config, clock, receive=False):
+        # Nobody reads the lane's end: fill the pair until a send would block.
+        sender = pair.verify.handoff._sock
+        with pytest.raises(BlockingIOError):
+            for _ in range(100_000):
+                sender.send(b"x" * 1024)
+        reader, writer = await pair.connect()
+        writer.write(_get("/healthz"))
+        status, _, _ = await read_answer(reader)
+        assert status == 200
+        assert pair.verify.handoff.handed == 0
+        writer.close()
+
+
+# ---- `tokensvc serve`: the two processes --------------------------------------------------------
+
+
+def _http(url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return (
+            json.loads(resp.read())
+            if "json" in resp.headers.get("Content-Type", "")
+            else resp.read().decode()
+        )
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _serving(pid: int) -> list[int]:
+    """The supervisor's serving children (not multiprocessing's resource tracker)."""
+    return [
+        child
+        for child in _children(pid)
+        if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text()
+    ]
+
+
+def _nice(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[16])
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = _free_port()
+    env = _clean_env(tmp_path)
+    env.update(
+        TOKENSVC_DATA_DIR=str(tmp_path / "data"),
+        TOKENSVC_REDIS_URL=redis_url,
+        TOKENSVC_REDIS_PREFIX=redis_prefix,
+        TOKENSVC_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        TOKENSVC_PASSWORD_PROFILE="CHEAP_FOR_TESTS",
+    )
+    with (tmp_path / "server.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [TOKENSVC, "serve", "--port", str(port)], env=env, stdout=log, stderr=log
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    _http(base + "/healthz")
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("server did not start") from None
+                    time.sleep(0.2)
+            yield base, proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+_VERIFY_COUNT = re.compile(
+    r'^tokensvc_verify_total\{endpoint="verify",reason="valid"\} (\S+)$', re.MULTILINE
+)
+
+
+def test_serve_runs_a_verify_process_and_a_lower_priority_lane(
+    served: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    base, proc = served
+    assert sorted(_nice(pid) for pid in _serving(proc.pid)) == [0, 10]
+    token = _http(base + "/v1/login", data=b"", headers=basic_auth("admin", ADMIN_PASSWORD))[
+        "token"
+    ]
+    for _ in range(3):
+        answer = _http(
+            base + "/v1/verify",
+            data=json.dumps({"token": token}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        assert answer["valid"] is True
+    # The scrape is answered by the lane, yet counts the verify process's verifies too.
+    deadline = time.monotonic() + 10
+    while True:
+        match = _VERIFY_COUNT.search(_http(base + "/metrics"))
+        if match and float(match.group(1)) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert match is not None and float(match.group(1)) >= 3
+
+
+def test_serve_stops_both_processes_cleanly_on_sigterm(
+    served: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    _base, proc = served
+    children = _serving(proc.pid)
+    assert len(children) == 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
