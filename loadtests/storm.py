@@ -224,6 +224,11 @@ def run(argv: list[str] | None = None) -> int:
         default=0.5,
         help="(b): share of wrong-password attempts (default 0.5)",
     )
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="serve with TOKENSVC_VERIFY_PROCESS=false: logins share /v1/verify's event loop",
+    )
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument(
         "--password-profile",
@@ -259,6 +264,8 @@ def run(argv: list[str] | None = None) -> int:
     extra = {"TOKENSVC_TRUSTED_PROXIES": "127.0.0.1/32"}
     if args.password_profile:
         extra["TOKENSVC_PASSWORD_PROFILE"] = args.password_profile
+    if args.one_process:
+        extra["TOKENSVC_VERIFY_PROCESS"] = "false"
     svc = start_tokensvc(
         "tokensvc",
         workdir,
@@ -435,6 +442,7 @@ def render(data: dict[str, Any]) -> str:
         [
             (
                 f"storm: argon2 profile {p.get('password_profile') or 'OWASP (service default)'}, Redis lockout, "
+                f"{'one process' if p.get('one_process') else 'verify process + lane'}, "
                 f"wrk {p['connections']} connections, hot tokens; medians of {p['rounds']} rounds × {p['duration']:g} s"
             ),
             "",
