@@ -28,6 +28,7 @@ from tests.conftest import ADMIN_PASSWORD, basic_auth, make_config
 from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
 from tests.tokensvc.test_fastverify import read_answer, verify_request
 from tokensvc.server import lane_enabled
+from tokensvc.web import fastverify
 from tokensvc.web.app import create_app
 from tokensvc.web.fastverify import AppRunner
 from tokensvc.web.lane import Handoff, is_lane_request, receive_connections
@@ -217,20 +218,54 @@ async def test_without_a_lane_the_verify_process_serves_everything(
         assert pair.lane.requests_count == 0
 
 
-async def test_a_lane_that_is_behind_leaves_the_connection_here(
+def _fill(handoff: Handoff) -> None:
+    """Fill the pair as a lane that reads nothing would: the next send would block."""
+    with pytest.raises(BlockingIOError):
+        for _ in range(100_000):
+            handoff._sock.send(b"x" * 1024)
+
+
+async def test_a_lane_that_is_behind_is_waited_for_with_reading_paused(
     app_config: Config, clock: FakeClock
 ) -> None:
     async for pair in _lanes(app_config, clock, receive=False):
-        # Nobody reads the lane's end: fill the pair until a send would block.
-        sender = pair.verify.handoff._sock
-        with pytest.raises(BlockingIOError):
-            for _ in range(100_000):
-                sender.send(b"x" * 1024)
+        _fill(pair.verify.handoff)
         reader, writer = await pair.connect()
         writer.write(_get("/healthz"))
-        status, _, _ = await read_answer(reader)
-        assert status == 200
+        with pytest.raises(TimeoutError):  # not served here meanwhile
+            await asyncio.wait_for(reader.read(1), 0.3)
+        # The lane catches up (reads the queue), and gets the connection.
+        lane_server = AppRunner(create_app(app_config, clock=clock))
+        await lane_server.setup()
+        assert lane_server.server is not None
+        receiving = asyncio.create_task(receive_connections(lane_server.server, pair.lane_end))
+        try:
+            status, _, _ = await read_answer(reader)
+            assert status == 200
+            assert pair.verify.handoff.handed == 1
+            assert lane_server.server.requests_count == 1
+        finally:
+            writer.close()
+            pair.verify.handoff.close()
+            await asyncio.wait_for(receiving, 10)
+            await lane_server.cleanup()
+
+
+async def test_a_lane_that_stays_behind_leaves_the_connection_here(
+    app_config: Config, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fastverify, "LANE_WAIT", 0.2)
+    async for pair in _lanes(app_config, clock, receive=False):
+        _fill(pair.verify.handoff)
+        reader, writer = await pair.connect()
+        started = time.monotonic()
+        writer.write(_get("/healthz") + _get("/healthz"))
+        for _ in range(2):
+            status, _, _ = await read_answer(reader)
+            assert status == 200
+        assert time.monotonic() - started >= 0.2  # after the wait, not at once
         assert pair.verify.handoff.handed == 0
+        assert pair.lane.requests_count == 0
         writer.close()
 
 

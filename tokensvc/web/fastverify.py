@@ -51,7 +51,7 @@ from tokensvc.web.errors import tokensvc_error_parts, unexpected_body
 from tokensvc.web.handlers.verify import answer, parse_request
 from tokensvc.web.headers import HSTS, SECURITY_HEADERS
 from tokensvc.web.jsonio import JSON, json_object
-from tokensvc.web.lane import Handoff, is_lane_request
+from tokensvc.web.lane import LANE_RETRY, LANE_WAIT, Handoff, Offer, is_lane_request
 from tokensvc.web.pipeline import REQUEST_ID, record_request, request_id_for
 from tokensvc.web.verifyrequest import read_verify_request
 
@@ -213,16 +213,11 @@ class FastRequestHandler(RequestHandler):
             data = self._answer_raw(data)
             if not data:
                 return
-            handoff, transport = self._handoff, self.transport
-            if (
-                handoff is not None
-                and transport is not None
-                and is_lane_request(data)
-                and handoff.offer(transport, data)
-            ):
-                # The lane process has the connection now; close our descriptor, not the socket.
-                transport.abort()
+            if self._handoff is not None and is_lane_request(data) and self._hand_off(data):
                 return
+        self._serve_here(data)
+
+    def _serve_here(self, data: bytes) -> None:
         # aiohttp's parser reads the rest, and may keep part of a request from now on: its state
         # is not ours to see, so this connection's later bytes all go through it.
         self._raw = False
@@ -254,6 +249,36 @@ class FastRequestHandler(RequestHandler):
                 waiter.cancel()
             elif messages:
                 waiter.set_result(None)
+
+    def _hand_off(self, data: bytes, deadline: float | None = None) -> bool:
+        """Move this connection to the lane process; False: serve `data` here (not done yet).
+
+        A lane that is behind is asked again every LANE_RETRY s with our reading paused, until
+        LANE_WAIT has passed; then the connection is served here after all.
+        """
+        transport, handoff = self.transport, self._handoff
+        if transport is None or handoff is None:
+            return deadline is not None  # closed while waiting: nothing left to serve
+        outcome = handoff.offer(transport, data)
+        if outcome is Offer.HANDED:
+            # The lane process has the connection now; close our descriptor, not the socket.
+            transport.abort()
+            return True
+        now = self._loop.time()
+        if outcome is Offer.BUSY and (deadline is None or now < deadline):
+            if deadline is None:
+                deadline = now + LANE_WAIT
+                transport.pause_reading()
+            self._loop.call_later(LANE_RETRY, self._retry_hand_off, data, deadline)
+            return True
+        if deadline is not None:  # waited in vain: serve it here
+            transport.resume_reading()
+            self._serve_here(data)
+            return True
+        return False
+
+    def _retry_hand_off(self, data: bytes, deadline: float) -> None:
+        self._hand_off(data, deadline)
 
     def _answer_raw(self, data: bytes) -> bytes:
         """Answer the plain verifies `data` starts with, read from the bytes; what is left."""

@@ -14,14 +14,17 @@ the connection itself, a duplicate of its socket, goes with the bytes read so fa
 SOCK_SEQPACKET pair to the lane process, which serves the rest of it with the full app. The
 kernel then shares the cores between the two processes, and the lane runs at a lower priority.
 
-Nothing is lost when the lane cannot take a connection (its queue is full, it is gone, the bytes
-do not fit one message, our writes are still queued): the verify process serves it as before.
+Nothing is lost when the lane cannot take a connection (it is gone, the bytes do not fit one
+message, our writes are still queued): the verify process serves it as before. A lane that is only
+behind (its queue full) is waited for, up to LANE_WAIT, with the connection's reading paused: a
+storm of new connections must not flow back onto the verify loop whenever the lane lags.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import socket
@@ -35,6 +38,15 @@ log = logging.getLogger(__name__)
 MAX_HANDOFF_BYTES = 64 * 1024
 # The lane's CPU priority: when both processes want a core, verifies get it first.
 LANE_NICE = 10
+# How long a connection waits, reading paused, for a lane that is behind, and how often it asks.
+LANE_WAIT = 1.0
+LANE_RETRY = 0.01
+
+
+class Offer(enum.Enum):
+    HANDED = "handed"  # the lane has it: close our descriptor
+    BUSY = "busy"  # the lane's queue is full: ask again shortly
+    REFUSED = "refused"  # cannot move (too big, writes queued, no lane): serve it here
 
 
 class Handoff:
@@ -46,31 +58,31 @@ class Handoff:
         self._open = True
         self.handed = 0  # connections passed on, for tests and diagnostics
 
-    def offer(self, transport: Any, data: bytes) -> bool:
-        """Pass `transport`'s socket and `data` on; True if the lane has it (then abort ours)."""
-        if not self._open or len(data) > MAX_HANDOFF_BYTES:
-            return False
+    def offer(self, transport: Any, data: bytes) -> Offer:
+        """Pass `transport`'s socket and `data` on; HANDED means abort ours, the lane has it."""
+        if not self._open or len(data) > MAX_HANDOFF_BYTES or transport.is_closing():
+            return Offer.REFUSED
         if transport.get_write_buffer_size():
-            return False  # answers still queued would be lost when our descriptor closes
+            return Offer.REFUSED  # answers still queued would be lost when our descriptor closes
         raw = transport.get_extra_info("socket")
         if raw is None:
-            return False
+            return Offer.REFUSED
         try:
             fd = os.dup(raw.fileno())
         except OSError:
-            return False
+            return Offer.REFUSED
         try:
             socket.send_fds(self._sock, [data], [fd])
         except BlockingIOError:
-            return False  # the lane is behind: serve it here rather than wait
+            return Offer.BUSY
         except OSError:
             self._open = False  # the lane is gone; every later connection stays here
             log.warning("the request lane process is gone; serving every request here")
-            return False
+            return Offer.REFUSED
         finally:
             os.close(fd)
         self.handed += 1
-        return True
+        return Offer.HANDED
 
     def close(self) -> None:
         self._open = False
@@ -113,7 +125,9 @@ async def receive_connections(server: web.Server, sock: socket.socket) -> None:
             except OSError:
                 data, fds = b"", []
             if not fds:
-                if not data and not closed.done():
+                if data:
+                    continue  # not a handoff (nothing else writes here): skip it
+                if not closed.done():
                     closed.set_result(None)  # EOF: the verify process is stopping
                 return
             task = loop.create_task(_adopt(loop, server, fds[0], data))
