@@ -239,6 +239,23 @@ def _verify_once(base: str, token: str) -> dict[str, Any]:
         return {"status": exc.code, "body": exc.read().decode(errors="replace")[:500]}
 
 
+def _attenuated(tokens: list[str], k: int) -> list[str]:
+    """k narrowed copies of each token, each with an Expiry caveat of its own (an hour or more
+    ahead, so the token's own expiry still decides), ordered so that neighbours differ in their
+    minted token: distinct bytes, chains and caveats for the verifier, as new tokens would be."""
+    from caveats import Expiry, encode
+    from tokensvc.attenuation import attenuate
+
+    start = time.monotonic()
+    horizon = int(time.time()) + 3600
+    out = [attenuate(t, [encode(Expiry(horizon + j))]) for j in range(k) for t in tokens]
+    print(
+        f"http: {len(out):,} distinct tokens by attenuation in {time.monotonic() - start:.1f} s",
+        flush=True,
+    )
+    return out
+
+
 def _write_bodies(path: Path, tokens: list[str]) -> None:
     with open(path, "w") as f:
         f.writelines(
@@ -333,6 +350,17 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--distinct", type=int, default=20000, help="distinct tokens for the all-distinct runs"
     )
+    parser.add_argument(
+        "--attenuate",
+        type=int,
+        default=0,
+        metavar="K",
+        help=(
+            "make the distinct set K attenuations of each minted token (each appends its own "
+            "Expiry caveat, client-side), so every request carries bytes never seen before: no "
+            "token comes back until N×K have been sent (default 0: the minted tokens, cycled)"
+        ),
+    )
     parser.add_argument("--hot", type=int, default=10, help="tokens in the hot set (default 10)")
     parser.add_argument(
         "--threads", type=int, default=1, help="wrk threads (default 1: the machine has 2 cores)"
@@ -362,6 +390,8 @@ def run(argv: list[str] | None = None) -> int:
         parser.error("--duration in 0.5..600, --rounds in 1..50, --connections in 1..10000")
     if not (1 <= args.hot <= 10000 and 1 <= args.distinct <= 1_000_000 and 1 <= args.threads <= 64):
         parser.error("--hot in 1..10000, --distinct in 1..1000000, --threads in 1..64")
+    if not 0 <= args.attenuate <= 1000 or args.distinct * args.attenuate > 5_000_000:
+        parser.error("--attenuate in 0..1000, and --distinct × --attenuate at most 5,000,000")
 
     cpus = os.cpu_count() or 1
     server_cpus = loadgen_cpus = None
@@ -442,6 +472,8 @@ def run(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
+        if args.attenuate:
+            distinct_tokens = _attenuated(distinct_tokens, args.attenuate)
         for label, token in (("hot", hot_tokens[0]), ("distinct", distinct_tokens[-1])):
             answer = _verify_once(svc.base, token)
             if (
@@ -566,10 +598,10 @@ def _goals(ratios: dict[str, Any]) -> str:
     )
 
 
-def _distinct_note(n: int, sent: int) -> str:
-    head = (
-        f"distinct: {n:,} tokens, one subject each, sent in order across runs ({sent:,} requests): "
-    )
+def _distinct_note(n: int, sent: int, k: int = 0) -> str:
+    made = f"{n * k:,} tokens ({k} attenuations of each of {n:,} minted)" if k else f"{n:,} tokens"
+    n = n * k if k else n
+    head = f"distinct: {made}, one subject per minted token, sent in order across runs ({sent:,} requests): "
     if sent <= n:
         return head + "every token was verified at most once"
     return (
@@ -578,13 +610,18 @@ def _distinct_note(n: int, sent: int) -> str:
     )
 
 
+def _distinct_count(p: dict[str, Any]) -> str:
+    k = p.get("attenuate") or 0
+    return f"{p['distinct'] * k:,} attenuated" if k else f"{p['distinct']:,}"
+
+
 def render(data: dict[str, Any]) -> str:
     p = data["params"]
     lg = data["loadgen"]
     labels = {
         "bare": "bare aiohttp JSON handler",
         "hot": f"tokensvc /v1/verify, hot set ({p['hot']} tokens)",
-        "distinct": f"tokensvc /v1/verify, distinct ({p['distinct']:,} tokens, chain cache off)",
+        "distinct": f"tokensvc /v1/verify, distinct ({_distinct_count(p)} tokens, chain cache off)",
     }
     rows = []
     for t in TARGETS:
@@ -635,7 +672,7 @@ def render(data: dict[str, Any]) -> str:
         ),
         "",
         _goals(data["ratios"]),
-        _distinct_note(p["distinct"], data["distinct_requests_total"]),
+        _distinct_note(p["distinct"], data["distinct_requests_total"], p.get("attenuate") or 0),
         f"minting through POST /v1/tokens ran at {data['mint_rate_per_s']:,.0f} tokens/s",
         "note: "
         + SHARED_MACHINE_NOTE.format(cpus=data["machine"].get("cpus"))

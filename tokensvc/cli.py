@@ -55,9 +55,19 @@ def main() -> None:
 @main.command()
 @click.option("--host", default=None, help="Address to bind (default TOKENSVC_HOST or 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default TOKENSVC_PORT or 8080).")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes sharing the port (SO_REUSEPORT); more than 1 needs TOKENSVC_REDIS_URL.",
+)
 def serve(host: str | None, port: int | None, workers: int) -> None:
-    """Run the HTTP service."""
+    """Run the HTTP service.
+
+    With one worker and TOKENSVC_REDIS_URL set, /v1/verify gets a process of its own and every
+    other connection goes to a second, lower-priority process (TOKENSVC_VERIFY_PROCESS).
+    """
     from keystore import KeystoreError
     from tokensvc.server import run
 

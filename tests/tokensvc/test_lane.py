@@ -25,8 +25,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth, make_config
-from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
 from tests.tokensvc.test_fastverify import read_answer, verify_request
+from tests.tokensvc.test_workers import serving
 from tokensvc.server import lane_enabled
 from tokensvc.web import fastverify
 from tokensvc.web.app import create_app
@@ -305,39 +305,9 @@ def _nice(pid: int) -> int:
 def served(
     tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = _free_port()
-    env = _clean_env(tmp_path)
-    env.update(
-        TOKENSVC_DATA_DIR=str(tmp_path / "data"),
-        TOKENSVC_REDIS_URL=redis_url,
-        TOKENSVC_REDIS_PREFIX=redis_prefix,
-        TOKENSVC_ADMIN_PASSWORD=ADMIN_PASSWORD,
-        TOKENSVC_PASSWORD_PROFILE="CHEAP_FOR_TESTS",
-    )
-    with (tmp_path / "server.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [TOKENSVC, "serve", "--port", str(port)], env=env, stdout=log, stderr=log
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    _http(base + "/healthz")
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("server did not start") from None
-                    time.sleep(0.2)
-            yield base, proc
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """`tokensvc serve` with one worker and Redis: a verify process and a lane."""
+    with serving(tmp_path, redis_url, redis_prefix) as pair:
+        yield pair
 
 
 _VERIFY_COUNT = re.compile(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import time
@@ -25,11 +26,12 @@ def _get(url: str) -> str:
         return resp.read().decode()
 
 
-@pytest.fixture
-def two_workers(
-    tmp_path: Path, redis_url: str, redis_prefix: str
+@contextlib.contextmanager
+def serving(
+    tmp_path: Path, redis_url: str, redis_prefix: str, *args: str, settle: float = 0.0
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A two-worker server on the embedded database and a private Redis prefix; its base URL."""
+    """`tokensvc serve *args` on the embedded database and a private Redis prefix, answering
+    /healthz (then `settle` s more); its base URL and process. Stopped with SIGTERM at the end."""
     port = _free_port()
     env = _clean_env(tmp_path)
     env.update(
@@ -41,10 +43,7 @@ def two_workers(
     )
     with (tmp_path / "server.log").open("wb") as log:
         proc = subprocess.Popen(
-            [TOKENSVC, "serve", "--port", str(port), "--workers", "2"],
-            env=env,
-            stdout=log,
-            stderr=log,
+            [TOKENSVC, "serve", "--port", str(port), *args], env=env, stdout=log, stderr=log
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -57,15 +56,25 @@ def two_workers(
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError("server did not start") from None
                     time.sleep(0.2)
-            time.sleep(1.0)  # both workers up (the first answer may come from either)
+            time.sleep(settle)
             yield base, proc
         finally:
-            proc.terminate()
+            if proc.poll() is None:
+                proc.terminate()
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture
+def two_workers(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A two-worker server; 1 s after its first answer, so both workers are up."""
+    with serving(tmp_path, redis_url, redis_prefix, "--workers", "2", settle=1.0) as served:
+        yield served
 
 
 FLUSH_SECONDS = 1.0  # tokensvc.web.app's _flushing interval

@@ -21,6 +21,10 @@ headers (and HSTS under TLS), the access line and the metrics. The test suite ru
 through this path (tests/conftest.py), so any difference shows up there. Only the governor is not
 consulted: an answer given here holds no slot and never waits.
 
+With a Handoff (`tokensvc serve` with its lane, tokensvc.web.lane), a connection whose first
+request this path leaves is not for a hot path moves to the lane process instead, while aiohttp's
+parser has read nothing on it: socket, bytes read and all.
+
 It leans on aiohttp's RequestHandler internals (its message queue, its idle waiter, its keep-alive
 timer), which `tests/tokensvc/test_fastverify.py` exercises; TOKENSVC_FAST_VERIFY=false turns
 the path off without a code change.
@@ -259,6 +263,8 @@ class FastRequestHandler(RequestHandler):
         transport, handoff = self.transport, self._handoff
         if transport is None or handoff is None:
             return deadline is not None  # closed while waiting: nothing left to serve
+        if deadline is not None and transport.is_closing():
+            return True  # the client left while waiting
         outcome = handoff.offer(transport, data)
         if outcome is Offer.HANDED:
             # The lane process has the connection now; close our descriptor, not the socket.
