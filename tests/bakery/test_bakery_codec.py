@@ -163,6 +163,19 @@ def test_altered_version_1_id_is_refused() -> None:
         (base64.b64encode(b'{"Nonce": "AAAA"}'), "ThirdPartyPublicKey missing"),
         (base64.b64encode(b'{"ThirdPartyPublicKey": "AAAA"}'), "not 32 bytes"),
     ],
+    # Named, not derived from the random bytes: every pytest-xdist worker must collect the same ids.
+    ids=[
+        "empty",
+        "v4",
+        "v0",
+        "v2 too short",
+        "bare v3 id",
+        "oversize",
+        "not JSON",
+        "not base64",
+        "no public key",
+        "short public key",
+    ],
 )
 def test_malformed_caveats_are_refused_with_a_reason(caveat: bytes, message: str) -> None:
     """Empty, unknown versions, truncations, a bare v3 id, oversize, bad base64 or JSON: MalformedCaveat."""
