@@ -21,7 +21,8 @@ from tokensvc.macaroon import Caveat, Macaroon, parse_binary, serialize_v2
 from tokensvc.tokenformat import decode_token, encode_token
 
 # Each test runs on the compiled path (tokensvc._speedups) and on the pure-Python one.
-pytestmark = pytest.mark.usefixtures("verify_path")
+# Each parse is bounded in CPU time: run alone, not beside other tests.
+pytestmark = [pytest.mark.usefixtures("verify_path"), pytest.mark.serial]
 
 TIME_BOUND = 0.05  # seconds per call
 FUZZ = settings(

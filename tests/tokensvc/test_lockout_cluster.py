@@ -36,6 +36,9 @@ from tokensvc.redisconn import pubsub_client_from_url
 from tokensvc.revocation import CHANNEL_SUFFIX
 from tokensvc.web.app import create_app
 
+# Timing-bound (Redis waits and timeouts under a burst): run alone, not beside other tests.
+pytestmark = pytest.mark.serial
+
 T0 = 1_763_760_000.0
 IP = "198.51.100.7"
 GENEROUS = LockoutPolicy(identity_threshold=1000, identity_ip_threshold=1000, ip_threshold=1000)

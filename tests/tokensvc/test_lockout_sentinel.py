@@ -18,6 +18,9 @@ from tokensvc.errors import LockedOut, Unavailable
 from tokensvc.lockout import RedisLockoutStore, redis_client_from_url
 from tokensvc.redisconn import pubsub_client_from_url
 
+# Timing-bound (failover, Redis waits and timeouts): run alone, not beside other tests.
+pytestmark = pytest.mark.serial
+
 T0 = 1_763_760_000.0
 IP = "198.51.100.7"
 
