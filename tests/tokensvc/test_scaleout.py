@@ -19,11 +19,14 @@ from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
 
 REPLICAS = 3
 
+# Three replicas, each a supervisor, a verify process and a lane, starting at once: run alone.
+pytestmark = pytest.mark.serial
+
 
 async def _wait_healthy(
     session: aiohttp.ClientSession, base: str, proc: subprocess.Popen[bytes]
 ) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # a start-up bound on a loaded 2-core CI host, not a goal
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"replica exited with {proc.returncode}")
