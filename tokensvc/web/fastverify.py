@@ -275,16 +275,13 @@ class FastRequestHandler(RequestHandler):
             if deadline is None:
                 deadline = now + LANE_WAIT
                 transport.pause_reading()
-            self._loop.call_later(LANE_RETRY, self._retry_hand_off, data, deadline)
+            self._loop.call_later(LANE_RETRY, self._hand_off, data, deadline)
             return True
         if deadline is not None:  # waited in vain: serve it here
             transport.resume_reading()
             self._serve_here(data)
             return True
         return False
-
-    def _retry_hand_off(self, data: bytes, deadline: float) -> None:
-        self._hand_off(data, deadline)
 
     def _answer_raw(self, data: bytes) -> bytes:
         """Answer the plain verifies `data` starts with, read from the bytes; what is left."""

@@ -130,7 +130,7 @@ async def receive_connections(server: web.Server, sock: socket.socket) -> None:
                 if not closed.done():
                     closed.set_result(None)  # EOF: the verify process is stopping
                 return
-            task = loop.create_task(_adopt(loop, server, fds[0], data))
+            task = loop.create_task(_adopt(server, fds[0], data))
             adopting.add(task)
             task.add_done_callback(adopting.discard)
 
@@ -142,7 +142,8 @@ async def receive_connections(server: web.Server, sock: socket.socket) -> None:
         sock.close()
 
 
-async def _adopt(loop: asyncio.AbstractEventLoop, server: web.Server, fd: int, data: bytes) -> None:
+async def _adopt(server: web.Server, fd: int, data: bytes) -> None:
+    loop = asyncio.get_running_loop()
     try:
         conn = socket.socket(fileno=fd)
     except OSError:
