@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Final
 
 from caveats.bakery import Declared, TimeBefore, parse_condition
 from caveats.context import Context
 from caveats.errors import CaveatError, UnknownCaveat
 from caveats.registry import Caveat, decode
-from caveats.result import REASON_ECHO_LIMIT, SUCCESS, Failure, Success, clip
+from caveats.result import REASON_ECHO_LIMIT, SUCCESS, Failure, Result, Success, clip
 from caveats.standard import Expiry, Subject
 
 #: How many decoded predicates the cache holds (about the caveats of every live token on a busy
@@ -32,7 +32,7 @@ _NOT_BYTES: Final = Failure("malformed caveat: predicate is not bytes", invalid=
 _SUBJECTS_CONFLICT: Final = Failure("conflicting subject caveats", invalid=True)
 
 
-# Not frozen: a frozen dataclass's __init__ costs about three times as much, on every /verify.
+# Not frozen: a frozen dataclass's __init__ costs about three times as much.
 @dataclass(slots=True)
 class Outcome:
     """What checking a token's predicates found; empty `failures` means every caveat holds."""
@@ -41,8 +41,6 @@ class Outcome:
     subject: str | None
     expires_at: float | None
     declared: dict[str, str]
-    # Subjects and declared keys seen with two different values; they stay out for good.
-    _conflicts: set[str | None] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -54,18 +52,10 @@ class Outcome:
         """Some failure makes the token bad everywhere (→ 401 rather than 403)."""
         return any(f.invalid for f in self.failures)
 
-    def _conflicted(self, key: str | None) -> bool:
-        return self._conflicts is not None and key in self._conflicts
-
-    def _add_conflict(self, key: str | None, failure: Failure) -> None:
-        if self._conflicts is None:
-            self._conflicts = set()
-        self._conflicts.add(key)
-        self.failures.append(failure)
-
 
 # What a predicate decodes to: something to check, or the invalid Failure saying why not.
 _Parsed = Caveat | Failure
+_Check = Callable[[Context], Result]
 
 
 def check_predicates(predicates: Iterable[bytes | str], ctx: Context) -> Outcome:
@@ -75,24 +65,8 @@ def check_predicates(predicates: Iterable[bytes | str], ctx: Context) -> Outcome
     unknown tag or condition, or a malformed one, is an invalid `Failure`. `str` predicates (as
     pymacaroons hands them to verifier callbacks) are taken as their UTF-8 bytes.
     """
-    outcome = Outcome([], None, None, {})
-    failures = outcome.failures
-    for predicate in predicates:
-        try:
-            item = _parsed(predicate)
-            collect = _COLLECTORS.get(type(item))
-            if collect is not None and not collect(item, outcome):
-                continue
-            result = item.check(ctx)  # type: ignore[union-attr]  # a Failure was collected
-            if result is SUCCESS:
-                continue
-            if isinstance(result, Failure):
-                failures.append(result)
-            elif not isinstance(result, Success):
-                failures.append(_NO_RESULT)
-        except Exception:  # noqa: BLE001 - a crashing check must deny, never escape /verify
-            failures.append(_CHECK_CRASHED)
-    return outcome
+    policy = Policy(predicates)
+    return Outcome(policy.explain(ctx), policy.subject, policy.expires_at, policy.declared)
 
 
 class Policy:
@@ -101,88 +75,100 @@ class Policy:
     A verified signature chain is cached (tokensvc.verification), and with it this: what does
     not depend on the request — subject, declared values, earliest expiry, malformed or
     conflicting predicates — is settled when it is built, and `holds` runs only the
-    context-dependent checks. `holds(ctx)` is True exactly when `check_predicates(predicates,
-    ctx)` would find no failure; when it is False, `check_predicates` gives the reasons.
+    context-dependent checks. `holds(ctx)` is True exactly when `explain(ctx)` finds no failure.
+
+    Built on every uncached /verify, so the static pass is one flat loop: a decode-cache lookup
+    and a type test per predicate.
     """
 
-    __slots__ = ("_checks", "declared", "expires_at", "predicates", "subject")
+    __slots__ = ("_ok", "_steps", "declared", "expires_at", "predicates", "subject")
 
-    def __init__(self, predicates: Iterable[bytes]) -> None:
+    def __init__(self, predicates: Iterable[bytes | str]) -> None:
         self.predicates = tuple(predicates)
-        outcome = Outcome([], None, None, {})
-        checks: list[Callable[[Context], Success | Failure]] = []
+        subject: str | None = None
+        expires_at: float | None = None
+        declared: dict[str, str] = {}
+        # In predicate order: the context-dependent checks, and the failures that hold in every
+        # context (malformed, unknown, conflicting), so `explain` lists reasons in token order.
+        steps: list[_Check | Failure] = []
+        # Subjects (None) and declared keys seen with two different values; they stay out.
+        conflicts: set[str | None] | None = None
+        ok = True  # False: some predicate fails in every context
         for predicate in self.predicates:
-            item = _parsed(predicate)
-            collect = _COLLECTORS.get(type(item))
-            if collect is not None and not collect(item, outcome):
-                continue
-            checks.append(item.check)  # type: ignore[union-attr]  # a Failure was collected
-        self.subject: str | None = outcome.subject
-        self.expires_at: float | None = outcome.expires_at
-        self.declared: dict[str, str] = outcome.declared
-        # None: a predicate fails in every context (malformed, unknown, conflicting).
-        self._checks = None if outcome.failures else tuple(checks)
+            if type(predicate) is bytes and len(predicate) <= MAX_CACHED_PREDICATE:
+                item = _parse_cached(predicate)
+            else:
+                item = _parsed(predicate)
+            kind = type(item)
+            if type(item) is Subject:
+                value = item.subject
+                if subject is None:
+                    if conflicts is None or None not in conflicts:
+                        subject = value
+                elif subject != value:
+                    subject = None
+                    conflicts = (conflicts or set()) | {None}
+                    steps.append(_SUBJECTS_CONFLICT)
+                    ok = False
+            elif type(item) is Declared:
+                key, value = item.key, item.value
+                previous = declared.get(key)
+                if previous is None:
+                    if conflicts is None or key not in conflicts:
+                        declared[key] = value
+                elif previous != value:
+                    del declared[key]
+                    conflicts = (conflicts or set()) | {key}
+                    steps.append(
+                        Failure(f"conflicting declared values for {clip(key)}", invalid=True)
+                    )
+                    ok = False
+            elif type(item) is Failure:
+                steps.append(item)
+                ok = False
+            else:
+                if kind is Expiry or kind is TimeBefore:
+                    at = item.expires_at  # type: ignore[union-attr]
+                    if expires_at is None or at < expires_at:
+                        expires_at = float(at)
+                steps.append(item.check)  # type: ignore[union-attr]
+        self.subject = subject
+        self.expires_at = expires_at
+        self.declared = declared
+        self._steps = tuple(steps)
+        self._ok = ok
 
     def holds(self, ctx: Context) -> bool:
         """Whether every predicate holds in `ctx` (the fast answer; no reasons)."""
-        checks = self._checks
-        if checks is None:
+        if not self._ok:
             return False
         try:
-            for check in checks:
-                if check(ctx) is not SUCCESS:
+            for check in self._steps:
+                if check(ctx) is not SUCCESS:  # type: ignore[operator]  # _ok: all callables
                     return False
-        except Exception:  # noqa: BLE001 - a crashing check denies; check_predicates says so
+        except Exception:  # noqa: BLE001 - a crashing check denies; explain says so
             return False
         return True
 
-
-# Predicates that carry information besides holding or not. A collector records its item in the
-# outcome and returns whether the item still needs to be checked.
-
-
-def _collect_failure(item: Failure, outcome: Outcome) -> bool:
-    outcome.failures.append(item)
-    return False
-
-
-def _collect_subject(item: Subject, outcome: Outcome) -> bool:
-    # The subject key is None, which no declared key can be.
-    if outcome.subject is None:
-        if not outcome._conflicted(None):
-            outcome.subject = item.subject
-    elif outcome.subject != item.subject:
-        outcome.subject = None
-        outcome._add_conflict(None, _SUBJECTS_CONFLICT)
-    return False
-
-
-def _collect_declared(item: Declared, outcome: Outcome) -> bool:
-    declared = outcome.declared
-    previous = declared.get(item.key)
-    if previous is None:
-        if not outcome._conflicted(item.key):
-            declared[item.key] = item.value
-    elif previous != item.value:
-        del declared[item.key]
-        failure = Failure(f"conflicting declared values for {clip(item.key)}", invalid=True)
-        outcome._add_conflict(item.key, failure)
-    return False
-
-
-def _collect_expiry(item: Expiry | TimeBefore, outcome: Outcome) -> bool:
-    if outcome.expires_at is None or item.expires_at < outcome.expires_at:
-        outcome.expires_at = float(item.expires_at)
-    return True
-
-
-_COLLECTORS: Final[dict[type, Callable[[Any, Outcome], bool]]] = {
-    Failure: _collect_failure,
-    Subject: _collect_subject,
-    Declared: _collect_declared,
-    Expiry: _collect_expiry,
-    TimeBefore: _collect_expiry,
-}
+    def explain(self, ctx: Context) -> list[Failure]:
+        """Every failure in `ctx`, in predicate order; empty exactly when `holds(ctx)`."""
+        failures: list[Failure] = []
+        for step in self._steps:
+            if type(step) is Failure:
+                failures.append(step)
+                continue
+            try:
+                result = step(ctx)  # type: ignore[operator]
+            except Exception:  # noqa: BLE001 - a crashing check must deny, never escape /verify
+                failures.append(_CHECK_CRASHED)
+                continue
+            if result is SUCCESS:
+                continue
+            if isinstance(result, Failure):
+                failures.append(result)
+            elif not isinstance(result, Success):
+                failures.append(_NO_RESULT)
+        return failures
 
 
 def subject_of(predicates: Iterable[bytes | str]) -> str | None:

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 
 # Not frozen: one is built per /verify, and a frozen dataclass's __init__ costs about three
-# times as much. Checks only read it.
-@dataclass(slots=True, kw_only=True)
+# times as much. Checks only read it. Positional arguments are allowed because the verify path
+# passes all six by position (keywords cost twice as much); other callers name them.
+@dataclass(slots=True)
 class Context:
     """What a verifier knows about one request; `now` is unix seconds, supplied by the caller.
 

@@ -19,6 +19,11 @@ class Expiring(Protocol):
     @property
     def expires_at(self) -> datetime: ...
 
+    @property
+    def expires_ts(self) -> float:
+        """`expires_at` in unix seconds."""
+        ...
+
 
 K = TypeVar("K", bound=Expiring)
 
@@ -57,6 +62,14 @@ class KeyCache(Generic[K]):
             return None
         if key.expires_at <= now:
             del self._keys[key_id]
+            return None
+        return key
+
+    def get_at(self, key_id: str, unix_now: float) -> K | None:
+        """`get` on a float clock, for the verify path; an expired key is left for `get` or
+        `evict_expired` to drop."""
+        key = self._keys.get(key_id)
+        if key is None or key.expires_ts <= unix_now:
             return None
         return key
 

@@ -121,8 +121,10 @@ class ServiceKeys:
         """Drop a key from this process's memory (revoked elsewhere)."""
         self._cache.evict(key_id)
 
-    def get_cached(self, key_id: str) -> RootKey | None:
-        """From memory only (the verify hot path)."""
+    def get_cached(self, key_id: str, *, at: float | None = None) -> RootKey | None:
+        """From memory only (the verify hot path); `at` as in Keyring.get_cached."""
+        if at is not None:
+            return self._cache.get_at(key_id, at)
         return self._cache.get(key_id, now=self._clock())
 
     async def get(self, key_id: str) -> RootKey | None:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from caveats import Context, Policy, check_predicates, subject_of
+from caveats import Context, Policy, subject_of
 from keystore import Keyring, RootKey
 from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys
 from tokensvc import chain
@@ -160,10 +160,10 @@ class Verifier:
             self._revoked_keys = revoked_keys
         self._usage = usage
 
-    def _cached_key(self, key_id: str) -> RootKey | None:
+    def _cached_key(self, key_id: str, now: float) -> RootKey | None:
         if key_id.startswith(KEY_ID_PREFIX):
-            return self._service_keys.get_cached(key_id) if self._service_keys else None
-        return self._keyring.get_cached(key_id)
+            return self._service_keys.get_cached(key_id, at=now) if self._service_keys else None
+        return self._keyring.get_cached(key_id, at=now)
 
     def parse(self, token: str) -> Macaroon:
         """Decode a token string, within the configured size limits."""
@@ -172,7 +172,7 @@ class Verifier:
         )
 
     async def _root_key(self, key_id: str) -> RootKey:
-        key = self._cached_key(key_id)
+        key = self._cached_key(key_id, self._clock())
         if key is None:
             if key_id in self._revoked_keys:
                 raise InvalidToken("root key revoked")
@@ -208,7 +208,7 @@ class Verifier:
         subject = subject_of(c.cid for c in macaroon.caveats if c.vid is None)
         if subject is None:
             raise InvalidToken("token names no subject, or conflicting ones")
-        return identifier.token_id_hex, subject, identifier.key_id, key.expires_at.timestamp()
+        return identifier.token_id_hex, subject, identifier.key_id, key.expires_ts
 
     async def verify(
         self,
@@ -262,7 +262,7 @@ class Verifier:
         # cache (forget_key) when the revocation arrives. A miss or a stale hit: the full path.
         if chained is None or now >= chained.key_expires_at:
             macaroon, identifier, parsed_discharges = self._decode(token, discharges)
-            key = self._cached_key(identifier.key_id)
+            key = self._cached_key(identifier.key_id, now)
             if key is None:
                 return None, now
             chained = self._check_chain(macaroon, identifier, parsed_discharges, key)
@@ -281,20 +281,23 @@ class Verifier:
         """What a genuine chain allows now, in this context: revocation, generation, caveats."""
         if chained.token_id in self._revoked:
             raise InvalidToken("token revoked")
+        generations = self._generations
+        # Positional: the field order of caveats.Context (now, operation, resource, audience,
+        # client_ip, generation).
         context = Context(
-            now=now,
-            operation=operation,
-            resource=resource,
-            audience=audience,
-            client_ip=client_ip,
-            generation=self._generations.current(chained.subject) if self._generations else 0,
+            now,
+            operation,
+            resource,
+            audience,
+            client_ip,
+            generations.current(chained.subject) if generations is not None else 0,
         )
         policy = chained.policy
         if not policy.holds(context):
-            outcome = check_predicates(policy.predicates, context)
-            if outcome.failures:
-                reasons = "; ".join(f.reason for f in outcome.failures)
-                if any(f.invalid for f in outcome.failures):
+            failures = policy.explain(context)
+            if failures:
+                reasons = "; ".join(f.reason for f in failures)
+                if any(f.invalid for f in failures):
                     raise InvalidToken(reasons)
                 raise CaveatDenied(reasons)
         if self._usage is not None:
@@ -328,8 +331,7 @@ class Verifier:
     async def _verify_chain(self, token: str, discharges: Sequence[str]) -> _Chained:
         """Decode and check every signature, reading the root key if need be."""
         macaroon, identifier, parsed_discharges = self._decode(token, discharges)
-        key_id = identifier.key_id
-        key = self._cached_key(key_id) or await self._root_key(key_id)
+        key = await self._root_key(identifier.key_id)
         return self._check_chain(macaroon, identifier, parsed_discharges, key)
 
     def _check_chain(
@@ -352,5 +354,5 @@ class Verifier:
             identifier.token_id_hex,
             identifier.key_id,
             identifier.admin,
-            key.expires_at.timestamp(),
+            key.expires_ts,
         )

@@ -20,6 +20,10 @@ class Entry:
     id: str
     expires_at: datetime
 
+    @property
+    def expires_ts(self) -> float:
+        return self.expires_at.timestamp()
+
 
 def _entry(key_id: str, hours: float = 1) -> Entry:
     return Entry(key_id, START + timedelta(hours=hours))
@@ -238,10 +242,14 @@ async def test_get_cached_never_touches_the_database(
 async def test_expired_keys_are_not_served_from_the_cache(
     engine: AsyncEngine, kek: KeyEncryptionKey, clock: FakeClock
 ) -> None:
-    """Once the clock passes a cached key's expiry, neither get_cached nor get returns it."""
+    """Once the clock passes a cached key's expiry, neither get_cached nor get returns it; nor
+    does get_cached on the caller's float clock (`at`, the verifier's) from the expiry on."""
     ring = Keyring(engine, kek=kek, clock=clock)
     key = await ring.current()
     cached_before = ring.get_cached(key.id)
+    assert key.expires_ts == key.expires_at.timestamp()
+    assert ring.get_cached(key.id, at=key.expires_ts - 0.5) is key
+    assert ring.get_cached(key.id, at=key.expires_ts) is None
 
     clock.set(key.expires_at)
     cached_after = ring.get_cached(key.id)
@@ -250,3 +258,18 @@ async def test_expired_keys_are_not_served_from_the_cache(
     assert cached_before is key
     assert cached_after is None
     assert fetched_after is None
+
+
+def test_get_at_answers_on_a_float_clock_without_evicting() -> None:
+    """The verify path's lookup: live before the expiry instant, None from it on; `get` still
+    sees (and drops) the expired entry afterwards."""
+    cache: KeyCache[Entry] = KeyCache()
+    entry = _entry("k", hours=1)
+    cache.put(entry)
+    expiry = entry.expires_ts
+    assert cache.get_at("k", expiry - 0.001) is entry
+    assert cache.get_at("k", expiry) is None
+    assert cache.get_at("missing", expiry - 3600) is None
+    assert len(cache) == 1
+    assert cache.get("k", now=entry.expires_at) is None
+    assert len(cache) == 0
