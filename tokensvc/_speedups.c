@@ -10,6 +10,8 @@
  *   hmac_sha256(key, msg)        -> bytes
  *   b64decode(text)              -> bytes | None   (base64 in either alphabet, as
  *                                                   tokensvc.tokenformat.b64decode_any)
+ *   decode_tsv1(token, max_caveats) -> Macaroon | None  (checksum, base64 and parse_v2 in one
+ *                                                   call, as tokensvc.tokenformat.decode_token)
  *
  * The pure-Python code in tokensvc/macaroon.py and tokensvc/chain.py stays the reference and the
  * fallback: parse_v2 here returns None for anything that is not a well-formed v2 macaroon, and
@@ -25,6 +27,7 @@
 #include <Python.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
+#include <stdint.h>
 #include <string.h>
 
 #define BLOCK 64
@@ -160,39 +163,26 @@ b64_init(void)
     b64_value['/'] = b64_value['_'] = 63;
 }
 
-/* The bytes of `text` (trailing '=' ignored, as many as there are); None where the Python
- * decoder raises: a character outside both alphabets (an inner '=' included), or a length of
- * 4k+1 characters. Unused low bits of the last character are ignored, as binascii does. */
-static PyObject *
-py_b64decode(PyObject *self, PyObject *arg)
+/* Decodes in[0..n) into out (room for n / 4 * 3 + 2 bytes); the number of bytes written, or -1
+ * where the Python decoder raises: a character outside both alphabets (an inner '=' included),
+ * or a length of 4k+1 characters. Trailing '=' are ignored, as many as there are; unused low
+ * bits of the last character too, as binascii does. */
+static Py_ssize_t
+b64_decode_into(const unsigned char *in, Py_ssize_t n, unsigned char *out)
 {
-    const unsigned char *in;
-    unsigned char *out;
-    Py_ssize_t n, full, i, o;
-    PyObject *result;
+    Py_ssize_t full, i, o;
 
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "b64decode(text: bytes)");
-        return NULL;
-    }
-    in = (const unsigned char *)PyBytes_AS_STRING(arg);
-    n = PyBytes_GET_SIZE(arg);
     while (n > 0 && in[n - 1] == '=') {
         n--;
     }
     if (n % 4 == 1) {
-        Py_RETURN_NONE;
+        return -1;
     }
     for (i = 0; i < n; i++) {
         if (b64_value[in[i]] == 0xff) {
-            Py_RETURN_NONE;
+            return -1;
         }
     }
-    result = PyBytes_FromStringAndSize(NULL, n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0));
-    if (result == NULL) {
-        return NULL;
-    }
-    out = (unsigned char *)PyBytes_AS_STRING(result);
     full = n - n % 4;
     for (i = 0, o = 0; i < full; i += 4) {
         unsigned long v = (unsigned long)b64_value[in[i]] << 18 |
@@ -213,6 +203,33 @@ py_b64decode(PyObject *self, PyObject *arg)
             out[o++] = (unsigned char)(v >> 8);
         }
     }
+    return o;
+}
+
+/* The bytes of `text`, or None where the Python decoder raises (see b64_decode_into). */
+static PyObject *
+py_b64decode(PyObject *self, PyObject *arg)
+{
+    Py_ssize_t n, written;
+    unsigned char *out;
+    PyObject *result;
+
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "b64decode(text: bytes)");
+        return NULL;
+    }
+    n = PyBytes_GET_SIZE(arg);
+    out = PyMem_Malloc((size_t)(n / 4 * 3 + 3));
+    if (out == NULL) {
+        return PyErr_NoMemory();
+    }
+    written = b64_decode_into((const unsigned char *)PyBytes_AS_STRING(arg), n, out);
+    if (written < 0) {
+        PyMem_Free(out);
+        Py_RETURN_NONE;
+    }
+    result = PyBytes_FromStringAndSize((const char *)out, written);
+    PyMem_Free(out);
     return result;
 }
 
@@ -281,29 +298,18 @@ new_caveat(PyObject *cid, PyObject *vid, PyObject *location)
     return caveat;
 }
 
+/* A well-formed binary v2 macaroon in data[0..size) as a Macaroon; None if it is not one. */
 static PyObject *
-py_parse_v2(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+parse_v2_buffer(const unsigned char *data, Py_ssize_t size, Py_ssize_t max_caveats)
 {
     reader r;
-    Py_ssize_t pos, start, length, max_caveats, loc_start = 0, loc_length = 0;
+    Py_ssize_t pos, start, length, loc_start = 0, loc_length = 0;
     int type, has_location = 0;
     PyObject *caveats = NULL, *identifier = NULL, *location = NULL, *signature = NULL;
     PyObject *caveat_tuple = NULL, *macaroon = NULL;
 
-    if (caveat_type == NULL || macaroon_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "tokensvc._speedups.set_types was not called");
-        return NULL;
-    }
-    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "parse_v2(data: bytes, max_caveats: int)");
-        return NULL;
-    }
-    max_caveats = PyLong_AsSsize_t(args[1]);
-    if (max_caveats == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    r.data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    r.end = PyBytes_GET_SIZE(args[0]);
+    r.data = data;
+    r.end = size;
     if (r.end < 4 || r.data[0] != VERSION_2) {
         Py_RETURN_NONE;
     }
@@ -455,6 +461,148 @@ error:
     return NULL;
 }
 
+static int
+check_types_set(void)
+{
+    if (caveat_type == NULL || macaroon_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "tokensvc._speedups.set_types was not called");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+py_parse_v2(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t max_caveats;
+
+    if (!check_types_set()) {
+        return NULL;
+    }
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "parse_v2(data: bytes, max_caveats: int)");
+        return NULL;
+    }
+    max_caveats = PyLong_AsSsize_t(args[1]);
+    if (max_caveats == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return parse_v2_buffer((const unsigned char *)PyBytes_AS_STRING(args[0]),
+                           PyBytes_GET_SIZE(args[0]), max_caveats);
+}
+
+/* ---- the tsv1 token form ------------------------------------------------------------------ */
+
+/* CRC-32 (IEEE 802.3, reflected, as zlib.crc32), eight bytes per step ("slicing-by-8", tables
+ * made at import): a byte-at-a-time loop waits on each table lookup before the next, which made
+ * the checksum cost more than base64 and parsing together. zlib's own is not linked so that its
+ * headers are not needed at build time. */
+static uint32_t crc_table[8][256];
+
+static void
+crc_init(void)
+{
+    uint32_t c;
+    int n, k;
+    for (n = 0; n < 256; n++) {
+        c = (uint32_t)n;
+        for (k = 0; k < 8; k++) {
+            c = c & 1 ? 0xedb88320U ^ (c >> 1) : c >> 1;
+        }
+        crc_table[0][n] = c;
+    }
+    for (n = 0; n < 256; n++) {
+        c = crc_table[0][n];
+        for (k = 1; k < 8; k++) {
+            c = crc_table[0][c & 0xff] ^ (c >> 8);
+            crc_table[k][n] = c;
+        }
+    }
+}
+
+static uint32_t
+crc32_of(const unsigned char *data, Py_ssize_t n)
+{
+    uint32_t c = 0xffffffffU;
+    while (n >= 8) {
+        /* Little-endian assembly of the next eight bytes, whatever the host's byte order. */
+        uint32_t lo = c ^ ((uint32_t)data[0] | (uint32_t)data[1] << 8 | (uint32_t)data[2] << 16 |
+                           (uint32_t)data[3] << 24);
+        uint32_t hi = (uint32_t)data[4] | (uint32_t)data[5] << 8 | (uint32_t)data[6] << 16 |
+                      (uint32_t)data[7] << 24;
+        c = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^
+            crc_table[5][(lo >> 16) & 0xff] ^ crc_table[4][lo >> 24] ^
+            crc_table[3][hi & 0xff] ^ crc_table[2][(hi >> 8) & 0xff] ^
+            crc_table[1][(hi >> 16) & 0xff] ^ crc_table[0][hi >> 24];
+        data += 8;
+        n -= 8;
+    }
+    while (n-- > 0) {
+        c = crc_table[0][(c ^ *data++) & 0xff] ^ (c >> 8);
+    }
+    return c ^ 0xffffffffU;
+}
+
+#define TSV1_PREFIX "tsv1_"
+#define TSV1_PREFIX_LEN 5
+#define CHECK_LEN 8
+
+/* `tsv1_` + base64url(binary v2) + `.` + 8 lowercase hex digits of CRC-32 of all before the dot,
+ * as a Macaroon (tokensvc.tokenformat.decode_token's one-call path); None for anything else —
+ * another form, a checksum mismatch, bad base64, a v1 payload, a malformed macaroon — where
+ * the Python code then decides (and names the error). */
+static PyObject *
+py_decode_tsv1(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *raw;
+    unsigned char *payload;
+    Py_ssize_t n, dot, max_caveats, decoded;
+    uint32_t crc;
+    PyObject *result;
+    int i;
+
+    if (!check_types_set()) {
+        return NULL;
+    }
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "decode_tsv1(token: bytes, max_caveats: int)");
+        return NULL;
+    }
+    max_caveats = PyLong_AsSsize_t(args[1]);
+    if (max_caveats == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    raw = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    n = PyBytes_GET_SIZE(args[0]);
+    /* The last dot, as bytes.rpartition finds it: the checksum is everything after it. */
+    if (n < TSV1_PREFIX_LEN + 1 + CHECK_LEN || memcmp(raw, TSV1_PREFIX, TSV1_PREFIX_LEN) != 0) {
+        Py_RETURN_NONE;
+    }
+    dot = n - CHECK_LEN - 1;
+    if (raw[dot] != '.' || memchr(raw + dot + 1, '.', CHECK_LEN) != NULL) {
+        Py_RETURN_NONE;
+    }
+    crc = crc32_of(raw, dot);
+    for (i = 0; i < CHECK_LEN; i++) {
+        if (raw[dot + 1 + i] != (unsigned char)hex[(crc >> (28 - 4 * i)) & 0xf]) {
+            Py_RETURN_NONE;
+        }
+    }
+    payload = PyMem_Malloc((size_t)((dot - TSV1_PREFIX_LEN) / 4 * 3 + 3));
+    if (payload == NULL) {
+        return PyErr_NoMemory();
+    }
+    decoded = b64_decode_into(raw + TSV1_PREFIX_LEN, dot - TSV1_PREFIX_LEN, payload);
+    if (decoded < 0) {
+        PyMem_Free(payload);
+        Py_RETURN_NONE;
+    }
+    result = parse_v2_buffer(payload, decoded, max_caveats);
+    PyMem_Free(payload);
+    return result;
+}
+
 /* The NamedTuple classes parse_v2 builds: plain tuple subclasses of 3 and 4 fields. */
 static PyObject *
 py_set_types(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -480,6 +628,8 @@ static PyMethodDef methods[] = {
      "(signature, cids) of a first-party caveat chain, or None if a caveat is third-party."},
     {"parse_v2", (PyCFunction)(void (*)(void))py_parse_v2, METH_FASTCALL,
      "A well-formed binary v2 macaroon as a Macaroon, or None."},
+    {"decode_tsv1", (PyCFunction)(void (*)(void))py_decode_tsv1, METH_FASTCALL,
+     "A well-formed tsv1_ token (bytes) as a Macaroon, or None."},
     {"b64decode", py_b64decode, METH_O,
      "Base64 in either alphabet, padded or not, or None if malformed."},
     {"set_types", (PyCFunction)(void (*)(void))py_set_types, METH_FASTCALL,
@@ -497,5 +647,6 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     b64_init();
+    crc_init();
     return PyModule_Create(&module);
 }

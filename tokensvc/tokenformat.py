@@ -46,10 +46,12 @@ def checksum_ok(token: str) -> bool:
 
 
 _compiled_b64decode: Callable[[bytes], bytes | None] | None
+_compiled_decode_tsv1: Callable[[bytes, int], Macaroon | None] | None
 try:
     from tokensvc._speedups import b64decode as _compiled_b64decode
+    from tokensvc._speedups import decode_tsv1 as _compiled_decode_tsv1
 except ImportError:  # pragma: no cover - built without a C compiler
-    _compiled_b64decode = None
+    _compiled_b64decode = _compiled_decode_tsv1 = None
 
 
 def b64decode_any(text: str | bytes) -> bytes:
@@ -77,6 +79,12 @@ def decode_token(token: str, *, max_bytes: int, max_caveats: int) -> Macaroon:
     # Bytes from here on (a real token is ASCII; anything else only has to fail cleanly, and
     # "replace" turns it into a checksum or base64 error): one encode instead of one per step.
     raw = token.encode("ascii") if token.isascii() else token.encode("ascii", "replace")
+    if _compiled_decode_tsv1 is not None:
+        # A good tsv1 token in one compiled call; None for anything else, which the code below
+        # then decides on (and names the error).
+        parsed = _compiled_decode_tsv1(raw, max_caveats)
+        if parsed is not None:
+            return parsed
     if raw.startswith(_PREFIX_BYTES):
         body, dot, check = raw.rpartition(b".")
         if not dot or _checksum_of(body) != check:

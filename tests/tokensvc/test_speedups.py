@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hmac
 import tracemalloc
+import zlib
 from types import ModuleType
 
 import pytest
@@ -172,6 +173,8 @@ def test_bad_argument_types_raise_type_errors(speedups: ModuleType) -> None:
         speedups.parse_v2("text", 1)
     with pytest.raises(TypeError):
         speedups.b64decode("text")
+    with pytest.raises(TypeError):
+        speedups.decode_tsv1("tsv1_text", 1)
 
 
 # ---- base64 ----------------------------------------------------------------------------------
@@ -211,3 +214,109 @@ def test_stray_characters_are_refused_exactly_where_python_refuses(
 ) -> None:
     data = text.encode("utf-8")
     assert speedups.b64decode(data) == _python_b64(data)
+
+
+# ---- the tsv1 token form ---------------------------------------------------------------------
+
+
+def _python_decode(token: bytes, max_caveats: int = 128) -> Macaroon | None:
+    """decode_token with every compiled step off: the reference decode_tsv1 stands in for."""
+    saved = (tokenformat._compiled_decode_tsv1, tokenformat._compiled_b64decode)
+    tokenformat._compiled_decode_tsv1 = tokenformat._compiled_b64decode = None
+    try:
+        return tokenformat.decode_token(
+            token.decode("latin-1"), max_bytes=1 << 20, max_caveats=max_caveats
+        )
+    except InvalidToken:
+        return None
+    finally:
+        tokenformat._compiled_decode_tsv1, tokenformat._compiled_b64decode = saved
+
+
+@settings(max_examples=400, deadline=None)
+@given(macaroons)
+def test_tokens_decode_to_the_same_records(speedups: ModuleType, m: Macaroon) -> None:
+    token = tokenformat.encode_token(m).encode("ascii")
+    decoded = speedups.decode_tsv1(token, 128)
+    assert decoded == _python_decode(token) == m
+    assert type(decoded) is Macaroon
+
+
+@settings(max_examples=800, deadline=None)
+@given(macaroons, st.data())
+def test_mutated_tokens_are_refused_exactly_where_python_refuses(
+    speedups: ModuleType, m: Macaroon, data: st.DataObject
+) -> None:
+    """A changed character anywhere (prefix, body, dot, checksum), a cut or an insertion: the
+    compiled call accepts exactly the tokens Python accepts. Where the checksum is recomputed
+    over the changed body, the base64 and macaroon checks behind it are reached too."""
+    token = tokenformat.encode_token(m)
+    body = token.rpartition(".")[0]
+    raw = bytearray(data.draw(st.sampled_from([token, body])).encode("ascii"))
+    kind = data.draw(st.sampled_from(["flip", "truncate", "insert", "delete"]))
+    at = data.draw(st.integers(0, len(raw) - 1))
+    char = data.draw(st.sampled_from(b"Aa0-_+/=.~\x00\xff"))
+    if kind == "flip":
+        raw[at] = char
+    elif kind == "truncate":
+        del raw[at:]
+    elif kind == "insert":
+        raw.insert(at, char)
+    else:
+        del raw[at]
+    mutated = bytes(raw)
+    if len(raw) < len(token) - 8 or data.draw(st.booleans()):
+        # The body alone, changed: give it a correct checksum so that the checksum passes.
+        mutated = mutated + b".%08x" % zlib.crc32(mutated)
+    assert speedups.decode_tsv1(mutated, 128) == _python_decode(mutated)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        b"",
+        b"tsv1_",
+        b"tsv1_.00000000",
+        b"tsv1_AAAA.%08x" % zlib.crc32(b"tsv1_AAAA"),  # checksum fine, not a macaroon
+        b"TSV1_AAAA.%08x" % zlib.crc32(b"TSV1_AAAA"),
+        b"tsv1_AAAA.%08X" % zlib.crc32(b"tsv1_AAAA"),  # upper-case hex is not the checksum
+        b"tsv1_AAAA.%07x" % (zlib.crc32(b"tsv1_AAAA") & 0xFFFFFFF),
+    ],
+)
+def test_short_and_odd_tokens_are_left_to_python(speedups: ModuleType, token: bytes) -> None:
+    assert speedups.decode_tsv1(token, 128) is None
+    assert _python_decode(token) is None
+
+
+def test_a_v1_payload_is_left_to_python(speedups: ModuleType) -> None:
+    """A tsv1 token wrapping a binary v1 macaroon (which we never mint, and decode_token still
+    reads) is refused by the compiled call and decoded by Python."""
+    from pymacaroons import Macaroon as PMMacaroon
+
+    v1 = PMMacaroon(location="x", identifier="id", key="k")
+    v1.add_first_party_caveat("a")
+    body = "tsv1_" + base64.urlsafe_b64encode(base64.urlsafe_b64decode(v1.serialize())).decode()
+    body = body.rstrip("=")
+    token = f"{body}.{zlib.crc32(body.encode()):08x}".encode()
+    assert speedups.decode_tsv1(token, 128) is None
+    decoded = _python_decode(token)
+    assert decoded is not None and decoded.identifier == b"id"
+
+
+def test_decoding_tokens_leaks_nothing(speedups: ModuleType) -> None:
+    m = Macaroon(b"id", (Caveat(b"a"), Caveat(b"b", b"v", b"loc")), bytes(32), b"here")
+    valid = tokenformat.encode_token(m).encode("ascii")
+    bad_base64 = b"tsv1_A.%08x" % zlib.crc32(b"tsv1_A")
+    tracemalloc.start()
+    try:
+        for _ in range(2_000):
+            speedups.decode_tsv1(valid, 128)
+            speedups.decode_tsv1(bad_base64, 128)
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20_000):
+            speedups.decode_tsv1(valid, 128)
+            speedups.decode_tsv1(bad_base64, 128)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024
