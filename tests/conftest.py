@@ -261,6 +261,7 @@ def verify_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setattr(chain, "_first_party_chain", None)
         monkeypatch.setattr(macaroon, "_compiled_parse_v2", None)
         monkeypatch.setattr(tokenformat, "_compiled_b64decode", None)
+        monkeypatch.setattr(tokenformat, "_compiled_decode_tsv1", None)
     return str(request.param)
 
 
