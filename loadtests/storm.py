@@ -229,6 +229,12 @@ def run(argv: list[str] | None = None) -> int:
         action="store_true",
         help="serve with TOKENSVC_VERIFY_PROCESS=false: logins share /v1/verify's event loop",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="tokensvc serve --workers N (default 1): N verify processes on the port, one lane",
+    )
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument(
         "--password-profile",
@@ -249,6 +255,8 @@ def run(argv: list[str] | None = None) -> int:
         and 1 <= args.storm_concurrency <= 2000
     ):
         parser.error("--users in 1..100, --login-concurrency and --storm-concurrency in 1..2000")
+    if not 1 <= args.workers <= 64:
+        parser.error("--workers in 1..64")
     if not (
         0 <= args.wrong_share <= 1 and 0 < args.login_seconds <= 600 and 1 <= args.hot <= 10000
     ):
@@ -273,6 +281,7 @@ def run(argv: list[str] | None = None) -> int:
         prefix=prefix,
         port=free_port(),
         data_dir=workdir / "data",
+        workers=args.workers,
         extra_env=extra,
     )
     server = svc.server
@@ -415,6 +424,15 @@ def _bodies(data: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _mode(params: dict[str, Any]) -> str:
+    """How the server was run, in words (results files from before --workers have none)."""
+    workers = int(params.get("workers", 1))
+    processes = f"{workers} workers" if workers > 1 else "one worker"
+    if params.get("one_process"):
+        return f"{processes}, each serving everything"
+    return f"{processes} + a lane" if workers > 1 else "verify process + lane"
+
+
 def render(data: dict[str, Any]) -> str:
     p, a, q = data["params"], data["login_alone"], data["ratios"]
     rows = []
@@ -442,7 +460,7 @@ def render(data: dict[str, Any]) -> str:
         [
             (
                 f"storm: argon2 profile {p.get('password_profile') or 'OWASP (service default)'}, Redis lockout, "
-                f"{'one process' if p.get('one_process') else 'verify process + lane'}, "
+                f"{_mode(p)}, "
                 f"wrk {p['connections']} connections, hot tokens; medians of {p['rounds']} rounds × {p['duration']:g} s"
             ),
             "",
