@@ -65,8 +65,8 @@ def main() -> None:
 def serve(host: str | None, port: int | None, workers: int) -> None:
     """Run the HTTP service.
 
-    With one worker and TOKENSVC_REDIS_URL set, /v1/verify gets a process of its own and every
-    other connection goes to a second, lower-priority process (TOKENSVC_VERIFY_PROCESS).
+    With TOKENSVC_REDIS_URL set, the worker(s) answer /v1/verify and every other connection goes
+    to one more, lower-priority process: the lane (TOKENSVC_VERIFY_PROCESS).
     """
     from keystore import KeystoreError
     from tokensvc.server import run

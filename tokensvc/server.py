@@ -1,4 +1,4 @@
-"""Running the app: uvloop; one process, a verify process and its lane, or several workers."""
+"""Running the app: uvloop; one process, or verify workers and their lane, or plain workers."""
 
 from __future__ import annotations
 
@@ -63,14 +63,14 @@ def _serve_one(
     _run_loop(serving)
 
 
-def _serve_lane(config: Config, lane: socket.socket) -> None:
-    """The lane process: serve the connections the verify process hands over (web.lane)."""
+def _serve_lane(config: Config, lanes: list[socket.socket]) -> None:
+    """The lane process: serve the connections the verify workers hand over (web.lane)."""
     configure_logging(config.log_level)
     with contextlib.suppress(OSError):
         os.nice(LANE_NICE)
     app = create_app(config)
     app.on_startup.append(freeze_startup_objects)
-    _run_loop(_lane(app, lane))
+    _run_loop(_lane(app, lanes))
 
 
 def _run_loop(serving: Coroutine[Any, Any, None]) -> None:
@@ -94,12 +94,14 @@ def _runner(app: web.Application, handoff: Handoff | None = None) -> AppRunner:
     )
 
 
-async def _lane(app: web.Application, lane: socket.socket) -> None:
+async def _lane(app: web.Application, lanes: list[socket.socket]) -> None:
     runner = _runner(app)
     await runner.setup()
-    assert runner.server is not None  # setup() made it
+    server = runner.server
+    assert server is not None  # setup() made it
     try:
-        await receive_connections(runner.server, lane)  # until the verify process stops
+        # One socket pair per verify worker; until every one of them has stopped.
+        await asyncio.gather(*(receive_connections(server, lane) for lane in lanes))
     finally:
         await runner.cleanup()
 
@@ -127,16 +129,15 @@ async def _serve(
             handoff.close()  # the lane reads EOF and stops too
 
 
-def lane_enabled(config: Config, workers: int) -> bool:
-    """Whether `serve` runs a lane process beside the verify process (see tokensvc.web.lane).
+def lane_enabled(config: Config) -> bool:
+    """Whether `serve` runs a lane process beside its verify workers (see tokensvc.web.lane).
 
-    It needs one worker (workers share the port differently), the fast path (whose raw state
-    says when a connection can move), no native TLS (a TLS session cannot move between
-    processes) and Redis (lockout counts must be shared by the two processes).
+    It needs the fast path (whose raw state says when a connection can move), no native TLS (a
+    TLS session cannot move between processes) and Redis (lockout counts must be shared by the
+    processes).
     """
     return (
         config.verify_process
-        and workers == 1
         and config.fast_verify
         and not config.tls
         and config.redis_url is not None
@@ -153,16 +154,17 @@ def run(config: Config, *, host: str, port: int, workers: int = 1) -> None:
     """
     ssl_context(config)  # a bad certificate fails here, before any worker starts
     context = multiprocessing.get_context("spawn")
-    if lane_enabled(config, workers):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if lane_enabled(config):
+        # N verify workers on the port (SO_REUSEPORT when N > 1), each with its own socket
+        # pair to one lane process: logins and the admin API stay off every verify loop.
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(workers)]
+        verify = [
+            context.Process(target=_serve_one, args=(config, host, port, workers > 1, ours))
+            for ours, _theirs in pairs
+        ]
+        lane = context.Process(target=_serve_lane, args=(config, [t for _o, t in pairs]))
         with _multiprocess_metrics_dir():
-            _supervise(
-                [
-                    context.Process(target=_serve_one, args=(config, host, port, False, ours)),
-                    context.Process(target=_serve_lane, args=(config, theirs)),
-                ],
-                inherited=(ours, theirs),
-            )
+            _supervise([*verify, lane], inherited=tuple(s for pair in pairs for s in pair))
         return
     if workers == 1:
         _serve_one(config, host, port, reuse_port=False)

@@ -2,13 +2,15 @@
 
 In-process tests run both ends in one event loop: the verify app with a Handoff on one end of a
 SOCK_SEQPACKET pair, and a second app serving what arrives on the other end, exactly as the
-lane process does. The last tests run `tokensvc serve` itself, with its two processes.
+lane process does. The last tests run `tokensvc serve` itself: one or two verify workers and
+their lane.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http.client
 import json
 import re
 import signal
@@ -142,13 +144,12 @@ def test_the_lane_runs_only_where_a_connection_can_move_and_lockout_is_shared(
         data_dir=tmp_path,
         redis_url="redis://127.0.0.1:6379/0",
     )
-    assert lane_enabled(base, workers=1)
-    assert not lane_enabled(base, workers=2)  # workers share the port through SO_REUSEPORT
-    assert not lane_enabled(dataclasses.replace(base, verify_process=False), workers=1)
-    assert not lane_enabled(dataclasses.replace(base, fast_verify=False), workers=1)
-    assert not lane_enabled(dataclasses.replace(base, redis_url=None), workers=1)
+    assert lane_enabled(base)
+    assert not lane_enabled(dataclasses.replace(base, verify_process=False))
+    assert not lane_enabled(dataclasses.replace(base, fast_verify=False))
+    assert not lane_enabled(dataclasses.replace(base, redis_url=None))
     tls = dataclasses.replace(base, tls_cert_file="c.pem", tls_key_file="k.pem")
-    assert not lane_enabled(tls, workers=1)  # a TLS session cannot move between processes
+    assert not lane_enabled(tls)  # a TLS session cannot move between processes
 
 
 # ---- moving a connection ------------------------------------------------------------------------
@@ -301,13 +302,19 @@ def _nice(pid: int) -> int:
     return int(stat[stat.rindex(")") + 2 :].split()[16])
 
 
-@pytest.fixture
+@pytest.fixture(params=[1, 2], ids=["one-worker", "two-workers"])
 def served(
-    tmp_path: Path, redis_url: str, redis_prefix: str
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`tokensvc serve` with one worker and Redis: a verify process and a lane."""
-    with serving(tmp_path, redis_url, redis_prefix) as pair:
-        yield pair
+    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes], int]]:
+    """`tokensvc serve [--workers 2]` with Redis: the verify worker(s) and one lane; 1 s after
+    the first answer, so that every worker is up."""
+    workers = request.param
+    args = ("--workers", str(workers)) if workers > 1 else ()
+    with serving(tmp_path, redis_url, redis_prefix, *args, settle=1.0 if args else 0.0) as (
+        base,
+        proc,
+    ):
+        yield base, proc, workers
 
 
 _VERIFY_COUNT = re.compile(
@@ -315,37 +322,84 @@ _VERIFY_COUNT = re.compile(
 )
 
 
-def test_serve_runs_a_verify_process_and_a_lower_priority_lane(
-    served: tuple[str, subprocess.Popen[bytes]],
+def _holder(server_port: int, client_port: int, pids: list[int]) -> int:
+    """Which of `pids` holds the server side of the TCP connection from `client_port`."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == (
+            client_port
+        ):
+            inodes.add(f"socket:[{inode}]")
+    holders = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if fd.readlink().as_posix() in inodes:
+                    holders.add(pid)
+            except OSError:
+                continue  # closed meanwhile
+    assert len(holders) == 1, (inodes, holders)
+    return holders.pop()
+
+
+def _exchange(
+    conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]
+) -> Any:
+    conn.request("POST", path, body=body, headers=headers)
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    return json.loads(resp.read())
+
+
+def test_serve_runs_verify_workers_and_a_lower_priority_lane(
+    served: tuple[str, subprocess.Popen[bytes], int],
 ) -> None:
-    base, proc = served
-    assert sorted(_nice(pid) for pid in _serving(proc.pid)) == [0, 10]
-    token = _http(base + "/v1/login", data=b"", headers=basic_auth("admin", ADMIN_PASSWORD))[
-        "token"
-    ]
-    for _ in range(3):
-        answer = _http(
-            base + "/v1/verify",
-            data=json.dumps({"token": token}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        assert answer["valid"] is True
-    # The scrape is answered by the lane, yet counts the verify process's verifies too.
+    """Each worker at nice 0, one lane at nice 10. A connection that logs in is held by the
+    lane; one that verifies, by a verify worker; the lane's scrape counts every verify."""
+    base, proc, workers = served
+    children = _serving(proc.pid)
+    assert sorted(_nice(pid) for pid in children) == [0] * workers + [10]
+    lane = next(pid for pid in children if _nice(pid) == 10)
+    port = int(base.rpartition(":")[2])
+
+    login = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    token = _exchange(login, "/v1/login", b"", basic_auth("admin", ADMIN_PASSWORD))["token"]
+    assert _holder(port, login.sock.getsockname()[1], children) == lane
+    body = json.dumps({"token": token}).encode()
+    as_json = {"Content-Type": "application/json"}
+    # The login connection stays with the lane, and its verifies are answered there.
+    assert _exchange(login, "/v1/verify", body, as_json)["valid"]
+    assert _holder(port, login.sock.getsockname()[1], children) == lane
+    login.close()
+
+    verifiers = []
+    for _ in range(2 * workers + 2):  # new connections: the kernel spreads them over workers
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        assert _exchange(conn, "/v1/verify", body, as_json)["valid"]
+        assert _holder(port, conn.sock.getsockname()[1], children) != lane
+        verifiers.append(conn)
+    for conn in verifiers:
+        conn.close()
+
+    # The scrape is answered by the lane, yet counts every worker's verifies too.
+    expected = 1 + len(verifiers)
     deadline = time.monotonic() + 10
     while True:
         match = _VERIFY_COUNT.search(_http(base + "/metrics"))
-        if match and float(match.group(1)) >= 3 or time.monotonic() > deadline:
+        if match and float(match.group(1)) >= expected or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert match is not None and float(match.group(1)) >= 3
+    assert match is not None and float(match.group(1)) == expected
 
 
-def test_serve_stops_both_processes_cleanly_on_sigterm(
-    served: tuple[str, subprocess.Popen[bytes]],
+def test_serve_stops_every_process_cleanly_on_sigterm(
+    served: tuple[str, subprocess.Popen[bytes], int],
 ) -> None:
-    _base, proc = served
+    _base, proc, workers = served
     children = _serving(proc.pid)
-    assert len(children) == 2
+    assert len(children) == workers + 1
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]

@@ -7,12 +7,13 @@ flood of logins takes about half of it, whatever argon2 costs. Measured with `./
 on a 2-core host: a login storm against the serving process kept 0.41-0.56x of verify throughput
 with p99 x10-20; the same storm against *another* process on the same host kept 0.91x, p99 x1.12.
 
-So `tokensvc serve` (one worker, Redis lockout, no native TLS) runs two processes of the same
-app. The verify process owns the port. When a connection's first request that is not a plain
+So `tokensvc serve` (Redis lockout, no native TLS) runs the same app in its verify worker(s)
+and in one lane process. The verify process owns the port (with `--workers N`, N of them share it,
+each with its own socket pair to the lane). When a connection's first request that is not a plain
 verify arrives while aiohttp's parser has read nothing on it (FastRequestHandler's raw state),
 the connection itself, a duplicate of its socket, goes with the bytes read so far over a Unix
 SOCK_SEQPACKET pair to the lane process, which serves the rest of it with the full app. The
-kernel then shares the cores between the two processes, and the lane runs at a lower priority.
+kernel then shares the cores between the processes, and the lane runs at a lower priority.
 
 Nothing is lost when the lane cannot take a connection (it is gone, the bytes do not fit one
 message, our writes are still queued): the verify process serves it as before. A lane that is only
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 # The largest message one handoff may carry: the bytes read so far must fit with the fd.
 MAX_HANDOFF_BYTES = 64 * 1024
-# The lane's CPU priority: when both processes want a core, verifies get it first.
+# The lane's CPU priority: when it and a verify process want a core, verifies get it first.
 LANE_NICE = 10
 # How long a connection waits, reading paused, for a lane that is behind, and how often it asks.
 LANE_WAIT = 1.0
