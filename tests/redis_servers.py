@@ -147,10 +147,14 @@ class ClusterServers:
 
 
 class SentinelServers:
-    """A master, `replicas` replicas of it, and one Sentinel watching it as `service`."""
+    """A master, `replicas` replicas of it, and one Sentinel watching it as `service`; with
+    `sentinel_password`, the Sentinel requires it (`requirepass`), the master still does not."""
 
-    def __init__(self, *, service: str = "tokensvc-test", replicas: int = 0) -> None:
+    def __init__(
+        self, *, service: str = "tokensvc-test", replicas: int = 0, sentinel_password: str = ""
+    ) -> None:
         self.service = service
+        self.sentinel_password = sentinel_password
         redis_binary()
         self.root = Path(tempfile.mkdtemp(prefix="tokensvc-redis-sentinel."))
         # Without the delay a replica is in sync at once rather than five seconds later.
@@ -172,7 +176,12 @@ class SentinelServers:
         return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.service}"
 
     def sentinel_client(self) -> redis.Redis:
-        return redis.Redis(port=self.sentinel_port, socket_timeout=5, decode_responses=True)
+        return redis.Redis(
+            port=self.sentinel_port,
+            password=self.sentinel_password or None,
+            socket_timeout=5,
+            decode_responses=True,
+        )
 
     def start(self) -> None:
         self.master.start()
@@ -186,6 +195,7 @@ class SentinelServers:
             f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
             f"sentinel down-after-milliseconds {self.service} 500\n"
             f"sentinel failover-timeout {self.service} 5000\n"
+            + (f"requirepass {self.sentinel_password}\n" if self.sentinel_password else "")
         )
         self.sentinel = subprocess.Popen(
             [redis_binary(), str(config), "--sentinel"],

@@ -8,7 +8,8 @@ URL forms (`rediss` in place of `redis` turns TLS on; query options are redis-py
   from any of the listed nodes;
 - `redis+sentinel://[[user]:password@]host:port[,host:port…]/service[/db]`: the master that the
   listed Sentinels name for `service`, followed across failovers. The credentials are the
-  master's; the Sentinels are asked without any.
+  master's; Sentinels that require their own (`requirepass` in sentinel.conf) take them from
+  the query options `sentinel_password` and `sentinel_username`, which go to no other server.
 
 Every client fails fast (sub-second timeouts, one retry) and waits up to a second for a free
 connection rather than failing at once when all are busy, whatever the kind.
@@ -18,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -224,13 +225,25 @@ class _SentinelMaster(Redis):
                     await sentinel.aclose()
 
 
+# Query options of a Sentinel URL that are the Sentinels' own credentials, not the master's.
+_SENTINEL_CREDENTIALS = {"sentinel_username": "username", "sentinel_password": "password"}
+
+
 def _sentinel_master(target: _MultiHostURL, options: dict[str, Any]) -> Redis:
     service, _, db = target.path.partition("/")
     if not service or "/" in db:
         raise ConfigError("a Sentinel URL needs a service name: redis+sentinel://host:port/name")
+    query = parse_qsl(target.query, keep_blank_values=True)
+    credentials = {
+        _SENTINEL_CREDENTIALS[key]: value for key, value in query if key in _SENTINEL_CREDENTIALS
+    }
+    target = replace(
+        target, query=urlencode([(k, v) for k, v in query if k not in _SENTINEL_CREDENTIALS])
+    )
     master_options = {**options, **target.connection_options(db=db or "0")}
     tls = master_options.get("ssl", False)
-    # Sentinels are asked with the same timeouts (and TLS), but not the master's credentials.
+    # Sentinels are asked with the same timeouts (and TLS), with their own credentials if given,
+    # never the master's.
     # Every new master connection asks a Sentinel first, so the Sentinel clients need as many
     # connections as the master's pool can open at once.
     sentinel_options = {
@@ -243,6 +256,7 @@ def _sentinel_master(target: _MultiHostURL, options: dict[str, Any]) -> Redis:
     # A pub/sub client may wait on the master without a timeout; a question to a Sentinel may not.
     if sentinel_options.get("socket_timeout") is None:
         sentinel_options["socket_timeout"] = _options({})["socket_timeout"]
+    sentinel_options.update(credentials)
     sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options)
     master: Redis = sentinel.master_for(
         service,

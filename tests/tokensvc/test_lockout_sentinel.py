@@ -70,6 +70,42 @@ async def test_counts_survive_a_failover_and_the_store_follows_the_new_master(
     assert status.counters[1].failures == 5
 
 
+@pytest.fixture
+def guarded() -> Iterator[SentinelServers]:
+    """A Sentinel that requires a password of its own (the master requires none)."""
+    servers = SentinelServers(service="tokensvc-guarded", sentinel_password="s3ntinel/p@ss")
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.remove()
+
+
+async def test_a_sentinel_with_a_password_is_asked_with_the_sentinel_password(
+    guarded: SentinelServers, redis_prefix: str
+) -> None:
+    """`sentinel_password` (percent-encoded in the URL) reaches the Sentinel and only the
+    Sentinel; without it the Sentinel refuses, and attempts fail closed."""
+    with_password = f"{guarded.url}?sentinel_password=s3ntinel%2Fp%40ss&health_check_interval=5"
+    client = redis_client_from_url(with_password)
+    store = RedisLockoutStore(client, prefix=redis_prefix)
+    for _ in range(2):
+        await store.begin_attempt(identity="alice", client_ip=IP, now=T0)
+    status = await store.status("alice", T0)
+    await client.aclose()
+    assert status.failures == 2
+
+    # The master took no password: had it been sent one, it would have refused the commands.
+    with guarded.master.client() as master:
+        assert master.config_get("requirepass") == {"requirepass": ""}
+
+    unguarded = redis_client_from_url(guarded.url)
+    store = RedisLockoutStore(unguarded, prefix=redis_prefix)
+    with pytest.raises(Unavailable):
+        await store.begin_attempt(identity="alice", client_ip=IP, now=T0)
+    await unguarded.aclose()
+
+
 async def test_an_unknown_service_fails_closed(
     redis_sentinel: SentinelServers, redis_prefix: str
 ) -> None:
