@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from tests.served import ServedTestServer
@@ -28,8 +30,6 @@ from tokensvc.web.app import create_app
 from tokensvc.web.headers import HSTS
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from tests.conftest import FakeClock
     from tokensvc.config import Config
 
@@ -317,6 +317,40 @@ async def test_the_fast_path_can_be_turned_off(
         resp = await off.get("/v1/keys", headers=bearer(admin))
         assert resp.status == 200
     assert fast_answers == {"answered": 0, "handed_on": 0}
+
+
+async def test_this_aiohttp_has_every_internal_the_fast_path_uses() -> None:
+    """Fails on an aiohttp release that renames one (the service would then start without the
+    fast path, with a warning: the next test)."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response()
+
+    assert fastverify.missing_internals(web.Server(handler)) == []
+
+
+async def test_an_aiohttp_without_an_internal_serves_on_its_own_path(
+    app_config: Config,
+    clock: FakeClock,
+    fast_answers: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A renamed internal turns the fast path off at start-up, said in a warning: verifies are
+    still answered, by aiohttp, instead of failing."""
+    monkeypatch.setattr(
+        fastverify, "_HANDLER_INTERNALS", (*fastverify._HANDLER_INTERNALS, "_renamed_in_4_0")
+    )
+    with caplog.at_level(logging.WARNING, logger="tokensvc.web.fastverify"):
+        async with TestClient(ServedTestServer(create_app(app_config, clock=clock))) as served:
+            login = await served.post(
+                "/v1/login", json={"username": "admin", "password": app_config.admin_password}
+            )
+            assert login.status == 200, await login.text()
+            resp = await served.post("/v1/verify", json={"token": (await login.json())["token"]})
+            assert resp.status == 200
+    assert fast_answers == {"answered": 0, "handed_on": 0}
+    assert "RequestHandler._renamed_in_4_0" in caplog.text
 
 
 async def test_over_native_tls_answers_carry_hsts_and_match_the_pipelines(

@@ -27,11 +27,13 @@ parser has read nothing on it: socket, bytes read and all.
 
 It leans on aiohttp's RequestHandler internals (its message queue, its idle waiter, its keep-alive
 timer), which `tests/tokensvc/test_fastverify.py` exercises; TOKENSVC_FAST_VERIFY=false turns
-the path off without a code change.
+the path off without a code change. An aiohttp release without one of them turns it off at
+start-up, with a warning, rather than failing requests (`missing_internals`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from email.utils import formatdate
@@ -40,6 +42,7 @@ from ipaddress import IPv4Network, IPv6Network
 from time import perf_counter
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
@@ -60,6 +63,39 @@ from tokensvc.web.pipeline import REQUEST_ID, record_request, request_id_for
 from tokensvc.web.verifyrequest import read_verify_request
 
 PATH = "/v1/verify"
+
+log = logging.getLogger(__name__)
+
+# The aiohttp internals this module reads, sets or calls: RequestHandler's (slots and methods,
+# checked on the class) and web.Server's (instance attributes, checked on the server).
+_HANDLER_INTERNALS = (
+    "_close",
+    "_force_close",
+    "_keepalive_handle",
+    "_keepalive_timeout",
+    "_loop",
+    "_manager",
+    "_messages",
+    "_next_keepalive_close_time",
+    "_parser",
+    "_paused",
+    "_process_keepalive",
+    "_read_bufsize",
+    "_request_count",
+    "_waiter",
+)
+_SERVER_INTERNALS = ("_kwargs", "_loop")
+
+
+def missing_internals(server: web.Server) -> list[str]:
+    """The aiohttp internals the fast path needs that this aiohttp lacks (renamed in a release).
+
+    Checked once at start-up: a missing one would otherwise fail the first verify served here.
+    """
+    missing = [f"RequestHandler.{n}" for n in _HANDLER_INTERNALS if not hasattr(RequestHandler, n)]
+    missing += [f"Server.{n}" for n in _SERVER_INTERNALS if not hasattr(server, n)]
+    return missing
+
 
 _STATUS_LINES = {
     status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode("ascii")
@@ -375,4 +411,15 @@ class AppRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()  # starts the app: its verifier exists from here
         fast = FastVerify.for_app(self.app)
-        return server if fast is None else FastServer(fast, server, self._handoff)
+        if fast is None:
+            return server
+        missing = missing_internals(server)
+        if missing:
+            log.warning(
+                "aiohttp %s lacks %s, which the fast /v1/verify path uses: every request takes "
+                "aiohttp's own path (and no connection moves to the lane)",
+                aiohttp.__version__,
+                ", ".join(missing),
+            )
+            return server
+        return FastServer(fast, server, self._handoff)
