@@ -461,14 +461,22 @@ error:
     return NULL;
 }
 
+/* The (bytes, max_caveats: int) arguments of parse_v2 and decode_tsv1, once set_types has given
+ * the classes to build; 0 with an exception set otherwise. */
 static int
-check_types_set(void)
+bytes_and_limit(PyObject *const *args, Py_ssize_t nargs, const char *usage,
+                Py_ssize_t *max_caveats)
 {
     if (caveat_type == NULL || macaroon_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "tokensvc._speedups.set_types was not called");
         return 0;
     }
-    return 1;
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return 0;
+    }
+    *max_caveats = PyLong_AsSsize_t(args[1]);
+    return !(*max_caveats == -1 && PyErr_Occurred());
 }
 
 static PyObject *
@@ -476,15 +484,7 @@ py_parse_v2(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t max_caveats;
 
-    if (!check_types_set()) {
-        return NULL;
-    }
-    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "parse_v2(data: bytes, max_caveats: int)");
-        return NULL;
-    }
-    max_caveats = PyLong_AsSsize_t(args[1]);
-    if (max_caveats == -1 && PyErr_Occurred()) {
+    if (!bytes_and_limit(args, nargs, "parse_v2(data: bytes, max_caveats: int)", &max_caveats)) {
         return NULL;
     }
     return parse_v2_buffer((const unsigned char *)PyBytes_AS_STRING(args[0]),
@@ -562,15 +562,8 @@ py_decode_tsv1(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *result;
     int i;
 
-    if (!check_types_set()) {
-        return NULL;
-    }
-    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "decode_tsv1(token: bytes, max_caveats: int)");
-        return NULL;
-    }
-    max_caveats = PyLong_AsSsize_t(args[1]);
-    if (max_caveats == -1 && PyErr_Occurred()) {
+    if (!bytes_and_limit(args, nargs, "decode_tsv1(token: bytes, max_caveats: int)",
+                         &max_caveats)) {
         return NULL;
     }
     raw = (const unsigned char *)PyBytes_AS_STRING(args[0]);
