@@ -99,7 +99,6 @@ class Policy:
                 item = _parse_cached(predicate)
             else:
                 item = _parsed(predicate)
-            kind = type(item)
             if type(item) is Subject:
                 value = item.subject
                 if subject is None:
@@ -127,10 +126,9 @@ class Policy:
                 steps.append(item)
                 ok = False
             else:
-                if kind is Expiry or kind is TimeBefore:
-                    at = item.expires_at  # type: ignore[union-attr]
-                    if expires_at is None or at < expires_at:
-                        expires_at = float(at)
+                if type(item) is Expiry or type(item) is TimeBefore:
+                    if expires_at is None or item.expires_at < expires_at:
+                        expires_at = float(item.expires_at)
                 steps.append(item.check)  # type: ignore[union-attr]
         self.subject = subject
         self.expires_at = expires_at
