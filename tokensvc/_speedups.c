@@ -210,26 +210,31 @@ b64_decode_into(const unsigned char *in, Py_ssize_t n, unsigned char *out)
 static PyObject *
 py_b64decode(PyObject *self, PyObject *arg)
 {
-    Py_ssize_t n, written;
-    unsigned char *out;
+    const unsigned char *in;
+    Py_ssize_t n;
     PyObject *result;
 
     if (!PyBytes_Check(arg)) {
         PyErr_SetString(PyExc_TypeError, "b64decode(text: bytes)");
         return NULL;
     }
+    in = (const unsigned char *)PyBytes_AS_STRING(arg);
     n = PyBytes_GET_SIZE(arg);
-    out = PyMem_Malloc((size_t)(n / 4 * 3 + 3));
-    if (out == NULL) {
-        return PyErr_NoMemory();
+    while (n > 0 && in[n - 1] == '=') {
+        n--;
     }
-    written = b64_decode_into((const unsigned char *)PyBytes_AS_STRING(arg), n, out);
-    if (written < 0) {
-        PyMem_Free(out);
+    if (n % 4 == 1) {
         Py_RETURN_NONE;
     }
-    result = PyBytes_FromStringAndSize((const char *)out, written);
-    PyMem_Free(out);
+    /* The exact size, so the bytes object is decoded into directly. */
+    result = PyBytes_FromStringAndSize(NULL, n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0));
+    if (result == NULL) {
+        return NULL;
+    }
+    if (b64_decode_into(in, n, (unsigned char *)PyBytes_AS_STRING(result)) < 0) {
+        Py_DECREF(result);
+        Py_RETURN_NONE;
+    }
     return result;
 }
 
