@@ -15,7 +15,7 @@ from caveats.bakery import (
     parse_rfc3339,
     time_before,
 )
-from caveats.checker import Outcome, Policy, check_predicates, subject_of
+from caveats.checker import Outcome, Policy, check_predicates, parse_predicate, subject_of
 from caveats.context import Context
 from caveats.errors import CaveatError, UnknownCaveat
 from caveats.registry import Caveat, caveat, check_fields, decode, encode, registered
@@ -63,6 +63,7 @@ __all__ = [
     "encode",
     "format_rfc3339",
     "parse_condition",
+    "parse_predicate",
     "parse_rfc3339",
     "registered",
     "subject_of",

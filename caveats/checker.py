@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from caveats.bakery import Declared, TimeBefore, parse_condition
+from caveats.bakery import Condition, Declared, TimeBefore, parse_condition
 from caveats.context import Context
 from caveats.errors import CaveatError, UnknownCaveat
 from caveats.registry import Caveat, decode
@@ -182,6 +182,18 @@ def subject_of(predicates: Iterable[bytes | str]) -> str | None:
                 return None
             subject = item.subject
     return subject
+
+
+def parse_predicate(predicate: bytes) -> Caveat | Condition:
+    """The typed caveat or bakery condition in `predicate`; CaveatError if it is neither.
+
+    For code that reasons about a token's caveats (delegation, introspection) rather than checking
+    them; uses the same decode cache as the checker.
+    """
+    item = _parsed(predicate)
+    if type(item) is Failure:
+        raise CaveatError(item.reason)
+    return item  # type: ignore[return-value]
 
 
 def _parsed(predicate: bytes | str) -> _Parsed:

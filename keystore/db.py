@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypeVar
 
 from sqlalchemy import DateTime, Dialect, MetaData, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
+
+from keystore.errors import StoreUnavailable
+
+_T = TypeVar("_T")
 
 # Stable constraint names, so Alembic migrations can name (and later drop) what the models declare.
 NAMING_CONVENTION: Final[dict[str, str]] = {
@@ -136,3 +142,103 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(connection: Connection) -> None:
         immediate = connection.get_execution_options().get(SQLITE_BEGIN_IMMEDIATE, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+# ---- running database work ------------------------------------------------------------------------
+
+# PostgreSQL SQLSTATE classes and codes that mean "the server cannot serve us now", not "bad SQL",
+# when a statement fails on a connection that was already open: 08 connection exception, 53
+# insufficient resources, 57P01-03 shutdown / cannot connect now, 57014 statement timeout, 25006
+# read-only transaction (a standby after a failover), 55P03 lock not available, 40001/40P01
+# serialization failure / deadlock (the work may succeed if asked again). Failures to *open* a
+# connection need no list: whatever the server says then (55000 database not accepting
+# connections, 28P01 a rotated password, 3D000 a dropped database …), it cannot serve us.
+_PG_UNAVAILABLE_CLASSES: Final = frozenset({"08", "53"})
+_PG_UNAVAILABLE_CODES: Final = frozenset(
+    {"57P01", "57P02", "57P03", "57014", "25006", "55P03", "40001", "40P01"}
+)
+# SQLite primary result codes for the same: BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL.
+_SQLITE_UNAVAILABLE_CODES: Final = frozenset({5, 6, 10, 13, 14, 15})
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc`, raised by a statement, means the database cannot serve now (vs. a bug)."""
+    if isinstance(exc, OSError | TimeoutError | sa_exc.TimeoutError | sa_exc.DisconnectionError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
+            return True
+        return any(_cause_is_unavailable(cause) for cause in _causes(exc.orig))
+    return False
+
+
+def _cause_is_unavailable(cause: BaseException) -> bool:
+    if isinstance(cause, OSError | TimeoutError):
+        return True
+    sqlstate = getattr(cause, "sqlstate", None)
+    if isinstance(sqlstate, str) and (
+        sqlstate[:2] in _PG_UNAVAILABLE_CLASSES or sqlstate in _PG_UNAVAILABLE_CODES
+    ):
+        return True
+    code = getattr(cause, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in _SQLITE_UNAVAILABLE_CODES
+
+
+def _causes(exc: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _unavailable(what: str, exc: BaseException) -> StoreUnavailable:
+    # The class name says what failed; the message of a driver error may echo SQL parameters.
+    root = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    return StoreUnavailable(f"{what} is unavailable ({type(root).__name__})")
+
+
+async def run(
+    engine: AsyncEngine,
+    op: Callable[[AsyncConnection], Awaitable[_T]],
+    *,
+    write: bool,
+    retry: bool = True,
+    what: str = "the database",
+    options: dict[str, Any] | None = None,
+) -> _T:
+    """Run `op` on a connection of `engine` (in a transaction when writing).
+
+    The one place database failures are classified: `StoreUnavailable` when the database cannot
+    serve now (any failure to open a connection; a failure of a statement that `is_unavailable`
+    recognises); anything else propagates as the bug it is. A pooled connection the server closed
+    meanwhile fails its first statement and invalidates the pool, so with `retry` the work runs
+    once more on a fresh connection (what pool_pre_ping would buy, without a round trip on every
+    checkout); writes that are not idempotent pass retry=False. `options` are execution options
+    set on the connection first.
+    """
+    attempts = 2 if retry else 1
+    for attempt in range(1, attempts + 1):
+        conn = engine.connect()
+        try:
+            await conn.start()
+        except Exception as exc:  # noqa: BLE001 - no connection, whatever the reason: unavailable
+            raise _unavailable(what, exc) from exc
+        try:
+            if options:
+                await conn.execution_options(**options)
+            if not write:
+                return await op(conn)
+            async with conn.begin():
+                return await op(conn)
+        except sa_exc.DBAPIError as exc:
+            if exc.connection_invalidated and attempt < attempts:
+                continue
+            if is_unavailable(exc):
+                raise _unavailable(what, exc) from exc
+            raise
+        except (OSError, TimeoutError, sa_exc.TimeoutError, sa_exc.DisconnectionError) as exc:
+            raise _unavailable(what, exc) from exc
+        finally:
+            await conn.close()
+    raise AssertionError("unreachable")  # pragma: no cover

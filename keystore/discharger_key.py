@@ -23,15 +23,14 @@ from typing import Any, Final, TypeVar
 
 from nacl.bindings import crypto_scalarmult_base
 from sqlalchemy import LargeBinary, String, Table, select
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keystore.crypto import KeyEncryptionKey, SecretBytes
 from keystore.db import Base
-from keystore.errors import KeyDecryptionError, StoreUnavailable
-from keystore.store import is_unavailable
+from keystore.db import run as run_database
+from keystore.errors import KeyDecryptionError
 
 __all__ = [
     "DEFAULT_KEY_ID",
@@ -163,23 +162,4 @@ async def _run(
 ) -> _T:
     # Both operations are idempotent (a read, and an insert that yields to an existing row), so
     # one retry on a connection the server closed meanwhile is safe.
-    for attempt in (1, 2):
-        try:
-            if write:
-                async with engine.begin() as conn:
-                    return await op(conn)
-            async with engine.connect() as conn:
-                return await op(conn)
-        except sa_exc.DBAPIError as exc:
-            if exc.connection_invalidated and attempt == 1:
-                continue
-            if is_unavailable(exc):
-                raise StoreUnavailable(
-                    f"discharger key database unavailable ({type(exc.orig).__name__})"
-                ) from exc
-            raise
-        except (OSError, sa_exc.TimeoutError, sa_exc.DisconnectionError) as exc:
-            raise StoreUnavailable(
-                f"discharger key database unavailable ({type(exc).__name__})"
-            ) from exc
-    raise AssertionError("unreachable")  # pragma: no cover
+    return await run_database(engine, op, write=write, what="the discharger key database")

@@ -28,9 +28,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from keystore.cache import KeyCache
 from keystore.crypto import KeyEncryptionKey, SecretBytes
 from keystore.db import Base
-from keystore.errors import KeyDecryptionError, StoreUnavailable
+from keystore.db import run as run_database
+from keystore.errors import KeyDecryptionError
 from keystore.keyring import ROOT_KEY_BYTES, RootKey
-from keystore.store import is_unavailable
 
 __all__ = ["KEY_ID_PREFIX", "ServiceKeyRow", "ServiceKeys", "is_service_key_id", "service_key_id"]
 
@@ -139,14 +139,12 @@ class ServiceKeys:
 
     async def _fetch(self, key_id: str, now: datetime) -> RootKey | None:
         async with self._miss_limit:
-            try:
-                async with self._engine.connect() as conn:
-                    result = await conn.execute(select(_TABLE).where(_TABLE.c.id == key_id))
-                    row = result.mappings().first()
-            except Exception as exc:
-                if is_unavailable(exc):
-                    raise StoreUnavailable("service key database unavailable") from exc
-                raise
+            row = await run_database(
+                self._engine,
+                partial(_select_row, key_id=key_id),
+                write=False,
+                what="the service key database",
+            )
         if row is None or row["expires_at"] <= now:
             return None
         if row["kek_id"] != self._kek.kek_id:
@@ -162,6 +160,10 @@ class ServiceKeys:
             created_at=row["created_at"],
             expires_at=expires_at,
         )
+
+
+async def _select_row(conn: AsyncConnection, *, key_id: str) -> Any:
+    return (await conn.execute(select(_TABLE).where(_TABLE.c.id == key_id))).mappings().first()
 
 
 def _aad(key_id: str, token_id: str, expires_at: datetime) -> bytes:

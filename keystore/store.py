@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import Table, delete, insert, select
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from keystore.errors import StoreUnavailable
+from keystore.db import run as run_database
 from keystore.models import RootKeyRow
 
 _T = TypeVar("_T")
@@ -27,13 +26,6 @@ _NEWEST_FIRST: Final = (
     _TABLE.c.slot.is_(None).desc(),
     _TABLE.c.id.desc(),
 )
-
-# PostgreSQL SQLSTATE classes/codes meaning "the server cannot serve us now", not "bad SQL":
-# 08 connection exception, 53 insufficient resources, 57P01-03 shutdown / cannot connect now.
-_PG_UNAVAILABLE_CLASSES: Final = frozenset({"08", "53"})
-_PG_UNAVAILABLE_CODES: Final = frozenset({"57P01", "57P02", "57P03"})
-# SQLite primary result codes for the same: BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL.
-_SQLITE_UNAVAILABLE_CODES: Final = frozenset({5, 6, 10, 13, 14, 15})
 
 
 class RootKeyStore:
@@ -131,63 +123,9 @@ class RootKeyStore:
     async def _run(
         self, op: Callable[[AsyncConnection], Awaitable[_T]], *, write: bool, retry: bool = True
     ) -> _T:
-        # A pooled connection the server has closed meanwhile fails its first statement; SQLAlchemy
-        # then invalidates the pool, so one retry runs on a fresh connection. That is what
-        # pool_pre_ping would buy, without paying a round trip on every checkout.
-        attempts = 2 if retry else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                if write:
-                    async with self._engine.begin() as conn:
-                        return await op(conn)
-                async with self._engine.connect() as conn:
-                    return await op(conn)
-            except sa_exc.DBAPIError as exc:
-                if exc.connection_invalidated and attempt < attempts:
-                    continue
-                if is_unavailable(exc):
-                    raise StoreUnavailable(_describe(exc)) from exc
-                raise
-            except (OSError, sa_exc.TimeoutError, sa_exc.DisconnectionError) as exc:
-                raise StoreUnavailable(_describe(exc)) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """Whether `exc` means the database cannot be reached or cannot serve now (vs. a bug)."""
-    if isinstance(exc, OSError | sa_exc.TimeoutError | sa_exc.DisconnectionError):
-        return True
-    if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
-            return True
-        return any(_cause_is_unavailable(cause) for cause in _causes(exc.orig))
-    return False
-
-
-def _cause_is_unavailable(cause: BaseException) -> bool:
-    if isinstance(cause, OSError):
-        return True
-    sqlstate = getattr(cause, "sqlstate", None)
-    if isinstance(sqlstate, str) and (
-        sqlstate[:2] in _PG_UNAVAILABLE_CLASSES or sqlstate in _PG_UNAVAILABLE_CODES
-    ):
-        return True
-    code = getattr(cause, "sqlite_errorcode", None)
-    return isinstance(code, int) and (code & 0xFF) in _SQLITE_UNAVAILABLE_CODES
-
-
-def _causes(exc: BaseException | None) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def _describe(exc: BaseException) -> str:
-    # The class name says what failed; the message of a driver error may echo SQL parameters.
-    root = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
-    return f"root key database unavailable ({type(root).__name__})"
+        return await run_database(
+            self._engine, op, write=write, retry=retry, what="the root key database"
+        )
 
 
 def _values(row: RootKeyRow) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import asyncpg
 import pytest
 from redis.exceptions import RedisClusterException, RedisError
 
+from tests.pg_servers import PrivatePostgres, pg_bindir
 from tests.redis_servers import ClusterServers, SentinelServers
 
 PG_ADMIN_DSN = os.environ.get("TOKENSVC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -63,6 +64,25 @@ async def pg_url() -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of this test's own, which it may stop and start at will."""
+    bindir = pg_bindir()
+    if bindir is None:
+        # A failure, not a skip: the fault tests are part of the bar.
+        pytest.fail(
+            "the fault tests need PostgreSQL server binaries (initdb, pg_ctl) for a private "
+            "server: apt-get install postgresql"
+        )
+    pg = PrivatePostgres(bindir)
+    try:
+        pg.init()
+        pg.start()
+        yield pg
+    finally:
+        pg.remove()
 
 
 @pytest.fixture

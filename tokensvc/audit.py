@@ -1,8 +1,10 @@
 """The audit trail: who did what to which target, when — one row per admin action, never a secret.
 
-Handlers call `record(...)` after the action succeeded, next to the security event they log. A
-failure to write the row is logged loudly but does not undo or fail the action (it is done by
-then); the security event in the log stream is the second copy.
+The services (tokensvc.services) write the row in the same transaction as the action wherever
+the action is one database transaction (`record(..., conn=conn)`): the action and its record
+commit or fail together. Where it is not (a key rotation in the keystore), the row is written
+after the action succeeded; a failure to write it then is logged loudly but does not undo the
+action, and the security event in the log stream is the second copy.
 """
 
 from __future__ import annotations
@@ -76,8 +78,17 @@ class AuditLog:
         self._engine = engine
         self._clock = clock
 
-    async def record(self, actor: str, action: str, target: str, **details: Any) -> None:
-        """Append one entry; best effort (see the module docstring)."""
+    async def record(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        *,
+        conn: AsyncConnection | None = None,
+        **details: Any,
+    ) -> None:
+        """Append one entry: in the caller's transaction (`conn`, failing with it), or on its
+        own, best effort (see the module docstring)."""
         values = {
             "at": self._clock(),
             "actor": actor[:255],
@@ -89,6 +100,9 @@ class AuditLog:
         async def run(conn: AsyncConnection) -> None:
             await conn.execute(insert(_TABLE).values(values))
 
+        if conn is not None:
+            await run(conn)
+            return
         try:
             await run_db(self._engine, run, write=True, retry=False, what="the audit log")
         except Exception:

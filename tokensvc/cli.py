@@ -143,7 +143,7 @@ class _Local:
         from tokensvc.users import UserStore
 
         self.users = UserStore(self.engine)
-        self.generations = SubjectGenerations(self.users, SubjectStore(self.engine))
+        self.generations = SubjectGenerations(SubjectStore(self.engine))
         self.locator = ThirdPartyLocator(config.bakery)
         self.minter = Minter(
             self.keyring,

@@ -1,4 +1,8 @@
-"""Running one unit of database work for the service's stores, with the failure handling they share."""
+"""Running one unit of database work for the service's stores, and the storage errors they raise.
+
+Stores raise storage errors, never service or HTTP ones: the services translate
+`StorageUnavailable` into `tokensvc.errors.Unavailable` at their boundary (tokensvc.services.boundary).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystore.db import SQLITE_BEGIN_IMMEDIATE
-from keystore.store import is_unavailable
-from tokensvc.errors import Unavailable
+from keystore.db import run as run_database
+from keystore.errors import StoreUnavailable
 
 _T = TypeVar("_T")
+
+
+class StorageError(Exception):
+    """Root of the errors tokensvc's stores raise on purpose; never raised itself."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot serve now (down, unreachable, refusing connections, overloaded)."""
 
 
 # SQLite has one writer at a time, and a connection waiting for the write lock retries with
@@ -46,30 +57,24 @@ async def run_db(
     retry: bool = True,
     what: str = "the database",
 ) -> _T:
-    """Run `op` on a connection (in a transaction when writing); Unavailable if the database is down.
+    """Run `op` on a connection (in one transaction when writing); StorageUnavailable if the
+    database cannot serve.
 
-    As in keystore.store: a pooled connection the server closed meanwhile fails its first
-    statement and invalidates the pool, so one retry runs on a fresh connection. Writes that are
-    not idempotent pass retry=False.
+    The retry and the classification of failures are keystore.db.run's, shared with the key
+    store. Writes that are not idempotent pass retry=False. On SQLite a write takes the write
+    lock up front (BEGIN IMMEDIATE), so a read-then-write cannot fail halfway with SQLITE_BUSY.
     """
-    attempts = 2 if retry else 1
-    for attempt in range(1, attempts + 1):
-        try:
-            if not write:
-                async with engine.connect() as conn:
-                    return await op(conn)
-            async with _write_turn(engine), engine.connect() as conn:
-                # SQLite: take the write lock up front, so a read-then-write cannot fail
-                # halfway with SQLITE_BUSY; PostgreSQL ignores the option.
-                await conn.execution_options(**{SQLITE_BEGIN_IMMEDIATE: True})
-                async with conn.begin():
-                    return await op(conn)
-        except sa_exc.DBAPIError as exc:
-            if exc.connection_invalidated and attempt < attempts:
-                continue
-            if is_unavailable(exc):
-                raise Unavailable(f"{what} is unavailable") from exc
-            raise
-        except (OSError, sa_exc.TimeoutError, sa_exc.DisconnectionError) as exc:
-            raise Unavailable(f"{what} is unavailable") from exc
-    raise AssertionError("unreachable")  # pragma: no cover
+    try:
+        if not write:
+            return await run_database(engine, op, write=False, retry=retry, what=what)
+        async with _write_turn(engine):
+            return await run_database(
+                engine,
+                op,
+                write=True,
+                retry=retry,
+                what=what,
+                options={SQLITE_BEGIN_IMMEDIATE: True},
+            )
+    except StoreUnavailable as exc:
+        raise StorageUnavailable(str(exc)) from exc

@@ -1,7 +1,7 @@
 """The current token generation of every subject, held in memory for the verify path.
 
-A subject's generation goes up when its password changes, it is disabled or loses a role (the
-users table), or it is deleted (the subject_generations floor; later also revoke-all). Tokens
+A subject's one generation (tokensvc.subjects) goes up on every event that must revoke its
+earlier tokens: revoke-all, a password change, disabling, losing a role, deleting the user. Tokens
 carry the generation they were minted at and die once it is passed.
 
 Nearly every subject is at generation 0, and the few that are not are few: so each process keeps
@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 
 from tokensvc.background import every, tasks_running
 from tokensvc.subjects import SubjectStore
-from tokensvc.users import UserStore
 
 log = logging.getLogger("tokensvc.generations")
 
@@ -28,14 +27,12 @@ log = logging.getLogger("tokensvc.generations")
 class SubjectGenerations:
     def __init__(
         self,
-        users: UserStore,
         subjects: SubjectStore,
         *,
         refresh_interval: float = 2.0,
         overlap: timedelta = timedelta(seconds=30),
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._users = users
         self._subjects = subjects
         self.refresh_interval = refresh_interval
         self._overlap = overlap
@@ -55,29 +52,18 @@ class SubjectGenerations:
     async def refresh(self) -> None:
         """Read what changed since the last refresh (everything, the first time)."""
         started = self._wall_clock()
-        for subject, generation in await self._users.generations_since(self._since):
-            self._merge(subject, generation)
         for subject, generation in await self._subjects.generations_since(self._since):
             self._merge(subject, generation)
         self._since = started - self._overlap
 
     async def fetch(self, subject: str) -> int:
         """The subject's generation read fresh from the database (for minting)."""
-        user = await self._users.get(subject)
-        from_user = user.generation if user is not None and user.name == subject else 0
-        self._merge(subject, max(from_user, await self._subjects.generation(subject)))
+        self._merge(subject, await self._subjects.generation(subject))
         return self.current(subject)
 
     def remember(self, subject: str, generation: int) -> None:
-        """Record a value this process just wrote."""
+        """Record a value this process just wrote (or heard another replica wrote)."""
         self._merge(subject, generation)
-
-    async def revoke_all(self, subject: str) -> int:
-        """Kill every token of `subject` issued so far; returns the new generation."""
-        current = await self.fetch(subject)
-        value = await self._subjects.raise_floor(subject, at_least=current + 1)
-        self._merge(subject, value)
-        return value
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

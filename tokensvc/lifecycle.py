@@ -15,6 +15,14 @@ from tokensvc.audit import AuditLog
 from tokensvc.redisconn import close_client, pubsub_client_from_url
 from tokensvc.registry import TokenRegistry
 from tokensvc.revocation import CHANNEL_SUFFIX, Revocations
+from tokensvc.services import Services
+from tokensvc.services.audit import AuditService
+from tokensvc.services.authorization import Authorizer
+from tokensvc.services.keys import KeyService
+from tokensvc.services.lockouts import LockoutService
+from tokensvc.services.tokens import TokenService
+from tokensvc.services.users import UserService
+from tokensvc.subjects import SubjectStore
 from tokensvc.usage import UsageRecorder
 from tokensvc.web import appkeys
 
@@ -70,7 +78,40 @@ async def token_lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.SERVICE_KEYS] = service_keys
     app[appkeys.REVOCATIONS] = revocations
     app[appkeys.USAGE] = usage
-    app[appkeys.AUDIT] = AuditLog(engine, clock=clock)
+    audit = app[appkeys.AUDIT] = AuditLog(engine, clock=clock)
+    authorizer = Authorizer(verifier=verifier, users=app[appkeys.USERS])
+    subjects = SubjectStore(engine, clock=clock)
+    app[appkeys.SERVICES] = Services(
+        tokens=TokenService(
+            engine=engine,
+            authorizer=authorizer,
+            minter=app[appkeys.MINTER],
+            verifier=verifier,
+            registry=registry,
+            revocations=revocations,
+            subjects=subjects,
+            audit=audit,
+            default_ttl=config.default_token_ttl,
+            clock=clock,
+        ),
+        users=UserService(
+            engine=engine,
+            authorizer=authorizer,
+            users=app[appkeys.USERS],
+            subjects=subjects,
+            hasher=app[appkeys.HASHER],
+            revocations=revocations,
+            audit=audit,
+        ),
+        keys=KeyService(
+            authorizer=authorizer, keyring=keyring, revocations=revocations, audit=audit
+        ),
+        lockouts=LockoutService(
+            authorizer=authorizer, lockout=app[appkeys.LOCKOUT], audit=audit, clock=clock
+        ),
+        audit=AuditService(authorizer=authorizer, audit=audit),
+        login=app[appkeys.LOGIN],
+    )
     try:
         async with revocations.running(), usage.running():
             yield

@@ -2,9 +2,15 @@
 
 Order matters. The lockout check runs before argon2 so a locked identity costs the attacker
 nothing and us nothing; it also counts the attempt up front (see tokensvc.lockout), so concurrent
-guesses cannot slip past the threshold. Unknown users, disabled users and wrong passwords take the
-same path and give the same answer. Before either, a login the hasher has no room for is refused
-(503) without touching the lockout store or the database: under a storm that is most of them.
+guesses cannot slip past the threshold. An attempt that is counted but then cannot be judged (the
+database is down, the hasher overloaded, the request cancelled) is taken back: only a password
+that was checked and wrong counts against an identity. Unknown users, disabled users and wrong
+passwords take the same path and give the same answer. Before either, a login the hasher has no
+room for is refused (503) without touching the lockout store or the database: under a storm that
+is most of them.
+
+The subject's generation is read before the password is checked, and the token minted at it: a
+password change (or disable, or revoke-all) that commits while argon2 runs revokes this token too.
 """
 
 from __future__ import annotations
@@ -16,11 +22,15 @@ from datetime import datetime, timedelta
 
 from tokensvc import metrics
 from tokensvc.errors import BadRequest, LockedOut, Unauthenticated, Unavailable
+from tokensvc.generations import SubjectGenerations
 from tokensvc.lockout import LockoutStore
 from tokensvc.logs import security_event
 from tokensvc.minting import MintedToken, Minter, MintRequest
 from tokensvc.passwords import PasswordHasher
+from tokensvc.services.boundary import service
 from tokensvc.users import UserStore
+
+log = logging.getLogger("tokensvc.login")
 
 GENERIC_FAILURE = "invalid username or password"
 
@@ -40,11 +50,13 @@ class LoginRequest:
         return f"LoginRequest(username={self.username!r}, client_ip={self.client_ip!r})"
 
 
+@service
 class LoginService:
     def __init__(
         self,
         *,
         users: UserStore,
+        generations: SubjectGenerations,
         hasher: PasswordHasher,
         lockout: LockoutStore,
         minter: Minter,
@@ -53,6 +65,7 @@ class LoginService:
         max_ttl: timedelta,
     ) -> None:
         self._users = users
+        self._generations = generations
         self._hasher = hasher
         self._lockout = lockout
         self._minter = minter
@@ -61,7 +74,15 @@ class LoginService:
         self._max_ttl = min(max_ttl, minter.max_ttl)
 
     async def login(self, request: LoginRequest) -> MintedToken:
-        """A token for the user; Unauthenticated, LockedOut or Unavailable otherwise."""
+        """A token for the user.
+
+        Raises:
+            Unauthenticated: unknown user, disabled user or wrong password (one answer for all).
+            LockedOut: too many failures for this identity or address.
+            BadRequest: a TTL out of range.
+            Unavailable: the lockout store, the database or the hasher is unavailable; the
+                attempt is then not counted against the identity.
+        """
         ttl = request.ttl if request.ttl is not None else min(self._default_ttl, self._max_ttl)
         if ttl > self._max_ttl or ttl <= timedelta(0):
             raise BadRequest(
@@ -96,16 +117,18 @@ class LoginService:
             )
             raise
 
-        user = await self._users.get(identity)
-        stored = user.password_hash if user is not None and not user.disabled else None
+        judged = False
         try:
+            user = await self._users.get(identity)
+            # Unknown names are never sent to the database (they may hold any byte): generation 0.
+            generation = await self._generations.fetch(user.name) if user is not None else 0
+            stored = user.password_hash if user is not None and not user.disabled else None
             result = await self._hasher.verify(stored, request.password)
-        except BaseException:
-            # The password was never judged (hasher overloaded, request cancelled): uncount it.
-            await self._lockout.abandon_attempt(
-                identity=identity, client_ip=request.client_ip, now=now
-            )
-            raise
+            judged = True
+        finally:
+            if not judged:
+                # Never judged (database down, hasher overloaded, request cancelled): uncount it.
+                await self._abandon(identity=identity, client_ip=request.client_ip, now=now)
         if not result.ok or user is None:
             metrics.LOGIN_FAIL.inc()
             security_event(
@@ -130,7 +153,8 @@ class LoginService:
                 audiences=request.audiences,
                 cidrs=request.cidrs,
                 admin=user.is_admin,
-            )
+            ),
+            generation=generation,
         )
         metrics.LOGIN_SUCCESS.inc()
         security_event(
@@ -141,3 +165,9 @@ class LoginService:
             rehashed=result.needs_rehash,
         )
         return minted
+
+    async def _abandon(self, *, identity: str, client_ip: str, now: float) -> None:
+        try:
+            await self._lockout.abandon_attempt(identity=identity, client_ip=client_ip, now=now)
+        except Exception:  # noqa: BLE001 - the original failure is the one to report
+            log.warning("could not take back an attempt that was never judged", exc_info=True)

@@ -14,11 +14,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystore.db import SQLITE_BEGIN_IMMEDIATE
+from keystore.db import run as run_database
 from keystore.errors import StoreUnavailable
-from keystore.store import is_unavailable
 
 MIGRATIONS_DIR: Final[Path] = Path(__file__).resolve().parent / "migrations"
 
@@ -87,21 +87,21 @@ async def run_locked(engine: AsyncEngine, fn: Callable[[Connection], None]) -> N
 
 
 async def _run_locked_once(engine: AsyncEngine, fn: Callable[[Connection], None]) -> None:
-    try:
-        async with engine.connect() as conn:
-            await conn.execution_options(**{SQLITE_BEGIN_IMMEDIATE: True})
-            async with conn.begin():
-                if conn.dialect.name == "postgresql":
-                    await conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
-                    )
-                await conn.run_sync(fn)
-    except Exception as exc:
-        if is_unavailable(exc):
-            raise StoreUnavailable(
-                f"database unavailable for migrations ({type(exc).__name__})"
-            ) from exc
-        raise
+    async def migrate(conn: AsyncConnection) -> None:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
+        await conn.run_sync(fn)
+
+    await run_database(
+        engine,
+        migrate,
+        write=True,
+        retry=False,
+        what="the database (migrations)",
+        options={SQLITE_BEGIN_IMMEDIATE: True},
+    )
 
 
 def _run_command(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from caveats import Audience, ClientCIDR, Expiry, Generation, Operations, Resources, Subject, encode
 from keystore import Keyring, RootKey
 from keystore.discharger_key import DischargerKey
-from keystore.service_keys import ServiceKeys, service_key_id
+from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys, service_key_id
 from tokensvc import chain
 from tokensvc.bakery.thirdparty import ThirdPartyLocator, ThirdPartyRequest, add_third_party_caveats
 from tokensvc.errors import BadRequest
@@ -41,7 +41,7 @@ class MintRequest:
     """What a token may do; every non-empty restriction becomes a caveat."""
 
     subject: str
-    ttl: timedelta
+    ttl: timedelta | None  # None: the service's default lifetime (resolved before signing)
     operations: tuple[str, ...] = ()
     resources: tuple[str, ...] = ()
     audiences: tuple[str, ...] = ()
@@ -51,13 +51,16 @@ class MintRequest:
     description: str = field(default="", compare=False)
     # A long-lived service token on a root key of its own (TTL up to the service maximum).
     service: bool = False
+    # Predicates of the minting token, copied verbatim (tokensvc.delegation): attenuation only.
+    carried: tuple[bytes, ...] = ()
+    # The token expires no later than this (the minting token's expiry), whatever the TTL.
+    not_after: datetime | None = None
 
-    def validate(self, *, max_ttl: timedelta) -> None:
+    def validate(self) -> None:
+        """BadRequest unless every field is well-formed (the TTL's bound is the minter's)."""
         _check_names("subject", (self.subject,))
-        if self.ttl <= timedelta(0):
+        if self.ttl is not None and self.ttl <= timedelta(0):
             raise BadRequest("ttl must be positive")
-        if self.ttl > max_ttl:
-            raise BadRequest(f"ttl must be at most {int(max_ttl.total_seconds())} seconds")
         _check_names("operations", self.operations)
         _check_names("resources", self.resources)
         _check_names("audiences", self.audiences)
@@ -80,6 +83,7 @@ class MintedToken:
     subject: str
     expires_at: datetime
     admin: bool
+    created_at: datetime
     kind: str = "rotating"
     description: str = ""
 
@@ -124,17 +128,35 @@ class Minter:
     def max_ttl(self) -> timedelta:
         return self._keyring.policy.max_token_ttl
 
-    async def mint(self, request: MintRequest, *, created_by: str | None = None) -> MintedToken:
-        """Sign a token; registered (when a registry is attached) before it is returned."""
+    async def mint(
+        self,
+        request: MintRequest,
+        *,
+        created_by: str | None = None,
+        generation: int | None = None,
+        also: Callable[[AsyncConnection, MintedToken], Awaitable[None]] | None = None,
+    ) -> MintedToken:
+        """Sign a token; registered (when a registry is attached) before it is returned.
+
+        `generation`: the subject's generation to mint at, when the caller read it before
+        deciding (login reads it before checking the password, so a password change made
+        meanwhile revokes this token too); else it is read fresh. `also` runs in the
+        registration's transaction (the service's audit row).
+        """
         service = request.service
         if service and self._service_keys is None:
             raise BadRequest("service tokens are not enabled")
-        request.validate(max_ttl=self._max_service_ttl if service else self.max_ttl)
+        request.validate()
+        max_ttl = self._max_service_ttl if service else self.max_ttl
+        if request.ttl is None:
+            raise ValueError("MintRequest.ttl must be resolved before minting")
+        if request.ttl > max_ttl:
+            raise BadRequest(f"ttl must be at most {int(max_ttl.total_seconds())} seconds")
         token_id = secrets.token_bytes(TOKEN_ID_BYTES)
         service_row: dict[str, Any] | None = None
         if service:
             assert self._service_keys is not None
-            key_expiry = (self._clock() + request.ttl).replace(microsecond=0)
+            key_expiry = _expiry(self._clock(), request.ttl, request.not_after)
             key, service_row = self._service_keys.new_key(token_id.hex(), expires_at=key_expiry)
             identifier = TokenIdentifier(
                 key_id=service_key_id(token_id.hex()), token_id=token_id, admin=request.admin
@@ -142,9 +164,18 @@ class Minter:
         else:
             key = await self._keyring.current()
             identifier = TokenIdentifier(key_id=key.id, token_id=token_id, admin=request.admin)
-        return await self._sign(
-            request, key, identifier, created_by=created_by, service_row=service_row
-        )
+        if generation is None:
+            # Minted at the subject's current generation, so a later revoke-all or password
+            # change kills this token too; read fresh, never from a cache that could lag.
+            generation = await self._generations.fetch(request.subject)
+        minted = await self._sign(request, key, identifier, generation=generation)
+        if self._registry is not None:
+            await self._register(
+                minted, created_by=created_by, service_row=service_row, key=key, also=also
+            )
+        elif also is not None:
+            raise ValueError("`also` needs a registry to run in the registration's transaction")
+        return minted
 
     async def _sign(
         self,
@@ -152,14 +183,11 @@ class Minter:
         key: RootKey,
         identifier: TokenIdentifier,
         *,
-        created_by: str | None,
-        service_row: dict[str, Any] | None,
+        generation: int,
     ) -> MintedToken:
-        # Minted at the subject's current generation, so a later revoke-all or password change
-        # kills this token too; read fresh, never from a cache that could lag a revocation.
-        generation = await self._generations.fetch(request.subject)
         now = self._clock()
-        expires_at = min(now + request.ttl, key.expires_at).replace(microsecond=0)
+        assert request.ttl is not None  # mint() checked
+        expires_at = min(_expiry(now, request.ttl, request.not_after), key.expires_at)
         predicates = [
             encode(Subject(request.subject)),
             encode(Expiry(int(expires_at.timestamp()))),
@@ -175,6 +203,7 @@ class Minter:
             predicates.append(encode(Audience(tuple(request.audiences))))
         if request.cidrs:
             predicates.append(encode(ClientCIDR(tuple(request.cidrs))))
+        predicates.extend(request.carried)
         macaroon = chain.sign(
             derived_key=key.derived,
             identifier=identifier.encode(),
@@ -190,30 +219,26 @@ class Minter:
                 locator=self._third_parties,
                 key=self._discharger_key,
             )
-        minted = MintedToken(
+        return MintedToken(
             token=encode_token(macaroon),
             token_id=identifier.token_id_hex,
             key_id=key.id,
             subject=request.subject,
             expires_at=expires_at.astimezone(UTC),
+            created_at=now.astimezone(UTC),
             admin=request.admin,
-            kind="service" if service_row is not None else "rotating",
+            kind="service" if key.id.startswith(KEY_ID_PREFIX) else "rotating",
             description=request.description,
         )
-        if self._registry is not None:
-            await self._register(
-                minted, now=now, created_by=created_by, service_row=service_row, key=key
-            )
-        return minted
 
     async def _register(
         self,
         minted: MintedToken,
         *,
-        now: datetime,
         created_by: str | None,
         service_row: dict[str, Any] | None,
         key: RootKey,
+        also: Callable[[AsyncConnection, MintedToken], Awaitable[None]] | None,
     ) -> None:
         # The row (and a service token's key) is committed before the token leaves this
         # function: a token the registry does not know can never have been handed out.
@@ -222,19 +247,27 @@ class Minter:
             token_id=minted.token_id,
             subject=minted.subject,
             created_by=(created_by or minted.subject)[:255],
-            created_at=now.astimezone(UTC),
+            created_at=minted.created_at,
             expires_at=minted.expires_at,
             description=minted.description,
             admin=minted.admin,
             kind=minted.kind,
         )
         service_keys = self._service_keys
-        if service_row is None or service_keys is None:
-            await self._registry.add(record)
-            return
 
-        async def insert_key(conn: AsyncConnection) -> None:
-            assert service_row is not None and service_keys is not None
-            await service_keys.insert(conn, service_row, key)
+        async def in_transaction(conn: AsyncConnection) -> None:
+            if service_row is not None:
+                assert service_keys is not None
+                await service_keys.insert(conn, service_row, key)
+            if also is not None:
+                await also(conn, minted)
 
-        await self._registry.add(record, with_conn=insert_key)
+        await self._registry.add(record, with_conn=in_transaction)
+
+
+def _expiry(now: datetime, ttl: timedelta, not_after: datetime | None) -> datetime:
+    """`now + ttl` in whole seconds, no later than `not_after`."""
+    expires_at = now + ttl
+    if not_after is not None and not_after < expires_at:
+        expires_at = not_after
+    return expires_at.replace(microsecond=0)

@@ -92,17 +92,24 @@ class Revocations:
         self.delete_service_key: Callable[[AsyncConnection, str], Awaitable[None]] | None = None
 
     async def revoke_token(
-        self, token_id: str, *, register: TokenRecord | None = None
+        self,
+        token_id: str,
+        *,
+        register: TokenRecord | None = None,
+        also: Callable[[AsyncConnection], Awaitable[None]] | None = None,
     ) -> TokenRecord | None:
         """Revoke one token everywhere: the registry row first, then this process, then the rest.
 
         Idempotent. None if the registry has no such token (and `register` was not given).
+        `also` runs in the registry's transaction, when there is a row (the audit record).
         """
         drop_key = self.delete_service_key
 
         async def with_conn(conn: AsyncConnection) -> None:
             if drop_key is not None:
                 await drop_key(conn, token_id)
+            if also is not None:
+                await also(conn)
 
         record = await self._registry.revoke(token_id, register=register, with_conn=with_conn)
         if record is not None:
@@ -149,9 +156,15 @@ class Revocations:
     async def publish_key(self, key_id: str) -> None:
         await self._publish(f"k {key_id}")
 
+    async def generation_raised(self, subject: str, generation: int) -> None:
+        """Apply a generation this process just raised, then tell the other replicas."""
+        for callback in self.on_generation:
+            callback(subject, generation)
+        await self.publish_generation(subject, generation)
+
     async def publish_generation(self, subject: str, generation: int) -> None:
-        """A revoke-all: subscribers raise the subject's generation without waiting for their
-        generations poll (tokensvc.generations, the fallback)."""
+        """A raised generation: subscribers apply it without waiting for their generations poll
+        (tokensvc.generations, the fallback)."""
         await self._publish(f"g {generation} {subject}")
 
     async def _publish(self, message: str) -> None:

@@ -4,9 +4,10 @@ The store persists; it does not hash. Callers hash with `tokensvc.passwords.Pass
 hand the store the argon2 string, which is checked to look like one, so a plaintext password can
 never be stored by mistake.
 
-`generation` starts at 0 and goes up whenever tokens already issued to the user must stop
-working: a password change, disabling, or losing a role. Tokens carry the generation they were
-minted at; verification compares it with the user's current one.
+The store does not revoke either: whether a change must kill the user's earlier tokens (a new
+password, disabling, a lost role, deletion) is the user service's decision, which raises the
+subject's one generation (tokensvc.subjects) in the same transaction. Every method takes an
+optional `conn` to run inside such a caller's transaction; without one it runs on its own.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from sqlalchemy import (
     JSON,
     Boolean,
     CheckConstraint,
-    Integer,
     String,
     Table,
-    case,
     delete,
     false,
     insert,
@@ -65,16 +64,12 @@ class UserRow(Base):
     """One user; `name` is lowercase and the primary key."""
 
     __tablename__ = "users"
-    __table_args__ = (
-        CheckConstraint("name = lower(name)", name="name_lowercase"),
-        CheckConstraint("generation >= 0", name="generation_not_negative"),
-    )
+    __table_args__ = (CheckConstraint("name = lower(name)", name="name_lowercase"),)
 
     name: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH), primary_key=True)
     password_hash: Mapped[str] = mapped_column(String(512))
     roles: Mapped[list[str]] = mapped_column(JSON, server_default=text("'[]'"))
     disabled: Mapped[bool] = mapped_column(Boolean, server_default=false())
-    generation: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -92,7 +87,6 @@ class User:
     name: str
     roles: tuple[str, ...]
     disabled: bool
-    generation: int
     created_at: datetime
     updated_at: datetime
     password_hash: str = field(repr=False)
@@ -143,6 +137,7 @@ class UserStore:
         password_hash: str,
         roles: Iterable[str] = (),
         disabled: bool = False,
+        conn: AsyncConnection | None = None,
     ) -> User:
         """Add a user; Conflict if the name is taken."""
         _check_hash(password_hash)
@@ -152,7 +147,6 @@ class UserStore:
             "password_hash": password_hash,
             "roles": _canonical_roles(roles),
             "disabled": disabled,
-            "generation": 0,
             "created_at": now,
             "updated_at": now,
         }
@@ -165,21 +159,29 @@ class UserStore:
             return _user(values)
 
         # Not retried: had a lost connection committed the row, the retry would say Conflict.
-        return await self._run(run, write=True, retry=False)
+        return await self._run(run, write=True, retry=False, conn=conn)
 
-    async def get(self, name: str) -> User | None:
-        """The user called `name`, or None (also for a name no user could have)."""
+    async def get(
+        self, name: str, *, for_update: bool = False, conn: AsyncConnection | None = None
+    ) -> User | None:
+        """The user called `name`, or None (also for a name no user could have).
+
+        `for_update` locks the row until the caller's transaction ends (PostgreSQL; on SQLite the
+        write transaction, begun IMMEDIATE, already holds the database's write lock).
+        """
         try:
             key = canonical_name(name)
         except BadRequest:
             return None
 
         async def run(conn: AsyncConnection) -> User | None:
-            result = await conn.execute(select(_TABLE).where(_TABLE.c.name == key))
-            found = result.mappings().first()
+            query = select(_TABLE).where(_TABLE.c.name == key)
+            if for_update and conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            found = (await conn.execute(query)).mappings().first()
             return None if found is None else _user(found)
 
-        return await self._run(run, write=False)
+        return await self._run(run, write=False, conn=conn)
 
     async def list(self, *, after: str | None = None, limit: int = 100) -> builtins.list[User]:
         """Up to `limit` users in name order, starting after the name `after` (keyset paging)."""
@@ -195,31 +197,18 @@ class UserStore:
 
         return await self._run(run, write=False)
 
-    async def generations_since(self, since: datetime | None) -> builtins.list[tuple[str, int]]:
-        """(name, generation) of users with a raised generation, updated after `since`."""
-
-        async def run(conn: AsyncConnection) -> builtins.list[tuple[str, int]]:
-            query = select(_TABLE.c.name, _TABLE.c.generation).where(_TABLE.c.generation > 0)
-            if since is not None:
-                query = query.where(_TABLE.c.updated_at > since)
-            return [(row.name, int(row.generation)) for row in await conn.execute(query)]
-
-        return await self._run(run, write=False)
-
-    async def set_password(self, name: str, password_hash: str) -> User:
-        """Store a new password hash and bump the generation (tokens held are revoked)."""
+    async def set_password(
+        self, name: str, password_hash: str, *, conn: AsyncConnection | None = None
+    ) -> User:
+        """Store a new password hash."""
         _check_hash(password_hash)
-        return await self._update(
-            name,
-            password_hash=password_hash,
-            generation=_TABLE.c.generation + 1,
-        )
+        return await self._update(name, {"password_hash": password_hash}, conn=conn)
 
     async def rehash(self, name: str, *, old_hash: str, new_hash: str) -> bool:
-        """Replace `old_hash` by a rehash of the same password, without bumping the generation.
+        """Replace `old_hash` by a rehash of the same password.
 
         For the upgrade on login when the hashing parameters changed: the password did not
-        change, so tokens stay valid. Only if the row still holds `old_hash` (a concurrent
+        change, so nothing is revoked. Only if the row still holds `old_hash` (a concurrent
         password change wins); True if it was replaced.
         """
         _check_hash(new_hash)
@@ -235,40 +224,19 @@ class UserStore:
 
         return await self._run(run, write=True)
 
-    async def set_disabled(self, name: str, disabled: bool) -> User:
-        """Disable (bumping the generation, unless already disabled) or re-enable a user."""
-        generation: Any = _TABLE.c.generation
-        if disabled:
-            generation = case(
-                (_TABLE.c.disabled.is_(false()), _TABLE.c.generation + 1),
-                else_=_TABLE.c.generation,
-            )
-        return await self._update(name, disabled=disabled, generation=generation)
+    async def set_disabled(
+        self, name: str, disabled: bool, *, conn: AsyncConnection | None = None
+    ) -> User:
+        """Disable or re-enable a user."""
+        return await self._update(name, {"disabled": disabled}, conn=conn)
 
-    async def set_roles(self, name: str, roles: Iterable[str]) -> User:
-        """Replace the user's roles; losing any role bumps the generation."""
-        key = canonical_name(name)
-        new_roles = _canonical_roles(roles)
+    async def set_roles(
+        self, name: str, roles: Iterable[str], *, conn: AsyncConnection | None = None
+    ) -> User:
+        """Replace the user's roles."""
+        return await self._update(name, {"roles": _canonical_roles(roles)}, conn=conn)
 
-        async def run(conn: AsyncConnection) -> User:
-            query = select(_TABLE).where(_TABLE.c.name == key)
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update()  # SQLite: BEGIN IMMEDIATE already serialises
-            found = (await conn.execute(query)).mappings().first()
-            if found is None:
-                raise NotFound(f"no user {key!r}")
-            lost = not set(found["roles"]) <= set(new_roles)
-            values = {
-                "roles": new_roles,
-                "generation": found["generation"] + int(lost),
-                "updated_at": self._clock(),
-            }
-            await conn.execute(update(_TABLE).where(_TABLE.c.name == key).values(values))
-            return _user({**found, **values})
-
-        return await self._run(run, write=True)
-
-    async def delete(self, name: str) -> None:
+    async def delete(self, name: str, *, conn: AsyncConnection | None = None) -> None:
         """Remove the user; NotFound if there is none."""
         key = canonical_name(name)
 
@@ -277,11 +245,13 @@ class UserStore:
             if result.rowcount != 1:
                 raise NotFound(f"no user {key!r}")
 
-        await self._run(run, write=True, retry=False)
+        await self._run(run, write=True, retry=False, conn=conn)
 
-    async def _update(self, name: str, **values: Any) -> User:
+    async def _update(
+        self, name: str, values: dict[str, Any], *, conn: AsyncConnection | None
+    ) -> User:
         key = canonical_name(name)
-        values["updated_at"] = self._clock()
+        values = {**values, "updated_at": self._clock()}
 
         async def run(conn: AsyncConnection) -> User:
             result = await conn.execute(
@@ -292,11 +262,18 @@ class UserStore:
                 raise NotFound(f"no user {key!r}")
             return _user(found)
 
-        return await self._run(run, write=True)
+        return await self._run(run, write=True, conn=conn)
 
     async def _run(
-        self, op: Callable[[AsyncConnection], Awaitable[_T]], *, write: bool, retry: bool = True
+        self,
+        op: Callable[[AsyncConnection], Awaitable[_T]],
+        *,
+        write: bool,
+        retry: bool = True,
+        conn: AsyncConnection | None = None,
     ) -> _T:
+        if conn is not None:  # part of the caller's unit of work
+            return await op(conn)
         return await run_db(self._engine, op, write=write, retry=retry, what="the user database")
 
 
@@ -305,7 +282,6 @@ def _user(found: RowMapping | dict[str, Any]) -> User:
         name=found["name"],
         roles=tuple(found["roles"]),
         disabled=bool(found["disabled"]),
-        generation=int(found["generation"]),
         created_at=found["created_at"],
         updated_at=found["updated_at"],
         password_hash=found["password_hash"],

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from caveats import Context, Policy, subject_of
-from keystore import Keyring, RootKey
+from keystore import Keyring, RootKey, StoreUnavailable
 from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys
 from tokensvc import chain
-from tokensvc.errors import BadRequest, CaveatDenied, InvalidToken
+from tokensvc.errors import BadRequest, CaveatDenied, InvalidToken, Unavailable
 from tokensvc.identifier import TokenIdentifier, decode_identifier
 from tokensvc.macaroon import Macaroon
 from tokensvc.tokenformat import decode_token
@@ -69,6 +69,9 @@ class Verified(NamedTuple):
     admin: bool
     expires_at: float | None
     declared: dict[str, str]
+    # Every first-party caveat of the token and its discharges, decoded: what minting from this
+    # token must carry into the child (tokensvc.delegation).
+    policy: Policy
 
 
 class _Chained(NamedTuple):
@@ -180,14 +183,23 @@ class Verifier:
         if key is None:
             if key_id in self._revoked_keys:
                 raise InvalidToken("root key revoked")
-            if key_id.startswith(KEY_ID_PREFIX):
-                key = await self._service_keys.get(key_id) if self._service_keys else None
-                if key is None:
-                    raise InvalidToken("service token unknown, revoked or expired")
-                return key
-            key = await self._keyring.get(key_id)
+            try:
+                key = await self._read_key(key_id)
+            except StoreUnavailable as exc:
+                # The verify service's boundary: a key this process has not cached and cannot
+                # read is neither an allow nor a deny, but "ask again" (503 + Retry-After).
+                raise Unavailable("the root key store is unavailable", retry_after=2) from exc
+        return key
+
+    async def _read_key(self, key_id: str) -> RootKey:
+        if key_id.startswith(KEY_ID_PREFIX):
+            key = await self._service_keys.get(key_id) if self._service_keys else None
             if key is None:
-                raise InvalidToken("root key unknown or expired (token outlived its key)")
+                raise InvalidToken("service token unknown, revoked or expired")
+            return key
+        key = await self._keyring.get(key_id)
+        if key is None:
+            raise InvalidToken("root key unknown or expired (token outlived its key)")
         return key
 
     async def authenticate(self, token: str) -> tuple[str, str, str, float]:
@@ -316,6 +328,7 @@ class Verifier:
                 chained.admin,
                 policy.expires_at,
                 dict(declared) if declared else {},  # callers get their own copy
+                policy,
             ),
         )
 

@@ -38,7 +38,7 @@ class Users:
 
 
 def user(name: str, *roles: str, disabled: bool = False) -> User:
-    return User(name, roles, disabled, 0, NOW, NOW, password_hash="$argon2id$x")
+    return User(name, roles, disabled, NOW, NOW, password_hash="$argon2id$x")
 
 
 class Caller:
@@ -99,15 +99,16 @@ async def test_the_discharge_is_a_macaroon_over_the_caveat_root_key() -> None:
 
 
 async def test_the_caller_is_authenticated_only_when_a_condition_needs_it() -> None:
-    """account-active asks nothing of the caller; user-is asks exactly once."""
+    """A condition the discharger does not know asks nothing of the caller; user-is asks once."""
     caller = Caller("alice")
     d = discharger(user("alice"))
 
-    await d.discharge(request("account-active alice"), caller)
-    asked_after_account_active = caller.asked
+    with pytest.raises(ConditionNotRecognized):
+        await d.discharge(request("frobnicate alice"), caller)
+    asked_after_unknown = caller.asked
     await d.discharge(request("user-is alice"), caller)
 
-    assert asked_after_account_active == 0
+    assert asked_after_unknown == 0
     assert caller.asked == 1
 
 
@@ -121,8 +122,11 @@ async def test_the_caller_is_authenticated_only_when_a_condition_needs_it() -> N
         ("user-is ghost", "ghost", ConditionRefused, "not an enabled user"),
         ("has-role dev", "bob", ConditionRefused, "does not have role"),
         ("has-role Bad Role", "alice", ConditionRefused, "not a role name"),
-        ("account-active carol", "alice", ConditionRefused, "not active"),
-        ("account-active ghost", "alice", ConditionRefused, "not active"),
+        ("account-active carol", "admin", ConditionRefused, "not active"),
+        ("account-active ghost", "admin", ConditionRefused, "not active"),
+        ("account-active bob", "alice", ConditionRefused, "only the account itself or an admin"),
+        ("account-active ghost", "alice", ConditionRefused, "only the account itself or an admin"),
+        ("account-active alice", None, Unauthenticated, "who are you"),
         ("frobnicate", "alice", ConditionNotRecognized, "not recognized"),
         ("need-declared username", "alice", MalformedCaveat, "need-declared"),
         ("need-declared a,,b user-is alice", "alice", MalformedCaveat, "need-declared"),
@@ -132,7 +136,9 @@ async def test_conditions_that_do_not_hold_are_refused_with_a_reason(
     condition: str, caller: str | None, error: type[Exception], message: str
 ) -> None:
     """Wrong or absent callers, disabled or unknown users, missing roles, unknown or malformed conditions."""
-    d = discharger(user("alice", "dev"), user("bob"), user("carol", disabled=True))
+    d = discharger(
+        user("alice", "dev"), user("bob"), user("carol", disabled=True), user("admin", "admin")
+    )
 
     with pytest.raises(error, match=message):
         await d.discharge(request(condition), Caller(caller))
@@ -160,7 +166,7 @@ async def test_requests_that_cannot_be_discharged_are_malformed() -> None:
 async def test_response_body_is_what_the_bakery_client_reads(version: int) -> None:
     """`{"Macaroon": …}` of each version is read by bakery.Macaroon.from_dict into the same signature."""
     result = await discharger(user("alice")).discharge(
-        request("account-active alice", version), Caller(None)
+        request("account-active alice", version), Caller("alice")
     )
 
     read: Any = bakery.Macaroon.from_dict(result.response_body()["Macaroon"])

@@ -31,6 +31,8 @@ from tokensvc.web.handlers import bakery as bakery_handlers
 from tokensvc.web.handlers.bakery import TOKEN_COOKIE
 
 ROOT_KEY = b"discharge root key of 24b"[:24]
+# `account-active alice` is answered to alice herself (or an admin): the caller's credentials.
+ALICE = basic_auth("alice", ALICE_PASSWORD)
 
 
 async def public_key(client: Client) -> bakery.PublicKey:
@@ -161,7 +163,7 @@ async def test_a_held_condition_is_discharged_short_lived_and_signed_with_the_ca
     """`account-active alice` at each caveat version: the discharge has the caveat's id, a 5-minute time-before, and verifies with its root key."""
     caveat_id, payload = await caveat(client, "account-active alice", version)
 
-    macaroon = await discharged(await post_discharge(client, fields_for(caveat_id, payload)))
+    macaroon = await discharged(await post_discharge(client, fields_for(caveat_id, payload), ALICE))
 
     assert macaroon.identifier_bytes == caveat_id
     assert predicates(macaroon) == [
@@ -188,8 +190,8 @@ async def test_id64_and_caveat64_are_read_in_every_base64_variant(
     v3_id, v3_payload = await caveat(client, "account-active alice", 3)
     assert v3_payload is not None
 
-    as_id64 = await post_discharge(client, {"id64": encode(v2_id)})
-    as_caveat64 = await post_discharge(client, {"id": v3_id, "caveat64": encode(v3_payload)})
+    as_id64 = await post_discharge(client, {"id64": encode(v2_id)}, ALICE)
+    as_caveat64 = await post_discharge(client, {"id": v3_id, "caveat64": encode(v3_payload)}, ALICE)
 
     assert (await discharged(as_id64)).identifier_bytes == v2_id
     assert (await discharged(as_caveat64)).identifier_bytes == b"\x03\x00"
@@ -201,7 +203,8 @@ async def test_fields_may_come_in_the_query_string(client: Client, users: dict[s
     assert payload is not None
 
     resp = await client.post(
-        f"{PREFIX}/discharge?" + form({"id": caveat_id, "caveat64": b64(payload)}).decode()
+        f"{PREFIX}/discharge?" + form({"id": caveat_id, "caveat64": b64(payload)}).decode(),
+        headers=ALICE,
     )
 
     assert (await discharged(resp)).identifier_bytes == caveat_id
@@ -230,7 +233,7 @@ async def test_a_v3_namespace_prefix_is_put_on_the_discharge_caveats(
         client, "account-active alice", ns=checkers.Namespace({"std": "s", "other": ""})
     )
 
-    resp = await post_discharge(client, fields_for(caveat_id, payload))
+    resp = await post_discharge(client, fields_for(caveat_id, payload), ALICE)
 
     body = await resp.json()
     assert body["Macaroon"]["ns"] == "other: std:s"
@@ -330,7 +333,7 @@ async def test_account_active_refuses_unknown_disabled_and_locked_accounts_alike
             )
 
     answers = {
-        name: await discharge_for(client, f"account-active {name}")
+        name: await discharge_for(client, f"account-active {name}", headers=bearer(admin_token))
         for name in ("nobody", "bob", "alice", "admin", "Not A Name!")
     }
 

@@ -508,6 +508,7 @@ async def test_a_login_the_hasher_has_no_room_for_is_shed_before_lockout_and_dat
     users, lockout = Counted(app[appkeys.USERS]), Counted(app[appkeys.LOCKOUT])
     service = LoginService(
         users=users,
+        generations=app[appkeys.GENERATIONS],
         hasher=hasher,
         lockout=lockout,
         minter=app[appkeys.MINTER],

@@ -413,11 +413,13 @@ async def test_third_party_caveat_without_its_bound_discharge_is_refused(
 
 
 async def change_admin_password(client: Any, new_password: str) -> int:
-    """Set the admin's password as the users service would; the new generation, made known at once."""
-    hashed = await client.app[appkeys.HASHER].hash(new_password)
-    user = await client.app[appkeys.USERS].set_password("admin", hashed)
-    client.app[appkeys.GENERATIONS].remember("admin", user.generation)
-    return int(user.generation)
+    """Set the admin's password through the user service; the new generation, known at once."""
+    from tokensvc.services.principals import LocalOperator
+    from tokensvc.services.users import UserChange
+
+    services = client.app[appkeys.SERVICES]
+    await services.users.update(LocalOperator("test"), "admin", UserChange(password=new_password))
+    return client.app[appkeys.GENERATIONS].current("admin")
 
 
 async def test_users_tokens_die_when_the_generation_is_bumped(

@@ -11,6 +11,7 @@ import pymacaroons
 import pytest
 
 from tests.conftest import FakeClock
+from tokensvc.services.principals import LocalOperator
 from tokensvc.web import appkeys
 from tokensvc.web.app import create_app
 from tokensvc.web.handlers import introspect
@@ -154,7 +155,7 @@ async def test_passed_time_before_attenuation_is_inactive(
 async def test_revoked_token_is_inactive(client: Client, admin_token: str) -> None:
     """A token killed by revoke-all of its subject is inactive."""
     minted = await mint(client, admin_token, subject="frank")
-    await client.app[appkeys.GENERATIONS].revoke_all("frank")
+    await client.app[appkeys.SERVICES].tokens.revoke_all(LocalOperator("test"), "frank")
 
     status, body = await introspect_as(client, admin_token, minted["token"])
 

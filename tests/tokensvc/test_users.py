@@ -1,4 +1,5 @@
-"""UserStore on PostgreSQL and SQLite: CRUD, generation bumps, conflicts and name rules."""
+"""UserStore on PostgreSQL and SQLite: CRUD, conflicts and name rules (revocation is the service's:
+tests/tokensvc/test_services_users.py)."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ async def test_migration_matches_the_model(engine: AsyncEngine) -> None:
 
 
 async def test_create_then_get(users: UserStore) -> None:
-    """A created user reads back with its roles, generation 0 and timestamps."""
+    """A created user reads back with its roles and timestamps."""
     created = await users.create("alice", password_hash=HASH_A, roles=["admin", "dev", "admin"])
 
     fetched = await users.get("alice")
@@ -79,7 +80,6 @@ async def test_create_then_get(users: UserStore) -> None:
         name="alice",
         roles=("admin", "dev"),
         disabled=False,
-        generation=0,
         created_at=T0,
         updated_at=T0,
         password_hash=HASH_A,
@@ -136,20 +136,20 @@ async def test_plaintext_is_never_stored(users: UserStore) -> None:
     assert await users.get("alice") is None
 
 
-async def test_set_password_bumps_generation(users: UserStore, clock: Clock) -> None:
-    """Changing the password stores the new hash, bumps the generation and updated_at."""
+async def test_set_password_stores_the_hash(users: UserStore, clock: Clock) -> None:
+    """Changing the password stores the new hash and moves updated_at."""
     await users.create("alice", password_hash=HASH_A)
     clock.now = T0 + timedelta(minutes=5)
 
     changed = await users.set_password("alice", HASH_B)
 
-    assert (changed.password_hash, changed.generation) == (HASH_B, 1)
+    assert changed.password_hash == HASH_B
     assert (changed.created_at, changed.updated_at) == (T0, clock.now)
     assert await users.get("alice") == changed
 
 
-async def test_rehash_keeps_generation(users: UserStore) -> None:
-    """A rehash on login replaces the hash without bumping the generation, unless it changed."""
+async def test_rehash_replaces_only_the_hash_it_was_given(users: UserStore) -> None:
+    """A rehash on login replaces the hash, unless it changed meanwhile."""
     await users.create("alice", password_hash=HASH_A)
 
     replaced = await users.rehash("alice", old_hash=HASH_A, new_hash=HASH_B)
@@ -158,31 +158,27 @@ async def test_rehash_keeps_generation(users: UserStore) -> None:
     fetched = await users.get("alice")
     assert (replaced, stale) == (True, False)
     assert fetched is not None
-    assert (fetched.password_hash, fetched.generation) == (HASH_B, 0)
+    assert fetched.password_hash == HASH_B
 
 
-async def test_disabling_bumps_generation_once(users: UserStore) -> None:
-    """Disabling bumps the generation; disabling again or re-enabling does not."""
+async def test_disabling_and_enabling(users: UserStore) -> None:
+    """Disabling and re-enabling are stored as asked."""
     await users.create("alice", password_hash=HASH_A)
 
     disabled = await users.set_disabled("alice", True)
-    again = await users.set_disabled("alice", True)
     enabled = await users.set_disabled("alice", False)
 
-    assert (disabled.disabled, disabled.generation) == (True, 1)
-    assert (again.disabled, again.generation) == (True, 1)
-    assert (enabled.disabled, enabled.generation) == (False, 1)
+    assert (disabled.disabled, enabled.disabled) == (True, False)
 
 
-async def test_losing_a_role_bumps_generation(users: UserStore) -> None:
-    """Gaining roles keeps the generation; losing one (say admin) bumps it."""
+async def test_roles_are_replaced_sorted_and_unique(users: UserStore) -> None:
+    """Setting roles replaces them, sorted and without repeats."""
     await users.create("alice", password_hash=HASH_A, roles=["dev"])
 
-    promoted = await users.set_roles("alice", ["dev", "admin"])
+    promoted = await users.set_roles("alice", ["dev", "admin", "dev"])
     demoted = await users.set_roles("alice", ["dev"])
 
-    assert (promoted.roles, promoted.generation) == (("admin", "dev"), 0)
-    assert (demoted.roles, demoted.generation) == (("dev",), 1)
+    assert (promoted.roles, demoted.roles) == (("admin", "dev"), ("dev",))
     assert await users.get("alice") == demoted
 
 
@@ -231,7 +227,7 @@ async def test_updates_of_unknown_users_raise_not_found(users: UserStore) -> Non
 
 def test_password_hash_stays_out_of_repr() -> None:
     """The password hash never shows in a User's repr."""
-    user = User("alice", (), False, 0, T0, T0, password_hash=HASH_A)
+    user = User("alice", (), False, T0, T0, password_hash=HASH_A)
 
     assert HASH_A not in repr(user)
     assert "argon2" not in repr(user)

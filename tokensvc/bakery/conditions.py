@@ -3,9 +3,11 @@
 - `user-is NAME`: the caller authenticates as user NAME (HTTP Basic through the login path, with
   its lockout, or a tokensvc token); declares `username NAME`.
 - `has-role ROLE`: the caller authenticates as an enabled user holding ROLE; declares `username`.
-- `account-active NAME`: user NAME exists, is enabled and is not locked out. Needs no caller, and
-  answers every failure with the same message, so that it tells no more than it must about which
-  accounts exist.
+- `account-active NAME`: user NAME exists, is enabled and is not locked out. The caller must
+  authenticate as NAME itself or as an enabled admin user: were it open to anyone, it would tell
+  anyone which accounts exist (an enumeration oracle). A caller who may not ask is refused before
+  anything about NAME is looked up, with one message whatever NAME is; every other failure
+  answers with another single message.
 
 A condition that does not hold raises `ConditionRefused`; an unknown one `ConditionNotRecognized`.
 The caller is authenticated only when a condition needs it, so `account-active` costs no argon2.
@@ -31,6 +33,9 @@ USERNAME: Final = "username"
 
 _ROLE: Final = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 _INACTIVE: Final = "account-active: the account is not active"
+_NOT_YOURS: Final = (
+    "account-active: only the account itself or an admin may ask whether an account is active"
+)
 
 
 def clip(text: str, limit: int = 64) -> str:
@@ -64,7 +69,7 @@ class Conditions:
         if name == HAS_ROLE:
             return await self._has_role(arg, caller)
         if name == ACCOUNT_ACTIVE:
-            await self._account_active(arg)
+            await self._account_active(arg, caller)
             return {}
         raise ConditionNotRecognized(f"caveat not recognized: {clip(condition)}")
 
@@ -96,11 +101,18 @@ class Conditions:
             raise ConditionRefused(f"has-role: {clip(user.name)} does not have role {clip(arg)}")
         return {USERNAME: user.name}
 
-    async def _account_active(self, arg: str) -> None:
+    async def _account_active(self, arg: str, caller: Caller) -> None:
+        # Who asks first, before anything about `arg` is read: the answer to a caller who may not
+        # ask (and its timing) must not depend on whether the account exists.
+        asking = await self._caller(caller, ACCOUNT_ACTIVE)
         try:
             name = canonical_name(arg)
         except BadRequest:
-            raise ConditionRefused(_INACTIVE) from None
+            name = None
+        if name != asking.name and not asking.is_admin:
+            raise ConditionRefused(_NOT_YOURS)
+        if name is None:
+            raise ConditionRefused(_INACTIVE)
         user = await self._users.get(name)
         if user is None or user.disabled:
             raise ConditionRefused(_INACTIVE)

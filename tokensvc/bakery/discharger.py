@@ -34,6 +34,7 @@ from tokensvc.bakery.jsonmacaroon import to_bakery_json
 from tokensvc.errors import TokensvcError
 from tokensvc.logs import security_event
 from tokensvc.macaroon import Caveat, Macaroon
+from tokensvc.services.boundary import service
 
 NEED_DECLARED: Final = "need-declared"
 
@@ -68,6 +69,7 @@ class Discharge:
         }
 
 
+@service
 class Discharger:
     """Discharges caveats encrypted to `key` whose conditions hold for the caller."""
 

@@ -108,7 +108,7 @@ async def _users(app: web.Application) -> AsyncIterator[None]:
         max_concurrency=max(1, config.hash_concurrency),
     )
     app[appkeys.USERS] = users
-    generations = SubjectGenerations(users, SubjectStore(app[appkeys.ENGINE]))
+    generations = SubjectGenerations(SubjectStore(app[appkeys.ENGINE], clock=app[appkeys.CLOCK]))
     app[appkeys.GENERATIONS] = generations
     app[appkeys.HASHER] = hasher
     await ensure_admin(users, hasher, config)
@@ -175,6 +175,7 @@ async def _keys(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.MINTER] = minter
     app[appkeys.LOGIN] = LoginService(
         users=app[appkeys.USERS],
+        generations=app[appkeys.GENERATIONS],
         hasher=app[appkeys.HASHER],
         lockout=app[appkeys.LOCKOUT],
         minter=minter,

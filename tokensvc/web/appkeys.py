@@ -20,6 +20,7 @@ from tokensvc.minting import Minter
 from tokensvc.passwords import PasswordHasher
 from tokensvc.registry import TokenRegistry
 from tokensvc.revocation import Revocations
+from tokensvc.services import Services
 from tokensvc.usage import UsageRecorder
 from tokensvc.users import UserStore
 from tokensvc.verification import Verifier
@@ -47,3 +48,6 @@ SERVICE_KEYS = web.AppKey("service_keys", ServiceKeys)
 REVOCATIONS = web.AppKey("revocations", Revocations)
 USAGE = web.AppKey("usage", UsageRecorder)
 AUDIT = web.AppKey("audit", AuditLog)
+
+# ---- the service layer: what handlers call ----
+SERVICES = web.AppKey("services", Services)

@@ -1,19 +1,21 @@
-"""Who is calling: the bearer token of a request, checked with the same verifier as everything else."""
+"""Who is calling: the bearer token of a request and its client address, as the services' principal.
+
+Authorisation itself is the services' (tokensvc.services.authorization): a handler only says who
+asks, with `principal(request)`.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-import logging
 
 from aiohttp import web
 
-from tokensvc.errors import Forbidden, Unauthenticated
-from tokensvc.logs import security_event
-from tokensvc.verification import Verified
+from tokensvc.errors import Unauthenticated
+from tokensvc.services.authorization import API_AUDIENCE
+from tokensvc.services.principals import BearerToken
 from tokensvc.web import appkeys
 
-# The audience of tokensvc's own API: an admin token narrowed to another audience can't call it.
-API_AUDIENCE = "tokensvc"
+__all__ = ["API_AUDIENCE", "bearer_token", "client_address", "client_ip", "principal"]
 
 
 def bearer_token(request: web.Request) -> str:
@@ -24,6 +26,11 @@ def bearer_token(request: web.Request) -> str:
     if scheme.lower() not in ("bearer", "macaroon") or not token:
         raise Unauthenticated("missing Authorization: Bearer <token>")
     return token
+
+
+def principal(request: web.Request) -> BearerToken:
+    """The request's bearer token, client address and path: who asks, for the services."""
+    return BearerToken(bearer_token(request), client_ip(request), request.path)
 
 
 def client_ip(request: web.Request) -> str | None:
@@ -62,35 +69,3 @@ def _in_any(
     except ValueError:
         return False
     return any(ip in network for network in networks)
-
-
-async def require_admin(request: web.Request, operation: str) -> Verified:
-    """An admin-capable token whose caveats allow `operation` on this API, held by an admin user."""
-    token = bearer_token(request)
-    verifier = request.app[appkeys.VERIFIER]
-    verified = await verifier.verify(
-        token,
-        operation=operation,
-        resource=request.path,
-        audience=API_AUDIENCE,
-        client_ip=client_ip(request),
-    )
-    if not verified.admin:
-        _denied(verified, operation, "token is not admin-capable")
-        raise Forbidden("this token is not admin-capable")
-    user = await request.app[appkeys.USERS].get(verified.subject)
-    if user is None or user.name != verified.subject or user.disabled or not user.is_admin:
-        _denied(verified, operation, "subject is not an enabled admin")
-        raise Forbidden("the token's subject is not an enabled admin user")
-    return verified
-
-
-def _denied(verified: Verified, operation: str, reason: str) -> None:
-    security_event(
-        "authz_fail",
-        level=logging.WARNING,
-        user=verified.subject[:64],
-        token_id=verified.token_id,
-        operation=operation,
-        reason=reason,
-    )

@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from tokensvc.errors import BadRequest
+from tokensvc.services.audit import AuditQuery
 from tokensvc.web import appkeys
-from tokensvc.web.auth import require_admin
+from tokensvc.web.auth import principal
 from tokensvc.web.handlers.verify import iso
 from tokensvc.web.jsonio import json_response, printable
 
@@ -21,16 +22,18 @@ def _int(request: web.Request, name: str, default: int | None) -> int | None:
 
 
 async def list_audit(request: web.Request) -> web.Response:
-    await require_admin(request, "audit:read")
+    who = principal(request)
     limit = _int(request, "limit", 100)
     assert limit is not None
-    if not 1 <= limit <= 1000:
-        raise BadRequest("limit must be between 1 and 1000")
-    filters = {k: printable(request.query.get(k), k) for k in ("actor", "action", "target")}
-
-    entries = await request.app[appkeys.AUDIT].recent(
-        limit=limit, before=_int(request, "before", None), **filters
+    query = AuditQuery(
+        limit=limit,
+        before=_int(request, "before", None),
+        actor=printable(request.query.get("actor"), "actor"),
+        action=printable(request.query.get("action"), "action"),
+        target=printable(request.query.get("target"), "target"),
     )
+
+    entries = await request.app[appkeys.SERVICES].audit.recent(who, query)
 
     return json_response(
         {

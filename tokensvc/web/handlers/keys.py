@@ -7,9 +7,8 @@ from typing import Any
 from aiohttp import web
 
 from keystore import KeyInfo
-from tokensvc.logs import security_event
 from tokensvc.web import appkeys
-from tokensvc.web.auth import require_admin
+from tokensvc.web.auth import principal
 from tokensvc.web.handlers.verify import iso
 from tokensvc.web.jsonio import json_response
 
@@ -25,21 +24,16 @@ def key_body(info: KeyInfo) -> dict[str, Any]:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    await require_admin(request, "keys:read")
+    who = principal(request)
 
-    infos = await request.app[appkeys.KEYRING].list()
+    infos = await request.app[appkeys.SERVICES].keys.list(who)
 
     return json_response({"keys": [key_body(info) for info in infos]})
 
 
 async def rotate(request: web.Request) -> web.Response:
-    caller = await require_admin(request, "keys:rotate")
-    keyring = request.app[appkeys.KEYRING]
+    who = principal(request)
 
-    key = await keyring.rotate()
+    info = await request.app[appkeys.SERVICES].keys.rotate(who)
 
-    security_event("key_rotated", by=caller.subject, key_id=key.id)
-    await request.app[appkeys.AUDIT].record(caller.subject, "key_rotated", key.id)
-    infos = await keyring.list()
-    info = next(i for i in infos if i.id == key.id)
     return json_response(key_body(info), status=201)

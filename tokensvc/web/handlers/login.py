@@ -55,14 +55,13 @@ async def login(request: web.Request) -> web.Response:
     if not username or len(username) > 256:
         raise Unauthenticated("invalid username or password")
     peer = client_ip(request) or "unknown"
-    config = request.app[appkeys.CONFIG]
 
-    minted = await request.app[appkeys.LOGIN].login(
+    minted = await request.app[appkeys.SERVICES].login.login(
         LoginRequest(
             username=username,
             password=password,
             client_ip=peer,
-            ttl=parse_ttl(data.get("ttl"), config.login_default_ttl) if "ttl" in data else None,
+            ttl=parse_ttl(data.get("ttl")),
             operations=str_list(data, "operations"),
             resources=str_list(data, "resources"),
             audiences=str_list(data, "audience", single_ok=True),

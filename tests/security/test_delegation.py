@@ -1,0 +1,239 @@
+"""Attacks on delegation: a token must never mint a token more powerful than itself (hole B1).
+
+Each test runs on the embedded shape and on PostgreSQL + Redis (tests/security/conftest.py).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from tests.security.attack import attenuated, call, create_user, verify
+
+ADMIN_READS = [
+    ("GET", "/v1/users"),
+    ("POST", "/v1/keys/rotate"),
+    ("GET", "/v1/audit"),
+    ("GET", "/v1/tokens"),
+]
+
+
+async def mint(client: Any, token: str, **body: Any) -> tuple[int, Any]:
+    return await call(client, "POST", "/v1/tokens", token, json=body)
+
+
+async def minted(client: Any, token: str, **body: Any) -> dict[str, Any]:
+    status, answer = await mint(client, token, **body)
+    assert status == 201, answer
+    return dict(answer)
+
+
+def expiry(answer: dict[str, Any]) -> float:
+    return datetime.fromisoformat(answer["expires_at"]).timestamp()
+
+
+async def mint_only(client: Any, root: str) -> dict[str, Any]:
+    """The reproduction's narrowed token: admin, tokens:mint only, on tokensvc, for 10 minutes."""
+    return await minted(
+        client,
+        root,
+        subject="admin",
+        admin=True,
+        operations=["tokens:mint"],
+        audience="tokensvc",
+        ttl="10m",
+    )
+
+
+async def test_a_mint_only_admin_token_cannot_mint_a_longer_lived_admin_token(
+    shaped: Any, root: str
+) -> None:
+    """The reproduction: the narrowed token asking for a full 8-hour admin token is refused."""
+    narrowed = (await mint_only(shaped, root))["token"]
+
+    status, body = await mint(shaped, narrowed, subject="admin", admin=True, ttl="8h")
+
+    assert status == 403, body
+    assert "outlive" in body["error"]["message"]
+
+
+async def test_an_admin_token_minted_by_a_mint_only_token_can_do_nothing_else(
+    shaped: Any, root: str
+) -> None:
+    """Within its lifetime the narrowed token mints an admin token, but the child inherits the
+    narrowing: no user list, no key rotation, no audit, no registry."""
+    narrowed = (await mint_only(shaped, root))["token"]
+
+    child = (await minted(shaped, narrowed, subject="admin", admin=True, ttl="5m"))["token"]
+    results = {path: (await call(shaped, m, path, child))[0] for m, path in ADMIN_READS}
+
+    assert results == {path: 403 for _, path in ADMIN_READS}
+    assert (await mint(shaped, child, subject="admin", ttl="1m"))[0] == 201
+
+
+async def test_a_holder_added_allow_condition_binds_every_child(shaped: Any, root: str) -> None:
+    """A full admin token its holder narrowed with the bakery condition `allow tokens:mint` mints
+    only children that are as narrow, and none that outlives it."""
+    narrowed = attenuated(root, "allow tokens:mint", f"time-before {_rfc3339(time.time() + 600)}")
+
+    too_long = await mint(shaped, narrowed, subject="admin", admin=True, ttl="8h")
+    child = (await minted(shaped, narrowed, subject="admin", admin=True, ttl="5m"))["token"]
+    results = {path: (await call(shaped, m, path, child))[0] for m, path in ADMIN_READS}
+
+    assert too_long[0] == 403
+    assert results == {path: 403 for _, path in ADMIN_READS}
+
+
+async def test_a_narrowed_token_cannot_mint_for_others_beyond_its_own_lifetime(
+    shaped: Any, root: str
+) -> None:
+    """For any subject, a TTL beyond the minting token's is refused, and the default TTL (1 h)
+    is shortened to end with it."""
+    narrowed = await mint_only(shaped, root)
+
+    longer = await mint(shaped, narrowed["token"], subject="mallory", ttl="8h")
+    defaulted = await minted(shaped, narrowed["token"], subject="mallory")
+    service = await mint(shaped, narrowed["token"], subject="bot", service=True, ttl="30d")
+
+    assert longer[0] == 403
+    assert service[0] == 403
+    assert expiry(defaulted) <= expiry(narrowed)
+
+
+async def test_operations_outside_the_minting_token_are_refused_and_the_rest_inherited(
+    shaped: Any, root: str
+) -> None:
+    """A child may not list an operation its parent lacks; a child that lists none inherits the
+    parent's operations instead of getting all of them."""
+    parent = (
+        await minted(
+            shaped,
+            root,
+            subject="admin",
+            admin=True,
+            operations=["tokens:mint", "read"],
+            ttl="10m",
+        )
+    )["token"]
+
+    wider = await mint(shaped, parent, subject="alice", operations=["write"], ttl="5m")
+    inherited = (await minted(shaped, parent, subject="alice", ttl="5m"))["token"]
+
+    assert wider[0] == 403
+    assert (await verify(shaped, inherited, operation="read"))[0] == 200
+    assert (await verify(shaped, inherited, operation="write"))[0] == 403
+    assert (await verify(shaped, inherited))[0] == 403
+
+
+async def test_resources_audiences_and_networks_stay_within_the_parent(
+    shaped: Any, root: str
+) -> None:
+    """Resources, audiences and client networks of a child must lie within the parent's, and a
+    child that names none inherits the parent's."""
+    parent = (
+        await minted(
+            shaped,
+            root,
+            subject="admin",
+            admin=True,
+            resources=["/v1/*", "/docs/*"],
+            audience=["tokensvc", "files"],
+            cidrs=["127.0.0.0/8", "10.0.0.0/8"],
+            ttl="10m",
+        )
+    )["token"]
+
+    refused = {
+        "resources": await mint(shaped, parent, subject="a", resources=["/etc/*"], ttl="5m"),
+        "resource prefix": await mint(shaped, parent, subject="a", resources=["/d*"], ttl="5m"),
+        "audience": await mint(shaped, parent, subject="a", audience="billing", ttl="5m"),
+        "cidrs": await mint(shaped, parent, subject="a", cidrs=["192.168.0.0/16"], ttl="5m"),
+        "wider cidr": await mint(shaped, parent, subject="a", cidrs=["10.0.0.0/7"], ttl="5m"),
+    }
+    narrower = await minted(
+        shaped,
+        parent,
+        subject="a",
+        resources=["/docs/a/*"],
+        audience="files",
+        cidrs=["10.1.0.0/16"],
+        ttl="5m",
+    )
+    inherited = (await minted(shaped, parent, subject="a", ttl="5m"))["token"]
+    context = {"resource": "/docs/1", "audience": "files"}
+
+    assert {k: v[0] for k, v in refused.items()} == dict.fromkeys(refused, 403), refused
+    assert (
+        await verify(
+            shaped, narrower["token"], client_ip="10.1.2.3", resource="/docs/a/1", audience="files"
+        )
+    )[0] == 200
+    assert (await verify(shaped, narrower["token"], client_ip="10.1.2.3", **context))[0] == 403
+    assert (await verify(shaped, inherited, client_ip="10.9.9.9", **context))[0] == 200
+    assert (await verify(shaped, inherited, client_ip="198.51.100.9", **context))[0] == 403
+    assert (await verify(shaped, inherited, client_ip="10.9.9.9", resource="/etc/passwd"))[0] == 403
+
+
+async def test_an_admin_token_cannot_be_minted_for_another_admin(shaped: Any, root: str) -> None:
+    """An admin-capable child only for the minting token's own subject: no admin can mint a token
+    that acts as another admin (and is recorded in the audit trail as them)."""
+    await create_user(shaped, root, "bob", "bob's long password", roles=["admin"])
+
+    status, body = await mint(shaped, root, subject="bob", admin=True, ttl="5m")
+
+    assert status == 403, body
+
+
+async def test_only_a_token_allowed_to_outlive_may_mint_beyond_its_own_expiry(
+    shaped: Any, root: str
+) -> None:
+    """An unrestricted admin token may mint a long-lived service token; a narrowed one may only if
+    its caveats list `tokens:outlive`, and its children then inherit the same narrowing."""
+    outliving = (
+        await minted(
+            shaped,
+            root,
+            subject="admin",
+            admin=True,
+            operations=["tokens:mint", "tokens:outlive"],
+            ttl="10m",
+        )
+    )["token"]
+
+    from_root = await minted(shaped, root, subject="ci", service=True, ttl="30d")
+    from_outliving = await minted(shaped, outliving, subject="admin", admin=True, ttl="20h")
+    grandchild_reads = await call(shaped, "GET", "/v1/users", from_outliving["token"])
+
+    assert from_root["kind"] == "service"
+    assert expiry(from_outliving) > time.time() + 19 * 3600
+    assert grandchild_reads[0] == 403
+
+
+async def test_a_token_declaring_attributes_cannot_mint(shaped: Any, root: str) -> None:
+    """Claims about the minting token's subject (`declared`) cannot be carried onto another
+    subject's token, so a token carrying them cannot mint at all."""
+    declaring = attenuated(root, "declared username admin")
+
+    status, body = await mint(shaped, declaring, subject="alice", ttl="5m")
+
+    assert status == 403, body
+
+
+async def test_a_token_with_a_third_party_caveat_cannot_mint(shaped: Any, root: str) -> None:
+    """A token that needs a discharge is not accepted by the API (it takes none), so it cannot
+    mint children that would escape the third party's condition."""
+    import pymacaroons
+
+    macaroon = pymacaroons.Macaroon.deserialize(root[5:].rpartition(".")[0])
+    macaroon.add_third_party_caveat("https://elsewhere.example", "k" * 32, "user-is alice")
+
+    status, _ = await mint(shaped, macaroon.serialize(), subject="alice", ttl="5m")
+
+    assert status == 401
+
+
+def _rfc3339(ts: float) -> str:
+    from caveats import format_rfc3339
+
+    return format_rfc3339(ts)

@@ -1,0 +1,222 @@
+"""Attacks on revocation: every event that must revoke a subject's tokens does, in any order (B2).
+
+One monotonic generation per subject, raised by revoke-all, a password change, disabling, losing
+a role and deletion; re-creating a user never lowers it. Each test runs on the embedded shape and
+on PostgreSQL + Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.conftest import FakeClock, make_config
+from tests.security.attack import call, create_user, login, verify
+
+PASSWORD = "ra1's first long password"
+OTHER = "ra1's second long password"
+
+
+async def revoke_all(client: Any, admin: str, subject: str) -> int:
+    status, body = await call(client, "POST", f"/v1/subjects/{subject}/revoke-all", admin)
+    assert status == 200, body
+    return int(body["generation"])
+
+
+async def patch(client: Any, admin: str, name: str, **change: Any) -> None:
+    status, body = await call(client, "PATCH", f"/v1/users/{name}", admin, json=change)
+    assert status == 200, body
+
+
+async def test_a_password_change_after_a_revoke_all_still_revokes(shaped: Any, root: str) -> None:
+    """The reproduction: revoke-all, log in, change the password: the token from that login dies."""
+    await create_user(shaped, root, "ra1", PASSWORD)
+    await revoke_all(shaped, root, "ra1")
+    token = await login(shaped, "ra1", PASSWORD)
+    assert (await verify(shaped, token))[0] == 200
+
+    await patch(shaped, root, "ra1", password=OTHER)
+
+    assert (await verify(shaped, token))[0] == 401
+
+
+async def test_delete_and_recreate_after_a_revoke_all_still_revokes(shaped: Any, root: str) -> None:
+    """Deleting a user kills its tokens, and re-creating the name brings none of them back."""
+    await create_user(shaped, root, "ra1", PASSWORD)
+    await revoke_all(shaped, root, "ra1")
+    token = await login(shaped, "ra1", PASSWORD)
+
+    assert (await call(shaped, "DELETE", "/v1/users/ra1", root))[0] == 204
+    await create_user(shaped, root, "ra1", PASSWORD)
+    fresh = await login(shaped, "ra1", PASSWORD)
+
+    assert (await verify(shaped, token))[0] == 401
+    assert (await verify(shaped, fresh))[0] == 200
+
+
+async def test_disabling_after_a_revoke_all_revokes_and_enabling_revives_nothing(
+    shaped: Any, root: str
+) -> None:
+    """Disabling kills the user's tokens after a revoke-all too; re-enabling does not revive them."""
+    await create_user(shaped, root, "ra1", PASSWORD)
+    await revoke_all(shaped, root, "ra1")
+    token = await login(shaped, "ra1", PASSWORD)
+
+    await patch(shaped, root, "ra1", disabled=True)
+    disabled = (await verify(shaped, token))[0]
+    await patch(shaped, root, "ra1", disabled=False)
+
+    assert (disabled, (await verify(shaped, token))[0]) == (401, 401)
+
+
+async def test_a_regained_role_does_not_revive_an_old_admin_token(shaped: Any, root: str) -> None:
+    """Losing the admin role kills the user's admin token; getting the role back does not make
+    that token work again."""
+    await create_user(shaped, root, "bob", PASSWORD, roles=["admin"])
+    await revoke_all(shaped, root, "bob")
+    bobs = await login(shaped, "bob", PASSWORD)
+    assert (await call(shaped, "GET", "/v1/users", bobs))[0] == 200
+
+    await patch(shaped, root, "bob", roles=[])
+    await patch(shaped, root, "bob", roles=["admin"])
+
+    assert (await call(shaped, "GET", "/v1/users", bobs))[0] == 401
+    assert (await verify(shaped, bobs))[0] == 401
+
+
+EVENTS = ("revoke-all", "password", "disable", "role", "delete")
+
+
+async def _event(client: Any, admin: str, event: str, password: str) -> str:
+    """Apply one revoking event to ra1; the password ra1 has afterwards."""
+    if event == "revoke-all":
+        await revoke_all(client, admin, "ra1")
+    elif event == "password":
+        password = "next " + password
+        await patch(client, admin, "ra1", password=password)
+    elif event == "disable":
+        await patch(client, admin, "ra1", disabled=True)
+        await patch(client, admin, "ra1", disabled=False)
+    elif event == "role":
+        await patch(client, admin, "ra1", roles=[])
+        await patch(client, admin, "ra1", roles=["dev"])
+    else:
+        assert (await call(client, "DELETE", "/v1/users/ra1", admin))[0] == 204
+        await create_user(client, admin, "ra1", password, roles=["dev"])
+    return password
+
+
+@pytest.mark.parametrize("order", [EVENTS, tuple(reversed(EVENTS)), EVENTS[1:] + EVENTS[:1]])
+async def test_every_revoking_event_revokes_in_any_order(
+    shaped: Any, root: str, order: tuple[str, ...]
+) -> None:
+    """Whatever came before, each revoking event kills every token issued before it (twice over:
+    each event runs two rounds), while a token from after it works."""
+    await create_user(shaped, root, "ra1", PASSWORD, roles=["dev"])
+    password = PASSWORD
+    issued: list[str] = []
+
+    for event in order * 2:
+        token = await login(shaped, "ra1", password)
+        issued.append(token)
+        password = await _event(shaped, root, event, password)
+        statuses = [(await verify(shaped, t))[0] for t in issued]
+        assert statuses == [401] * len(issued), (event, statuses)
+
+    assert (await verify(shaped, await login(shaped, "ra1", password)))[0] == 200
+
+
+async def test_concurrent_revocations_each_raise_the_generation(shaped: Any, root: str) -> None:
+    """Twenty revoke-alls at once raise the generation twenty times: none is lost to a race."""
+    first = await revoke_all(shaped, root, "svc")
+
+    results = await asyncio.gather(*(revoke_all(shaped, root, "svc") for _ in range(20)))
+
+    assert sorted(results) == list(range(first + 1, first + 21))
+
+
+async def test_a_change_made_on_one_replica_revokes_on_another(
+    aiohttp_client: Any,
+    pg_url: str,
+    data_dir: Any,
+    redis_url: str,
+    redis_prefix: str,
+    clock: FakeClock,
+) -> None:
+    """With two replicas on one PostgreSQL and Redis, a password change after a revoke-all made
+    through one replica is refused by the other within a second."""
+    from tests.served import ServedTestServer
+    from tokensvc.web.app import create_app
+
+    config = make_config(
+        database_url=pg_url, data_dir=data_dir, redis_url=redis_url, redis_prefix=redis_prefix
+    )
+    one = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+    two = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+    from tests.conftest import ADMIN_PASSWORD
+
+    admin = await login(one, "admin", ADMIN_PASSWORD)
+    await create_user(one, admin, "ra1", PASSWORD)
+    await revoke_all(one, admin, "ra1")
+    token = await login(two, "ra1", PASSWORD)
+    assert (await verify(two, token))[0] == 200
+
+    await patch(one, admin, "ra1", password=OTHER)
+
+    for _ in range(100):
+        if (await verify(two, token))[0] == 401:
+            break
+        await asyncio.sleep(0.01)
+    assert (await verify(two, token))[0] == 401
+
+
+class GatedHasher:
+    """The app's real hasher, held at the start of each password check until released."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.checking = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def verify(self, stored: Any, password: str) -> Any:
+        self.checking.set()
+        await self.release.wait()
+        return await self.inner.verify(stored, password)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_password_change_during_a_login_revokes_that_login(
+    shaped: Any, root: str, clock: FakeClock
+) -> None:
+    """A login whose password check is still running when the password changes gets a token that
+    is already revoked: the generation is read before the check, not after."""
+    from datetime import timedelta
+
+    from tokensvc.login import LoginRequest, LoginService
+    from tokensvc.web import appkeys
+
+    await create_user(shaped, root, "ra1", PASSWORD)
+    app = shaped.app
+    hasher = GatedHasher(app[appkeys.HASHER])
+    service = LoginService(
+        users=app[appkeys.USERS],
+        generations=app[appkeys.GENERATIONS],
+        hasher=hasher,  # type: ignore[arg-type]
+        lockout=app[appkeys.LOCKOUT],
+        minter=app[appkeys.MINTER],
+        clock=clock,
+        default_ttl=timedelta(hours=1),
+        max_ttl=timedelta(hours=2),
+    )
+
+    pending = asyncio.create_task(service.login(LoginRequest("ra1", PASSWORD, "192.0.2.1")))
+    await hasher.checking.wait()
+    await patch(shaped, root, "ra1", password=OTHER)
+    hasher.release.set()
+    raced = await pending
+
+    assert (await verify(shaped, raced.token))[0] == 401

@@ -1,0 +1,91 @@
+"""Authorising a principal for an operation on tokensvc's own API.
+
+An admin operation needs an admin-capable token (a flag in its signed identifier) whose caveats
+allow the operation on this API (audience `tokensvc`, the request's path and client address),
+held by an enabled user with the admin role. Other operations (revoking one's own tokens,
+introspection) need any genuine token whose caveats allow them. A local operator is authorised
+for everything.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from tokensvc.errors import CaveatDenied, Forbidden
+from tokensvc.logs import security_event
+from tokensvc.services.principals import Actor, BearerToken, LocalOperator, Principal
+from tokensvc.users import UserStore
+from tokensvc.verification import Verified, Verifier
+
+#: The audience of tokensvc's own API: an admin token narrowed to another audience can't call it.
+API_AUDIENCE: Final = "tokensvc"
+
+
+class Authorizer:
+    def __init__(self, *, verifier: Verifier, users: UserStore) -> None:
+        self._verifier = verifier
+        self._users = users
+
+    async def admin(self, who: Principal, operation: str) -> Actor:
+        """An actor allowed the admin `operation`.
+
+        Raises:
+            InvalidToken: the token is not genuine, expired or revoked (401).
+            CaveatDenied: its caveats do not allow `operation` here (403).
+            Forbidden: it is not admin-capable, or its subject is not an enabled admin (403).
+        """
+        if isinstance(who, LocalOperator):
+            return Actor(who.name, who, None)
+        verified = await self._verify(who, operation)
+        if not verified.admin:
+            _denied(verified, operation, "token is not admin-capable")
+            raise Forbidden("this token is not admin-capable")
+        user = await self._users.get(verified.subject)
+        if user is None or user.name != verified.subject or user.disabled or not user.is_admin:
+            _denied(verified, operation, "subject is not an enabled admin")
+            raise Forbidden("the token's subject is not an enabled admin user")
+        return Actor(verified.subject, who, verified)
+
+    async def holder(self, who: Principal, operation: str) -> Actor:
+        """An actor whose token (any genuine one) allows `operation` on this API.
+
+        Raises:
+            InvalidToken: the token is not genuine, expired or revoked (401).
+            CaveatDenied: its caveats do not allow `operation` here (403).
+        """
+        if isinstance(who, LocalOperator):
+            return Actor(who.name, who, None)
+        verified = await self._verify(who, operation)
+        return Actor(verified.subject, who, verified)
+
+    async def also_allows(self, actor: Actor, operation: str) -> bool:
+        """Whether `actor`'s token would also be allowed `operation` here (a local operator is)."""
+        who = actor.principal
+        if isinstance(who, LocalOperator):
+            return True
+        try:
+            await self._verify(who, operation)
+        except CaveatDenied:
+            return False
+        return True
+
+    async def _verify(self, who: BearerToken, operation: str) -> Verified:
+        return await self._verifier.verify(
+            who.token,
+            operation=operation,
+            resource=who.resource,
+            audience=API_AUDIENCE,
+            client_ip=who.client_ip,
+        )
+
+
+def _denied(verified: Verified, operation: str, reason: str) -> None:
+    security_event(
+        "authz_fail",
+        level=logging.WARNING,
+        user=verified.subject[:64],
+        token_id=verified.token_id,
+        operation=operation,
+        reason=reason,
+    )

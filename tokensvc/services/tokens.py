@@ -1,0 +1,250 @@
+"""The token service: minting, listing and revoking tokens, for every door (HTTP API and CLI).
+
+It owns the order of each action, its revocation side effects and its audit record; the rule that
+delegation never amplifies (tokensvc.delegation) is applied here, to every mint made with a token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from keystore.service_keys import KEY_ID_PREFIX
+from tokensvc.audit import AuditLog
+from tokensvc.db import run_db
+from tokensvc.delegation import OUTLIVE_OPERATION, delegate
+from tokensvc.errors import BadRequest, Forbidden, NotFound, TokensvcError
+from tokensvc.logs import security_event
+from tokensvc.minting import MintedToken, Minter, MintRequest
+from tokensvc.registry import TokenRecord, TokenRegistry
+from tokensvc.revocation import Revocations
+from tokensvc.services.authorization import Authorizer
+from tokensvc.services.boundary import service
+from tokensvc.services.principals import Principal
+from tokensvc.subjects import SubjectStore
+from tokensvc.verification import Verifier
+
+log = logging.getLogger("tokensvc.services.tokens")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenFilter:
+    """Which registry rows to list: by subject, with or without revoked and expired ones."""
+
+    subject: str | None = None
+    include_revoked: bool = False
+    include_expired: bool = False
+    after: str | None = None
+    limit: int = 100
+
+
+@service
+class TokenService:
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        authorizer: Authorizer,
+        minter: Minter,
+        verifier: Verifier,
+        registry: TokenRegistry,
+        revocations: Revocations,
+        subjects: SubjectStore,
+        audit: AuditLog,
+        default_ttl: timedelta,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._engine = engine
+        self._authz = authorizer
+        self._minter = minter
+        self._verifier = verifier
+        self._registry = registry
+        self._revocations = revocations
+        self._subjects = subjects
+        self._audit = audit
+        self._default_ttl = default_ttl
+        self._clock = clock
+
+    async def mint(self, who: Principal, request: MintRequest) -> MintedToken:
+        """A new token, registered and audited before it is returned.
+
+        An empty `request.subject` means the minting token's own subject. Minted with a token, the
+        request is bounded by that token (tokensvc.delegation): never more powerful than it.
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: the principal may not mint, or not this token.
+            BadRequest: the request is malformed or asks for more than the service allows.
+            Unavailable: storage is down.
+        """
+        actor = await self._authz.admin(who, "tokens:mint")
+        subject = request.subject or actor.subject
+        if not subject:
+            raise BadRequest("subject is required")
+        request = dataclasses.replace(request, subject=subject)
+        request.validate()
+        if actor.verified is not None:
+            request = delegate(
+                actor.verified,
+                request,
+                may_outlive=await self._authz.also_allows(actor, OUTLIVE_OPERATION),
+                now=self._clock(),
+                default_ttl=self._default_ttl,
+            )
+        if request.ttl is None:
+            request = dataclasses.replace(request, ttl=self._default_ttl)
+        minted_request = request
+
+        async def audit_row(conn: AsyncConnection, minted: MintedToken) -> None:
+            await self._audit.record(
+                actor.name,
+                "token_minted",
+                minted.token_id,
+                conn=conn,
+                subject=minted.subject,
+                admin=minted.admin,
+                kind=minted.kind,
+                expires_at=minted.expires_at,
+                operations=minted_request.operations,
+                resources=minted_request.resources,
+                audience=minted_request.audiences,
+                description=minted_request.description,
+                carried_caveats=len(minted_request.carried),
+            )
+
+        minted = await self._minter.mint(request, created_by=actor.name, also=audit_row)
+
+        security_event(
+            "token_minted",
+            by=actor.name[:64],
+            subject=minted.subject,
+            token_id=minted.token_id,
+            admin=minted.admin,
+            expires_at=minted.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            kind=minted.kind,
+        )
+        return minted
+
+    async def list(self, who: Principal, query: TokenFilter) -> list[TokenRecord]:
+        """Registry rows (metadata only, never a secret).
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: the principal may not read the registry.
+            BadRequest: a bad limit.
+            Unavailable: storage is down.
+        """
+        await self._authz.admin(who, "tokens:read")
+        if not 1 <= query.limit <= 1000:
+            raise BadRequest("limit must be between 1 and 1000")
+        return await self._registry.list(
+            now=self._clock(),
+            subject=query.subject,
+            include_revoked=query.include_revoked,
+            include_expired=query.include_expired,
+            after=query.after,
+            limit=query.limit,
+        )
+
+    async def revoke(self, who: Principal, token_id: str) -> None:
+        """Revoke one token by id: an admin, or a token of the same subject.
+
+        Raises:
+            InvalidToken, CaveatDenied: the principal's token is bad or may not revoke.
+            NotFound: no such token, or another subject's (the same answer, so ids stay secret).
+            Unavailable: storage is down.
+        """
+        try:
+            actor = await self._authz.admin(who, "tokens:revoke")
+            is_admin = True
+        except Forbidden:
+            # Not an admin: a genuine token of the same subject may revoke its own tokens.
+            actor = await self._authz.holder(who, "tokens:revoke")
+            is_admin = False
+        # Token ids are hex; anything else cannot name a row (and NUL would upset PostgreSQL).
+        valid_id = 0 < len(token_id) <= 64 and token_id.isascii() and token_id.isalnum()
+        record = await self._registry.get(token_id) if valid_id else None
+        if record is None or (not is_admin and record.subject != actor.subject):
+            raise NotFound("no such token")
+        await self._revoke(actor.name, record, via="id")
+
+    async def revoke_presented(self, token: str) -> None:
+        """Whoever holds a genuine token may burn it (also the leak-report path).
+
+        Anything that is not a genuine token of ours changes nothing and raises nothing: the
+        caller never learns which it was.
+
+        Raises:
+            Unavailable: storage or the key store is down (the token could not be judged).
+        """
+        try:
+            token_id, subject, key_id, key_expires = await self._verifier.authenticate(token)
+        except TokensvcError as exc:  # not a token, forged, unknown key, too large
+            if exc.status == 503:
+                raise
+            return
+        if token_id in self._revocations.tokens:
+            return
+        now = self._clock()
+        # A genuine token minted before the registry existed gets a row now, so it can be denied.
+        register = TokenRecord(
+            token_id=token_id,
+            subject=subject,
+            created_by=subject,
+            created_at=now,
+            expires_at=datetime.fromtimestamp(key_expires, UTC),
+            description="(registered when revoked)",
+            kind="service" if key_id.startswith(KEY_ID_PREFIX) else "rotating",
+        )
+        await self._revoke(subject, register, via="presented", register=True)
+
+    async def _revoke(
+        self, by: str, record: TokenRecord, *, via: str, register: bool = False
+    ) -> None:
+        already = record.revoked_at is not None
+
+        async def audit_row(conn: AsyncConnection) -> None:
+            if not already:
+                await self._audit.record(
+                    by, "token_revoked", record.token_id, conn=conn, subject=record.subject, via=via
+                )
+
+        revoked = await self._revocations.revoke_token(
+            record.token_id, register=record if register else None, also=audit_row
+        )
+        if revoked is not None and not already:
+            security_event(
+                "token_revoked",
+                by=by[:64],
+                subject=record.subject,
+                token_id=record.token_id,
+                via=via,
+            )
+
+    async def revoke_all(self, who: Principal, subject: str) -> int:
+        """Every token of `subject` issued until now dies; returns the subject's new generation.
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: the principal may not revoke.
+            BadRequest: not a usable subject.
+            Unavailable: storage is down.
+        """
+        actor = await self._authz.admin(who, "tokens:revoke")
+        if not 0 < len(subject) <= 255 or not subject.isprintable():
+            raise BadRequest("subject must be 1-255 printable characters")
+
+        async def run(conn: AsyncConnection) -> int:
+            generation = await self._subjects.raise_generation(subject, conn=conn)
+            await self._audit.record(
+                actor.name, "tokens_revoked_all", subject, conn=conn, generation=generation
+            )
+            return generation
+
+        generation = await run_db(self._engine, run, write=True, retry=False)
+        await self._revocations.generation_raised(subject, generation)
+        security_event(
+            "tokens_revoked_all", by=actor.name[:64], subject=subject[:64], generation=generation
+        )
+        return generation

@@ -1,0 +1,206 @@
+"""The user service: creating, changing, disabling and deleting users, for every door.
+
+Every change that must kill the user's earlier tokens — a new password, disabling, losing a role,
+deletion — raises the subject's one generation (tokensvc.subjects) in the same transaction as the
+change and its audit record, then tells this process and the other replicas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tokensvc.audit import AuditLog
+from tokensvc.db import run_db
+from tokensvc.errors import BadRequest, NotFound
+from tokensvc.logs import security_event
+from tokensvc.passwords import PasswordHasher
+from tokensvc.revocation import Revocations
+from tokensvc.services.authorization import Authorizer
+from tokensvc.services.boundary import service
+from tokensvc.services.principals import Principal
+from tokensvc.subjects import SubjectStore
+from tokensvc.users import User, UserStore, canonical_name
+
+
+@dataclass(frozen=True, slots=True)
+class NewUser:
+    name: str
+    password: str
+    roles: tuple[str, ...] = ()
+    disabled: bool = False
+
+    def __repr__(self) -> str:  # the password never reaches a log or a traceback
+        return f"NewUser(name={self.name!r}, roles={self.roles!r}, disabled={self.disabled!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class UserChange:
+    """What to change; None leaves a field as it is."""
+
+    password: str | None = None
+    roles: tuple[str, ...] | None = None
+    disabled: bool | None = None
+
+    def __repr__(self) -> str:
+        return f"UserChange(fields={self.fields!r})"
+
+    @property
+    def fields(self) -> list[str]:
+        return [n for n in ("password", "roles", "disabled") if getattr(self, n) is not None]
+
+
+@service
+class UserService:
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        authorizer: Authorizer,
+        users: UserStore,
+        subjects: SubjectStore,
+        hasher: PasswordHasher,
+        revocations: Revocations,
+        audit: AuditLog,
+    ) -> None:
+        self._engine = engine
+        self._authz = authorizer
+        self._users = users
+        self._subjects = subjects
+        self._hasher = hasher
+        self._revocations = revocations
+        self._audit = audit
+
+    async def create(self, who: Principal, new: NewUser) -> User:
+        """A new user, audited in the same transaction.
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: the principal may not write users.
+            BadRequest: a bad name, password or role. Conflict: the name is taken.
+            Unavailable: storage or the password hasher is unavailable.
+        """
+        actor = await self._authz.admin(who, "users:write")
+        canonical_name(new.name)  # validate before paying for a hash
+        password_hash = await self._hasher.hash(new.password)
+
+        async def run(conn: AsyncConnection) -> User:
+            user = await self._users.create(
+                new.name,
+                password_hash=password_hash,
+                roles=new.roles,
+                disabled=new.disabled,
+                conn=conn,
+            )
+            await self._audit.record(
+                actor.name,
+                "user_created",
+                user.name,
+                conn=conn,
+                roles=list(user.roles),
+                disabled=user.disabled,
+            )
+            return user
+
+        user = await run_db(self._engine, run, write=True, retry=False)
+        security_event("user_created", by=actor.name[:64], user=user.name, roles=list(user.roles))
+        return user
+
+    async def get(self, who: Principal, name: str) -> User:
+        """One user.
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: the principal may not read users.
+            NotFound: no such user. Unavailable: storage is down.
+        """
+        await self._authz.admin(who, "users:read")
+        user = await self._users.get(name)
+        if user is None:
+            raise NotFound("no such user")
+        return user
+
+    async def list(self, who: Principal, *, after: str | None, limit: int) -> Sequence[User]:
+        """Users in name order, after the name `after` (keyset paging).
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: the principal may not read users.
+            BadRequest: a bad limit or name. Unavailable: storage is down.
+        """
+        await self._authz.admin(who, "users:read")
+        if not 1 <= limit <= 1000:
+            raise BadRequest("limit must be between 1 and 1000")
+        return await self._users.list(
+            after=canonical_name(after) if after is not None else None, limit=limit
+        )
+
+    async def update(self, who: Principal, name: str, change: UserChange) -> User:
+        """Change a user; a new password, disabling or a lost role revokes its earlier tokens.
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: the principal may not write users.
+            BadRequest: nothing to change, or a bad value. NotFound: no such user.
+            Unavailable: storage or the password hasher is unavailable.
+        """
+        actor = await self._authz.admin(who, "users:write")
+        if not change.fields:
+            raise BadRequest("nothing to change")
+        # Hash before the transaction: argon2 is slow and must not hold a row lock.
+        new_hash = await self._hasher.hash(change.password) if change.password is not None else None
+
+        async def run(conn: AsyncConnection) -> tuple[User, int | None]:
+            before = await self._users.get(name, for_update=True, conn=conn)
+            if before is None:
+                raise NotFound("no such user")
+            after = before
+            if new_hash is not None:
+                after = await self._users.set_password(before.name, new_hash, conn=conn)
+            if change.roles is not None:
+                after = await self._users.set_roles(before.name, change.roles, conn=conn)
+            if change.disabled is not None:
+                after = await self._users.set_disabled(before.name, change.disabled, conn=conn)
+            revokes = (
+                new_hash is not None
+                or (after.disabled and not before.disabled)
+                or not set(before.roles) <= set(after.roles)
+            )
+            generation = (
+                await self._subjects.raise_generation(before.name, conn=conn) if revokes else None
+            )
+            await self._audit.record(
+                actor.name,
+                "user_updated",
+                before.name,
+                conn=conn,
+                changed=change.fields,
+                tokens_revoked=revokes,
+            )
+            return after, generation
+
+        user, generation = await run_db(self._engine, run, write=True, retry=False)
+        if generation is not None:
+            await self._revocations.generation_raised(user.name, generation)
+        security_event("user_updated", by=actor.name[:64], user=user.name, changed=change.fields)
+        return user
+
+    async def delete(self, who: Principal, name: str) -> None:
+        """Delete a user; its tokens die with it, and re-creating the name brings none back.
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: the principal may not write users.
+            NotFound: no such user. Unavailable: storage is down.
+        """
+        actor = await self._authz.admin(who, "users:write")
+
+        async def run(conn: AsyncConnection) -> tuple[str, int]:
+            user = await self._users.get(name, for_update=True, conn=conn)
+            if user is None:
+                raise NotFound("no such user")
+            generation = await self._subjects.raise_generation(user.name, conn=conn)
+            await self._users.delete(user.name, conn=conn)
+            await self._audit.record(actor.name, "user_deleted", user.name, conn=conn)
+            return user.name, generation
+
+        deleted, generation = await run_db(self._engine, run, write=True, retry=False)
+        await self._revocations.generation_raised(deleted, generation)
+        security_event("user_deleted", by=actor.name[:64], user=deleted)
