@@ -20,7 +20,9 @@ from tests.bakery.conftest import ALICE_PASSWORD, Client, bearer, login, mint, w
 MakeServer = Callable[..., Awaitable[TestServer]]
 
 # The command is attached to the main CLI group by the lead; until then, run it on its own.
-RUN = "from tokensvc.bakery.cli import discharge_command; discharge_command(prog_name='discharge')"
+RUN = (
+    "from tokensvc.cli.discharge import discharge_command; discharge_command(prog_name='discharge')"
+)
 
 
 class Result:
@@ -215,7 +217,7 @@ async def test_bearer_is_what_the_stored_login_sends(
     client: Client, users: dict[str, str], server: TestServer
 ) -> None:
     """The credentials helper sends the stored token to tokensvc's own locations only."""
-    from tokensvc.bakery.cli import credentials_for
+    from tokensvc.cli.discharge import credentials_for
 
     token = await login(client, "alice", ALICE_PASSWORD)
     url = str(server.make_url(""))

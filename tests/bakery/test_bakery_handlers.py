@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import os
 import random
 from datetime import timedelta
@@ -17,17 +18,16 @@ from urllib.parse import quote_from_bytes
 
 import pymacaroons
 import pytest
-from aiohttp import ClientResponse, web
+from aiohttp import ClientResponse
 from macaroonbakery import bakery, checkers
 
 from caveats import format_rfc3339
 from tests.bakery.conftest import ALICE_PASSWORD, PREFIX, Client, bearer, login
 from tests.conftest import FakeClock, basic_auth, make_config
-from tokensvc.bakery import appkeys as bakery_keys
+from tokensvc.bakery.config import BakeryConfig
 from tokensvc.errors import LockedOut
 from tokensvc.web import appkeys
 from tokensvc.web.app import create_app
-from tokensvc.web.handlers import bakery as bakery_handlers
 from tokensvc.web.handlers.bakery import TOKEN_COOKIE
 
 ROOT_KEY = b"discharge root key of 24b"[:24]
@@ -455,28 +455,19 @@ async def test_malformed_discharge_requests_are_4xx_bakery_errors_never_500(
 # ---- wiring ----------------------------------------------------------------------------------------
 
 
-async def test_embedded_mode_keeps_one_key_across_restarts_with_the_context_before_the_minter(
+async def test_embedded_mode_keeps_one_key_across_restarts(
     aiohttp_client: Any, sqlite_url: str, data_dir: Path, clock: FakeClock
 ) -> None:
-    """On SQLite with a generated KEK, the context placed before the keyring's serves the same key after a restart."""
+    """On SQLite with a generated KEK, a restarted service serves the same discharger key, under
+    a configured prefix."""
+    config = make_config(database_url=sqlite_url, data_dir=data_dir, kek=None)
+    config = dataclasses.replace(config, bakery=BakeryConfig(prefix="/auth/bakery"))
 
-    def app() -> web.Application:
-        built = create_app(
-            make_config(database_url=sqlite_url, data_dir=data_dir, kek=None), clock=clock
-        )
-        if bakery_handlers.discharger_context not in built.cleanup_ctx:
-            # Where create_app will put it: after the lockout store, before the Minter is built.
-            names = [getattr(ctx, "__name__", "") for ctx in built.cleanup_ctx]
-            built.cleanup_ctx.insert(names.index("_keys"), bakery_handlers.discharger_context)
-            bakery_handlers.setup(built, "/auth/bakery")
-        return built
-
-    first = await aiohttp_client(app())
-    prefix = first.app[bakery_keys.BAKERY_CONFIG].prefix
-    key_before = await (await first.get(f"{prefix}/discharge/info")).json()
+    first = await aiohttp_client(create_app(config, clock=clock))
+    key_before = await (await first.get("/auth/bakery/discharge/info")).json()
     await first.close()
-    second = await aiohttp_client(app())
-    key_after = await (await second.get(f"{prefix}/publickey")).json()
+    second = await aiohttp_client(create_app(config, clock=clock))
+    key_after = await (await second.get("/auth/bakery/publickey")).json()
 
     assert key_before["PublicKey"] == key_after["PublicKey"]
     assert (data_dir / "kek").exists()

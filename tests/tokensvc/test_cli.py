@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import getpass
 import json
 import os
 import secrets
@@ -266,3 +267,47 @@ async def test_unreachable_database_fails_with_one_line_not_a_traceback(
 
     assert_clean_failure(result)
     assert result.stdout == ""
+
+
+async def test_local_actions_are_audited_like_the_api(
+    cli_env: dict[str, str], aiohttp_client: AiohttpClient, pg_url: str, data_dir: Path, kek: str
+) -> None:
+    """`token mint --local`, `keys rotate --local` and `user add --local` go through the same
+    services as the API, so each leaves an audit row naming the operator as `local:<os user>`."""
+    actor = f"local:{getpass.getuser()}"
+    added = await _with_stdin(
+        cli_env, "correct horse battery", "user", "add", "carol", "--password-stdin", "--local"
+    )
+    minted = await tokensvc(cli_env, "token", "mint", "--local", "--subject", "batch", "--json")
+    rotated = await tokensvc(cli_env, "keys", "rotate", "--local", "--json")
+    assert (added.returncode, minted.returncode, rotated.returncode) == (0, 0, 0), (
+        added,
+        minted,
+        rotated,
+    )
+    client = await app_client(aiohttp_client, pg_url, data_dir, kek)
+    login = await client.post("/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD))
+    admin = {"Authorization": "Bearer " + (await login.json())["token"]}
+
+    resp = await client.get(f"/v1/audit?actor={actor}", headers=admin)
+
+    entries = (await resp.json())["entries"]
+    assert {(e["action"], e["target"]) for e in entries} == {
+        ("user_created", "carol"),
+        ("token_minted", minted.json()["token_id"]),
+        ("key_rotated", rotated.json()["id"]),
+    }
+
+
+async def _with_stdin(env: dict[str, str], text_in: str, *args: str) -> Result:
+    proc = await asyncio.create_subprocess_exec(
+        script(),
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(text_in.encode() + b"\n"), timeout=60)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())

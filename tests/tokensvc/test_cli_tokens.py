@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+
 import json
 from pathlib import Path
 from typing import Any
@@ -158,7 +160,8 @@ async def test_local_mints_are_registered(
     data_dir: Path,
     kek: str,  # noqa: F811
 ) -> None:
-    """`token mint --local` (the operator path) writes a registry row the service lists, by "(local operator)"."""
+    """`token mint --local` (the operator path) writes a registry row the service lists, made by
+    `local:<os user>`."""
     minted = await tokensvc(
         cli_env,
         "token",
@@ -181,5 +184,5 @@ async def test_local_mints_are_registered(
 
     rows = (await resp.json())["tokens"]
     assert [(r["token_id"], r["created_by"], r["description"]) for r in rows] == [
-        (minted.json()["token_id"], "(local operator)", "cron")
+        (minted.json()["token_id"], f"local:{getpass.getuser()}", "cron")
     ]

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from keystore import KeyEncryptionKey, Keyring
 from keystore.service_keys import ServiceKeys
 from tokensvc.audit import AuditLog
+from tokensvc.composition import Runtime
 from tokensvc.config import Config
 from tokensvc.generations import SubjectGenerations
 from tokensvc.lockout import LockoutStore
@@ -51,3 +52,4 @@ AUDIT = web.AppKey("audit", AuditLog)
 
 # ---- the service layer: what handlers call ----
 SERVICES = web.AppKey("services", Services)
+RUNTIME = web.AppKey("runtime", Runtime)

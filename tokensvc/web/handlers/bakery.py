@@ -21,21 +21,17 @@ import binascii
 import dataclasses
 import logging
 from base64 import b64decode
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from keystore.discharger_key import load_discharger_key
 from tokensvc.bakery import appkeys as bakery_keys
 from tokensvc.bakery.codec import MAX_CAVEAT_BYTES, b64decode_any
-from tokensvc.bakery.conditions import Conditions
 from tokensvc.bakery.config import BakeryConfig
-from tokensvc.bakery.discharger import Discharger, DischargeRequest
+from tokensvc.bakery.discharger import DischargeRequest
 from tokensvc.bakery.errors import MalformedCaveat
-from tokensvc.bakery.thirdparty import ThirdPartyLocator
 from tokensvc.errors import (
     BadRequest,
     LockedOut,
@@ -73,7 +69,8 @@ _CODES: Final = {
 
 
 def setup(app: web.Application, prefix: str, *, config: BakeryConfig | None = None) -> None:
-    """Register the discharger's routes under `prefix` (its state comes from `discharger_context`)."""
+    """Register the discharger's routes under `prefix` (the discharger itself is built by
+    tokensvc.composition)."""
     config = dataclasses.replace(config or BakeryConfig(), prefix=prefix)
     app[bakery_keys.BAKERY_CONFIG] = config
     add_routes(
@@ -84,30 +81,6 @@ def setup(app: web.Application, prefix: str, *, config: BakeryConfig | None = No
             web.post(f"{config.prefix}/discharge", discharge),
         ],
     )
-
-
-async def discharger_context(app: web.Application) -> AsyncIterator[None]:
-    """Load (or make, once) the discharger's key; build the discharger and the third-party locator.
-
-    Needs the engine, users and lockout store: append it after those contexts, and before the
-    one that builds the Minter if minting is to add third-party caveats.
-    """
-    if bakery_keys.BAKERY_CONFIG not in app:
-        app[bakery_keys.BAKERY_CONFIG] = BakeryConfig()
-    config = app[bakery_keys.BAKERY_CONFIG]
-    clock = app[appkeys.CLOCK]
-    key = await load_discharger_key(app[appkeys.ENGINE], kek=app[appkeys.KEK], clock=clock)
-    app[bakery_keys.DISCHARGER_KEY] = key
-    app[bakery_keys.DISCHARGER] = Discharger(
-        key,
-        conditions=Conditions(users=app[appkeys.USERS], lockout=app[appkeys.LOCKOUT], clock=clock),
-        clock=clock,
-        ttl=config.discharge_ttl,
-    )
-    locator = ThirdPartyLocator(config)
-    app[bakery_keys.THIRD_PARTIES] = locator
-    yield
-    await locator.close()
 
 
 # ---- handlers --------------------------------------------------------------------------------------

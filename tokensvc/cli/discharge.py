@@ -27,7 +27,7 @@ import click
 from tokensvc import chain
 from tokensvc.bakery.codec import LATEST_VERSION
 from tokensvc.bakery.jsonmacaroon import from_bakery_json
-from tokensvc.cli_errors import fail_on_errors
+from tokensvc.cli.errors import fail_on_errors
 from tokensvc.errors import TokensvcError
 from tokensvc.macaroon import Macaroon, serialize_v2
 from tokensvc.tokenformat import decode_token
@@ -173,7 +173,7 @@ def discharge_command(
     as_json: bool,
 ) -> None:
     """Get the discharges TOKEN (default: your stored token) needs, and verify the bundle."""
-    from tokensvc.client import DEFAULT_URL, Client, load_credentials
+    from tokensvc.cli.client import DEFAULT_URL, Client, load_credentials
 
     saved = load_credentials() or {}
     service_url = (url or os.environ.get("TOKENSVC_URL") or saved.get("url") or DEFAULT_URL).rstrip(

@@ -1,0 +1,30 @@
+"""The `tokensvc` command line: run and operate the service, and use it as a client.
+
+Human-readable output by default, `--json` for scripts; a non-zero exit status on any failure.
+One module per command group; every `--local` action goes through the same services as the API
+(tokensvc.cli.common.local), so it is authorised and audited alike.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from tokensvc.cli import keys, server, session, tokens, users
+
+
+@click.group()
+@click.version_option(package_name="tokensvc")
+def main() -> None:
+    """tokensvc: macaroon tokens, root keys, passwords and lockout."""
+
+
+for _module in (server, session, tokens, keys, users):
+    for _command in _module.COMMANDS:
+        main.add_command(_command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,353 @@
+"""The composition root: the one function that builds a process's object graph.
+
+`tokensvc serve` (through tokensvc.web.app.create_app) and the CLI's `--local` mode both build
+the stores, the keyring, the minter, the verifier and the services here, in one order, so a
+`--local` action goes through the same service methods — authorisation, ordering, revocation
+side effects and the audit record — as the same action over HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keystore import KeyEncryptionKey, Keyring, RotationPolicy, create_engine
+from keystore.discharger_key import DischargerKey, load_discharger_key
+from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys, service_key_id
+from tokensvc import metrics
+from tokensvc.audit import AuditLog
+from tokensvc.background import every, tasks_running
+from tokensvc.bakery.conditions import Conditions
+from tokensvc.bakery.discharger import Discharger
+from tokensvc.bakery.thirdparty import ThirdPartyLocator
+from tokensvc.bootstrap import ensure_admin
+from tokensvc.config import Config
+from tokensvc.generations import SubjectGenerations
+from tokensvc.lockout import LockoutStore, MemoryLockoutStore, RedisLockoutStore
+from tokensvc.login import LoginService
+from tokensvc.migrate import upgrade
+from tokensvc.minting import Minter
+from tokensvc.passwords import PasswordHasher, profile_by_name
+from tokensvc.redisconn import close_client, pubsub_client_from_url, redis_client_from_url
+from tokensvc.registry import TokenRegistry
+from tokensvc.revocation import CHANNEL_SUFFIX, Revocations
+from tokensvc.services import Services
+from tokensvc.services.audit import AuditService
+from tokensvc.services.authorization import Authorizer
+from tokensvc.services.keys import KeyService
+from tokensvc.services.lockouts import LockoutService
+from tokensvc.services.tokens import TokenService
+from tokensvc.services.users import UserService
+from tokensvc.subjects import SubjectStore
+from tokensvc.usage import UsageRecorder
+from tokensvc.users import UserStore
+from tokensvc.verification import Limits, Verifier
+
+log = logging.getLogger("tokensvc")
+
+#: Domain-separates the keyed hashes that name identities and addresses in Redis.
+LOCKOUT_HASH_PURPOSE = b"lockout identity and address hashes v1"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def prepare_embedded_database(config: Config) -> None:
+    """The data directory (0700) and an owner-only SQLite file, made before SQLite makes it 0644."""
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = config.data_dir / "tokensvc.db"
+    if config.database_url is None and not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+@dataclass
+class Runtime:
+    """Everything one process holds: stores, keys, the verify path and the services."""
+
+    config: Config
+    clock: Callable[[], datetime]
+    engine: AsyncEngine
+    kek: KeyEncryptionKey
+    users: UserStore
+    hasher: PasswordHasher
+    generations: SubjectGenerations
+    lockout: LockoutStore
+    keyring: Keyring
+    discharger_key: DischargerKey
+    discharger: Discharger
+    third_parties: ThirdPartyLocator
+    minter: Minter
+    verifier: Verifier
+    registry: TokenRegistry
+    service_keys: ServiceKeys
+    revocations: Revocations
+    usage: UsageRecorder
+    audit: AuditLog
+    services: Services
+    # Named dependency checks for readiness (Redis, where configured).
+    probes: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def runtime(
+    config: Config,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    serving: bool = True,
+) -> AsyncIterator[Runtime]:
+    """Build the object graph for `config`; close it when the block exits.
+
+    `serving` (the HTTP service) also creates the bootstrap admin and runs the background work:
+    key maintenance, the revocation and generation refreshes, the usage flush. The CLI's
+    `--local` mode builds the same graph without them.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        if config.embedded:
+            prepare_embedded_database(config)
+        engine = create_engine(config.effective_database_url)
+        stack.push_async_callback(engine.dispose)
+        if config.auto_migrate or not serving:
+            await upgrade(engine)
+        kek = KeyEncryptionKey.load(
+            value=config.kek,
+            file=config.kek_file,
+            data_dir=config.data_dir if config.embedded else None,
+        )
+
+        users = UserStore(engine, clock=clock)
+        hasher = PasswordHasher(
+            profile=profile_by_name(config.password_profile),
+            pepper=config.pepper,
+            max_concurrency=max(1, config.hash_concurrency),
+        )
+        stack.callback(hasher.close)
+        subjects = SubjectStore(engine, clock=clock)
+        generations = SubjectGenerations(subjects)
+        if serving:
+            await ensure_admin(users, hasher, config)
+            await stack.enter_async_context(generations.running())
+
+        probes: dict[str, Callable[[], Awaitable[bool]]] = {}
+        lockout = await _lockout(config, kek, stack, probes)
+
+        discharger_key = await load_discharger_key(engine, kek=kek, clock=clock)
+        discharger = Discharger(
+            discharger_key,
+            conditions=Conditions(users=users, lockout=lockout, clock=clock),
+            clock=clock,
+            ttl=config.bakery.discharge_ttl,
+        )
+        third_parties = ThirdPartyLocator(config.bakery)
+        stack.push_async_callback(third_parties.close)
+
+        keyring = Keyring(
+            engine,
+            kek=kek,
+            policy=RotationPolicy(
+                lifetime=config.key_lifetime, generate_interval=config.key_generate_interval
+            ),
+            clock=clock,
+        )
+        await keyring.maintain()
+        minter = Minter(
+            keyring,
+            generations=generations,
+            location=config.location,
+            clock=clock,
+            third_parties=third_parties,
+            discharger_key=discharger_key,
+        )
+        login = LoginService(
+            users=users,
+            generations=generations,
+            hasher=hasher,
+            lockout=lockout,
+            minter=minter,
+            clock=clock,
+            default_ttl=config.login_default_ttl,
+            max_ttl=config.login_max_ttl,
+        )
+        verifier = Verifier(
+            keyring,
+            limits=Limits(
+                max_token_bytes=config.max_token_bytes,
+                max_caveats=config.max_caveats,
+                max_discharges=config.max_discharges,
+                cache_entries=config.verify_cache_entries,
+            ),
+            generations=generations,
+            # The same instant either way; time.time skips building a datetime on every verify.
+            clock=time.time if clock is utc_now else lambda: clock().timestamp(),
+        )
+
+        registry = TokenRegistry(engine)
+        service_keys = ServiceKeys(engine, kek=kek, clock=clock)
+        revocations = await _revocations(config, engine, registry, stack)
+        _wire_lifecycle(revocations, keyring, service_keys, verifier, generations)
+        usage = UsageRecorder(registry, flush_interval=config.usage_flush_interval.total_seconds())
+        minter.attach(
+            registry, service_keys=service_keys, max_service_ttl=config.max_service_token_ttl
+        )
+        verifier.attach(
+            service_keys=service_keys,
+            revoked=revocations.tokens,
+            revoked_keys=revocations.keys,
+            usage=usage,
+        )
+        audit = AuditLog(engine, clock=clock)
+        authorizer = Authorizer(verifier=verifier, users=users)
+        services = Services(
+            tokens=TokenService(
+                engine=engine,
+                authorizer=authorizer,
+                minter=minter,
+                verifier=verifier,
+                registry=registry,
+                revocations=revocations,
+                subjects=subjects,
+                audit=audit,
+                default_ttl=config.default_token_ttl,
+                clock=clock,
+            ),
+            users=UserService(
+                engine=engine,
+                authorizer=authorizer,
+                users=users,
+                subjects=subjects,
+                hasher=hasher,
+                revocations=revocations,
+                audit=audit,
+            ),
+            keys=KeyService(
+                authorizer=authorizer, keyring=keyring, revocations=revocations, audit=audit
+            ),
+            lockouts=LockoutService(
+                authorizer=authorizer, lockout=lockout, audit=audit, clock=clock
+            ),
+            audit=AuditService(authorizer=authorizer, audit=audit),
+            login=login,
+        )
+        if serving:
+            await stack.enter_async_context(_maintaining(keyring, config))
+            await stack.enter_async_context(revocations.running())
+            await stack.enter_async_context(usage.running())
+        yield Runtime(
+            config=config,
+            clock=clock,
+            engine=engine,
+            kek=kek,
+            users=users,
+            hasher=hasher,
+            generations=generations,
+            lockout=lockout,
+            keyring=keyring,
+            discharger_key=discharger_key,
+            discharger=discharger,
+            third_parties=third_parties,
+            minter=minter,
+            verifier=verifier,
+            registry=registry,
+            service_keys=service_keys,
+            revocations=revocations,
+            usage=usage,
+            audit=audit,
+            services=services,
+            probes=probes,
+        )
+
+
+async def _lockout(
+    config: Config,
+    kek: KeyEncryptionKey,
+    stack: contextlib.AsyncExitStack,
+    probes: dict[str, Callable[[], Awaitable[bool]]],
+) -> LockoutStore:
+    if config.redis_url is None:
+        return MemoryLockoutStore()
+    redis = redis_client_from_url(config.redis_url)
+    stack.push_async_callback(close_client, redis)
+
+    async def redis_ready() -> bool:
+        try:
+            return bool(await redis.ping())
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            return False
+
+    probes["redis"] = redis_ready
+    # Keyed hashes name identities and addresses in Redis: without the KEK, whoever reads Redis
+    # cannot test a guessed username against them. Every replica has the KEK, so all agree.
+    return RedisLockoutStore(
+        redis,
+        prefix=config.redis_prefix + "lockout:",
+        identity_key=kek.derive(LOCKOUT_HASH_PURPOSE),
+    )
+
+
+async def _revocations(
+    config: Config,
+    engine: AsyncEngine,
+    registry: TokenRegistry,
+    stack: contextlib.AsyncExitStack,
+) -> Revocations:
+    # Pub/sub needs a connection that may sit idle: no socket timeout on this client. In a
+    # Redis Cluster it is a client of one node, which hears every node's PUBLISH.
+    redis = None
+    if config.redis_url:
+        redis = pubsub_client_from_url(config.redis_url, socket_timeout=None, max_connections=4)
+        stack.push_async_callback(close_client, redis)
+    return Revocations(
+        engine,
+        registry,
+        refresh_interval=config.revocation_refresh_interval.total_seconds(),
+        redis=redis,
+        channel=config.redis_prefix + CHANNEL_SUFFIX,
+    )
+
+
+def _wire_lifecycle(
+    revocations: Revocations,
+    keyring: Keyring,
+    service_keys: ServiceKeys,
+    verifier: Verifier,
+    generations: SubjectGenerations,
+) -> None:
+    """What a revocation does to this process's caches, wherever it was made."""
+
+    def key_revoked(key_id: str) -> None:
+        if key_id.startswith(KEY_ID_PREFIX):
+            service_keys.forget(key_id)
+        else:
+            keyring.forget(key_id)
+        verifier.cache.forget_key(key_id)
+
+    def token_revoked(token_id: str) -> None:
+        service_keys.forget(service_key_id(token_id))
+
+    revocations.delete_service_key = service_keys.delete
+    revocations.on_key_revoked.append(key_revoked)
+    revocations.on_token_revoked.append(token_revoked)
+    revocations.on_generation.append(generations.remember)
+
+
+@contextlib.asynccontextmanager
+async def _maintaining(keyring: Keyring, config: Config) -> AsyncIterator[None]:
+    """Make the next root key ahead of need and purge expired ones, periodically."""
+
+    async def maintain() -> None:
+        try:
+            await keyring.maintain()
+        except Exception:
+            metrics.DATABASE_ERRORS.inc()
+            raise
+
+    interval = config.key_maintenance_interval.total_seconds()
+    async with tasks_running(every(interval, maintain, what="root key maintenance")):
+        yield
