@@ -16,10 +16,11 @@ Everything else goes to aiohttp untouched and in order: answers leave in request
 this path only runs while the connection's own request loop is idle, waiting for a request.
 
 What the pipeline (tokensvc.web.pipeline) does is done here too, from the same functions: the
-body rules and answers (handlers.verify), error bodies (web.errors), the request id, the security
-headers (and HSTS under TLS), the access line and the metrics. The test suite runs its API tests
-through this path (tests/conftest.py), so any difference shows up there. Only the governor is not
-consulted: an answer given here holds no slot and never waits.
+body rules and answers (handlers.verify), error bodies (web.errors), the request id, the client
+address (web.auth, from every X-Forwarded-For line), the security headers (and HSTS under TLS),
+the access line and the metrics. The test suite runs its API tests through this path
+(tests/conftest.py), so any difference shows up there. Only the governor is not consulted: an
+answer given here holds no slot and never waits.
 
 With a Handoff (`tokensvc serve` with its lane, tokensvc.web.lane), a connection whose first
 request this path leaves is not for a hot path moves to the lane process instead, while aiohttp's
@@ -38,7 +39,6 @@ import time
 from collections.abc import Mapping
 from email.utils import formatdate
 from http import HTTPStatus
-from ipaddress import IPv4Network, IPv6Network
 from time import perf_counter
 from typing import Any
 
@@ -53,7 +53,7 @@ from tokensvc.errors import TokensvcError
 from tokensvc.logs import REQUEST_ID as CURRENT_REQUEST_ID
 from tokensvc.verification import Verifier
 from tokensvc.web import appkeys
-from tokensvc.web.auth import client_address
+from tokensvc.web.auth import Networks, client_address, joined_forwarded_for
 from tokensvc.web.errors import tokensvc_error_parts, unexpected_body
 from tokensvc.web.handlers.verify import answer, parse_request
 from tokensvc.web.headers import HSTS, SECURITY_HEADERS
@@ -135,11 +135,11 @@ class FastVerify:
         *,
         max_body_bytes: int,
         tls: bool,
-        trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
+        trusted_proxies: Networks = (),
     ) -> None:
         self._verifier = verifier
         self.max_body = max_body_bytes
-        self._trusted = trusted_proxies
+        self.trusted_proxies: Networks = trusted_proxies
         fixed = {"Content-Type": JSON, **SECURITY_HEADERS, "Server": SERVER_SOFTWARE}
         if tls:
             fixed["Strict-Transport-Security"] = HSTS
@@ -200,7 +200,8 @@ class FastVerify:
             except Exception as exc:  # noqa: BLE001 - the last resort: a 500, no trace
                 status = 500
                 out = orjson.dumps(unexpected_body("POST", PATH, exc))
-            client = client_address(peer, forwarded_for, self._trusted) if self._trusted else peer
+            trusted = self.trusted_proxies
+            client = client_address(peer, forwarded_for, trusted) if trusted else peer
             record_request(request_id, "POST", PATH, PATH, status, start, client)
             return b"".join(
                 (
@@ -349,9 +350,9 @@ class FastRequestHandler(RequestHandler):
             return False
         body = payload.read_nowait()
         headers = message.headers
-        response = fast.respond(
-            body, headers.get(REQUEST_ID), headers.get("X-Forwarded-For", ""), self._peer
-        )
+        # Every X-Forwarded-For line: a proxy may have added its own after the client's.
+        forwarded = joined_forwarded_for(headers) if fast.trusted_proxies else ""
+        response = fast.respond(body, headers.get(REQUEST_ID), forwarded, self._peer)
         if response is None:
             # It needs I/O: aiohttp's path takes it, with the body it no longer finds in `payload`.
             self._messages[0] = (message, self._replay(body))
