@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import structlog
+from aiohttp import web
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
 from tests.served import ServedTestServer
@@ -20,7 +21,6 @@ from tokensvc.logs import configure
 from tokensvc.web.app import create_app
 
 if TYPE_CHECKING:
-    from aiohttp import web
     from aiohttp.test_utils import TestClient
 
     from tokensvc.config import Config
@@ -49,9 +49,23 @@ def store_config(request: pytest.FixtureRequest, store: str, **overrides: Any) -
     )
 
 
+class ServeLikeTestServer(ServedTestServer):
+    """ServedTestServer without the handler cancellation aiohttp's TestServer turns on.
+
+    `tokensvc serve` leaves aiohttp's default (no cancellation): a client that leaves mid-body
+    makes the handler's read fail with the connection's error rather than cancelling it, and
+    that is the case these tests must see.
+    """
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        kwargs["handler_cancellation"] = False
+        return await super()._make_runner(**kwargs)
+
+
 async def serve(aiohttp_client: Any, config: Config, clock: FakeClock) -> Client:
-    """The real app for `config`, with the fast /v1/verify path of `tokensvc serve`."""
-    client: Client = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+    """The real app for `config`, served as `tokensvc serve` serves it (the fast /v1/verify
+    path in front, where the config allows, and no handler cancellation)."""
+    client: Client = await aiohttp_client(ServeLikeTestServer(create_app(config, clock=clock)))
     return client
 
 

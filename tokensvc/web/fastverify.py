@@ -6,9 +6,10 @@ preparation, the write and drain calls. For the route other services call on eve
 serve, that machinery costs more than verifying the token. So `tokensvc serve` keeps aiohttp's
 connection handling and its C parser, and answers a verify inside `data_received` when it can:
 
-- a complete `POST /v1/verify` HTTP/1.1 keep-alive request (no upgrade, no content encoding, a
-  body within the limit) on a connection with nothing queued or in progress, whose writes are not
-  paused (a client that does not read gets aiohttp's path, which waits for the buffer to drain);
+- a complete `POST /v1/verify` HTTP/1.1 keep-alive request (no upgrade, no Content-Encoding
+  header at all, a body within the limit) on a connection with nothing queued or in progress,
+  whose writes are not paused (a client that does not read gets aiohttp's path, which waits for
+  the buffer to drain);
 - whose answer needs no I/O: Verifier.verify_now decides it (a chain-cache hit, or a miss whose
   root key is cached). A root key still to be read hands the request, body included, to aiohttp.
 
@@ -18,9 +19,10 @@ this path only runs while the connection's own request loop is idle, waiting for
 What the pipeline (tokensvc.web.pipeline) does is done here too, from the same functions: the
 body rules and answers (handlers.verify), error bodies (web.errors), the request id, the client
 address (web.auth, from every X-Forwarded-For line), the security headers (and HSTS under TLS),
-the access line and the metrics. The test suite runs its API tests through this path
-(tests/conftest.py), so any difference shows up there. Only the governor is not consulted: an
-answer given here holds no slot and never waits.
+the access line and the metrics. A request with a Content-Encoding is left to aiohttp's path,
+where jsonio.read_body is the one place that decides which encodings are accepted. The test
+suite runs its API tests through this path (tests/conftest.py), so any difference shows up
+there. Only the governor is not consulted: an answer given here holds no slot and never waits.
 
 With a Handoff (`tokensvc serve` with its lane, tokensvc.web.lane), a connection whose first
 request this path leaves is not for a hot path moves to the lane process instead, while aiohttp's
@@ -44,7 +46,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
@@ -168,7 +170,8 @@ class FastVerify:
             and message.version == HttpVersion11
             and not message.should_close
             and not message.upgrade
-            and message.compression is None
+            # Any Content-Encoding, also one aiohttp does not know (so `compression` is None).
+            and hdrs.CONTENT_ENCODING not in message.headers
             and payload.is_eof()
             and payload.exception() is None
             and payload.total_bytes <= self.max_body

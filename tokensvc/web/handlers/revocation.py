@@ -7,7 +7,14 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from tokensvc.errors import BadRequest, Forbidden, NotFound, TokensvcError
+from tokensvc.errors import (
+    BadRequest,
+    ClientDisconnected,
+    Forbidden,
+    NotFound,
+    TokensvcError,
+    UnsupportedEncoding,
+)
 from tokensvc.logs import security_event
 from tokensvc.registry import TokenRecord
 from tokensvc.web import appkeys
@@ -73,7 +80,9 @@ async def revoke_presented(request: web.Request) -> web.Response:
             token
         )
     except TokensvcError as exc:  # bad JSON, not a token, forged, unknown key, too large
-        if exc.status == 503:
+        # Not about the token, so they tell nothing: a body we cannot even read (415), a client
+        # that left (499, logged as such), a dependency down (503).
+        if exc.status == 503 or isinstance(exc, (UnsupportedEncoding, ClientDisconnected)):
             raise
         return web.Response(status=204)
     now = datetime.now(UTC)
