@@ -118,6 +118,9 @@ async def _users(app: web.Application) -> AsyncIterator[None]:
 
 
 LOCKOUT_HASH_PURPOSE = b"lockout identity and address hashes v1"
+# Keys the `user_hash` that login events name identities by (tokensvc.login): the same on every
+# replica, and a key apart from lockout's, so a log line and a Redis key cannot be matched up.
+LOG_IDENTITY_HASH_PURPOSE = b"log identity hashes v1"
 
 
 async def _lockout(app: web.Application) -> AsyncIterator[None]:
@@ -181,6 +184,7 @@ async def _keys(app: web.Application) -> AsyncIterator[None]:
         clock=clock,
         default_ttl=config.login_default_ttl,
         max_ttl=config.login_max_ttl,
+        identity_log_key=kek.derive(LOG_IDENTITY_HASH_PURPOSE),
     )
     app[appkeys.VERIFIER] = Verifier(
         keyring,
