@@ -410,7 +410,7 @@ async def test_a_client_that_leaves_mid_body_is_a_499_not_a_server_error(
     errors_before = requests_of(endpoint.route, "5xx")
     refused_before = requests_of(endpoint.route, "4xx")
 
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    _reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     writer.write(head + body)
     await writer.drain()
     await asyncio.sleep(0.5)  # the handler is waiting for the rest of the body by now
