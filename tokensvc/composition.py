@@ -54,6 +54,9 @@ log = logging.getLogger("tokensvc")
 
 #: Domain-separates the keyed hashes that name identities and addresses in Redis.
 LOCKOUT_HASH_PURPOSE = b"lockout identity and address hashes v1"
+# Keys the `user_hash` that login events name identities by (tokensvc.login): the same on every
+# replica, and a key apart from lockout's, so a log line and a Redis key cannot be matched up.
+LOG_IDENTITY_HASH_PURPOSE = b"log identity hashes v1"
 
 
 def utc_now() -> datetime:
@@ -174,6 +177,7 @@ async def runtime(
             clock=clock,
             default_ttl=config.login_default_ttl,
             max_ttl=config.login_max_ttl,
+            identity_log_key=kek.derive(LOG_IDENTITY_HASH_PURPOSE),
         )
         verifier = Verifier(
             keyring,

@@ -31,6 +31,27 @@ class PayloadTooLarge(TokensvcError):
     code = "payload_too_large"
 
 
+class UnsupportedEncoding(TokensvcError):
+    """The request body has a Content-Encoding this service does not decode."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+    def __init__(self, message: str | None = None, *, accepted: str) -> None:
+        super().__init__(message)
+        self.accepted = accepted  # the Accept-Encoding the answer names (RFC 9110 §15.5.16)
+
+
+class ClientDisconnected(TokensvcError):
+    """The client closed the connection before its request was read: nobody gets the answer.
+
+    Not a server error: counted and logged as 499, nginx's status for it.
+    """
+
+    status = 499
+    code = "client_closed_request"
+
+
 class InvalidToken(TokensvcError):
     """The token is malformed, forged, expired, revoked or its key is gone."""
 

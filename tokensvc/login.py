@@ -11,11 +11,19 @@ is most of them.
 
 The subject's generation is read before the password is checked, and the token minted at it: a
 password change (or disable, or revoke-all) that commits while argon2 runs revokes this token too.
+
+The security events name the attempted identity by `user_hash`, a keyed hash of it (the same for
+`Alice` and `alice`, and on every replica), and by `user` only once it is known to be an existing
+user: what is typed as a user name is sometimes a password, and an unknown name is never logged
+in clear. Lock and unavailable events come before the user look-up, so they carry the hash
+alone; it matches the `user_hash` of that user's other events. Computing it costs every attempt
+the same, and the answers do not change, so this tells a client nothing about who exists.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +32,7 @@ from tokensvc import metrics
 from tokensvc.errors import BadRequest, LockedOut, Unauthenticated, Unavailable
 from tokensvc.generations import SubjectGenerations
 from tokensvc.lockout import LockoutStore
+from tokensvc.lockout.store import hash_identity
 from tokensvc.logs import security_event
 from tokensvc.minting import MintedToken, Minter, MintRequest
 from tokensvc.passwords import PasswordHasher
@@ -33,6 +42,8 @@ from tokensvc.users import UserStore
 log = logging.getLogger("tokensvc.login")
 
 GENERIC_FAILURE = "invalid username or password"
+# Hex digits of the identity hash in log events: plenty to tell identities apart in a log.
+_LOGGED_HASH_DIGITS = 16
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,11 @@ class LoginService:
         clock: Callable[[], datetime],
         default_ttl: timedelta,
         max_ttl: timedelta,
+        identity_log_key: bytes | None = None,
     ) -> None:
+        """`identity_log_key` keys the `user_hash` of log events; give every replica the same
+        one (the app derives it from the KEK). Without one, a random key for this process."""
+        self._log_key = identity_log_key or secrets.token_bytes(32)
         self._users = users
         self._generations = generations
         self._hasher = hasher
@@ -92,6 +107,7 @@ class LoginService:
         # otherwise cost two lockout round trips and a user look-up before its 503.
         self._hasher.check_capacity()
         identity = request.username
+        user_hash = self._identity_hash(identity)
         now = self._clock().timestamp()
         try:
             await self._lockout.begin_attempt(
@@ -102,7 +118,7 @@ class LoginService:
             security_event(
                 "authn_login_lock",
                 level=logging.WARNING,
-                user=identity[:64],
+                user_hash=user_hash,
                 client_ip=request.client_ip,
             )
             raise
@@ -111,7 +127,7 @@ class LoginService:
             security_event(
                 "authn_login_fail",
                 level=logging.WARNING,
-                user=identity[:64],
+                user_hash=user_hash,
                 client_ip=request.client_ip,
                 reason="lockout store unavailable",
             )
@@ -134,7 +150,9 @@ class LoginService:
             security_event(
                 "authn_login_fail",
                 level=logging.WARNING,
-                user=identity[:64],
+                # The stored name, never the typed one: no user, no name in the log.
+                user=user.name if user is not None else None,
+                user_hash=user_hash,
                 client_ip=request.client_ip,
             )
             raise Unauthenticated(GENERIC_FAILURE)
@@ -160,6 +178,7 @@ class LoginService:
         security_event(
             "authn_login_success",
             user=user.name,
+            user_hash=user_hash,
             client_ip=request.client_ip,
             token_id=minted.token_id,
             rehashed=result.needs_rehash,
@@ -169,5 +188,9 @@ class LoginService:
     async def _abandon(self, *, identity: str, client_ip: str, now: float) -> None:
         try:
             await self._lockout.abandon_attempt(identity=identity, client_ip=client_ip, now=now)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the original failure is the one to report
             log.warning("could not take back an attempt that was never judged", exc_info=True)
+
+    def _identity_hash(self, identity: str) -> str:
+        """How log events name `identity`: a keyed hash of its normalised form, shortened."""
+        return hash_identity(identity, key=self._log_key)[:_LOGGED_HASH_DIGITS]

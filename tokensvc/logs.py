@@ -168,6 +168,9 @@ def configure(level: str = "info", *, stream: Any = None) -> None:
             pass
     # Alembic and aiohttp's access log are chatty at INFO; keep them at WARNING.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # aiosqlite logs every statement with its parameters at DEBUG: user names as typed at login
+    # (a password, sometimes), password hashes. Never ours to write, whatever the level.
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
 
 
 # The per-request access line is the one log call on every request; through structlog's

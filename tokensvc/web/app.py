@@ -85,7 +85,12 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> we
     """The tokensvc application for `config`; `clock` is injectable for tests."""
     governor = Governor.from_config(config)
     trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies)
-    app = web.Application(client_max_size=config.max_body_bytes)
+    # aiohttp would undo gzip, deflate, br and zstd bodies itself, and fail a body that does not
+    # decode as a 500 (or a bare 400 outside our pipeline): tokensvc.web.jsonio.read_body decides
+    # which request encodings are taken, and decodes them, for every endpoint instead.
+    app = web.Application(
+        client_max_size=config.max_body_bytes, handler_args={"auto_decompress": False}
+    )
     app[PIPELINE] = request_pipeline(
         tls=config.tls, governor=governor, trusted_proxies=trusted_proxies
     )

@@ -11,7 +11,7 @@ import logging
 from aiohttp import web
 
 from tokensvc import metrics
-from tokensvc.errors import LockedOut, TokensvcError, Unavailable
+from tokensvc.errors import LockedOut, TokensvcError, Unavailable, UnsupportedEncoding
 from tokensvc.web.jsonio import json_response
 
 log = logging.getLogger("tokensvc.web")
@@ -48,6 +48,8 @@ def tokensvc_error_parts(exc: TokensvcError, path: str) -> tuple[dict[str, objec
             metrics.count_database_error(exc.__cause__)
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="tokensvc"'
+    if isinstance(exc, UnsupportedEncoding):
+        headers["Accept-Encoding"] = exc.accepted
     body: dict[str, object] = dict(error_body(exc.code, exc.message))
     if exc.code in ("invalid_token", "caveat_denied") and path.endswith("/verify"):
         # /v1/verify callers read {"valid", "reason"}; the error object is kept for uniformity.

@@ -6,9 +6,10 @@ preparation, the write and drain calls. For the route other services call on eve
 serve, that machinery costs more than verifying the token. So `tokensvc serve` keeps aiohttp's
 connection handling and its C parser, and answers a verify inside `data_received` when it can:
 
-- a complete `POST /v1/verify` HTTP/1.1 keep-alive request (no upgrade, no content encoding, a
-  body within the limit) on a connection with nothing queued or in progress, whose writes are not
-  paused (a client that does not read gets aiohttp's path, which waits for the buffer to drain);
+- a complete `POST /v1/verify` HTTP/1.1 keep-alive request (no upgrade, no Content-Encoding
+  header at all, a body within the limit) on a connection with nothing queued or in progress,
+  whose writes are not paused (a client that does not read gets aiohttp's path, which waits for
+  the buffer to drain);
 - whose answer needs no I/O: Verifier.verify_now decides it (a chain-cache hit, or a miss whose
   root key is cached). A root key still to be read hands the request, body included, to aiohttp.
 
@@ -16,10 +17,12 @@ Everything else goes to aiohttp untouched and in order: answers leave in request
 this path only runs while the connection's own request loop is idle, waiting for a request.
 
 What the pipeline (tokensvc.web.pipeline) does is done here too, from the same functions: the
-body rules and answers (handlers.verify), error bodies (web.errors), the request id, the security
-headers (and HSTS under TLS), the access line and the metrics. The test suite runs its API tests
-through this path (tests/conftest.py), so any difference shows up there. Only the governor is not
-consulted: an answer given here holds no slot and never waits.
+body rules and answers (handlers.verify), error bodies (web.errors), the request id, the client
+address (web.auth, from every X-Forwarded-For line), the security headers (and HSTS under TLS),
+the access line and the metrics. A request with a Content-Encoding is left to aiohttp's path,
+where jsonio.read_body is the one place that decides which encodings are accepted. The test
+suite runs its API tests through this path (tests/conftest.py), so any difference shows up
+there. Only the governor is not consulted: an answer given here holds no slot and never waits.
 
 With a Handoff (`tokensvc serve` with its lane, tokensvc.web.lane), a connection whose first
 request this path leaves is not for a hot path moves to the lane process instead, while aiohttp's
@@ -38,13 +41,12 @@ import time
 from collections.abc import Mapping
 from email.utils import formatdate
 from http import HTTPStatus
-from ipaddress import IPv4Network, IPv6Network
 from time import perf_counter
 from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
@@ -53,7 +55,7 @@ from tokensvc.errors import TokensvcError
 from tokensvc.logs import REQUEST_ID as CURRENT_REQUEST_ID
 from tokensvc.verification import Verifier
 from tokensvc.web import appkeys
-from tokensvc.web.auth import client_address
+from tokensvc.web.auth import Networks, client_address, joined_forwarded_for
 from tokensvc.web.errors import tokensvc_error_parts, unexpected_body
 from tokensvc.web.handlers.verify import answer, parse_request
 from tokensvc.web.headers import HSTS, SECURITY_HEADERS
@@ -135,11 +137,11 @@ class FastVerify:
         *,
         max_body_bytes: int,
         tls: bool,
-        trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
+        trusted_proxies: Networks = (),
     ) -> None:
         self._verifier = verifier
         self.max_body = max_body_bytes
-        self._trusted = trusted_proxies
+        self.trusted_proxies: Networks = trusted_proxies
         fixed = {"Content-Type": JSON, **SECURITY_HEADERS, "Server": SERVER_SOFTWARE}
         if tls:
             fixed["Strict-Transport-Security"] = HSTS
@@ -168,7 +170,8 @@ class FastVerify:
             and message.version == HttpVersion11
             and not message.should_close
             and not message.upgrade
-            and message.compression is None
+            # Any Content-Encoding, also one aiohttp does not know (so `compression` is None).
+            and hdrs.CONTENT_ENCODING not in message.headers
             and payload.is_eof()
             and payload.exception() is None
             and payload.total_bytes <= self.max_body
@@ -200,7 +203,8 @@ class FastVerify:
             except Exception as exc:  # noqa: BLE001 - the last resort: a 500, no trace
                 status = 500
                 out = orjson.dumps(unexpected_body("POST", PATH, exc))
-            client = client_address(peer, forwarded_for, self._trusted) if self._trusted else peer
+            trusted = self.trusted_proxies
+            client = client_address(peer, forwarded_for, trusted) if trusted else peer
             record_request(request_id, "POST", PATH, PATH, status, start, client)
             return b"".join(
                 (
@@ -349,9 +353,9 @@ class FastRequestHandler(RequestHandler):
             return False
         body = payload.read_nowait()
         headers = message.headers
-        response = fast.respond(
-            body, headers.get(REQUEST_ID), headers.get("X-Forwarded-For", ""), self._peer
-        )
+        # Every X-Forwarded-For line: a proxy may have added its own after the client's.
+        forwarded = joined_forwarded_for(headers) if fast.trusted_proxies else ""
+        response = fast.respond(body, headers.get(REQUEST_ID), forwarded, self._peer)
         if response is None:
             # It needs I/O: aiohttp's path takes it, with the body it no longer finds in `payload`.
             self._messages[0] = (message, self._replay(body))

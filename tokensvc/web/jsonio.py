@@ -1,17 +1,28 @@
-"""JSON in and out with orjson, and the one place request bodies are parsed and size-checked."""
+"""JSON in and out with orjson, and the one place request bodies are read, decoded and
+size-checked (`read_body`), whatever they hold: every handler that reads a body reads it here.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import zlib
+from typing import Any, Final
 
 import orjson
-from aiohttp import web
-from multidict import CIMultiDict
+from aiohttp import hdrs, web
+from multidict import CIMultiDict, MultiMapping
 
-from tokensvc.errors import BadRequest, PayloadTooLarge
+from tokensvc.errors import BadRequest, ClientDisconnected, PayloadTooLarge, UnsupportedEncoding
 from tokensvc.web.headers import SECURITY_HEADERS
 
 JSON = "application/json"
+
+# The request Content-Encodings we decode: gzip (and its old name x-gzip, RFC 9110 §8.4.1.3) and
+# deflate, one of them at most, which is what aiohttp decoded for us before. aiohttp does not
+# decode any more (the app turns its auto_decompress off), so that this is the one place that
+# decides for every endpoint: anything else, a stack of codings included, is a 415 naming these;
+# a body that does not decode is a 400; one that decodes to more than the body limit, a 413.
+ACCEPTED_ENCODINGS: Final = "gzip, deflate"
+_WBITS: Final = {"gzip": 31, "x-gzip": 31, "deflate": 15}  # zlib's names for the two containers
 
 # Every JSON answer starts from a copy of these, which is cheaper than adding the security
 # headers afterwards. web.Response makes its own copy of the headers it is given (a C-level
@@ -32,11 +43,75 @@ def json_response(
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object; anything else is a 400, anything too big a 413."""
+    return json_object(await read_body(request))
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, its Content-Encoding undone.
+
+    Raises:
+        UnsupportedEncoding: a Content-Encoding other than ACCEPTED_ENCODINGS (checked first).
+        BadRequest: a body that does not decode.
+        PayloadTooLarge: a body, as sent or decoded, over the app's client_max_size.
+        ClientDisconnected: the client closed the connection before its body was all sent.
+    """
+    coding = content_coding(request.headers)
     try:
-        body = await request.read()
+        raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge("request body too large") from None
-    return json_object(body)
+    except OSError:
+        # aiohttp fails the read with the connection's error when the client goes away mid-body.
+        # That is no fault of ours: a 499 for the log line and the metrics, not a logged 500.
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ClientDisconnected("the client closed the connection mid-request") from None
+        raise
+    if coding is None or not raw:
+        return raw  # an empty body is empty in any coding
+    return decode_body(raw, coding, max_bytes=request.client_max_size)
+
+
+def content_coding(headers: MultiMapping[str]) -> str | None:
+    """The one coding to undo (a key of _WBITS), None for none; UnsupportedEncoding otherwise."""
+    values = headers.getall(hdrs.CONTENT_ENCODING, ())
+    if not values:
+        return None
+    codings = [c.strip().lower() for value in values for c in value.split(",")]
+    # `identity` means no coding (clients do send it); empty list elements are allowed.
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in _WBITS:
+        return codings[0]
+    raise UnsupportedEncoding(
+        f"the request Content-Encoding is not supported: send the body as it is or as one of"
+        f" {ACCEPTED_ENCODINGS}",
+        accepted=ACCEPTED_ENCODINGS,
+    )
+
+
+def decode_body(raw: bytes, coding: str, *, max_bytes: int) -> bytes:
+    """`raw` decoded from `coding` (a key of _WBITS): at most `max_bytes` of it, and all of it.
+
+    Raises:
+        BadRequest: `raw` is not one whole stream of `coding` (corrupt, truncated, or followed
+            by other bytes).
+        PayloadTooLarge: it decodes to more than `max_bytes`; decoding stops there.
+    """
+    wbits = _WBITS[coding]
+    if coding == "deflate" and raw[0] & 0x0F != 8:
+        wbits = -15  # raw DEFLATE without the zlib header: what some clients send as `deflate`
+    decoder = zlib.decompressobj(wbits)
+    try:
+        body = decoder.decompress(raw, max_bytes + 1)
+    except zlib.error:
+        raise BadRequest(f"the request body is not valid {coding}") from None
+    if len(body) > max_bytes:
+        raise PayloadTooLarge("request body too large")
+    if not decoder.eof or decoder.unused_data:
+        raise BadRequest(f"the request body is not one whole {coding} stream")
+    return body
 
 
 def json_object(body: bytes) -> dict[str, Any]:

@@ -33,14 +33,24 @@ from tokensvc import metrics
 from tokensvc.errors import TokensvcError
 from tokensvc.logs import REQUEST_ID as CURRENT_REQUEST_ID
 from tokensvc.logs import access_line
+from tokensvc.tokenformat import PREFIX
 from tokensvc.web import errors
 from tokensvc.web.auth import client_ip
 from tokensvc.web.governor import Governor, refusal
 from tokensvc.web.headers import HSTS, MARKER, SECURITY_HEADERS
 
 REQUEST_ID = "X-Request-ID"
-# An incoming id is echoed only if it is short and plain: it lands in logs and response headers.
-_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# An incoming id is used (logged, echoed) only if it is short and plain and does not look like
+# a secret: a caller or proxy that puts a token, or part of one, there must not get it into our
+# logs and answers. So: at most 64 characters of these, not our token prefix, no run of 16 or
+# more base64url characters (letters, digits, `-`, `_`) that mixes upper- and lower-case letters
+# (a token's body, an API key), and no letter-digit run longer than 32 (a hex secret). Ids that
+# proxies and tracers send pass: UUIDs, hex and W3C trace ids, ULIDs are single-case, and our
+# own ids are 32 hex digits. Anything else gets a fresh id of ours: the request is still
+# correlated, just not under the caller's name.
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_BASE64_RUN = re.compile(r"[A-Za-z0-9_-]{16,}")
+_LONG_RUN = re.compile(r"[A-Za-z0-9]{33}")
 
 # Ids we make: a random per-process prefix and a counter. Unique across processes and restarts
 # (64 random bits), and a fraction of the cost of 16 fresh random bytes per request; an id only
@@ -59,8 +69,16 @@ def new_request_id() -> str:
 
 def request_id_for(incoming: str | None) -> str:
     """The id of a request that came with `incoming` as its X-Request-ID: echoed if safe."""
-    if incoming is None or _SAFE_REQUEST_ID.fullmatch(incoming) is None:
+    if (
+        incoming is None
+        or _SAFE_REQUEST_ID.fullmatch(incoming) is None
+        or PREFIX in incoming
+        or _LONG_RUN.search(incoming) is not None
+    ):
         return new_request_id()
+    for run in _BASE64_RUN.findall(incoming):
+        if run != run.lower() and run != run.upper():  # both cases: base64, not an id
+            return new_request_id()
     return incoming
 
 

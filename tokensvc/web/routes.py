@@ -5,13 +5,19 @@ cover are done here instead: each route's handler is wrapped when it is added (`
 also for routes added after `create_app`), and a last, catch-all route answers what no other
 route matches — 404, or 405 with `Allow` when the path exists for other methods — as JSON through
 the same pipeline, so those answers carry the headers, the log line and the metrics too.
+
+A route added for every method (`*`: forward-auth, whose nginx subrequests keep the client's
+method) still never serves TRACE: it answers it 405 like any other route does. (TRACK and
+CONNECT never get this far: aiohttp's parser refuses the one, its router the other.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 
 from tokensvc.web.pipeline import Wrap
 
@@ -23,14 +29,33 @@ PIPELINE: web.AppKey[Wrap] = web.AppKey("pipeline")
 _CATCH_ALL = "/{unmatched_path:.*}"
 UNMATCHED = "unmatched"  # the route name logs and metrics give an unmatched request
 
+# Methods no route serves: TRACE asks for the request to be echoed back, Authorization header
+# included (cross-site tracing). nginx refuses it itself, so an any-method route loses nothing.
+NEVER_SERVED: Final = frozenset((hdrs.METH_TRACE,))
+# What an any-method route names in the Allow header of that 405: the methods of RFC 9110 it
+# serves (others, such as WebDAV's, are served but not advertised).
+ANY_METHOD_ALLOW: Final = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
 
 def add_routes(app: web.Application, routes: Iterable[web.RouteDef]) -> None:
     """Add `routes`, each handler wrapped in the app's pipeline and named by its path template."""
     wrap = app[PIPELINE]
     for route in routes:
-        web.RouteDef(
-            route.method, route.path, wrap(route.handler, route.path), route.kwargs
-        ).register(app.router)
+        handler = route.handler
+        if route.method == hdrs.METH_ANY:
+            handler = _refusing_never_served(handler)
+        web.RouteDef(route.method, route.path, wrap(handler, route.path), route.kwargs).register(
+            app.router
+        )
+
+
+def _refusing_never_served(handler: Handler) -> Handler:
+    async def refusing(request: web.Request) -> web.StreamResponse:
+        if request.method in NEVER_SERVED:
+            raise web.HTTPMethodNotAllowed(request.method, ANY_METHOD_ALLOW)
+        return await handler(request)
+
+    return refusing
 
 
 def add_catch_all(app: web.Application) -> None:

@@ -15,7 +15,9 @@ together), so it can never see a different request than aiohttp would:
 - no `Transfer-Encoding`, `Content-Encoding`, `Expect` or `Upgrade`, and `Connection`, if sent,
   only `keep-alive` (ending or upgrading a connection is aiohttp's business);
 - no header twice (aiohttp refuses some repeated ones); `X-Request-ID` and `X-Forwarded-For`,
-  the two headers the answer reads, ASCII.
+  the two headers the answer reads, ASCII. So the one X-Forwarded-For line read here is the
+  whole list; a request with several lines is aiohttp's, whose reading joins them all
+  (tokensvc.web.auth.joined_forwarded_for), and both then take the same client address.
 """
 
 from __future__ import annotations

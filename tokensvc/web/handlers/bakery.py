@@ -39,11 +39,12 @@ from tokensvc.errors import (
     TokensvcError,
     Unauthenticated,
     Unavailable,
+    UnsupportedEncoding,
 )
 from tokensvc.login import LoginRequest
 from tokensvc.web import appkeys
 from tokensvc.web.auth import API_AUDIENCE, client_ip
-from tokensvc.web.jsonio import json_response
+from tokensvc.web.jsonio import json_response, read_body
 from tokensvc.web.routes import add_routes
 
 log = logging.getLogger("tokensvc.bakery")
@@ -122,6 +123,8 @@ def bakery_error(exc: TokensvcError) -> web.Response:
     if exc.status == 401:
         # Not "Macaroon": that would make the bakery client treat this as a discharge-required.
         headers["WWW-Authenticate"] = 'Basic realm="tokensvc", charset="UTF-8"'
+    if isinstance(exc, UnsupportedEncoding):
+        headers["Accept-Encoding"] = exc.accepted
     code = _CODES.get(exc.status, "bad request" if exc.status < 500 else "internal error")
     return json_response({"Code": code, "Message": exc.message}, status=exc.status, headers=headers)
 
@@ -162,10 +165,7 @@ def parse_form(raw: bytes) -> list[tuple[str, bytes]]:
 async def _fields(request: web.Request) -> dict[str, bytes]:
     """Known fields from the query string and the form body; each at most once in all."""
     pairs = parse_form(request.rel_url.raw_query_string.encode("latin-1", "replace"))
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge("request body too large") from None
+    body = await read_body(request)
     if body:
         content_type = request.content_type
         if content_type not in (_FORM, "application/octet-stream", ""):

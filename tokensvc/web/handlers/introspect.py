@@ -10,7 +10,8 @@ its discharges, which RFC 7662 has no field for, so it is reported inactive (use
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
+from urllib.parse import parse_qs
 
 from aiohttp import web
 
@@ -19,11 +20,14 @@ from tokensvc.errors import BadRequest, CaveatDenied, InvalidToken, PayloadTooLa
 from tokensvc.identifier import decode_identifier
 from tokensvc.web import appkeys
 from tokensvc.web.auth import API_AUDIENCE, bearer_token, client_ip
-from tokensvc.web.jsonio import json_response
+from tokensvc.web.jsonio import json_response, read_body
 from tokensvc.web.routes import add_routes
 
 #: The operation a caller's token must allow to introspect other tokens.
 INTROSPECT_OPERATION = "tokens:introspect"
+
+_FORM: Final = "application/x-www-form-urlencoded"
+_MAX_FIELDS: Final = 32
 
 # RFC 7662 §3: the answer describes a bearer credential, so no cache may keep it.
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -56,18 +60,25 @@ async def _authenticate_caller(request: web.Request) -> None:
 
 
 async def _token_field(request: web.Request) -> str:
-    """The form field `token` (RFC 7662 §2.1); `token_type_hint` is accepted and ignored."""
-    try:
-        form = await request.post()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge("request body too large") from None
-    except ValueError:
-        # A multipart body that does not parse, or a bad charset.
-        raise BadRequest("the body must be application/x-www-form-urlencoded") from None
-    token = form.get("token")
-    if not isinstance(token, str) or not token:
+    """The form field `token` (RFC 7662 §2.1); `token_type_hint` is accepted and ignored.
+
+    The body is read by jsonio.read_body like every other (its encoding and size rules), then
+    parsed here: RFC 7662 asks for application/x-www-form-urlencoded, and any other body
+    finds no `token` field.
+    """
+    body = await read_body(request)
+    form: dict[str, list[str]] = {}
+    if request.content_type in (_FORM, ""):
+        try:
+            form = parse_qs(
+                body.rstrip().decode("utf-8"), keep_blank_values=True, max_num_fields=_MAX_FIELDS
+            )
+        except ValueError:  # not UTF-8 (UnicodeDecodeError), or too many fields
+            raise BadRequest(f"the body must be {_FORM} in UTF-8") from None
+    tokens = form.get("token")
+    if not tokens or not tokens[0]:
         raise BadRequest("the form field token is required")
-    return token
+    return tokens[0]
 
 
 async def describe(app: web.Application, token: str) -> dict[str, Any]:

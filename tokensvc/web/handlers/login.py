@@ -12,7 +12,7 @@ from tokensvc.login import LoginRequest
 from tokensvc.web import appkeys
 from tokensvc.web.auth import client_ip
 from tokensvc.web.handlers.tokens import minted_body, parse_ttl
-from tokensvc.web.jsonio import json_response, optional_str, reject_unknown, str_list
+from tokensvc.web.jsonio import json_response, optional_str, read_body, reject_unknown, str_list
 
 _FIELDS = frozenset(("username", "password", "ttl", "operations", "resources", "audience", "cidrs"))
 
@@ -32,7 +32,7 @@ def _basic(header: str) -> tuple[str, str] | None:
 
 
 async def login(request: web.Request) -> web.Response:
-    body = await request.read()
+    body = await read_body(request)
     data = {}
     if body:
         try:

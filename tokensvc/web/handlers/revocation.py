@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tokensvc.errors import BadRequest, TokensvcError
+from tokensvc.errors import BadRequest, ClientDisconnected, TokensvcError, UnsupportedEncoding
 from tokensvc.web import appkeys
 from tokensvc.web.auth import principal
 from tokensvc.web.jsonio import json_response, read_json_object
@@ -32,7 +32,9 @@ async def revoke_presented(request: web.Request) -> web.Response:
         if not isinstance(token, str) or not token:
             raise BadRequest("token must be a non-empty string")
     except TokensvcError as exc:  # bad JSON, too large: still nothing to tell
-        if exc.status == 503:
+        # Not about the token, so they tell nothing: a body we cannot even read (415), a client
+        # that left (499, logged as such), a dependency down (503).
+        if exc.status == 503 or isinstance(exc, (UnsupportedEncoding, ClientDisconnected)):
             raise
         return web.Response(status=204)
 
