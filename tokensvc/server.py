@@ -23,7 +23,7 @@ from tokensvc.config import Config, ConfigError
 from tokensvc.logs import configure as configure_logging
 from tokensvc.tls import ssl_context
 from tokensvc.web.app import create_app
-from tokensvc.web.fastverify import AppRunner
+from tokensvc.web.fastverify import AppRunner, FastServer
 from tokensvc.web.lane import LANE_NICE, Handoff, receive_connections
 
 
@@ -100,8 +100,13 @@ async def _lane(app: web.Application, lanes: list[socket.socket]) -> None:
     server = runner.server
     assert server is not None  # setup() made it
     try:
-        # One socket pair per verify worker; until every one of them has stopped.
-        await asyncio.gather(*(receive_connections(server, lane) for lane in lanes))
+        if isinstance(server, FastServer):
+            # One socket pair per verify worker; until every one of them has stopped.
+            await asyncio.gather(*(receive_connections(server, lane) for lane in lanes))
+        else:
+            # This aiohttp lacks what the fast path needs (AppRunner said which): the verify
+            # workers, on the same aiohttp, hand nothing over. Idle until a signal ends the loop.
+            await asyncio.Event().wait()
     finally:
         await runner.cleanup()
 

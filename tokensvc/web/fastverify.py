@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
 from time import perf_counter
@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 # The aiohttp internals this module reads, sets or calls: RequestHandler's (slots and methods,
 # checked on the class) and web.Server's (instance attributes, checked on the server).
 _HANDLER_INTERNALS = (
+    "_buffer_paused",
     "_close",
     "_force_close",
     "_keepalive_handle",
@@ -83,7 +84,9 @@ _HANDLER_INTERNALS = (
     "_paused",
     "_process_keepalive",
     "_read_bufsize",
+    "_reading_paused",
     "_request_count",
+    "_resume_reading_if_drained",
     "_waiter",
 )
 _SERVER_INTERNALS = ("_kwargs", "_loop")
@@ -228,14 +231,23 @@ class FastVerify:
 class FastRequestHandler(RequestHandler):
     """aiohttp's connection handler, with complete verifies answered as they are parsed."""
 
-    __slots__ = ("_fast", "_handoff", "_peer", "_raw")
+    __slots__ = ("_fast", "_handed", "_handoff", "_peer", "_raw")
 
     def __init__(
-        self, manager: web.Server, *, fast: FastVerify, handoff: Handoff | None, **kwargs: Any
+        self,
+        manager: web.Server,
+        *,
+        fast: FastVerify,
+        handoff: Handoff | None,
+        handed: bytes = b"",
+        **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._fast = fast
         self._handoff = handoff
+        # The bytes another process read from this connection before handing it over (the
+        # lane's connections): the first this handler sees, before any its transport reads.
+        self._handed = handed
         self._peer: str | None = None
         # Whether every byte so far was read by read_verify_request: aiohttp's parser has seen
         # none, so it holds no partial request and its request loop has nothing to answer.
@@ -249,6 +261,25 @@ class FastRequestHandler(RequestHandler):
             self._peer = str(peername[0])
         elif peername is not None:
             self._peer = str(peername)
+        handed, self._handed = self._handed, b""
+        if handed:
+            # Here and nowhere later: the transport starts reading the socket as soon as this
+            # returns (asyncio schedules its reader right after, uvloop starts it in the same
+            # call), while the coroutine awaiting connect_accepted_socket resumes only on a later
+            # loop iteration. Fed from there, the rest of a request (its body, sent in a second
+            # segment) could be read first and parsed as a request of its own.
+            self.data_received(handed)
+
+    def adopted(self) -> None:
+        """Pause reading again if the handed bytes asked for it (call once the transport is up).
+
+        A pause asked for inside connection_made does not hold on uvloop, which starts reading
+        after it whatever the protocol asked: aiohttp's queue limit (too many pipelined requests
+        in the handed bytes) would then not stop the reading.
+        """
+        transport = self.transport
+        if transport is not None and (self._reading_paused or self._buffer_paused):
+            transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._raw and not (self._paused or self._close or self._force_close):
@@ -398,6 +429,17 @@ class FastServer(web.Server):
     def __call__(self) -> RequestHandler:
         return FastRequestHandler(
             self, fast=self._fast, handoff=self._handoff, loop=self._loop, **self._kwargs
+        )
+
+    def adopting(self, handed: bytes) -> Callable[[], FastRequestHandler]:
+        """The protocol factory for a connection another process read `handed` from (the lane)."""
+        return lambda: FastRequestHandler(
+            self,
+            fast=self._fast,
+            handoff=self._handoff,
+            handed=handed,
+            loop=self._loop,
+            **self._kwargs,
         )
 
 

@@ -29,9 +29,10 @@ import enum
 import logging
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+if TYPE_CHECKING:
+    from tokensvc.web.fastverify import FastServer
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def is_lane_request(data: bytes) -> bool:
     return parts[1].partition(b"?")[0] not in HOT_PATHS
 
 
-async def receive_connections(server: web.Server, sock: socket.socket) -> None:
+async def receive_connections(server: FastServer, sock: socket.socket) -> None:
     """Serve each connection the verify process hands over, until its end of `sock` closes."""
     loop = asyncio.get_running_loop()
     sock.setblocking(False)
@@ -120,11 +121,17 @@ async def receive_connections(server: web.Server, sock: socket.socket) -> None:
     def readable() -> None:
         while True:
             try:
-                data, fds, _flags, _addr = socket.recv_fds(sock, MAX_HANDOFF_BYTES, 1)
+                data, fds, flags, _addr = socket.recv_fds(sock, MAX_HANDOFF_BYTES, 1)
             except BlockingIOError:
                 return
             except OSError:
-                data, fds = b"", []
+                data, fds, flags = b"", [], 0
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                # Cut short (Handoff never sends more than fits): serving the rest of such a
+                # connection would lose bytes of it, so it is closed instead.
+                for fd in fds:
+                    os.close(fd)
+                continue
             if not fds:
                 if data:
                     continue  # not a handoff (nothing else writes here): skip it
@@ -143,7 +150,7 @@ async def receive_connections(server: web.Server, sock: socket.socket) -> None:
         sock.close()
 
 
-async def _adopt(server: web.Server, fd: int, data: bytes) -> None:
+async def _adopt(server: FastServer, fd: int, data: bytes) -> None:
     loop = asyncio.get_running_loop()
     try:
         conn = socket.socket(fileno=fd)
@@ -152,10 +159,11 @@ async def _adopt(server: web.Server, fd: int, data: bytes) -> None:
         return
     conn.setblocking(False)
     try:
-        _transport, protocol = await loop.connect_accepted_socket(server, conn)
+        # The handler takes `data` in connection_made, before its transport reads a byte: fed
+        # once this await returns, it would come after whatever the transport read meanwhile.
+        _transport, protocol = await loop.connect_accepted_socket(server.adopting(data), conn)
     except OSError:
         with contextlib.suppress(OSError):
             conn.close()
         return
-    if data:
-        protocol.data_received(data)
+    protocol.adopted()
