@@ -10,8 +10,10 @@ token (a local operator's break-glass mint has no parent and no bounds):
    request that would mint a token narrower than asked into a clear refusal.
 2. **Time.** The child expires no later than the parent (the earliest of its `Expiry` caveats and
    `time-before` conditions), unless the parent's caveats allow the operation `tokens:outlive`
-   here — an unrestricted admin token does; a narrowed one does only if it lists it. A TTL asked
-   for beyond that is refused; the default TTL is shortened to fit.
+   here — an unrestricted admin token does; a narrowed one does only if it lists it — and its
+   holder did not narrow its lifetime (the token service decides this, `may_outlive`, from the
+   expiry the parent was minted with). A TTL asked for beyond that is refused; the default TTL is
+   shortened to fit.
 3. **Admin.** An admin-capable child only for the parent's own subject: its admin power is the
    parent's caveats (carried) applied to the same identity, so it can do no admin operation the
    parent could not, and no admin can be impersonated in the audit trail.

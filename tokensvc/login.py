@@ -37,7 +37,7 @@ from tokensvc.logs import security_event
 from tokensvc.minting import MintedToken, Minter, MintRequest
 from tokensvc.passwords import PasswordHasher
 from tokensvc.services.boundary import service
-from tokensvc.users import UserStore
+from tokensvc.users import UserStore, user_name_or_none
 
 log = logging.getLogger("tokensvc.login")
 
@@ -135,9 +135,14 @@ class LoginService:
 
         judged = False
         try:
-            user = await self._users.get(identity)
-            # Unknown names are never sent to the database (they may hold any byte): generation 0.
-            generation = await self._generations.fetch(user.name) if user is not None else 0
+            # The generation first, the user row second: a password change, disable or role loss
+            # that commits between the two reads has already raised the generation this token is
+            # minted at, or is seen in the row whose hash is checked — never neither. Every name
+            # a user could have pays the same two reads, known or not (no timing oracle); a name
+            # no user could have (any byte may come in) is sent to the database by neither.
+            subject = user_name_or_none(identity)
+            generation = await self._generations.fetch(subject) if subject is not None else 0
+            user = await self._users.get(subject) if subject is not None else None
             stored = user.password_hash if user is not None and not user.disabled else None
             result = await self._hasher.verify(stored, request.password)
             judged = True

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 from tokensvc.tokenformat import TOKEN_PATTERN
 
@@ -171,6 +172,25 @@ def configure(level: str = "info", *, stream: Any = None) -> None:
     # aiosqlite logs every statement with its parameters at DEBUG: user names as typed at login
     # (a password, sometimes), password hashes. Never ours to write, whatever the level.
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _ClientParseErrors) for f in server_log.filters):
+        server_log.addFilter(_ClientParseErrors())
+
+
+class _ClientParseErrors(logging.Filter):
+    """aiohttp logs a request it could not parse as an error, with a traceback whose message holds
+    the bytes that did not parse: a misframed login's body, password and all. That is the
+    client's mistake, not ours: one line naming the error's kind, no bytes, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "a request could not be parsed (%s)"
+            record.args = (type(exc).__name__,)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 # The per-request access line is the one log call on every request; through structlog's

@@ -176,7 +176,8 @@ class Revocations:
             log.warning("publishing a revocation failed; replicas learn it by polling")
 
     def _apply_message(self, data: bytes | str) -> None:
-        text = data.decode("ascii", "replace") if isinstance(data, bytes) else data
+        # Subjects may be any printable text: UTF-8, as redis-py encodes what is published.
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
         parts = text.split()
         if len(parts) == 3 and parts[0] == "t" and parts[2].isdigit():
             self.note_token(parts[1][:64], float(parts[2]))

@@ -48,6 +48,7 @@ __all__ = [
     "UserRow",
     "UserStore",
     "canonical_name",
+    "user_name_or_none",
 ]
 
 ADMIN_ROLE: Final = "admin"
@@ -105,6 +106,14 @@ def canonical_name(name: str) -> str:
             " starting with a letter or digit"
         )
     return lowered
+
+
+def user_name_or_none(name: str) -> str | None:
+    """The stored form of `name` if some user could be called that, else None."""
+    try:
+        return canonical_name(name)
+    except BadRequest:
+        return None
 
 
 def _canonical_roles(roles: Iterable[str]) -> list[str]:
@@ -169,9 +178,8 @@ class UserStore:
         `for_update` locks the row until the caller's transaction ends (PostgreSQL; on SQLite the
         write transaction, begun IMMEDIATE, already holds the database's write lock).
         """
-        try:
-            key = canonical_name(name)
-        except BadRequest:
+        key = user_name_or_none(name)
+        if key is None:
             return None
 
         async def run(conn: AsyncConnection) -> User | None:

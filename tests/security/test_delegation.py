@@ -237,3 +237,42 @@ def _rfc3339(ts: float) -> str:
     from caveats import format_rfc3339
 
     return format_rfc3339(ts)
+
+
+async def test_a_token_narrowed_in_time_cannot_mint_past_that_time(shaped: Any, root: str) -> None:
+    """An unrestricted admin token its holder narrowed only by time (`time-before` or a typed
+    expiry) may not mint a child, admin or service, that lives beyond that time."""
+    from caveats import Expiry, encode
+
+    soon = time.time() + 600
+    by_condition = attenuated(root, f"time-before {_rfc3339(soon)}")
+    by_caveat = attenuated(root, encode(Expiry(int(soon))).decode())
+
+    results = [
+        (await mint(shaped, parent, subject="admin", admin=True, ttl="20h"))[0]
+        for parent in (by_condition, by_caveat)
+    ] + [
+        (await mint(shaped, parent, subject="ci", service=True, ttl="300d"))[0]
+        for parent in (by_condition, by_caveat)
+    ]
+
+    assert results == [403, 403, 403, 403]
+
+
+async def test_introspection_reports_no_wider_scope_than_verify_enforces(
+    shaped: Any, root: str
+) -> None:
+    """A token narrowed with the bakery conditions `allow` / `deny` introspects with exactly the
+    operations /v1/verify would allow."""
+    plain = (await minted(shaped, root, subject="svc", operations=["read", "write"]))["token"]
+    allowed = attenuated(plain, "allow read")
+    denied = attenuated(plain, "deny write")
+
+    scopes = []
+    for token in (plain, allowed, denied):
+        resp = await shaped.post(
+            "/v1/introspect", data={"token": token}, headers={"Authorization": f"Bearer {root}"}
+        )
+        scopes.append((await resp.json()).get("scope"))
+
+    assert scopes == ["read write", "read", "read"]

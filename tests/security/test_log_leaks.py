@@ -32,9 +32,9 @@ from tests.security.edges_support import (
     serve,
     store_config,
 )
+from tokensvc.composition import LOCKOUT_HASH_PURPOSE
 from tokensvc.lockout.store import hash_identity
 from tokensvc.web import appkeys
-from tokensvc.web.app import LOCKOUT_HASH_PURPOSE
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -304,3 +304,32 @@ async def test_a_narrowed_token_gets_no_more_from_trace(client: Client) -> None:
     )
 
     assert resp.status == 405
+
+
+@pytest.mark.parametrize(
+    "leftover",
+    [
+        b'{"password":\t"Tab-Secret-4242"}',
+        b'{"p\\u0061ssword":"Esc-Secret-4242"}',
+        b'{"username":"UserField-Secret-4242"}',
+    ],
+    ids=["tab", "escaped-key", "username"],
+)
+async def test_bytes_that_do_not_parse_are_not_logged(
+    client: Client, logs: io.StringIO, leftover: bytes
+) -> None:
+    """A misframed login (a body longer than its Content-Length) makes the parser choke on the
+    leftover bytes, which may hold a password: the log says a request could not be parsed, never
+    what it held, and carries no traceback."""
+    misframed = b"POST /v1/login HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" + leftover
+
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(misframed)
+        await asyncio.wait_for(reader.read(65536), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+    assert b"4242" not in logs.getvalue().encode()
+    assert "Traceback" not in logs.getvalue()

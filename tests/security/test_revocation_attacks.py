@@ -220,3 +220,105 @@ async def test_a_password_change_during_a_login_revokes_that_login(
     raced = await pending
 
     assert (await verify(shaped, raced.token))[0] == 401
+
+
+class GatedGenerations:
+    """The app's generations, held after each fresh read until released."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.read = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def fetch(self, subject: str) -> int:
+        value = await self.inner.fetch(subject)
+        self.read.set()
+        await self.release.wait()
+        return int(value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("change", [{"password": OTHER}, {"disabled": True}])
+async def test_a_change_between_a_logins_reads_leaves_no_live_token(
+    shaped: Any, root: str, clock: FakeClock, change: dict[str, Any]
+) -> None:
+    """A password change or disable that commits while a login is between reading the generation
+    and reading the user row: the login checks the changed row, so the old password gets no
+    token (never a token minted at the new generation with the old credentials)."""
+    from datetime import timedelta
+
+    from tokensvc.errors import Unauthenticated
+    from tokensvc.login import LoginRequest, LoginService
+    from tokensvc.web import appkeys
+
+    await create_user(shaped, root, "ra1", PASSWORD)
+    app = shaped.app
+    generations = GatedGenerations(app[appkeys.GENERATIONS])
+    service = LoginService(
+        users=app[appkeys.USERS],
+        generations=generations,  # type: ignore[arg-type]
+        hasher=app[appkeys.HASHER],
+        lockout=app[appkeys.LOCKOUT],
+        minter=app[appkeys.MINTER],
+        clock=clock,
+        default_ttl=timedelta(hours=1),
+        max_ttl=timedelta(hours=2),
+    )
+
+    pending = asyncio.create_task(service.login(LoginRequest("ra1", PASSWORD, "192.0.2.1")))
+    await generations.read.wait()
+    await patch(shaped, root, "ra1", **change)
+    generations.release.set()
+
+    with pytest.raises(Unauthenticated):
+        await pending
+
+
+async def test_a_token_for_another_spelling_of_a_user_is_not_that_user(
+    shaped: Any, root: str
+) -> None:
+    """A token an admin minted for subject `RA1` is not user ra1's: the discharger does not take
+    it as ra1, so ra1's password change (which does not revoke `RA1`) leaves no way in as ra1."""
+    from tests.security.test_enumeration import discharge
+
+    await create_user(shaped, root, "ra1", PASSWORD)
+    other = (await call(shaped, "POST", "/v1/tokens", root, json={"subject": "RA1"}))[1]["token"]
+
+    status, body = await discharge(shaped, "user-is ra1", {"Authorization": f"Bearer {other}"})
+
+    assert status == 403, body
+
+
+async def test_a_non_ascii_subject_is_revoked_on_another_replica_at_once(
+    aiohttp_client: Any,
+    pg_url: str,
+    data_dir: Any,
+    redis_url: str,
+    redis_prefix: str,
+    clock: FakeClock,
+) -> None:
+    """A revoke-all of subject `bjørn` reaches the other replica over pub/sub (well inside the
+    2 s poll), as an ASCII subject's does."""
+    import time
+
+    from tests.conftest import ADMIN_PASSWORD
+    from tests.served import ServedTestServer
+    from tokensvc.web.app import create_app
+
+    config = make_config(
+        database_url=pg_url, data_dir=data_dir, redis_url=redis_url, redis_prefix=redis_prefix
+    )
+    one = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+    two = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+    admin = await login(one, "admin", ADMIN_PASSWORD)
+    token = (await call(one, "POST", "/v1/tokens", admin, json={"subject": "bjørn"}))[1]["token"]
+    assert (await verify(two, token))[0] == 200
+
+    await revoke_all(one, admin, "bjørn")
+    started = time.monotonic()
+    while (await verify(two, token))[0] != 401 and time.monotonic() - started < 5:
+        await asyncio.sleep(0.01)
+
+    assert time.monotonic() - started < 1.0

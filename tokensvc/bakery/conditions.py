@@ -76,8 +76,10 @@ class Conditions:
     async def _caller(self, caller: Caller, condition: str) -> User:
         who = await caller.authenticate()
         user = await self._users.get(who)
-        # A token's subject need not be a user (admins mint for services): only users qualify.
-        if user is None or user.disabled:
+        # A token's subject need not be a user (admins mint for services): only users qualify,
+        # and only by their exact name — a token for subject `BOB` is not user `bob`'s (its
+        # generation is `BOB`'s, which bob's password change does not raise).
+        if user is None or user.name != who or user.disabled:
             raise ConditionRefused(f"{condition}: the caller is not an enabled user")
         return user
 

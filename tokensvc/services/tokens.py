@@ -24,7 +24,7 @@ from tokensvc.registry import TokenRecord, TokenRegistry
 from tokensvc.revocation import Revocations
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
-from tokensvc.services.principals import Principal
+from tokensvc.services.principals import Actor, Principal
 from tokensvc.subjects import SubjectStore
 from tokensvc.verification import Verifier
 
@@ -90,7 +90,7 @@ class TokenService:
             request = delegate(
                 actor.verified,
                 request,
-                may_outlive=await self._authz.also_allows(actor, OUTLIVE_OPERATION),
+                may_outlive=await self._may_outlive(actor),
                 now=self._clock(),
                 default_ttl=self._default_ttl,
             )
@@ -127,6 +127,20 @@ class TokenService:
             kind=minted.kind,
         )
         return minted
+
+    async def _may_outlive(self, actor: Actor) -> bool:
+        """Whether `actor`'s token may mint a token that outlives it: its caveats allow
+        `tokens:outlive` here, and its holder did not narrow its lifetime (an expiry earlier
+        than the one it was minted with: narrowed by time, it may not mint past that time)."""
+        verified = actor.verified
+        if verified is None:
+            return True
+        if not await self._authz.also_allows(actor, OUTLIVE_OPERATION):
+            return False
+        record = await self._registry.get(verified.token_id)
+        if record is None or verified.expires_at is None:
+            return False
+        return verified.expires_at >= record.expires_at.timestamp()
 
     async def list(self, who: Principal, query: TokenFilter) -> list[TokenRecord]:
         """Registry rows (metadata only, never a secret).

@@ -15,7 +15,16 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from caveats import Audience, CaveatError, Context, Operations, check_predicates, decode
+from caveats import (
+    Allow,
+    Audience,
+    CaveatError,
+    Context,
+    Deny,
+    Operations,
+    check_predicates,
+    parse_predicate,
+)
 from tokensvc.errors import BadRequest, CaveatDenied, InvalidToken, PayloadTooLarge
 from tokensvc.identifier import decode_identifier
 from tokensvc.web import appkeys
@@ -108,30 +117,59 @@ async def describe(app: web.Application, token: str) -> dict[str, Any]:
     }
     if outcome.expires_at is not None:
         body["exp"] = int(outcome.expires_at)
-    operations = _intersection(predicates, Operations)
+    operations = _operations(predicates)
     if operations is not None:
         body["scope"] = " ".join(operations)
-    audiences = _intersection(predicates, Audience)
+    audiences = _audiences(predicates)
     if audiences is not None:
         body["aud"] = audiences[0] if len(audiences) == 1 else audiences
     return body
 
 
-def _intersection(predicates: list[bytes], kind: type[Operations | Audience]) -> list[str] | None:
-    """What every caveat of `kind` allows (attenuation only narrows), or None if none restricts."""
+def _operations(predicates: list[bytes]) -> list[str] | None:
+    """What every operation restriction allows (typed Operations, bakery allow and deny), or None
+    if none lists what is allowed. A token limited by deny conditions alone has no expressible
+    scope: none is reported, but /v1/verify still refuses the denied operations."""
     allowed: list[str] | None = None
+    denied: set[str] = set()
+    deny_all = False
+    for item in _decoded(predicates):
+        if isinstance(item, Operations | Allow):
+            values = item.operations
+            allowed = (
+                list(dict.fromkeys(values))
+                if allowed is None
+                else [v for v in allowed if v in values]
+            )
+        elif isinstance(item, Deny):
+            deny_all = deny_all or not item.operations
+            denied.update(item.operations)
+    if deny_all:
+        return []
+    if allowed is None:
+        return None
+    return [v for v in allowed if v not in denied]
+
+
+def _audiences(predicates: list[bytes]) -> list[str] | None:
+    """What every Audience caveat allows (attenuation only narrows), or None if none restricts."""
+    allowed: list[str] | None = None
+    for item in _decoded(predicates):
+        if isinstance(item, Audience):
+            values = item.audiences
+            allowed = (
+                list(dict.fromkeys(values))
+                if allowed is None
+                else [v for v in allowed if v in values]
+            )
+    return allowed
+
+
+def _decoded(predicates: list[bytes]) -> list[object]:
+    items: list[object] = []
     for predicate in predicates:
-        if not predicate.startswith(b"["):
-            continue
         try:
-            item = decode(predicate)
+            items.append(parse_predicate(predicate))
         except CaveatError:
             continue
-        if not isinstance(item, kind):
-            continue
-        values = item.operations if isinstance(item, Operations) else item.audiences
-        if allowed is None:
-            allowed = list(dict.fromkeys(values))
-        else:
-            allowed = [v for v in allowed if v in values]
-    return allowed
+    return items
