@@ -72,7 +72,7 @@ def check_predicates(predicates: Iterable[bytes | str], ctx: Context) -> Outcome
 class Policy:
     """A token's first-party predicates decoded once, to be checked against many contexts.
 
-    A verified signature chain is cached (tokensvc.verification), and with it this: what does
+    A verified signature chain is cached (tokensvc.tokens.verification), and with it this: what does
     not depend on the request — subject, declared values, earliest expiry, malformed or
     conflicting predicates — is settled when it is built, and `holds` runs only the
     context-dependent checks. `holds(ctx)` is True exactly when `explain(ctx)` finds no failure.

@@ -244,7 +244,7 @@ def _attenuated(tokens: list[str], k: int) -> list[str]:
     ahead, so the token's own expiry still decides), ordered so that neighbours differ in their
     minted token: distinct bytes, chains and caveats for the verifier, as new tokens would be."""
     from caveats import Expiry, encode
-    from tokensvc.attenuation import attenuate
+    from tokensvc.macaroons.attenuation import attenuate
 
     start = time.monotonic()
     horizon = int(time.time()) + 3600

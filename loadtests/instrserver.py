@@ -34,12 +34,12 @@ _devnull: IO[str] | None = None
 
 def _stretch_generation_refresh() -> None:
     """Make SubjectGenerations' default refresh_interval an hour (in this process only)."""
-    from tokensvc import generations
+    from tokensvc.tokens import generations
 
     defaults = generations.SubjectGenerations.__init__.__kwdefaults__
     if not defaults or "refresh_interval" not in defaults:
         raise SystemExit(
-            "instrserver: tokensvc.generations.SubjectGenerations has no refresh_interval "
+            "instrserver: tokensvc.tokens.generations.SubjectGenerations has no refresh_interval "
             "keyword default any more; update loadtests/instrserver.py"
         )
     defaults["refresh_interval"] = GENERATIONS_REFRESH_SECONDS
@@ -48,8 +48,8 @@ def _stretch_generation_refresh() -> None:
 def tokensvc_app() -> web.Application:
     global _devnull
     _stretch_generation_refresh()
-    from tokensvc.config import Config
-    from tokensvc.logs import configure
+    from tokensvc.operations.config import Config
+    from tokensvc.operations.logs import configure
     from tokensvc.web.app import create_app
 
     config = Config.from_env()

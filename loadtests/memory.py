@@ -3,7 +3,7 @@
 One process, no HTTP: a Keyring on a throw-away SQLite file gives the current root key; tokens are
 minted lazily in batches (`chain.sign` over the three caveats the service writes — subject,
 expiry, generation — each with its own subject, + `encode_token`), so the token list never
-exists as a whole; each is verified once through `tokensvc.verification.Verifier` with the
+exists as a whole; each is verified once through `tokensvc.tokens.verification.Verifier` with the
 default `Limits` (chain cache bounded at its default size, 50,000) and a generation source that
 keeps nothing per subject. RSS (VmRSS from /proc/self/status) is sampled every `--sample-every`
 tokens. Reported: RSS at start, max and end, and the growth after the chain cache filled — which
@@ -42,10 +42,10 @@ def rss_kib() -> int:
 
 def _token_batches(derived: bytes, key_id: str, n: int, batch: int) -> Iterator[list[str]]:
     from caveats import Expiry, Generation, Subject, encode
-    from tokensvc import chain
-    from tokensvc.identifier import new_identifier
-    from tokensvc.macaroon import Caveat
-    from tokensvc.tokenformat import encode_token
+    from tokensvc.macaroons import chain
+    from tokensvc.macaroons.identifier import new_identifier
+    from tokensvc.macaroons.macaroon import Caveat
+    from tokensvc.macaroons.tokenformat import encode_token
 
     expiry = encode(Expiry(int((datetime.now(UTC) + timedelta(hours=2)).timestamp())))
     generation = encode(Generation(0))
@@ -68,8 +68,8 @@ def _token_batches(derived: bytes, key_id: str, n: int, batch: int) -> Iterator[
 
 async def _measure(n: int, sample_every: int, batch: int, seconds: float) -> dict[str, Any]:
     from keystore import KeyEncryptionKey, Keyring, create_engine
-    from tokensvc.migrate import upgrade
-    from tokensvc.verification import Limits, Verifier
+    from tokensvc.storage.migrate import upgrade
+    from tokensvc.tokens.verification import Limits, Verifier
 
     tmp = tempfile.mkdtemp(prefix="tokensvc-bench-memory-")
     engine = create_engine(f"sqlite+aiosqlite:///{tmp}/bench.db")

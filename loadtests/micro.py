@@ -101,7 +101,7 @@ class SuspendedError(RuntimeError):
 
 
 class WarmGenerations:
-    """A `GenerationSource` (tokensvc.verification) with every subject at 0.
+    """A `GenerationSource` (tokensvc.tokens.verification) with every subject at 0.
 
     The service's SubjectGenerations also answers verifies from an in-memory dict (refreshed in
     the background), so this costs what the real one does on the verify path.
@@ -164,13 +164,13 @@ async def _bench(iterations: int, rounds: int, pool_size: int, kinds: list[str])
 
     from caveats import Context, check_predicates
     from keystore import KeyEncryptionKey, Keyring, create_engine
-    from tokensvc import chain
     from tokensvc.errors import InvalidToken
-    from tokensvc.identifier import decode_identifier
-    from tokensvc.migrate import upgrade
-    from tokensvc.minting import Minter, MintRequest
-    from tokensvc.tokenformat import decode_token
-    from tokensvc.verification import Limits, Verifier
+    from tokensvc.macaroons import chain
+    from tokensvc.macaroons.identifier import decode_identifier
+    from tokensvc.macaroons.tokenformat import decode_token
+    from tokensvc.storage.migrate import upgrade
+    from tokensvc.tokens.minting import Minter, MintRequest
+    from tokensvc.tokens.verification import Limits, Verifier
 
     try:
         from caveats import checker as caveat_checker

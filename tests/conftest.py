@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from tokensvc.config import Config
+    from tokensvc.operations.config import Config
 
 import asyncpg
 import pytest
@@ -140,7 +140,7 @@ def any_redis_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
     """A unique key prefix for one test; every key under it is deleted afterwards."""
-    from tokensvc.redisconn import redis_client_from_url
+    from tokensvc.operations.redisconn import redis_client_from_url
 
     prefix = "tokensvc-test-" + secrets.token_hex(6) + ":"
     client = redis_client_from_url(redis_url)
@@ -222,7 +222,7 @@ def make_config(*, database_url: str, data_dir: Path, **overrides: object) -> Co
     import base64
     import dataclasses
 
-    from tokensvc.config import Config
+    from tokensvc.operations.config import Config
 
     base = Config(
         database_url=database_url,
@@ -272,7 +272,7 @@ async def admin_token(client) -> str:  # type: ignore[no-untyped-def]
 def verify_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test on the compiled verify path (tokensvc._speedups) and on the pure-Python one
     that stands in where the extension could not be built."""
-    from tokensvc import chain, macaroon, tokenformat
+    from tokensvc.macaroons import chain, macaroon, tokenformat
 
     if request.param == "compiled":
         assert chain._first_party_chain is not None, SPEEDUPS_MISSING

@@ -21,40 +21,45 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from keystore import KeyEncryptionKey, Keyring, RotationPolicy, create_engine
 from keystore.discharger_key import DischargerKey, load_discharger_key
 from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys, service_key_id
-from tokensvc import metrics
-from tokensvc.audit import AuditLog
-from tokensvc.background import every, tasks_running
+from tokensvc.accounts.bootstrap import ensure_admin
+from tokensvc.accounts.lockout import LockoutStore, MemoryLockoutStore, RedisLockoutStore
+from tokensvc.accounts.passwords import PasswordHasher, profile_by_name
+from tokensvc.accounts.users import UserStore
 from tokensvc.bakery.conditions import Conditions
 from tokensvc.bakery.discharger import Discharger
 from tokensvc.bakery.thirdparty import ThirdPartyLocator
-from tokensvc.bootstrap import ensure_admin
-from tokensvc.config import Config
-from tokensvc.generations import SubjectGenerations
-from tokensvc.lockout import LockoutStore, MemoryLockoutStore, RedisLockoutStore
-from tokensvc.login import LoginService
-from tokensvc.migrate import upgrade
-from tokensvc.minting import Minter
-from tokensvc.passwords import PasswordHasher, profile_by_name
-from tokensvc.redisconn import close_client, pubsub_client_from_url, redis_client_from_url
-from tokensvc.registry import TokenRegistry
-from tokensvc.revocation import CHANNEL_SUFFIX, Revocations
+from tokensvc.operations import metrics
+from tokensvc.operations.background import every, tasks_running
+from tokensvc.operations.config import Config
+from tokensvc.operations.redisconn import (
+    close_client,
+    pubsub_client_from_url,
+    redis_client_from_url,
+)
 from tokensvc.services import Services
 from tokensvc.services.audit import AuditService
 from tokensvc.services.authorization import Authorizer
+from tokensvc.services.discharge import DischargeService
 from tokensvc.services.keys import KeyService
 from tokensvc.services.lockouts import LockoutService
+from tokensvc.services.login import LoginService
 from tokensvc.services.tokens import TokenService
 from tokensvc.services.users import UserService
-from tokensvc.subjects import SubjectStore
-from tokensvc.usage import UsageRecorder
-from tokensvc.users import UserStore
-from tokensvc.verification import Limits, Verifier
+from tokensvc.storage.audit import AuditLog
+from tokensvc.storage.migrate import upgrade
+from tokensvc.tokens.generations import SubjectGenerations
+from tokensvc.tokens.minting import Minter
+from tokensvc.tokens.registry import TokenRegistry
+from tokensvc.tokens.revocation import CHANNEL_SUFFIX, Revocations
+from tokensvc.tokens.subjects import SubjectStore
+from tokensvc.tokens.usage import UsageRecorder
+from tokensvc.tokens.verification import Limits, Verifier
 
 log = logging.getLogger("tokensvc")
 
 #: Domain-separates the keyed hashes that name identities and addresses in Redis.
 LOCKOUT_HASH_PURPOSE = b"lockout identity and address hashes v1"
-# Keys the `user_hash` that login events name identities by (tokensvc.login): the same on every
+# Keys the `user_hash` that login events name identities by (tokensvc.services.login): the same on every
 # replica, and a key apart from lockout's, so a log line and a Redis key cannot be matched up.
 LOG_IDENTITY_HASH_PURPOSE = b"log identity hashes v1"
 
@@ -238,6 +243,7 @@ async def runtime(
             ),
             audit=AuditService(authorizer=authorizer, audit=audit),
             login=login,
+            discharge=DischargeService(discharger),
         )
         if serving:
             await stack.enter_async_context(_maintaining(keyring, config))

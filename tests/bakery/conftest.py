@@ -13,7 +13,7 @@ from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
 from tokensvc.bakery import appkeys as bakery_keys
 from tokensvc.bakery.config import BakeryConfig
 from tokensvc.bakery.thirdparty import ThirdPartyLocator, ThirdPartyRequest, add_third_party_caveats
-from tokensvc.tokenformat import decode_token, encode_token
+from tokensvc.macaroons.tokenformat import decode_token, encode_token
 from tokensvc.web.app import create_app
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from tokensvc.bakery.config import BakeryConfig, ThirdPartyKey
-from tokensvc.config import ConfigError
+from tokensvc.operations.config import ConfigError
 
 KEY = base64.b64encode(b"k" * 32).decode()
 

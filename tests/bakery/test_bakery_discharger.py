@@ -12,15 +12,15 @@ from macaroonbakery import bakery, checkers
 
 from caveats import format_rfc3339
 from keystore.discharger_key import DischargerKey
-from tokensvc import chain
+from tokensvc.accounts.lockout import MemoryLockoutStore
+from tokensvc.accounts.users import User
 from tokensvc.bakery import codec
 from tokensvc.bakery.conditions import Conditions
 from tokensvc.bakery.discharger import Discharger, DischargeRequest
 from tokensvc.bakery.errors import ConditionNotRecognized, ConditionRefused, MalformedCaveat
 from tokensvc.errors import Unauthenticated
-from tokensvc.lockout import MemoryLockoutStore
-from tokensvc.macaroon import Caveat
-from tokensvc.users import User
+from tokensvc.macaroons import chain
+from tokensvc.macaroons.macaroon import Caveat
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 KEY = DischargerKey.generate()

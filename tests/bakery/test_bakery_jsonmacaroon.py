@@ -11,14 +11,14 @@ import pytest
 from macaroonbakery import bakery, checkers
 from pymacaroons.serializers.json_serializer import JsonSerializer
 
-from tokensvc import chain
 from tokensvc.bakery.jsonmacaroon import (
     from_bakery_json,
     to_bakery_json,
     to_json_v1,
     to_json_v2,
 )
-from tokensvc.macaroon import Caveat, Macaroon, MalformedMacaroon
+from tokensvc.macaroons import chain
+from tokensvc.macaroons.macaroon import Caveat, Macaroon, MalformedMacaroon
 
 ROOT = os.urandom(24)
 

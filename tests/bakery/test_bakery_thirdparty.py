@@ -16,7 +16,6 @@ from aiohttp.test_utils import TestServer
 from macaroonbakery import bakery
 
 from keystore.discharger_key import DischargerKey
-from tokensvc import chain
 from tokensvc.bakery.config import BakeryConfig, ThirdPartyKey
 from tokensvc.bakery.errors import ThirdPartyNotAllowed, ThirdPartyUnavailable
 from tokensvc.bakery.thirdparty import (
@@ -27,6 +26,7 @@ from tokensvc.bakery.thirdparty import (
     parse_third_party,
 )
 from tokensvc.errors import BadRequest
+from tokensvc.macaroons import chain
 
 MakeServer = Callable[..., Awaitable[TestServer]]
 KEY = bakery.generate_key()

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keystore import Base, KeyDecryptionError, KeyEncryptionKey, create_engine
 from keystore.discharger_key import DischargerKey, load_discharger_key
-from tokensvc import migrate
+from tokensvc.storage import migrate
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ from keystore_fakes import START, FakeClock
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keystore import KeyEncryptionKey, Keyring, create_engine
-from tokensvc.migrate import upgrade
+from tokensvc.storage.migrate import upgrade
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from keystore import (
 from keystore.errors import KeyDecryptionError
 from keystore.models import RootKeyRow
 from keystore.store import RootKeyStore
-from tokensvc.migrate import upgrade
+from tokensvc.storage.migrate import upgrade
 
 HOUR = timedelta(hours=1)
 

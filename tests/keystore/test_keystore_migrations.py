@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keystore import Base, StoreUnavailable
-from tokensvc import migrate
+from tokensvc.storage import migrate
 
 
 async def _tables(engine: AsyncEngine) -> set[str]:

@@ -20,7 +20,7 @@ from keystore import StoreUnavailable
 from keystore.db import SQLITE_BEGIN_IMMEDIATE
 from keystore.models import RootKeyRow
 from keystore.store import RootKeyStore
-from tokensvc.migrate import upgrade
+from tokensvc.storage.migrate import upgrade
 
 
 async def _aiosqlite_threads_finished() -> None:

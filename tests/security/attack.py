@@ -39,6 +39,6 @@ async def create_user(client: Any, admin: str, name: str, password: str, **body:
 
 def attenuated(token: str, *predicates: str) -> str:
     """`token` with first-party caveats appended by its holder (no key needed)."""
-    from tokensvc.attenuation import attenuate
+    from tokensvc.macaroons.attenuation import attenuate
 
     return attenuate(token, [p.encode() for p in predicates])

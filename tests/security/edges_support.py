@@ -17,13 +17,13 @@ from aiohttp import web
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
 from tests.served import ServedTestServer
-from tokensvc.logs import configure
+from tokensvc.operations.logs import configure
 from tokensvc.web.app import create_app
 
 if TYPE_CHECKING:
     from aiohttp.test_utils import TestClient
 
-    from tokensvc.config import Config
+    from tokensvc.operations.config import Config
 
     Client = TestClient[web.Request, web.Application]
 

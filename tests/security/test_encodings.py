@@ -30,7 +30,7 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, make_config
 from tests.security.edges_support import admin_login, bearer, captured_logs, log_lines, serve
-from tokensvc import metrics
+from tokensvc.operations import metrics
 from tokensvc.web import fastverify
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ and no route answers TRACE.
 - X-Request-ID is echoed and logged only when it is short, plain and does not look like a
   secret (tokensvc.web.pipeline.request_id_for); else the request gets an id of ours.
 - Login events name an identity by a keyed hash (`user_hash`) and by name only once it is an
-  existing user (tokensvc.login): a password typed as the user name is never logged.
+  existing user (tokensvc.services.login): a password typed as the user name is never logged.
 - TRACE, TRACK and CONNECT are 405 JSON with Allow everywhere, /v1/auth (any method) included.
 """
 
@@ -32,8 +32,8 @@ from tests.security.edges_support import (
     serve,
     store_config,
 )
+from tokensvc.accounts.lockout.store import hash_identity
 from tokensvc.composition import LOCKOUT_HASH_PURPOSE
-from tokensvc.lockout.store import hash_identity
 from tokensvc.web import appkeys
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from aiohttp import web
     from aiohttp.test_utils import TestClient
 
-    from tokensvc.config import Config
+    from tokensvc.operations.config import Config
 
     Client = TestClient[web.Request, web.Application]
 

@@ -196,7 +196,7 @@ async def test_a_password_change_during_a_login_revokes_that_login(
     is already revoked: the generation is read before the check, not after."""
     from datetime import timedelta
 
-    from tokensvc.login import LoginRequest, LoginService
+    from tokensvc.services.login import LoginRequest, LoginService
     from tokensvc.web import appkeys
 
     await create_user(shaped, root, "ra1", PASSWORD)
@@ -250,7 +250,7 @@ async def test_a_change_between_a_logins_reads_leaves_no_live_token(
     from datetime import timedelta
 
     from tokensvc.errors import Unauthenticated
-    from tokensvc.login import LoginRequest, LoginService
+    from tokensvc.services.login import LoginRequest, LoginService
     from tokensvc.web import appkeys
 
     await create_user(shaped, root, "ra1", PASSWORD)

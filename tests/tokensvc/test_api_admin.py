@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import pymacaroons
 
-from tokensvc.minting import MintRequest
 from tokensvc.services.principals import LocalOperator
+from tokensvc.tokens.minting import MintRequest
 from tokensvc.web import appkeys
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth
-from tokensvc.config import Config
+from tokensvc.operations.config import Config
 from tokensvc.web.app import create_app
 
 if TYPE_CHECKING:

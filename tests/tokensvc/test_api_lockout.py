@@ -25,7 +25,7 @@ import orjson
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
-from tokensvc.minting import MintRequest
+from tokensvc.tokens.minting import MintRequest
 from tokensvc.web import appkeys
 from tokensvc.web.app import create_app
 
@@ -639,8 +639,8 @@ async def test_redis_names_identities_and_addresses_only_by_keyed_hashes(
     hashes are keyed with a key derived from the KEK, which Redis never sees."""
     import redis.asyncio as aioredis
 
+    from tokensvc.accounts.lockout.store import hash_identity, hash_ip
     from tokensvc.composition import LOCKOUT_HASH_PURPOSE
-    from tokensvc.lockout.store import hash_identity, hash_ip
 
     name, ip = "mallory-guessable", "203.0.113.77"
     for _ in range(3):

@@ -22,10 +22,10 @@ import argon2
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
+from tokensvc.accounts.passwords import OWASP, PasswordHasher, profile_by_name
 from tokensvc.errors import Unauthenticated, Unavailable
-from tokensvc.login import LoginRequest, LoginService
-from tokensvc.minting import MintRequest
-from tokensvc.passwords import OWASP, PasswordHasher, profile_by_name
+from tokensvc.services.login import LoginRequest, LoginService
+from tokensvc.tokens.minting import MintRequest
 from tokensvc.web import appkeys
 from tokensvc.web.app import create_app
 

@@ -15,9 +15,9 @@ from sqlalchemy import text
 import caveats
 from caveats import Operations, Subject
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth
-from tokensvc import chain
-from tokensvc.macaroon import Caveat, Macaroon
-from tokensvc.tokenformat import decode_token, encode_token
+from tokensvc.macaroons import chain
+from tokensvc.macaroons.macaroon import Caveat, Macaroon
+from tokensvc.macaroons.tokenformat import decode_token, encode_token
 from tokensvc.web import appkeys
 
 if TYPE_CHECKING:
@@ -332,7 +332,7 @@ async def test_all_caveats_of_a_token_must_hold_together(client: Client, admin_t
 
 
 def with_third_party(token: str, *, caveat_key: bytes, caveat_id: bytes) -> str:
-    """The token with a third-party caveat added by tokensvc.chain (re-encoded as `tsv1_`)."""
+    """The token with a third-party caveat added by tokensvc.macaroons.chain (re-encoded as `tsv1_`)."""
     return encode_token(
         chain.add_third_party(
             parse(token),

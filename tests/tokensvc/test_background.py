@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tokensvc.background import every
+from tokensvc.operations.background import every
 
 
 async def test_rounds_start_at_a_fixed_rate_whatever_each_takes() -> None:

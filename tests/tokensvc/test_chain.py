@@ -10,10 +10,10 @@ import pytest
 from pymacaroons import MACAROON_V2, Verifier
 from pymacaroons import Macaroon as PyMacaroon
 
-from tokensvc import chain
 from tokensvc.errors import InvalidToken
-from tokensvc.macaroon import Caveat, Macaroon, parse_binary, serialize_v2
-from tokensvc.tokenformat import b64decode_any
+from tokensvc.macaroons import chain
+from tokensvc.macaroons.macaroon import Caveat, Macaroon, parse_binary, serialize_v2
+from tokensvc.macaroons.tokenformat import b64decode_any
 
 # Each test runs on the compiled path (tokensvc._speedups) and on the pure-Python one.
 pytestmark = pytest.mark.usefixtures("verify_path")

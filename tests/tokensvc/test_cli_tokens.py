@@ -121,8 +121,8 @@ def test_attenuate_keeps_a_plain_pymacaroons_token_plain(admin_cli: Cli, server:
 
     from pymacaroons import Macaroon
 
-    from tokensvc.macaroon import serialize_v2
-    from tokensvc.tokenformat import decode_token
+    from tokensvc.macaroons.macaroon import serialize_v2
+    from tokensvc.macaroons.tokenformat import decode_token
 
     minted = json.loads(admin_cli.ok("token", "mint", "--subject", "alice", "--json"))
     m = decode_token(minted["token"], max_bytes=1 << 16, max_caveats=128)

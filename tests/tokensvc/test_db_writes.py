@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 import keystore.db
 from keystore import create_engine
-from tokensvc.db import run_db
+from tokensvc.storage.db import run_db
 
 WRITERS = 12
 HOLD = 0.05  # seconds each write keeps its transaction open

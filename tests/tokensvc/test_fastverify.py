@@ -23,15 +23,15 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tests.served import ServedTestServer
 from tests.tokensvc.test_api_verify import bearer, mint
-from tokensvc.identifier import decode_identifier
-from tokensvc.tls import ssl_context
+from tokensvc.macaroons.identifier import decode_identifier
 from tokensvc.web import appkeys, fastverify
 from tokensvc.web.app import create_app
 from tokensvc.web.headers import HSTS
+from tokensvc.web.tls import ssl_context
 
 if TYPE_CHECKING:
     from tests.conftest import FakeClock
-    from tokensvc.config import Config
+    from tokensvc.operations.config import Config
 
     Client = TestClient[web.Request, web.Application]
 

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from keystore.discharger_key import DischargerKey
 from tokensvc.bakery import codec
 from tokensvc.errors import TokensvcError
-from tokensvc.identifier import decode_identifier, new_identifier
-from tokensvc.macaroon import Caveat, Macaroon, parse_binary, serialize_v2
-from tokensvc.tokenformat import decode_token, encode_token
+from tokensvc.macaroons.identifier import decode_identifier, new_identifier
+from tokensvc.macaroons.macaroon import Caveat, Macaroon, parse_binary, serialize_v2
+from tokensvc.macaroons.tokenformat import decode_token, encode_token
 
 # Each test runs on the compiled path (tokensvc._speedups) and on the pure-Python one.
 # Each parse is bounded in CPU time: run alone, not beside other tests.
@@ -101,7 +101,7 @@ def _b64url(data: bytes) -> str:
 
 def _as_token(data: bytes) -> str:
     """Our tsv1_ form of arbitrary bytes, with a correct checksum, so parsing goes deep."""
-    from tokensvc.tokenformat import PREFIX, _checksum
+    from tokensvc.macaroons.tokenformat import PREFIX, _checksum
 
     body = PREFIX + _b64url(data)
     return body + "." + _checksum(body)

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer, make_mocked_request
 from aiohttp.typedefs import Handler
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth, make_config
-from tokensvc.config import Config, ConfigError
+from tokensvc.operations.config import Config, ConfigError
 from tokensvc.web import appkeys
 from tokensvc.web import governor as governor_module
 from tokensvc.web.app import create_app
@@ -165,7 +165,7 @@ async def _slow(request: web.Request) -> web.Response:
 
 
 def _overload_count(budget: str, reason: str) -> float | None:
-    """The metrics' count of overloads, or None while tokensvc.metrics does not exist."""
+    """The metrics' count of overloads, or None while tokensvc.operations.metrics does not exist."""
     metrics = governor_module._metrics
     if metrics is None:
         return None
@@ -276,7 +276,7 @@ async def test_2000_concurrent_requests_get_quick_answers(small_limits_config: C
     assert max(e for *_, e, _r, _j in results) < timeout_s + lag + 5.0
     # Every slot came back.
     assert gov.default.active == 0 and gov.login.active == 0
-    # The metrics saw the same overloads (when tokensvc.metrics exists).
+    # The metrics saw the same overloads (when tokensvc.operations.metrics exists).
     for (budget, reason), start in before.items():
         now = _overload_count(budget, reason)
         if now is not None and start is not None:

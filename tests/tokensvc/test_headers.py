@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
-from tokensvc.config import Config, ConfigError
-from tokensvc.tls import ssl_context
+from tokensvc.operations.config import Config, ConfigError
 from tokensvc.web.app import create_app
 from tokensvc.web.headers import HSTS, SECURITY_HEADERS
+from tokensvc.web.tls import ssl_context
 
 
 @pytest.fixture

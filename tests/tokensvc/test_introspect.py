@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from aiohttp import web
     from aiohttp.test_utils import TestClient
 
-    from tokensvc.config import Config
+    from tokensvc.operations.config import Config
 
     Client = TestClient[web.Request, web.Application]
 

@@ -29,15 +29,15 @@ from aiohttp.test_utils import TestServer
 from tests.conftest import ADMIN_PASSWORD, basic_auth, make_config
 from tests.tokensvc.test_fastverify import read_answer, verify_request
 from tests.tokensvc.test_workers import serving
-from tokensvc.server import lane_enabled
 from tokensvc.web import fastverify
 from tokensvc.web.app import create_app
 from tokensvc.web.fastverify import AppRunner
 from tokensvc.web.lane import Handoff, is_lane_request, receive_connections
+from tokensvc.web.server import lane_enabled
 
 if TYPE_CHECKING:
     from tests.conftest import FakeClock
-    from tokensvc.config import Config
+    from tokensvc.operations.config import Config
 
 
 class _VerifyServer(TestServer):

@@ -29,11 +29,11 @@ from tests.tokensvc.test_revocation_replicas import (
     until_all_deny,
     until_subscribed,
 )
+from tokensvc.accounts.lockout import LockoutPolicy, RedisLockoutStore, redis_client_from_url
+from tokensvc.accounts.lockout.store import hash_identity, hash_ip
 from tokensvc.errors import LockedOut
-from tokensvc.lockout import LockoutPolicy, RedisLockoutStore, redis_client_from_url
-from tokensvc.lockout.store import hash_identity, hash_ip
-from tokensvc.redisconn import pubsub_client_from_url
-from tokensvc.revocation import CHANNEL_SUFFIX
+from tokensvc.operations.redisconn import pubsub_client_from_url
+from tokensvc.tokens.revocation import CHANNEL_SUFFIX
 from tokensvc.web.app import create_app
 
 # Timing-bound (Redis waits and timeouts under a burst): run alone, not beside other tests.

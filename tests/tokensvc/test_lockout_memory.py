@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tokensvc.lockout import LockoutPolicy, MemoryLockoutStore
+from tokensvc.accounts.lockout import LockoutPolicy, MemoryLockoutStore
 
 T0 = 1_763_760_000.0
 

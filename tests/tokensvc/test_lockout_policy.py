@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokensvc.lockout import LockoutPolicy
+from tokensvc.accounts.lockout import LockoutPolicy
 
 
 def test_wait_is_zero_below_the_threshold_then_doubles_to_the_cap() -> None:

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.conftest import REDIS_KINDS
+from tokensvc.accounts.lockout import LockoutPolicy, RedisLockoutStore, redis_client_from_url
 from tokensvc.errors import Unavailable
-from tokensvc.lockout import LockoutPolicy, RedisLockoutStore, redis_client_from_url
-from tokensvc.redisconn import RedisClient
+from tokensvc.operations.redisconn import RedisClient
 
 T0 = 1_763_760_000.0
 

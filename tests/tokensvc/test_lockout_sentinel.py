@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.redis_servers import SentinelServers
+from tokensvc.accounts.lockout import RedisLockoutStore, redis_client_from_url
 from tokensvc.errors import LockedOut, Unavailable
-from tokensvc.lockout import RedisLockoutStore, redis_client_from_url
-from tokensvc.redisconn import pubsub_client_from_url
+from tokensvc.operations.redisconn import pubsub_client_from_url
 
 # Timing-bound (failover, Redis waits and timeouts): run alone, not beside other tests.
 pytestmark = pytest.mark.serial

@@ -11,15 +11,15 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from tests.conftest import REDIS_KINDS, redis_url_of
-from tokensvc.errors import LockedOut
-from tokensvc.lockout import (
+from tokensvc.accounts.lockout import (
     LockoutPolicy,
     LockoutStore,
     MemoryLockoutStore,
     RedisLockoutStore,
     redis_client_from_url,
 )
-from tokensvc.redisconn import RedisClient, close_client
+from tokensvc.errors import LockedOut
+from tokensvc.operations.redisconn import RedisClient, close_client
 
 T0 = 1_763_760_000.0
 MakeStore = Callable[[LockoutPolicy], LockoutStore]

@@ -15,7 +15,7 @@ from tests.bakery.test_bakery_interop import as_pymacaroon, bakery_client_with_t
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
 from tests.tokensvc.test_request_logs import json_logs, lines  # noqa: F401 - the fixture
 from tokensvc.bakery import appkeys as bakery_keys
-from tokensvc.logs import scrub, security_event
+from tokensvc.operations.logs import scrub, security_event
 from tokensvc.web import appkeys
 from tokensvc.web.app import create_app
 

@@ -11,8 +11,8 @@ from pymacaroons import MACAROON_V1, MACAROON_V2
 from pymacaroons import Macaroon as PyMacaroon
 
 from tokensvc.errors import InvalidToken
-from tokensvc.macaroon import MalformedMacaroon, parse_binary, parse_v2, serialize_v2
-from tokensvc.tokenformat import b64decode_any
+from tokensvc.macaroons.macaroon import MalformedMacaroon, parse_binary, parse_v2, serialize_v2
+from tokensvc.macaroons.tokenformat import b64decode_any
 
 # Each test runs on the compiled path (tokensvc._speedups) and on the pure-Python one.
 pytestmark = pytest.mark.usefixtures("verify_path")

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
-from tokensvc import metrics
+from tokensvc.operations import metrics
 from tokensvc.web.app import create_app
 
 
@@ -152,7 +152,7 @@ async def test_key_age_and_chain_cache_size_are_read_at_scrape_time(
 
 
 _WORKER = """
-from tokensvc import metrics
+from tokensvc.operations import metrics
 metrics.LOGIN_SUCCESS.inc()
 metrics.observe_request("/v1/verify", 200, 0.001)  # tallied in memory...
 metrics.observe_request("/v1/verify", 200, 0.0002)
@@ -161,7 +161,7 @@ metrics.ROOT_KEY_AGE.set({age})
 """
 _SCRAPER = """
 import sys
-from tokensvc import metrics
+from tokensvc.operations import metrics
 sys.stdout.write(metrics.exposition()[0].decode())
 """
 

@@ -25,7 +25,7 @@ from tokensvc.web.app import create_app
 from tokensvc.web.handlers import forwardauth
 
 if TYPE_CHECKING:
-    from tokensvc.config import Config
+    from tokensvc.operations.config import Config
 
 SECRET_BODY = "the protected page\n"
 

@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator
 import argon2
 import pytest
 
-from tokensvc.errors import BadRequest, Unavailable
-from tokensvc.passwords import (
+from tokensvc.accounts.passwords import (
     CHEAP_FOR_TESTS,
     HASHING_NICE,
     OWASP,
@@ -23,6 +22,7 @@ from tokensvc.passwords import (
     check_policy,
     profile_by_name,
 )
+from tokensvc.errors import BadRequest, Unavailable
 
 PASSWORD = "correct horse battery staple"
 PEPPER = b"pepper-from-config-0123456789abcdef"

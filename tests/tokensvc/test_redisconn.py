@@ -9,8 +9,12 @@ from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tokensvc.config import ConfigError
-from tokensvc.redisconn import close_client, pubsub_client_from_url, redis_client_from_url
+from tokensvc.operations.config import ConfigError
+from tokensvc.operations.redisconn import (
+    close_client,
+    pubsub_client_from_url,
+    redis_client_from_url,
+)
 
 
 async def test_a_single_server_url_gets_a_blocking_pool_that_fails_fast() -> None:

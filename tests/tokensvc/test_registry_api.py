@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient as Client
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth
-from tokensvc.registry import TokenRecord, TokenRegistry
+from tokensvc.tokens.registry import TokenRecord, TokenRegistry
 from tokensvc.web import appkeys
 
 

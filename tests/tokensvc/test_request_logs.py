@@ -13,7 +13,7 @@ import pytest
 import structlog
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
-from tokensvc.logs import configure
+from tokensvc.operations.logs import configure
 from tokensvc.web.app import create_app
 
 

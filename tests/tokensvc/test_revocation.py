@@ -9,8 +9,8 @@ import pytest
 from aiohttp.test_utils import TestClient as Client
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth
-from tokensvc.macaroon import Macaroon
-from tokensvc.tokenformat import decode_token, encode_token
+from tokensvc.macaroons.macaroon import Macaroon
+from tokensvc.macaroons.tokenformat import decode_token, encode_token
 from tokensvc.web import appkeys
 
 BOB_PASSWORD = "bob's long password"

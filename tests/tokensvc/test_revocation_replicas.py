@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth, make_config
-from tokensvc.redisconn import pubsub_client_from_url
-from tokensvc.revocation import CHANNEL_SUFFIX
+from tokensvc.operations.redisconn import pubsub_client_from_url
+from tokensvc.tokens.revocation import CHANNEL_SUFFIX
 from tokensvc.web.app import create_app
 
 POLL_BOUND = 1.0 + 0.5  # refresh interval + one query and scheduling slack
@@ -138,7 +138,7 @@ async def test_revoke_all_reaches_all_three_and_spares_later_tokens(
     took = max([await until_all_deny(clients, t["token"], limit=5.0) for t in old])
     later = await mint(clients[1], admin)
 
-    # Without Redis, revoke-all rides the subject-generation poll (2 s, tokensvc.generations).
+    # Without Redis, revoke-all rides the subject-generation poll (2 s, tokensvc.tokens.generations).
     print(
         f"\nrevoke-all reached all 3 instances in {took * 1000:.1f} ms"
         f" ({'redis pub/sub' if with_redis else 'generation polling every 2 s'})"

@@ -19,7 +19,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.conftest import ADMIN_PASSWORD
-from tokensvc.config import Config
+from tokensvc.operations.config import Config
 from tokensvc.web.app import create_app
 
 MAX_EXAMPLES = 25

@@ -2,7 +2,7 @@
 
 The database is read with plain SQL over a separate engine, as an attacker with a copy of it
 would; the logs are those of a whole flow at DEBUG, both the raw records and the JSON lines the
-service writes in production (tokensvc.logs.configure).
+service writes in production (tokensvc.operations.logs.configure).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth
-from tokensvc import logs
+from tokensvc.operations import logs
 from tokensvc.web import appkeys
 from tokensvc.web.app import create_app
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pytest_aiohttp import AiohttpClient
 
     from tests.conftest import FakeClock
-    from tokensvc.config import Config
+    from tokensvc.operations.config import Config
 
     Client = TestClient[web.Request, web.Application]
 

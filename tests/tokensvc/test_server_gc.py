@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import make_config
-from tokensvc.server import freeze_startup_objects
 from tokensvc.web import appkeys
 from tokensvc.web.app import create_app
+from tokensvc.web.server import freeze_startup_objects
 
 
 async def test_startup_objects_are_frozen_out_of_full_collections(

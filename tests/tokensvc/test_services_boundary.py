@@ -7,20 +7,20 @@ import inspect
 import pytest
 
 from keystore import StoreUnavailable
-from tokensvc.bakery.discharger import Discharger
-from tokensvc.db import StorageUnavailable
 from tokensvc.errors import Unavailable
-from tokensvc.login import LoginService
 from tokensvc.services.audit import AuditService
 from tokensvc.services.boundary import is_wrapped, service
+from tokensvc.services.discharge import DischargeService
 from tokensvc.services.keys import KeyService
 from tokensvc.services.lockouts import LockoutService
+from tokensvc.services.login import LoginService
 from tokensvc.services.tokens import TokenService
 from tokensvc.services.users import UserService
+from tokensvc.storage.db import StorageUnavailable
 
 SERVICES = [
     AuditService,
-    Discharger,
+    DischargeService,
     KeyService,
     LockoutService,
     LoginService,

@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SPEEDUPS_MISSING
-from tokensvc import chain, tokenformat
 from tokensvc.errors import InvalidToken
-from tokensvc.macaroon import Caveat, Macaroon, MalformedMacaroon, parse_v2, serialize_v2
+from tokensvc.macaroons import chain, tokenformat
+from tokensvc.macaroons.macaroon import Caveat, Macaroon, MalformedMacaroon, parse_v2, serialize_v2
 
 try:
     from tokensvc import _speedups as _built

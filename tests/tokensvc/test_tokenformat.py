@@ -9,8 +9,8 @@ from pymacaroons import MACAROON_V2
 from pymacaroons import Macaroon as PyMacaroon
 
 from tokensvc.errors import InvalidToken, PayloadTooLarge
-from tokensvc.macaroon import parse_binary
-from tokensvc.tokenformat import (
+from tokensvc.macaroons.macaroon import parse_binary
+from tokensvc.macaroons.tokenformat import (
     TOKEN_PATTERN,
     b64decode_any,
     checksum_ok,

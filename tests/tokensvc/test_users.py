@@ -12,9 +12,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keystore.db import Base, create_engine
-from tokensvc import migrate
+from tokensvc.accounts.users import User, UserStore, canonical_name
 from tokensvc.errors import BadRequest, Conflict, NotFound
-from tokensvc.users import User, UserStore, canonical_name
+from tokensvc.storage import migrate
 
 HASH_A = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNo"
 HASH_B = "$argon2id$v=19$m=8,t=1,p=1$cGVwcGVycGVwcGVy$b3RoZXJvdGhlcm90aGVyb3RoZXJvdGhlcg"

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Final, Protocol
 
+from tokensvc.accounts.lockout import LockoutStore
+from tokensvc.accounts.users import User, UserStore, canonical_name
 from tokensvc.bakery.errors import ConditionNotRecognized, ConditionRefused
 from tokensvc.errors import BadRequest
-from tokensvc.lockout import LockoutStore
-from tokensvc.users import User, UserStore, canonical_name
 
 USER_IS: Final = "user-is"
 HAS_ROLE: Final = "has-role"

@@ -1,8 +1,8 @@
 """Configuration of the discharger and of third-party caveats (`TOKENSVC_*` variables).
 
-Kept apart from `tokensvc.config.Config` so this package can be wired in without touching it;
+Kept apart from `tokensvc.operations.config.Config` so this package can be wired in without touching it;
 `BakeryConfig.from_env` reads the same environment with the same duration syntax. It imports
-`tokensvc.config` only inside functions, so that `tokensvc.config` can import this module at its
+`tokensvc.operations.config` only inside functions, so that `tokensvc.operations.config` can import this module at its
 top and hold a `BakeryConfig` field without an import cycle.
 """
 
@@ -23,13 +23,13 @@ MAX_DISCHARGE_TTL = timedelta(hours=24)
 
 
 def _config_error(message: str) -> Exception:
-    from tokensvc.config import ConfigError
+    from tokensvc.operations.config import ConfigError
 
     return ConfigError(message)
 
 
 def _duration(text: str) -> timedelta:
-    from tokensvc.config import parse_duration
+    from tokensvc.operations.config import parse_duration
 
     return parse_duration(text)
 

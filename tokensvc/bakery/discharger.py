@@ -20,7 +20,6 @@ from typing import Any, Final
 
 from caveats import format_rfc3339
 from keystore.discharger_key import DischargerKey
-from tokensvc import chain
 from tokensvc.bakery.codec import (
     LATEST_VERSION,
     MAX_CAVEAT_BYTES,
@@ -32,9 +31,9 @@ from tokensvc.bakery.conditions import Caller, Conditions, clip
 from tokensvc.bakery.errors import MalformedCaveat
 from tokensvc.bakery.jsonmacaroon import to_bakery_json
 from tokensvc.errors import TokensvcError
-from tokensvc.logs import security_event
-from tokensvc.macaroon import Caveat, Macaroon
-from tokensvc.services.boundary import service
+from tokensvc.macaroons import chain
+from tokensvc.macaroons.macaroon import Caveat, Macaroon
+from tokensvc.operations.logs import security_event
 
 NEED_DECLARED: Final = "need-declared"
 
@@ -69,7 +68,6 @@ class Discharge:
         }
 
 
-@service
 class Discharger:
     """Discharges caveats encrypted to `key` whose conditions hold for the caller."""
 

@@ -17,7 +17,7 @@ import binascii
 from typing import Any
 
 from tokensvc.bakery.codec import VERSION_1, VERSION_3
-from tokensvc.macaroon import SIGNATURE_BYTES, Caveat, Macaroon, MalformedMacaroon
+from tokensvc.macaroons.macaroon import SIGNATURE_BYTES, Caveat, Macaroon, MalformedMacaroon
 
 MAX_CAVEATS = 128
 MAX_FIELD_BYTES = 16384

@@ -26,7 +26,6 @@ from typing import Any, Final
 import aiohttp
 
 from keystore.discharger_key import DischargerKey
-from tokensvc import chain
 from tokensvc.bakery.codec import (
     LATEST_VERSION,
     ROOT_KEY_BYTES,
@@ -42,7 +41,8 @@ from tokensvc.bakery.errors import (
     ThirdPartyUnavailable,
 )
 from tokensvc.errors import BadRequest
-from tokensvc.macaroon import Macaroon
+from tokensvc.macaroons import chain
+from tokensvc.macaroons.macaroon import Macaroon
 
 MAX_THIRD_PARTY_CAVEATS: Final = 8
 MAX_CONDITION_CHARS: Final = 1024

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from tokensvc.cli.errors import fail_on_errors
-from tokensvc.config import Config, ConfigError
+from tokensvc.operations.config import Config, ConfigError
 from tokensvc.services.principals import LocalOperator
 
 T = TypeVar("T")
@@ -71,7 +71,7 @@ async def local_runtime() -> AsyncIterator[Any]:
     """The services over the configured database, built by the same composition root as
     `tokensvc serve` (the break-glass path: every action is authorised and audited alike)."""
     from tokensvc.composition import runtime
-    from tokensvc.logs import configure
+    from tokensvc.operations.logs import configure
 
     # Warnings and errors go to stderr as JSON lines; stdout stays the command's output. The
     # audit row, not a log line, is the durable record of what the operator did.

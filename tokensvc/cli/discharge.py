@@ -24,13 +24,13 @@ from typing import Any, Final
 
 import click
 
-from tokensvc import chain
 from tokensvc.bakery.codec import LATEST_VERSION
 from tokensvc.bakery.jsonmacaroon import from_bakery_json
 from tokensvc.cli.errors import fail_on_errors
 from tokensvc.errors import TokensvcError
-from tokensvc.macaroon import Macaroon, serialize_v2
-from tokensvc.tokenformat import decode_token
+from tokensvc.macaroons import chain
+from tokensvc.macaroons.macaroon import Macaroon, serialize_v2
+from tokensvc.macaroons.tokenformat import decode_token
 
 MAX_DISCHARGES: Final = 16
 MAX_RESPONSE_BYTES: Final = 1 << 20

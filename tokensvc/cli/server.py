@@ -25,7 +25,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     to one more, lower-priority process: the lane (TOKENSVC_VERIFY_PROCESS).
     """
     from keystore import KeystoreError
-    from tokensvc.server import run as run_server
+    from tokensvc.web.server import run as run_server
 
     settings = config()
     try:
@@ -43,7 +43,7 @@ def migrate() -> None:
     """Bring the database schema up to date."""
     from keystore import create_engine
     from tokensvc.composition import prepare_embedded_database
-    from tokensvc.migrate import upgrade
+    from tokensvc.storage.migrate import upgrade
 
     settings = config()
 

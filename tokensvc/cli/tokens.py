@@ -17,7 +17,7 @@ from tokensvc.cli.common import (
     service_url,
 )
 from tokensvc.cli.discharge import discharge_command
-from tokensvc.config import ConfigError, parse_duration
+from tokensvc.operations.config import ConfigError, parse_duration
 
 
 @click.group()
@@ -68,7 +68,7 @@ def token_mint(
     third_party_body = [{"location": loc, "condition": cond} for loc, cond in third_party]
     if local:
         from tokensvc.bakery.thirdparty import parse_third_party
-        from tokensvc.minting import MintRequest
+        from tokensvc.tokens.minting import MintRequest
 
         if not subject:
             raise click.UsageError("--subject is required with --local")
@@ -132,7 +132,7 @@ def token_mint(
 @fail_on_errors
 def token_inspect(token_string: str | None, as_json: bool) -> None:
     """Show what a token says, offline (reads TOKEN or standard input). Nothing is verified."""
-    from tokensvc.describe import describe
+    from tokensvc.macaroons.describe import describe
 
     raw = token_string or sys.stdin.readline().strip()
     info = describe(raw)
@@ -240,7 +240,7 @@ def token_attenuate(
     import time
 
     from caveats import Audience, Expiry, Operations, Resources, encode
-    from tokensvc.attenuation import attenuate
+    from tokensvc.macaroons.attenuation import attenuate
 
     raw = token_string or sys.stdin.readline().strip()
     predicates = []
@@ -267,7 +267,7 @@ def token_attenuate(
 @click.option("--json", "as_json", is_flag=True)
 def token_check(token_string: str | None, as_json: bool) -> None:
     """Check a token's format and checksum offline; exit 1 if it is bad. Verifies no signature."""
-    from tokensvc.attenuation import check_format
+    from tokensvc.macaroons.attenuation import check_format
 
     raw = token_string or sys.stdin.readline().strip()
     result = check_format(raw)

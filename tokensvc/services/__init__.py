@@ -6,7 +6,7 @@ and its audit record (in one transaction where the store allows), and translate 
 unavailability into `tokensvc.errors.Unavailable` at their boundary (tokensvc.services.boundary).
 
 This module only declares `Services`; import the pieces from their modules (domain code such as
-tokensvc.login uses the boundary without loading every service).
+tokensvc.services.login uses the boundary without loading every service).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tokensvc.login import LoginService
     from tokensvc.services.audit import AuditService
+    from tokensvc.services.discharge import DischargeService
     from tokensvc.services.keys import KeyService
     from tokensvc.services.lockouts import LockoutService
+    from tokensvc.services.login import LoginService
     from tokensvc.services.tokens import TokenService
     from tokensvc.services.users import UserService
 
@@ -33,3 +34,4 @@ class Services:
     lockouts: LockoutService
     audit: AuditService
     login: LoginService
+    discharge: DischargeService

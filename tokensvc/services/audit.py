@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokensvc.audit import AuditEntry, AuditLog
 from tokensvc.errors import BadRequest
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
+from tokensvc.storage.audit import AuditEntry, AuditLog
 
 
 @dataclass(frozen=True, slots=True)

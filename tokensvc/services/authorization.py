@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from typing import Final
 
+from tokensvc.accounts.users import UserStore
 from tokensvc.errors import CaveatDenied, Forbidden
-from tokensvc.logs import security_event
+from tokensvc.operations.logs import security_event
 from tokensvc.services.principals import Actor, BearerToken, LocalOperator, Principal
-from tokensvc.users import UserStore
-from tokensvc.verification import Verified, Verifier
+from tokensvc.tokens.verification import Verified, Verifier
 
 #: The audience of tokensvc's own API: an admin token narrowed to another audience can't call it.
 API_AUDIENCE: Final = "tokensvc"

@@ -1,6 +1,6 @@
 """The service boundary: the one place a dependency's unavailability becomes `Unavailable`.
 
-Stores raise storage errors (tokensvc.db.StorageUnavailable), the key store its own
+Stores raise storage errors (tokensvc.storage.db.StorageUnavailable), the key store its own
 (keystore.StoreUnavailable); neither means anything to a caller but "ask again later". Every public
 coroutine method of a class decorated with `@service` translates them into
 `tokensvc.errors.Unavailable` (503 + Retry-After on the web, a one-line message in the CLI), so no
@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, ParamSpec, TypeVar
 
 from keystore import StoreUnavailable
-from tokensvc.db import StorageUnavailable
 from tokensvc.errors import Unavailable
+from tokensvc.storage.db import StorageUnavailable
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")

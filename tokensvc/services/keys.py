@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from keystore import KeyInfo, Keyring
-from tokensvc.audit import AuditLog
 from tokensvc.errors import NotFound
-from tokensvc.logs import security_event
-from tokensvc.revocation import Revocations
+from tokensvc.operations.logs import security_event
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
+from tokensvc.storage.audit import AuditLog
+from tokensvc.tokens.revocation import Revocations
 
 
 @service

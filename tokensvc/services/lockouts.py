@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from tokensvc import metrics
-from tokensvc.audit import AuditLog
-from tokensvc.lockout import LockoutStatus, LockoutStore
-from tokensvc.logs import security_event
+from tokensvc.accounts.lockout import LockoutStatus, LockoutStore
+from tokensvc.operations import metrics
+from tokensvc.operations.logs import security_event
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
+from tokensvc.storage.audit import AuditLog
 
 
 @service

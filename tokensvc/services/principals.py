@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tokensvc.verification import Verified
+from tokensvc.tokens.verification import Verified
 
 
 @dataclass(frozen=True, slots=True)

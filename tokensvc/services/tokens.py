@@ -1,7 +1,7 @@
 """The token service: minting, listing and revoking tokens, for every door (HTTP API and CLI).
 
 It owns the order of each action, its revocation side effects and its audit record; the rule that
-delegation never amplifies (tokensvc.delegation) is applied here, to every mint made with a token.
+delegation never amplifies (tokensvc.tokens.delegation) is applied here, to every mint made with a token.
 """
 
 from __future__ import annotations
@@ -14,19 +14,19 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystore.service_keys import KEY_ID_PREFIX
-from tokensvc.audit import AuditLog
-from tokensvc.db import run_db
-from tokensvc.delegation import OUTLIVE_OPERATION, delegate
 from tokensvc.errors import BadRequest, Forbidden, NotFound, TokensvcError
-from tokensvc.logs import security_event
-from tokensvc.minting import MintedToken, Minter, MintRequest
-from tokensvc.registry import TokenRecord, TokenRegistry
-from tokensvc.revocation import Revocations
+from tokensvc.operations.logs import security_event
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Actor, Principal
-from tokensvc.subjects import SubjectStore
-from tokensvc.verification import Verifier
+from tokensvc.storage.audit import AuditLog
+from tokensvc.storage.db import run_db
+from tokensvc.tokens.delegation import OUTLIVE_OPERATION, delegate
+from tokensvc.tokens.minting import MintedToken, Minter, MintRequest
+from tokensvc.tokens.registry import TokenRecord, TokenRegistry
+from tokensvc.tokens.revocation import Revocations
+from tokensvc.tokens.subjects import SubjectStore
+from tokensvc.tokens.verification import Verifier
 
 log = logging.getLogger("tokensvc.services.tokens")
 
@@ -73,7 +73,7 @@ class TokenService:
         """A new token, registered and audited before it is returned.
 
         An empty `request.subject` means the minting token's own subject. Minted with a token, the
-        request is bounded by that token (tokensvc.delegation): never more powerful than it.
+        request is bounded by that token (tokensvc.tokens.delegation): never more powerful than it.
 
         Raises:
             InvalidToken, CaveatDenied, Forbidden: the principal may not mint, or not this token.

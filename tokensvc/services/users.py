@@ -1,7 +1,7 @@
 """The user service: creating, changing, disabling and deleting users, for every door.
 
 Every change that must kill the user's earlier tokens — a new password, disabling, losing a role,
-deletion — raises the subject's one generation (tokensvc.subjects) in the same transaction as the
+deletion — raises the subject's one generation (tokensvc.tokens.subjects) in the same transaction as the
 change and its audit record, then tells this process and the other replicas.
 """
 
@@ -12,17 +12,17 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tokensvc.audit import AuditLog
-from tokensvc.db import run_db
+from tokensvc.accounts.passwords import PasswordHasher
+from tokensvc.accounts.users import User, UserStore, canonical_name
 from tokensvc.errors import BadRequest, NotFound
-from tokensvc.logs import security_event
-from tokensvc.passwords import PasswordHasher
-from tokensvc.revocation import Revocations
+from tokensvc.operations.logs import security_event
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
-from tokensvc.subjects import SubjectStore
-from tokensvc.users import User, UserStore, canonical_name
+from tokensvc.storage.audit import AuditLog
+from tokensvc.storage.db import run_db
+from tokensvc.tokens.revocation import Revocations
+from tokensvc.tokens.subjects import SubjectStore
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,12 @@ from datetime import datetime
 
 from aiohttp import web
 
-from tokensvc import metrics
-from tokensvc.background import every, tasks_running
 from tokensvc.bakery import appkeys as bakery_keys
 from tokensvc.composition import prepare_embedded_database, runtime, utc_now
-from tokensvc.config import Config
-from tokensvc.logs import flush_access_log
+from tokensvc.operations import metrics
+from tokensvc.operations.background import every, tasks_running
+from tokensvc.operations.config import Config
+from tokensvc.operations.logs import flush_access_log
 from tokensvc.web import appkeys
 from tokensvc.web.governor import GOVERNOR, Governor
 from tokensvc.web.handlers import (

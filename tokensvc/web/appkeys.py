@@ -11,20 +11,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keystore import KeyEncryptionKey, Keyring
 from keystore.service_keys import ServiceKeys
-from tokensvc.audit import AuditLog
+from tokensvc.accounts.lockout import LockoutStore
+from tokensvc.accounts.passwords import PasswordHasher
+from tokensvc.accounts.users import UserStore
 from tokensvc.composition import Runtime
-from tokensvc.config import Config
-from tokensvc.generations import SubjectGenerations
-from tokensvc.lockout import LockoutStore
-from tokensvc.login import LoginService
-from tokensvc.minting import Minter
-from tokensvc.passwords import PasswordHasher
-from tokensvc.registry import TokenRegistry
-from tokensvc.revocation import Revocations
+from tokensvc.operations.config import Config
 from tokensvc.services import Services
-from tokensvc.usage import UsageRecorder
-from tokensvc.users import UserStore
-from tokensvc.verification import Verifier
+from tokensvc.services.login import LoginService
+from tokensvc.storage.audit import AuditLog
+from tokensvc.tokens.generations import SubjectGenerations
+from tokensvc.tokens.minting import Minter
+from tokensvc.tokens.registry import TokenRegistry
+from tokensvc.tokens.revocation import Revocations
+from tokensvc.tokens.usage import UsageRecorder
+from tokensvc.tokens.verification import Verifier
 
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey[Callable[[], datetime]]("clock")

@@ -10,8 +10,8 @@ import logging
 
 from aiohttp import web
 
-from tokensvc import metrics
 from tokensvc.errors import LockedOut, TokensvcError, Unavailable, UnsupportedEncoding
+from tokensvc.operations import metrics
 from tokensvc.web.jsonio import json_response
 
 log = logging.getLogger("tokensvc.web")

@@ -52,8 +52,8 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from tokensvc.errors import TokensvcError
-from tokensvc.logs import REQUEST_ID as CURRENT_REQUEST_ID
-from tokensvc.verification import Verifier
+from tokensvc.operations.logs import REQUEST_ID as CURRENT_REQUEST_ID
+from tokensvc.tokens.verification import Verifier
 from tokensvc.web import appkeys
 from tokensvc.web.auth import Networks, client_address, joined_forwarded_for
 from tokensvc.web.errors import tokensvc_error_parts, unexpected_body

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from tokensvc.config import Config
+from tokensvc.operations.config import Config
 from tokensvc.web.jsonio import json_response
 
 EXEMPT: Final = frozenset(("/healthz", "/readyz", "/metrics"))
@@ -211,7 +211,7 @@ def _count_overload(budget: Budget, reason: str) -> None:
 
 
 _metrics: ModuleType | None
-try:  # the hooks are no-ops in a build without tokensvc.metrics
-    from tokensvc import metrics as _metrics
+try:  # the hooks are no-ops in a build without tokensvc.operations.metrics
+    from tokensvc.operations import metrics as _metrics
 except ImportError:  # pragma: no cover
     _metrics = None

@@ -29,11 +29,11 @@ from time import perf_counter
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from tokensvc import metrics
 from tokensvc.errors import TokensvcError
-from tokensvc.logs import REQUEST_ID as CURRENT_REQUEST_ID
-from tokensvc.logs import access_line
-from tokensvc.tokenformat import PREFIX
+from tokensvc.macaroons.tokenformat import PREFIX
+from tokensvc.operations import metrics
+from tokensvc.operations.logs import REQUEST_ID as CURRENT_REQUEST_ID
+from tokensvc.operations.logs import access_line
 from tokensvc.web import errors
 from tokensvc.web.auth import client_ip
 from tokensvc.web.governor import Governor, refusal
@@ -58,7 +58,7 @@ _LONG_RUN = re.compile(r"[A-Za-z0-9]{33}")
 _ID_PREFIX = secrets.token_hex(8)
 _ids = itertools.count(1)
 
-# stdlib logging, not a cached structlog proxy: tokensvc.logs.configure renders it as JSON (the
+# stdlib logging, not a cached structlog proxy: tokensvc.operations.logs.configure renders it as JSON (the
 # `extra` fields become keys) whenever it runs, and a disabled level costs one comparison.
 _access = logging.getLogger("tokensvc.access")
 

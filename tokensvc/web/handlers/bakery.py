@@ -41,7 +41,7 @@ from tokensvc.errors import (
     Unavailable,
     UnsupportedEncoding,
 )
-from tokensvc.login import LoginRequest
+from tokensvc.services.login import LoginRequest
 from tokensvc.web import appkeys
 from tokensvc.web.auth import API_AUDIENCE, client_ip
 from tokensvc.web.jsonio import json_response, read_body
@@ -88,18 +88,18 @@ def setup(app: web.Application, prefix: str, *, config: BakeryConfig | None = No
 
 
 async def discharge_info(request: web.Request) -> web.Response:
-    return json_response(request.app[bakery_keys.DISCHARGER].info())
+    return json_response(request.app[appkeys.SERVICES].discharge.info())
 
 
 async def public_key(request: web.Request) -> web.Response:
-    return json_response({"PublicKey": request.app[bakery_keys.DISCHARGER].info()["PublicKey"]})
+    return json_response({"PublicKey": request.app[appkeys.SERVICES].discharge.info()["PublicKey"]})
 
 
 async def discharge(request: web.Request) -> web.Response:
     try:
         fields = await _fields(request)
         discharge_request = _discharge_request(fields)
-        result = await request.app[bakery_keys.DISCHARGER].discharge(
+        result = await request.app[appkeys.SERVICES].discharge.discharge(
             discharge_request, RequestCaller(request)
         )
         return json_response(result.response_body())
@@ -242,7 +242,7 @@ class RequestCaller:
             raise Unauthenticated("invalid username or password")
         # The login path itself, so the lockout counts (and stops) guesses made through here.
         # It mints a short token we do not use: the price of not having a second login path.
-        minted = await self._request.app[appkeys.LOGIN].login(
+        minted = await self._request.app[appkeys.SERVICES].login.login(
             LoginRequest(
                 username=username,
                 password=password,

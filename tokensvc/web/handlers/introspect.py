@@ -26,7 +26,7 @@ from caveats import (
     parse_predicate,
 )
 from tokensvc.errors import BadRequest, CaveatDenied, InvalidToken, PayloadTooLarge
-from tokensvc.identifier import decode_identifier
+from tokensvc.macaroons.identifier import decode_identifier
 from tokensvc.web import appkeys
 from tokensvc.web.auth import API_AUDIENCE, bearer_token, client_ip
 from tokensvc.web.jsonio import json_response, read_body

@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 
 from tokensvc.errors import BadRequest, Unauthenticated
-from tokensvc.login import LoginRequest
+from tokensvc.services.login import LoginRequest
 from tokensvc.web import appkeys
 from tokensvc.web.auth import client_ip
 from tokensvc.web.handlers.tokens import minted_body, parse_ttl

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from tokensvc import metrics
+from tokensvc.operations import metrics
 from tokensvc.web import appkeys
 from tokensvc.web.routes import add_routes
 

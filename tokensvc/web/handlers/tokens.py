@@ -8,11 +8,11 @@ from typing import Any
 from aiohttp import web
 
 from tokensvc.bakery.thirdparty import parse_third_party
-from tokensvc.config import ConfigError, parse_duration
 from tokensvc.errors import BadRequest
-from tokensvc.minting import MintedToken, MintRequest
-from tokensvc.registry import TokenRecord
+from tokensvc.operations.config import ConfigError, parse_duration
 from tokensvc.services.tokens import TokenFilter
+from tokensvc.tokens.minting import MintedToken, MintRequest
+from tokensvc.tokens.registry import TokenRecord
 from tokensvc.web import appkeys
 from tokensvc.web.auth import principal
 from tokensvc.web.handlers.verify import iso

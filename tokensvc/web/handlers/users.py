@@ -6,9 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
+from tokensvc.accounts.users import User
 from tokensvc.errors import BadRequest
 from tokensvc.services.users import NewUser, UserChange
-from tokensvc.users import User
 from tokensvc.web import appkeys
 from tokensvc.web.auth import principal
 from tokensvc.web.handlers.verify import iso

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from tokensvc.errors import BadRequest
-from tokensvc.verification import Verified
+from tokensvc.tokens.verification import Verified
 from tokensvc.web import appkeys
 from tokensvc.web.jsonio import json_response, read_json_object
 

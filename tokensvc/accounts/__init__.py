@@ -1,0 +1,1 @@
+"""Accounts: users and their store, passwords (argon2id), lockout, and the first admin."""

@@ -1,0 +1,49 @@
+"""First start: the `admin` user, from TOKENSVC_ADMIN_PASSWORD or (embedded mode) a generated one."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+
+from tokensvc.accounts.passwords import PasswordHasher
+from tokensvc.accounts.users import ADMIN_ROLE, UserStore
+from tokensvc.errors import Conflict
+from tokensvc.operations.config import Config
+
+log = logging.getLogger("tokensvc.accounts.bootstrap")
+
+ADMIN_NAME = "admin"
+
+
+async def ensure_admin(users: UserStore, hasher: PasswordHasher, config: Config) -> bool:
+    """Create `admin` if missing; True if this call created it."""
+    if await users.get(ADMIN_NAME) is not None:
+        return False
+    password = config.admin_password
+    generated = password is None
+    if password is None:
+        if not config.embedded:
+            log.warning(
+                "no admin user exists; set TOKENSVC_ADMIN_PASSWORD (or _FILE) and restart, "
+                "or create one with `tokensvc user add --admin`"
+            )
+            return False
+        password = secrets.token_urlsafe(18)
+    try:
+        await users.create(
+            ADMIN_NAME, password_hash=await hasher.hash(password), roles=[ADMIN_ROLE]
+        )
+    except Conflict:  # another replica or worker made it first
+        return False
+    if generated:
+        # Straight to the terminal, never through logging: it must not land in log storage.
+        print(
+            f"\ntokensvc: created user 'admin' with password: {password}\n"
+            "tokensvc: it is shown only this once; change it with `tokensvc user passwd admin`.\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        log.info("created the bootstrap admin user from TOKENSVC_ADMIN_PASSWORD")
+    return True

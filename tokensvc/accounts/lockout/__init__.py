@@ -1,0 +1,21 @@
+"""Failed-login lockout: progressive waits per identity, identity + IP, and IP.
+
+`LockoutStore` is the interface; `RedisLockoutStore` serves several workers and replicas,
+`MemoryLockoutStore` the embedded single-process mode.
+"""
+
+from tokensvc.accounts.lockout.memory_store import MemoryLockoutStore
+from tokensvc.accounts.lockout.policy import LockoutPolicy
+from tokensvc.accounts.lockout.redis_store import RedisLockoutStore
+from tokensvc.accounts.lockout.store import CounterStatus, LockoutStatus, LockoutStore
+from tokensvc.operations.redisconn import redis_client_from_url
+
+__all__ = [
+    "CounterStatus",
+    "LockoutPolicy",
+    "LockoutStatus",
+    "LockoutStore",
+    "MemoryLockoutStore",
+    "RedisLockoutStore",
+    "redis_client_from_url",
+]

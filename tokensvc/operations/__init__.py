@@ -1,0 +1,1 @@
+"""Operations: configuration, logs, metrics, background tasks and Redis connections."""

@@ -1,0 +1,1 @@
+"""Storage: the one database runner (retry, unavailability), migrations, and the audit table."""

@@ -1,0 +1,243 @@
+"""The token registry: one row per minted token, never a secret. TokenRegistry is its only SQL.
+
+A row is written before the token is handed out (in the same transaction as a service token's
+key), so no token exists that the registry does not know. Revoking marks `revoked_at` (the row
+stays, for the audit trail and the list); every replica picks revocations up by polling
+`revoked_at` (tokensvc.tokens.revocation). `last_used_at` is written in batches (tokensvc.tokens.usage).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from sqlalchemy import (
+    Boolean,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    column,
+    insert,
+    or_,
+    select,
+    update,
+    values,
+)
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.orm import Mapped, mapped_column
+
+from keystore.db import Base, UTCDateTime
+from tokensvc.storage.db import run_db
+
+KINDS: Final = ("rotating", "service")
+_BATCH: Final = 500
+
+
+class TokenRow(Base):
+    __tablename__ = "tokens"
+
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(255), index=True)
+    description: Mapped[str] = mapped_column(String(1024), default="")
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None] = mapped_column(index=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    kind: Mapped[str] = mapped_column(String(16), default="rotating")
+
+
+_TABLE: Final[Table] = TokenRow.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """What the registry knows about a token: metadata only."""
+
+    token_id: str
+    subject: str
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    description: str = ""
+    admin: bool = False
+    kind: str = "rotating"
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+def _record(row: RowMapping) -> TokenRecord:
+    return TokenRecord(**{c.key: row[c.key] for c in _TABLE.columns})
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TokenRegistry:
+    def __init__(self, engine: AsyncEngine, *, wall_clock: Callable[[], datetime] = _utc_now):
+        self._engine = engine
+        # Revocation times are compared across replicas by the pollers: always the wall clock.
+        self._wall_clock = wall_clock
+
+    async def add(
+        self,
+        record: TokenRecord,
+        *,
+        with_conn: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+    ) -> None:
+        """Insert a row, and run `with_conn` (a service key's insert) in the same transaction."""
+
+        async def run(conn: AsyncConnection) -> None:
+            await conn.execute(
+                insert(_TABLE).values({c.key: getattr(record, c.key) for c in _TABLE.columns})
+            )
+            if with_conn is not None:
+                await with_conn(conn)
+
+        await run_db(self._engine, run, write=True, retry=False, what="the token registry")
+
+    async def get(self, token_id: str) -> TokenRecord | None:
+        async def run(conn: AsyncConnection) -> TokenRecord | None:
+            found = (
+                (await conn.execute(select(_TABLE).where(_TABLE.c.token_id == token_id)))
+                .mappings()
+                .first()
+            )
+            return None if found is None else _record(found)
+
+        return await run_db(self._engine, run, write=False)
+
+    async def list(
+        self,
+        *,
+        now: datetime,
+        subject: str | None = None,
+        include_revoked: bool = False,
+        include_expired: bool = False,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[TokenRecord]:
+        """Rows ordered by token id (stable paging with `after`), filtered as asked."""
+
+        async def run(conn: AsyncConnection) -> list[TokenRecord]:
+            query = select(_TABLE).order_by(_TABLE.c.token_id).limit(limit)
+            if subject is not None:
+                query = query.where(_TABLE.c.subject == subject)
+            if not include_revoked:
+                query = query.where(_TABLE.c.revoked_at.is_(None))
+            if not include_expired:
+                query = query.where(_TABLE.c.expires_at > now)
+            if after is not None:
+                query = query.where(_TABLE.c.token_id > after)
+            return [_record(r) for r in (await conn.execute(query)).mappings()]
+
+        return await run_db(self._engine, run, write=False)
+
+    async def revoke(
+        self,
+        token_id: str,
+        *,
+        register: TokenRecord | None = None,
+        with_conn: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+    ) -> TokenRecord | None:
+        """Mark the token revoked (idempotent: the first time stays); its row, or None if unknown.
+
+        `register` inserts the row first if it is missing (a genuine token minted before the
+        registry existed). `with_conn` runs in the same transaction (deleting a service key).
+        """
+        now = self._wall_clock()
+
+        async def run(conn: AsyncConnection) -> TokenRecord | None:
+            await conn.execute(
+                update(_TABLE)
+                .where(_TABLE.c.token_id == token_id, _TABLE.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            found = (
+                (await conn.execute(select(_TABLE).where(_TABLE.c.token_id == token_id)))
+                .mappings()
+                .first()
+            )
+            if found is None and register is not None:
+                values = {c.key: getattr(register, c.key) for c in _TABLE.columns}
+                await conn.execute(insert(_TABLE).values({**values, "revoked_at": now}))
+                found = (
+                    (await conn.execute(select(_TABLE).where(_TABLE.c.token_id == token_id)))
+                    .mappings()
+                    .first()
+                )
+            if found is not None and with_conn is not None:
+                await with_conn(conn)
+            return None if found is None else _record(found)
+
+        return await run_db(self._engine, run, write=True, what="the token registry")
+
+    async def revoked_since(
+        self, since: datetime | None, *, now: datetime
+    ) -> builtins.list[tuple[str, datetime]]:
+        """(token id, expires at) of unexpired tokens revoked after `since` (all for None)."""
+
+        async def run(conn: AsyncConnection) -> builtins.list[tuple[str, datetime]]:
+            query = select(_TABLE.c.token_id, _TABLE.c.expires_at).where(
+                _TABLE.c.revoked_at.is_not(None), _TABLE.c.expires_at > now
+            )
+            if since is not None:
+                query = query.where(_TABLE.c.revoked_at > since)
+            return [(r.token_id, r.expires_at) for r in await conn.execute(query)]
+
+        return await run_db(self._engine, run, write=False)
+
+    async def touch(self, last_used: Mapping[str, datetime]) -> None:
+        """Record last-use times: one UPDATE per batch of tokens, never moving a time backwards."""
+        items = sorted(last_used.items())  # one lock order for every replica: no deadlocks
+        for start in range(0, len(items), _BATCH):
+            chunk = items[start : start + _BATCH]
+
+            async def run(
+                conn: AsyncConnection, chunk: builtins.list[tuple[str, datetime]] = chunk
+            ) -> None:
+                if conn.dialect.name != "postgresql":
+                    # SQLite has one writer anyway (no row-lock contention to avoid) and no
+                    # aliased VALUES: one executemany in one transaction.
+                    await conn.execute(
+                        update(_TABLE)
+                        .where(
+                            _TABLE.c.token_id == bindparam("tid"),
+                            or_(
+                                _TABLE.c.last_used_at.is_(None),
+                                _TABLE.c.last_used_at < bindparam("ts", type_=UTCDateTime()),
+                            ),
+                        )
+                        .values(last_used_at=bindparam("ts", type_=UTCDateTime())),
+                        [{"tid": tid, "ts": ts} for tid, ts in chunk],
+                    )
+                    return
+                used = values(
+                    column("id", String(32)), column("ts", UTCDateTime()), name="used"
+                ).data(chunk)
+                await conn.execute(
+                    update(_TABLE)
+                    .where(_TABLE.c.token_id == used.c.id)
+                    .values(
+                        last_used_at=case(
+                            (
+                                or_(
+                                    _TABLE.c.last_used_at.is_(None),
+                                    and_(_TABLE.c.last_used_at < used.c.ts),
+                                ),
+                                used.c.ts,
+                            ),
+                            else_=_TABLE.c.last_used_at,
+                        )
+                    )
+                )
+
+            await run_db(self._engine, run, write=True, what="the token registry")

@@ -1,0 +1,237 @@
+"""Revoked tokens and root keys, held in memory by every process for the verify path.
+
+Revoking writes the database first (`tokens.revoked_at`, or a `revoked_keys` row and the key's
+deletion), then applies the change in this process at once. Other replicas learn it two ways:
+
+- polling: every `refresh_interval` (default 1 s) each process reads what was revoked since its
+  last read (minus an `overlap` that absorbs clock skew between replicas), like
+  tokensvc.tokens.generations does; this alone bounds propagation to about `refresh_interval` plus one
+  query;
+- Redis pub/sub, when Redis is configured: the revoking process publishes the id and every
+  subscriber applies it as soon as the message arrives (milliseconds). A lost message costs
+  nothing but speed: the poll still catches it.
+
+The verify path asks `is_revoked(token_id)`, a dict lookup. Entries of expired tokens are
+dropped (an expired token is refused anyway), so the set stays as small as the live revocations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import String, Table, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.orm import Mapped, mapped_column
+
+from keystore.db import Base
+from tokensvc.operations.background import every, tasks_running
+from tokensvc.storage.db import run_db
+from tokensvc.tokens.registry import TokenRecord, TokenRegistry
+
+log = logging.getLogger("tokensvc.tokens.revocation")
+
+CHANNEL_SUFFIX: Final = "revocations"
+
+
+class RevokedKeyRow(Base):
+    """A root key revoked by an admin (its root_keys row is deleted at the same time)."""
+
+    __tablename__ = "revoked_keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    revoked_at: Mapped[datetime] = mapped_column(index=True)
+    revoked_by: Mapped[str] = mapped_column(String(255))
+
+
+_KEYS: Final[Table] = RevokedKeyRow.__table__  # type: ignore[assignment]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Revocations:
+    """This process's view of what is revoked; refreshed in the background."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        registry: TokenRegistry,
+        *,
+        refresh_interval: float = 1.0,
+        overlap: timedelta = timedelta(seconds=30),
+        wall_clock: Callable[[], datetime] = _utc_now,
+        redis: Any = None,
+        channel: str = "tokensvc:" + CHANNEL_SUFFIX,
+    ) -> None:
+        self._engine = engine
+        self._registry = registry
+        self.refresh_interval = refresh_interval
+        self._overlap = overlap
+        self._wall_clock = wall_clock
+        self._redis = redis
+        self._channel = channel
+        # token id -> its expiry (unix seconds), for pruning.
+        self.tokens: dict[str, float] = {}
+        self.keys: set[str] = set()
+        self._since: datetime | None = None
+        self._keys_since: datetime | None = None
+        # Called with a key id when a root key is revoked (evict it from caches).
+        self.on_key_revoked: list[Callable[[str], None]] = []
+        # Called with a token id when a token is revoked (forget a service key).
+        self.on_token_revoked: list[Callable[[str], None]] = []
+        # Called with (subject, generation) published by a revoke-all on another replica.
+        self.on_generation: list[Callable[[str, int], None]] = []
+        # Deletes a service token's key in the revoking transaction (set by the app wiring).
+        self.delete_service_key: Callable[[AsyncConnection, str], Awaitable[None]] | None = None
+
+    async def revoke_token(
+        self,
+        token_id: str,
+        *,
+        register: TokenRecord | None = None,
+        also: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+    ) -> TokenRecord | None:
+        """Revoke one token everywhere: the registry row first, then this process, then the rest.
+
+        Idempotent. None if the registry has no such token (and `register` was not given).
+        `also` runs in the registry's transaction, when there is a row (the audit record).
+        """
+        drop_key = self.delete_service_key
+
+        async def with_conn(conn: AsyncConnection) -> None:
+            if drop_key is not None:
+                await drop_key(conn, token_id)
+            if also is not None:
+                await also(conn)
+
+        record = await self._registry.revoke(token_id, register=register, with_conn=with_conn)
+        if record is not None:
+            expires_at = record.expires_at.timestamp()
+            self.note_token(token_id, expires_at)
+            await self.publish_token(token_id, expires_at)
+        return record
+
+    def is_revoked(self, token_id: str) -> bool:
+        """The verify-path check (no I/O)."""
+        return token_id in self.tokens
+
+    def note_token(self, token_id: str, expires_at: float) -> None:
+        """Apply a token revocation in this process."""
+        if token_id not in self.tokens:
+            self.tokens[token_id] = expires_at
+            for callback in self.on_token_revoked:
+                callback(token_id)
+
+    def note_key(self, key_id: str) -> None:
+        """Apply a root-key revocation in this process."""
+        if key_id not in self.keys:
+            self.keys.add(key_id)
+        for callback in self.on_key_revoked:
+            callback(key_id)
+
+    async def record_key(self, key_id: str, *, by: str) -> None:
+        """Write the revocation of root key `key_id` (idempotent)."""
+        now = self._wall_clock()
+
+        async def run(conn: AsyncConnection) -> None:
+            insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            await conn.execute(
+                insert(_KEYS)
+                .values(key_id=key_id, revoked_at=now, revoked_by=by[:255])
+                .on_conflict_do_nothing(index_elements=["key_id"])
+            )
+
+        await run_db(self._engine, run, write=True)
+
+    async def publish_token(self, token_id: str, expires_at: float) -> None:
+        await self._publish(f"t {token_id} {int(expires_at)}")
+
+    async def publish_key(self, key_id: str) -> None:
+        await self._publish(f"k {key_id}")
+
+    async def generation_raised(self, subject: str, generation: int) -> None:
+        """Apply a generation this process just raised, then tell the other replicas."""
+        for callback in self.on_generation:
+            callback(subject, generation)
+        await self.publish_generation(subject, generation)
+
+    async def publish_generation(self, subject: str, generation: int) -> None:
+        """A raised generation: subscribers apply it without waiting for their generations poll
+        (tokensvc.tokens.generations, the fallback)."""
+        await self._publish(f"g {generation} {subject}")
+
+    async def _publish(self, message: str) -> None:
+        if self._redis is None:
+            return
+        try:
+            await self._redis.publish(self._channel, message)
+        except Exception:  # noqa: BLE001 - polling still propagates it
+            log.warning("publishing a revocation failed; replicas learn it by polling")
+
+    def _apply_message(self, data: bytes | str) -> None:
+        # Subjects may be any printable text: UTF-8, as redis-py encodes what is published.
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        parts = text.split()
+        if len(parts) == 3 and parts[0] == "t" and parts[2].isdigit():
+            self.note_token(parts[1][:64], float(parts[2]))
+        elif len(parts) == 2 and parts[0] == "k":
+            self.note_key(parts[1][:64])
+        elif text.startswith("g ") and len(parts) >= 3 and parts[1].isdigit():
+            subject = text.split(" ", 2)[2]
+            for callback in self.on_generation:
+                callback(subject[:255], int(parts[1]))
+
+    async def refresh(self) -> None:
+        """Read what was revoked since the last refresh (everything live, the first time)."""
+        started = self._wall_clock()
+        for token_id, expires_at in await self._registry.revoked_since(self._since, now=started):
+            self.note_token(token_id, expires_at.timestamp())
+
+        async def run(conn: AsyncConnection) -> list[str]:
+            query = select(_KEYS.c.key_id)
+            if self._keys_since is not None:
+                query = query.where(_KEYS.c.revoked_at > self._keys_since)
+            return [row.key_id for row in await conn.execute(query)]
+
+        for key_id in await run_db(self._engine, run, write=False):
+            if key_id not in self.keys:
+                self.note_key(key_id)
+        self._since = self._keys_since = started - self._overlap
+        now = started.timestamp()
+        for token_id in [t for t, exp in self.tokens.items() if exp <= now]:
+            del self.tokens[token_id]
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Load everything, then keep up (polling, and Redis pub/sub if configured)."""
+        await self.refresh()
+        jobs = [every(self.refresh_interval, self.refresh, what="refreshing revocations")]
+        if self._redis is not None:
+            jobs.append(self._listen_forever())
+        async with tasks_running(*jobs):
+            yield
+
+    async def _listen_forever(self) -> None:
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                while True:
+                    message = await pubsub.get_message(timeout=30.0)
+                    if message is not None and message.get("type") == "message":
+                        self._apply_message(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("revocation subscription lost; retrying", exc_info=True)
+                await asyncio.sleep(self.refresh_interval)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()

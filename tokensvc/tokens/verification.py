@@ -1,0 +1,381 @@
+"""Verification: is this token (with its discharges) genuine, alive, and allowed in this context?
+
+The hot path of the service. Every step that does not need I/O stays synchronous; the only awaits
+are a root-key cache miss and a subject-generation cache miss, each of which goes to the database
+once and is then served from memory.
+
+The signature chain of a token (with its discharges) depends only on their bytes and the root key,
+so its result is cached (`ChainCache`): a hit skips decoding and every HMAC. Nothing that depends
+on the request or on time is cached: each hit re-checks that the root key is still live, the
+subject's generation, and every caveat against the context — so expiry, revocation and scope are
+decided afresh on every call.
+
+Token lifecycle (`attach`): a revoked token id is refused with a dict lookup (the set is kept
+current in place by tokensvc.tokens.revocation); a successful verify notes the token's use in memory
+(tokensvc.tokens.usage flushes it); service tokens name keys `t-<token id>` that come from
+keystore.service_keys instead of the rotating keyring, cached the same way.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from caveats import Context, Policy, subject_of
+from keystore import Keyring, RootKey, StoreUnavailable
+from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys
+from tokensvc.errors import BadRequest, CaveatDenied, InvalidToken, Unavailable
+from tokensvc.macaroons import chain
+from tokensvc.macaroons.identifier import TokenIdentifier, decode_identifier
+from tokensvc.macaroons.macaroon import Macaroon
+from tokensvc.macaroons.tokenformat import decode_token
+
+log = logging.getLogger("tokensvc.tokens.verification")
+
+
+class UsageSink(Protocol):
+    """Where token uses go (tokensvc.tokens.usage): an in-memory note, no I/O."""
+
+    def record(self, token_id: str, now: float) -> None: ...
+
+
+class GenerationSource(Protocol):
+    """Where the current token generation of a subject comes from (revoke-all, password change)."""
+
+    def current(self, subject: str) -> int:
+        """What this process knows, without I/O (the verify path)."""
+        ...
+
+    async def fetch(self, subject: str) -> int:
+        """Read fresh from the database (minting)."""
+        ...
+
+
+# NamedTuples, not frozen dataclasses: as immutable, and a third of the cost to build — one of
+# each is built per uncached /verify, a Verified per cached one. Built with tuple.__new__ and
+# every field in order, which skips the NamedTuple's Python-level __new__ (half the cost).
+_new_tuple = tuple.__new__
+
+
+class Verified(NamedTuple):
+    subject: str
+    token_id: str
+    key_id: str
+    admin: bool
+    expires_at: float | None
+    declared: dict[str, str]
+    # Every first-party caveat of the token and its discharges, decoded: what minting from this
+    # token must carry into the child (tokensvc.tokens.delegation).
+    policy: Policy
+
+
+class _Chained(NamedTuple):
+    """What a verified signature chain established; valid as long as its root key is."""
+
+    policy: Policy  # the first-party predicates, decoded once
+    subject: str
+    token_id: str
+    key_id: str
+    admin: bool
+    key_expires_at: float  # unix seconds; the chain proves nothing from then on
+
+
+class ChainCache:
+    """A bounded LRU of verified chains, keyed by the exact token and discharge strings."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[str | tuple[str, ...], _Chained] = OrderedDict()
+
+    def get(self, key: str | tuple[str, ...]) -> _Chained | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str | tuple[str, ...], entry: _Chained) -> None:
+        if self._max <= 0:
+            return
+        self._entries[key] = entry
+        if len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop every chain signed by `key_id` (a revoked root key)."""
+        stale = [k for k, v in self._entries.items() if v.key_id == key_id]
+        for k in stale:
+            del self._entries[k]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_token_bytes: int = 16384
+    max_caveats: int = 128
+    max_discharges: int = 16
+    max_depth: int = 8
+    cache_entries: int = 50_000
+
+
+class Verifier:
+    """Verifies tokens minted on this service's root keys."""
+
+    def __init__(
+        self,
+        keyring: Keyring,
+        *,
+        limits: Limits,
+        generations: GenerationSource | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not chain.COMPILED:
+            log.warning(
+                "tokensvc._speedups is not built: uncached verifies take the pure-Python path, "
+                "about twice as slow (install gcc and libssl-dev, then reinstall tokensvc)"
+            )
+        self._keyring = keyring
+        self._limits = limits
+        self._generations = generations
+        self._clock = clock
+        self.cache = ChainCache(limits.cache_entries)
+        self._service_keys: ServiceKeys | None = None
+        self._revoked: dict[str, float] = {}
+        self._revoked_keys: set[str] = set()
+        self._usage: UsageSink | None = None
+
+    def attach(
+        self,
+        *,
+        service_keys: ServiceKeys | None = None,
+        revoked: dict[str, float] | None = None,
+        revoked_keys: set[str] | None = None,
+        usage: UsageSink | None = None,
+    ) -> None:
+        """Wire the token lifecycle in: service-token keys, the revoked-id set (a dict kept
+        current in place by tokensvc.tokens.revocation), revoked root keys, and last-use recording."""
+        self._service_keys = service_keys
+        if revoked is not None:
+            self._revoked = revoked
+        if revoked_keys is not None:
+            self._revoked_keys = revoked_keys
+        self._usage = usage
+
+    def _cached_key(self, key_id: str, now: float) -> RootKey | None:
+        if key_id.startswith(KEY_ID_PREFIX):
+            return self._service_keys.get_cached(key_id, at=now) if self._service_keys else None
+        return self._keyring.get_cached(key_id, at=now)
+
+    def parse(self, token: str) -> Macaroon:
+        """Decode a token string, within the configured size limits."""
+        return decode_token(
+            token, max_bytes=self._limits.max_token_bytes, max_caveats=self._limits.max_caveats
+        )
+
+    async def _root_key(self, key_id: str) -> RootKey:
+        key = self._cached_key(key_id, self._clock())
+        if key is None:
+            if key_id in self._revoked_keys:
+                raise InvalidToken("root key revoked")
+            try:
+                key = await self._read_key(key_id)
+            except StoreUnavailable as exc:
+                # The verify service's boundary: a key this process has not cached and cannot
+                # read is neither an allow nor a deny, but "ask again" (503 + Retry-After).
+                raise Unavailable("the root key store is unavailable", retry_after=2) from exc
+        return key
+
+    async def _read_key(self, key_id: str) -> RootKey:
+        if key_id.startswith(KEY_ID_PREFIX):
+            key = await self._service_keys.get(key_id) if self._service_keys else None
+            if key is None:
+                raise InvalidToken("service token unknown, revoked or expired")
+            return key
+        key = await self._keyring.get(key_id)
+        if key is None:
+            raise InvalidToken("root key unknown or expired (token outlived its key)")
+        return key
+
+    async def authenticate(self, token: str) -> tuple[str, str, str, float]:
+        """Whether `token` was signed by us, whatever its caveats or discharges say.
+
+        (token id, subject, key id, key expiry) of a genuine token; InvalidToken otherwise.
+        For self-revocation: expiry and third-party caveats do not matter, the signature does.
+        """
+        macaroon = self.parse(token)
+        identifier = decode_identifier(macaroon.identifier)
+        key = await self._root_key(identifier.key_id)
+        # Recompute the signature over every caveat as signed (third-party ones included) and
+        # compare: proof of possession of a genuine token, no discharges needed.
+        expected = chain.sign(
+            derived_key=key.derived,
+            identifier=macaroon.identifier,
+            caveats=macaroon.caveats,
+            location=macaroon.location,
+        )
+        if not hmac.compare_digest(expected.signature, macaroon.signature):
+            raise InvalidToken("signature mismatch: token")
+        subject = subject_of(c.cid for c in macaroon.caveats if c.vid is None)
+        if subject is None:
+            raise InvalidToken("token names no subject, or conflicting ones")
+        return identifier.token_id_hex, subject, identifier.key_id, key.expires_ts
+
+    async def verify(
+        self,
+        token: str,
+        discharges: Sequence[str] = (),
+        *,
+        operation: str | None = None,
+        resource: str | None = None,
+        audience: str | None = None,
+        client_ip: str | None = None,
+    ) -> Verified:
+        """Raise InvalidToken (401) or CaveatDenied (403), or return what the token says."""
+        cache_key: str | tuple[str, ...] = (token, *discharges) if discharges else token
+        chained, now = self._chained(cache_key, token, discharges)
+        if chained is None:  # a root key this process has not cached yet: read it first
+            chained = await self._verify_chain(token, discharges)
+            self.cache.put(cache_key, chained)
+            now = self._clock()
+        return self._decide(chained, now, operation, resource, audience, client_ip)
+
+    def verify_now(
+        self,
+        token: str,
+        discharges: Sequence[str] = (),
+        *,
+        operation: str | None = None,
+        resource: str | None = None,
+        audience: str | None = None,
+        client_ip: str | None = None,
+    ) -> Verified | None:
+        """`verify` without awaiting: None when the answer needs a root key from the database.
+
+        Everything else — a chain-cache hit, or a miss whose root key is cached — is decided
+        here, which is what lets tokensvc.web.fastverify answer inside the connection's read
+        callback. Raises exactly what `verify` raises.
+        """
+        cache_key: str | tuple[str, ...] = (token, *discharges) if discharges else token
+        chained, now = self._chained(cache_key, token, discharges)
+        if chained is None:
+            return None
+        return self._decide(chained, now, operation, resource, audience, client_ip)
+
+    def _chained(
+        self, cache_key: str | tuple[str, ...], token: str, discharges: Sequence[str]
+    ) -> tuple[_Chained | None, float]:
+        """The verified chain and the time: from the cache, or checked now under a cached root
+        key (and cached); None when the root key must be read first."""
+        now = self._clock()
+        chained = self.cache.get(cache_key)
+        # A hit stands while its root key lives; a revoked key's chains are dropped from the
+        # cache (forget_key) when the revocation arrives. A miss or a stale hit: the full path.
+        if chained is None or now >= chained.key_expires_at:
+            macaroon, identifier, parsed_discharges = self._decode(token, discharges)
+            key = self._cached_key(identifier.key_id, now)
+            if key is None:
+                return None, now
+            chained = self._check_chain(macaroon, identifier, parsed_discharges, key)
+            self.cache.put(cache_key, chained)
+        return chained, now
+
+    def _decide(
+        self,
+        chained: _Chained,
+        now: float,
+        operation: str | None,
+        resource: str | None,
+        audience: str | None,
+        client_ip: str | None,
+    ) -> Verified:
+        """What a genuine chain allows now, in this context: revocation, generation, caveats."""
+        if chained.token_id in self._revoked:
+            raise InvalidToken("token revoked")
+        generations = self._generations
+        # Positional: the field order of caveats.Context (now, operation, resource, audience,
+        # client_ip, generation).
+        context = Context(
+            now,
+            operation,
+            resource,
+            audience,
+            client_ip,
+            generations.current(chained.subject) if generations is not None else 0,
+        )
+        policy = chained.policy
+        if not policy.holds(context):
+            failures = policy.explain(context)
+            if failures:
+                reasons = "; ".join(f.reason for f in failures)
+                if any(f.invalid for f in failures):
+                    raise InvalidToken(reasons)
+                raise CaveatDenied(reasons)
+        if self._usage is not None:
+            self._usage.record(chained.token_id, now)
+        declared = policy.declared
+        return _new_tuple(
+            Verified,
+            (
+                chained.subject,
+                chained.token_id,
+                chained.key_id,
+                chained.admin,
+                policy.expires_at,
+                dict(declared) if declared else {},  # callers get their own copy
+                policy,
+            ),
+        )
+
+    def _decode(
+        self, token: str, discharges: Sequence[str]
+    ) -> tuple[Macaroon, TokenIdentifier, list[Macaroon]]:
+        """The token and its discharges parsed, not yet checked (a plain tuple: built on every
+        uncached verify)."""
+        limits = self._limits
+        parsed_discharges: list[Macaroon] = []
+        if discharges:
+            if len(discharges) > limits.max_discharges:
+                raise BadRequest(f"at most {limits.max_discharges} discharges")
+            parsed_discharges = [self.parse(d) for d in discharges]
+        macaroon = decode_token(
+            token, max_bytes=limits.max_token_bytes, max_caveats=limits.max_caveats
+        )
+        return macaroon, decode_identifier(macaroon.identifier), parsed_discharges
+
+    async def _verify_chain(self, token: str, discharges: Sequence[str]) -> _Chained:
+        """Decode and check every signature, reading the root key if need be."""
+        macaroon, identifier, parsed_discharges = self._decode(token, discharges)
+        key = await self._root_key(identifier.key_id)
+        return self._check_chain(macaroon, identifier, parsed_discharges, key)
+
+    def _check_chain(
+        self,
+        macaroon: Macaroon,
+        identifier: TokenIdentifier,
+        parsed_discharges: list[Macaroon],
+        key: RootKey,
+    ) -> _Chained:
+        """InvalidToken unless every signature holds under `key`."""
+        predicates = chain.verify_chain(
+            macaroon, key.derived, parsed_discharges, max_depth=self._limits.max_depth
+        )
+        policy = Policy(predicates)
+        if policy.subject is None:
+            raise InvalidToken("token names no subject, or conflicting ones")
+        return _new_tuple(
+            _Chained,
+            (
+                policy,
+                policy.subject,
+                identifier.token_id.hex(),
+                identifier.key_id,
+                identifier.admin,
+                key.expires_ts,
+            ),
+        )
