@@ -40,6 +40,8 @@ from tokensvc.services import Services
 from tokensvc.services.audit import AuditService
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.discharge import DischargeService
+from tokensvc.services.health import HealthService
+from tokensvc.services.introspection import IntrospectionService
 from tokensvc.services.keys import KeyService
 from tokensvc.services.lockouts import LockoutService
 from tokensvc.services.login import LoginService
@@ -244,6 +246,10 @@ async def runtime(
             audit=AuditService(authorizer=authorizer, audit=audit),
             login=login,
             discharge=DischargeService(discharger),
+            health=HealthService(engine=engine, probes=probes),
+            introspection=IntrospectionService(
+                authorizer=authorizer, verifier=verifier, issuer=config.location, clock=clock
+            ),
         )
         if serving:
             await stack.enter_async_context(_maintaining(keyring, config))

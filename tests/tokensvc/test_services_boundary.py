@@ -11,6 +11,7 @@ from tokensvc.errors import Unavailable
 from tokensvc.services.audit import AuditService
 from tokensvc.services.boundary import is_wrapped, service
 from tokensvc.services.discharge import DischargeService
+from tokensvc.services.introspection import IntrospectionService
 from tokensvc.services.keys import KeyService
 from tokensvc.services.lockouts import LockoutService
 from tokensvc.services.login import LoginService
@@ -21,6 +22,7 @@ from tokensvc.storage.db import StorageUnavailable
 SERVICES = [
     AuditService,
     DischargeService,
+    IntrospectionService,
     KeyService,
     LockoutService,
     LoginService,

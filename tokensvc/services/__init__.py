@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tokensvc.services.audit import AuditService
     from tokensvc.services.discharge import DischargeService
+    from tokensvc.services.health import HealthService
+    from tokensvc.services.introspection import IntrospectionService
     from tokensvc.services.keys import KeyService
     from tokensvc.services.lockouts import LockoutService
     from tokensvc.services.login import LoginService
@@ -35,3 +37,5 @@ class Services:
     audit: AuditService
     login: LoginService
     discharge: DischargeService
+    introspection: IntrospectionService
+    health: HealthService

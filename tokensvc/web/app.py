@@ -77,7 +77,6 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         app[bakery_keys.DISCHARGER_KEY] = built.discharger_key
         app[bakery_keys.DISCHARGER] = built.discharger
         app[bakery_keys.THIRD_PARTIES] = built.third_parties
-        app[appkeys.READINESS_PROBES].update(built.probes)
         yield
 
 
@@ -98,7 +97,6 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> we
     app[appkeys.CONFIG] = config
     app[appkeys.CLOCK] = clock
     app[appkeys.TRUSTED_PROXIES] = trusted_proxies
-    app[appkeys.READINESS_PROBES] = {}
     app.cleanup_ctx.append(_flushing)
     app.cleanup_ctx.append(_runtime)
     bakery_handlers.setup(app, config.bakery.prefix, config=config.bakery)

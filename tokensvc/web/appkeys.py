@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 
 from aiohttp import web
@@ -35,7 +35,6 @@ VERIFIER = web.AppKey("verifier", Verifier)
 TRUSTED_PROXIES = web.AppKey(
     "trusted_proxies", tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 )
-READINESS_PROBES = web.AppKey("readiness_probes", dict[str, Callable[[], Awaitable[bool]]])
 USERS = web.AppKey("users", UserStore)
 GENERATIONS = web.AppKey("generations", SubjectGenerations)
 HASHER = web.AppKey("hasher", PasswordHasher)

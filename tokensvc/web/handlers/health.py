@@ -5,7 +5,6 @@ from __future__ import annotations
 from importlib import resources
 
 from aiohttp import web
-from sqlalchemy import text
 
 from tokensvc.web import appkeys
 from tokensvc.web.jsonio import json_response
@@ -18,15 +17,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the database (and Redis, where configured) answer."""
-    checks: dict[str, str] = {}
-    try:
-        async with request.app[appkeys.ENGINE].connect() as conn:
-            await conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception:  # noqa: BLE001 - any failure means not ready
-        checks["database"] = "unavailable"
-    for name, probe in request.app[appkeys.READINESS_PROBES].items():
-        checks[name] = "ok" if await probe() else "unavailable"
+    checks = await request.app[appkeys.SERVICES].health.readiness()
+
     ready = all(v == "ok" for v in checks.values())
     return json_response(
         {"status": "ready" if ready else "not ready", "checks": checks},
