@@ -4,7 +4,7 @@ and no route answers TRACE.
 - X-Request-ID is echoed and logged only when it is short, plain and does not look like a
   secret (tokensvc.web.pipeline.request_id_for); else the request gets an id of ours.
 - Login events name an identity by a keyed hash (`user_hash`) and by name only once it is an
-  existing user (tokensvc.services.login): a password typed as the user name is never logged.
+  existing user (tokensvc.login): a password typed as the user name is never logged.
 - TRACE, TRACK and CONNECT are 405 JSON with Allow everywhere, /v1/auth (any method) included.
 """
 
@@ -32,9 +32,7 @@ from tests.security.edges_support import (
     serve,
     store_config,
 )
-from tokensvc.accounts.lockout.store import hash_identity
-from tokensvc.composition import LOCKOUT_HASH_PURPOSE
-from tokensvc.web import appkeys
+from tokensvc.redisconn import redis_client_from_url
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -42,7 +40,7 @@ if TYPE_CHECKING:
     from aiohttp import web
     from aiohttp.test_utils import TestClient
 
-    from tokensvc.operations.config import Config
+    from tokensvc.config import Config
 
     Client = TestClient[web.Request, web.Application]
 
@@ -198,22 +196,35 @@ async def test_the_answer_does_not_tell_whether_the_name_exists(stored: Client) 
     assert unknown.headers.get("WWW-Authenticate") == known.headers.get("WWW-Authenticate")
 
 
+@pytest.fixture
+def redis_store(request: pytest.FixtureRequest) -> Config:
+    """PostgreSQL with the lockout in Redis (a plain fixture, like `store`)."""
+    return store_config(request, "postgres+redis")
+
+
 async def test_replicas_hash_an_identity_alike_and_apart_from_the_lockout_keys(
-    aiohttp_client: Any, sqlite_url: str, data_dir: Path, clock: FakeClock, logs: io.StringIO
+    redis_store: Config, aiohttp_client: Any, clock: FakeClock, logs: io.StringIO
 ) -> None:
-    """Two apps with the same KEK (replicas) log the same hash for a name, so their events
-    correlate; it is not the lockout store's identity hash, so logs and Redis keys do not."""
-    config = make_config(database_url=sqlite_url, data_dir=data_dir)
-    first = await serve(aiohttp_client, config, clock)
-    second = await serve(aiohttp_client, config, clock)
+    """Two replicas (one database, one KEK, one Redis) log the same hash for a name however it
+    is spelled, so their events correlate; no Redis key of the lockout holds it, so a log line
+    cannot be matched to the lockout's counters."""
+    first = await serve(aiohttp_client, redis_store, clock)
+    second = await serve(aiohttp_client, redis_store, clock)
 
     await login(first, "nobody", WRONG)
     await login(second, "NoBody", WRONG)
 
     one, two = (f["user_hash"] for f in log_lines(logs, "authn_login_fail"))
     assert one == two
-    lockout_key = first.app[appkeys.KEK].derive(LOCKOUT_HASH_PURPOSE)
-    assert not hash_identity("nobody", key=lockout_key).startswith(one)
+    redis = redis_client_from_url(redis_store.redis_url or "")
+    try:
+        keys = [key async for key in redis.scan_iter(match=f"*{redis_store.redis_prefix}*")]
+        values = [await redis.hgetall(key) for key in keys if await redis.type(key) == b"hash"]
+    finally:
+        await redis.aclose()
+    assert keys  # the lockout did count the two failures there
+    assert not any(one.encode() in key for key in keys)
+    assert not any(one.encode() in field for value in values for field in value)
 
 
 # ---- TRACE and other methods no route serves ---------------------------------------------------

@@ -17,8 +17,9 @@ from tokensvc.web.headers import SECURITY_HEADERS
 JSON = "application/json"
 
 # The request Content-Encodings we decode: gzip (and its old name x-gzip, RFC 9110 §8.4.1.3) and
-# deflate, one of them at most, which is what aiohttp decoded for us before. aiohttp does not
-# decode any more (the app turns its auto_decompress off), so that this is the one place that
+# deflate, one of them at most: the two aiohttp decoded for us before without optional packages
+# (br and zstd need them), and all a JSON or form body of a few KiB could want. aiohttp decodes
+# nothing itself any more (the app turns its auto_decompress off), so this is the one place that
 # decides for every endpoint: anything else, a stack of codings included, is a 415 naming these;
 # a body that does not decode is a 400; one that decodes to more than the body limit, a 413.
 ACCEPTED_ENCODINGS: Final = "gzip, deflate"
