@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from tokensvc.redisconn import redis_client_from_url
 
 from tests.conftest import FakeClock, basic_auth, make_config
 from tests.security.edges_support import (
@@ -32,14 +33,12 @@ from tests.security.edges_support import (
     serve,
     store_config,
 )
-from tokensvc.redisconn import redis_client_from_url
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from aiohttp import web
     from aiohttp.test_utils import TestClient
-
     from tokensvc.config import Config
 
     Client = TestClient[web.Request, web.Application]
