@@ -64,7 +64,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    """The declarative base of every tokensvc table (one MetaData, one migration history)."""
+    """The declarative base of keystore's tables (tokensvc's own: tokensvc.storage.base)."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime}

@@ -37,8 +37,8 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
-from keystore.db import Base
 from tokensvc.errors import BadRequest, Conflict, NotFound
+from tokensvc.storage.base import Base
 from tokensvc.storage.db import run_db
 
 __all__ = [

@@ -19,7 +19,7 @@ from sqlalchemy import JSON, BigInteger, Integer, String, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
-from keystore.db import Base
+from tokensvc.storage.base import Base
 from tokensvc.storage.db import run_db
 
 log = logging.getLogger("tokensvc.storage.audit")

@@ -32,7 +32,8 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
-from keystore.db import Base, UTCDateTime
+from keystore.db import UTCDateTime
+from tokensvc.storage.base import Base
 from tokensvc.storage.db import run_db
 
 KINDS: Final = ("rotating", "service")

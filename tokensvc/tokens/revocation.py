@@ -29,8 +29,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
-from keystore.db import Base
 from tokensvc.operations.background import every, tasks_running
+from tokensvc.storage.base import Base
 from tokensvc.storage.db import run_db
 from tokensvc.tokens.registry import TokenRecord, TokenRegistry
 

@@ -14,12 +14,23 @@ from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-import keystore.models  # noqa: F401  (registers root_keys on Base.metadata)
-from keystore.db import Base, create_engine
+# Every module that declares a table, so both metadatas are complete for autogenerate.
+import keystore.discharger_key
+import keystore.models
+import keystore.service_keys  # noqa: F401
+import tokensvc.accounts.users
+import tokensvc.storage.audit
+import tokensvc.tokens.registry
+import tokensvc.tokens.revocation
+import tokensvc.tokens.subjects  # noqa: F401
+from keystore.db import Base as KeystoreBase
+from keystore.db import create_engine
+from tokensvc.storage.base import Base
 from tokensvc.storage.migrate import run_locked
 
-# Modules that add tables import their models above, so autogenerate can compare against them.
-target_metadata: MetaData = Base.metadata
+# Modules that add tables import their models above, so autogenerate can compare against them:
+# keystore's tables and tokensvc's, each on its own base, in one migration history.
+target_metadata: list[MetaData] = [KeystoreBase.metadata, Base.metadata]
 
 config = context.config
 
