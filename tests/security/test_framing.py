@@ -349,6 +349,37 @@ def test_a_verify_whose_root_key_must_be_read_keeps_its_body_and_its_place(
     assert not found, summary(found)
 
 
+def test_a_body_sent_after_100_continue_is_read_as_that_requests_body(
+    served: Served, accounts: Accounts
+) -> None:
+    """Logins and verifies that wait for 100 Continue before sending their body (as curl does
+    for larger bodies) get that interim answer, then their own, and the connection's next
+    request its own."""
+    rounds = 4
+
+    def client(i: int) -> list[str]:
+        found = []
+        for n in range(rounds):
+            sent = login(*accounts.users[i]) if n % 2 else verify(accounts.admin, "admin")
+            head = sent.req.head[:-2] + b"Expect: 100-continue\r\n\r\n"
+            after = healthz(close=True)
+            with Connection(served) as conn:
+                conn.send(head)
+                interim = conn.answer()
+                conn.send(sent.req.body, after.req.raw)
+                found += [problem(sent, conn.answer()), problem(after, conn.answer())]
+                rest = conn.rest()
+            if interim.status != 100:
+                found.append(f"{sent.req.rid}: {interim.status} {interim.body[:100]!r} first")
+            if rest:
+                found.append(f"{sent.req.rid}: bytes after the last answer: {rest[:150]!r}")
+        return [p for p in found if p is not None]
+
+    found = in_clients(client)
+
+    assert not found, summary(found)
+
+
 def chunked(req: Request, sizes: Sequence[int]) -> tuple[Request, list[int]]:
     """`req` with its body sent chunked, in chunks of `sizes` (then the rest, then the last
     chunk); and cuts that put each chunk-size line and each chunk's data in separate segments."""

@@ -18,11 +18,12 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -31,7 +32,7 @@ from tests.tokensvc.test_fastverify import read_answer, verify_request
 from tests.tokensvc.test_workers import serving
 from tokensvc.web import fastverify
 from tokensvc.web.app import create_app
-from tokensvc.web.fastverify import AppRunner
+from tokensvc.web.fastverify import AppRunner, FastServer
 from tokensvc.web.lane import Handoff, is_lane_request, receive_connections
 from tokensvc.web.server import lane_enabled
 
@@ -54,7 +55,7 @@ class _VerifyServer(TestServer):
 @dataclasses.dataclass
 class Lanes:
     verify: _VerifyServer
-    lane: web.Server  # the lane's aiohttp server: its requests_count says what it answered
+    lane: FastServer  # the lane's aiohttp server: its requests_count says what it answered
     lane_end: socket.socket
     receiving: asyncio.Task[None] | None
 
@@ -66,7 +67,7 @@ async def _lanes(app_config: Config, clock: FakeClock, *, receive: bool) -> Asyn
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     lane_runner = AppRunner(create_app(app_config, clock=clock))
     await lane_runner.setup()
-    assert lane_runner.server is not None
+    assert isinstance(lane_runner.server, FastServer)
     verify = _VerifyServer(create_app(app_config, clock=clock), Handoff(ours))
     await verify.start_server()
     receiving = None
@@ -238,7 +239,7 @@ async def test_a_lane_that_is_behind_is_waited_for_with_reading_paused(
         # The lane catches up (reads the queue), and gets the connection.
         lane_server = AppRunner(create_app(app_config, clock=clock))
         await lane_server.setup()
-        assert lane_server.server is not None
+        assert isinstance(lane_server.server, FastServer)
         receiving = asyncio.create_task(receive_connections(lane_server.server, pair.lane_end))
         try:
             status, _, _ = await read_answer(reader)
@@ -268,6 +269,48 @@ async def test_a_lane_that_stays_behind_leaves_the_connection_here(
         assert pair.verify.handoff.handed == 0
         assert pair.lane.requests_count == 0
         writer.close()
+
+
+@pytest.mark.parametrize(
+    "loop_factory",
+    [asyncio.new_event_loop, uvloop.new_event_loop],
+    ids=["asyncio", "uvloop"],  # uvloop, as `tokensvc serve` runs: it reads soonest
+)
+def test_bytes_waiting_when_the_lane_adopts_a_connection_come_after_the_handed_ones(
+    app_config: Config, clock: FakeClock, loop_factory: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    """A login's body that reached the socket before the lane adopted the connection is read
+    after the headers handed over with it, never parsed before them as a request of its own."""
+    body = json.dumps({"username": "admin", "password": ADMIN_PASSWORD}).encode()
+    headers = f"POST /v1/login HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n"
+
+    async def scenario() -> list[tuple[int, bytes]]:
+        answers = []
+        async for pair in _lanes(app_config, clock, receive=False):
+            reader, writer = await pair.connect()
+            writer.write(headers.encode())  # handed over, but the lane reads nothing yet
+            for _ in range(1000):  # up to 10 s on a loaded host
+                if pair.verify.handoff.handed:
+                    break
+                await asyncio.sleep(0.01)
+            writer.write(body)  # the rest waits in the socket the lane will adopt
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            receiving = asyncio.create_task(receive_connections(pair.lane, pair.lane_end))
+            try:
+                status, _, answer = await read_answer(reader)
+                answers.append((status, answer))
+            finally:
+                writer.close()
+                pair.verify.handoff.close()  # the receiver reads EOF and returns
+                await asyncio.wait_for(receiving, 10)
+        return answers
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        answers = runner.run(scenario())
+
+    assert [status for status, _ in answers] == [200], answers
+    assert json.loads(answers[0][1])["subject"] == "admin"
 
 
 # ---- `tokensvc serve`: the two processes --------------------------------------------------------

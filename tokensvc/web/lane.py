@@ -14,6 +14,9 @@ verify arrives while aiohttp's parser has read nothing on it (FastRequestHandler
 the connection itself, a duplicate of its socket, goes with the bytes read so far over a Unix
 SOCK_SEQPACKET pair to the lane process, which serves the rest of it with the full app. The
 kernel then shares the cores between the processes, and the lane runs at a lower priority.
+The lane's handler takes the bytes read so far in connection_made, before its transport reads
+a byte of the socket: the connection's bytes are parsed in the order they were sent, whenever
+the rest of a request (a body sent in a second TCP segment) arrives.
 
 Nothing is lost when the lane cannot take a connection (it is gone, the bytes do not fit one
 message, our writes are still queued): the verify process serves it as before. A lane that is only
