@@ -4,7 +4,7 @@ and no route answers TRACE.
 - X-Request-ID is echoed and logged only when it is short, plain and does not look like a
   secret (tokensvc.web.pipeline.request_id_for); else the request gets an id of ours.
 - Login events name an identity by a keyed hash (`user_hash`) and by name only once it is an
-  existing user (tokensvc.login): a password typed as the user name is never logged.
+  existing user (tokensvc.services.login): a password typed as the user name is never logged.
 - TRACE, TRACK and CONNECT are 405 JSON with Allow everywhere, /v1/auth (any method) included.
 """
 
@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from tokensvc.redisconn import redis_client_from_url
 
 from tests.conftest import FakeClock, basic_auth, make_config
 from tests.security.edges_support import (
@@ -33,13 +32,15 @@ from tests.security.edges_support import (
     serve,
     store_config,
 )
+from tokensvc.operations.redisconn import redis_client_from_url
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from aiohttp import web
     from aiohttp.test_utils import TestClient
-    from tokensvc.config import Config
+
+    from tokensvc.operations.config import Config
 
     Client = TestClient[web.Request, web.Application]
 
