@@ -43,7 +43,6 @@ Post = Callable[[str, dict[str, str], dict[str, str]], tuple[int, bytes]]
 class DischargeFailed(TokensvcError):
     """A discharger refused, or answered something that is not a discharge."""
 
-    status = 502
     code = "discharge_failed"
 
 

@@ -20,7 +20,6 @@ from tokensvc.errors import TokensvcError
 class ConfigError(TokensvcError):
     """The configuration is invalid."""
 
-    status = 500
     code = "config_error"
 
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystore.service_keys import KEY_ID_PREFIX
-from tokensvc.errors import BadRequest, Forbidden, NotFound, TokensvcError
+from tokensvc.errors import BadRequest, Forbidden, NotFound, TokensvcError, Unavailable
 from tokensvc.operations.logs import security_event
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
@@ -195,9 +195,9 @@ class TokenService:
         """
         try:
             token_id, subject, key_id, key_expires = await self._verifier.authenticate(token)
-        except TokensvcError as exc:  # not a token, forged, unknown key, too large
-            if exc.status == 503:
-                raise
+        except Unavailable:  # could not be judged: the caller must ask again
+            raise
+        except TokensvcError:  # not a token, forged, unknown key, too large
             return
         if token_id in self._revocations.tokens:
             return

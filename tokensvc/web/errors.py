@@ -10,7 +10,22 @@ import logging
 
 from aiohttp import web
 
-from tokensvc.errors import LockedOut, TokensvcError, Unavailable, UnsupportedEncoding
+from tokensvc.errors import (
+    BadRequest,
+    CaveatDenied,
+    ClientDisconnected,
+    Conflict,
+    Forbidden,
+    InvalidToken,
+    LockedOut,
+    NotFound,
+    PayloadTooLarge,
+    TokensvcError,
+    Unauthenticated,
+    Unavailable,
+    UnsupportedEncoding,
+    UnsupportedMediaType,
+)
 from tokensvc.operations import metrics
 from tokensvc.web.jsonio import json_response
 
@@ -28,6 +43,34 @@ _HTTP_CODES = {
 }
 
 
+# The one map from what went wrong to an HTTP status; a subclass takes its nearest ancestor's
+# (bakery's ConditionRefused is a Forbidden, so a 403). Anything unmapped is a 500.
+_STATUS: dict[type[TokensvcError], int] = {
+    BadRequest: 400,
+    InvalidToken: 401,
+    Unauthenticated: 401,
+    CaveatDenied: 403,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    UnsupportedEncoding: 415,
+    UnsupportedMediaType: 415,
+    LockedOut: 429,
+    ClientDisconnected: 499,  # nginx's status for a client that left first
+    Unavailable: 503,
+}
+
+
+def status_of(exc: TokensvcError) -> int:
+    """The HTTP status of one of our errors."""
+    for cls in type(exc).__mro__:
+        status = _STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
+
+
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
 
@@ -35,18 +78,18 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
 def for_tokensvc_error(request: web.Request, exc: TokensvcError) -> web.Response:
     """The answer for one of our own errors: its status and code, plus the headers it implies."""
     body, headers = tokensvc_error_parts(exc, request.path)
-    return json_response(body, status=exc.status, headers=headers)
+    return json_response(body, status=status_of(exc), headers=headers)
 
 
 def tokensvc_error_parts(exc: TokensvcError, path: str) -> tuple[dict[str, object], dict[str, str]]:
-    """The body and extra headers of `exc`'s answer (status: exc.status); shared with the
+    """The body and extra headers of `exc`'s answer (status: `status_of`); shared with the
     fast /v1/verify path, which writes its answers itself."""
     headers: dict[str, str] = {}
     if isinstance(exc, (LockedOut, Unavailable)):
         headers["Retry-After"] = str(exc.retry_after)
         if isinstance(exc, Unavailable):
             metrics.count_database_error(exc.__cause__)
-    if exc.status == 401:
+    if status_of(exc) == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="tokensvc"'
     if isinstance(exc, UnsupportedEncoding):
         headers["Accept-Encoding"] = exc.accepted

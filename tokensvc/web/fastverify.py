@@ -56,7 +56,7 @@ from tokensvc.operations.logs import REQUEST_ID as CURRENT_REQUEST_ID
 from tokensvc.tokens.verification import Verifier
 from tokensvc.web import appkeys
 from tokensvc.web.auth import Networks, client_address, joined_forwarded_for
-from tokensvc.web.errors import tokensvc_error_parts, unexpected_body
+from tokensvc.web.errors import status_of, tokensvc_error_parts, unexpected_body
 from tokensvc.web.handlers.verify import answer, parse_request
 from tokensvc.web.headers import HSTS, SECURITY_HEADERS
 from tokensvc.web.jsonio import JSON, json_object
@@ -199,7 +199,7 @@ class FastVerify:
                 status = 200
                 out = orjson.dumps(answer(verified))
             except TokensvcError as exc:
-                status = exc.status
+                status = status_of(exc)
                 error, extra_headers = tokensvc_error_parts(exc, PATH)
                 out = orjson.dumps(error)
                 extra = _header_lines(extra_headers)

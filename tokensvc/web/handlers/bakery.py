@@ -40,10 +40,12 @@ from tokensvc.errors import (
     Unauthenticated,
     Unavailable,
     UnsupportedEncoding,
+    UnsupportedMediaType,
 )
 from tokensvc.services.login import LoginRequest
 from tokensvc.web import appkeys
 from tokensvc.web.auth import API_AUDIENCE, client_ip
+from tokensvc.web.errors import status_of
 from tokensvc.web.jsonio import json_response, read_body
 from tokensvc.web.routes import add_routes
 
@@ -108,33 +110,29 @@ async def discharge(request: web.Request) -> web.Response:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return bakery_error(_http_error(exc))
+        if exc.status == 413:
+            return bakery_error(PayloadTooLarge("request body too large"))
+        return bakery_error(BadRequest(exc.reason or "bad request"), status=exc.status)
     except Exception:
         # The trace goes to our log (no request data in it); the client learns nothing internal.
         log.exception("unhandled error in the discharger")
         return json_response({"Code": "internal error", "Message": "internal error"}, status=500)
 
 
-def bakery_error(exc: TokensvcError) -> web.Response:
-    """`{"Code", "Message"}` with the error's status, as httpbakery's Error.from_dict reads it."""
+def bakery_error(exc: TokensvcError, *, status: int | None = None) -> web.Response:
+    """`{"Code", "Message"}` with the error's status (or `status`), as httpbakery's
+    Error.from_dict reads it."""
+    status = status if status is not None else status_of(exc)
     headers: dict[str, str] = {}
     if isinstance(exc, LockedOut | Unavailable):
         headers["Retry-After"] = str(exc.retry_after)
-    if exc.status == 401:
+    if status == 401:
         # Not "Macaroon": that would make the bakery client treat this as a discharge-required.
         headers["WWW-Authenticate"] = 'Basic realm="tokensvc", charset="UTF-8"'
     if isinstance(exc, UnsupportedEncoding):
         headers["Accept-Encoding"] = exc.accepted
-    code = _CODES.get(exc.status, "bad request" if exc.status < 500 else "internal error")
-    return json_response({"Code": code, "Message": exc.message}, status=exc.status, headers=headers)
-
-
-def _http_error(exc: web.HTTPException) -> TokensvcError:
-    if exc.status == 413:
-        return PayloadTooLarge("request body too large")
-    error = BadRequest(exc.reason or "bad request")
-    error.status = exc.status
-    return error
+    code = _CODES.get(status, "bad request" if status < 500 else "internal error")
+    return json_response({"Code": code, "Message": exc.message}, status=status, headers=headers)
 
 
 # ---- the form ---------------------------------------------------------------------------------------
@@ -169,9 +167,7 @@ async def _fields(request: web.Request) -> dict[str, bytes]:
     if body:
         content_type = request.content_type
         if content_type not in (_FORM, "application/octet-stream", ""):
-            error = BadRequest(f"send the discharge request as {_FORM}")
-            error.status = 415
-            raise error
+            raise UnsupportedMediaType(f"send the discharge request as {_FORM}")
         pairs += parse_form(body)
     fields: dict[str, bytes] = {}
     for name, value in pairs:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tokensvc.errors import BadRequest, ClientDisconnected, TokensvcError, UnsupportedEncoding
+from tokensvc.errors import (
+    BadRequest,
+    ClientDisconnected,
+    TokensvcError,
+    Unavailable,
+    UnsupportedEncoding,
+)
 from tokensvc.web import appkeys
 from tokensvc.web.auth import principal
 from tokensvc.web.jsonio import json_response, read_json_object
@@ -34,7 +40,7 @@ async def revoke_presented(request: web.Request) -> web.Response:
     except TokensvcError as exc:  # bad JSON, too large: still nothing to tell
         # Not about the token, so they tell nothing: a body we cannot even read (415), a client
         # that left (499, logged as such), a dependency down (503).
-        if exc.status == 503 or isinstance(exc, (UnsupportedEncoding, ClientDisconnected)):
+        if isinstance(exc, (Unavailable, UnsupportedEncoding, ClientDisconnected)):
             raise
         return web.Response(status=204)
 
