@@ -162,7 +162,7 @@ def reject_unknown(data: dict[str, Any], allowed: frozenset[str]) -> None:
 
 
 # C0 controls and DEL: the characters a subject, operation, resource or audience may not hold
-# (tokensvc.minting), and openapi.yaml's `Text` pattern. Lone surrogates cannot be stored either.
+# (tokensvc.minting), and openapi.yaml's `Name` pattern. Lone surrogates cannot be stored either.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
