@@ -6,12 +6,16 @@ requests hit them every time, on PostgreSQL and on the embedded SQLite.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+import yaml
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth
+
+SPEC = Path(__file__).resolve().parents[2] / "openapi.yaml"
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -132,3 +136,31 @@ async def test_a_lockout_name_is_at_most_a_login_name(
     resp = await client.get(f"/v1/users/{'a' * length}/lockout", headers=bearer(admin_token))
 
     assert resp.status == status
+
+
+def _operations_with_a_body() -> list[tuple[str, str, dict[str, Any]]]:
+    spec = yaml.safe_load(SPEC.read_text())
+    return [
+        (method, path, op)
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+        if isinstance(op, dict) and "requestBody" in op
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "operation"),
+    _operations_with_a_body(),
+    ids=[f"{m.upper()} {p}" for m, p, _ in _operations_with_a_body()],
+)
+async def test_an_unsupported_content_encoding_is_a_documented_answer(
+    client: Any, admin_token: str, method: str, path: str, operation: dict[str, Any]
+) -> None:
+    """A body in an encoding the service does not decode gets an answer its operation documents."""
+    url = path.replace("{name}", "someone").replace("{subject}", "someone")
+    headers = {**bearer(admin_token), "Content-Encoding": "br", "Content-Type": "application/json"}
+
+    resp = await client.request(method.upper(), url, data=b"\x0b\x02\x80{}\x03", headers=headers)
+
+    assert resp.status == 415
+    assert "415" in operation["responses"]

@@ -136,11 +136,14 @@ def fuzz_identity(url: str) -> dict[str, str]:
         timeout=60,
     )
     assert created.status_code == 201, created.text
-    # A service token: its root key is its own, so no POST /v1/keys/{id}/revoke can end it.
+    own = requests.post(url + "/v1/login", auth=(FUZZ_ADMIN, password), timeout=60)
+    assert own.status_code == 200, own.text
+    # A service token (admin tokens are minted only for the minter's own subject): its root key
+    # is its own, so no POST /v1/keys/{id}/revoke can end it. Within the login token's 8 h.
     minted = requests.post(
         url + "/v1/tokens",
-        json={"subject": FUZZ_ADMIN, "admin": True, "service": True, "ttl": "6h"},
-        headers=bootstrap,
+        json={"admin": True, "service": True, "ttl": "6h"},
+        headers={"Authorization": "Bearer " + own.json()["token"]},
         timeout=60,
     )
     assert minted.status_code == 201, minted.text
