@@ -39,6 +39,9 @@ __all__ = ["create_app", "prepare_embedded_database", "utc_now"]
 
 log = logging.getLogger("tokensvc")
 
+# A path segment (aiohttp's own default pattern) of at most the length /v1/login accepts.
+LOCKOUT_IDENTITY = "{name:[^{}/]{1,256}}"
+
 
 async def _flushing(app: web.Application) -> AsyncIterator[None]:
     """Every second and at shutdown: write out buffered access lines, fold request tallies into
@@ -109,7 +112,9 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> we
             web.post("/v1/tokens", tokens.mint),
             web.get("/v1/tokens", tokens.list_tokens),
             web.post("/v1/tokens/revoke", revocation.revoke_presented),
-            web.delete("/v1/tokens/{id}", revocation.revoke_by_id),
+            # Only a token id (32 hex digits) names a token: a bare {id} would also take
+            # DELETE /v1/tokens/revoke, and a 405 there would then offer DELETE beside POST.
+            web.delete("/v1/tokens/{id:[0-9a-f]{32}}", revocation.revoke_by_id),
             web.post("/v1/subjects/{subject}/revoke-all", revocation.revoke_all),
             web.post("/v1/keys/{id}/revoke", revocation.revoke_key),
             web.get("/v1/audit", audit.list_audit),
@@ -120,8 +125,9 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> we
             web.get("/v1/users/{name}", users.get_user),
             web.patch("/v1/users/{name}", users.patch_user),
             web.delete("/v1/users/{name}", users.delete_user),
-            web.get("/v1/users/{name}/lockout", users.get_lockout),
-            web.delete("/v1/users/{name}/lockout", users.clear_lockout),
+            # At most the 256 characters a login name can have: longer ones are a 404.
+            web.get(f"/v1/users/{LOCKOUT_IDENTITY}/lockout", users.get_lockout),
+            web.delete(f"/v1/users/{LOCKOUT_IDENTITY}/lockout", users.clear_lockout),
             web.get("/healthz", health.healthz),
             web.get("/readyz", health.readyz),
             web.get("/openapi.yaml", health.openapi),

@@ -4,6 +4,7 @@ size-checked (`read_body`), whatever they hold: every handler that reads a body 
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Any, Final
 
@@ -161,11 +162,19 @@ def reject_unknown(data: dict[str, Any], allowed: frozenset[str]) -> None:
         raise BadRequest("unknown field(s): " + ", ".join(u[:40] for u in unknown[:5]))
 
 
+# C0 controls and DEL: the characters a subject, operation, resource or audience may not hold
+# (tokensvc.minting), and openapi.yaml's `Name` pattern. Lone surrogates cannot be stored either.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
 def printable(value: str | None, name: str, *, max_len: int = 255) -> str | None:
     """A query or path value bound for the database: no control characters (PostgreSQL refuses
-    NUL in text, which would otherwise surface as a 500), bounded length."""
+    NUL in text, which would otherwise surface as a 500), bounded length.
+
+    The same rule as minting's, so every subject a token can have can also be looked up.
+    """
     if value is None:
         return None
-    if len(value) > max_len or not value.isprintable():
-        raise BadRequest(f"{name} must be at most {max_len} printable characters")
+    if len(value) > max_len or _CONTROL.search(value) is not None:
+        raise BadRequest(f"{name} must be at most {max_len} characters, none of them a control")
     return value

@@ -13,6 +13,7 @@ CONNECT never get this far: aiohttp's parser refuses the one, its router the oth
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Final
 
@@ -36,6 +37,14 @@ NEVER_SERVED: Final = frozenset((hdrs.METH_TRACE,))
 # serves (others, such as WebDAV's, are served but not advertised).
 ANY_METHOD_ALLOW: Final = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
+# A variable's regex (`{id:[0-9a-f]{32}}`, one level of braces inside, as aiohttp allows).
+_VARIABLE_REGEX = re.compile(r"\{(\w+):(?:[^{}]|\{[^{}]*\})*\}")
+
+
+def template(path: str) -> str:
+    """`path` as openapi.yaml, the logs and the metrics name it: variables without their regex."""
+    return _VARIABLE_REGEX.sub(r"{\1}", path)
+
 
 def add_routes(app: web.Application, routes: Iterable[web.RouteDef]) -> None:
     """Add `routes`, each handler wrapped in the app's pipeline and named by its path template."""
@@ -44,9 +53,9 @@ def add_routes(app: web.Application, routes: Iterable[web.RouteDef]) -> None:
         handler = route.handler
         if route.method == hdrs.METH_ANY:
             handler = _refusing_never_served(handler)
-        web.RouteDef(route.method, route.path, wrap(handler, route.path), route.kwargs).register(
-            app.router
-        )
+        web.RouteDef(
+            route.method, route.path, wrap(handler, template(route.path)), route.kwargs
+        ).register(app.router)
 
 
 def _refusing_never_served(handler: Handler) -> Handler:

@@ -49,7 +49,7 @@ async def login(request: web.Request) -> web.Response:
         if username is None or password is None:
             raise Unauthenticated("send HTTP Basic credentials or username and password")
         credentials = (username, password)
-    elif "username" in data or "password" in data:
+    elif data.get("username") is not None or data.get("password") is not None:
         raise BadRequest("credentials in both the Authorization header and the body")
     username, password = credentials
     if not username or len(username) > 256:

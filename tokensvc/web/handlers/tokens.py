@@ -47,6 +47,8 @@ def parse_ttl(value: Any) -> timedelta | None:
         return None
     if isinstance(value, bool):
         raise BadRequest("ttl must be seconds or a duration like 1h")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 3600.0 is the integer 3600 in JSON (and in openapi.yaml's schema)
     if isinstance(value, int) and abs(value) < 2**31:  # larger cannot be a timedelta: a 400
         return timedelta(seconds=value)
     if isinstance(value, str) and len(value) <= 32:

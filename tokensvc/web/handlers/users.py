@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tokensvc.accounts.users import User
+from tokensvc.accounts.users import MAX_ROLES, User
 from tokensvc.errors import BadRequest
 from tokensvc.services.users import NewUser, UserChange
 from tokensvc.web import appkeys
@@ -36,6 +36,11 @@ def _password(data: dict[str, Any]) -> str:
     return value
 
 
+def _roles(data: dict[str, Any]) -> tuple[str, ...]:
+    # At most MAX_ROLES entries, repeated or not, as openapi.yaml's maxItems says.
+    return str_list(data, "roles", max_items=MAX_ROLES)
+
+
 def _disabled(data: dict[str, Any]) -> bool:
     value = data.get("disabled", False)
     if not isinstance(value, bool):
@@ -53,7 +58,7 @@ async def create_user(request: web.Request) -> web.Response:
     new = NewUser(
         name=name,
         password=_password(data),
-        roles=str_list(data, "roles"),
+        roles=_roles(data),
         disabled=_disabled(data),
     )
 
@@ -90,7 +95,7 @@ async def patch_user(request: web.Request) -> web.Response:
     reject_unknown(data, _PATCH)
     change = UserChange(
         password=_password(data) if "password" in data else None,
-        roles=str_list(data, "roles") if "roles" in data else None,
+        roles=_roles(data) if "roles" in data else None,
         disabled=_disabled(data) if "disabled" in data else None,
     )
 

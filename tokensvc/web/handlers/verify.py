@@ -39,10 +39,12 @@ _NO_CONTEXT: dict[str, str | None] = dict.fromkeys(_CONTEXT_FIELDS)
 
 
 def _context(raw: Any) -> dict[str, str | None]:
-    if not raw:
+    if raw is None:
         return _NO_CONTEXT  # only read: unpacked into keyword arguments
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict):  # [], "", 0 and false too: openapi.yaml says object or null
         raise BadRequest("context must be an object")
+    if not raw:
+        return _NO_CONTEXT
     out: dict[str, str | None] = {}
     for name in _CONTEXT_FIELDS:
         value = raw.get(name)
@@ -68,10 +70,10 @@ def parse_request(data: dict[str, Any]) -> VerifyBody:
     token = data.get("token")
     if not isinstance(token, str) or not token:
         raise BadRequest("token must be a non-empty string")
-    discharges = data.get("discharges") or ()
-    if discharges and (
-        not isinstance(discharges, list) or not all(isinstance(d, str) for d in discharges)
-    ):
+    discharges = data.get("discharges")
+    if discharges is None:
+        discharges = ()
+    elif not isinstance(discharges, list) or not all(isinstance(d, str) for d in discharges):
         raise BadRequest("discharges must be a list of strings")
     return VerifyBody(token, discharges, _context(data.get("context")))
 
