@@ -222,7 +222,7 @@ async def run(
         conn = engine.connect()
         try:
             await conn.start()
-        except Exception as exc:  # noqa: BLE001 - no connection, whatever the reason: unavailable
+        except Exception as exc:
             raise _unavailable(what, exc) from exc
         try:
             if options:

@@ -175,11 +175,11 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
+def data_dir(tmp_path: Path) -> Path:
     """A private data directory (KEK file, SQLite file) for one test."""
     path = tmp_path / "data"
     path.mkdir(mode=0o700)
-    yield path
+    return path
 
 
 # ---- the application ---------------------------------------------------------------------------
@@ -237,10 +237,7 @@ def make_config(*, database_url: str, data_dir: Path, **overrides: object) -> Co
 @pytest.fixture(params=["postgres", "sqlite"])
 def app_config(request: pytest.FixtureRequest, data_dir: Path, sqlite_url: str) -> Config:
     """The app's configuration on real PostgreSQL, and on the embedded SQLite."""
-    if request.param == "postgres":
-        url = request.getfixturevalue("pg_url")
-    else:
-        url = sqlite_url
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else sqlite_url
     return make_config(database_url=url, data_dir=data_dir)
 
 

@@ -308,7 +308,7 @@ async def test_malformed_basic_header_is_401_json(client) -> None:  # type: igno
         body = await resp.json() if resp.content_type == "application/json" else None
         answers[header] = (resp.status, body and body["error"]["code"])
 
-    assert answers == {header: (401, "unauthenticated") for header in headers}
+    assert answers == dict.fromkeys(headers, (401, "unauthenticated"))
 
 
 async def test_no_credentials_is_401(client) -> None:  # type: ignore[no-untyped-def]

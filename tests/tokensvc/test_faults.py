@@ -64,7 +64,7 @@ class VerifyLoad:
         await asyncio.gather(*self._tasks)
 
 
-async def _until(predicate: object, *, timeout: float = 60.0) -> float:
+async def _until(predicate: object, *, timeout: float = 60.0) -> float:  # noqa: ASYNC109 - bounds the polling, not one await
     """Seconds until the async `predicate()` is true, polling every 100 ms."""
     started = time.monotonic()
     while not await predicate():  # type: ignore[operator]

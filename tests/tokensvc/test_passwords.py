@@ -54,7 +54,7 @@ def test_owasp_profile_is_the_owasp_minimum() -> None:
         1,
     )
     assert profile_by_name("owasp") is OWASP
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown password profile"):
         profile_by_name("fast")
 
 
