@@ -360,6 +360,7 @@ TIMING_ROUNDS = 60
 TIMING_WARMUP = 5
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 async def test_unknown_user_and_wrong_password_take_the_same_time(
     aiohttp_client, pg_url: str, data_dir: Path, redis_url: str, redis_prefix: str
 ) -> None:  # type: ignore[no-untyped-def]

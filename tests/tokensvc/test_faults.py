@@ -175,6 +175,7 @@ async def test_postgres_then_redis_down_and_back_under_verify_load(
     assert login_down_body["error"]["code"] == "unavailable"
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 async def test_graceful_shutdown_completes_requests_in_flight(
     sqlite_url: str, data_dir: Path
 ) -> None:
