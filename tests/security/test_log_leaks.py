@@ -32,9 +32,9 @@ from tests.security.edges_support import (
     serve,
     store_config,
 )
+from tokensvc.composition import LOCKOUT_HASH_PURPOSE
 from tokensvc.lockout.store import hash_identity
 from tokensvc.web import appkeys
-from tokensvc.web.app import LOCKOUT_HASH_PURPOSE
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -642,8 +642,8 @@ async def test_redis_names_identities_and_addresses_only_by_keyed_hashes(
     hashes are keyed with a key derived from the KEK, which Redis never sees."""
     import redis.asyncio as aioredis
 
+    from tokensvc.composition import LOCKOUT_HASH_PURPOSE
     from tokensvc.lockout.store import hash_identity, hash_ip
-    from tokensvc.web.app import LOCKOUT_HASH_PURPOSE
 
     name, ip = "mallory-guessable", "203.0.113.77"
     for _ in range(3):
