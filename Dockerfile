@@ -31,18 +31,19 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# Only what the wheel is built from (README* is optional; pyproject.toml names it).
+# Only what the wheel is built from (README* is optional; pyproject.toml names it), and the lock.
 # tokensvc/openapi.yaml is a symlink to ../openapi.yaml, so the top-level file must come too,
 # or the wheel silently lacks the spec that GET /openapi.yaml serves.
-COPY pyproject.toml openapi.yaml README* ./
+COPY pyproject.toml openapi.yaml requirements-lock.txt README* ./
 COPY tokensvc ./tokensvc
 COPY caveats ./caveats
 COPY keystore ./keystore
 
 # A regular (non-editable) install: builds the wheel and puts it and its dependencies into
-# the venv, with bytecode compiled now, since the runtime user cannot write the venv.
+# the venv, with bytecode compiled now, since the runtime user cannot write the venv. The
+# dependencies are the versions pinned in requirements-lock.txt, the ones CI tested.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install /src \
+    pip install -c requirements-lock.txt /src \
     && tokensvc --help >/dev/null \
     && (cd / && python -c "import tokensvc._speedups") \
     && python -c "from importlib.resources import files; files('tokensvc').joinpath('openapi.yaml').read_text()"

@@ -126,9 +126,10 @@ class Policy:
                 steps.append(item)
                 ok = False
             else:
-                if type(item) is Expiry or type(item) is TimeBefore:
-                    if expires_at is None or item.expires_at < expires_at:
-                        expires_at = float(item.expires_at)
+                if (type(item) is Expiry or type(item) is TimeBefore) and (
+                    expires_at is None or item.expires_at < expires_at
+                ):
+                    expires_at = float(item.expires_at)
                 steps.append(item.check)  # type: ignore[union-attr]
         self.subject = subject
         self.expires_at = expires_at

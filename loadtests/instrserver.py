@@ -46,7 +46,7 @@ def _stretch_generation_refresh() -> None:
 
 
 def tokensvc_app() -> web.Application:
-    global _devnull
+    global _devnull  # noqa: PLW0603 - one /dev/null for the process
     _stretch_generation_refresh()
     from tokensvc.operations.config import Config
     from tokensvc.operations.logs import configure

@@ -100,7 +100,7 @@ class TokenUser(HttpUser):
             catch_response=True,
         ) as resp:
             if resp.status_code == 201:
-                self.fresh = (self.fresh + [resp.json()["token"]])[-8:]
+                self.fresh = ([*self.fresh, resp.json()["token"]])[-8:]
                 if self.token is None:
                     self.token = self.fresh[-1]
                 resp.success()

@@ -161,7 +161,7 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     if not (
-        1 <= args.tokens <= 20_000_000 and 1 <= args.sample_every and 1 <= args.batch <= 100_000
+        1 <= args.tokens <= 20_000_000 and args.sample_every >= 1 and 1 <= args.batch <= 100_000
     ):
         parser.error("--tokens in 1..20,000,000, --sample-every ≥ 1, --batch in 1..100,000")
     note = loadavg_note()

@@ -197,7 +197,7 @@ async def _bench(iterations: int, rounds: int, pool_size: int, kinds: list[str])
         for kind in kinds:
             restrict = TOKEN_KINDS[kind]["restrict"]
             tsv1: list[str] = []
-            for i in range(pool_size):
+            for _i in range(pool_size):
                 minted = await minter.mint(
                     MintRequest(
                         subject="bench",

@@ -74,7 +74,7 @@ def test_report_summarises_results_files(tmp_path: Path) -> None:
             {
                 "kind": "http",
                 "written_at": "2099-01-01T00:00:00",
-                "medians": {t: medians for t in ("bare", "hot", "distinct")},
+                "medians": dict.fromkeys(("bare", "hot", "distinct"), medians),
                 "ratios": {"hot": ratios, "distinct": ratios},
             }
         )

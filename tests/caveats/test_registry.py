@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -76,11 +75,10 @@ STRATEGIES: dict[type, st.SearchStrategy[Caveat]] = {
 
 
 @pytest.fixture
-def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Registrations made in the test vanish afterwards."""
+def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registrations made in the test vanish afterwards (monkeypatch restores the tables)."""
     monkeypatch.setattr(registry, "_BY_TAG", dict(registry._BY_TAG))
     monkeypatch.setattr(registry, "_BY_CLASS", dict(registry._BY_CLASS))
-    yield
 
 
 @pytest.mark.parametrize(("instance", "wire"), GOLDEN, ids=lambda v: type(v).__name__)

@@ -120,7 +120,7 @@ def test_invalid_kek_is_both_a_keystore_error_and_a_value_error() -> None:
     with pytest.raises(KeystoreError):
         KeyEncryptionKey(b"short")
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="32 bytes"):
         KeyEncryptionKey(b"short")
 
 
@@ -337,5 +337,5 @@ def test_derived_keys_are_stable_per_purpose_and_reveal_nothing_of_the_kek() -> 
     assert lockout != kek.derive(b"other purpose")
     assert lockout != KeyEncryptionKey(bytes(32)).derive(b"lockout")
     assert raw not in lockout and lockout != raw
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs a purpose"):
         kek.derive(b"")

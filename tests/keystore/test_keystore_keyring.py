@@ -385,7 +385,7 @@ async def test_ciphertext_swapped_between_rows_does_not_decrypt(
     second = await keyring.rotate()
     async with engine.begin() as conn:
         rows = (await conn.execute(text("SELECT id, ciphertext FROM root_keys"))).all()
-        blobs = {key_id: ciphertext for key_id, ciphertext in rows}
+        blobs = dict(rows)
         for key_id, other_id in [(first.id, second.id), (second.id, first.id)]:
             await conn.execute(
                 text("UPDATE root_keys SET ciphertext = :c WHERE id = :i"),

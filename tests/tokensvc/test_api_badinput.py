@@ -436,6 +436,7 @@ async def test_service_still_verifies_after_the_hostile_requests(client: Client)
     assert resp.status == 200, await resp.text()
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 async def test_caveat_count_limit_refuses_10000_caveats_before_any_crypto(
     aiohttp_client: AiohttpClient, app_config: Config
 ) -> None:
@@ -453,6 +454,7 @@ async def test_caveat_count_limit_refuses_10000_caveats_before_any_crypto(
     assert elapsed < BOUND_SECONDS
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 async def test_configured_token_size_limit_is_enforced_before_decoding(
     aiohttp_client: AiohttpClient, app_config: Config
 ) -> None:

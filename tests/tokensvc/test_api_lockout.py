@@ -445,6 +445,7 @@ async def test_lockout_endpoints_need_an_admin(rclient, radmin) -> None:  # type
     assert anonymous.status == 401, await anonymous.text()
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 async def test_overloaded_hasher_answers_503_and_does_not_count(
     aiohttp_client, pg_url: str, data_dir: Path, redis_url: str, redis_prefix: str, clock: FakeClock
 ) -> None:  # type: ignore[no-untyped-def]
@@ -505,6 +506,7 @@ async def test_overloaded_hasher_answers_503_and_does_not_count(
 # ---- Redis unreachable or stopped ------------------------------------------------------------------
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 async def test_unreachable_redis_fails_login_closed_but_verify_serves(
     aiohttp_client, pg_url: str, data_dir: Path, clock: FakeClock
 ) -> None:  # type: ignore[no-untyped-def]
@@ -587,6 +589,7 @@ def private_redis(port: int, directory: Path) -> Iterator[subprocess.Popen[bytes
                 proc.wait()
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 async def test_stopped_redis_fails_login_closed_and_recovers(
     aiohttp_client, pg_url: str, data_dir: Path, tmp_path: Path, clock: FakeClock
 ) -> None:  # type: ignore[no-untyped-def]

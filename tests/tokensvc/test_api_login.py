@@ -308,7 +308,7 @@ async def test_malformed_basic_header_is_401_json(client) -> None:  # type: igno
         body = await resp.json() if resp.content_type == "application/json" else None
         answers[header] = (resp.status, body and body["error"]["code"])
 
-    assert answers == {header: (401, "unauthenticated") for header in headers}
+    assert answers == dict.fromkeys(headers, (401, "unauthenticated"))
 
 
 async def test_no_credentials_is_401(client) -> None:  # type: ignore[no-untyped-def]
@@ -360,6 +360,7 @@ TIMING_ROUNDS = 60
 TIMING_WARMUP = 5
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 async def test_unknown_user_and_wrong_password_take_the_same_time(
     aiohttp_client, pg_url: str, data_dir: Path, redis_url: str, redis_prefix: str
 ) -> None:  # type: ignore[no-untyped-def]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tokensvc.operations.background import every
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 async def test_rounds_start_at_a_fixed_rate_whatever_each_takes() -> None:
     """0.1 s rounds that each take 0.08 s start 0.1 s apart, not 0.18 s."""
     loop = asyncio.get_running_loop()

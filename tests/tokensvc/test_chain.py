@@ -132,6 +132,7 @@ def test_unused_discharge_is_rejected() -> None:
         chain.verify_chain(_parse(root), chain.derive_key(ROOT_KEY), [_parse(bound), _parse(stray)])
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 def test_self_referencing_discharge_is_rejected_quickly() -> None:
     """A discharge whose own caveat names itself is refused in bounded time, not recursed into."""
     discharge_key = os.urandom(32)

@@ -56,6 +56,20 @@ def fast_answers(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
 
 @pytest.fixture
+def received(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every chunk the served connections read from their sockets, in order."""
+    chunks: list[bytes] = []
+    data_received = fastverify.FastRequestHandler.data_received
+
+    def recording(self: fastverify.FastRequestHandler, data: bytes) -> None:
+        chunks.append(bytes(data))
+        data_received(self, data)
+
+    monkeypatch.setattr(fastverify.FastRequestHandler, "data_received", recording)
+    return chunks
+
+
+@pytest.fixture
 async def token(client: Client, admin_token: str) -> str:
     body = await mint(
         client,
@@ -211,24 +225,37 @@ async def test_more_pipelined_verifies_than_aiohttp_queues_at_once_all_get_answe
 
 
 async def test_a_body_that_arrives_after_its_headers_is_answered(
-    client: Client, token: str
+    client: Client, token: str, received: list[bytes]
 ) -> None:
+    """A verify whose body comes in a later read than its headers is answered, and the
+    connection goes on serving."""
     request = verify_request(verify_body(token))
     head, _, body = request.partition(b"\r\n\r\n")
+    first, rest = head + b"\r\n\r\n" + body[:10], body[10:]
+    received.clear()  # what the fixtures' own requests were read as
     reader, writer = await connect(client)
     try:
-        writer.write(head + b"\r\n\r\n" + body[:10])
+        writer.write(first)
         await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.write(body[10:])
+        # The rest goes out only once the server has read the first part: then they cannot
+        # arrive in one read, whatever the timing.
+        for _ in range(1000):
+            if b"".join(received) == first:
+                break
+            await asyncio.sleep(0.01)
+        reads_of_first = len(received)
+        writer.write(rest)
         status, _, answer = await read_answer(reader)
-        assert status == 200 and json.loads(answer)["subject"] == "alice"
         # The connection still serves the next request, on the fast path or not.
         writer.write(verify_request(verify_body(token)))
-        status, _, _ = await read_answer(reader)
-        assert status == 200
+        next_status, _, _ = await read_answer(reader)
     finally:
         writer.close()
+
+    assert b"".join(received[:reads_of_first]) == first
+    assert received[reads_of_first] == rest
+    assert status == 200 and json.loads(answer)["subject"] == "alice"
+    assert next_status == 200
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,7 @@ class VerifyLoad:
         await asyncio.gather(*self._tasks)
 
 
-async def _until(predicate: object, *, timeout: float = 60.0) -> float:
+async def _until(predicate: object, *, timeout: float = 60.0) -> float:  # noqa: ASYNC109 - bounds the polling, not one await
     """Seconds until the async `predicate()` is true, polling every 100 ms."""
     started = time.monotonic()
     while not await predicate():  # type: ignore[operator]
@@ -175,6 +175,7 @@ async def test_postgres_then_redis_down_and_back_under_verify_load(
     assert login_down_body["error"]["code"] == "unavailable"
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 async def test_graceful_shutdown_completes_requests_in_flight(
     sqlite_url: str, data_dir: Path
 ) -> None:

@@ -53,6 +53,7 @@ async def test_budget_queues_then_hands_over_in_order() -> None:
     assert budget.active == 0 and budget.queue_depth == 0
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 async def test_budget_refuses_when_queue_full_and_times_out_waiters() -> None:
     """A full queue refuses at once; a queued request gives up after the timeout, not later."""
     budget = Budget("t", max_concurrent=1, max_queue=1, timeout=0.1)
@@ -173,6 +174,7 @@ def _overload_count(budget: str, reason: str) -> float | None:
     return float(value)
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 async def test_2000_concurrent_requests_get_quick_answers(small_limits_config: Config) -> None:
     """2,000 requests at once against small limits: the excess is refused fast, nobody waits long."""
     app = create_app(small_limits_config)
@@ -297,7 +299,7 @@ async def test_exempt_paths_answer_while_saturated(small_limits_config: Config) 
     add_routes(app, [web.get("/v1/_test/hold", hold)])
     async with TestServer(app) as server, aiohttp.ClientSession() as session:
         held = asyncio.create_task(session.get(server.make_url("/v1/_test/hold")))
-        while app[GOVERNOR].default.active == 0:
+        while app[GOVERNOR].default.active == 0:  # noqa: ASYNC110 - the governor has no event to wait on
             await asyncio.sleep(0.01)
 
         refused = await session.get(server.make_url("/v1/_test/hold"))

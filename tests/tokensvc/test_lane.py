@@ -222,7 +222,7 @@ async def test_without_a_lane_the_verify_process_serves_everything(
 
 def _fill(handoff: Handoff) -> None:
     """Fill the pair as a lane that reads nothing would: the next send would block."""
-    with pytest.raises(BlockingIOError):
+    with pytest.raises(BlockingIOError):  # noqa: PT012 - the loop is the one action: send until it would block
         for _ in range(100_000):
             handoff._sock.send(b"x" * 1024)
 
@@ -431,7 +431,7 @@ def test_serve_runs_verify_workers_and_a_lower_priority_lane(
     deadline = time.monotonic() + 10
     while True:
         match = _VERIFY_COUNT.search(_http(base + "/metrics"))
-        if match and float(match.group(1)) >= expected or time.monotonic() > deadline:
+        if (match and float(match.group(1)) >= expected) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert match is not None and float(match.group(1)) == expected

@@ -44,5 +44,5 @@ def test_defaults_match_the_design() -> None:
 )
 def test_nonsense_policies_are_rejected(changes: dict[str, float]) -> None:
     """A policy that could never lock, or never unlock, is refused at construction."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError):  # noqa: PT011 - parametrized over rules with messages of their own
         LockoutPolicy(**changes)  # type: ignore[arg-type]

@@ -39,6 +39,7 @@ async def _keys(client: RedisClient, prefix: str) -> list[str]:
     return [key.decode() async for key in client.scan_iter(match=prefix + "*", count=500)]
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 @pytest.mark.parametrize(
     "url",
     ["redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:1", "redis+sentinel://127.0.0.1:1/x"],

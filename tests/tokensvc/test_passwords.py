@@ -54,7 +54,7 @@ def test_owasp_profile_is_the_owasp_minimum() -> None:
         1,
     )
     assert profile_by_name("owasp") is OWASP
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown password profile"):
         profile_by_name("fast")
 
 
@@ -167,6 +167,7 @@ def test_repr_holds_no_pepper() -> None:
     assert PEPPER.decode() not in text
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 async def test_queue_bound_refuses_at_once() -> None:
     """With every worker busy and max_waiting callers queued, the next call is refused at once."""
     hasher = PasswordHasher(profile=OWASP, pepper=None, max_concurrency=1, max_waiting=2)
@@ -186,6 +187,7 @@ async def test_queue_bound_refuses_at_once() -> None:
     assert [r.ok for r in results] == [True, True, True]
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 async def test_event_loop_stays_responsive_during_a_hashing_storm() -> None:
     """While 32 OWASP hashes run, the event loop keeps ticking every few milliseconds."""
     hasher = PasswordHasher(profile=OWASP, pepper=None, max_concurrency=2, max_waiting=64)
@@ -210,6 +212,7 @@ async def test_event_loop_stays_responsive_during_a_hashing_storm() -> None:
     assert statistics.median(lags) < 0.025  # one OWASP hash on the loop would block ~50-100 ms
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 async def test_unknown_users_take_as_long_as_wrong_passwords() -> None:
     """Median verify times for 50 wrong passwords and 50 unknown users differ by under 25 %."""
     hasher = PasswordHasher(profile=MODERATE, pepper=PEPPER, max_concurrency=1, max_waiting=4)

@@ -85,6 +85,7 @@ async def until_all_deny(clients: list[Any], token: str, limit: float) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 @pytest.mark.parametrize("with_redis", [True, False], ids=["pubsub", "polling"])
 async def test_a_revoked_token_is_denied_by_all_three_within_the_bound(
     aiohttp_client: Any,
@@ -114,6 +115,7 @@ async def test_a_revoked_token_is_denied_by_all_three_within_the_bound(
     assert took < (0.5 if with_redis else POLL_BOUND)
 
 
+@pytest.mark.serial  # wall-clock bound: run alone
 @pytest.mark.parametrize("with_redis", [True, False], ids=["pubsub", "polling"])
 async def test_revoke_all_reaches_all_three_and_spares_later_tokens(
     aiohttp_client: Any,

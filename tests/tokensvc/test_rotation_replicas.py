@@ -65,7 +65,7 @@ async def slot_counts(pg_url: str) -> dict[int | None, int]:
     try:
         async with engine.connect() as conn:
             rows = await conn.execute(text("SELECT slot, count(*) FROM root_keys GROUP BY slot"))
-            return {slot: count for slot, count in rows}
+            return dict(rows.all())
     finally:
         await engine.dispose()
 

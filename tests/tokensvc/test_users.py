@@ -130,7 +130,7 @@ def test_good_names_are_accepted(name: str) -> None:
 
 async def test_plaintext_is_never_stored(users: UserStore) -> None:
     """A value that is not an argon2 hash is refused, and is not echoed in the error."""
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(ValueError, match="must be an argon2 hash") as refused:
         await users.create("alice", password_hash="hunter2hunter2")
 
     assert "hunter2" not in str(refused.value)

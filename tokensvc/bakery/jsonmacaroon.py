@@ -143,13 +143,13 @@ def _from_v2(obj: dict[str, Any]) -> Macaroon:
     caveats = []
     for entry in _caveat_list(obj, "c"):
         cid = _v2_field(entry, "i", required=True)
-        assert cid is not None
+        assert cid is not None  # noqa: S101 - narrows the type; required=True raised otherwise
         vid = _v2_field(entry, "v", required=False)
         location = _v2_field(entry, "l", required=False)
         caveats.append(Caveat(cid, vid, location if vid is not None else None))
     identifier = _v2_field(obj, "i", required=True)
     signature = _v2_field(obj, "s", required=True)
-    assert identifier is not None and signature is not None
+    assert identifier is not None and signature is not None  # noqa: S101 - narrows the type; required=True raised otherwise
     return Macaroon(
         identifier, tuple(caveats), _signature(signature), _v2_field(obj, "l", required=False)
     )
@@ -158,7 +158,7 @@ def _from_v2(obj: dict[str, Any]) -> Macaroon:
 def _from_v1(obj: dict[str, Any]) -> Macaroon:
     identifier = _text(obj, "identifier", required=True)
     signature_hex = _text(obj, "signature", required=True)
-    assert identifier is not None and signature_hex is not None
+    assert identifier is not None and signature_hex is not None  # noqa: S101 - narrows the type; required=True raised otherwise
     try:
         signature = bytes.fromhex(signature_hex)
     except ValueError:
@@ -166,7 +166,7 @@ def _from_v1(obj: dict[str, Any]) -> Macaroon:
     caveats = []
     for entry in _caveat_list(obj, "caveats"):
         cid = _text(entry, "cid", required=True)
-        assert cid is not None
+        assert cid is not None  # noqa: S101 - narrows the type; required=True raised otherwise
         vid_text = _text(entry, "vid", required=False)
         location = _text(entry, "cl", required=False)
         vid = _b64(vid_text, "vid") if vid_text else None

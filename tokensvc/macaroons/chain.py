@@ -109,7 +109,7 @@ def add_third_party(
     caveat = Caveat(caveat_id, vid, location)
     return Macaroon(
         macaroon.identifier,
-        macaroon.caveats + (caveat,),
+        (*macaroon.caveats, caveat),
         _third_party_step(macaroon.signature, vid, caveat_id),
         macaroon.location,
     )

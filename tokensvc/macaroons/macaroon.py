@@ -225,7 +225,7 @@ def parse_v1(data: bytes, *, max_caveats: int) -> Macaroon:
         raise MalformedMacaroon("malformed token: missing identifier or signature")
     built = []
     for cid, vid, cl in caveats:
-        assert cid is not None
+        assert cid is not None  # noqa: S101 - narrows the type; the parser never yields a caveat without an id
         built.append(Caveat(cid, vid, cl if vid is not None else None))
     return Macaroon(identifier, tuple(built), signature, location)
 

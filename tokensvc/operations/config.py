@@ -92,7 +92,7 @@ class Config:
     revocation_refresh_interval: timedelta = timedelta(seconds=1)
     usage_flush_interval: timedelta = timedelta(seconds=60)
     auto_migrate: bool = True
-    password_profile: str = "OWASP"
+    password_profile: str = "OWASP"  # noqa: S105 - the name of an argon2 profile, not a password
     # argon2 threads; default: one core fewer than the machine has, so the event loop (and
     # /v1/verify) keeps a core during a login storm.
     hash_concurrency: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1))

@@ -152,7 +152,7 @@ def configure(level: str = "info", *, stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    global _access_stream, _access_binary
+    global _access_stream, _access_binary  # noqa: PLW0603 - the access log's stream, set once at configuration
     _access_stream = handler.stream if root.isEnabledFor(logging.INFO) else None
     _access_binary = False
     if _access_stream is not None and getattr(_access_stream, "fileno", None) is not None:
@@ -219,7 +219,7 @@ _second_text = ""
 def _timestamp() -> str:
     """ISO 8601 UTC with milliseconds, rebuilt at most once a millisecond (and its date part once
     a second): many requests share one."""
-    global _millisecond, _millisecond_text, _second, _second_text
+    global _millisecond, _millisecond_text, _second, _second_text  # noqa: PLW0603 - the per-millisecond timestamp cache
     now = int(time.time() * 1000)
     if now != _millisecond:
         whole = now // 1000

@@ -64,10 +64,11 @@ def _clean(details: Mapping[str, Any]) -> dict[str, Any]:
         if name.lower() in _SECRET_KEYS:
             continue
         if isinstance(value, datetime):
-            value = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            out[name] = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         elif isinstance(value, tuple):
-            value = list(value)
-        out[name] = value
+            out[name] = list(value)
+        else:
+            out[name] = value
     return out
 
 

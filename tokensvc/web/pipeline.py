@@ -141,7 +141,7 @@ def request_pipeline(
                 if budget is not None and not budget.try_acquire():
                     reason = await budget.wait()
                 if reason is not None:
-                    assert governor is not None and budget is not None
+                    assert governor is not None and budget is not None  # noqa: S101 - narrows the type; a reason comes only from a budget
                     response = refusal(request, budget, reason, governor)
                 else:
                     try:

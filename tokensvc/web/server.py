@@ -98,7 +98,7 @@ async def _lane(app: web.Application, lanes: list[socket.socket]) -> None:
     runner = _runner(app)
     await runner.setup()
     server = runner.server
-    assert server is not None  # setup() made it
+    assert server is not None  # noqa: S101 - narrows the type; setup() made it
     try:
         if isinstance(server, FastServer):
             # One socket pair per verify worker; until every one of them has stopped.

@@ -35,7 +35,7 @@ _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # The headers read here, and those that make a request aiohttp's: the ones that change how the
 # message is framed or the connection handled.
 _READ: Final = frozenset(
-    (b"host", b"content-length", b"x-request-id", b"x-forwarded-for", b"connection")
+    (b"host", b"content-length", b"x-request-id", b"x-forwarded-for", b"connection")  # noqa: RUF005 - the two groups the comment names
     + (b"transfer-encoding", b"content-encoding", b"expect", b"upgrade", b"te", b"trailer")
 )
 

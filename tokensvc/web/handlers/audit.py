@@ -24,7 +24,7 @@ def _int(request: web.Request, name: str, default: int | None) -> int | None:
 async def list_audit(request: web.Request) -> web.Response:
     who = principal(request)
     limit = _int(request, "limit", 100)
-    assert limit is not None
+    assert limit is not None  # noqa: S101 - narrows the type; _int() with a default never returns None
     query = AuditQuery(
         limit=limit,
         before=_int(request, "before", None),

@@ -51,7 +51,7 @@ from tokensvc.web.routes import add_routes
 
 log = logging.getLogger("tokensvc.bakery")
 
-TOKEN_COOKIE: Final = "tokensvc-token"
+TOKEN_COOKIE: Final = "tokensvc-token"  # noqa: S105 - a cookie name, not a password
 DISCHARGE_OPERATION: Final = "discharge"
 
 _FORM: Final = "application/x-www-form-urlencoded"
