@@ -222,7 +222,7 @@ async def run(
         conn = engine.connect()
         try:
             await conn.start()
-        except Exception as exc:
+        except Exception as exc:  # no connection, whatever the reason: unavailable
             raise _unavailable(what, exc) from exc
         try:
             if options:

@@ -193,7 +193,7 @@ class LoginService:
     async def _abandon(self, *, identity: str, client_ip: str, now: float) -> None:
         try:
             await self._lockout.abandon_attempt(identity=identity, client_ip=client_ip, now=now)
-        except Exception:
+        except Exception:  # the original failure is the one to report
             log.warning("could not take back an attempt that was never judged", exc_info=True)
 
     def _identity_hash(self, identity: str) -> str:
