@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from tokensvc.errors import BadRequest
 from tokensvc.web.handlers.tokens import parse_ttl
 
+# openapi.yaml's Ttl string pattern once the whitespace around is stripped (as the server does).
 _DURATION = re.compile(r"[0-9]+|(?:[0-9]+d)?(?:[0-9]+h)?(?:[0-9]+m)?(?:[0-9]+s)?")
 
 GUARDED_NAME = os.environ["TOKENSVC_FUZZ_ADMIN"]
