@@ -94,6 +94,26 @@ async def test_a_subject_any_token_can_have_can_be_listed(client: Any, admin_tok
     assert control.status == 400
 
 
+async def test_a_subject_any_token_can_have_can_have_its_tokens_revoked(
+    client: Any, admin_token: str
+) -> None:
+    """Revoke-all takes every subject minting takes (U+2028 included), and refuses a control."""
+    subject = "line\u2028separator"
+    minted = await client.post("/v1/tokens", json={"subject": subject}, headers=bearer(admin_token))
+    assert minted.status == 201, await minted.text()
+
+    revoked = await client.post(
+        f"/v1/subjects/{quote(subject)}/revoke-all", headers=bearer(admin_token)
+    )
+    control = await client.post("/v1/subjects/a%01b/revoke-all", headers=bearer(admin_token))
+    verified = await client.post("/v1/verify", json={"token": (await minted.json())["token"]})
+
+    assert revoked.status == 200, await revoked.text()
+    assert (await revoked.json())["subject"] == subject
+    assert control.status == 400
+    assert verified.status == 401
+
+
 @pytest.mark.parametrize(("ttl", "status"), [(60.0, 201), (60.5, 400)])
 async def test_a_whole_number_ttl_may_be_written_as_a_float(
     client: Any, admin_token: str, ttl: float, status: int

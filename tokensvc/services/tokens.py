@@ -22,7 +22,7 @@ from tokensvc.services.principals import Actor, Principal
 from tokensvc.storage.audit import AuditLog
 from tokensvc.storage.db import run_db
 from tokensvc.tokens.delegation import OUTLIVE_OPERATION, delegate
-from tokensvc.tokens.minting import MintedToken, Minter, MintRequest
+from tokensvc.tokens.minting import MintedToken, Minter, MintRequest, is_name
 from tokensvc.tokens.registry import TokenRecord, TokenRegistry
 from tokensvc.tokens.revocation import Revocations
 from tokensvc.tokens.subjects import SubjectStore
@@ -246,8 +246,9 @@ class TokenService:
             Unavailable: storage is down.
         """
         actor = await self._authz.admin(who, "tokens:revoke")
-        if not 0 < len(subject) <= 255 or not subject.isprintable():
-            raise BadRequest("subject must be 1-255 printable characters")
+        # The rule minting has: every subject a token can have can have its tokens revoked.
+        if not is_name(subject):
+            raise BadRequest("subject must be 1-255 characters, none of them a control")
 
         async def run(conn: AsyncConnection) -> int:
             generation = await self._subjects.raise_generation(subject, conn=conn)

@@ -28,11 +28,17 @@ from tokensvc.tokens.verification import GenerationSource
 _NAME = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
 
 
+def is_name(value: object) -> bool:
+    """Whether `value` can be a subject, operation, resource or audience: 1-255 characters, no
+    control character (openapi.yaml's `Name`)."""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
+
+
 def _check_names(kind: str, values: tuple[str, ...]) -> None:
     if len(values) > 64:
         raise BadRequest(f"at most 64 {kind}")
     for value in values:
-        if not isinstance(value, str) or _NAME.fullmatch(value) is None:
+        if not is_name(value):
             raise BadRequest(f"each of {kind} must be 1-255 printable characters")
 
 
