@@ -172,6 +172,29 @@ async def test_a_change_made_on_one_replica_revokes_on_another(
     assert (await verify(two, token))[0] == 401
 
 
+def login_service(app: Any, clock: FakeClock, **parts: Any) -> Any:
+    """A login service over the app's own stores, with some parts replaced (`hasher`,
+    `generations`): for holding a login at a chosen step."""
+    from datetime import timedelta
+
+    from tokensvc.services.login import LoginService
+    from tokensvc.web import appkeys
+
+    wiring: dict[str, Any] = {
+        "users": app[appkeys.USERS],
+        "generations": app[appkeys.GENERATIONS],
+        "hasher": app[appkeys.HASHER],
+        "lockout": app[appkeys.LOCKOUT],
+        "minter": app[appkeys.MINTER],
+    }
+    return LoginService(
+        **{**wiring, **parts},
+        clock=clock,
+        default_ttl=timedelta(hours=1),
+        max_ttl=timedelta(hours=2),
+    )
+
+
 class GatedHasher:
     """The app's real hasher, held at the start of each password check until released."""
 
@@ -194,24 +217,13 @@ async def test_a_password_change_during_a_login_revokes_that_login(
 ) -> None:
     """A login whose password check is still running when the password changes gets a token that
     is already revoked: the generation is read before the check, not after."""
-    from datetime import timedelta
 
-    from tokensvc.services.login import LoginRequest, LoginService
+    from tokensvc.services.login import LoginRequest
     from tokensvc.web import appkeys
 
     await create_user(shaped, root, "ra1", PASSWORD)
-    app = shaped.app
-    hasher = GatedHasher(app[appkeys.HASHER])
-    service = LoginService(
-        users=app[appkeys.USERS],
-        generations=app[appkeys.GENERATIONS],
-        hasher=hasher,  # type: ignore[arg-type]
-        lockout=app[appkeys.LOCKOUT],
-        minter=app[appkeys.MINTER],
-        clock=clock,
-        default_ttl=timedelta(hours=1),
-        max_ttl=timedelta(hours=2),
-    )
+    hasher = GatedHasher(shaped.app[appkeys.HASHER])
+    service = login_service(shaped.app, clock, hasher=hasher)
 
     pending = asyncio.create_task(service.login(LoginRequest("ra1", PASSWORD, "192.0.2.1")))
     await hasher.checking.wait()
@@ -247,25 +259,14 @@ async def test_a_change_between_a_logins_reads_leaves_no_live_token(
     """A password change or disable that commits while a login is between reading the generation
     and reading the user row: the login checks the changed row, so the old password gets no
     token (never a token minted at the new generation with the old credentials)."""
-    from datetime import timedelta
 
     from tokensvc.errors import Unauthenticated
-    from tokensvc.services.login import LoginRequest, LoginService
+    from tokensvc.services.login import LoginRequest
     from tokensvc.web import appkeys
 
     await create_user(shaped, root, "ra1", PASSWORD)
-    app = shaped.app
-    generations = GatedGenerations(app[appkeys.GENERATIONS])
-    service = LoginService(
-        users=app[appkeys.USERS],
-        generations=generations,  # type: ignore[arg-type]
-        hasher=app[appkeys.HASHER],
-        lockout=app[appkeys.LOCKOUT],
-        minter=app[appkeys.MINTER],
-        clock=clock,
-        default_ttl=timedelta(hours=1),
-        max_ttl=timedelta(hours=2),
-    )
+    generations = GatedGenerations(shaped.app[appkeys.GENERATIONS])
+    service = login_service(shaped.app, clock, generations=generations)
 
     pending = asyncio.create_task(service.login(LoginRequest("ra1", PASSWORD, "192.0.2.1")))
     await generations.read.wait()

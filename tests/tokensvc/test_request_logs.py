@@ -4,33 +4,22 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
-from tokensvc.operations.logs import configure
+from tests.security.edges_support import captured_logs
 from tokensvc.web.app import create_app
 
 
 @pytest.fixture
 def json_logs() -> Iterator[io.StringIO]:
     """Everything logged during the test, as tokensvc's JSON lines, at DEBUG; restored after."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    saved_structlog = structlog.get_config()
-    buffer = io.StringIO()
-    configure("debug", stream=buffer)
-    try:
+    with captured_logs() as buffer:
         yield buffer
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        structlog.configure(**saved_structlog)
 
 
 def lines(buffer: io.StringIO, event: str | None = None) -> list[dict[str, Any]]:
