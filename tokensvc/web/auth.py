@@ -6,6 +6,7 @@ asks, with `principal(request)`.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Final
 
@@ -73,6 +74,8 @@ def client_address(peer: str | None, forwarded_for: str, trusted: Networks) -> s
     client = _address(peer)
     if client is None or not _in_any(client, trusted):
         return peer
+    if not forwarded_for:
+        return _canonical(client)
     for hop in reversed(forwarded_for.split(",")):
         address = _address(hop)
         if address is None:
@@ -82,9 +85,17 @@ def client_address(peer: str | None, forwarded_for: str, trusted: Networks) -> s
         client = address
         if not _in_any(address, trusted):
             break
-    return str(client)
+    return _canonical(client)
 
 
+@functools.lru_cache(maxsize=4096)
+def _canonical(address: Address) -> str:
+    return str(address)
+
+
+# Both are pure functions of short strings that repeat (the peers, the proxies' own hops), and
+# client_address runs on every request behind a trusted proxy, /v1/verify's included: cached.
+@functools.lru_cache(maxsize=4096)
 def _address(text: str) -> Address | None:
     """An address as proxies write it in X-Forwarded-For: bare, `v4:port`, `[v6]` or `[v6]:port`."""
     text = text.strip()
@@ -105,5 +116,6 @@ def _address(text: str) -> Address | None:
     return address
 
 
+@functools.lru_cache(maxsize=4096)
 def _in_any(address: Address, networks: Networks) -> bool:
     return any(address in network for network in networks)
