@@ -77,12 +77,15 @@ class Config:
     login_max_concurrent: int = 128
     login_max_queue: int = 256
     verify_cache_entries: int = 50_000
-    # `tokensvc serve` answers complete POST /v1/verify requests in the connection's read
-    # callback when no I/O is needed (tokensvc.web.fastverify); off: every request takes aiohttp's path.
-    fast_verify: bool = True
-    # `tokensvc serve` with one worker and Redis: /v1/verify in a process of its own, every other
-    # connection handed to a second, lower-priority process (tokensvc.web.lane), so a login
-    # storm cannot take the verify process's event loop.
+    # `tokensvc serve` also listens on a port of its own for POST /v1/verify only
+    # (tokensvc.web.verifyport: httptools' llhttp and an asyncio protocol, no aiohttp request
+    # machinery). None: the service port + 1. TOKENSVC_VERIFY_PORT=off turns it off; /v1/verify
+    # on the service port answers the same either way.
+    verify_port: int | None = None
+    verify_listener: bool = True
+    fast_verify: bool = True  # the old in-aiohttp fast path, until the verify listener replaces it
+    # `tokensvc serve` with Redis: the verify listener in process(es) of its own, the rest of the
+    # API in another, lower-priority one, so a login storm cannot take the verify event loop.
     verify_process: bool = True
     # Token lifecycle: service tokens (own root key) up to this TTL; how often each process
     # polls for revocations (the cross-replica bound without Redis); how often last-use is written:
@@ -107,6 +110,12 @@ class Config:
     def embedded(self) -> bool:
         """True when running on the built-in SQLite database."""
         return self.effective_database_url.startswith("sqlite")
+
+    def verify_listen_port(self, port: int) -> int | None:
+        """The verify listener's port when the service listens on `port`; None: no listener."""
+        if not self.verify_listener:
+            return None
+        return self.verify_port if self.verify_port is not None else port + 1
 
     @property
     def tls(self) -> bool:
@@ -162,6 +171,7 @@ class Config:
             return default if value is None else value.lower() in ("1", "true", "yes")
 
         defaults = cls()
+        verify_port = get("VERIFY_PORT")
         data_dir = get("DATA_DIR")
         pepper = secret("PEPPER")
         config = cls(
@@ -193,6 +203,8 @@ class Config:
             login_max_concurrent=integer("LOGIN_MAX_CONCURRENT", defaults.login_max_concurrent),
             login_max_queue=integer("LOGIN_MAX_QUEUE", defaults.login_max_queue),
             verify_cache_entries=integer("VERIFY_CACHE_ENTRIES", defaults.verify_cache_entries),
+            verify_port=None if verify_port in (None, "off") else integer("VERIFY_PORT", 0),
+            verify_listener=verify_port != "off",
             fast_verify=flag("FAST_VERIFY", defaults.fast_verify),
             verify_process=flag("VERIFY_PROCESS", defaults.verify_process),
             max_service_token_ttl=duration("MAX_SERVICE_TOKEN_TTL", defaults.max_service_token_ttl),
@@ -218,6 +230,8 @@ class Config:
     def validate(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError("TOKENSVC_PORT must be between 1 and 65535")
+        if self.verify_port is not None and not 0 < self.verify_port < 65536:
+            raise ConfigError("TOKENSVC_VERIFY_PORT must be between 1 and 65535, or off")
         if self.key_generate_interval >= self.key_lifetime:
             raise ConfigError("TOKENSVC_KEY_GENERATE_INTERVAL must be shorter than KEY_LIFETIME")
         if self.key_generate_interval <= timedelta(0):
