@@ -266,13 +266,14 @@ def pg_config(pg_url: str, data_dir: Path) -> Config:
 
 
 @pytest.fixture
-async def client(aiohttp_client, app_config, clock):  # type: ignore[no-untyped-def]
-    """A test client for the real app factory, served as `tokensvc serve` serves it: complete
-    POST /v1/verify requests take the fast path (tokensvc.web.fastverify), the rest aiohttp's."""
-    from tests.served import ServedTestServer
+async def client(app_config, clock):  # type: ignore[no-untyped-def]
+    """A test client for the real app factory, served as `tokensvc serve` serves it: POST
+    /v1/verify goes to the verify listener (tokensvc.web.verifyport), the rest to the app."""
+    from tests.served import ServedTestClient, ServedTestServer
     from tokensvc.web.app import create_app
 
-    return await aiohttp_client(ServedTestServer(create_app(app_config, clock=clock)))
+    async with ServedTestClient(ServedTestServer(create_app(app_config, clock=clock))) as served:
+        yield served
 
 
 @pytest.fixture

@@ -112,12 +112,14 @@ async def runtime(
     *,
     clock: Callable[[], datetime] = utc_now,
     serving: bool = True,
+    bootstrap: bool = True,
 ) -> AsyncIterator[Runtime]:
     """Build the object graph for `config`; close it when the block exits.
 
     `serving` (the HTTP service) also creates the bootstrap admin and runs the background work:
     key maintenance, the revocation and generation refreshes, the usage flush. The CLI's
-    `--local` mode builds the same graph without them.
+    `--local` mode builds the same graph without them. `bootstrap=False` (the verify processes
+    of `tokensvc serve`, which serve no logins) leaves the bootstrap admin to the API process.
     """
     async with contextlib.AsyncExitStack() as stack:
         if config.embedded:
@@ -141,8 +143,9 @@ async def runtime(
         stack.callback(hasher.close)
         subjects = SubjectStore(engine, clock=clock)
         generations = SubjectGenerations(subjects)
-        if serving:
+        if serving and bootstrap:
             await ensure_admin(users, hasher, config)
+        if serving:
             await stack.enter_async_context(generations.running())
 
         probes: dict[str, Callable[[], Awaitable[bool]]] = {}

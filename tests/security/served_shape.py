@@ -1,8 +1,8 @@
 """The production shape, served for attack tests: `tokensvc serve --workers 2` with Redis set.
 
-That is the default deployment of DESIGN.md: several worker processes on one port, Redis for the
-shared lockout state, the fast /v1/verify path on, and with it the request lane (whatever
-process layout serves the port, these tests talk to it only through raw sockets). The database
+That is the default deployment of DESIGN.md: the API in one process on the service port, two
+verify processes sharing the verify listener's port, Redis for the shared lockout state (these
+tests talk to it only through raw sockets, so they hold for any process layout behind it). The database
 is its own (a fresh PostgreSQL database, or a SQLite file), and so is its Redis key prefix.
 
 Also: a blocking raw-socket HTTP/1.1 client that sends a request in as many TCP segments as
@@ -45,6 +45,11 @@ class Served:
     host: str
     port: int
     proc: subprocess.Popen[bytes]
+    verify_port: int = 0  # the verify listener's (tokensvc.web.verifyport)
+
+    def on_verify_port(self) -> Served:
+        """The same service, its verify listener's port as the one the tests talk to."""
+        return dataclasses.replace(self, port=self.verify_port)
 
 
 def _get(url: str) -> bytes:
@@ -98,7 +103,7 @@ def own_redis_prefix() -> Iterator[str]:
 def serving(tmp_path: Path, database_url: str, redis_prefix: str, *args: str) -> Iterator[Served]:
     """`tokensvc serve --workers 2 *args` on `database_url`, the test Redis under `redis_prefix`
     and a cheap argon2 profile, once it answers /healthz; stopped with SIGTERM at the end."""
-    port = _free_port()
+    port, verify_port = _free_port(), _free_port()
     env = _clean_env(tmp_path)
     env.update(
         TOKENSVC_DATA_DIR=str(tmp_path / "data"),
@@ -112,7 +117,17 @@ def serving(tmp_path: Path, database_url: str, redis_prefix: str, *args: str) ->
     )
     with (tmp_path / "server.log").open("wb") as log:
         proc = subprocess.Popen(
-            [TOKENSVC, "serve", "--port", str(port), "--workers", "2", *args],
+            [
+                TOKENSVC,
+                "serve",
+                "--port",
+                str(port),
+                "--verify-port",
+                str(verify_port),
+                "--workers",
+                "2",
+                *args,
+            ],
             env=env,
             stdout=log,
             stderr=log,
@@ -122,12 +137,13 @@ def serving(tmp_path: Path, database_url: str, redis_prefix: str, *args: str) ->
             while True:
                 try:
                     _get(f"http://127.0.0.1:{port}/healthz")
+                    _get(f"http://127.0.0.1:{verify_port}/healthz")
                     break
                 except OSError:
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError("tokensvc serve did not start") from None
                     time.sleep(0.2)
-            yield Served("127.0.0.1", port, proc)
+            yield Served("127.0.0.1", port, proc, verify_port)
         finally:
             if proc.poll() is None:
                 proc.terminate()

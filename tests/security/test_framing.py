@@ -160,6 +160,10 @@ class Accounts:
 
 @pytest.fixture(scope="module")
 def accounts(served: Served) -> Accounts:
+    return make_accounts(served)
+
+
+def make_accounts(served: Served) -> Accounts:
     """An admin token, and a user per client, made through the API."""
     with Connection(served) as conn:
         conn.send(login("admin", ADMIN_PASSWORD).req.raw)

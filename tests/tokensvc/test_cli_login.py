@@ -74,7 +74,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
-        [TOKENSVC, "serve", "--port", str(port)],
+        [TOKENSVC, "serve", "--port", str(port), "--verify-port", str(_free_port())],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

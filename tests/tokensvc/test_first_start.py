@@ -130,7 +130,7 @@ def start(bare_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
         stdout_path, stderr_path = tmp_path / f"stdout{n}", tmp_path / f"stderr{n}"
         with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
             process = subprocess.Popen(
-                [script(), "serve", "--port", str(port)],
+                [script(), "serve", "--port", str(port), "--verify-port", str(free_port())],
                 env=bare_env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,

@@ -66,7 +66,10 @@ async def replicas(
             logs.append(log)
             procs.append(
                 subprocess.Popen(  # noqa: ASYNC220 - returns at once, nothing blocks
-                    [TOKENSVC, "serve", "--port", str(port)], env=env, stdout=log, stderr=log
+                    [TOKENSVC, "serve", "--port", str(port), "--verify-port", str(_free_port())],
+                    env=env,
+                    stdout=log,
+                    stderr=log,
                 )
             )
             bases.append(f"http://127.0.0.1:{port}")

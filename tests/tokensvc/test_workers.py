@@ -43,7 +43,10 @@ def serving(
     )
     with (tmp_path / "server.log").open("wb") as log:
         proc = subprocess.Popen(
-            [TOKENSVC, "serve", "--port", str(port), *args], env=env, stdout=log, stderr=log
+            [TOKENSVC, "serve", "--port", str(port), "--verify-port", str(_free_port()), *args],
+            env=env,
+            stdout=log,
+            stderr=log,
         )
         base = f"http://127.0.0.1:{port}"
         try:

@@ -18,16 +18,34 @@ from tokensvc.errors import TokensvcError
     show_default=True,
     help="Processes sharing the port (SO_REUSEPORT); more than 1 needs TOKENSVC_REDIS_URL.",
 )
-def serve(host: str | None, port: int | None, workers: int) -> None:
-    """Run the HTTP service.
+@click.option(
+    "--verify-port",
+    default=None,
+    metavar="PORT|off",
+    help="Port of the verify listener, POST /v1/verify only (default TOKENSVC_VERIFY_PORT or"
+    " the service port + 1; off: none).",
+)
+def serve(host: str | None, port: int | None, workers: int, verify_port: str | None) -> None:
+    """Run the HTTP service: the API on --port, POST /v1/verify also on --verify-port.
 
-    With TOKENSVC_REDIS_URL set, the worker(s) answer /v1/verify and every other connection goes
-    to one more, lower-priority process: the lane (TOKENSVC_VERIFY_PROCESS).
+    With TOKENSVC_REDIS_URL set, --workers processes serve the verify port and one more,
+    lower-priority process the API (TOKENSVC_VERIFY_PROCESS=false: every process serves both).
+    Without it, one process serves both ports.
     """
+    import dataclasses
+
     from keystore import KeystoreError
     from tokensvc.web.server import run as run_server
 
     settings = config()
+    if verify_port == "off":
+        settings = dataclasses.replace(settings, verify_listener=False)
+    elif verify_port is not None:
+        if not verify_port.isdigit() or not 0 < int(verify_port) < 65536:
+            raise click.BadParameter(
+                "a port between 1 and 65535, or off", param_hint="--verify-port"
+            )
+        settings = dataclasses.replace(settings, verify_port=int(verify_port), verify_listener=True)
     try:
         run_server(
             settings, host=host or settings.host, port=port or settings.port, workers=workers

@@ -83,7 +83,6 @@ class Config:
     # on the service port answers the same either way.
     verify_port: int | None = None
     verify_listener: bool = True
-    fast_verify: bool = True  # the old in-aiohttp fast path, until the verify listener replaces it
     # `tokensvc serve` with Redis: the verify listener in process(es) of its own, the rest of the
     # API in another, lower-priority one, so a login storm cannot take the verify event loop.
     verify_process: bool = True
@@ -205,7 +204,6 @@ class Config:
             verify_cache_entries=integer("VERIFY_CACHE_ENTRIES", defaults.verify_cache_entries),
             verify_port=None if verify_port in (None, "off") else integer("VERIFY_PORT", 0),
             verify_listener=verify_port != "off",
-            fast_verify=flag("FAST_VERIFY", defaults.fast_verify),
             verify_process=flag("VERIFY_PROCESS", defaults.verify_process),
             max_service_token_ttl=duration("MAX_SERVICE_TOKEN_TTL", defaults.max_service_token_ttl),
             revocation_refresh_interval=duration(

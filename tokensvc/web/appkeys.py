@@ -28,6 +28,7 @@ from tokensvc.tokens.verification import Verifier
 
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey[Callable[[], datetime]]("clock")
+BOOTSTRAP = web.AppKey[bool]("bootstrap")  # whether this process creates the bootstrap admin
 ENGINE = web.AppKey("engine", AsyncEngine)
 KEYRING = web.AppKey("keyring", Keyring)
 MINTER = web.AppKey("minter", Minter)

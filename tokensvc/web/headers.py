@@ -14,6 +14,9 @@ SECURITY_HEADERS: Mapping[str, str] = {
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",
+    # Our name without a version (aiohttp would send `Python/3.11 aiohttp/3.14.5`): which
+    # releases run here is of use only to someone choosing an exploit.
+    "Server": "tokensvc",
 }
 # Present on an answer that already carries the whole set (every JSON answer).
 MARKER = "X-Content-Type-Options"

@@ -1,4 +1,17 @@
-"""Running the app: uvloop; one process, or verify workers and their lane, or plain workers."""
+"""Running the app: uvloop; the API and the verify listener, in one process or in several.
+
+`tokensvc serve` listens on two ports: the service port, where the aiohttp application answers
+the whole API (/v1/verify included), and the verify port (tokensvc.web.verifyport), where an
+httptools protocol answers POST /v1/verify only, without aiohttp's per-request machinery.
+
+With Redis configured (the production shape), each runs in processes of its own: one API process
+at a lower CPU priority and `--workers` verify processes sharing the verify port (SO_REUSEPORT).
+A login storm then costs the API process's time, not the verify loops'; the kernel gives the
+cores to verify first. No connection, and no byte of one, ever moves between processes: each
+process reads only the sockets it accepted itself. Without Redis (the embedded default), one
+process serves both ports (its lockout state and revocations are then in one place), or with
+`--workers N` needs Redis like any multi-process shape.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +22,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Coroutine, Iterator
@@ -22,9 +34,12 @@ from prometheus_client import multiprocess
 from tokensvc.operations.config import Config, ConfigError
 from tokensvc.operations.logs import configure as configure_logging
 from tokensvc.web.app import create_app
-from tokensvc.web.fastverify import AppRunner, FastServer
-from tokensvc.web.lane import LANE_NICE, Handoff, receive_connections
 from tokensvc.web.tls import ssl_context
+from tokensvc.web.verifyport import start_verify_listener, stop_verify_listener
+
+# The API process's CPU priority beside the verify processes: when both want a core, verifies
+# get it first (a login storm then slows logins, not the services that verify).
+API_NICE = 10
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -33,6 +48,15 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we ship
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+def _title(what: str) -> None:
+    """Name this process in `ps` and top: `tokensvc: verify :8081`, not `python -c …`."""
+    try:
+        import setproctitle
+    except ImportError:  # pragma: no cover - a dependency; a title is a convenience only
+        return
+    setproctitle.setproctitle(f"tokensvc: {what}")
 
 
 async def freeze_startup_objects(app: web.Application) -> None:
@@ -48,29 +72,36 @@ async def freeze_startup_objects(app: web.Application) -> None:
     gc.freeze()
 
 
-def _serve_one(
-    config: Config, host: str, port: int, reuse_port: bool, lane: socket.socket | None = None
+def _serve_process(
+    config: Config,
+    host: str,
+    *,
+    port: int | None,
+    verify_port: int | None,
+    reuse_port: bool,
+    nice: int = 0,
 ) -> None:
-    """Serve the port; with `lane`, hand connections that are not verifying to the lane."""
+    """One process: the API on `port` and/or the verify listener on `verify_port`."""
     configure_logging(config.log_level)
-    app = create_app(config)
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+    roles = [f"api :{port}"] if port is not None else []
+    roles += [f"verify :{verify_port}"] if verify_port is not None else []
+    _title(", ".join(roles))
+    # Only a process that serves logins creates the bootstrap admin (and says so once).
+    app = create_app(config, bootstrap=port is not None)
     app.on_startup.append(freeze_startup_objects)  # after every cleanup context has started
-    handoff = Handoff(lane) if lane is not None else None
     # Built here, in the worker: an SSLContext cannot be handed to a spawned process.
     serving = _serve(
-        app, host=host, port=port, ssl=ssl_context(config), reuse_port=reuse_port, handoff=handoff
+        app,
+        host=host,
+        port=port,
+        verify_port=verify_port,
+        ssl=ssl_context(config),
+        reuse_port=reuse_port,
     )
     _run_loop(serving)
-
-
-def _serve_lane(config: Config, lanes: list[socket.socket]) -> None:
-    """The lane process: serve the connections the verify workers hand over (web.lane)."""
-    configure_logging(config.log_level)
-    with contextlib.suppress(OSError):
-        os.nice(LANE_NICE)
-    app = create_app(config)
-    app.on_startup.append(freeze_startup_objects)
-    _run_loop(_lane(app, lanes))
 
 
 def _run_loop(serving: Coroutine[Any, Any, None]) -> None:
@@ -83,103 +114,100 @@ def _run_loop(serving: Coroutine[Any, Any, None]) -> None:
         runner.run(serving)  # until SIGTERM/SIGINT raise GracefulExit
 
 
-def _runner(app: web.Application, handoff: Handoff | None = None) -> AppRunner:
-    return AppRunner(
+async def _serve(
+    app: web.Application,
+    *,
+    host: str,
+    port: int | None,
+    verify_port: int | None,
+    ssl: SSLContext | None,
+    reuse_port: bool,
+) -> None:
+    """web.run_app's serving, plus the verify listener on the app's verifier."""
+    runner = web.AppRunner(
         app,
-        handoff=handoff,
         access_log=None,  # one structured line per request comes from our own request pipeline
         handle_signals=True,  # SIGINT/SIGTERM raise GracefulExit: in-flight requests drain
         shutdown_timeout=10,
         keepalive_timeout=75,  # web.run_app's default
     )
-
-
-async def _lane(app: web.Application, lanes: list[socket.socket]) -> None:
-    runner = _runner(app)
-    await runner.setup()
-    server = runner.server
-    assert server is not None  # noqa: S101 - narrows the type; setup() made it
+    await runner.setup()  # starts the app: its verifier exists from here
+    listener = None
     try:
-        if isinstance(server, FastServer):
-            # One socket pair per verify worker; until every one of them has stopped.
-            await asyncio.gather(*(receive_connections(server, lane) for lane in lanes))
-        else:
-            # This aiohttp lacks what the fast path needs (AppRunner said which): the verify
-            # workers, on the same aiohttp, hand nothing over. Idle until a signal ends the loop.
-            await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
-
-
-async def _serve(
-    app: web.Application,
-    *,
-    host: str,
-    port: int,
-    ssl: SSLContext | None,
-    reuse_port: bool,
-    handoff: Handoff | None = None,
-) -> None:
-    """web.run_app's serving, on tokensvc.web.fastverify's runner (the fast /v1/verify path)."""
-    runner = _runner(app, handoff)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl, reuse_port=reuse_port or None)
-        await site.start()
-        print(f"======== Running on {site.name} ========\n(Press CTRL+C to quit)", file=sys.stderr)
+        if verify_port is not None:
+            listener = await start_verify_listener(
+                app, host, verify_port, ssl=ssl, reuse_port=reuse_port
+            )
+            scheme = "https" if ssl is not None else "http"
+            print(
+                f"======== Verifying on {scheme}://{host}:{verify_port}/v1/verify ========",
+                file=sys.stderr,
+            )
+        if port is not None:
+            site = web.TCPSite(runner, host, port, ssl_context=ssl, reuse_port=reuse_port or None)
+            await site.start()
+            print(f"======== Running on {site.name} ========", file=sys.stderr)
+        print("(Press CTRL+C to quit)", file=sys.stderr)
         await asyncio.Event().wait()  # until a signal ends the loop
     finally:
+        if listener is not None:
+            await stop_verify_listener(*listener)
         await runner.cleanup()
-        if handoff is not None:
-            handoff.close()  # the lane reads EOF and stops too
 
 
-def lane_enabled(config: Config) -> bool:
-    """Whether `serve` runs a lane process beside its verify workers (see tokensvc.web.lane).
+def split_processes(config: Config, verify_port: int | None) -> bool:
+    """Whether `serve` runs the verify listener in processes apart from the API's.
 
-    It needs the fast path (whose raw state says when a connection can move), no native TLS (a
-    TLS session cannot move between processes) and Redis (lockout counts must be shared by the
-    processes).
+    It needs a verify port, and Redis: lockout counts and revocations are then shared across
+    the processes at once (without Redis, a revocation reaches another process only at its next
+    poll, TOKENSVC_REVOCATION_REFRESH_INTERVAL).
     """
-    return (
-        config.verify_process
-        and config.fast_verify
-        and not config.tls
-        and config.redis_url is not None
-    )
+    return verify_port is not None and config.verify_process and config.redis_url is not None
 
 
 def run(config: Config, *, host: str, port: int, workers: int = 1) -> None:
-    """Serve until interrupted; with workers > 1 each process accepts on the same port.
+    """Serve until interrupted.
 
-    The kernel spreads connections over the workers (SO_REUSEPORT). Workers share nothing in
-    memory, so whatever must be shared lives in the database or Redis; each keeps its own caches,
-    which is why revocations and generations are refreshed in the background. Prometheus metrics
-    are written to a multiprocess directory so a scrape of any worker adds up all of them.
+    Workers share nothing in memory, so whatever must be shared lives in the database or Redis;
+    each keeps its own caches, which is why revocations and generations are refreshed in the
+    background. Prometheus metrics are written to a multiprocess directory so a scrape of any
+    worker adds up all of them.
     """
     ssl_context(config)  # a bad certificate fails here, before any worker starts
+    verify_port = config.verify_listen_port(port)
+    if verify_port == port:
+        raise ConfigError("TOKENSVC_VERIFY_PORT must differ from the service port")
     context = multiprocessing.get_context("spawn")
-    if lane_enabled(config):
-        # N verify workers on the port (SO_REUSEPORT when N > 1), each with its own socket
-        # pair to one lane process: logins and the admin API stay off every verify loop.
-        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(workers)]
-        verify = [
-            context.Process(target=_serve_one, args=(config, host, port, workers > 1, ours))
-            for ours, _theirs in pairs
+    if split_processes(config, verify_port):
+        api = context.Process(
+            target=_serve_process,
+            args=(config, host),
+            kwargs={"port": port, "verify_port": None, "reuse_port": False, "nice": API_NICE},
+        )
+        verifiers = [
+            context.Process(
+                target=_serve_process,
+                args=(config, host),
+                kwargs={"port": None, "verify_port": verify_port, "reuse_port": workers > 1},
+            )
+            for _ in range(workers)
         ]
-        lane = context.Process(target=_serve_lane, args=(config, [t for _o, t in pairs]))
         with _multiprocess_metrics_dir():
-            _supervise([*verify, lane], inherited=tuple(s for pair in pairs for s in pair))
+            _supervise([api, *verifiers])
         return
     if workers == 1:
-        _serve_one(config, host, port, reuse_port=False)
+        _serve_process(config, host, port=port, verify_port=verify_port, reuse_port=False)
         return
     if config.redis_url is None:
         raise ConfigError("--workers > 1 needs TOKENSVC_REDIS_URL (lockout state must be shared)")
     with _multiprocess_metrics_dir():
         _supervise(
             [
-                context.Process(target=_serve_one, args=(config, host, port, True))
+                context.Process(
+                    target=_serve_process,
+                    args=(config, host),
+                    kwargs={"port": port, "verify_port": verify_port, "reuse_port": True},
+                )
                 for _ in range(workers)
             ]
         )
@@ -201,14 +229,11 @@ def _multiprocess_metrics_dir() -> Iterator[None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _supervise(
-    processes: list[multiprocessing.process.BaseProcess], inherited: tuple[socket.socket, ...] = ()
-) -> None:
+def _supervise(processes: list[multiprocessing.process.BaseProcess]) -> None:
     """Start the processes; stop all of them when one dies or a signal arrives."""
+    _title("supervisor")
     for process in processes:
         process.start()
-    for sock in inherited:
-        sock.close()  # the children have their copies; the lane must see EOF when ours close
     stopping = False
 
     def stop(signum: int, frame: object) -> None:

@@ -1,7 +1,7 @@
 """POST /v1/verify: the hot path other services call on every request they protect.
 
-`tokensvc serve` answers most of these in tokensvc.web.fastverify, without an aiohttp request;
-both paths read the body with `parse_request` and answer with `answer`, so they agree.
+`tokensvc serve` also answers it on a port of its own (tokensvc.web.verifyport), without an
+aiohttp request; both read the body with `parse_request` and answer with `answer`, so they agree.
 """
 
 from __future__ import annotations

@@ -1,0 +1,388 @@
+"""The verify listener of `tokensvc serve` (tokensvc.web.verifyport), over real sockets.
+
+It parses with httptools and answers in the parser's callbacks, so what matters is that its
+answers are the app's answers to the same /v1/verify, that it keeps HTTP/1.1's order on a
+connection, and that it bounds what a client can make it hold. The other API tests send their
+verifies to it as well (the `client` fixture); these pin down the parts only raw HTTP can show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gzip
+import json
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from tests.served import ServedTestClient, ServedTestServer
+from tests.tokensvc.test_api_verify import mint
+from tokensvc.macaroons.identifier import decode_identifier
+from tokensvc.web import appkeys, verifyport
+from tokensvc.web.app import create_app
+from tokensvc.web.headers import HSTS
+from tokensvc.web.tls import ssl_context
+
+if TYPE_CHECKING:
+    from tests.conftest import FakeClock
+    from tokensvc.operations.config import Config
+
+    Client = TestClient[web.Request, web.Application]
+
+CONTEXT = {"operation": "read", "resource": "/docs/1", "audience": "files"}
+# Headers that differ between any two answers, whichever port gives them.
+PER_ANSWER = {"date", "x-request-id"}
+
+
+@pytest.fixture
+async def token(client: Client, admin_token: str) -> str:
+    body = await mint(
+        client,
+        admin_token,
+        subject="alice",
+        ttl="1h",
+        operations=["read"],
+        resources=["/docs/*"],
+        audience=["files"],
+    )
+    return str(body["token"])
+
+
+def listener_of(client: Client) -> ServedTestServer:
+    server = client.server
+    assert isinstance(server, ServedTestServer)
+    return server
+
+
+def verify_request(body: bytes, *, extra: str = "", version: str = "1.1") -> bytes:
+    return (
+        f"POST /v1/verify HTTP/{version}\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+
+
+def verify_body(token: str, **context: str) -> bytes:
+    return json.dumps({"token": token, "context": context or CONTEXT}).encode()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 answer: status, headers (lower-case names), body (by Content-Length)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status_line, *lines = head.decode("latin-1").split("\r\n")[:-2]
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", 0))), 10)
+    return int(status_line.split()[1]), headers, body
+
+
+async def connect(client: Client) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", listener_of(client).verify_port)
+
+
+async def closed(reader: asyncio.StreamReader) -> bool:
+    return await asyncio.wait_for(reader.read(), 10) == b""
+
+
+# ---- the same answers as the app's /v1/verify ------------------------------------------------------
+
+
+async def test_every_kind_of_answer_matches_the_apps(client: Client, token: str) -> None:
+    gz = gzip.compress(verify_body(token))
+    cases: list[tuple[str, str, str, bytes, dict[str, str]]] = [
+        ("valid", "POST", "/v1/verify", verify_body(token), {}),
+        ("valid, query string", "POST", "/v1/verify?x=1", verify_body(token), {}),
+        ("valid, no context", "POST", "/v1/verify", json.dumps({"token": token}).encode(), {}),
+        ("denied", "POST", "/v1/verify", verify_body(token, operation="write"), {}),
+        ("tampered", "POST", "/v1/verify", verify_body(token[:-1] + "AB"[token[-1] == "A"]), {}),
+        ("garbage token", "POST", "/v1/verify", verify_body("tsv1_garbage"), {}),
+        ("not JSON", "POST", "/v1/verify", b"{not json", {}),
+        ("not an object", "POST", "/v1/verify", b"[1, 2]", {}),
+        ("unknown field", "POST", "/v1/verify", json.dumps({"token": token, "x": 1}).encode(), {}),
+        ("bad context", "POST", "/v1/verify", b'{"token": "a", "context": {"operation": 5}}', {}),
+        ("empty body", "POST", "/v1/verify", b"", {}),
+        ("gzip", "POST", "/v1/verify", gz, {"Content-Encoding": "gzip"}),
+        ("bad gzip", "POST", "/v1/verify", b"nope", {"Content-Encoding": "gzip"}),
+        ("br", "POST", "/v1/verify", verify_body(token), {"Content-Encoding": "br"}),
+        ("GET", "GET", "/v1/verify", b"", {}),
+        ("no such path", "POST", "/v1/nope", b"", {}),
+        ("healthz", "GET", "/healthz", b"", {}),
+    ]
+    server = listener_of(client)
+    for name, method, path, body, headers in cases:
+        answers = []
+        listener = server.make_url(path).with_port(server.verify_port)
+        for url in (listener, server.make_url(path)):
+            resp = await client.session.request(
+                method,
+                url,
+                data=body,
+                headers={"Content-Type": "application/json", **headers},
+                skip_auto_headers={"Accept-Encoding"},
+            )
+            got = {k.lower(): v for k, v in resp.headers.items() if k.lower() not in PER_ANSWER}
+            answers.append((resp.status, got, await resp.read()))
+            assert "x-request-id" in {k.lower() for k in resp.headers}, name
+        assert answers[0] == answers[1], name
+
+
+async def test_a_body_over_the_limit_is_413_and_ends_the_connection(
+    client: Client, app_config: Config
+) -> None:
+    body = b'{"token": "' + b"a" * app_config.max_body_bytes + b'"}'
+    reader, writer = await connect(client)
+    try:
+        writer.write(verify_request(body))
+        status, headers, answer = await read_answer(reader)
+        assert status == 413 and json.loads(answer)["error"]["code"] == "payload_too_large"
+        assert headers["connection"] == "close" and await closed(reader)
+    finally:
+        writer.close()
+
+
+async def test_a_safe_request_id_is_echoed_and_an_unsafe_one_replaced(
+    client: Client, token: str
+) -> None:
+    resp = await client.post(
+        "/v1/verify", data=verify_body(token), headers={"X-Request-ID": "abc-1"}
+    )
+    assert resp.status == 200 and resp.headers["X-Request-ID"] == "abc-1"
+    resp = await client.post(
+        "/v1/verify", data=verify_body(token), headers={"X-Request-ID": "bad id<>"}
+    )
+    assert resp.status == 200
+    assert resp.headers["X-Request-ID"] != "bad id<>"
+    assert len(resp.headers["X-Request-ID"]) == 32
+
+
+# ---- order and connection handling ---------------------------------------------------------------
+
+
+async def test_pipelined_answers_keep_request_order_across_one_that_waits_for_a_key(
+    client: Client, token: str, admin_token: str
+) -> None:
+    """A verify that must read its root key is answered later than the ones behind it are
+    decided; their answers wait for it, so the client reads them in request order."""
+    app = client.server.app
+    verifier = app[appkeys.VERIFIER]
+    other = str((await mint(client, admin_token, subject="bob", ttl="1h"))["token"])
+    key_id = decode_identifier(verifier.parse(other).identifier).key_id
+    # The key is read again (a task), and the token was never verified: no chain cached.
+    app[appkeys.KEYRING].forget(key_id)
+    reader, writer = await connect(client)
+    try:
+        writer.write(
+            verify_request(verify_body(token), extra="X-Request-ID: first\r\n")
+            + verify_request(
+                json.dumps({"token": other}).encode(), extra="X-Request-ID: second\r\n"
+            )
+            + verify_request(verify_body("tsv1_nope"), extra="X-Request-ID: third\r\n")
+            + b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Request-ID: fourth\r\n\r\n"
+            + verify_request(verify_body(token), extra="X-Request-ID: fifth\r\n")
+        )
+        answers = [await read_answer(reader) for _ in range(5)]
+    finally:
+        writer.close()
+    assert [(status, headers["x-request-id"]) for status, headers, _ in answers] == [
+        (200, "first"),
+        (200, "second"),
+        (401, "third"),
+        (200, "fourth"),
+        (200, "fifth"),
+    ]
+    assert json.loads(answers[1][2])["subject"] == "bob"
+
+
+async def test_many_pipelined_verifies_unread_by_the_client_all_get_answers_in_order(
+    client: Client, token: str
+) -> None:
+    # Enough that the answers fill the socket buffers while the client is not reading: the
+    # listener must pause reading, then resume once the client reads, without losing one.
+    count = 3000
+    reader, writer = await connect(client)
+    try:
+        writer.write(
+            b"".join(
+                verify_request(verify_body(token), extra=f"X-Request-ID: r{i}\r\n")
+                for i in range(count)
+            )
+        )
+        await asyncio.sleep(0.5)
+        answers = [await read_answer(reader) for _ in range(count)]
+    finally:
+        writer.close()
+    assert [headers["x-request-id"] for _, headers, _ in answers] == [f"r{i}" for i in range(count)]
+    assert {status for status, _, _ in answers} == {200}
+
+
+async def test_a_request_split_across_segments_is_answered_byte_by_byte(
+    client: Client, token: str
+) -> None:
+    request = verify_request(verify_body(token))
+    reader, writer = await connect(client)
+    try:
+        for i in range(len(request)):
+            writer.write(request[i : i + 1])
+            await writer.drain()
+            if i % 40 == 0:
+                await asyncio.sleep(0.001)
+        status, _, answer = await read_answer(reader)
+        writer.write(verify_request(verify_body(token)))
+        next_status, _, _ = await read_answer(reader)
+    finally:
+        writer.close()
+    assert status == 200 and json.loads(answer)["subject"] == "alice"
+    assert next_status == 200
+
+
+async def test_a_chunked_body_and_expect_100_continue_are_answered(
+    client: Client, token: str
+) -> None:
+    body = verify_body(token)
+    reader, writer = await connect(client)
+    try:
+        writer.write(
+            b"POST /v1/verify HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + f"{len(body[:20]):x}\r\n".encode()
+            + body[:20]
+            + b"\r\n"
+            + f"{len(body[20:]):x}\r\n".encode()
+            + body[20:]
+            + b"\r\n0\r\n\r\n"
+        )
+        assert (await read_answer(reader))[0] == 200
+        writer.write(
+            b"POST /v1/verify HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == (
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+        )
+        writer.write(body)
+        assert (await read_answer(reader))[0] == 200
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("version", "extra"), [("1.1", "Connection: close\r\n"), ("1.0", "")], ids=["close", "http10"]
+)
+async def test_a_request_that_ends_the_connection_is_answered_then_the_connection_closed(
+    client: Client, token: str, version: str, extra: str
+) -> None:
+    reader, writer = await connect(client)
+    try:
+        # A second request after it is never answered.
+        writer.write(
+            verify_request(verify_body(token), extra=extra, version=version)
+            + verify_request(verify_body(token))
+        )
+        status, headers, _ = await read_answer(reader)
+        assert status == 200 and headers["connection"] == "close"
+        assert await closed(reader)
+    finally:
+        writer.close()
+
+
+async def test_a_half_closed_connection_gets_its_answers(client: Client, token: str) -> None:
+    reader, writer = await connect(client)
+    try:
+        writer.write(verify_request(verify_body(token)) * 3)
+        writer.write_eof()
+        assert [(await read_answer(reader))[0] for _ in range(3)] == [200, 200, 200]
+        assert await closed(reader)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        # Request smuggling: two lengths, a bad chunk size, a space before the colon.
+        b"POST /v1/verify HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /v1/verify HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /v1/verify HTTP/1.1\r\nContent-Length : 4\r\n\r\nabcd",
+        b"POST /v1/verify HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd",
+    ],
+    ids=["not-http", "cl-and-te", "bad-chunk", "space-before-colon", "two-lengths"],
+)
+async def test_what_llhttp_refuses_is_a_400_after_the_answers_before_it_then_the_end(
+    client: Client, token: str, garbage: bytes
+) -> None:
+    reader, writer = await connect(client)
+    try:
+        writer.write(verify_request(verify_body(token)) + garbage)
+        assert (await read_answer(reader))[0] == 200
+        status, headers, body = await read_answer(reader)
+        assert status == 400 and json.loads(body)["error"]["code"] == "bad_request"
+        assert headers["connection"] == "close" and await closed(reader)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("shape", ["one-long-header", "many-headers", "endless-head"])
+async def test_a_head_over_the_bounds_is_431_and_ends_the_connection(
+    client: Client, shape: str
+) -> None:
+    reader, writer = await connect(client)
+    try:
+        writer.write(b"POST /v1/verify HTTP/1.1\r\nHost: t\r\n")
+        if shape == "one-long-header":
+            writer.write(b"X-Long: " + b"a" * (verifyport.MAX_HEAD_BYTES + 10) + b"\r\n\r\n")
+        elif shape == "many-headers":
+            writer.write(b"".join(b"X-%d: a\r\n" % i for i in range(verifyport.MAX_HEADERS + 1)))
+            writer.write(b"\r\n")
+        else:  # a head that never ends, sent in small pieces
+            for _ in range(verifyport.MAX_HEAD_BYTES // 1000 + 2):
+                writer.write(b"X-Slow: " + b"b" * 990 + b"\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.001)
+        status, headers, _ = await read_answer(reader)
+        assert status == 431 and headers["connection"] == "close"
+        assert await closed(reader)
+    finally:
+        writer.close()
+
+
+async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(
+    client: Client, token: str
+) -> None:
+    listener = listener_of(client).listener
+    assert listener is not None
+    listener[1].keepalive_timeout = 0.3
+    reader, writer = await connect(client)
+    try:
+        writer.write(verify_request(verify_body(token)))
+        assert (await read_answer(reader))[0] == 200
+        writer.write(b"POST /v1/verify HTTP/1.1\r\n")  # and never the rest
+        assert await closed(reader)
+    finally:
+        writer.close()
+
+
+async def test_over_native_tls_answers_carry_hsts_and_match_the_apps(
+    app_config: Config, clock: FakeClock, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    config = dataclasses.replace(app_config, tls_cert_file=str(cert), tls_key_file=str(key))
+    server = ServedTestServer(create_app(config, clock=clock), verify_ssl=ssl_context(config))
+    context = ssl.create_default_context(cafile=str(cert))
+    async with ServedTestClient(server) as served:
+        login = await served.post(
+            "/v1/login", json={"username": "admin", "password": config.admin_password}
+        )
+        token = (await login.json())["token"]
+        resp = await served.post("/v1/verify", json={"token": token}, ssl=context)
+        assert resp.status == 200 and resp.headers["Strict-Transport-Security"] == HSTS
+        reference = await served.session.post(server.make_url("/v1/verify"), json={"token": token})
+        assert await resp.json() == await reference.json()
+        assert {k.lower() for k in resp.headers if k.lower() not in PER_ANSWER} == {
+            k.lower() for k in reference.headers if k.lower() not in PER_ANSWER
+        } | {"strict-transport-security"}
