@@ -266,14 +266,13 @@ def pg_config(pg_url: str, data_dir: Path) -> Config:
 
 
 @pytest.fixture
-async def client(app_config, clock):  # type: ignore[no-untyped-def]
+async def client(aiohttp_client, app_config, clock):  # type: ignore[no-untyped-def]
     """A test client for the real app factory, served as `tokensvc serve` serves it: POST
     /v1/verify goes to the verify listener (tokensvc.web.verifyport), the rest to the app."""
-    from tests.served import ServedTestClient, ServedTestServer
+    from tests.served import ServedTestServer
     from tokensvc.web.app import create_app
 
-    async with ServedTestClient(ServedTestServer(create_app(app_config, clock=clock))) as served:
-        yield served
+    return await aiohttp_client(ServedTestServer(create_app(app_config, clock=clock)))
 
 
 @pytest.fixture

@@ -62,10 +62,15 @@ class ServeLikeTestServer(ServedTestServer):
         return await super()._make_runner(**kwargs)
 
 
-async def serve(aiohttp_client: Any, config: Config, clock: FakeClock) -> Client:
-    """The real app for `config`, served as `tokensvc serve` serves it (the fast /v1/verify
-    path in front, where the config allows, and no handler cancellation)."""
-    client: Client = await aiohttp_client(ServeLikeTestServer(create_app(config, clock=clock)))
+async def serve(
+    aiohttp_client: Any, config: Config, clock: FakeClock, *, verify_listener: bool = True
+) -> Client:
+    """The real app for `config`, served as `tokensvc serve` serves it (the verify listener
+    beside it, where /v1/verify goes unless `verify_listener` is False, and no handler
+    cancellation)."""
+    server = ServeLikeTestServer(create_app(config, clock=clock))
+    server.send_verifies_to_listener = verify_listener
+    client: Client = await aiohttp_client(server)
     return client
 
 

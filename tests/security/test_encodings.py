@@ -30,8 +30,8 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, make_config
 from tests.security.edges_support import admin_login, bearer, captured_logs, log_lines, serve
+from tests.served import ServedTestServer
 from tokensvc.operations import metrics
-from tokensvc.web import fastverify
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -109,7 +109,7 @@ def raw_deflate_of(data: bytes) -> bytes:
     return encoder.compress(data) + encoder.flush()
 
 
-@pytest.fixture(params=["fast path", "aiohttp path"])
+@pytest.fixture(params=["verify listener", "app"])
 async def client(
     request: pytest.FixtureRequest,
     aiohttp_client: Any,
@@ -117,11 +117,10 @@ async def client(
     data_dir: Path,
     clock: FakeClock,
 ) -> Client:
-    """The app as `tokensvc serve` runs it (fast /v1/verify in front), and without the fast path."""
-    config = make_config(
-        database_url=sqlite_url, data_dir=data_dir, fast_verify=request.param == "fast path"
-    )
-    return await serve(aiohttp_client, config, clock)
+    """The app as `tokensvc serve` runs it: its verifies sent to the verify listener, or to the
+    app's own /v1/verify."""
+    config = make_config(database_url=sqlite_url, data_dir=data_dir)
+    return await serve(aiohttp_client, config, clock, verify_listener=request.param != "app")
 
 
 @pytest.fixture
@@ -289,21 +288,7 @@ async def test_an_unknown_or_stacked_encoding_is_a_415_naming_the_accepted_ones(
         assert error_code(endpoint, body) == expected
 
 
-# ---- the fast /v1/verify path ------------------------------------------------------------------
-
-
-@pytest.fixture
-def fast_answers(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """The bodies of the verifies the fast path was asked to answer."""
-    seen: list[bytes] = []
-    respond = fastverify.FastVerify.respond
-
-    def recording(self: fastverify.FastVerify, body: bytes, *args: Any) -> bytes | None:
-        seen.append(body)
-        return respond(self, body, *args)
-
-    monkeypatch.setattr(fastverify.FastVerify, "respond", recording)
-    return seen
+# ---- the verify listener ----------------------------------------------------------------------
 
 
 def verify_request(body: bytes, *encodings: str) -> bytes:
@@ -315,9 +300,9 @@ def verify_request(body: bytes, *encodings: str) -> bytes:
     return head.encode("latin-1") + body
 
 
-async def statuses(client: Client, *requests: bytes) -> list[int]:
-    """Send `requests` in order on one fresh connection; the status of each answer."""
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+async def statuses(client: Client, port: int, *requests: bytes) -> list[int]:
+    """Send `requests` in order on one fresh connection to `port`; the status of each answer."""
+    reader, writer = await asyncio.open_connection(client.server.host, port)
     found = []
     try:
         for request in requests:
@@ -336,36 +321,32 @@ async def statuses(client: Client, *requests: bytes) -> list[int]:
     return found
 
 
-async def test_an_encoded_verify_never_takes_the_fast_path(
-    aiohttp_client: Any,
-    sqlite_url: str,
-    data_dir: Path,
-    clock: FakeClock,
-    fast_answers: list[bytes],
+async def test_encoded_verifies_get_the_same_answers_from_the_listener_and_the_app(
+    aiohttp_client: Any, sqlite_url: str, data_dir: Path, clock: FakeClock
 ) -> None:
-    """Encoded verifies, first on a connection (the fast path's byte reader) or after another
-    request (aiohttp's parser, then the fast path), all go to aiohttp's path and get its answer:
-    even a coding aiohttp does not know, with a body that would parse as it is, is a 415."""
+    """Encoded verifies get the app's answers from the verify listener too (both decide with
+    tokensvc.web.jsonio): even a coding aiohttp does not know, with a body that would parse as
+    it is, is a 415."""
     served = await serve(
         aiohttp_client, make_config(database_url=sqlite_url, data_dir=data_dir), clock
     )
+    server = served.server
+    assert isinstance(server, ServedTestServer)
     plain = b'{"token": "tsv1_nope"}'
-    healthz = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
-
-    first = await statuses(served, verify_request(plain, "x-custom"))
-    after_another = await statuses(
-        served,
-        healthz,
+    requests = [
         verify_request(plain, "x-custom"),
         verify_request(b'{"not": "gzip"}', "gzip"),
         verify_request(gzip_of(plain), "gzip"),
+        verify_request(gzip_of(plain), "GZIP, identity"),
+        verify_request(gzip_of(gzip_of(plain)), "gzip, gzip"),
         verify_request(plain, "identity"),
         verify_request(plain),
-    )
+    ]
 
-    assert first == [415]
-    assert after_another == [200, 415, 400, 401, 401, 401]
-    assert fast_answers == [plain]  # only the last, unencoded one was the fast path's
+    on_listener = await statuses(served, server.verify_port, *requests)
+    on_app = await statuses(served, server.port, *requests)
+
+    assert on_listener == on_app == [415, 400, 401, 401, 415, 401, 401]
 
 
 # ---- clients that leave mid-body ---------------------------------------------------------------

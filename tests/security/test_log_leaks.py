@@ -295,7 +295,7 @@ async def test_trace_elsewhere_is_405_with_the_routes_methods(
     client: Client, path: str, allowed: set[str]
 ) -> None:
     """TRACE on any other route is a 405 JSON error whose Allow names that route's methods;
-    on the fast path's own route too (a TRACE is never a verify)."""
+    on the verify listener's route too (a TRACE is never a verify)."""
     resp = await client.request("TRACE", path, headers={"X-Trace-Me": "secret"})
 
     assert resp.status == 405

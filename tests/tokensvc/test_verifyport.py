@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.served import ServedTestClient, ServedTestServer
+from tests.served import ServedTestServer
 from tests.tokensvc.test_api_verify import mint
 from tokensvc.macaroons.identifier import decode_identifier
 from tokensvc.web import appkeys, verifyport
@@ -117,8 +117,8 @@ async def test_every_kind_of_answer_matches_the_apps(client: Client, token: str)
     server = listener_of(client)
     for name, method, path, body, headers in cases:
         answers = []
-        listener = server.make_url(path).with_port(server.verify_port)
-        for url in (listener, server.make_url(path)):
+        listener = server.app_url(path).with_port(server.verify_port)
+        for url in (listener, server.app_url(path)):
             resp = await client.session.request(
                 method,
                 url,
@@ -374,14 +374,14 @@ async def test_over_native_tls_answers_carry_hsts_and_match_the_apps(
     config = dataclasses.replace(app_config, tls_cert_file=str(cert), tls_key_file=str(key))
     server = ServedTestServer(create_app(config, clock=clock), verify_ssl=ssl_context(config))
     context = ssl.create_default_context(cafile=str(cert))
-    async with ServedTestClient(server) as served:
+    async with TestClient(server) as served:
         login = await served.post(
             "/v1/login", json={"username": "admin", "password": config.admin_password}
         )
         token = (await login.json())["token"]
         resp = await served.post("/v1/verify", json={"token": token}, ssl=context)
         assert resp.status == 200 and resp.headers["Strict-Transport-Security"] == HSTS
-        reference = await served.session.post(server.make_url("/v1/verify"), json={"token": token})
+        reference = await served.session.post(server.app_url("/v1/verify"), json={"token": token})
         assert await resp.json() == await reference.json()
         assert {k.lower() for k in resp.headers if k.lower() not in PER_ANSWER} == {
             k.lower() for k in reference.headers if k.lower() not in PER_ANSWER
