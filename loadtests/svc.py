@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtests.common import tree_cpu_seconds
 from loadtests.httpbench import Server, _start, _tokensvc_bin
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -64,37 +65,6 @@ def delete_prefix(url: str, prefix: str, *, max_keys: int = 5_000_000) -> int:
         return -1
     finally:
         client.close()
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            text = (task / "children").read_text().split()
-            out.extend(int(x) for x in text)
-    except OSError:
-        pass
-    return out
-
-
-def tree_cpu_seconds(pid: int, clk_tck: int | None = None) -> float:
-    """User + system CPU of `pid` and all its live descendants (bounded walk)."""
-    tck = clk_tck or os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    todo: list[int] = [pid]
-    seen: set[int] = set()
-    while todo and len(seen) < 256:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tck
-        todo.extend(_children(p))
-    return total
 
 
 class TreeServer(Server):
