@@ -184,6 +184,19 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def process_tree(pid: int, limit: int = 256) -> list[int]:
+    """`pid` and its live descendants, parents first (bounded walk)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo and len(out) < limit:
+        p = todo.pop(0)
+        if p in out:
+            continue
+        out.append(p)
+        todo.extend(_children(p))
+    return out
+
+
 def tree_cpu_seconds(pid: int, clk_tck: int | None = None) -> float:
     """User + system CPU of `pid` and all its live descendants (bounded walk)."""
     tck = clk_tck or os.sysconf("SC_CLK_TCK")

@@ -193,7 +193,16 @@ def peer_goals(ratios: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for label, key, metric, op, bound in PEER_GOALS:
         value = ratios.get(key, {}).get(metric, float("nan"))
         met = None if math.isnan(value) else (value >= bound if op == "≥" else value <= bound)
-        goals.append({"goal": label, "ratio": key, "metric": metric, "value": value, "met": met})
+        goals.append(
+            {
+                "goal": label,
+                "ratio": key,
+                "metric": metric,
+                "target": f"{op} {bound:.2f}",
+                "value": value,
+                "met": met,
+            }
+        )
     return goals
 
 
