@@ -10,9 +10,17 @@ of the load generator against:
 - `distinct`: tokensvc with N distinct tokens (each its own subject), sent in order across all
   distinct runs, so each token is verified once until all N have been used.
 
-The order of the three is reversed every other round, so drift on a noisy machine hits them all.
-Reported: medians across rounds of req/s, p50 and p99 latency and server CPU time per request, and
-ratios tokensvc / bare of those medians.
+and, beside them, peers (loadtests.peers; each optional, reported as missing when it cannot be
+found or built): `go` (the Go verify-peer verifying distinct tokens it minted, no cache),
+`go-bare` (its -bare mode) and `nginx` (`return 200`, one worker).
+
+tokensvc's load goes to its verify listener (TOKENSVC_VERIFY_PORT, a free port given to it) when
+that answers, else (a tokensvc without one, or --app-port-verify) to /v1/verify on the app port.
+Servers run pinned to CPU 0 and the load generator to CPU 1 (on 2+ CPUs; --no-pin to not).
+
+The order of the targets is reversed every other round, so drift on a noisy machine hits them all.
+Reported: medians across rounds of req/s, p50 and p99 latency and server CPU time per request,
+ratios tokensvc / bare and tokensvc / each peer of those medians, and issue 17's goals.
 """
 
 from __future__ import annotations
