@@ -7,15 +7,17 @@ from collections.abc import Callable
 
 USAGE = """usage: python -m loadtests {http,micro,instructions,storm,workers,memory,locust,report,all} [options]
 
-  http   start tokensvc and a bare aiohttp handler on loopback, load both with wrk (or a Python
-         load generator), print /v1/verify req/s and p50/p99 latency as ratios against the bare one
+  http   start tokensvc, a bare aiohttp handler, the Go verify-peer and nginx on loopback (servers
+         pinned to one core), load them with wrk (or a Python load generator), print /v1/verify
+         req/s and p50/p99 latency as ratios against the bare one and the peers
   micro  in-process: tokensvc's verify vs pymacaroons' deserialize + Verifier vs a bare HMAC chain
   instructions  server-side instructions per /v1/verify under callgrind (noise-free), tokensvc
                 with a hot token against the bare aiohttp handler, as a ratio (needs valgrind)
   storm    tokensvc with Redis lockout and argon2 (OWASP): logins/s alone, then /v1/verify req/s
            and p99 with and without a concurrent login storm, as ratios
   workers  /v1/verify against `tokensvc serve --workers 1` and `--workers 2`: the 2-vs-1 ratio
-  memory   in-process: verify N distinct tokens (default 1,000,000), RSS sampled every 50k
+  memory   verify N distinct tokens (default 1,000,000) through `tokensvc serve`'s verify port,
+           RSS of each of its processes sampled every 50k (--in-process: in this process)
   locust   the locust scenario (login → mint → verify) headless against a fresh tokensvc
   report   one summary of the latest results files + loadtests/results/latency.png
   all    micro, then http (options: --quick for short runs of both)

@@ -89,6 +89,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct TCP ports on 127.0.0.1 that are free right now (all bound at once, so no two
+    are the same)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on, and how busy it was when we started."""
     info: dict[str, Any] = {
@@ -158,6 +171,52 @@ class Deadline:
     @property
     def remaining(self) -> float:
         return max(0.0, self.end - time.monotonic())
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text().split()
+            out.extend(int(x) for x in text)
+    except OSError:
+        pass
+    return out
+
+
+def process_tree(pid: int, limit: int = 256) -> list[int]:
+    """`pid` and its live descendants, parents first (bounded walk)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo and len(out) < limit:
+        p = todo.pop(0)
+        if p in out:
+            continue
+        out.append(p)
+        todo.extend(_children(p))
+    return out
+
+
+def tree_cpu_seconds(pid: int, clk_tck: int | None = None) -> float:
+    """User + system CPU of `pid` and all its live descendants (bounded walk)."""
+    tck = clk_tck or os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    todo: list[int] = [pid]
+    seen: set[int] = set()
+    while todo and len(seen) < 256:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            if p == pid:
+                return float("nan")
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tck
+        todo.extend(_children(p))
+    return total
 
 
 def pinned(cmd: list[str], cpus: set[int] | None) -> list[str]:

@@ -10,9 +10,17 @@ of the load generator against:
 - `distinct`: tokensvc with N distinct tokens (each its own subject), sent in order across all
   distinct runs, so each token is verified once until all N have been used.
 
-The order of the three is reversed every other round, so drift on a noisy machine hits them all.
-Reported: medians across rounds of req/s, p50 and p99 latency and server CPU time per request, and
-ratios tokensvc / bare of those medians.
+and, beside them, peers (loadtests.peers; each optional, reported as missing when it cannot be
+found or built): `go` (the Go verify-peer verifying distinct tokens it minted, no cache),
+`go-bare` (its -bare mode) and `nginx` (`return 200`, one worker).
+
+tokensvc's load goes to its verify listener (TOKENSVC_VERIFY_PORT, a free port given to it) when
+that answers, else (a tokensvc without one, or --app-port-verify) to /v1/verify on the app port.
+Servers run pinned to CPU 0 and the load generator to CPU 1 (on 2+ CPUs; --no-pin to not).
+
+The order of the targets is reversed every other round, so drift on a noisy machine hits them all.
+Reported: medians across rounds of req/s, p50 and p99 latency and server CPU time per request,
+ratios tokensvc / bare and tokensvc / each peer of those medians, and issue 17's goals.
 """
 
 from __future__ import annotations
@@ -33,13 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtests import loadgen
+from loadtests import loadgen, peers
 from loadtests.common import (
     SHARED_MACHINE_NOTE,
     Deadline,
     fmt,
     fmt_ratio,
-    free_port,
+    free_ports,
     loadavg_note,
     machine_info,
     median,
@@ -47,6 +55,7 @@ from loadtests.common import (
     ratio,
     spread,
     table,
+    tree_cpu_seconds,
     write_results,
 )
 
@@ -83,20 +92,24 @@ class Server:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    # tokensvc's verify listener (TOKENSVC_VERIFY_PORT), once it answered; None: the app port.
+    verify_port: int | None = None
     _clk_tck: int = field(default_factory=lambda: os.sysconf("SC_CLK_TCK"))
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def verify_url(self) -> str:
+        """Where the load goes: the verify listener when it answers, else the app port."""
+        port = self.verify_port or self.port
+        return f"http://127.0.0.1:{port}/v1/verify"
+
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process (all its threads) so far."""
-        try:
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        except OSError:
-            return float("nan")
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / self._clk_tck
+        """User + system CPU time of the server process (all its threads) and its children so far
+        (nginx's worker, a tokensvc verify process)."""
+        return tree_cpu_seconds(self.proc.pid, self._clk_tck)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -149,6 +162,57 @@ def _start(
             cwd=ROOT,
         )
     return Server(name, proc, port, log)
+
+
+def _answers_verify(port: int) -> bool:
+    """True when something on `port` answers POST /v1/verify with any HTTP status (an empty
+    object is a 4xx: the listener only answers that route, it has no /healthz)."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/verify",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+VERIFY_PORT_WAIT_S = 10.0
+
+
+def use_verify_ports(
+    asked: list[tuple[Server, int]], *, app_port: bool = False, seconds: float = VERIFY_PORT_WAIT_S
+) -> list[str]:
+    """Point each (healthy) server's load at the verify listener it was asked to open.
+
+    A tokensvc that predates TOKENSVC_VERIFY_PORT ignores it: when the port does not answer
+    within `seconds` (one deadline for all), that server's load stays on its app port. The notes
+    (one per server) say which port each target got.
+    """
+    notes: list[str] = []
+    deadline = Deadline(seconds)
+    for server, port in asked:
+        if app_port:
+            notes.append(
+                f"{server.name}: /v1/verify on the app port :{server.port} (--app-port-verify)"
+            )
+            continue
+        while not _answers_verify(port) and not deadline.passed:
+            time.sleep(0.2)
+        if _answers_verify(port):
+            server.verify_port = port
+            notes.append(f"{server.name}: /v1/verify on its verify listener :{port}")
+        else:
+            notes.append(
+                f"{server.name}: no verify listener on :{port} within {seconds:g} s (this tokensvc "
+                f"ignores TOKENSVC_VERIFY_PORT?): /v1/verify on the app port :{server.port} instead"
+            )
+    return notes
 
 
 # ---- tokens ---------------------------------------------------------------------------------------
@@ -227,10 +291,12 @@ async def _mint(
     )
 
 
-def _verify_once(base: str, token: str) -> dict[str, Any]:
+def _verify_once(target: str | Server, token: str) -> dict[str, Any]:
+    """POST /v1/verify once to a server (its verify_url) or a base URL (+ /v1/verify)."""
+    url = target.verify_url if isinstance(target, Server) else target + "/v1/verify"
     body = json.dumps({"token": token, "context": CONTEXT}).encode()
     req = urllib.request.Request(
-        base + "/v1/verify", data=body, headers={"Content-Type": "application/json"}, method="POST"
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -293,7 +359,7 @@ def _one_run(
 ) -> dict[str, Any]:
     cpu_before = server.cpu_seconds()
     result = gen.run(
-        url=server.base + "/v1/verify",
+        url=server.verify_url,
         bodies=bodies,
         duration=args.duration,
         connections=args.connections,
@@ -336,16 +402,25 @@ def _charge_leftovers(res: dict[str, Any], server: Server, servers: list[Server]
         res["server_cpu_us_per_req"] += leftover / res["requests"] * 1e6
 
 
-def run(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m loadtests http", description=__doc__.split("\n")[0]
+        prog="python -m loadtests http",
+        description=__doc__.split("\n")[0],
+        epilog=(
+            "Peers: `go` is ../shared/peers/go-verify's verify-peer (built with its build.sh, "
+            "Debian's Go packages, when missing), `nginx` is nginx `return 200` (nginx-light); "
+            "a peer that cannot be found or started is reported and the rest is measured. "
+            "tokensvc gets TOKENSVC_VERIFY_PORT=<free port> and the load goes to that verify "
+            "listener, or to the app port when it does not answer (an older tokensvc) or with "
+            "--app-port-verify."
+        ),
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (default 10)")
     parser.add_argument(
         "--connections", type=int, default=64, help="keep-alive connections (default 64)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds of bare/hot/distinct runs (default 3)"
+        "--rounds", type=int, default=3, help="rounds of runs of every target (default 3)"
     )
     parser.add_argument(
         "--distinct", type=int, default=20000, help="distinct tokens for the all-distinct runs"
@@ -363,6 +438,31 @@ def run(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--hot", type=int, default=10, help="tokens in the hot set (default 10)")
     parser.add_argument(
+        "--peers",
+        default="go,nginx",
+        metavar="LIST",
+        help=(
+            "peers measured beside tokensvc, comma-separated from go, go-bare, nginx, or none "
+            "(default go,nginx); go-bare is verify-peer -bare, Go's HTTP ceiling"
+        ),
+    )
+    parser.add_argument(
+        "--go-peer", metavar="PATH", help="the verify-peer binary (default: build.sh's output)"
+    )
+    parser.add_argument(
+        "--no-go-build",
+        action="store_true",
+        help="do not run the Go peer's build.sh when its binary is missing (skip the peer)",
+    )
+    parser.add_argument(
+        "--app-port-verify",
+        action="store_true",
+        help=(
+            "send tokensvc's load to /v1/verify on its app port, not its verify listener "
+            "(TOKENSVC_VERIFY_PORT, still opened)"
+        ),
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="wrk threads (default 1: the machine has 2 cores)"
     )
     parser.add_argument(
@@ -372,7 +472,10 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pin",
         action="store_true",
-        help="pin the servers to CPU 0 and the load generator to CPU 1 (needs 2+ CPUs)",
+        help="pin the servers to CPU 0 and the load generator to CPU 1 (the default on 2+ CPUs)",
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin servers and load generator to CPUs"
     )
     parser.add_argument(
         "--no-fast-verify",
@@ -383,6 +486,71 @@ def run(argv: list[str] | None = None) -> int:
         "--keep", action="store_true", help="keep the temporary directory (logs, bodies)"
     )
     parser.add_argument("--no-save", action="store_true", help="do not write a results file")
+    return parser
+
+
+def parse_peers(text: str) -> tuple[str, ...]:
+    """`go,nginx` → ("go", "nginx") in PEER_TARGETS order; ValueError on an unknown name."""
+    names = {p.strip() for p in text.split(",") if p.strip()}
+    if names == {"none"}:
+        return ()
+    unknown = names - set(peers.PEER_TARGETS)
+    if unknown:
+        raise ValueError(
+            f"unknown peer(s) {', '.join(sorted(unknown))}: "
+            f"choose from {', '.join(peers.PEER_TARGETS)} or none"
+        )
+    return tuple(p for p in peers.PEER_TARGETS if p in names)
+
+
+def _start_peers(
+    wanted: tuple[str, ...],
+    args: argparse.Namespace,
+    env: dict[str, str],
+    ports: dict[str, int],
+    workdir: Path,
+    cpus: set[int] | None,
+    notes: dict[str, str],
+) -> tuple[dict[str, Server], str | None]:
+    """Start the wanted peers that can be found (a missing one gets a note instead); the
+    servers started and the Go peer's binary, if found."""
+    started: dict[str, Server] = {}
+    go = None
+    if {"go", "go-bare"} & set(wanted):
+        go = peers.find_go_peer(args.go_peer, build=not args.no_go_build)
+    nginx = peers.find_nginx() if "nginx" in wanted else None
+    for name in wanted:
+        found = nginx if name == "nginx" else go
+        assert found is not None
+        if found.path is None:
+            notes[name] = "not measured: " + found.note
+            print(f"http: {name} not measured: {found.note}", flush=True)
+            continue
+        if name == "nginx":
+            cmd = peers.nginx_cmd(found.path, workdir, ports[name])
+        else:
+            cmd = peers.go_serve_cmd(found.path, ports[name], bare=name == "go-bare")
+        notes[name] = found.note
+        started[name] = _start(name, cmd, env, ports[name], workdir, cpus)
+    return started, go.path if go else None
+
+
+def _drop_peer(
+    name: str,
+    why: str,
+    servers: list[Server],
+    peer_servers: dict[str, Server],
+    notes: dict[str, str],
+) -> None:
+    server = peer_servers.pop(name)
+    server.stop()
+    servers.remove(server)
+    notes[name] = f"not measured: {why}"
+    print(f"http: {name} not measured: {why}", flush=True)
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if not (
         0.5 <= args.duration <= 600 and 1 <= args.rounds <= 50 and 1 <= args.connections <= 10000
@@ -392,13 +560,23 @@ def run(argv: list[str] | None = None) -> int:
         parser.error("--hot in 1..10000, --distinct in 1..1000000, --threads in 1..64")
     if not 0 <= args.attenuate <= 1000 or args.distinct * args.attenuate > 5_000_000:
         parser.error("--attenuate in 0..1000, and --distinct × --attenuate at most 5,000,000")
+    try:
+        wanted = parse_peers(args.peers)
+    except ValueError as exc:
+        parser.error(f"--peers: {exc}")
+    if args.pin and args.no_pin:
+        parser.error("--pin and --no-pin contradict each other")
 
     cpus = os.cpu_count() or 1
     server_cpus = loadgen_cpus = None
-    if args.pin:
-        if cpus < 2:
+    if not args.no_pin:
+        if cpus >= 2:
+            server_cpus, loadgen_cpus = {0}, {1}
+        elif args.pin:
             parser.error("--pin needs at least 2 CPUs")
-        server_cpus, loadgen_cpus = {0}, {1}
+        else:
+            print("http: one CPU: servers and load generator unpinned", flush=True)
+    args.pin = server_cpus is not None
 
     gen = loadgen.find(args.loadgen, args.threads)
     note = loadavg_note()
@@ -407,15 +585,18 @@ def run(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tokensvc-bench-http-"))
     data_dir = workdir / "data"
     servers: list[Server] = []
+    peer_notes: dict[str, str] = {}
+    body_bytes: dict[str, float] = {}
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSVC_")}
-        svc_port, bare_port = free_port(), free_port()
-        while bare_port == svc_port:
-            bare_port = free_port()
+        (svc_port, svc_vport, nocache_port, nocache_vport, bare_port, *peer_ports) = free_ports(
+            5 + len(peers.PEER_TARGETS)
+        )
         svc_env = dict(
             env,
             TOKENSVC_DATA_DIR=str(data_dir),
             TOKENSVC_PORT=str(svc_port),
+            TOKENSVC_VERIFY_PORT=str(svc_vport),
             TOKENSVC_HOST="127.0.0.1",
         )
         if args.no_fast_verify:
@@ -427,9 +608,11 @@ def run(argv: list[str] | None = None) -> int:
         # A second tokensvc on the same database with its chain cache off: every request then
         # decodes and runs every HMAC, which is what all-distinct tokens cost (minting enough
         # tokens to never repeat one within a run would take longer than the run itself).
-        nocache_port = free_port()
         nocache_env = dict(
-            svc_env, TOKENSVC_PORT=str(nocache_port), TOKENSVC_VERIFY_CACHE_ENTRIES="0"
+            svc_env,
+            TOKENSVC_PORT=str(nocache_port),
+            TOKENSVC_VERIFY_PORT=str(nocache_vport),
+            TOKENSVC_VERIFY_CACHE_ENTRIES="0",
         )
         nocache = _start(
             "tokensvc-nocache",
@@ -449,11 +632,33 @@ def run(argv: list[str] | None = None) -> int:
             server_cpus,
         )
         servers.append(bare)
+        peer_servers, go_binary = _start_peers(
+            wanted,
+            args,
+            env,
+            dict(zip(peers.PEER_TARGETS, peer_ports, strict=True)),
+            workdir,
+            server_cpus,
+            peer_notes,
+        )
+        servers.extend(peer_servers.values())
         bare.wait_healthy()
         svc.wait_healthy()
         nocache.wait_healthy()
+        for name, server in list(peer_servers.items()):
+            try:
+                server.wait_healthy(30)
+            except RuntimeError as exc:
+                _drop_peer(name, str(exc).splitlines()[0], servers, peer_servers, peer_notes)
+        endpoints = use_verify_ports(
+            [(svc, svc_vport), (nocache, nocache_vport)], app_port=args.app_port_verify
+        )
+        for line in endpoints:
+            print(f"http: {line}", flush=True)
         print(
-            f"http: tokensvc on :{svc_port} (pid {svc.proc.pid}), bare on :{bare_port} (pid {bare.proc.pid})",
+            "http: "
+            + ", ".join(f"{s.name} on :{s.port} (pid {s.proc.pid})" for s in servers)
+            + (" — all pinned to CPU 0, the load generator to CPU 1" if args.pin else ""),
             flush=True,
         )
 
@@ -474,15 +679,18 @@ def run(argv: list[str] | None = None) -> int:
 
         if args.attenuate:
             distinct_tokens = _attenuated(distinct_tokens, args.attenuate)
-        for label, token in (("hot", hot_tokens[0]), ("distinct", distinct_tokens[-1])):
-            answer = _verify_once(svc.base, token)
+        for label, server, token in (
+            ("hot", svc, hot_tokens[0]),
+            ("distinct", nocache, distinct_tokens[-1]),
+        ):
+            answer = _verify_once(server, token)
             if (
                 answer["status"] != 200
                 or not isinstance(answer["body"], dict)
                 or answer["body"].get("valid") is not True
             ):
                 raise RuntimeError(f"sanity check: verifying a {label} token gave {answer}")
-        answer = _verify_once(bare.base, hot_tokens[0])
+        answer = _verify_once(bare, hot_tokens[0])
         if answer["status"] != 200:
             raise RuntimeError(f"sanity check: the bare handler answered {answer}")
 
@@ -490,17 +698,47 @@ def run(argv: list[str] | None = None) -> int:
             "bare": workdir / "hot.jsonl",
             "hot": workdir / "hot.jsonl",
             "distinct": workdir / "distinct.jsonl",
+            "nginx": workdir / "hot.jsonl",
+            "go": workdir / "go.jsonl",
+            "go-bare": workdir / "go.jsonl",
         }
         _write_bodies(bodies["hot"], hot_tokens)
         _write_bodies(bodies["distinct"], distinct_tokens)
-        server_for = {"bare": bare, "hot": svc, "distinct": nocache}
+        if go_binary and {"go", "go-bare"} & set(peer_servers):
+            # As many distinct Go tokens as tokensvc gets (it has no cache: repeats cost the same).
+            go_tokens = peers.go_mint(
+                go_binary, min(len(distinct_tokens), 100_000), workdir / "go.txt"
+            )
+            _write_bodies(bodies["go"], go_tokens)
+            for name in ("go", "go-bare"):
+                if name not in peer_servers:
+                    continue
+                answer = _verify_once(peer_servers[name], go_tokens[-1])
+                ok = answer["status"] == 200 and (
+                    name == "go-bare"
+                    or (isinstance(answer["body"], dict) and answer["body"].get("valid") is True)
+                )
+                if not ok:
+                    _drop_peer(
+                        name, f"sanity check gave {answer}", servers, peer_servers, peer_notes
+                    )
+        if (
+            "nginx" in peer_servers
+            and _verify_once(peer_servers["nginx"], hot_tokens[0])["status"] != 200
+        ):
+            _drop_peer("nginx", "it did not answer 200", servers, peer_servers, peer_notes)
+        server_for = {"bare": bare, "hot": svc, "distinct": nocache, **peer_servers}
+        targets = (*TARGETS, *(p for p in peers.PEER_TARGETS if p in peer_servers))
+        for t in targets:
+            lines = bodies[t].read_bytes().splitlines()
+            body_bytes[t] = sum(map(len, lines)) / len(lines) if lines else float("nan")
 
         # The distinct runs continue where the previous one stopped, so a token comes back only
         # once all N have been used.
         distinct_sent = 0
         if args.warmup > 0:
             warm = argparse.Namespace(**{**vars(args), "duration": args.warmup})
-            for target in TARGETS:
+            for target in targets:
                 offset = distinct_sent if target == "distinct" else 0
                 res = _one_run(
                     gen, server_for[target], bodies[target], warm, workdir, loadgen_cpus, offset
@@ -510,15 +748,25 @@ def run(argv: list[str] | None = None) -> int:
                     # + connections: requests still in flight when the run ended used tokens too.
                     distinct_sent += res["requests"] + args.connections
 
-        runs: dict[str, list[dict[str, Any]]] = {t: [] for t in TARGETS}
+        runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
         for r in range(args.rounds):
-            order = TARGETS if r % 2 == 0 else tuple(reversed(TARGETS))
+            order = targets if r % 2 == 0 else tuple(reversed(targets))
             for target in order:
+                if target not in runs:
+                    continue  # a peer dropped in an earlier round
                 time.sleep(0.5)  # let the previous run's connections close
                 offset = distinct_sent if target == "distinct" else 0
-                res = _one_run(
-                    gen, server_for[target], bodies[target], args, workdir, loadgen_cpus, offset
-                )
+                try:
+                    res = _one_run(
+                        gen, server_for[target], bodies[target], args, workdir, loadgen_cpus, offset
+                    )
+                except RuntimeError as exc:
+                    if target not in peer_servers:
+                        raise
+                    # A peer failing is the peer's problem: say so and measure the rest.
+                    _drop_peer(target, str(exc).splitlines()[0], servers, peer_servers, peer_notes)
+                    del runs[target]
+                    continue
                 _charge_leftovers(res, server_for[target], servers)
                 if target == "distinct":
                     # + connections: requests still in flight when the run ended used tokens too.
@@ -541,6 +789,14 @@ def run(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
+    measured = tuple(runs)
+    medians = {
+        t: {
+            m: median([r[m] for r in runs[t]])
+            for m in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_req")
+        }
+        for t in measured
+    }
     data: dict[str, Any] = {
         "params": {k: v for k, v in vars(args).items() if k not in ("keep", "no_save")},
         "loadgen": {"kind": gen.kind, "version": gen.version, "threads": gen.threads},
@@ -549,25 +805,22 @@ def run(argv: list[str] | None = None) -> int:
         # Requests (warm-up included) sent to the distinct set, each run starting where the last
         # stopped: ≤ N means every token was verified at most once.
         "distinct_requests_total": distinct_sent,
+        "targets": list(measured),
+        "verify_endpoints": endpoints,
+        "peers": {p: peer_notes.get(p, "") for p in wanted},
+        "body_bytes": body_bytes,
         "runs": runs,
-        "medians": {
-            t: {
-                m: median([r[m] for r in runs[t]])
-                for m in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_req")
-            }
-            for t in TARGETS
-        },
-        "errors_total": {t: sum(r["error_count"] for r in runs[t]) for t in TARGETS},
+        "medians": medians,
+        "errors_total": {t: sum(r["error_count"] for r in runs[t]) for t in measured},
         "tokensvc_log_tail": svc_log_tail,
     }
     data["ratios"] = {
         t: {
-            "rps": ratio(data["medians"][t]["rps"], data["medians"]["bare"]["rps"]),
-            "p50": ratio(data["medians"][t]["p50_ms"], data["medians"]["bare"]["p50_ms"]),
-            "p99": ratio(data["medians"][t]["p99_ms"], data["medians"]["bare"]["p99_ms"]),
+            "rps": ratio(medians[t]["rps"], medians["bare"]["rps"]),
+            "p50": ratio(medians[t]["p50_ms"], medians["bare"]["p50_ms"]),
+            "p99": ratio(medians[t]["p99_ms"], medians["bare"]["p99_ms"]),
             "server_cpu_per_req": ratio(
-                data["medians"][t]["server_cpu_us_per_req"],
-                data["medians"]["bare"]["server_cpu_us_per_req"],
+                medians[t]["server_cpu_us_per_req"], medians["bare"]["server_cpu_us_per_req"]
             ),
             "rps_per_round": [
                 ratio(a["rps"], b["rps"]) for a, b in zip(runs[t], runs["bare"], strict=True)
@@ -575,6 +828,8 @@ def run(argv: list[str] | None = None) -> int:
         }
         for t in ("hot", "distinct")
     }
+    data["peer_ratios"] = peers.peer_ratios(medians)
+    data["peer_goals"] = peers.peer_goals(data["peer_ratios"])
     print()
     print(render(data), flush=True)
     if not args.no_save:
@@ -615,16 +870,26 @@ def _distinct_count(p: dict[str, Any]) -> str:
     return f"{p['distinct'] * k:,} attenuated" if k else f"{p['distinct']:,}"
 
 
+PEER_LABELS = {
+    "go": "Go verify-peer (macaroon.v2 + bakery checkers, no cache)",
+    "go-bare": "Go verify-peer -bare (JSON decode, fixed 200)",
+    "nginx": "nginx return 200 (1 worker)",
+}
+
+
 def render(data: dict[str, Any]) -> str:
     p = data["params"]
     lg = data["loadgen"]
+    targets = data.get("targets") or list(TARGETS)
+    body_bytes = data.get("body_bytes", {})
     labels = {
         "bare": "bare aiohttp JSON handler",
         "hot": f"tokensvc /v1/verify, hot set ({p['hot']} tokens)",
         "distinct": f"tokensvc /v1/verify, distinct ({_distinct_count(p)} tokens, chain cache off)",
+        **PEER_LABELS,
     }
     rows = []
-    for t in TARGETS:
+    for t in targets:
         m = data["medians"][t]
         runs = data["runs"][t]
         rows.append(
@@ -635,6 +900,7 @@ def render(data: dict[str, Any]) -> str:
                 fmt(m["p50_ms"]),
                 fmt(m["p99_ms"]),
                 fmt(m["server_cpu_us_per_req"]),
+                fmt(body_bytes.get(t, float("nan"))),
                 str(data["errors_total"][t]),
             ]
         )
@@ -651,6 +917,16 @@ def render(data: dict[str, Any]) -> str:
                 fmt_ratio(q["server_cpu_per_req"]),
             ]
         )
+    peer_rows = [
+        [
+            key,
+            fmt_ratio(q["rps"]),
+            fmt_ratio(q["p50"]),
+            fmt_ratio(q["p99"]),
+            fmt_ratio(q["server_cpu_per_req"]),
+        ]
+        for key, q in data.get("peer_ratios", {}).items()
+    ]
     gen = (
         f"wrk ({lg['version']}, {lg['threads']} thread(s))"
         if lg["kind"] == "wrk"
@@ -662,7 +938,16 @@ def render(data: dict[str, Any]) -> str:
             f"of {p['rounds']} rounds × {p['duration']:g} s per target, order reversed every other round"
         ),
         table(
-            ["target", "req/s", "req/s min–max", "p50 ms", "p99 ms", "server CPU µs/req", "errors"],
+            [
+                "target",
+                "req/s",
+                "req/s min–max",
+                "p50 ms",
+                "p99 ms",
+                "server CPU µs/req",
+                "body B",
+                "errors",
+            ],
             rows,
         ),
         "",
@@ -671,7 +956,20 @@ def render(data: dict[str, Any]) -> str:
             ratio_rows,
         ),
         "",
-        _goals(data["ratios"]),
+    ]
+    if peer_rows:
+        lines += [
+            table(["tokensvc / peer", "req/s", "p50", "p99", "server CPU/req"], peer_rows),
+            "",
+        ]
+    lines.append(_goals(data["ratios"]))
+    if "peer_goals" in data:
+        lines.append(peers.render_goals(data["peer_goals"]))
+    for name, note in data.get("peers", {}).items():
+        if note.startswith("not measured"):
+            lines.append(f"note: {name} {note}")
+    lines += [f"note: {line}" for line in data.get("verify_endpoints", [])]
+    lines += [
         _distinct_note(p["distinct"], data["distinct_requests_total"], p.get("attenuate") or 0),
         f"minting through POST /v1/tokens ran at {data['mint_rate_per_s']:,.0f} tokens/s",
         "note: "

@@ -70,6 +70,17 @@ def summary_rows(found: dict[str, dict[str, Any]]) -> list[list[str]]:
             ],
             ["http", "distinct verify p99 / bare p99", fmt_ratio(q["distinct"]["p99"]), "", ""],
         ]
+        # Issue 17: against the Go verify-peer and nginx of the same run (older files: none).
+        for g in found["http"].get("peer_goals", []):
+            rows.append(
+                [
+                    "http",
+                    f"{g['ratio']} {g['metric']}",
+                    fmt_ratio(g["value"]),
+                    g.get("target", ""),
+                    "not measured" if g["met"] is None else _verdict(bool(g["met"])),
+                ]
+            )
     if "instructions" in found:
         i = found["instructions"]
         names = {"hot": "hot", "nocache": "distinct, chain cache off"}
@@ -152,7 +163,19 @@ def summary_rows(found: dict[str, dict[str, Any]]) -> list[list[str]]:
             ["workers", "verify req/s 2 workers / 1", fmt_ratio(q["rps"]), "(report)", ""],
             ["workers", "server CPU 2 workers / 1", fmt_ratio(q["server_cpu_share"]), "", ""],
         ]
-    if "memory" in found:
+    if "memory" in found and found["memory"].get("mode") == "http":
+        m = found["memory"]
+        for pid, q in m["processes"].items():
+            rows.append(
+                [
+                    "memory",
+                    f"RSS max of {m['labels'].get(pid, pid)}, {m['tokens']:,} tokens over HTTP",
+                    f"{q['max_kib'] / 1024:.0f} MiB",
+                    "≤ 150 MB",
+                    _verdict(bool(q["within_goal"])),
+                ]
+            )
+    elif "memory" in found:
         m = found["memory"]
         growth = m.get("growth_after_cache_full_kib")
         rows += [
@@ -193,6 +216,9 @@ def latency_points(found: dict[str, dict[str, Any]]) -> list[tuple[str, float, f
         ("http", "bare"): "http: bare aiohttp",
         ("http", "hot"): "http: verify hot",
         ("http", "distinct"): "http: verify distinct",
+        ("http", "go"): "http: Go verify-peer",
+        ("http", "go-bare"): "http: Go verify-peer -bare",
+        ("http", "nginx"): "http: nginx return 200",
         ("storm", "quiet"): "storm: verify, no storm",
         ("storm", "storm"): "storm: verify, login storm",
         ("workers", "w1"): "workers: 1 worker",

@@ -42,7 +42,14 @@ from loadtests.common import (
     table,
     write_results,
 )
-from loadtests.httpbench import _admin_token, _mint, _one_run, _verify_once, _write_bodies
+from loadtests.httpbench import (
+    _admin_token,
+    _mint,
+    _one_run,
+    _verify_once,
+    _write_bodies,
+    use_verify_ports,
+)
 from loadtests.svc import (
     DEFAULT_REDIS_URL,
     bench_password,
@@ -241,6 +248,14 @@ def run(argv: list[str] | None = None) -> int:
         default=None,
         help="TOKENSVC_PASSWORD_PROFILE (default: the service's, OWASP)",
     )
+    parser.add_argument(
+        "--app-port-verify",
+        action="store_true",
+        help=(
+            "send the verify load to /v1/verify on the app port, not tokensvc's verify listener "
+            "(TOKENSVC_VERIFY_PORT, still opened; used by default when it answers)"
+        ),
+    )
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--no-save", action="store_true")
@@ -288,6 +303,9 @@ def run(argv: list[str] | None = None) -> int:
     deleted = -1
     try:
         server.wait_healthy()
+        endpoints = use_verify_ports([(server, svc.verify_port)], app_port=args.app_port_verify)
+        for line in endpoints:
+            print(f"storm: {line}", flush=True)
         print(
             f"storm: tokensvc on :{server.port} (pid {server.proc.pid}), Redis prefix {prefix!r}",
             flush=True,
@@ -299,7 +317,7 @@ def run(argv: list[str] | None = None) -> int:
         hot, _ = asyncio.run(
             _mint(server.base, admin, [f"storm-hot-{i}" for i in range(args.hot)], 120)
         )
-        answer = _verify_once(server.base, hot[0])
+        answer = _verify_once(server, hot[0])
         if answer["status"] != 200:
             raise RuntimeError(f"sanity check: verifying a hot token gave {answer}")
         bodies = workdir / "hot.jsonl"
@@ -385,6 +403,7 @@ def run(argv: list[str] | None = None) -> int:
         "loadgen": {"kind": gen.kind, "version": gen.version, "threads": gen.threads},
         "machine": machine_info(),
         "redis": {"url": args.redis_url, "prefix": prefix, "keys_deleted": deleted},
+        "verify_endpoints": endpoints,
         "login_alone": alone,
         "runs": runs,
         "storms": storms,
@@ -521,6 +540,7 @@ def render(data: dict[str, Any]) -> str:
                 ],
             ),
             "",
+            *(f"note: {line}" for line in data.get("verify_endpoints", [])),
             "note: "
             + SHARED_MACHINE_NOTE.format(cpus=data["machine"].get("cpus"))
             + "; the storm client runs in this process, also on these cores",

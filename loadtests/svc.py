@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtests.common import free_ports, tree_cpu_seconds
 from loadtests.httpbench import Server, _start, _tokensvc_bin
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -66,37 +67,6 @@ def delete_prefix(url: str, prefix: str, *, max_keys: int = 5_000_000) -> int:
         client.close()
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            text = (task / "children").read_text().split()
-            out.extend(int(x) for x in text)
-    except OSError:
-        pass
-    return out
-
-
-def tree_cpu_seconds(pid: int, clk_tck: int | None = None) -> float:
-    """User + system CPU of `pid` and all its live descendants (bounded walk)."""
-    tck = clk_tck or os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    todo: list[int] = [pid]
-    seen: set[int] = set()
-    while todo and len(seen) < 256:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tck
-        todo.extend(_children(p))
-    return total
-
-
 class TreeServer(Server):
     """A Server whose CPU time includes its child processes (the `--workers N` workers)."""
 
@@ -110,6 +80,8 @@ class RedisService:
     env: dict[str, str]
     redis_url: str
     prefix: str
+    # The port given as TOKENSVC_VERIFY_PORT (httpbench.use_verify_ports points the load at it).
+    verify_port: int
 
 
 def start_tokensvc(
@@ -123,6 +95,8 @@ def start_tokensvc(
     workers: int = 1,
     extra_env: dict[str, str] | None = None,
 ) -> RedisService:
+    # A verify listener port of our own: the default (port + 1) may be another server's port.
+    verify_port = next(p for p in free_ports(2) if p != port)
     env = dict(
         base_env(),
         TOKENSVC_DATA_DIR=str(data_dir),
@@ -130,6 +104,7 @@ def start_tokensvc(
         TOKENSVC_HOST="127.0.0.1",
         TOKENSVC_REDIS_URL=redis_url,
         TOKENSVC_REDIS_PREFIX=prefix,
+        TOKENSVC_VERIFY_PORT=str(verify_port),
         **(extra_env or {}),
     )
     cmd = [_tokensvc_bin(), "serve"]
@@ -137,7 +112,7 @@ def start_tokensvc(
         cmd += ["--workers", str(workers)]
     proc_server = _start(name, cmd, env, port, workdir, None)
     server = TreeServer(proc_server.name, proc_server.proc, proc_server.port, proc_server.log)
-    return RedisService(server, env, redis_url, prefix)
+    return RedisService(server, env, redis_url, prefix, verify_port)
 
 
 async def create_users(base: str, admin: str, names: list[str], password: str) -> None:

@@ -57,7 +57,34 @@ def _run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
 
 
 def test_memory_benchmark_prints_its_table() -> None:
+    # Over HTTP against `tokensvc serve`: every token answered 200, RSS per process.
     proc = _run("memory", "--tokens", "300", "--sample-every", "100", "--batch", "50", "--no-save")
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    for expected in (
+        "RSS at start (MiB)",
+        "RSS max (MiB)",
+        "growth after the cache filled",
+        "tokensvc serve (main)",
+        "tokens verified: 300",
+        "answers {'200': 300}",
+        "max ≤ 150 MB",
+    ):
+        assert expected in proc.stdout, f"{expected!r} missing from:\n{proc.stdout}"
+    assert "results:" not in proc.stdout
+
+
+def test_memory_benchmark_in_process_prints_its_table() -> None:
+    proc = _run(
+        "memory",
+        "--in-process",
+        "--tokens",
+        "300",
+        "--sample-every",
+        "100",
+        "--batch",
+        "50",
+        "--no-save",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for expected in ("RSS at start (MiB)", "RSS max (MiB)", "growth after the cache filled", "300"):
         assert expected in proc.stdout, f"{expected!r} missing from:\n{proc.stdout}"
@@ -76,6 +103,35 @@ def test_report_summarises_results_files(tmp_path: Path) -> None:
                 "written_at": "2099-01-01T00:00:00",
                 "medians": dict.fromkeys(("bare", "hot", "distinct"), medians),
                 "ratios": {"hot": ratios, "distinct": ratios},
+                "peer_goals": [
+                    {
+                        "goal": "hot req/s ≥ 1.6× go",
+                        "ratio": "hot/go",
+                        "metric": "rps",
+                        "target": "≥ 1.60",
+                        "value": 1.75,
+                        "met": True,
+                    },
+                    {
+                        "goal": "hot req/s ≥ 0.5× nginx",
+                        "ratio": "hot/nginx",
+                        "metric": "rps",
+                        "target": "≥ 0.50",
+                        "value": float("nan"),
+                        "met": None,
+                    },
+                ],
+            }
+        )
+    )
+    (tmp_path / "memory-20990101T000000Z.json").write_text(
+        json.dumps(
+            {
+                "kind": "memory",
+                "mode": "http",
+                "tokens": 1_000_000,
+                "labels": {"42": "tokensvc serve (main)"},
+                "processes": {"42": {"max_kib": 160_000, "within_goal": False}},
             }
         )
     )
@@ -96,6 +152,9 @@ def test_report_summarises_results_files(tmp_path: Path) -> None:
     assert "hot verify req/s / bare" in proc.stdout and "0.90×" in proc.stdout
     assert "hot verify server instr/req / bare (callgrind)" in proc.stdout
     assert "1.50×" in proc.stdout and "≈ 0.67" in proc.stdout
+    assert "hot/go rps" in proc.stdout and "1.75×" in proc.stdout
+    assert "not measured" in proc.stdout  # nginx
+    assert "RSS max of tokensvc serve (main)" in proc.stdout and "156 MiB" in proc.stdout
 
 
 def test_instructions_says_how_to_install_valgrind_when_it_is_missing() -> None:
