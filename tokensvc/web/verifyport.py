@@ -37,7 +37,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from ssl import SSLContext
 from time import perf_counter
-from typing import Final
+from typing import Final, cast
 
 import httptools
 import orjson
@@ -296,8 +296,8 @@ class VerifyConnection(asyncio.Protocol):
     # ---- asyncio.Protocol -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - a stream server's transport
-        self._transport = transport
+        # A stream server's transport (uvloop's are not subclasses of asyncio.Transport).
+        self._transport = cast("asyncio.Transport", transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, (list, tuple)):
             self._peer = str(peer[0])
