@@ -25,10 +25,14 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     to one more, lower-priority process: the lane (TOKENSVC_VERIFY_PROCESS).
     """
     from keystore import KeystoreError
+    from tokensvc.composition import preflight
     from tokensvc.web.server import run as run_server
 
     settings = config()
     try:
+        # Once, here, before any worker: a KEK that opens nothing is one line, not a traceback
+        # from every spawned process.
+        run(preflight(settings))
         run_server(
             settings, host=host or settings.host, port=port or settings.port, workers=workers
         )
