@@ -11,8 +11,8 @@ every service's public methods are wrapped.
 from __future__ import annotations
 
 import functools
-import logging
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, ParamSpec, TypeVar
 
