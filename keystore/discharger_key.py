@@ -31,6 +31,7 @@ from keystore.crypto import KeyEncryptionKey, SecretBytes
 from keystore.db import Base
 from keystore.db import run as run_database
 from keystore.errors import KeyDecryptionError
+from keystore.sealing import Sealed, Sealer, as_sealer
 
 __all__ = [
     "DEFAULT_KEY_ID",
@@ -91,6 +92,11 @@ class DischargerKey:
         return cls.from_private(secrets.token_bytes(KEY_BYTES), id=id, created_at=created_at)
 
 
+def discharger_key_aad(key_id: str) -> bytes:
+    """The associated data the private key's ciphertext is bound to (keystore.reseal uses it)."""
+    return _aad(key_id)
+
+
 def _aad(key_id: str) -> bytes:
     # Bound to the table and the row: a root-key ciphertext (whose aad is its bare id) copied
     # here, or this one copied onto another row, does not decrypt.
@@ -100,7 +106,7 @@ def _aad(key_id: str) -> bytes:
 async def load_discharger_key(
     engine: AsyncEngine,
     *,
-    kek: KeyEncryptionKey,
+    kek: KeyEncryptionKey | Sealer,
     clock: Callable[[], datetime],
     key_id: str = DEFAULT_KEY_ID,
 ) -> DischargerKey:
@@ -109,14 +115,16 @@ async def load_discharger_key(
     Raises `KeyDecryptionError` when the row was sealed under another KEK or was tampered with,
     and `StoreUnavailable` when the database cannot be reached.
     """
+    sealer = as_sealer(kek)
     row = await _run(engine, lambda conn: _select(conn, key_id), write=False)
     if row is None:
         fresh = DischargerKey.generate(id=key_id, created_at=clock())
+        sealed = sealer.seal(fresh.private.reveal(), aad=_aad(key_id))
         values = {
             "id": key_id,
             "public_key": fresh.public,
-            "kek_id": kek.kek_id,
-            "ciphertext": kek.encrypt(fresh.private.reveal(), aad=_aad(key_id)),
+            "kek_id": sealed.kek_id,
+            "ciphertext": sealed.ciphertext,
             "created_at": fresh.created_at,
         }
         await _run(engine, lambda conn: _insert_unless_present(conn, values), write=True)
@@ -124,16 +132,15 @@ async def load_discharger_key(
         row = await _run(engine, lambda conn: _select(conn, key_id), write=False)
         if row is None:  # pragma: no cover - only if someone deletes it between the two steps
             raise KeyDecryptionError("the discharger key vanished while being created")
-    return _decrypt(row, kek)
+    return _decrypt(row, sealer)
 
 
-def _decrypt(row: dict[str, Any], kek: KeyEncryptionKey) -> DischargerKey:
-    if row["kek_id"] != kek.kek_id:
-        raise KeyDecryptionError(
-            f"discharger key {row['id']} is encrypted under key-encryption key {row['kek_id']},"
-            f" but the configured key-encryption key is {kek.kek_id}"
-        )
-    private = kek.decrypt(bytes(row["ciphertext"]), aad=_aad(row["id"]))
+def _decrypt(row: dict[str, Any], sealer: Sealer) -> DischargerKey:
+    private = sealer.open(
+        Sealed(row["kek_id"], bytes(row["ciphertext"])),
+        aad=_aad(row["id"]),
+        what=f"discharger key {row['id']}",
+    )
     key = DischargerKey.from_private(private, id=row["id"], created_at=row["created_at"])
     # The public half is stored in the clear; a row whose halves disagree was tampered with.
     if not hmac.compare_digest(key.public, bytes(row["public_key"])):

@@ -18,9 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keystore.cache import KeyCache
 from keystore.crypto import KeyEncryptionKey, SecretBytes
-from keystore.errors import KeyDecryptionError, NoCurrentKey
+from keystore.errors import NoCurrentKey
 from keystore.models import KEY_ID_MAX_LENGTH, RootKeyRow
 from keystore.policy import RotationPolicy
+from keystore.sealing import Sealed, Sealer, as_sealer
 from keystore.store import RootKeyStore
 
 ROOT_KEY_BYTES: Final[int] = 32
@@ -78,7 +79,7 @@ class Keyring:
         self,
         engine: AsyncEngine,
         *,
-        kek: KeyEncryptionKey,
+        kek: KeyEncryptionKey | Sealer,
         policy: RotationPolicy | None = None,
         clock: Callable[[], datetime] = _utc_now,
         cache_size: int = 1024,
@@ -86,7 +87,7 @@ class Keyring:
         max_concurrent_misses: int = 8,
     ) -> None:
         self._store = RootKeyStore(engine)
-        self._kek = kek
+        self._kek = as_sealer(kek)
         self._policy = policy if policy is not None else RotationPolicy()
         self._clock = clock
         self._cache: KeyCache[RootKey] = KeyCache(max_entries=cache_size, negative_ttl=negative_ttl)
@@ -241,13 +242,14 @@ class Keyring:
         secret = secrets.token_bytes(ROOT_KEY_BYTES)
         created_at = now.astimezone(UTC)
         expires_at = self._policy.expires_at(created_at)
+        sealed = self._kek.seal(secret, aad=_aad(key_id, expires_at))
         row = RootKeyRow(
             id=key_id,
             slot=slot,
             created_at=created_at,
             expires_at=expires_at,
-            kek_id=self._kek.kek_id,
-            ciphertext=self._kek.encrypt(secret, aad=_aad(key_id, expires_at)),
+            kek_id=sealed.kek_id,
+            ciphertext=sealed.ciphertext,
         )
         key = RootKey(
             id=key_id, secret=SecretBytes(secret), created_at=created_at, expires_at=expires_at
@@ -255,18 +257,22 @@ class Keyring:
         return key, row
 
     def _decrypt(self, row: RootKeyRow) -> RootKey:
-        if row.kek_id != self._kek.kek_id:
-            raise KeyDecryptionError(
-                f"root key {row.id} is encrypted under key-encryption key {row.kek_id},"
-                f" but the configured key-encryption key is {self._kek.kek_id}"
-            )
-        secret = self._kek.decrypt(row.ciphertext, aad=_aad(row.id, row.expires_at))
+        secret = self._kek.open(
+            Sealed(row.kek_id, row.ciphertext),
+            aad=_aad(row.id, row.expires_at),
+            what=f"root key {row.id}",
+        )
         return RootKey(
             id=row.id,
             secret=SecretBytes(secret),
             created_at=row.created_at,
             expires_at=row.expires_at,
         )
+
+
+def root_key_aad(key_id: str, expires_at: datetime) -> bytes:
+    """The associated data a root key's ciphertext is bound to (keystore.reseal uses it too)."""
+    return _aad(key_id, expires_at)
 
 
 def _aad(key_id: str, expires_at: datetime) -> bytes:

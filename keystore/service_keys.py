@@ -29,8 +29,8 @@ from keystore.cache import KeyCache
 from keystore.crypto import KeyEncryptionKey, SecretBytes
 from keystore.db import Base
 from keystore.db import run as run_database
-from keystore.errors import KeyDecryptionError
 from keystore.keyring import ROOT_KEY_BYTES, RootKey
+from keystore.sealing import Sealed, Sealer, as_sealer
 
 __all__ = ["KEY_ID_PREFIX", "ServiceKeyRow", "ServiceKeys", "is_service_key_id", "service_key_id"]
 
@@ -76,14 +76,14 @@ class ServiceKeys:
         self,
         engine: AsyncEngine,
         *,
-        kek: KeyEncryptionKey,
+        kek: KeyEncryptionKey | Sealer,
         clock: Callable[[], datetime] = _utc_now,
         cache_size: int = 4096,
         negative_ttl: timedelta = timedelta(seconds=5),
         max_concurrent_misses: int = 4,
     ) -> None:
         self._engine = engine
-        self._kek = kek
+        self._kek = as_sealer(kek)
         self._clock = clock
         self._cache: KeyCache[RootKey] = KeyCache(max_entries=cache_size, negative_ttl=negative_ttl)
         self._miss_limit = asyncio.Semaphore(max_concurrent_misses)
@@ -94,13 +94,14 @@ class ServiceKeys:
         secret = secrets.token_bytes(ROOT_KEY_BYTES)
         created_at = self._clock().astimezone(UTC)
         expires_at = expires_at.astimezone(UTC)
+        sealed = self._kek.seal(secret, aad=_aad(key_id, token_id, expires_at))
         values = {
             "id": key_id,
             "token_id": token_id,
             "created_at": created_at,
             "expires_at": expires_at,
-            "kek_id": self._kek.kek_id,
-            "ciphertext": self._kek.encrypt(secret, aad=_aad(key_id, token_id, expires_at)),
+            "kek_id": sealed.kek_id,
+            "ciphertext": sealed.ciphertext,
         }
         key = RootKey(
             id=key_id, secret=SecretBytes(secret), created_at=created_at, expires_at=expires_at
@@ -147,13 +148,12 @@ class ServiceKeys:
             )
         if row is None or row["expires_at"] <= now:
             return None
-        if row["kek_id"] != self._kek.kek_id:
-            raise KeyDecryptionError(
-                f"service key {key_id} is encrypted under key-encryption key {row['kek_id']},"
-                f" but the configured key-encryption key is {self._kek.kek_id}"
-            )
         expires_at = row["expires_at"]
-        secret = self._kek.decrypt(row["ciphertext"], aad=_aad(key_id, row["token_id"], expires_at))
+        secret = self._kek.open(
+            Sealed(row["kek_id"], bytes(row["ciphertext"])),
+            aad=_aad(key_id, row["token_id"], expires_at),
+            what=f"service key {key_id}",
+        )
         return RootKey(
             id=key_id,
             secret=SecretBytes(secret),
@@ -164,6 +164,11 @@ class ServiceKeys:
 
 async def _select_row(conn: AsyncConnection, *, key_id: str) -> Any:
     return (await conn.execute(select(_TABLE).where(_TABLE.c.id == key_id))).mappings().first()
+
+
+def service_key_aad(key_id: str, token_id: str, expires_at: datetime) -> bytes:
+    """The associated data a service key's ciphertext is bound to (keystore.reseal uses it)."""
+    return _aad(key_id, token_id, expires_at)
 
 
 def _aad(key_id: str, token_id: str, expires_at: datetime) -> bytes:

@@ -18,8 +18,17 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keystore import KeyEncryptionKey, Keyring, RotationPolicy, create_engine
+from keystore import (
+    InvalidKeyEncryptionKey,
+    KeyEncryptionKey,
+    Keyring,
+    RotationPolicy,
+    create_engine,
+)
+from keystore.deployment_key import DeploymentKey, load_deployment_key
 from keystore.discharger_key import DischargerKey, load_discharger_key
+from keystore.reseal import kek_usage
+from keystore.sealing import LocalKeks, Sealer, UnknownKek
 from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys, service_key_id
 from tokensvc.accounts.bootstrap import ensure_admin
 from tokensvc.accounts.lockout import LockoutStore, MemoryLockoutStore, RedisLockoutStore
@@ -30,7 +39,7 @@ from tokensvc.bakery.discharger import Discharger
 from tokensvc.bakery.thirdparty import ThirdPartyLocator
 from tokensvc.operations import metrics
 from tokensvc.operations.background import every, tasks_running
-from tokensvc.operations.config import Config
+from tokensvc.operations.config import Config, ConfigError
 from tokensvc.operations.redisconn import (
     close_client,
     pubsub_client_from_url,
@@ -59,7 +68,8 @@ from tokensvc.tokens.verification import Limits, Verifier
 
 log = logging.getLogger("tokensvc")
 
-#: Domain-separates the keyed hashes that name identities and addresses in Redis.
+#: Domain-separates the keyed hashes that name identities and addresses in Redis (both purposes
+#: key derivations of the deployment key, keystore.deployment_key, so a KEK rotation keeps them).
 LOCKOUT_HASH_PURPOSE = b"lockout identity and address hashes v1"
 # Keys the `user_hash` that login events name identities by (tokensvc.services.login): the same on every
 # replica, and a key apart from lockout's, so a log line and a Redis key cannot be matched up.
@@ -85,7 +95,10 @@ class Runtime:
     config: Config
     clock: Callable[[], datetime]
     engine: AsyncEngine
+    # The current KEK (what the embedded data directory holds); `keks` seals and opens.
     kek: KeyEncryptionKey
+    keks: Sealer
+    deployment_key: DeploymentKey
     users: UserStore
     hasher: PasswordHasher
     generations: SubjectGenerations
@@ -128,11 +141,15 @@ async def runtime(
         stack.push_async_callback(engine.dispose)
         if config.auto_migrate or not serving:
             await upgrade(engine)
-        kek = KeyEncryptionKey.load(
-            value=config.kek,
-            file=config.kek_file,
-            data_dir=config.data_dir if config.embedded else None,
-        )
+        keks = load_keks(config)
+        kek = keks.current
+        if serving:
+            await check_keks(engine, keks, now=clock())
+        try:
+            deployment_key = await load_deployment_key(engine, kek=keks, clock=clock)
+            discharger_key = await load_discharger_key(engine, kek=keks, clock=clock)
+        except UnknownKek as exc:
+            raise ConfigError(_unknown_kek_message({exc.kek_id: 1}, keks)) from None
 
         users = UserStore(engine, clock=clock)
         hasher = PasswordHasher(
@@ -149,9 +166,8 @@ async def runtime(
             await stack.enter_async_context(generations.running())
 
         probes: dict[str, Callable[[], Awaitable[bool]]] = {}
-        lockout = await _lockout(config, kek, stack, probes)
+        lockout = await _lockout(config, deployment_key, stack, probes)
 
-        discharger_key = await load_discharger_key(engine, kek=kek, clock=clock)
         discharger = Discharger(
             discharger_key,
             conditions=Conditions(users=users, lockout=lockout, clock=clock),
@@ -163,7 +179,7 @@ async def runtime(
 
         keyring = Keyring(
             engine,
-            kek=kek,
+            kek=keks,
             policy=RotationPolicy(
                 lifetime=config.key_lifetime, generate_interval=config.key_generate_interval
             ),
@@ -187,7 +203,7 @@ async def runtime(
             clock=clock,
             default_ttl=config.login_default_ttl,
             max_ttl=config.login_max_ttl,
-            identity_log_key=kek.derive(LOG_IDENTITY_HASH_PURPOSE),
+            identity_log_key=deployment_key.derive(LOG_IDENTITY_HASH_PURPOSE),
         )
         verifier = Verifier(
             keyring,
@@ -203,7 +219,7 @@ async def runtime(
         )
 
         registry = TokenRegistry(engine)
-        service_keys = ServiceKeys(engine, kek=kek, clock=clock)
+        service_keys = ServiceKeys(engine, kek=keks, clock=clock)
         revocations = await _revocations(config, engine, registry, stack)
         _wire_lifecycle(revocations, keyring, service_keys, verifier, generations)
         usage = UsageRecorder(registry, flush_interval=config.usage_flush_interval.total_seconds())
@@ -241,7 +257,13 @@ async def runtime(
                 audit=audit,
             ),
             keys=KeyService(
-                authorizer=authorizer, keyring=keyring, revocations=revocations, audit=audit
+                authorizer=authorizer,
+                keyring=keyring,
+                revocations=revocations,
+                audit=audit,
+                engine=engine,
+                keks=keks,
+                clock=clock,
             ),
             lockouts=LockoutService(
                 authorizer=authorizer, lockout=lockout, audit=audit, clock=clock
@@ -263,6 +285,8 @@ async def runtime(
             clock=clock,
             engine=engine,
             kek=kek,
+            keks=keks,
+            deployment_key=deployment_key,
             users=users,
             hasher=hasher,
             generations=generations,
@@ -283,9 +307,90 @@ async def runtime(
         )
 
 
+def load_keks(config: Config) -> LocalKeks:
+    """The configured KEKs: TOKENSVC_KEK(_FILE) seals, TOKENSVC_KEK_PREVIOUS(_FILE) only opens.
+
+    Raises:
+        ConfigError: a KEK is missing or malformed; the message names the variable.
+    """
+    if config.kek_file is not None:
+        name = "TOKENSVC_KEK_FILE"
+    elif config.kek is not None or not config.embedded:
+        name = "TOKENSVC_KEK"
+    else:
+        name = "TOKENSVC_DATA_DIR"
+    try:
+        current = KeyEncryptionKey.load(
+            value=config.kek,
+            file=config.kek_file,
+            data_dir=config.data_dir if config.embedded else None,
+        )
+    except InvalidKeyEncryptionKey as exc:
+        hint = " (set TOKENSVC_KEK or TOKENSVC_KEK_FILE)" if name == "TOKENSVC_KEK" else ""
+        raise ConfigError(f"{name}: {exc}{hint}") from None
+    try:
+        return LocalKeks(current, _previous_keks(config.kek_previous))
+    except InvalidKeyEncryptionKey as exc:
+        raise ConfigError(f"TOKENSVC_KEK_PREVIOUS: {exc}") from None
+
+
+def _previous_keks(text: str | None) -> list[KeyEncryptionKey]:
+    items = (text or "").replace(",", " ").split()
+    return [KeyEncryptionKey.from_base64(item) for item in items]
+
+
+async def check_keks(engine: AsyncEngine, keks: Sealer, *, now: datetime) -> None:
+    """Refuse to serve when live keys in the database are sealed under a KEK not configured.
+
+    Started so, the service would fail every verify of a token on such a key, one at a time; the
+    operator gets one line naming the variables instead.
+
+    Raises:
+        ConfigError: some live sealed row's KEK is neither TOKENSVC_KEK nor a previous one.
+        StoreUnavailable: the database cannot be reached.
+    """
+    usage = await kek_usage(engine, keks, now=now)
+    if usage.unknown:
+        raise ConfigError(_unknown_kek_message(usage.unknown, keks))
+
+
+def _unknown_kek_message(unknown: dict[str, int], keks: Sealer) -> str:
+    missing = ", ".join(
+        f"{kek_id} ({n} key{'s' if n != 1 else ''})" for kek_id, n in unknown.items()
+    )
+    others = [kek_id for kek_id in keks.ids if kek_id != keks.current_id]
+    configured = f"{keks.current_id} current" + "".join(f", {k} previous" for k in others)
+    return (
+        f"TOKENSVC_KEK / TOKENSVC_KEK_FILE: keys in the database are sealed under key-encryption"
+        f" key {missing}, which is not configured (configured: {configured}); give that KEK as"
+        " TOKENSVC_KEK, or in TOKENSVC_KEK_PREVIOUS while `tokensvc keys reseal` moves them"
+    )
+
+
+async def preflight(config: Config, *, clock: Callable[[], datetime] = utc_now) -> None:
+    """What `tokensvc serve` checks once, before it starts any worker: migrations and KEKs.
+
+    A worker failing the same check would print a traceback per process; this fails with one line.
+
+    Raises:
+        ConfigError: the KEKs are malformed or do not open the keys in the database.
+        StoreUnavailable: the database cannot be reached.
+    """
+    if config.embedded:
+        prepare_embedded_database(config)
+    keks = load_keks(config)
+    engine = create_engine(config.effective_database_url)
+    try:
+        if config.auto_migrate:
+            await upgrade(engine)
+        await check_keks(engine, keks, now=clock())
+    finally:
+        await engine.dispose()
+
+
 async def _lockout(
     config: Config,
-    kek: KeyEncryptionKey,
+    deployment_key: DeploymentKey,
     stack: contextlib.AsyncExitStack,
     probes: dict[str, Callable[[], Awaitable[bool]]],
 ) -> LockoutStore:
@@ -301,12 +406,13 @@ async def _lockout(
             return False
 
     probes["redis"] = redis_ready
-    # Keyed hashes name identities and addresses in Redis: without the KEK, whoever reads Redis
-    # cannot test a guessed username against them. Every replica has the KEK, so all agree.
+    # Keyed hashes name identities and addresses in Redis: without the deployment key (sealed
+    # under the KEK), whoever reads Redis cannot test a guessed username against them. Every
+    # replica opens the same key, so all agree, and a KEK rotation keeps the counters.
     return RedisLockoutStore(
         redis,
         prefix=config.redis_prefix + "lockout:",
-        identity_key=kek.derive(LOCKOUT_HASH_PURPOSE),
+        identity_key=deployment_key.derive(LOCKOUT_HASH_PURPOSE),
     )
 
 

@@ -639,7 +639,8 @@ async def test_redis_names_identities_and_addresses_only_by_keyed_hashes(
     rclient: Any, redis_url: str, redis_prefix: str
 ) -> None:
     """Whoever can read Redis cannot test a guessed username or address against its keys: the
-    hashes are keyed with a key derived from the KEK, which Redis never sees."""
+    hashes are keyed with a key derived from the deployment key (sealed under the KEK), which
+    Redis never sees."""
     import redis.asyncio as aioredis
 
     from tokensvc.accounts.lockout.store import hash_identity, hash_ip
@@ -656,7 +657,7 @@ async def test_redis_names_identities_and_addresses_only_by_keyed_hashes(
         await client.aclose()
     text = " ".join(keys)
     assert keys
-    key = rclient.app[appkeys.KEK].derive(LOCKOUT_HASH_PURPOSE)
+    key = rclient.app[appkeys.RUNTIME].deployment_key.derive(LOCKOUT_HASH_PURPOSE)
     assert hash_identity(name, key=key) in text and hash_ip(ip, key=key) in text
     for guessable in (name, ip, hash_identity(name), hash_ip(ip)):
         assert guessable not in text

@@ -35,6 +35,7 @@ def serve(host: str | None, port: int | None, workers: int, verify_port: str | N
     import dataclasses
 
     from keystore import KeystoreError
+    from tokensvc.composition import preflight
     from tokensvc.web.server import run as run_server
 
     settings = config()
@@ -47,6 +48,9 @@ def serve(host: str | None, port: int | None, workers: int, verify_port: str | N
             )
         settings = dataclasses.replace(settings, verify_port=int(verify_port), verify_listener=True)
     try:
+        # Once, here, before any worker: a KEK that opens nothing is one line, not a traceback
+        # from every spawned process.
+        run(preflight(settings))
         run_server(
             settings, host=host or settings.host, port=port or settings.port, workers=workers
         )

@@ -57,6 +57,9 @@ class Config:
     redis_prefix: str = "tokensvc:"
     kek: str | None = field(default=None, repr=False)
     kek_file: str | None = None
+    # Other KEKs (base64, comma-separated) that only open what is sealed under them: the previous
+    # KEK while a rotation re-seals, or the next one before it becomes current (docs/security.md).
+    kek_previous: str | None = field(default=None, repr=False)
     admin_password: str | None = field(default=None, repr=False)
     location: str = "tokensvc"
     key_lifetime: timedelta = timedelta(hours=24)
@@ -182,6 +185,7 @@ class Config:
             redis_prefix=get("REDIS_PREFIX") or defaults.redis_prefix,
             kek=get("KEK"),
             kek_file=get("KEK_FILE"),
+            kek_previous=secret("KEK_PREVIOUS"),
             admin_password=secret("ADMIN_PASSWORD"),
             location=get("LOCATION") or defaults.location,
             key_lifetime=duration("KEY_LIFETIME", defaults.key_lifetime),

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, ParamSpec, TypeVar
 
-from keystore import StoreUnavailable
+from keystore import KeyDecryptionError, StoreUnavailable
 from tokensvc.errors import Unavailable
 from tokensvc.storage.db import StorageUnavailable
+
+_log = logging.getLogger("tokensvc")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -40,6 +43,13 @@ def translated(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R
         except (StorageUnavailable, StoreUnavailable) as exc:
             raise Unavailable(
                 "a storage dependency is unavailable; try again shortly", retry_after=RETRY_AFTER
+            ) from exc
+        except KeyDecryptionError as exc:
+            # A key sealed under a KEK this process lacks (or damaged): the operator's to fix
+            # (docs/security.md, KEK rotation); the caller hears 503, the log says which key.
+            _log.error("a stored key cannot be opened: %s", exc)
+            raise Unavailable(
+                "a stored key cannot be opened by this replica", retry_after=RETRY_AFTER
             ) from exc
 
     setattr(call, WRAPPED, True)

@@ -1,8 +1,17 @@
-"""The key service: root-key metadata, manual rotation and revocation, for every door."""
+"""The key service: root-key metadata, manual rotation and revocation, and KEK rotation's
+re-seal and status, for every door."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from keystore import KeyInfo, Keyring
+from keystore.reseal import KekUsage, ResealResult, kek_usage, reseal
+from keystore.sealing import Sealer
 from tokensvc.errors import NotFound
 from tokensvc.operations.logs import security_event
 from tokensvc.services.authorization import Authorizer
@@ -21,11 +30,17 @@ class KeyService:
         keyring: Keyring,
         revocations: Revocations,
         audit: AuditLog,
+        engine: AsyncEngine,
+        keks: Sealer,
+        clock: Callable[[], datetime],
     ) -> None:
         self._authz = authorizer
         self._keyring = keyring
         self._revocations = revocations
         self._audit = audit
+        self._engine = engine
+        self._keks = keks
+        self._clock = clock
 
     async def list(self, who: Principal) -> list[KeyInfo]:
         """Metadata of every live root key, newest first (never key material).
@@ -68,3 +83,38 @@ class KeyService:
         await self._revocations.publish_key(key_id)
         await self._audit.record(actor.name, "key_revoked", key_id)
         security_event("key_revoked", by=actor.name[:64], key_id=key_id)
+
+    async def kek_status(self, who: Principal) -> KekUsage:
+        """Live sealed keys per table and key-encryption key id, as this process's KEKs see them.
+
+        Before an old KEK is removed, `not_current` must be 0: nothing is sealed under it.
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: the principal may not read keys.
+            Unavailable: the key store is down.
+        """
+        await self._authz.admin(who, "keys:read")
+        return await kek_usage(self._engine, self._keks, now=self._clock())
+
+    async def reseal(self, who: Principal) -> ResealResult:
+        """Re-seal every live key under the current KEK, while replicas serve; audited.
+
+        Rows under a KEK this process does not hold are left and reported (`unopened`), as
+        are rows that do not open (`damaged`).
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: the principal may not reseal keys.
+            Unavailable: the key store is down.
+        """
+        actor = await self._authz.admin(who, "keys:reseal")
+        result = await reseal(self._engine, self._keks, now=self._clock())
+        counts: dict[str, Any] = {
+            "resealed": result.total,
+            "unopened": sum(result.unopened.values()),
+            "damaged": len(result.damaged),
+        }
+        await self._audit.record(
+            actor.name, "keys_resealed", result.current_id, conn=None, **counts
+        )
+        security_event("keys_resealed", by=actor.name[:64], kek_id=result.current_id, **counts)
+        return result

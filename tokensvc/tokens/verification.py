@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from caveats import Context, Policy, subject_of
-from keystore import Keyring, RootKey, StoreUnavailable
+from keystore import KeyDecryptionError, Keyring, RootKey, StoreUnavailable
 from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys
 from tokensvc.errors import BadRequest, CaveatDenied, InvalidToken, Unavailable
 from tokensvc.macaroons import chain
@@ -189,6 +189,14 @@ class Verifier:
                 # The verify service's boundary: a key this process has not cached and cannot
                 # read is neither an allow nor a deny, but "ask again" (503 + Retry-After).
                 raise Unavailable("the root key store is unavailable", retry_after=2) from exc
+            except KeyDecryptionError as exc:
+                # Sealed under a KEK this replica was not given (a rotation rolled out in the
+                # wrong order) or damaged: not the holder's fault, so no deny; another replica
+                # may hold the KEK. The reason goes to the log, never to the caller.
+                log.error("root key %s cannot be opened: %s", key_id[:64], exc)
+                raise Unavailable(
+                    "this replica cannot open the token's root key", retry_after=2
+                ) from exc
         return key
 
     async def _read_key(self, key_id: str) -> RootKey:

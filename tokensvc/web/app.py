@@ -129,6 +129,8 @@ def create_app(
             web.get("/v1/audit", audit.list_audit),
             web.get("/v1/keys", keys.list_keys),
             web.post("/v1/keys/rotate", keys.rotate),
+            web.get("/v1/kek", keys.kek_status),
+            web.post("/v1/kek/reseal", keys.reseal),
             web.post("/v1/users", users.create_user),
             web.get("/v1/users", users.list_users),
             web.get("/v1/users/{name}", users.get_user),

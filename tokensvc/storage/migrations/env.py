@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 # Every module that declares a table, so both metadatas are complete for autogenerate.
+import keystore.deployment_key
 import keystore.discharger_key
 import keystore.models
 import keystore.service_keys  # noqa: F401

@@ -1,4 +1,5 @@
-"""GET /v1/keys and POST /v1/keys/rotate: root-key metadata and manual rotation, for admins."""
+"""GET /v1/keys and POST /v1/keys/rotate: root-key metadata and manual rotation, for admins;
+GET /v1/kek and POST /v1/kek/reseal: key-encryption key status and re-seal."""
 
 from __future__ import annotations
 
@@ -37,3 +38,19 @@ async def rotate(request: web.Request) -> web.Response:
     info = await request.app[appkeys.SERVICES].keys.rotate(who)
 
     return json_response(key_body(info), status=201)
+
+
+async def kek_status(request: web.Request) -> web.Response:
+    who = principal(request)
+
+    usage = await request.app[appkeys.SERVICES].keys.kek_status(who)
+
+    return json_response(usage.as_dict())
+
+
+async def reseal(request: web.Request) -> web.Response:
+    who = principal(request)
+
+    result = await request.app[appkeys.SERVICES].keys.reseal(who)
+
+    return json_response(result.as_dict())
