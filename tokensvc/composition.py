@@ -115,12 +115,14 @@ async def runtime(
     *,
     clock: Callable[[], datetime] = utc_now,
     serving: bool = True,
+    announce: bool = True,
 ) -> AsyncIterator[Runtime]:
     """Build the object graph for `config`; close it when the block exits.
 
     `serving` (the HTTP service) also creates the bootstrap admin and runs the background work:
     key maintenance, the revocation and generation refreshes, the usage flush. The CLI's
-    `--local` mode builds the same graph without them.
+    `--local` mode builds the same graph without them. `announce`: this process says what the
+    whole service must hear once (no admin user yet); `tokensvc serve` sets it in one process.
     """
     async with contextlib.AsyncExitStack() as stack:
         if config.embedded:
@@ -147,7 +149,7 @@ async def runtime(
         subjects = SubjectStore(engine, clock=clock)
         generations = SubjectGenerations(subjects, outages=outages)
         if serving:
-            await ensure_admin(users, hasher, config)
+            await ensure_admin(users, hasher, config, announce=announce)
             await stack.enter_async_context(generations.running())
 
         probes: dict[str, Callable[[], Awaitable[object]]] = {}

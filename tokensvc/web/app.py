@@ -59,7 +59,9 @@ async def _flushing(app: web.Application) -> AsyncIterator[None]:
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
     """The process's object graph (tokensvc.composition), built for serving and exposed to the
     handlers under typed AppKeys."""
-    async with runtime(app[appkeys.CONFIG], clock=app[appkeys.CLOCK]) as built:
+    async with runtime(
+        app[appkeys.CONFIG], clock=app[appkeys.CLOCK], announce=app[appkeys.ANNOUNCE]
+    ) as built:
         app[appkeys.RUNTIME] = built
         app[appkeys.SERVICES] = built.services
         app[appkeys.ENGINE] = built.engine
@@ -83,8 +85,14 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
-    """The tokensvc application for `config`; `clock` is injectable for tests."""
+def create_app(
+    config: Config, *, clock: Callable[[], datetime] = utc_now, announce: bool = True
+) -> web.Application:
+    """The tokensvc application for `config`; `clock` is injectable for tests.
+
+    `announce`: this process logs what the whole service must hear once (no admin user yet);
+    `tokensvc serve` with several processes sets it in one of them only.
+    """
     governor = Governor.from_config(config)
     trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies)
     # aiohttp would undo gzip, deflate, br and zstd bodies itself, and fail a body that does not
@@ -99,6 +107,7 @@ def create_app(config: Config, *, clock: Callable[[], datetime] = utc_now) -> we
     app[GOVERNOR] = governor
     app[appkeys.CONFIG] = config
     app[appkeys.CLOCK] = clock
+    app[appkeys.ANNOUNCE] = announce
     app[appkeys.TRUSTED_PROXIES] = trusted_proxies
     app.cleanup_ctx.append(_flushing)
     app.cleanup_ctx.append(_runtime)

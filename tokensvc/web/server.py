@@ -49,11 +49,19 @@ async def freeze_startup_objects(app: web.Application) -> None:
 
 
 def _serve_one(
-    config: Config, host: str, port: int, reuse_port: bool, lane: socket.socket | None = None
+    config: Config,
+    host: str,
+    port: int,
+    reuse_port: bool,
+    lane: socket.socket | None = None,
+    announce: bool = True,
 ) -> None:
-    """Serve the port; with `lane`, hand connections that are not verifying to the lane."""
+    """Serve the port; with `lane`, hand connections that are not verifying to the lane.
+
+    `announce`: this is the one process of the service that logs once-per-service notices.
+    """
     configure_logging(config.log_level)
-    app = create_app(config)
+    app = create_app(config, announce=announce)
     app.on_startup.append(freeze_startup_objects)  # after every cleanup context has started
     handoff = Handoff(lane) if lane is not None else None
     # Built here, in the worker: an SSLContext cannot be handed to a spawned process.
@@ -68,7 +76,7 @@ def _serve_lane(config: Config, lanes: list[socket.socket]) -> None:
     configure_logging(config.log_level)
     with contextlib.suppress(OSError):
         os.nice(LANE_NICE)
-    app = create_app(config)
+    app = create_app(config, announce=False)  # the first verify worker speaks for the service
     app.on_startup.append(freeze_startup_objects)
     _run_loop(_lane(app, lanes))
 
@@ -164,8 +172,10 @@ def run(config: Config, *, host: str, port: int, workers: int = 1) -> None:
         # pair to one lane process: logins and the admin API stay off every verify loop.
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(workers)]
         verify = [
-            context.Process(target=_serve_one, args=(config, host, port, workers > 1, ours))
-            for ours, _theirs in pairs
+            context.Process(
+                target=_serve_one, args=(config, host, port, workers > 1, ours, index == 0)
+            )
+            for index, (ours, _theirs) in enumerate(pairs)
         ]
         lane = context.Process(target=_serve_lane, args=(config, [t for _o, t in pairs]))
         with _multiprocess_metrics_dir():
@@ -179,8 +189,10 @@ def run(config: Config, *, host: str, port: int, workers: int = 1) -> None:
     with _multiprocess_metrics_dir():
         _supervise(
             [
-                context.Process(target=_serve_one, args=(config, host, port, True))
-                for _ in range(workers)
+                context.Process(
+                    target=_serve_one, args=(config, host, port, True, None, index == 0)
+                )
+                for index in range(workers)
             ]
         )
 
