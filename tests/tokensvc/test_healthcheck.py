@@ -98,4 +98,3 @@ def test_native_tls_is_checked_with_the_configured_certificate(tmp_path: Path) -
     assert plain.returncode == 1, plain
     assert impostor.returncode == 1, impostor
     assert "CERTIFICATE_VERIFY_FAILED" in impostor.stderr
-
