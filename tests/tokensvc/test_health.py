@@ -164,6 +164,38 @@ async def test_a_redis_outage_is_logged_once_then_once_on_recovery(
     assert sum(len(m) for m in messages) < 600
 
 
+async def test_readiness_answers_within_the_probe_timeout_when_dependencies_hang() -> None:
+    """A database host that accepts connections and never answers, and a Redis probe that
+    hangs: readiness still answers in about PROBE_TIMEOUT (not the driver's 5 s connect timeout,
+    past a kubelet's probe timeout), saying both are unavailable and naming the timeout."""
+    import socket
+    import time
+
+    from keystore import create_engine
+    from tokensvc.services.health import PROBE_TIMEOUT, HealthService
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (the kernel does), never speaks
+    engine = create_engine(f"postgresql+asyncpg://nobody@127.0.0.1:{silent.getsockname()[1]}/x")
+    outages = Outages(dependencies=("database", "redis"))
+    health = HealthService(
+        engine=engine, probes={"redis": lambda: asyncio.sleep(30)}, outages=outages
+    )
+    try:
+        started = time.monotonic()
+        readiness = await health.readiness()
+        elapsed = time.monotonic() - started
+    finally:
+        await engine.dispose()
+        silent.close()
+
+    assert elapsed < PROBE_TIMEOUT + 0.5, elapsed
+    assert readiness.checks == {"database": "unavailable", "redis": "unavailable"}
+    assert not readiness.ready  # no keyring: nothing in memory to verify with
+    assert outages.is_down("database") and outages.is_down("redis")
+
+
 def test_a_long_outage_is_reminded_at_most_once_a_minute_with_a_count() -> None:
     """Ten minutes of failures twice a second: the start, nine reminders (each counting the
     failures since the previous line) and the recovery: 11 lines, not 1,200."""

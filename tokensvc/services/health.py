@@ -14,6 +14,7 @@ when nothing asks /readyz.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,10 +28,15 @@ from keystore import Keyring
 from tokensvc.operations import metrics
 from tokensvc.operations.background import every, tasks_running
 from tokensvc.operations.outages import Outages
-from tokensvc.storage.db import StorageUnavailable, run_db
+from tokensvc.storage.db import run_db
 
 #: Seconds between background probes of the dependencies (a `SELECT 1` and a Redis PING).
 MONITOR_INTERVAL: Final = 5.0
+#: The longest a probe may take before its dependency counts as unavailable. A blackholed
+#: database host would otherwise hold /readyz for the driver's 5 s connect timeout, past a
+#: readiness probe's own timeout: the process would be taken out of service for a slow answer
+#: about a dependency that verifying does not even need.
+PROBE_TIMEOUT: Final = 1.0
 
 #: What stops working while a dependency is down, as /readyz says it.
 IMPACT: Final = {
@@ -82,24 +88,20 @@ class HealthService:
         async def ping(conn: AsyncConnection) -> None:
             await conn.execute(text("SELECT 1"))
 
-        checks: dict[str, str] = {}
-        try:
+        async def database() -> None:
             await run_db(self._engine, ping, write=False, retry=False, what="the database")
-        except StorageUnavailable as exc:
-            checks["database"] = "unavailable"
-            self._outages.failed("database", exc, during="health probe")
-        else:
-            checks["database"] = "ok"
-            self._outages.ok("database")
-        for name, probe in self._probes.items():
-            try:
-                await probe()
-            except Exception as exc:  # noqa: BLE001 - any failure means unavailable
-                checks[name] = "unavailable"
-                self._outages.failed(name, exc, during="health probe")
-            else:
+
+        probes = {"database": database, **self._probes}
+        # Concurrently, each bounded: /readyz answers within PROBE_TIMEOUT whatever is down.
+        results = await asyncio.gather(*(self._run(probe) for probe in probes.values()))
+        checks: dict[str, str] = {}
+        for name, failure in zip(probes, results, strict=True):
+            if failure is None:
                 checks[name] = "ok"
                 self._outages.ok(name)
+            else:
+                checks[name] = "unavailable"
+                self._outages.failed(name, failure, during="health probe")
 
         if checks["database"] == "ok":
             verify = "ok"
@@ -111,6 +113,18 @@ class HealthService:
         metrics.READY.set(1 if ready else 0)
         degraded = {name: IMPACT.get(name, "") for name, state in checks.items() if state != "ok"}
         return Readiness(ready=ready, checks=checks, verify=verify, degraded=degraded)
+
+    @staticmethod
+    async def _run(probe: Callable[[], Awaitable[object]]) -> BaseException | None:
+        """None if `probe` answered within PROBE_TIMEOUT, else why not."""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                await probe()
+        except TimeoutError:
+            return TimeoutError(f"no answer within {PROBE_TIMEOUT:g}s")
+        except Exception as exc:  # noqa: BLE001 - any failure of a probe means unavailable
+            return exc
+        return None
 
     def _signing_key_in_memory(self) -> bool:
         """Whether the key this process mints with (the newest it knows) is held and unexpired."""
