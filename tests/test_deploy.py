@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.tokensvc.test_nginx import nginx_binary  # noqa: F401 - the fixture (installs nginx)
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -165,6 +167,44 @@ def test_nginx_config_of_the_compose_file_does_forward_auth() -> None:
     assert "proxy_pass http://tokensvc/v1/auth;" in conf
     assert 'proxy_set_header Authorization "";' in conf
     assert "location = /metrics { return 404; }" in conf
+
+
+def test_nginx_config_of_the_compose_file_passes_nginx_t(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """deploy/nginx/nginx.conf is accepted by `nginx -t` once what only exists inside Compose is
+    pointed at loopback: Docker's DNS (the resolver and `resolve`, nginx 1.27.3+), the service
+    names, and the log and temp paths of the image."""
+    conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    local = (
+        conf.replace("resolver 127.0.0.11 valid=10s ipv6=off;", "")
+        .replace("server tokensvc:8080 resolve;", "server 127.0.0.1:9;")
+        .replace("server app:80 resolve;", "server 127.0.0.1:9;")
+        .replace("listen 8000;", "listen 127.0.0.1:9;")
+        .replace("listen 8080;", "listen 127.0.0.1:9;")
+        .replace("/dev/stdout", str(tmp_path / "access.log"))
+        .replace("/dev/stderr", str(tmp_path / "error.log"))
+        .replace(
+            "http {",
+            f"pid {tmp_path / 'nginx.pid'};\nhttp {{\n"
+            + "".join(
+                f"    {kind}_temp_path {tmp_path / kind};\n"
+                for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+            ),
+            1,
+        )
+    )
+    nginx = str(request.getfixturevalue("nginx_binary"))
+    assert local.count("resolve;") == 0 and "tokensvc:" not in local
+    (tmp_path / "nginx.conf").write_text(local)
+
+    tested = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+         "-e", str(tmp_path / "error.log")],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+
+    assert tested.returncode == 0, tested.stderr
 
 
 # ---- Kubernetes ----------------------------------------------------------------------------------
