@@ -35,15 +35,24 @@ WORKDIR /src
 # tokensvc/openapi.yaml is a symlink to ../openapi.yaml, so the top-level file must come too,
 # or the wheel silently lacks the spec that GET /openapi.yaml serves.
 COPY pyproject.toml openapi.yaml requirements-lock.txt README* ./
+COPY tools/lock_check.py /usr/local/bin/tokensvc-lock-check
 COPY tokensvc ./tokensvc
 COPY caveats ./caveats
 COPY keystore ./keystore
 
 # A regular (non-editable) install: builds the wheel and puts it and its dependencies into
 # the venv, with bytecode compiled now, since the runtime user cannot write the venv. The
-# dependencies are the versions pinned in requirements-lock.txt, the ones CI tested.
+# dependencies are the versions pinned in requirements-lock.txt, the ones CI tested; through
+# PIP_CONSTRAINT the lock also pins the build backend (setuptools) that pip installs in its
+# isolated build environment, which `-c` alone does not reach. The check after the install
+# fails the build if anything in the venv is not at its locked version (a dependency missing
+# from the lock would otherwise come in at whatever version is newest that day).
+# (PIP_BUILD_CONSTRAINT: pip 25.3 and later read build constraints from there instead.)
+ENV PIP_CONSTRAINT=/src/requirements-lock.txt \
+    PIP_BUILD_CONSTRAINT=/src/requirements-lock.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install -c requirements-lock.txt /src \
+    pip install /src \
+    && pip freeze --exclude tokensvc --exclude pip | python /usr/local/bin/tokensvc-lock-check requirements-lock.txt \
     && tokensvc --help >/dev/null \
     && (cd / && python -c "import tokensvc._speedups") \
     && python -c "from importlib.resources import files; files('tokensvc').joinpath('openapi.yaml').read_text()"
@@ -52,6 +61,12 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # runtime: the venv and nothing else from the build
 # ---------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
+
+# tini as PID 1: it forwards SIGTERM to `tokensvc serve` (which stops its workers and lane
+# gracefully) and reaps any orphaned process, which a Python PID 1 does not do.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
 
 LABEL org.opencontainers.image.title="tokensvc" \
       org.opencontainers.image.description="Macaroon token and credential service" \
@@ -73,12 +88,14 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 USER 10001:10001
 WORKDIR /var/lib/tokensvc
-EXPOSE 8080
+# 8080: the service; 8081: the verify listener (TOKENSVC_VERIFY_PORT, POST /v1/verify only).
+EXPOSE 8080 8081
 
-# /healthz has no dependencies (liveness). No curl in slim images: Python's urllib does it;
-# an HTTP error or a refused connection raises, so the exit status is 1 (unhealthy).
+# /healthz has no dependencies (liveness). `tokensvc healthcheck` reads TOKENSVC_HOST, _PORT and
+# _TLS_CERT_FILE as `serve` does, so it speaks https (trusting exactly the served certificate)
+# under native TLS and http otherwise; any failure exits 1 (unhealthy) with one line saying why.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('TOKENSVC_PORT', '8080'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).status == 200 else 1)"]
+    CMD ["tokensvc", "healthcheck"]
 
-ENTRYPOINT ["tokensvc"]
+ENTRYPOINT ["/usr/bin/tini", "--", "tokensvc"]
 CMD ["serve"]

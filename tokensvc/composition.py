@@ -40,6 +40,7 @@ from tokensvc.bakery.thirdparty import ThirdPartyLocator
 from tokensvc.operations import metrics
 from tokensvc.operations.background import every, tasks_running
 from tokensvc.operations.config import Config, ConfigError
+from tokensvc.operations.outages import Outages
 from tokensvc.operations.redisconn import (
     close_client,
     pubsub_client_from_url,
@@ -115,8 +116,10 @@ class Runtime:
     usage: UsageRecorder
     audit: AuditLog
     services: Services
-    # Named dependency checks for readiness (Redis, where configured).
-    probes: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
+    # Named dependency checks for readiness (Redis, where configured): each raises if it fails.
+    probes: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
+    # This process's dependencies, up or down (the outage log lines and gauges).
+    outages: Outages = field(default_factory=Outages)
 
 
 @contextlib.asynccontextmanager
@@ -126,6 +129,7 @@ async def runtime(
     clock: Callable[[], datetime] = utc_now,
     serving: bool = True,
     bootstrap: bool = True,
+    announce: bool = True,
 ) -> AsyncIterator[Runtime]:
     """Build the object graph for `config`; close it when the block exits.
 
@@ -133,6 +137,8 @@ async def runtime(
     key maintenance, the revocation and generation refreshes, the usage flush. The CLI's
     `--local` mode builds the same graph without them. `bootstrap=False` (the verify processes
     of `tokensvc serve`, which serve no logins) leaves the bootstrap admin to the API process.
+    `announce`: this process says what the whole service must hear once (no admin user yet);
+    `tokensvc serve` sets it in one process.
     """
     async with contextlib.AsyncExitStack() as stack:
         if config.embedded:
@@ -151,6 +157,8 @@ async def runtime(
         except UnknownKek as exc:
             raise ConfigError(_unknown_kek_message({exc.kek_id: 1}, keks)) from None
 
+        # One outage of a dependency is one log line however many parts of the process see it.
+        outages = Outages(dependencies=("database", "redis") if config.redis_url else ("database",))
         users = UserStore(engine, clock=clock)
         hasher = PasswordHasher(
             profile=profile_by_name(config.password_profile),
@@ -159,13 +167,13 @@ async def runtime(
         )
         stack.callback(hasher.close)
         subjects = SubjectStore(engine, clock=clock)
-        generations = SubjectGenerations(subjects)
+        generations = SubjectGenerations(subjects, outages=outages)
         if serving and bootstrap:
-            await ensure_admin(users, hasher, config)
+            await ensure_admin(users, hasher, config, announce=announce)
         if serving:
             await stack.enter_async_context(generations.running())
 
-        probes: dict[str, Callable[[], Awaitable[bool]]] = {}
+        probes: dict[str, Callable[[], Awaitable[object]]] = {}
         lockout = await _lockout(config, deployment_key, stack, probes)
 
         discharger = Discharger(
@@ -220,9 +228,11 @@ async def runtime(
 
         registry = TokenRegistry(engine)
         service_keys = ServiceKeys(engine, kek=keks, clock=clock)
-        revocations = await _revocations(config, engine, registry, stack)
+        revocations = await _revocations(config, engine, registry, stack, outages)
         _wire_lifecycle(revocations, keyring, service_keys, verifier, generations)
-        usage = UsageRecorder(registry, flush_interval=config.usage_flush_interval.total_seconds())
+        usage = UsageRecorder(
+            registry, flush_interval=config.usage_flush_interval.total_seconds(), outages=outages
+        )
         minter.attach(
             registry, service_keys=service_keys, max_service_ttl=config.max_service_token_ttl
         )
@@ -271,13 +281,16 @@ async def runtime(
             audit=AuditService(authorizer=authorizer, audit=audit),
             login=login,
             discharge=DischargeService(discharger),
-            health=HealthService(engine=engine, probes=probes),
+            health=HealthService(
+                engine=engine, probes=probes, keyring=keyring, clock=clock, outages=outages
+            ),
             introspection=IntrospectionService(
                 authorizer=authorizer, verifier=verifier, issuer=config.location, clock=clock
             ),
         )
         if serving:
-            await stack.enter_async_context(_maintaining(keyring, config))
+            await stack.enter_async_context(_maintaining(keyring, config, outages))
+            await stack.enter_async_context(services.health.monitoring())
             await stack.enter_async_context(revocations.running())
             await stack.enter_async_context(usage.running())
         yield Runtime(
@@ -304,6 +317,7 @@ async def runtime(
             audit=audit,
             services=services,
             probes=probes,
+            outages=outages,
         )
 
 
@@ -392,20 +406,14 @@ async def _lockout(
     config: Config,
     deployment_key: DeploymentKey,
     stack: contextlib.AsyncExitStack,
-    probes: dict[str, Callable[[], Awaitable[bool]]],
+    probes: dict[str, Callable[[], Awaitable[object]]],
 ) -> LockoutStore:
     if config.redis_url is None:
         return MemoryLockoutStore()
     redis = redis_client_from_url(config.redis_url)
     stack.push_async_callback(close_client, redis)
 
-    async def redis_ready() -> bool:
-        try:
-            return bool(await redis.ping())
-        except Exception:  # noqa: BLE001 - any failure means not ready
-            return False
-
-    probes["redis"] = redis_ready
+    probes["redis"] = redis.ping  # raises when Redis does not answer
     # Keyed hashes name identities and addresses in Redis: without the deployment key (sealed
     # under the KEK), whoever reads Redis cannot test a guessed username against them. Every
     # replica opens the same key, so all agree, and a KEK rotation keeps the counters.
@@ -421,6 +429,7 @@ async def _revocations(
     engine: AsyncEngine,
     registry: TokenRegistry,
     stack: contextlib.AsyncExitStack,
+    outages: Outages,
 ) -> Revocations:
     # Pub/sub needs a connection that may sit idle: no socket timeout on this client. In a
     # Redis Cluster it is a client of one node, which hears every node's PUBLISH.
@@ -434,6 +443,7 @@ async def _revocations(
         refresh_interval=config.revocation_refresh_interval.total_seconds(),
         redis=redis,
         channel=config.redis_prefix + CHANNEL_SUFFIX,
+        outages=outages,
     )
 
 
@@ -463,7 +473,7 @@ def _wire_lifecycle(
 
 
 @contextlib.asynccontextmanager
-async def _maintaining(keyring: Keyring, config: Config) -> AsyncIterator[None]:
+async def _maintaining(keyring: Keyring, config: Config, outages: Outages) -> AsyncIterator[None]:
     """Make the next root key ahead of need and purge expired ones, periodically."""
 
     async def maintain() -> None:
@@ -474,5 +484,8 @@ async def _maintaining(keyring: Keyring, config: Config) -> AsyncIterator[None]:
             raise
 
     interval = config.key_maintenance_interval.total_seconds()
-    async with tasks_running(every(interval, maintain, what="root key maintenance")):
+    maintaining = every(
+        interval, maintain, what="root key maintenance", outages=outages, dependency="database"
+    )
+    async with tasks_running(maintaining):
         yield

@@ -81,7 +81,8 @@ def _delta(after: Counter[int | str], before: Counter[int | str]) -> dict[int | 
 async def test_postgres_then_redis_down_and_back_under_verify_load(
     aiohttp_client, private_pg: PrivatePostgres, private_redis: RedisServer, data_dir: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    """Verify serves through both outages; readiness, minting and login fail fast and recover."""
+    """Verify serves through both outages and readiness says so (200, degraded); minting and
+    login fail fast and recover."""
     config = make_config(database_url=private_pg.url, data_dir=data_dir)
     config = dataclasses.replace(config, redis_url=private_redis.url)
     client = await aiohttp_client(create_app(config))
@@ -100,7 +101,8 @@ async def test_postgres_then_redis_down_and_back_under_verify_load(
         return resp.status, await resp.json(), resp.headers.get("Retry-After")
 
     async def ready() -> bool:
-        return (await client.get("/readyz")).status == 200
+        resp = await client.get("/readyz")
+        return resp.status == 200 and (await resp.json())["status"] == "ready"
 
     load.start()
     await asyncio.sleep(1.0)
@@ -116,6 +118,7 @@ async def test_postgres_then_redis_down_and_back_under_verify_load(
     pg_outage = _delta(load.snapshot(), down_at)
     figures["pg_down.verify"] = pg_outage
     figures["pg_down.readyz"] = readyz.status
+    figures["pg_down.readyz_body"] = {k: (await readyz.json())[k] for k in ("status", "verify")}
     figures["pg_down.mint"] = (mint_down[0], mint_down[1].get("error"), mint_down[2])
 
     # ---- PostgreSQL back ------------------------------------------------------------------------
@@ -143,6 +146,9 @@ async def test_postgres_then_redis_down_and_back_under_verify_load(
         login_down.headers.get("Retry-After"),
     )
     figures["redis_down.readyz"] = readyz_redis.status
+    figures["redis_down.readyz_body"] = {
+        k: (await readyz_redis.json())[k] for k in ("status", "verify")
+    }
 
     # ---- Redis back -----------------------------------------------------------------------------
     await asyncio.to_thread(private_redis.start)
@@ -169,7 +175,10 @@ async def test_postgres_then_redis_down_and_back_under_verify_load(
     assert set(pg_outage) == {200} and pg_outage[200] > 0
     assert set(figures["redis_down.verify"]) == {200}  # type: ignore[arg-type]
     assert set(load.statuses) == {200}
-    assert readyz.status == 503 and readyz_redis.status == 503
+    # Both times the process still verified, so it stayed ready, saying what was degraded.
+    assert readyz.status == 200 and readyz_redis.status == 200
+    assert figures["pg_down.readyz_body"] == {"status": "degraded", "verify": "cached keys"}
+    assert figures["redis_down.readyz_body"] == {"status": "degraded", "verify": "ok"}
     assert mint_down[0] == 503 and mint_down[2] is not None
     assert login_down.status == 503 and login_down.headers.get("Retry-After")
     assert login_down_body["error"]["code"] == "unavailable"

@@ -232,6 +232,9 @@ def test_the_alert_rules_parse_with_expression_and_summary() -> None:
     rules = yaml.safe_load((_DEPLOY / "prometheus-alerts.yaml").read_text())["groups"][0]["rules"]
 
     assert {r["alert"] for r in rules} >= {
+        "TokensvcDown",
+        "TokensvcNotReady",
+        "TokensvcDependencyDown",
         "TokensvcHigh5xxRate",
         "TokensvcVerifyLatencyHigh",
         "TokensvcLoginFailureSpike",

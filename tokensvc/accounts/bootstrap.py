@@ -16,14 +16,23 @@ log = logging.getLogger("tokensvc.accounts.bootstrap")
 ADMIN_NAME = "admin"
 
 
-async def ensure_admin(users: UserStore, hasher: PasswordHasher, config: Config) -> bool:
-    """Create `admin` if missing; True if this call created it."""
+async def ensure_admin(
+    users: UserStore, hasher: PasswordHasher, config: Config, *, announce: bool = True
+) -> bool:
+    """Create `admin` if missing; True if this call created it.
+
+    Whatever is said about it is said once per service, not once per process: what this call
+    created only by the process whose insert won (the others get Conflict), and that no admin
+    exists only where `announce` is set — `tokensvc serve` sets it in one of its processes.
+    """
     if await users.get(ADMIN_NAME) is not None:
         return False
     password = config.admin_password
     generated = password is None
     if password is None:
         if not config.embedded:
+            if not announce:
+                return False
             log.warning(
                 "no admin user exists; set TOKENSVC_ADMIN_PASSWORD (or _FILE) and restart, "
                 "or create one with `tokensvc user add --admin`"

@@ -11,7 +11,7 @@ import os
 
 import click
 
-from tokensvc.cli import keys, server, session, tokens, users
+from tokensvc.cli import health, keys, server, session, tokens, users
 
 
 @click.group()
@@ -20,7 +20,7 @@ def main() -> None:
     """tokensvc: macaroon tokens, root keys, passwords and lockout."""
 
 
-for _module in (server, session, tokens, keys, users):
+for _module in (server, health, session, tokens, keys, users):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

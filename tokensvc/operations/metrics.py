@@ -145,6 +145,21 @@ DEPENDENCY_ERRORS = Counter(
 DATABASE_ERRORS = DEPENDENCY_ERRORS.labels("database")
 REDIS_ERRORS = DEPENDENCY_ERRORS.labels("redis")
 
+# Set by tokensvc.operations.outages from every process's own view (probed every few seconds);
+# across workers the lowest counts: a dependency is up when every live process reaches it.
+DEPENDENCY_UP = Gauge(
+    "tokensvc_dependency_up",
+    "1 while this process reaches the dependency (database, redis), 0 during an outage.",
+    ("dependency",),
+    multiprocess_mode="livemin",
+)
+READY = Gauge(
+    "tokensvc_ready",
+    "1 while this process can verify tokens (its database answers, or the root key it mints "
+    "with is in memory), as GET /readyz answers; 0 when it cannot.",
+    multiprocess_mode="livemin",
+)
+
 
 def count_database_error(exc: BaseException | None) -> None:
     """Count `exc` (or what caused it) if it is a database failure; anything else is ignored."""

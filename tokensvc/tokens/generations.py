@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 from tokensvc.operations.background import every, tasks_running
+from tokensvc.operations.outages import Outages
 from tokensvc.tokens.subjects import SubjectStore
 
 log = logging.getLogger("tokensvc.tokens.generations")
@@ -32,8 +33,10 @@ class SubjectGenerations:
         refresh_interval: float = 2.0,
         overlap: timedelta = timedelta(seconds=30),
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        outages: Outages | None = None,
     ) -> None:
         self._subjects = subjects
+        self._outages = outages
         self.refresh_interval = refresh_interval
         self._overlap = overlap
         self._wall_clock = wall_clock
@@ -70,7 +73,11 @@ class SubjectGenerations:
         """Load everything, then keep refreshing in the background until the block exits."""
         await self.refresh()
         refreshing = every(
-            self.refresh_interval, self.refresh, what="refreshing subject generations"
+            self.refresh_interval,
+            self.refresh,
+            what="refreshing subject generations",
+            outages=self._outages,
+            dependency="database",
         )
         async with tasks_running(refreshing):
             yield

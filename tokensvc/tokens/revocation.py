@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tokensvc.operations.background import every, tasks_running
+from tokensvc.operations.outages import Outage, Outages, is_outage
 from tokensvc.storage.base import Base
 from tokensvc.storage.db import run_db
 from tokensvc.tokens.registry import TokenRecord, TokenRegistry
@@ -69,8 +70,11 @@ class Revocations:
         wall_clock: Callable[[], datetime] = _utc_now,
         redis: Any = None,
         channel: str = "tokensvc:" + CHANNEL_SUFFIX,
+        outages: Outages | None = None,
     ) -> None:
         self._engine = engine
+        # Where a dependency's outage is reported (one line per outage, not one per retry).
+        self._outages = outages if outages is not None else Outages(dependencies=())
         self._registry = registry
         self.refresh_interval = refresh_interval
         self._overlap = overlap
@@ -172,8 +176,13 @@ class Revocations:
             return
         try:
             await self._redis.publish(self._channel, message)
-        except Exception:  # noqa: BLE001 - polling still propagates it
-            log.warning("publishing a revocation failed; replicas learn it by polling")
+        except Exception as exc:  # noqa: BLE001 - polling still propagates it
+            if is_outage(exc):
+                self._outages.failed(
+                    "redis", exc, during="publishing a revocation; replicas learn it by polling"
+                )
+            else:
+                log.warning("publishing a revocation failed; replicas learn it by polling")
 
     def _apply_message(self, data: bytes | str) -> None:
         # Subjects may be any printable text: UTF-8, as redis-py encodes what is published.
@@ -212,25 +221,41 @@ class Revocations:
     async def running(self) -> AsyncIterator[None]:
         """Load everything, then keep up (polling, and Redis pub/sub if configured)."""
         await self.refresh()
-        jobs = [every(self.refresh_interval, self.refresh, what="refreshing revocations")]
+        jobs = [
+            every(
+                self.refresh_interval,
+                self.refresh,
+                what="refreshing revocations",
+                outages=self._outages,
+                dependency="database",
+            )
+        ]
         if self._redis is not None:
             jobs.append(self._listen_forever())
         async with tasks_running(*jobs):
             yield
 
     async def _listen_forever(self) -> None:
+        # While Redis is down every retry fails: that is Redis's outage (one line per outage,
+        # tokensvc.operations.outages), not a traceback per retry. Other failures are ours.
+        own = Outage("the revocation subscription", logger=log, traceback=True)
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
+                own.recovered()
+                self._outages.ok("redis")
                 while True:
                     message = await pubsub.get_message(timeout=30.0)
                     if message is not None and message.get("type") == "message":
                         self._apply_message(message["data"])
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.warning("revocation subscription lost; retrying", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - retried; polling covers the gap meanwhile
+                if is_outage(exc):
+                    self._outages.failed("redis", exc, during="revocation subscription")
+                else:
+                    own.failed(exc)
                 await asyncio.sleep(self.refresh_interval)
             finally:
                 with contextlib.suppress(Exception):

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from tokensvc.operations.background import every, tasks_running
+from tokensvc.operations.outages import Outages
 from tokensvc.tokens.registry import TokenRegistry
 
 log = logging.getLogger("tokensvc.tokens.usage")
@@ -26,8 +27,15 @@ MAX_PENDING = 200_000
 
 
 class UsageRecorder:
-    def __init__(self, registry: TokenRegistry, *, flush_interval: float = 60.0) -> None:
+    def __init__(
+        self,
+        registry: TokenRegistry,
+        *,
+        flush_interval: float = 60.0,
+        outages: Outages | None = None,
+    ) -> None:
         self._registry = registry
+        self._outages = outages
         self.flush_interval = flush_interval
         self.pending: dict[str, float] = {}
 
@@ -56,7 +64,13 @@ class UsageRecorder:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        flushing = every(self.flush_interval, self.flush, what="flushing token last-use times")
+        flushing = every(
+            self.flush_interval,
+            self.flush,
+            what="flushing token last-use times",
+            outages=self._outages,
+            dependency="database",
+        )
         async with tasks_running(flushing):
             yield
         try:

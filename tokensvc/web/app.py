@@ -60,7 +60,10 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     """The process's object graph (tokensvc.composition), built for serving and exposed to the
     handlers under typed AppKeys."""
     async with runtime(
-        app[appkeys.CONFIG], clock=app[appkeys.CLOCK], bootstrap=app[appkeys.BOOTSTRAP]
+        app[appkeys.CONFIG],
+        clock=app[appkeys.CLOCK],
+        bootstrap=app[appkeys.BOOTSTRAP],
+        announce=app[appkeys.ANNOUNCE],
     ) as built:
         app[appkeys.RUNTIME] = built
         app[appkeys.SERVICES] = built.services
@@ -86,12 +89,17 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(
-    config: Config, *, clock: Callable[[], datetime] = utc_now, bootstrap: bool = True
+    config: Config,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    bootstrap: bool = True,
+    announce: bool = True,
 ) -> web.Application:
     """The tokensvc application for `config`; `clock` is injectable for tests.
 
     `bootstrap=False`: this process does not create the bootstrap admin (a verify process of
-    `tokensvc serve`; the API process does).
+    `tokensvc serve`; the API process does). `announce`: this process logs what the whole
+    service must hear once (no admin user yet); `tokensvc serve` sets it in one process only.
     """
     governor = Governor.from_config(config)
     trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies)
@@ -108,6 +116,7 @@ def create_app(
     app[appkeys.CONFIG] = config
     app[appkeys.CLOCK] = clock
     app[appkeys.BOOTSTRAP] = bootstrap
+    app[appkeys.ANNOUNCE] = announce
     app[appkeys.TRUSTED_PROXIES] = trusted_proxies
     app.cleanup_ctx.append(_flushing)
     app.cleanup_ctx.append(_runtime)

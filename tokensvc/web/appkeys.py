@@ -29,6 +29,8 @@ from tokensvc.tokens.verification import Verifier
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey[Callable[[], datetime]]("clock")
 BOOTSTRAP = web.AppKey[bool]("bootstrap")  # whether this process creates the bootstrap admin
+# Whether this process logs the notices meant once per service (tokensvc.accounts.bootstrap).
+ANNOUNCE = web.AppKey("announce", bool)
 ENGINE = web.AppKey("engine", AsyncEngine)
 KEYRING = web.AppKey("keyring", Keyring)
 MINTER = web.AppKey("minter", Minter)

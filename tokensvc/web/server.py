@@ -80,8 +80,12 @@ def _serve_process(
     verify_port: int | None,
     reuse_port: bool,
     nice: int = 0,
+    announce: bool = True,
 ) -> None:
-    """One process: the API on `port` and/or the verify listener on `verify_port`."""
+    """One process: the API on `port` and/or the verify listener on `verify_port`.
+
+    `announce`: this is the one process of the service that logs once-per-service notices.
+    """
     configure_logging(config.log_level)
     if nice:
         with contextlib.suppress(OSError):
@@ -90,7 +94,7 @@ def _serve_process(
     roles += [f"verify :{verify_port}"] if verify_port is not None else []
     _title(", ".join(roles))
     # Only a process that serves logins creates the bootstrap admin (and says so once).
-    app = create_app(config, bootstrap=port is not None)
+    app = create_app(config, bootstrap=port is not None, announce=announce)
     app.on_startup.append(freeze_startup_objects)  # after every cleanup context has started
     # Built here, in the worker: an SSLContext cannot be handed to a spawned process.
     serving = _serve(
@@ -206,9 +210,14 @@ def run(config: Config, *, host: str, port: int, workers: int = 1) -> None:
                 context.Process(
                     target=_serve_process,
                     args=(config, host),
-                    kwargs={"port": port, "verify_port": verify_port, "reuse_port": True},
+                    kwargs={
+                        "port": port,
+                        "verify_port": verify_port,
+                        "reuse_port": True,
+                        "announce": index == 0,
+                    },
                 )
-                for _ in range(workers)
+                for index in range(workers)
             ]
         )
 

@@ -16,14 +16,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the database (and Redis, where configured) answer."""
-    checks = await request.app[appkeys.SERVICES].health.readiness()
+    """200 while this process can verify tokens, with degraded dependencies named in the body;
+    503 only when it cannot verify at all (tokensvc.services.health says when)."""
+    readiness = await request.app[appkeys.SERVICES].health.readiness()
 
-    ready = all(v == "ok" for v in checks.values())
-    return json_response(
-        {"status": "ready" if ready else "not ready", "checks": checks},
-        status=200 if ready else 503,
-    )
+    body: dict[str, object] = {
+        "status": readiness.status,
+        "checks": readiness.checks,
+        "verify": readiness.verify,
+    }
+    if readiness.degraded:
+        body["degraded"] = readiness.degraded
+    return json_response(body, status=200 if readiness.ready else 503)
 
 
 _SPEC = resources.files("tokensvc").joinpath("openapi.yaml")
