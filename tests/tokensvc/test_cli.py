@@ -72,17 +72,19 @@ def cli_env(tmp_path: Path, data_dir: Path, pg_url: str, kek: str) -> dict[str, 
     return env
 
 
-async def tokensvc(env: dict[str, str], *args: str) -> Result:
-    """Run the console script; its exit status and output."""
+async def tokensvc(env: dict[str, str], *args: str, stdin: str | None = None) -> Result:
+    """Run the console script (with `stdin` as its input, if given); its exit status and output."""
     proc = await asyncio.create_subprocess_exec(
         script(),
         *args,
         env=env,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    out, err = await asyncio.wait_for(
+        proc.communicate(None if stdin is None else stdin.encode()), timeout=60
+    )
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
 
@@ -168,7 +170,7 @@ async def service_token(client: Any, **body: Any) -> dict[str, Any]:
 async def test_inspect_shows_the_identifier_and_caveats_offline(
     cli_env: dict[str, str], aiohttp_client: AiohttpClient, pg_url: str, data_dir: Path, kek: str
 ) -> None:
-    """`token inspect TOKEN --json` shows token_id, key_id and caveats of a service-minted token, with no configuration."""
+    """`token inspect TOKEN --json` shows token_id, key_id, the expiry and the caveats as objects (times in ISO 8601), with no configuration; `inspect -` reads stdin."""
     client = await app_client(aiohttp_client, pg_url, data_dir, kek)
     minted = await service_token(
         client, subject="alice", operations=["read"], resources=["/docs/*"]
@@ -182,8 +184,18 @@ async def test_inspect_shows_the_identifier_and_caveats_offline(
     assert info["token_id"] == minted["token_id"]
     assert info["key_id"] == minted["key_id"]
     assert info["admin"] is False
-    caveats = " ".join(info["caveats"])
-    assert "alice" in caveats and "read" in caveats and "/docs/*" in caveats
+    by_type = {c["type"]: c for c in info["caveats"]}
+    assert by_type["subject"] == {"type": "subject", "subject": "alice"}
+    assert by_type["operations"] == {"type": "operations", "operations": ["read"]}
+    assert by_type["resources"] == {"type": "resources", "resources": ["/docs/*"]}
+    assert by_type["expiry"]["expires_at"] == minted["expires_at"]
+    assert info["expires_at"] == minted["expires_at"]
+    assert "Expiry(" not in result.stdout
+    from_stdin = await tokensvc(
+        offline, "token", "inspect", "-", "--json", stdin=minted["token"] + "\n"
+    )
+    assert from_stdin.returncode == 0, from_stdin
+    assert from_stdin.json() == info
 
 
 async def test_inspect_of_a_damaged_token_fails_cleanly(cli_env: dict[str, str]) -> None:
