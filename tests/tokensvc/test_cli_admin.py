@@ -98,8 +98,10 @@ def test_subject_revoke_all_keys_revoke_and_audit(admin_cli: Cli, server: str) -
 
 
 def test_messages_in_the_users_units(admin_cli: Cli, server: str) -> None:  # noqa: F811
-    """A --ttl over the limit is answered in hours, not seconds; `token verify` says valid or not."""
+    """A --ttl over the limit is answered in hours, not seconds; `token revoke` with nothing to
+    revoke says what to give; `token verify` says valid or not (not valid on stderr, exit 1)."""
     too_long = admin_cli("token", "mint", "--subject", "kim", "--ttl", "400d")
+    nothing = admin_cli("token", "revoke")
     token = admin_cli.ok(
         "token", "mint", "--subject", "kim", "--ttl", "10m", "--op", "read"
     ).strip()
@@ -109,6 +111,8 @@ def test_messages_in_the_users_units(admin_cli: Cli, server: str) -> None:  # no
 
     line = assert_one_line_failure(too_long)
     assert "at most 23h" in line and "seconds" not in line
+    assert nothing.returncode == 2 and "not both" not in nothing.stderr
+    assert "give the TOKEN_ID to revoke, or --token" in nothing.stderr
     assert valid.returncode == 0 and "valid: subject kim" in valid.stdout
     assert denied.returncode == 1 and "not valid" in denied.stderr and denied.stdout == ""
     assert as_json["valid"] is True and as_json["subject"] == "kim"

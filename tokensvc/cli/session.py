@@ -156,7 +156,9 @@ def _status_text(status: dict[str, Any], now: datetime) -> str:
             if u["expired"]:
                 when = f"expired {u['expires_at']}: log in again"
             elif expires is not None:
-                when = f"token expires {u['expires_at']} (in {format_duration(expires - now)})"
+                left = (expires - now).total_seconds()
+                left = left if left < 60 else left // 60 * 60  # minutes are precise enough
+                when = f"token expires {u['expires_at']} (in {format_duration(left)})"
             else:
                 when = "expiry unknown"
             mark = "*" if u["active"] else " "

@@ -144,7 +144,11 @@ def token_inspect(token_string: str | None, as_json: bool) -> None:
     info = describe(read_value(token_string, "a TOKEN"))
 
     def human(i: dict[str, Any]) -> str:
-        lines = [f"{k}: {v}" for k, v in i.items() if k != "caveats"]
+        lines = [
+            f"{k}: {str(v).lower() if isinstance(v, bool) else v}"
+            for k, v in i.items()
+            if k != "caveats"
+        ]
         lines += [f"caveat: {caveat_text(c)}" for c in i["caveats"]]
         return "\n".join(lines)
 
