@@ -116,6 +116,11 @@ def test_messages_in_the_users_units(admin_cli: Cli, server: str) -> None:  # no
     assert valid.returncode == 0 and "valid: subject kim" in valid.stdout
     assert denied.returncode == 1 and "not valid" in denied.stderr and denied.stdout == ""
     assert as_json["valid"] is True and as_json["subject"] == "kim"
+    introspected = json.loads(admin_cli.ok("token", "introspect", token, "--json"))
+    assert introspected["active"] is True and introspected["sub"] == "kim"
+    assert "not active" in admin_cli.ok(
+        "token", "introspect", "-", stdin="tsv1_nonsense.00000000\n"
+    )
 
 
 def test_attenuate_ttl_beyond_the_tokens_expiry_is_not_added_silently(admin_cli: Cli) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -82,8 +83,9 @@ class Client:
         body: dict[str, Any] | None = None,
         *,
         headers: dict[str, str] | None = None,
+        form: dict[str, str] | None = None,
     ) -> Any:
-        """The JSON answer (None for an empty one).
+        """The JSON answer (None for an empty one); `form` is sent urlencoded instead of `body`.
 
         Raises:
             ApiError: the service answered an error, redirected, or could not be reached.
@@ -92,7 +94,10 @@ class Client:
         if self.credential is not None and "Authorization" not in all_headers:
             all_headers["Authorization"] = f"Bearer {self.credential.token}"
         data = None
-        if body is not None:
+        if form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            all_headers["Content-Type"] = "application/x-www-form-urlencoded"
+        elif body is not None:
             data = json.dumps(body).encode()
             all_headers["Content-Type"] = "application/json"
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=all_headers)  # noqa: S310 - normalize_url admits http(s) only

@@ -396,6 +396,31 @@ def token_verify(
         sys.exit(1)
 
 
+@token.command("introspect")
+@click.argument("token_string", metavar="TOKEN", required=False)
+@url_option
+@json_option
+@fail_on_errors
+def token_introspect(token_string: str | None, url: str | None, as_json: bool) -> None:
+    """RFC 7662 introspection of TOKEN (or `-`): is it live, whose, until when.
+
+    Needs your login to allow `tokens:introspect` (an admin's does).
+    """
+    from tokensvc.cli.client import Client
+
+    raw = read_value(token_string, "a TOKEN")
+    result = Client.signed_in(url).request("POST", "/v1/introspect", form={"token": raw})
+
+    def human(r: dict[str, Any]) -> str:
+        if not r.get("active"):
+            return "not active (unknown, expired, revoked or not ours)"
+        return f"active: subject {r['sub']}, expires {iso_seconds(r['exp'])}" + (
+            f", scope {r['scope']}" if r.get("scope") else ""
+        )
+
+    emit(result, as_json, human)
+
+
 token.add_command(discharge_command)
 
 COMMANDS = [token]
