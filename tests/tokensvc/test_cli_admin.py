@@ -143,3 +143,23 @@ def test_attenuate_ttl_beyond_the_tokens_expiry_is_not_added_silently(admin_cli:
     ten = json.loads(admin_cli.ok("token", "inspect", shorter, "--json"))
     assert [c["type"] for c in ten["caveats"]].count("expiry") == 2
     assert ten["expires_at"] < narrowed["expires_at"]
+
+
+def test_every_option_of_every_command_is_documented() -> None:
+    """Every option of every command (--url and --json included) has help text, and every
+    command a docstring: nothing shows up blank in `--help`."""
+    import click
+
+    from tokensvc.cli import main
+
+    def walk(command: click.Command, path: str) -> list[str]:
+        missing = [] if command.help else [path]
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.help and param.name != "help":
+                missing.append(f"{path} {param.opts[0]}")
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                missing += walk(sub, f"{path} {name}")
+        return missing
+
+    assert walk(main, "tokensvc") == []

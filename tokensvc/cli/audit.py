@@ -17,7 +17,13 @@ from tokensvc.cli.render import audit_body, audit_table
 @click.option("--actor", default=None, help="Only actions by this actor (e.g. admin, local:root).")
 @click.option("--action", default=None, help="Only this action (e.g. token_minted, user_deleted).")
 @click.option("--target", default=None, help="Only actions on this target.")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=100,
+    show_default=True,
+    help="At most this many (1-1000).",
+)
 @click.option("--before", type=int, default=None, help="Paging cursor: entries older than this id.")
 @local_option
 @url_option

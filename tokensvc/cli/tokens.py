@@ -158,7 +158,13 @@ def token_inspect(token_string: str | None, as_json: bool) -> None:
 @token.command("list")
 @click.option("--subject", default=None, help="Only this subject's tokens.")
 @click.option("--all", "include_all", is_flag=True, help="Include revoked and expired tokens.")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=100,
+    show_default=True,
+    help="At most this many (1-1000).",
+)
 @click.option("--after", default=None, help="Paging cursor: list after this token id.")
 @local_option
 @url_option

@@ -71,7 +71,13 @@ def user_add(
 
 
 @user.command("list")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=100,
+    show_default=True,
+    help="At most this many (1-1000).",
+)
 @click.option("--after", default=None, help="Paging cursor: list after this name.")
 @local_option
 @url_option
