@@ -23,13 +23,14 @@ from tokensvc.cli.common import (
 from tokensvc.cli.discharge import discharge_command
 from tokensvc.cli.errors import Refused
 from tokensvc.cli.render import record_body, token_table
+from tokensvc.cli.verification import introspect_command, verify_command
 from tokensvc.operations.config import ConfigError, parse_duration
 from tokensvc.operations.durations import format_duration
 
 
 @click.group()
 def token() -> None:
-    """Mint, inspect and check tokens."""
+    """Tokens: mint, list, revoke, inspect, attenuate, check, verify, introspect, discharge."""
 
 
 @token.command("mint")
@@ -283,6 +284,7 @@ def token_attenuate(
     is left out with a warning (and refused when it is all there was to add).
     """
     import time
+    from datetime import UTC, datetime
 
     from caveats import Audience, Expiry, Operations, Resources, encode
     from tokensvc.macaroons.attenuation import attenuate
@@ -306,7 +308,7 @@ def token_attenuate(
         if own is not None and now + seconds >= own:
             why = (
                 f"--ttl {ttl} ends after the token's own expiry"
-                f" ({iso_seconds(own)}, in {format_duration(max(0.0, own - now))}),"
+                f" ({iso(datetime.fromtimestamp(own, UTC))}, in {format_duration(max(0.0, own - now))}),"
                 " so it would restrict nothing"
             )
             if not predicates:
@@ -318,12 +320,6 @@ def token_attenuate(
         raise click.UsageError("nothing to add: give --op, --resource, --audience or --ttl")
     narrowed = attenuate(raw, predicates)
     emit({"token": narrowed}, as_json, lambda r: r["token"])
-
-
-def iso_seconds(seconds: float) -> str:
-    from datetime import UTC, datetime
-
-    return str(iso(datetime.fromtimestamp(seconds, UTC)))
 
 
 @token.command("check")
@@ -348,85 +344,8 @@ def token_check(token_string: str | None, as_json: bool) -> None:
         sys.exit(1)
 
 
-@token.command("verify")
-@click.argument("token_string", metavar="TOKEN", required=False)
-@click.option("--op", "operation", default=None, help="The operation to verify for.")
-@click.option("--resource", default=None, help="The resource to verify for.")
-@click.option("--audience", default=None, help="The audience (service) to verify for.")
-@click.option("--client-ip", default=None, help="The client address to verify for.")
-@url_option
-@json_option
-@fail_on_errors
-def token_verify(
-    token_string: str | None,
-    operation: str | None,
-    resource: str | None,
-    audience: str | None,
-    client_ip: str | None,
-    url: str | None,
-    as_json: bool,
-) -> None:
-    """Ask the service whether TOKEN (or `-`) is valid for a request, as /v1/verify answers it.
-
-    Sends no stored token: the token to check is the request. Exit 1 if it is not valid.
-    """
-    from tokensvc.cli.client import ApiError, Client
-
-    raw = read_value(token_string, "a TOKEN")
-    context = {
-        name: value
-        for name, value in (
-            ("operation", operation),
-            ("resource", resource),
-            ("audience", audience),
-            ("client_ip", client_ip),
-        )
-        if value is not None
-    }
-    body: dict[str, Any] = {"token": raw}
-    if context:
-        body["context"] = context
-    try:
-        result = Client.anonymous(url).request("POST", "/v1/verify", body)
-    except ApiError as exc:
-        if exc.status not in (401, 403):
-            raise
-        result = {"valid": False, "reason": exc.message}
-    if as_json:
-        emit(result, True, str)
-    elif result.get("valid"):
-        click.echo(f"valid: subject {result['subject']}, expires {result['expires_at']}")
-    else:
-        click.echo(f"Error: not valid: {result.get('reason')}", err=True)
-    if not result.get("valid"):
-        sys.exit(1)
-
-
-@token.command("introspect")
-@click.argument("token_string", metavar="TOKEN", required=False)
-@url_option
-@json_option
-@fail_on_errors
-def token_introspect(token_string: str | None, url: str | None, as_json: bool) -> None:
-    """RFC 7662 introspection of TOKEN (or `-`): is it live, whose, until when.
-
-    Needs your login to allow `tokens:introspect` (an admin's does).
-    """
-    from tokensvc.cli.client import Client
-
-    raw = read_value(token_string, "a TOKEN")
-    result = Client.signed_in(url).request("POST", "/v1/introspect", form={"token": raw})
-
-    def human(r: dict[str, Any]) -> str:
-        if not r.get("active"):
-            return "not active (unknown, expired, revoked or not ours)"
-        return f"active: subject {r['sub']}, expires {iso_seconds(r['exp'])}" + (
-            f", scope {r['scope']}" if r.get("scope") else ""
-        )
-
-    emit(result, as_json, human)
-
-
 token.add_command(discharge_command)
+token.add_command(verify_command)
+token.add_command(introspect_command)
 
 COMMANDS = [token]
