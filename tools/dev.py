@@ -612,6 +612,10 @@ def cmd_run(args: list[str]) -> int:
     tokensvc = venv_tool("tokensvc")
     if not os.access(tokensvc, os.X_OK):
         die(".venv/bin/tokensvc is missing; is [project.scripts] tokensvc in pyproject.toml?")
+    say(
+        "the tokensvc command is in .venv/bin: in another terminal, `source .venv/bin/activate`"
+        " puts it on PATH (README: A first token)"
+    )
     os.execv(tokensvc, [tokensvc, "serve", *args])
 
 

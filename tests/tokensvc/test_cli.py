@@ -72,17 +72,19 @@ def cli_env(tmp_path: Path, data_dir: Path, pg_url: str, kek: str) -> dict[str, 
     return env
 
 
-async def tokensvc(env: dict[str, str], *args: str) -> Result:
-    """Run the console script; its exit status and output."""
+async def tokensvc(env: dict[str, str], *args: str, stdin: str | None = None) -> Result:
+    """Run the console script (with `stdin` as its input, if given); its exit status and output."""
     proc = await asyncio.create_subprocess_exec(
         script(),
         *args,
         env=env,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    out, err = await asyncio.wait_for(
+        proc.communicate(None if stdin is None else stdin.encode()), timeout=60
+    )
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
 
@@ -168,7 +170,7 @@ async def service_token(client: Any, **body: Any) -> dict[str, Any]:
 async def test_inspect_shows_the_identifier_and_caveats_offline(
     cli_env: dict[str, str], aiohttp_client: AiohttpClient, pg_url: str, data_dir: Path, kek: str
 ) -> None:
-    """`token inspect TOKEN --json` shows token_id, key_id and caveats of a service-minted token, with no configuration."""
+    """`token inspect TOKEN --json` shows token_id, key_id, the expiry and the caveats as objects (times in ISO 8601), with no configuration; `inspect -` reads stdin."""
     client = await app_client(aiohttp_client, pg_url, data_dir, kek)
     minted = await service_token(
         client, subject="alice", operations=["read"], resources=["/docs/*"]
@@ -182,8 +184,18 @@ async def test_inspect_shows_the_identifier_and_caveats_offline(
     assert info["token_id"] == minted["token_id"]
     assert info["key_id"] == minted["key_id"]
     assert info["admin"] is False
-    caveats = " ".join(info["caveats"])
-    assert "alice" in caveats and "read" in caveats and "/docs/*" in caveats
+    by_type = {c["type"]: c for c in info["caveats"]}
+    assert by_type["subject"] == {"type": "subject", "subject": "alice"}
+    assert by_type["operations"] == {"type": "operations", "operations": ["read"]}
+    assert by_type["resources"] == {"type": "resources", "resources": ["/docs/*"]}
+    assert by_type["expiry"]["expires_at"] == minted["expires_at"]
+    assert info["expires_at"] == minted["expires_at"]
+    assert "Expiry(" not in result.stdout
+    from_stdin = await tokensvc(
+        offline, "token", "inspect", "-", "--json", stdin=minted["token"] + "\n"
+    )
+    assert from_stdin.returncode == 0, from_stdin
+    assert from_stdin.json() == info
 
 
 async def test_inspect_of_a_damaged_token_fails_cleanly(cli_env: dict[str, str]) -> None:
@@ -311,3 +323,70 @@ async def _with_stdin(env: dict[str, str], text_in: str, *args: str) -> Result:
     out, err = await asyncio.wait_for(proc.communicate(text_in.encode() + b"\n"), timeout=60)
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
+
+
+async def test_local_admin_commands_answer_as_the_api_does(
+    cli_env: dict[str, str], aiohttp_client: AiohttpClient, pg_url: str, data_dir: Path, kek: str
+) -> None:
+    """`user show|roles|delete`, `token list`, `subject revoke-all`, `keys revoke` and `audit`
+    with --local go through the services and print the same JSON the API answers."""
+    client = await app_client(aiohttp_client, pg_url, data_dir, kek)
+    login = await client.post("/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD))
+    admin = {"Authorization": "Bearer " + (await login.json())["token"]}
+    added = await _with_stdin(
+        cli_env, "correct horse battery", "user", "add", "dan", "--password-stdin", "--local"
+    )
+    assert added.returncode == 0, added
+
+    shown = await tokensvc(cli_env, "user", "show", "dan", "--local", "--json")
+    roles = await tokensvc(cli_env, "user", "roles", "dan", "--add", "ops", "--local", "--json")
+    api_user = await (await client.get("/v1/users/dan", headers=admin)).json()
+    minted = await tokensvc(cli_env, "token", "mint", "--local", "--subject", "dan", "--json")
+    listed = await tokensvc(cli_env, "token", "list", "--local", "--subject", "dan", "--json")
+    api_list = await (await client.get("/v1/tokens?subject=dan", headers=admin)).json()
+    revoked_all = await tokensvc(
+        cli_env, "subject", "revoke-all", "dan", "--yes", "--local", "--json"
+    )
+    rotated = await tokensvc(cli_env, "keys", "rotate", "--local", "--json")
+    key_revoked = await tokensvc(
+        cli_env, "keys", "revoke", rotated.json()["id"], "--yes", "--local", "--json"
+    )
+    deleted = await tokensvc(cli_env, "user", "delete", "dan", "--yes", "--local")
+    trail = await tokensvc(cli_env, "audit", "--local", "--target", "dan", "--json")
+    api_trail = await (await client.get("/v1/audit?target=dan", headers=admin)).json()
+    api_keys = await (await client.get("/v1/keys", headers=admin)).json()
+
+    for result in (shown, roles, minted, listed, revoked_all, rotated, key_revoked, deleted, trail):
+        assert result.returncode == 0, result
+    assert {k: v for k, v in shown.json().items() if k != "updated_at"} == {
+        k: v for k, v in api_user.items() if k != "updated_at"
+    } | {"roles": []}
+    assert roles.json()["roles"] == ["ops"] == api_user["roles"]
+    assert listed.json() == api_list["tokens"]
+    assert [t["token_id"] for t in listed.json()] == [minted.json()["token_id"]]
+    assert revoked_all.json()["subject"] == "dan" and revoked_all.json()["generation"] >= 1
+    assert rotated.json()["id"] not in [k["id"] for k in api_keys["keys"]]
+    assert trail.json() == api_trail
+    assert [e["action"] for e in trail.json()["entries"]][:2] == [
+        "user_deleted",
+        "tokens_revoked_all",
+    ]
+
+
+async def test_local_lockout_needs_a_shared_store(cli_env: dict[str, str], redis_url: str) -> None:
+    """`lockout status --local` without Redis refuses in one line (the embedded lockout lives in the
+    server's memory); with TOKENSVC_REDIS_URL it reads and clears the shared counters."""
+    with_redis = {
+        **cli_env,
+        "TOKENSVC_REDIS_URL": redis_url,
+        "TOKENSVC_REDIS_PREFIX": f"clitest{secrets.token_hex(4)}:",
+    }
+
+    refused = await tokensvc(cli_env, "lockout", "status", "ed", "--local")
+    status = await tokensvc(with_redis, "lockout", "status", "ed", "--local", "--json")
+    cleared = await tokensvc(with_redis, "lockout", "clear", "ed", "--local")
+
+    assert "TOKENSVC_REDIS_URL" in assert_clean_failure(refused)
+    assert status.returncode == 0, status
+    assert status.json()["failures"] == 0 and status.json()["locked"] is False
+    assert cleared.returncode == 0 and "cleared" in cleared.stdout

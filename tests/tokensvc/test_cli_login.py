@@ -135,6 +135,15 @@ class Cli:
         assert "Traceback" not in result.stderr
         return result.stdout
 
+    def stored(self) -> dict[str, Any]:
+        """The credentials file as JSON."""
+        data: dict[str, Any] = json.loads(self.credentials.read_text())
+        return data
+
+    def token(self, url: str) -> str:
+        """The token stored for `url`, as `tokensvc auth token` prints it."""
+        return self.ok("auth", "token", "--url", url).strip()
+
     def login(self, url: str, name: str, password: str) -> str:
         return self.ok("login", "--url", url, "--password-stdin", name, stdin=password + "\n")
 
@@ -167,16 +176,19 @@ def test_login_stores_the_token_0600_and_whoami_uses_it(server: str, tmp_path: P
     out = cli.login(server, "admin", ADMIN_PASSWORD)
     whoami = json.loads(cli.ok("whoami", "--json"))
 
-    assert "logged in as admin" in out
+    assert f"logged in to {server} as admin until" in out
     assert "tsv1_" not in out  # the token is stored, not printed
     assert stat.S_IMODE(cli.credentials.stat().st_mode) == 0o600
     assert stat.S_IMODE(cli.credentials.parent.stat().st_mode) == 0o700
-    stored = json.loads(cli.credentials.read_text())
-    assert stored["url"] == server
-    assert stored["token"].startswith("tsv1_")
+    stored = cli.stored()
+    assert stored["default"] == server
+    assert stored["servers"][server]["user"] == "admin"
+    token = stored["servers"][server]["users"]["admin"]["token"]
+    assert token.startswith("tsv1_")
+    assert cli.token(server) == token
     assert whoami["subject"] == "admin"
     assert whoami["url"] == server
-    assert http("POST", server + "/v1/verify", {"token": stored["token"]})[1]["subject"] == "admin"
+    assert http("POST", server + "/v1/verify", {"token": token})[1]["subject"] == "admin"
 
 
 def test_login_json_output(server: str, tmp_path: Path) -> None:
@@ -307,7 +319,7 @@ def test_passwd_and_disable_revoke_the_users_stored_token(
 def test_unlock_clears_a_lockout(server: str, admin_cli: Cli) -> None:
     """After 5 failed logins lock carol, `tokensvc user unlock carol` clears her counters and she logs in."""
     admin_cli.ok("user", "add", "carol", "--password-stdin", stdin=BOB_PASSWORD + "\n")
-    admin_token = json.loads(admin_cli.credentials.read_text())["token"]
+    admin_token = admin_cli.token(server)
     for _ in range(5):
         assert http("POST", server + "/v1/login", headers=basic_auth("carol", "wrong!"))[0] == 401
     before = http(

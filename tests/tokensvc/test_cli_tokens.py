@@ -99,9 +99,13 @@ def test_service_token_through_the_cli(server: str, admin_cli: Cli) -> None:  # 
     assert verify(server, minted["token"])[0] == 200
 
 
-def test_check_accepts_good_and_rejects_bad_offline(admin_cli: Cli, tmp_path: Path) -> None:
-    """`token check` exits 0 on a good token and 1 on a typo or garbage, with no server involved."""
-    token = json.loads(admin_cli.credentials.read_text())["token"]
+def test_check_accepts_good_and_rejects_bad_offline(
+    admin_cli: Cli,
+    server: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`token check` exits 0 on a good token and 1 on a typo or garbage (the problem on stderr), with no server involved."""
+    token = admin_cli.token(server)
     offline = Cli(tmp_path / "offline")
     offline.home.mkdir()
     typo = token[:20] + ("A" if token[20] != "A" else "B") + token[21:]
@@ -111,7 +115,7 @@ def test_check_accepts_good_and_rejects_bad_offline(admin_cli: Cli, tmp_path: Pa
     garbage = offline("token", "check", "hello")
 
     assert good["ok"] is True and good["checksum"] == "ok"
-    assert bad.returncode == 1 and "checksum" in bad.stdout
+    assert bad.returncode == 1 and "checksum" in bad.stderr and bad.stdout == ""
     assert garbage.returncode == 1
 
 
@@ -142,7 +146,7 @@ def test_logout_revokes_the_stored_token(server: str, tmp_path: Path) -> None:  
     cli = Cli(tmp_path / "leaver")
     cli.home.mkdir()
     cli.login(server, "admin", ADMIN_PASSWORD)
-    token = json.loads(cli.credentials.read_text())["token"]
+    token = cli.token(server)
     assert verify(server, token)[0] == 200
 
     out = cli.ok("logout")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import shutil
 import sys
+from pathlib import Path
 
 from tokensvc.accounts.passwords import PasswordHasher
 from tokensvc.accounts.users import ADMIN_ROLE, UserStore
@@ -47,12 +50,35 @@ async def ensure_admin(
         return False
     if generated:
         # Straight to the terminal, never through logging: it must not land in log storage.
+        command, hint = _cli_command()
         print(
             f"\ntokensvc: created user 'admin' with password: {password}\n"
-            "tokensvc: it is shown only this once; change it with `tokensvc user passwd admin`.\n",
+            f"tokensvc: it is shown only this once; log in with `{command} login admin`"
+            f" and change it with `{command} user passwd admin`{hint}.\n",
             file=sys.stderr,
             flush=True,
         )
     else:
         log.info("created the bootstrap admin user from TOKENSVC_ADMIN_PASSWORD")
     return True
+
+
+def _cli_command() -> tuple[str, str]:
+    """How the person who started the service can run the CLI: `tokensvc` when that is on their
+    PATH, else the path of this very script (`./dev run` runs `.venv/bin/tokensvc`, which a
+    fresh clone does not have on PATH), with how to put it there."""
+    script = Path(sys.argv[0])
+    if script.name != "tokensvc" or not script.is_file():
+        return "tokensvc", ""
+    found = shutil.which("tokensvc")
+    if found and Path(found).resolve() == script.resolve():
+        return "tokensvc", ""
+    here = script.resolve()
+    try:
+        shown = str(here.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(here)
+    if not (here.parent / "activate").is_file():
+        return shown, ""
+    activate = os.path.join(os.path.dirname(shown), "activate")
+    return shown, f" (`source {activate}` puts `tokensvc` on PATH)"

@@ -11,16 +11,24 @@ import os
 
 import click
 
-from tokensvc.cli import health, keys, server, session, tokens, users
+from tokensvc.cli import audit, health, keys, lockout, server, session, tokens, users
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tokensvc")
 def main() -> None:
-    """tokensvc: macaroon tokens, root keys, passwords and lockout."""
+    """tokensvc: macaroon tokens, root keys, passwords and lockout.
+
+    \b
+    Talks to the service at --url, else TOKENSVC_URL, else the server you last logged in to;
+    only the token stored for that server is sent (TOKENSVC_TOKEN overrides it, for CI).
+    --local commands act on the configured database directly. --json prints JSON for scripts.
+    Shell completion (bash; zsh and fish alike):
+      eval "$(_TOKENSVC_COMPLETE=bash_source tokensvc)"
+    """
 
 
-for _module in (server, health, session, tokens, keys, users):
+for _module in (server, health, session, tokens, keys, users, lockout, audit):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

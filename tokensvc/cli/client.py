@@ -1,22 +1,36 @@
-"""The CLI's HTTP client, and where a logged-in user's token is kept (mode 0600)."""
+"""The CLI's HTTP client: JSON to one service URL, with the token stored for that URL only.
+
+Redirects are never followed. urllib would follow one to any host and carry the Authorization
+header along, so a redirect (from a proxy, or anyone who can answer plain HTTP) could collect the
+token; the API itself never redirects, so the CLI stops and names where it was sent instead.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from tokensvc.errors import TokensvcError, Unauthenticated
+from tokensvc.cli.credentials import (
+    DEFAULT_URL,
+    Credential,
+    credential_for,
+    normalize_url,
+    require_credential,
+    target_url,
+)
+from tokensvc.errors import TokensvcError
 
-DEFAULT_URL = "http://127.0.0.1:8080"
+__all__ = ["DEFAULT_URL", "ApiError", "Client"]
+
+TIMEOUT_SECONDS = 30
 
 
 class ApiError(TokensvcError):
-    """The service answered with an error."""
+    """The service answered with an error, or could not be reached."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -24,43 +38,43 @@ class ApiError(TokensvcError):
         self.code = code
 
 
-def credentials_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "tokensvc" / "credentials.json"
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx surfaces as an HTTPError, answered below
 
 
-def save_credentials(data: dict[str, Any]) -> Path:
-    """Write the credentials file atomically, created 0600 in a 0700 directory."""
-    path = credentials_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    return path
-
-
-def load_credentials() -> dict[str, Any] | None:
-    try:
-        data = json.loads(credentials_path().read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+_OPENER = urllib.request.build_opener(_NoRedirects())
 
 
 @dataclass
 class Client:
     url: str
-    token: str | None = None
+    credential: Credential | None = None
 
     @classmethod
-    def from_saved(cls, url: str | None = None) -> Client:
-        saved = load_credentials()
-        if saved is None:
-            raise Unauthenticated("not logged in: run `tokensvc login` first")
-        return cls(url=(url or saved.get("url") or DEFAULT_URL).rstrip("/"), token=saved["token"])
+    def anonymous(cls, url: str | None = None) -> Client:
+        """A client for --url / TOKENSVC_URL / the default server that sends no token."""
+        return cls(url=target_url(url))
+
+    @classmethod
+    def signed_in(cls, url: str | None = None) -> Client:
+        """A client carrying the token stored for exactly that server (or TOKENSVC_TOKEN).
+
+        Raises:
+            NotLoggedIn: no token for that server, or it has expired.
+        """
+        base = target_url(url)
+        return cls(url=base, credential=require_credential(base))
+
+    @classmethod
+    def optional(cls, url: str | None = None) -> Client:
+        """Signed in where a token is at hand for the server, else anonymous."""
+        base = target_url(url)
+        return cls(url=base, credential=credential_for(base))
+
+    @classmethod
+    def at(cls, url: str) -> Client:
+        return cls(url=normalize_url(url))
 
     def request(
         self,
@@ -69,25 +83,57 @@ class Client:
         body: dict[str, Any] | None = None,
         *,
         headers: dict[str, str] | None = None,
+        form: dict[str, str] | None = None,
     ) -> Any:
+        """The JSON answer (None for an empty one); `form` is sent urlencoded instead of `body`.
+
+        Raises:
+            ApiError: the service answered an error, redirected, or could not be reached.
+        """
         all_headers = {"Accept": "application/json", **(headers or {})}
-        if self.token and "Authorization" not in all_headers:
-            all_headers["Authorization"] = f"Bearer {self.token}"
+        if self.credential is not None and "Authorization" not in all_headers:
+            all_headers["Authorization"] = f"Bearer {self.credential.token}"
         data = None
-        if body is not None:
+        if form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            all_headers["Content-Type"] = "application/x-www-form-urlencoded"
+        elif body is not None:
             data = json.dumps(body).encode()
             all_headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=all_headers)  # noqa: S310 - the operator's own service URL (--url / TOKENSVC_URL)
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=all_headers)  # noqa: S310 - normalize_url admits http(s) only
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - the operator's own service URL (--url / TOKENSVC_URL)
+            with _OPENER.open(req, timeout=TIMEOUT_SECONDS) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                err = json.loads(raw)["error"]
-                raise ApiError(exc.code, err["code"], err["message"]) from None
-            except (ValueError, KeyError, TypeError):
-                raise ApiError(exc.code, "http_error", f"HTTP {exc.code}") from None
-        except urllib.error.URLError as exc:
-            raise ApiError(0, "unreachable", f"cannot reach {self.url}: {exc.reason}") from None
-        return json.loads(raw) if raw else None
+            raise self._error(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise ApiError(0, "unreachable", f"cannot reach {self.url}: {reason}") from None
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            raise ApiError(
+                0, "bad_answer", f"{self.url} answered something that is not JSON"
+            ) from None
+
+    def _error(self, exc: urllib.error.HTTPError) -> ApiError:
+        if 300 <= exc.code < 400:
+            where = exc.headers.get("Location", "?")[:200]
+            return ApiError(
+                exc.code,
+                "redirected",
+                f"{self.url} redirects to {where}; not followed (a redirect would take your"
+                " token along): if that is the service, use its URL with --url",
+            )
+        try:
+            answer = json.loads(exc.read())
+            if "reason" in answer:  # /v1/verify's {"valid": false, "reason"}
+                code = "invalid_token" if exc.code == 401 else "denied"
+                message = str(answer["reason"])
+            else:
+                code, message = str(answer["error"]["code"]), str(answer["error"]["message"])
+        except (ValueError, KeyError, TypeError, OSError):
+            code, message = "http_error", f"HTTP {exc.code}"
+        if exc.code == 401 and self.credential is not None:
+            message = f"{message}; {self.credential.login_hint}"
+        return ApiError(exc.code, code, message)

@@ -1,4 +1,4 @@
-"""What every command shares: configuration, output, the failure rule, and the local runtime."""
+"""What every command shares: configuration, options, output, the failure rule, the local runtime."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import getpass
 import json
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -18,17 +19,44 @@ from tokensvc.operations.config import Config, ConfigError
 from tokensvc.services.principals import LocalOperator
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
     "config",
     "emit",
     "fail_on_errors",
     "iso",
+    "json_option",
+    "local_option",
     "local_runtime",
     "operator",
+    "read_value",
     "run",
-    "service_url",
+    "url_option",
 ]
+
+URL_HELP = (
+    "Service URL, e.g. https://tokens.example or 127.0.0.1:8080 (default: TOKENSVC_URL, else"
+    " the server you last logged in to). Only the token stored for this URL is sent."
+)
+
+
+def url_option(fn: F) -> F:
+    return click.option("--url", default=None, metavar="URL", help=URL_HELP)(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print JSON for scripts (times in ISO 8601 UTC)."
+    )(fn)
+
+
+def local_option(fn: F) -> F:
+    return click.option(
+        "--local",
+        is_flag=True,
+        help="Act on the configured database directly, as the OS user (break-glass; audited).",
+    )(fn)
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -53,8 +81,25 @@ def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
     click.echo(json.dumps(data, indent=2, default=str) if as_json else human(data))
 
 
-def iso(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def iso(value: datetime | None) -> str | None:
+    """RFC 3339 UTC, whole seconds, as the API writes times."""
+    return None if value is None else value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_value(value: str | None, what: str) -> str:
+    """`value`, or a line of standard input when it is `-` or not given (and stdin is no terminal).
+
+    Raises:
+        click.UsageError: nothing given, or an empty line read.
+    """
+    if value is not None and value != "-":
+        return value.strip()
+    if value is None and sys.stdin.isatty():
+        raise click.UsageError(f"give {what}, or `-` to read it from standard input")
+    line = sys.stdin.readline().strip()
+    if not line:
+        raise click.UsageError(f"no {what} on standard input")
+    return line
 
 
 def operator() -> LocalOperator:
@@ -80,7 +125,11 @@ async def local_runtime() -> AsyncIterator[Any]:
         yield built
 
 
-def service_url(url: str | None) -> str:
-    from tokensvc.cli.client import DEFAULT_URL
+def local(action: Callable[[Any, LocalOperator], Awaitable[T]]) -> T:
+    """Run `action(services, operator)` against the configured database (a `--local` command)."""
 
-    return (url or os.environ.get("TOKENSVC_URL") or DEFAULT_URL).rstrip("/")
+    async def go() -> T:
+        async with local_runtime() as built:
+            return await action(built.services, operator())
+
+    return run(go())

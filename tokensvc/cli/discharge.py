@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import sys
 import urllib.error
 import urllib.parse
@@ -26,6 +25,7 @@ import click
 
 from tokensvc.bakery.codec import LATEST_VERSION
 from tokensvc.bakery.jsonmacaroon import from_bakery_json
+from tokensvc.cli.common import json_option, url_option
 from tokensvc.cli.errors import fail_on_errors
 from tokensvc.errors import TokensvcError
 from tokensvc.macaroons import chain
@@ -149,16 +149,14 @@ _fail_on_errors = fail_on_errors
 
 @click.command("discharge")
 @click.argument("token_string", metavar="[TOKEN]", required=False)
-@click.option(
-    "--url", default=None, help="tokensvc URL (default TOKENSVC_URL or the logged-in one)."
-)
+@url_option
 @click.option("--user", default=None, help="Authenticate to tokensvc's discharger as USER (Basic).")
 @click.option("--password-stdin", is_flag=True, help="Read --user's password from standard input.")
 @click.option("--op", "operation", default=None, help="Verify for this operation.")
 @click.option("--resource", default=None, help="Verify for this resource.")
 @click.option("--audience", default=None, help="Verify for this audience.")
 @click.option("--no-verify", is_flag=True, help="Only print the bound discharges.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @_fail_on_errors
 def discharge_command(
     token_string: str | None,
@@ -172,17 +170,19 @@ def discharge_command(
     as_json: bool,
 ) -> None:
     """Get the discharges TOKEN (default: your stored token) needs, and verify the bundle."""
-    from tokensvc.cli.client import DEFAULT_URL, Client, load_credentials
+    from tokensvc.cli.client import Client
+    from tokensvc.cli.credentials import credential_for, target_url
 
-    saved = load_credentials() or {}
-    service_url = (url or os.environ.get("TOKENSVC_URL") or saved.get("url") or DEFAULT_URL).rstrip(
-        "/"
-    )
+    service_url = target_url(url)
+    # Only the token stored for this very server (or TOKENSVC_TOKEN) may go to its discharger.
+    own = credential_for(service_url)
     if token_string == "-":  # noqa: S105 - "-" means stdin, not a password
         token_string = sys.stdin.readline().strip()
-    token_string = token_string or saved.get("token")
+    token_string = token_string or (own.token if own else None)
     if not token_string:
-        raise click.UsageError("give a TOKEN, or run `tokensvc login` first")
+        raise click.UsageError(
+            f"give a TOKEN (or `-`), or run `tokensvc login --url {service_url}` first"
+        )
     basic = None
     if user is not None:
         password = (
@@ -196,7 +196,7 @@ def discharge_command(
     discharges = acquire_discharges(
         token,
         post=http_post_form,
-        headers_for=credentials_for(service_url, basic=basic, token=saved.get("token")),
+        headers_for=credentials_for(service_url, basic=basic, token=own.token if own else None),
     )
 
     encoded = [encode_discharge(d) for d in discharges]

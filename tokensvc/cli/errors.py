@@ -1,4 +1,8 @@
-"""How every CLI command fails: a one-line message and exit status 1, never a traceback."""
+"""How every CLI command fails: a one-line message on stderr and exit status 1, never a traceback.
+
+The CLI's own errors (CliError and below) are about the caller's side: which server, which
+stored login. The service's errors come back as ApiError (tokensvc.cli.client).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,36 @@ import click
 
 from keystore import KeystoreError
 from tokensvc.errors import TokensvcError
+
+
+class CliError(TokensvcError):
+    """Root of the CLI's own errors; never raised itself."""
+
+    code = "cli_error"
+
+
+class BadUrl(CliError):
+    """The service URL is not an http(s) URL with a host."""
+
+    code = "bad_url"
+
+
+class NotLoggedIn(CliError):
+    """No usable token for the server a command talks to."""
+
+    code = "not_logged_in"
+
+
+class CredentialsUnreadable(CliError):
+    """The credentials file exists but cannot be read or understood."""
+
+    code = "credentials_unreadable"
+
+
+class Refused(CliError):
+    """The CLI will not do what was asked, and says why (e.g. a caveat that would do nothing)."""
+
+    code = "refused"
 
 
 def fail_on_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

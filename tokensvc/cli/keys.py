@@ -1,81 +1,81 @@
-"""`tokensvc keys …`: root-key metadata and rotation; key-encryption key status and re-seal."""
+"""`tokensvc keys …`: root-key metadata, rotation and revocation; key-encryption key status and
+re-seal."""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import click
 
 from keystore.reseal import KekUsage, ResealResult
-from tokensvc.cli.common import emit, fail_on_errors, iso, local_runtime, operator, run
+from tokensvc.cli import common
+from tokensvc.cli.client import Client
+from tokensvc.cli.common import emit, fail_on_errors, json_option, local_option, url_option
+from tokensvc.cli.render import key_body, key_table
 
 
 @click.group()
 def keys() -> None:
-    """Root keys: list and rotate; key-encryption keys: status and re-seal."""
-
-
-def _key_rows(infos: list[Any]) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": i.id,
-            "created_at": iso(i.created_at),
-            "expires_at": iso(i.expires_at),
-            "current": i.current,
-        }
-        for i in infos
-    ]
-
-
-def _key_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'ID':<24} {'CREATED':<21} {'EXPIRES':<21} CURRENT"]
-    lines += [
-        f"{r['id']:<24} {r['created_at']:<21} {r['expires_at']:<21} {'*' if r['current'] else ''}"
-        for r in rows
-    ]
-    return "\n".join(lines)
+    """Root keys: list, rotate, revoke; key-encryption keys: status and re-seal."""
 
 
 @keys.command("list")
-@click.option("--local", is_flag=True, help="Read the configured database directly.")
-@click.option("--url", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@local_option
+@url_option
+@json_option
 @fail_on_errors
 def keys_list(local: bool, url: str | None, as_json: bool) -> None:
     """List root keys (metadata only)."""
     if local:
 
-        async def go() -> list[dict[str, Any]]:
-            async with local_runtime() as built:
-                return _key_rows(await built.services.keys.list(operator()))
+        async def go(services: Any, who: Any) -> list[dict[str, Any]]:
+            return [key_body(i) for i in await services.keys.list(who)]
 
-        rows = run(go())
+        rows = common.local(go)
     else:
-        from tokensvc.cli.client import Client
-
-        rows = Client.from_saved(url).request("GET", "/v1/keys")["keys"]
-    emit(rows, as_json, _key_table)
+        rows = Client.signed_in(url).request("GET", "/v1/keys")["keys"]
+    emit(rows, as_json, key_table)
 
 
 @keys.command("rotate")
-@click.option("--local", is_flag=True, help="Write the configured database directly.")
-@click.option("--url", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@local_option
+@url_option
+@json_option
 @fail_on_errors
 def keys_rotate(local: bool, url: str | None, as_json: bool) -> None:
     """Make a new root key now; new tokens are minted on it."""
     if local:
 
-        async def go() -> dict[str, Any]:
-            async with local_runtime() as built:
-                return _key_rows([await built.services.keys.rotate(operator())])[0]
+        async def go(services: Any, who: Any) -> dict[str, Any]:
+            return key_body(await services.keys.rotate(who))
 
-        row = run(go())
+        row = common.local(go)
     else:
-        from tokensvc.cli.client import Client
-
-        row = Client.from_saved(url).request("POST", "/v1/keys/rotate", {})
+        row = Client.signed_in(url).request("POST", "/v1/keys/rotate", {})
     emit(row, as_json, lambda r: f"new current key {r['id']}, expires {r['expires_at']}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@local_option
+@url_option
+@json_option
+@fail_on_errors
+def keys_revoke(key_id: str, yes: bool, local: bool, url: str | None, as_json: bool) -> None:
+    """Delete root key KEY_ID: every token it signed stops working; minting moves on."""
+    if not yes:
+        click.confirm(f"revoke root key {key_id}? every token it signed dies", abort=True, err=True)
+    if local:
+
+        async def go(services: Any, who: Any) -> None:
+            await services.keys.revoke(who, key_id)
+
+        common.local(go)
+    else:
+        Client.signed_in(url).request("POST", f"/v1/keys/{quote(key_id, safe='')}/revoke", {})
+    emit({"revoked": key_id}, as_json, lambda r: f"revoked root key {r['revoked']}")
 
 
 def _kek_table(status: dict[str, Any]) -> str:
@@ -111,9 +111,9 @@ def _reseal_text(result: dict[str, Any]) -> str:
 
 
 @keys.command("kek-status")
-@click.option("--local", is_flag=True, help="Read the configured database directly.")
-@click.option("--url", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@local_option
+@url_option
+@json_option
 @fail_on_errors
 def keys_kek_status(local: bool, url: str | None, as_json: bool) -> None:
     """Which key-encryption key seals how many live keys; exit 1 while any is not the current.
@@ -123,25 +123,22 @@ def keys_kek_status(local: bool, url: str | None, as_json: bool) -> None:
     """
     if local:
 
-        async def go() -> dict[str, Any]:
-            async with local_runtime() as built:
-                usage: KekUsage = await built.services.keys.kek_status(operator())
-                return usage.as_dict()
+        async def go(services: Any, who: Any) -> dict[str, Any]:
+            usage: KekUsage = await services.keys.kek_status(who)
+            return usage.as_dict()
 
-        status = run(go())
+        status = common.local(go)
     else:
-        from tokensvc.cli.client import Client
-
-        status = Client.from_saved(url).request("GET", "/v1/kek")
+        status = Client.signed_in(url).request("GET", "/v1/kek")
     emit(status, as_json, _kek_table)
     if status["not_current"]:
         raise SystemExit(1)
 
 
 @keys.command("reseal")
-@click.option("--local", is_flag=True, help="Write the configured database directly.")
-@click.option("--url", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@local_option
+@url_option
+@json_option
 @fail_on_errors
 def keys_reseal(local: bool, url: str | None, as_json: bool) -> None:
     """Re-seal every live key under the current key-encryption key, while replicas serve.
@@ -150,16 +147,13 @@ def keys_reseal(local: bool, url: str | None, as_json: bool) -> None:
     """
     if local:
 
-        async def go() -> dict[str, Any]:
-            async with local_runtime() as built:
-                result: ResealResult = await built.services.keys.reseal(operator())
-                return result.as_dict()
+        async def go(services: Any, who: Any) -> dict[str, Any]:
+            result: ResealResult = await services.keys.reseal(who)
+            return result.as_dict()
 
-        result = run(go())
+        result = common.local(go)
     else:
-        from tokensvc.cli.client import Client
-
-        result = Client.from_saved(url).request("POST", "/v1/kek/reseal", {})
+        result = Client.signed_in(url).request("POST", "/v1/kek/reseal", {})
     emit(result, as_json, _reseal_text)
     if result["unopened"] or result["damaged"]:
         raise SystemExit(1)

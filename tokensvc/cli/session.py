@@ -1,86 +1,208 @@
-"""`tokensvc login`, `whoami` and `logout`: the stored credentials of a CLI user."""
+"""`tokensvc login`, `logout`, `whoami` and `auth status|switch|token`: the CLI user's logins.
+
+Logins are kept per server URL and user (tokensvc.cli.credentials); each token goes back only
+to the server that issued it.
+"""
 
 from __future__ import annotations
 
+import base64
 import sys
+from datetime import UTC, datetime
+from typing import Any
 
 import click
 
-from tokensvc.cli.common import emit, fail_on_errors, service_url
+from tokensvc.cli import credentials
+from tokensvc.cli.client import Client
+from tokensvc.cli.common import emit, fail_on_errors, json_option, url_option
+from tokensvc.cli.credentials import TOKEN_ENV, parse_time, target_url
+from tokensvc.cli.errors import NotLoggedIn
 from tokensvc.errors import TokensvcError
+from tokensvc.operations.durations import format_duration
 
 
 @click.command()
 @click.argument("username", required=False)
-@click.option("--url", default=None, help="Service URL (default TOKENSVC_URL or 127.0.0.1:8080).")
+@url_option
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @click.option("--ttl", default=None, help="Ask for a shorter lifetime, e.g. 1h.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @fail_on_errors
 def login(
     username: str | None, url: str | None, password_stdin: bool, ttl: str | None, as_json: bool
 ) -> None:
-    """Exchange a username and password for a token, stored in your config dir (mode 0600)."""
-    import base64
+    """Exchange a username and password for a token, stored for that server (file mode 0600).
 
-    from tokensvc.cli.client import Client, save_credentials
-
+    Logins to several servers, and as several users, are kept side by side: logging in as
+    another user does not replace the first (see `tokensvc auth status`).
+    """
+    client = Client.anonymous(url)
     username = username or click.prompt("Username")
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = click.prompt("Password", hide_input=True)
     basic = base64.b64encode(f"{username}:{password}".encode()).decode()
-    client = Client(url=service_url(url))
     body = {"ttl": ttl} if ttl else {}
+
     result = client.request("POST", "/v1/login", body, headers={"Authorization": f"Basic {basic}"})
-    path = save_credentials(
-        {
-            "url": client.url,
-            "token": result["token"],
-            "subject": result["subject"],
-            "expires_at": result["expires_at"],
-        }
+
+    subject = str(result["subject"])
+    with credentials.editing() as store:
+        store.put(
+            client.url,
+            subject,
+            {
+                "token": result["token"],
+                "token_id": result.get("token_id"),
+                "expires_at": result["expires_at"],
+            },
+        )
+    info = {
+        "url": client.url,
+        "subject": subject,
+        "expires_at": result["expires_at"],
+        "stored": str(credentials.credentials_path()),
+    }
+    emit(
+        info,
+        as_json,
+        lambda i: f"logged in to {i['url']} as {i['subject']} until {i['expires_at']}",
     )
-    info = {"subject": result["subject"], "expires_at": result["expires_at"], "stored": str(path)}
-    emit(info, as_json, lambda i: f"logged in as {i['subject']} until {i['expires_at']}")
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@url_option
+@json_option
 @fail_on_errors
-def whoami(as_json: bool) -> None:
-    """Show who the stored token belongs to, as the service sees it now."""
-    from tokensvc.cli.client import Client
+def whoami(url: str | None, as_json: bool) -> None:
+    """Show who your token for the server belongs to, as the service sees it now."""
+    client = Client.signed_in(url)
+    assert client.credential is not None  # noqa: S101 - signed_in() always sets one
 
-    client = Client.from_saved()
-    result = client.request("POST", "/v1/verify", {"token": client.token})
+    result = client.request("POST", "/v1/verify", {"token": client.credential.token})
+
     info = {"subject": result["subject"], "expires_at": result["expires_at"], "url": client.url}
     emit(info, as_json, lambda i: f"{i['subject']} (token expires {i['expires_at']}) at {i['url']}")
 
 
 @click.command()
+@click.argument("username", required=False)
+@url_option
 @fail_on_errors
-def logout() -> None:
-    """Revoke the stored token (best effort) and forget it."""
-    from tokensvc.cli.client import Client, credentials_path, load_credentials
+def logout(username: str | None, url: str | None) -> None:
+    """Revoke your stored token for the server (best effort) and forget it.
 
-    path = credentials_path()
-    saved = load_credentials()
-    if saved and isinstance(saved.get("token"), str):
-        try:
-            # Anonymous on purpose: presenting the token is what authorises burning it.
-            Client(url=str(saved.get("url") or service_url(None)).rstrip("/")).request(
-                "POST", "/v1/tokens/revoke", {"token": saved["token"]}
-            )
-        except TokensvcError as exc:
-            click.echo(f"warning: could not revoke the stored token ({exc.message})", err=True)
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        click.echo("not logged in")
+    USERNAME: which of the server's logins (default: its active one).
+    """
+    base = target_url(url)
+    store = credentials.load()
+    found = store.credential(base, username)
+    if found is None:
+        click.echo(f"not logged in to {base}" + (f" as {username}" if username else ""))
         return
-    click.echo("logged out")
+    try:
+        # Anonymous on purpose, and to the token's own server: presenting it authorises burning it.
+        Client(url=found.url).request("POST", "/v1/tokens/revoke", {"token": found.token})
+    except TokensvcError as exc:
+        click.echo(f"warning: could not revoke the stored token ({exc.message})", err=True)
+    with credentials.editing() as fresh:
+        fresh.remove(found.url, str(found.user))
+    click.echo(f"logged out of {found.url} ({found.user})")
 
 
-COMMANDS = [login, whoami, logout]
+@click.group()
+def auth() -> None:
+    """Your stored logins: status, switch, token."""
+
+
+def _status_rows(now: datetime) -> dict[str, Any]:
+    store = credentials.load()
+    servers = []
+    for url in sorted(store.servers):
+        server = store.servers[url]
+        users = []
+        for name in sorted(server["users"]):
+            entry = server["users"][name]
+            expires = parse_time(entry.get("expires_at"))
+            users.append(
+                {
+                    "user": name,
+                    "active": name == server.get("user"),
+                    "expires_at": entry.get("expires_at"),
+                    "expired": expires is not None and expires <= now,
+                }
+            )
+        servers.append({"url": url, "default": url == store.default, "users": users})
+    return {
+        "file": str(store.path),
+        "default": store.default,
+        "token_env": bool(credentials.env_token()),
+        "servers": servers,
+    }
+
+
+def _status_text(status: dict[str, Any], now: datetime) -> str:
+    lines: list[str] = []
+    if status["token_env"]:
+        lines.append(f"{TOKEN_ENV} is set: every command sends it (to --url / TOKENSVC_URL)")
+    if not status["servers"]:
+        lines.append("not logged in to any server (tokensvc login --url URL USER)")
+    for server in status["servers"]:
+        lines.append(server["url"] + ("  (default)" if server["default"] else ""))
+        for u in server["users"]:
+            expires = parse_time(u["expires_at"])
+            if u["expired"]:
+                when = f"expired {u['expires_at']}: log in again"
+            elif expires is not None:
+                left = (expires - now).total_seconds()
+                left = left if left < 60 else left // 60 * 60  # minutes are precise enough
+                when = f"token expires {u['expires_at']} (in {format_duration(left)})"
+            else:
+                when = "expiry unknown"
+            mark = "*" if u["active"] else " "
+            lines.append(f"  {mark} {u['user']:<20} {when}")
+    lines.append(f"stored in {status['file']}")
+    return "\n".join(lines)
+
+
+@auth.command("status")
+@json_option
+@fail_on_errors
+def auth_status(as_json: bool) -> None:
+    """Which servers you are logged in to, as whom, until when; * marks each server's active user."""
+    now = datetime.now(UTC)
+    status = _status_rows(now)
+    emit(status, as_json, lambda s: _status_text(s, now))
+
+
+@auth.command("switch")
+@click.argument("username")
+@url_option
+@fail_on_errors
+def auth_switch(username: str, url: str | None) -> None:
+    """Make USERNAME the active login for the server, and the server the default."""
+    base = target_url(url)
+    with credentials.editing() as store:
+        server = store.servers.get(base)
+        if not server or username not in server["users"]:
+            raise NotLoggedIn(
+                f"no login of {username} at {base}: run `tokensvc login {username} --url {base}`"
+            )
+        server["user"] = username
+        store.data["default"] = base
+    click.echo(f"now acting as {username} at {base}")
+
+
+@auth.command("token")
+@url_option
+@fail_on_errors
+def auth_token(url: str | None) -> None:
+    """Print your token for the server, for another tool (e.g. curl -H "Authorization: Bearer ...")."""
+    client = Client.signed_in(url)
+    assert client.credential is not None  # noqa: S101 - signed_in() always sets one
+    click.echo(client.credential.token)
+
+
+COMMANDS = [login, whoami, logout, auth]

@@ -7,22 +7,30 @@ from typing import Any
 
 import click
 
+from tokensvc.cli import common
 from tokensvc.cli.common import (
     emit,
     fail_on_errors,
     iso,
+    json_option,
+    local_option,
     local_runtime,
     operator,
+    read_value,
     run,
-    service_url,
+    url_option,
 )
 from tokensvc.cli.discharge import discharge_command
+from tokensvc.cli.errors import Refused
+from tokensvc.cli.render import record_body, token_table
+from tokensvc.cli.verification import introspect_command, verify_command
 from tokensvc.operations.config import ConfigError, parse_duration
+from tokensvc.operations.durations import format_duration
 
 
 @click.group()
 def token() -> None:
-    """Mint, inspect and check tokens."""
+    """Tokens: mint, list, revoke, inspect, attenuate, check, verify, introspect, discharge."""
 
 
 @token.command("mint")
@@ -45,9 +53,9 @@ def token() -> None:
     metavar="LOCATION CONDITION",
     help="Require a discharge from a third party (repeatable).",
 )
-@click.option("--local", is_flag=True, help="Mint straight against the configured database.")
-@click.option("--url", default=None, help="Service URL (default: the logged-in one).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@local_option
+@url_option
+@json_option
 @fail_on_errors
 def token_mint(
     subject: str | None,
@@ -122,74 +130,89 @@ def token_mint(
             body["subject"] = subject
         if ttl:
             body["ttl"] = ttl
-        result = Client.from_saved(url).request("POST", "/v1/tokens", body)
+        result = Client.signed_in(url).request("POST", "/v1/tokens", body)
     emit(result, as_json, lambda r: r["token"])
 
 
 @token.command("inspect")
 @click.argument("token_string", metavar="TOKEN", required=False)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @fail_on_errors
 def token_inspect(token_string: str | None, as_json: bool) -> None:
-    """Show what a token says, offline (reads TOKEN or standard input). Nothing is verified."""
-    from tokensvc.macaroons.describe import describe
+    """Show what a token says, offline (TOKEN, or `-` for standard input). Nothing is verified."""
+    from tokensvc.macaroons.describe import caveat_text, describe
 
-    raw = token_string or sys.stdin.readline().strip()
-    info = describe(raw)
+    info = describe(read_value(token_string, "a TOKEN"))
 
     def human(i: dict[str, Any]) -> str:
-        lines = [f"{k}: {v}" for k, v in i.items() if k != "caveats"]
-        lines += [f"caveat: {c}" for c in i["caveats"]]
+        lines = [
+            f"{k}: {str(v).lower() if isinstance(v, bool) else v}"
+            for k, v in i.items()
+            if k != "caveats"
+        ]
+        lines += [f"caveat: {caveat_text(c)}" for c in i["caveats"]]
         return "\n".join(lines)
 
     emit(info, as_json, human)
 
 
-def _token_rows_table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "(no tokens)"
-    lines = [
-        f"{'TOKEN ID':<32} {'SUBJECT':<16} {'KIND':<8} {'STATUS':<8} {'EXPIRES':<20} LAST USED"
-    ]
-    lines += [
-        f"{r['token_id']:<32} {r['subject'][:16]:<16} {r['kind']:<8} {r['status']:<8}"
-        f" {r['expires_at'] or '-':<20} {r['last_used_at'] or '-'}"
-        + (f"  # {r['description'][:40]}" if r.get("description") else "")
-        for r in rows
-    ]
-    return "\n".join(lines)
-
-
 @token.command("list")
 @click.option("--subject", default=None, help="Only this subject's tokens.")
 @click.option("--all", "include_all", is_flag=True, help="Include revoked and expired tokens.")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=100,
+    show_default=True,
+    help="At most this many (1-1000).",
+)
 @click.option("--after", default=None, help="Paging cursor: list after this token id.")
-@click.option("--url", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@local_option
+@url_option
+@json_option
 @fail_on_errors
 def token_list(
     subject: str | None,
     include_all: bool,
     limit: int,
     after: str | None,
+    local: bool,
     url: str | None,
     as_json: bool,
 ) -> None:
     """List registered tokens (metadata only, never a token)."""
-    from urllib.parse import urlencode
+    if local:
+        from datetime import UTC, datetime
 
-    from tokensvc.cli.client import Client
+        from tokensvc.services.tokens import TokenFilter
 
-    query: dict[str, str] = {"limit": str(limit)}
-    if subject:
-        query["subject"] = subject
-    if after:
-        query["after"] = after
-    if include_all:
-        query.update(include_revoked="true", include_expired="true")
-    result = Client.from_saved(url).request("GET", "/v1/tokens?" + urlencode(query))
-    emit(result["tokens"], as_json, _token_rows_table)
+        query = TokenFilter(
+            subject=subject,
+            include_revoked=include_all,
+            include_expired=include_all,
+            after=after,
+            limit=limit,
+        )
+
+        async def go(services: Any, who: Any) -> list[dict[str, Any]]:
+            now = datetime.now(UTC)
+            return [record_body(r, now=now) for r in await services.tokens.list(who, query)]
+
+        rows = common.local(go)
+    else:
+        from urllib.parse import urlencode
+
+        from tokensvc.cli.client import Client
+
+        params: dict[str, str] = {"limit": str(limit)}
+        if subject:
+            params["subject"] = subject
+        if after:
+            params["after"] = after
+        if include_all:
+            params.update(include_revoked="true", include_expired="true")
+        rows = Client.signed_in(url).request("GET", "/v1/tokens?" + urlencode(params))["tokens"]
+    emit(rows, as_json, token_table)
 
 
 @token.command("revoke")
@@ -197,26 +220,45 @@ def token_list(
 @click.option(
     "--token", "presented", default=None, help="Revoke by presenting the token ('-': stdin)."
 )
-@click.option("--url", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@local_option
+@url_option
+@json_option
 @fail_on_errors
 def token_revoke(
-    token_id: str | None, presented: str | None, url: str | None, as_json: bool
+    token_id: str | None, presented: str | None, local: bool, url: str | None, as_json: bool
 ) -> None:
-    """Revoke a token by id (admin or its owner), or by presenting it with --token (anyone)."""
-    from tokensvc.cli.client import Client, load_credentials
+    """Revoke a token by TOKEN_ID (admin or its owner), or by presenting it with --token (anyone)."""
+    from urllib.parse import quote
 
-    if (token_id is None) == (presented is None):
+    from tokensvc.cli.client import Client
+
+    if token_id is None and presented is None:
+        raise click.UsageError("give the TOKEN_ID to revoke, or --token TOKEN (`-`: stdin)")
+    if token_id is not None and presented is not None:
         raise click.UsageError("give a TOKEN_ID or --token, not both")
     if presented is not None:
-        raw = sys.stdin.readline().strip() if presented == "-" else presented.strip()
-        saved = load_credentials() or {}
-        base = service_url(url or saved.get("url"))
-        Client(url=base).request("POST", "/v1/tokens/revoke", {"token": raw})
+        raw = read_value(presented, "--token")
+        if local:
+
+            async def burn(services: Any, who: Any) -> None:
+                await services.tokens.revoke_presented(raw)
+
+            common.local(burn)
+        else:
+            # Anonymous on purpose: presenting the token is what authorises burning it.
+            Client.anonymous(url).request("POST", "/v1/tokens/revoke", {"token": raw})
         info = {"revoked": "presented token", "note": "the service answers 204 to anything"}
         emit(info, as_json, lambda i: "revocation sent (a genuine token is now revoked)")
         return
-    Client.from_saved(url).request("DELETE", f"/v1/tokens/{token_id}")
+    assert token_id is not None  # noqa: S101 - checked above
+    if local:
+
+        async def by_id(services: Any, who: Any) -> None:
+            await services.tokens.revoke(who, token_id)
+
+        common.local(by_id)
+    else:
+        Client.signed_in(url).request("DELETE", f"/v1/tokens/{quote(token_id, safe='')}")
     emit({"revoked": token_id}, as_json, lambda i: f"revoked {i['revoked']}")
 
 
@@ -226,7 +268,7 @@ def token_revoke(
 @click.option("--resource", "resources", multiple=True, help="Allowed resource (repeatable).")
 @click.option("--audience", "audiences", multiple=True, help="Service the token is for.")
 @click.option("--ttl", default=None, help="Expire this much from now, e.g. 10m.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @fail_on_errors
 def token_attenuate(
     token_string: str | None,
@@ -236,13 +278,19 @@ def token_attenuate(
     ttl: str | None,
     as_json: bool,
 ) -> None:
-    """Narrow a token offline: append first-party caveats (no key, no network needed)."""
+    """Narrow a token offline (TOKEN or `-`): append caveats; no key, no network needed.
+
+    A --ttl ending after the token's own expiry would add a caveat that restricts nothing: it
+    is left out with a warning (and refused when it is all there was to add).
+    """
     import time
+    from datetime import UTC, datetime
 
     from caveats import Audience, Expiry, Operations, Resources, encode
     from tokensvc.macaroons.attenuation import attenuate
+    from tokensvc.macaroons.describe import earliest_expiry
 
-    raw = token_string or sys.stdin.readline().strip()
+    raw = read_value(token_string, "a TOKEN")
     predicates = []
     if operations:
         predicates.append(encode(Operations(tuple(operations))))
@@ -255,7 +303,19 @@ def token_attenuate(
             seconds = parse_duration(ttl).total_seconds()
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--ttl") from None
-        predicates.append(encode(Expiry(int(time.time() + seconds))))
+        now = time.time()
+        own = earliest_expiry(raw)
+        if own is not None and now + seconds >= own:
+            why = (
+                f"--ttl {ttl} ends after the token's own expiry"
+                f" ({iso(datetime.fromtimestamp(own, UTC))}, in {format_duration(max(0.0, own - now))}),"
+                " so it would restrict nothing"
+            )
+            if not predicates:
+                raise Refused(why + ": give a shorter --ttl")
+            click.echo(f"warning: {why}; not added", err=True)
+        else:
+            predicates.append(encode(Expiry(int(now + seconds))))
     if not predicates:
         raise click.UsageError("nothing to add: give --op, --resource, --audience or --ttl")
     narrowed = attenuate(raw, predicates)
@@ -264,18 +324,28 @@ def token_attenuate(
 
 @token.command("check")
 @click.argument("token_string", metavar="TOKEN", required=False)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def token_check(token_string: str | None, as_json: bool) -> None:
-    """Check a token's format and checksum offline; exit 1 if it is bad. Verifies no signature."""
+    """Check a token's format and checksum offline (TOKEN or `-`); exit 1 if it is bad.
+
+    Verifies no signature. The verdict goes to standard output with --json, else a bad token's
+    problem goes to standard error.
+    """
     from tokensvc.macaroons.attenuation import check_format
 
-    raw = token_string or sys.stdin.readline().strip()
-    result = check_format(raw)
-    emit(result, as_json, lambda r: "ok" if r["ok"] else f"bad token: {r['problem']}")
+    result = check_format(read_value(token_string, "a TOKEN"))
+    if as_json:
+        emit(result, as_json, str)
+    elif result["ok"]:
+        click.echo("ok")
+    else:
+        click.echo(f"Error: bad token: {result['problem']}", err=True)
     if not result["ok"]:
         sys.exit(1)
 
 
 token.add_command(discharge_command)
+token.add_command(verify_command)
+token.add_command(introspect_command)
 
 COMMANDS = [token]

@@ -34,6 +34,7 @@ from tokensvc.accounts.passwords import PasswordHasher
 from tokensvc.accounts.users import UserStore, user_name_or_none
 from tokensvc.errors import BadRequest, LockedOut, Unauthenticated, Unavailable
 from tokensvc.operations import metrics
+from tokensvc.operations.durations import format_duration
 from tokensvc.operations.logs import security_event
 from tokensvc.services.boundary import service
 from tokensvc.tokens.generations import SubjectGenerations
@@ -100,9 +101,7 @@ class LoginService:
         """
         ttl = request.ttl if request.ttl is not None else min(self._default_ttl, self._max_ttl)
         if ttl > self._max_ttl or ttl <= timedelta(0):
-            raise BadRequest(
-                f"ttl must be between 1 and {int(self._max_ttl.total_seconds())} seconds"
-            )
+            raise BadRequest(f"ttl must be between 1s and {format_duration(self._max_ttl)}")
         # Shed first: in a storm most logins find the hasher's queue full, and each would
         # otherwise cost two lockout round trips and a user look-up before its 503.
         self._hasher.check_capacity()

@@ -48,6 +48,7 @@ from caveats import (
     parse_predicate,
 )
 from tokensvc.errors import Forbidden
+from tokensvc.operations.durations import format_duration
 from tokensvc.tokens.minting import MintRequest
 from tokensvc.tokens.verification import Verified
 
@@ -105,7 +106,7 @@ def delegate(
             ttl = min(default_ttl, remaining)
         elif ttl > remaining:
             raise Forbidden(
-                f"ttl must be at most {max(0, int(remaining.total_seconds()))} seconds:"
+                f"ttl must be at most {format_duration(remaining)}:"
                 " a token cannot outlive the token that mints it"
                 f" (unless that token allows {OUTLIVE_OPERATION})"
             )

@@ -22,6 +22,7 @@ from tokensvc.macaroons import chain
 from tokensvc.macaroons.identifier import TOKEN_ID_BYTES, TokenIdentifier
 from tokensvc.macaroons.macaroon import Caveat
 from tokensvc.macaroons.tokenformat import encode_token
+from tokensvc.operations.durations import format_duration
 from tokensvc.tokens.registry import TokenRecord, TokenRegistry
 from tokensvc.tokens.verification import GenerationSource
 
@@ -157,7 +158,8 @@ class Minter:
         if request.ttl is None:
             raise ValueError("MintRequest.ttl must be resolved before minting")
         if request.ttl > max_ttl:
-            raise BadRequest(f"ttl must be at most {int(max_ttl.total_seconds())} seconds")
+            # In the units a --ttl or "ttl" is written in: "at most 23h", not 82800 seconds.
+            raise BadRequest(f"ttl must be at most {format_duration(max_ttl)}")
         token_id = secrets.token_bytes(TOKEN_ID_BYTES)
         service_row: dict[str, Any] | None = None
         if service:
