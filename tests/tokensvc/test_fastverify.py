@@ -9,7 +9,6 @@ everything it does not take reaches aiohttp intact. The other API tests run thro
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import ssl
@@ -332,7 +331,7 @@ async def test_a_root_key_not_in_memory_hands_the_request_with_its_body_to_aioht
 async def test_the_fast_path_can_be_turned_off(
     app_config: Config, clock: FakeClock, fast_answers: dict[str, int]
 ) -> None:
-    config = dataclasses.replace(app_config, fast_verify=False)
+    config = app_config.model_copy(update={"fast_verify": False})
     async with TestClient(ServedTestServer(create_app(config, clock=clock))) as off:
         login = await off.post(
             "/v1/login", json={"username": "admin", "password": config.admin_password}
@@ -389,7 +388,7 @@ async def test_over_native_tls_answers_carry_hsts_and_match_the_pipelines(
     fast_answers: dict[str, int],
 ) -> None:
     cert, key = certificate
-    config = dataclasses.replace(app_config, tls_cert_file=str(cert), tls_key_file=str(key))
+    config = app_config.model_copy(update={"tls_cert_file": str(cert), "tls_key_file": str(key)})
     server = ServedTestServer(create_app(config, clock=clock), host="127.0.0.1")
     await server.start_server(ssl=ssl_context(config))
     try:

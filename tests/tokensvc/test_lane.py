@@ -146,10 +146,10 @@ def test_the_lane_runs_only_where_a_connection_can_move_and_lockout_is_shared(
         redis_url="redis://127.0.0.1:6379/0",
     )
     assert lane_enabled(base)
-    assert not lane_enabled(dataclasses.replace(base, verify_process=False))
-    assert not lane_enabled(dataclasses.replace(base, fast_verify=False))
-    assert not lane_enabled(dataclasses.replace(base, redis_url=None))
-    tls = dataclasses.replace(base, tls_cert_file="c.pem", tls_key_file="k.pem")
+    assert not lane_enabled(base.model_copy(update={"verify_process": False}))
+    assert not lane_enabled(base.model_copy(update={"fast_verify": False}))
+    assert not lane_enabled(base.model_copy(update={"redis_url": None}))
+    tls = base.model_copy(update={"tls_cert_file": "c.pem", "tls_key_file": "k.pem"})
     assert not lane_enabled(tls)  # a TLS session cannot move between processes
 
 
