@@ -127,7 +127,10 @@ class BakeryConfig:
         try:
             keys = parse_third_party_keys(get("THIRD_PARTY_KEYS") or "")
         except Exception as exc:  # noqa: BLE001 - ConfigError, imported lazily (module docstring)
-            raise _config_error(f"TOKENSVC_THIRD_PARTY_KEYS: {exc}") from None
+            raise _config_error(
+                "TOKENSVC_THIRD_PARTY_KEYS: expected `LOCATION PUBLIC_KEY_BASE64 [VERSION]`"
+                f" entries separated by ; ({exc}); got {get('THIRD_PARTY_KEYS')!r}"
+            ) from None
         return cls(
             prefix=get("BAKERY_PREFIX") or defaults.prefix,
             discharge_ttl=duration("DISCHARGE_TTL", defaults.discharge_ttl),

@@ -30,7 +30,14 @@ from tokensvc.errors import TokensvcError
 from tokensvc.operations import configvalues as values
 from tokensvc.operations.configvalues import ConfigError, parse_duration
 
-__all__ = ["INSECURE_CHOICES", "Config", "ConfigError", "parse_duration", "variable"]
+__all__ = [
+    "INSECURE_CHOICES",
+    "Config",
+    "ConfigError",
+    "metrics_dir_problem",
+    "parse_duration",
+    "variable",
+]
 
 PREFIX = "TOKENSVC_"
 
@@ -61,6 +68,22 @@ _BAKERY_VARIABLES = (
 def variable(field: str) -> str:
     """The environment variable a Config field is read from."""
     return _VARIABLES.get(field, PREFIX + field.upper())
+
+
+def metrics_dir_problem(env: Mapping[str, str]) -> str | None:
+    """What is wrong with PROMETHEUS_MULTIPROC_DIR, or None (unset, or a writable directory).
+
+    prometheus-client reads the variable when tokensvc.operations.metrics is imported and
+    writes there as each metric is declared: a bad directory is an import-time traceback, so the
+    CLI checks it before importing anything that declares metrics.
+    """
+    path = env.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path or (os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)):
+        return None
+    return (
+        "PROMETHEUS_MULTIPROC_DIR: expected an existing directory the service can write to;"
+        f" got {path!r}"
+    )
 
 
 def _default_data_dir(env: Mapping[str, str]) -> Path:
@@ -381,6 +404,9 @@ class Environment(PydanticBaseSettingsSource):
             found["verify_listener"] = False
         if "data_dir" not in found:
             found["data_dir"] = _default_data_dir(self._env)
+        problem = metrics_dir_problem(self._env)
+        if problem is not None:
+            raise ConfigError(problem)
         if any(self._get(name) is not None for name in _BAKERY_VARIABLES):
             found["bakery"] = BakeryConfig.from_env(self._env)
         return found
