@@ -439,4 +439,4 @@ def _shown(field: str, value: Any) -> str:
     elif field in _SECRETS:
         return "a value (not shown: it is a secret)"
     text = repr(value)  # repr escapes newlines and control characters: the message stays one line
-    return text if len(text) <= 80 else text[:77] + "…"
+    return text if len(text) <= 240 else text[:237] + "…"

@@ -19,6 +19,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import multiprocess
 
+from keystore import KeystoreError
+from tokensvc.errors import TokensvcError
 from tokensvc.operations.config import Config, ConfigError
 from tokensvc.operations.logs import configure as configure_logging
 from tokensvc.web.app import create_app
@@ -61,6 +63,25 @@ def _serve_one(
         app, host=host, port=port, ssl=ssl_context(config), reuse_port=reuse_port, handoff=handoff
     )
     _run_loop(serving)
+
+
+# A spawned process that failed to start and said why on one line: the supervisor stops the
+# others without adding a line of its own.
+_REPORTED_START_FAILURE = 3
+
+
+def _in_child(target: Any, *args: Any) -> None:
+    """Run a spawned process's `target`; a start-up failure is one line, not a traceback each.
+
+    The same failures `tokensvc serve` reports on one line when it serves in its own process
+    (the database or Redis unreachable, a key that does not decrypt, a port taken).
+    """
+    try:
+        target(*args)
+    except (TokensvcError, KeystoreError, OSError) as exc:
+        message = exc.message if isinstance(exc, TokensvcError) else str(exc)
+        print(f"Error: cannot start: {message}", file=sys.stderr, flush=True)
+        sys.exit(_REPORTED_START_FAILURE)
 
 
 def _serve_lane(config: Config, lanes: list[socket.socket]) -> None:
@@ -164,10 +185,12 @@ def run(config: Config, *, host: str, port: int, workers: int = 1) -> None:
         # pair to one lane process: logins and the admin API stay off every verify loop.
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(workers)]
         verify = [
-            context.Process(target=_serve_one, args=(config, host, port, workers > 1, ours))
+            context.Process(
+                target=_in_child, args=(_serve_one, config, host, port, workers > 1, ours)
+            )
             for ours, _theirs in pairs
         ]
-        lane = context.Process(target=_serve_lane, args=(config, [t for _o, t in pairs]))
+        lane = context.Process(target=_in_child, args=(_serve_lane, config, [t for _o, t in pairs]))
         with _multiprocess_metrics_dir():
             _supervise([*verify, lane], inherited=tuple(s for pair in pairs for s in pair))
         return
@@ -179,7 +202,7 @@ def run(config: Config, *, host: str, port: int, workers: int = 1) -> None:
     with _multiprocess_metrics_dir():
         _supervise(
             [
-                context.Process(target=_serve_one, args=(config, host, port, True))
+                context.Process(target=_in_child, args=(_serve_one, config, host, port, True))
                 for _ in range(workers)
             ]
         )
@@ -232,6 +255,9 @@ def _supervise(
                 # the multiprocess helper directly: it reads the directory at call time.
                 multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
             if not stopping and process.exitcode not in (None, 0):
+                if process.exitcode == _REPORTED_START_FAILURE:
+                    stop(signal.SIGTERM, None)  # it said why; the others follow it quietly
+                    continue
                 print(
                     f"tokensvc: worker {process.pid} exited with {process.exitcode}; stopping",
                     file=sys.stderr,
