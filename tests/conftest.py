@@ -236,20 +236,21 @@ def clock() -> FakeClock:
 
 
 def make_config(*, database_url: str, data_dir: Path, **overrides: object) -> Config:
-    """A test configuration: cheap argon2, a fresh KEK, the bootstrap admin's known password."""
+    """A test configuration: cheap argon2 (allowed explicitly), a fresh KEK, the bootstrap admin's
+    known password; the overrides are validated like every configuration."""
     import base64
-    import dataclasses
 
     from tokensvc.operations.config import Config
 
-    base = Config(
-        database_url=database_url,
-        data_dir=data_dir,
-        kek=base64.b64encode(secrets.token_bytes(32)).decode(),
-        admin_password=ADMIN_PASSWORD,
-        password_profile="CHEAP_FOR_TESTS",
-    )
-    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "data_dir": data_dir,
+        "kek": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "admin_password": ADMIN_PASSWORD,
+        "password_profile": "CHEAP_FOR_TESTS",
+        "allow_insecure": frozenset({"test-password-profile"}),
+    }
+    return Config(**{**values, **overrides})
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

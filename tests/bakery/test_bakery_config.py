@@ -54,7 +54,7 @@ def test_every_variable_is_read() -> None:
         ("BAKERY_PREFIX", "/ba kery", "URL path"),
         ("DISCHARGE_TTL", "0", "positive"),
         ("DISCHARGE_TTL", "2d", "at most 24h"),
-        ("DISCHARGE_TTL", "soon", "not a duration"),
+        ("DISCHARGE_TTL", "soon", "expected a duration"),
         ("THIRD_PARTY_LOCATIONS", "ftp://x.example", "http"),
         ("THIRD_PARTY_KEYS", "https://a.example", "LOCATION PUBLIC_KEY"),
         ("THIRD_PARTY_KEYS", "https://a.example !!!", "not base64"),
@@ -66,9 +66,11 @@ def test_every_variable_is_read() -> None:
 def test_bad_values_are_config_errors_naming_the_problem(
     name: str, value: str, message: str
 ) -> None:
-    """Each malformed variable is a ConfigError that says what is wrong."""
-    with pytest.raises(ConfigError, match=message):
+    """Each malformed variable is a ConfigError that names the variable and says what is wrong."""
+    with pytest.raises(ConfigError, match=message) as refused:
         BakeryConfig.from_env({f"TOKENSVC_{name}": value})
+
+    assert f"TOKENSVC_{name}" in str(refused.value)
 
 
 def test_the_root_prefix_is_allowed() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import os
 import random
 from datetime import timedelta
@@ -461,7 +460,7 @@ async def test_embedded_mode_keeps_one_key_across_restarts(
     """On SQLite with a generated KEK, a restarted service serves the same discharger key, under
     a configured prefix."""
     config = make_config(database_url=sqlite_url, data_dir=data_dir, kek=None)
-    config = dataclasses.replace(config, bakery=BakeryConfig(prefix="/auth/bakery"))
+    config = config.model_copy(update={"bakery": BakeryConfig(prefix="/auth/bakery")})
 
     first = await aiohttp_client(create_app(config, clock=clock))
     key_before = await (await first.get("/auth/bakery/discharge/info")).json()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ async def test_api_minted_third_party_caveat_needs_its_discharge(
     key = bakery.generate_key()
     location = str((await aiohttp_server(bakery_discharger(key, 3))).make_url("")).rstrip("/")
     config = make_config(database_url=pg_url, data_dir=data_dir)
-    config = dataclasses.replace(config, bakery=BakeryConfig(third_party_locations=(location,)))
+    config = config.model_copy(update={"bakery": BakeryConfig(third_party_locations=(location,))})
     client = await aiohttp_client(create_app(config, clock=clock))
     headers = await _admin(client)
     minted = await client.post(

@@ -9,7 +9,6 @@ verifies to it as well (the `client` fixture); these pin down the parts only raw
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gzip
 import json
 import ssl
@@ -371,7 +370,7 @@ async def test_over_native_tls_answers_carry_hsts_and_match_the_apps(
     app_config: Config, clock: FakeClock, certificate: tuple[Path, Path]
 ) -> None:
     cert, key = certificate
-    config = dataclasses.replace(app_config, tls_cert_file=str(cert), tls_key_file=str(key))
+    config = app_config.model_copy(update={"tls_cert_file": str(cert), "tls_key_file": str(key)})
     server = ServedTestServer(create_app(config, clock=clock), verify_ssl=ssl_context(config))
     context = ssl.create_default_context(cafile=str(cert))
     async with TestClient(server) as served:

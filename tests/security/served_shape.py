@@ -113,6 +113,7 @@ def serving(tmp_path: Path, database_url: str, redis_prefix: str, *args: str) ->
         TOKENSVC_REDIS_PREFIX=redis_prefix,
         TOKENSVC_ADMIN_PASSWORD=ADMIN_PASSWORD,
         TOKENSVC_PASSWORD_PROFILE="CHEAP_FOR_TESTS",
+        TOKENSVC_ALLOW_INSECURE="test-password-profile",
         TOKENSVC_LOG_LEVEL="warning",  # hundreds of requests: no access line each
     )
     with (tmp_path / "server.log").open("wb") as log:

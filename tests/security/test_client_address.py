@@ -14,7 +14,6 @@ in-process lockout and on PostgreSQL with Redis.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import ipaddress
 from collections.abc import Iterator
@@ -73,7 +72,7 @@ def store(request: pytest.FixtureRequest) -> Config:
 @pytest.fixture
 async def proxied(store: Config, aiohttp_client: Any, clock: FakeClock) -> tuple[Client, str]:
     """The app behind trusted proxies, on each store; alice exists. The client and an admin token."""
-    config = dataclasses.replace(store, trusted_proxies=TRUSTED)
+    config = store.model_copy(update={"trusted_proxies": TRUSTED})
     client = await serve(aiohttp_client, config, clock)
     admin_token = await admin_login(client)
     await create_alice(client, admin_token)

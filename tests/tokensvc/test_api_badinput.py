@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import json
 import os
 import time
@@ -441,7 +440,7 @@ async def test_caveat_count_limit_refuses_10000_caveats_before_any_crypto(
     aiohttp_client: AiohttpClient, app_config: Config
 ) -> None:
     """With the size limits raised out of the way, a 10,000-caveat token is refused by the caveat limit, quickly."""
-    roomy = dataclasses.replace(app_config, max_token_bytes=1 << 20, max_body_bytes=2 << 20)
+    roomy = app_config.model_copy(update={"max_token_bytes": 1 << 20, "max_body_bytes": 2 << 20})
     client = await aiohttp_client(create_app(roomy))
     token = pymacaroon(await minted(client))
     for _ in range(10_000):
@@ -459,7 +458,7 @@ async def test_configured_token_size_limit_is_enforced_before_decoding(
     aiohttp_client: AiohttpClient, app_config: Config
 ) -> None:
     """With max_token_bytes set to 512, a genuine token grown past 512 characters by caveats is a 413; under it, a 200."""
-    small = dataclasses.replace(app_config, max_token_bytes=512)
+    small = app_config.model_copy(update={"max_token_bytes": 512})
     client = await aiohttp_client(create_app(small))
     token = await minted(client)
     grown = pymacaroon(token)

@@ -71,6 +71,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         TOKENSVC_DATA_DIR=str(home / "data"),
         TOKENSVC_ADMIN_PASSWORD=ADMIN_PASSWORD,
         TOKENSVC_PASSWORD_PROFILE="CHEAP_FOR_TESTS",
+        TOKENSVC_ALLOW_INSECURE="test-password-profile",
     )
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(

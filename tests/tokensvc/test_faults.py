@@ -7,7 +7,6 @@ them never touches the shared ones the rest of the suite uses.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -84,7 +83,7 @@ async def test_postgres_then_redis_down_and_back_under_verify_load(
     """Verify serves through both outages and readiness says so (200, degraded); minting and
     login fail fast and recover."""
     config = make_config(database_url=private_pg.url, data_dir=data_dir)
-    config = dataclasses.replace(config, redis_url=private_redis.url)
+    config = config.model_copy(update={"redis_url": private_redis.url})
     client = await aiohttp_client(create_app(config))
     login = await client.post("/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD))
     assert login.status == 200, await login.text()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import statistics
 import time
 from collections import Counter
@@ -150,13 +149,14 @@ async def test_a_request_under_the_cap_takes_one_slot_and_gives_it_back() -> Non
 
 @pytest.fixture
 def small_limits_config(sqlite_url: str, data_dir: Path) -> Config:
-    return dataclasses.replace(
-        make_config(database_url=sqlite_url, data_dir=data_dir),
-        max_concurrent=16,
-        max_queue=32,
-        queue_timeout=timedelta(milliseconds=500),
-        login_max_concurrent=2,
-        login_max_queue=8,
+    return make_config(database_url=sqlite_url, data_dir=data_dir).model_copy(
+        update={
+            "max_concurrent": 16,
+            "max_queue": 32,
+            "queue_timeout": timedelta(milliseconds=500),
+            "login_max_concurrent": 2,
+            "login_max_queue": 8,
+        }
     )
 
 
@@ -288,7 +288,7 @@ async def test_2000_concurrent_requests_get_quick_answers(small_limits_config: C
 
 async def test_exempt_paths_answer_while_saturated(small_limits_config: Config) -> None:
     """/healthz is answered even when every slot and the whole queue are taken."""
-    config = dataclasses.replace(small_limits_config, max_concurrent=1, max_queue=0)
+    config = small_limits_config.model_copy(update={"max_concurrent": 1, "max_queue": 0})
     app = create_app(config)
     release = asyncio.Event()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ssl
 from pathlib import Path
 from typing import Any
@@ -89,7 +88,7 @@ async def test_native_tls_serves_with_hsts(
 ) -> None:
     """With cert and key files configured the service speaks TLS ≥ 1.2 and adds HSTS."""
     cert, key = certificate
-    tls_config = dataclasses.replace(config, tls_cert_file=str(cert), tls_key_file=str(key))
+    tls_config = config.model_copy(update={"tls_cert_file": str(cert), "tls_key_file": str(key)})
     server_context = ssl_context(tls_config)
     assert server_context is not None
     server = await aiohttp_server(
@@ -125,6 +124,7 @@ def test_no_tls_files_means_no_context(config: Config) -> None:
 
 def test_tls_needs_both_files(tmp_path: Path) -> None:
     """A certificate without its key (or the reverse) is a configuration error at start."""
+    (tmp_path / "cert.pem").write_text("a certificate")
     env = {"TOKENSVC_TLS_CERT_FILE": str(tmp_path / "cert.pem"), "TOKENSVC_DATA_DIR": str(tmp_path)}
 
     with pytest.raises(ConfigError, match="TLS_KEY_FILE"):
@@ -133,8 +133,11 @@ def test_tls_needs_both_files(tmp_path: Path) -> None:
 
 def test_unreadable_tls_files_are_a_config_error(config: Config, tmp_path: Path) -> None:
     """Missing certificate files fail at start with a ConfigError naming the variables."""
-    broken = dataclasses.replace(
-        config, tls_cert_file=str(tmp_path / "none.pem"), tls_key_file=str(tmp_path / "none.key")
+    broken = config.model_copy(
+        update={
+            "tls_cert_file": str(tmp_path / "none.pem"),
+            "tls_key_file": str(tmp_path / "none.key"),
+        }
     )
 
     with pytest.raises(ConfigError, match="TOKENSVC_TLS_CERT_FILE"):

@@ -6,7 +6,6 @@ The end-to-end rotation with three `tokensvc serve` processes is test_kek_rotati
 from __future__ import annotations
 
 import base64
-import dataclasses
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -91,7 +90,7 @@ async def test_a_start_with_a_kek_that_opens_nothing_names_the_variable(
     TOKENSVC_KEK and both KEK ids, before anything is served."""
     async with runtime(pg_config, clock=clock) as first:
         old_id = first.kek.kek_id
-    other = dataclasses.replace(pg_config, kek=_kek())
+    other = pg_config.model_copy(update={"kek": _kek()})
 
     with pytest.raises(ConfigError) as caught:
         async with runtime(other, clock=clock):
@@ -107,7 +106,7 @@ async def test_a_malformed_previous_kek_names_its_variable(
     pg_config: Config, clock: FakeClock
 ) -> None:
     """TOKENSVC_KEK_PREVIOUS with something that is not a KEK is a ConfigError naming it."""
-    bad = dataclasses.replace(pg_config, kek_previous=_kek() + ",not-a-key")
+    bad = pg_config.model_copy(update={"kek_previous": _kek() + ",not-a-key"})
 
     with pytest.raises(ConfigError, match=r"^TOKENSVC_KEK_PREVIOUS: "):
         async with runtime(bad, clock=clock):
@@ -123,14 +122,14 @@ async def test_a_replica_without_the_new_kek_answers_503_not_500_nor_a_deny(
     new = _kek()
     assert pg_config.kek is not None
     behind = await aiohttp_client(ServedTestServer(create_app(pg_config, clock=clock)))
-    ahead_config = dataclasses.replace(pg_config, kek=new, kek_previous=pg_config.kek)
+    ahead_config = pg_config.model_copy(update={"kek": new, "kek_previous": pg_config.kek})
     ahead = await aiohttp_client(ServedTestServer(create_app(ahead_config, clock=clock)))
     admin = await _login(ahead)
     assert (await ahead.post("/v1/keys/rotate", headers=bearer(admin))).status == 201
     token = (await mint(ahead, admin, subject="alice"))["token"]
 
     on_behind = await behind.post("/v1/verify", json={"token": token, "context": {}})
-    both_config = dataclasses.replace(pg_config, kek_previous=new)
+    both_config = pg_config.model_copy(update={"kek_previous": new})
     caught_up = await aiohttp_client(ServedTestServer(create_app(both_config, clock=clock)))
     on_caught_up = await caught_up.post("/v1/verify", json={"token": token, "context": {}})
 
@@ -148,10 +147,10 @@ async def test_lockout_and_log_hash_keys_survive_a_kek_rotation(
     new = _kek()
     async with runtime(pg_config, clock=clock, serving=False) as before:
         hash_key = before.deployment_key.derive(LOCKOUT_HASH_PURPOSE)
-    rotating = dataclasses.replace(pg_config, kek=new, kek_previous=pg_config.kek)
+    rotating = pg_config.model_copy(update={"kek": new, "kek_previous": pg_config.kek})
     async with runtime(rotating, clock=clock, serving=False) as during:
         result = await reseal(during.engine, during.keks, now=clock())
-    async with runtime(dataclasses.replace(pg_config, kek=new), clock=clock) as after:
+    async with runtime(pg_config.model_copy(update={"kek": new}), clock=clock) as after:
         hash_key_after = after.deployment_key.derive(LOCKOUT_HASH_PURPOSE)
 
     assert result.total >= 3

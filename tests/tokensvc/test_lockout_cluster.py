@@ -9,7 +9,6 @@ on different masters, and the app itself configured with a `redis+cluster://` UR
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -210,11 +209,12 @@ async def test_a_revocation_reaches_another_replica_over_cluster_pubsub(
 ) -> None:
     """With polling slowed to a minute, a revoked token is refused by a second replica at once."""
     config = make_config(database_url=pg_url, data_dir=data_dir)
-    config = dataclasses.replace(
-        config,
-        redis_url=redis_cluster.url,
-        redis_prefix=redis_prefix,
-        revocation_refresh_interval=timedelta(minutes=1),
+    config = config.model_copy(
+        update={
+            "redis_url": redis_cluster.url,
+            "redis_prefix": redis_prefix,
+            "revocation_refresh_interval": timedelta(minutes=1),
+        }
     )
     clock = FakeClock()
     replicas = [await aiohttp_client(create_app(config, clock=clock)) for _ in range(2)]

@@ -9,7 +9,6 @@ poll interval; with polling alone, the poll interval (1 s) plus a query.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from typing import Any
 
@@ -31,7 +30,7 @@ async def start(
     aiohttp_client: Any, pg_url: str, data_dir: Any, clock: Any, redis: str | None, prefix: str
 ) -> list[Any]:
     config = make_config(database_url=pg_url, data_dir=data_dir)
-    config = dataclasses.replace(config, redis_url=redis, redis_prefix=prefix)
+    config = config.model_copy(update={"redis_url": redis, "redis_prefix": prefix})
     clients = [await aiohttp_client(create_app(config, clock=clock)) for _ in range(3)]
     if redis is not None:
         # Wait until all three subscribers are listening, as long-running replicas would be.

@@ -61,6 +61,7 @@ async def replicas(
                 TOKENSVC_KEK=kek,
                 TOKENSVC_ADMIN_PASSWORD=ADMIN_PASSWORD,
                 TOKENSVC_PASSWORD_PROFILE="CHEAP_FOR_TESTS",
+                TOKENSVC_ALLOW_INSECURE="test-password-profile",
             )
             log = (tmp_path / f"replica{i}.log").open("wb")
             logs.append(log)

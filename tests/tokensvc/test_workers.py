@@ -40,6 +40,7 @@ def serving(
         TOKENSVC_REDIS_PREFIX=redis_prefix,
         TOKENSVC_ADMIN_PASSWORD=ADMIN_PASSWORD,
         TOKENSVC_PASSWORD_PROFILE="CHEAP_FOR_TESTS",
+        TOKENSVC_ALLOW_INSECURE="test-password-profile",
     )
     with (tmp_path / "server.log").open("wb") as log:
         proc = subprocess.Popen(

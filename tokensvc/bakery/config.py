@@ -81,17 +81,24 @@ class BakeryConfig:
     def validate(self) -> None:
         if _PREFIX.fullmatch(self.prefix) is None:
             raise _config_error(
-                "TOKENSVC_BAKERY_PREFIX must be a URL path such as /bakery (no trailing slash)"
+                "TOKENSVC_BAKERY_PREFIX: expected a URL path such as /bakery (no trailing slash);"
+                f" got {self.prefix!r}"
             )
         if not timedelta(0) < self.discharge_ttl <= MAX_DISCHARGE_TTL:
-            raise _config_error("TOKENSVC_DISCHARGE_TTL must be positive and at most 24h")
+            raise _config_error(
+                "TOKENSVC_DISCHARGE_TTL: expected a duration that is positive and at most 24h;"
+                f" got {self.discharge_ttl}"
+            )
         for location in self.third_party_locations:
             if not location.startswith(("https://", "http://")):
                 raise _config_error(
-                    f"third-party location {location!r} must be an http:// or https:// URL"
+                    "TOKENSVC_THIRD_PARTY_LOCATIONS: expected comma-separated http:// or https://"
+                    f" URLs; got {location!r}"
                 )
         if self.info_cache_ttl <= timedelta(0):
-            raise _config_error("TOKENSVC_THIRD_PARTY_INFO_TTL must be positive")
+            raise _config_error(
+                f"TOKENSVC_THIRD_PARTY_INFO_TTL: expected a positive duration; got {self.info_cache_ttl}"
+            )
         if self.fetch_timeout <= 0:
             raise _config_error("the third-party fetch timeout must be positive")
 
@@ -106,14 +113,30 @@ class BakeryConfig:
             value = env.get("TOKENSVC_" + name)
             return value if value not in (None, "") else None
 
-        ttl = get("DISCHARGE_TTL")
-        info_ttl = get("THIRD_PARTY_INFO_TTL")
+        def duration(name: str, default: timedelta) -> timedelta:
+            text = get(name)
+            if text is None:
+                return default
+            try:
+                return _duration(text)
+            except Exception:  # noqa: BLE001 - ConfigError, imported lazily (module docstring)
+                raise _config_error(
+                    f"TOKENSVC_{name}: expected a duration such as 90s, 15m or 1h; got {text!r}"
+                ) from None
+
+        try:
+            keys = parse_third_party_keys(get("THIRD_PARTY_KEYS") or "")
+        except Exception as exc:  # noqa: BLE001 - ConfigError, imported lazily (module docstring)
+            raise _config_error(
+                "TOKENSVC_THIRD_PARTY_KEYS: expected `LOCATION PUBLIC_KEY_BASE64 [VERSION]`"
+                f" entries separated by ; ({exc}); got {get('THIRD_PARTY_KEYS')!r}"
+            ) from None
         return cls(
             prefix=get("BAKERY_PREFIX") or defaults.prefix,
-            discharge_ttl=_duration(ttl) if ttl else defaults.discharge_ttl,
+            discharge_ttl=duration("DISCHARGE_TTL", defaults.discharge_ttl),
             third_party_locations=parse_locations(get("THIRD_PARTY_LOCATIONS") or ""),
-            third_party_keys=parse_third_party_keys(get("THIRD_PARTY_KEYS") or ""),
-            info_cache_ttl=_duration(info_ttl) if info_ttl else defaults.info_cache_ttl,
+            third_party_keys=keys,
+            info_cache_ttl=duration("THIRD_PARTY_INFO_TTL", defaults.info_cache_ttl),
         )
 
 
@@ -130,9 +153,7 @@ def parse_third_party_keys(text: str) -> tuple[ThirdPartyKey, ...]:
         if not fields:
             continue
         if len(fields) not in (2, 3):
-            raise _config_error(
-                "TOKENSVC_THIRD_PARTY_KEYS entries are `LOCATION PUBLIC_KEY [VERSION]`, separated by ;"
-            )
+            raise _config_error("entries are `LOCATION PUBLIC_KEY [VERSION]`, separated by ;")
         location, key_text = fields[0], fields[1]
         try:
             public_key = base64.b64decode(

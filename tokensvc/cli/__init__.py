@@ -8,8 +8,17 @@ One module per command group; every `--local` action goes through the same servi
 from __future__ import annotations
 
 import os
+import sys
 
 import click
+
+from tokensvc.operations.config import metrics_dir_problem
+
+# Before the command modules: importing them declares the metrics, which writes into
+# PROMETHEUS_MULTIPROC_DIR at once, and a bad directory would be a traceback, not one line.
+if (_problem := metrics_dir_problem(os.environ)) is not None:
+    click.echo(f"Error: {_problem}", err=True)
+    sys.exit(2)
 
 from tokensvc.cli import audit, health, keys, lockout, server, session, tokens, users
 

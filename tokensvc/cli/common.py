@@ -22,6 +22,7 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
+    "ConfigFailure",
     "config",
     "emit",
     "fail_on_errors",
@@ -68,12 +69,18 @@ def run(coro: Awaitable[T]) -> T:
     return asyncio.run(main())
 
 
+class ConfigFailure(click.ClickException):
+    """A bad setting: one line on stderr naming the variable, exit status 2 (as for bad usage)."""
+
+    exit_code = 2
+
+
 def config() -> Config:
-    """The configuration from the environment; a bad one is a one-line error."""
+    """The configuration from the environment; a bad one is a one-line error, exit status 2."""
     try:
         return Config.from_env()
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise ConfigFailure(exc.message) from None
 
 
 def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:

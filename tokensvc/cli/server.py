@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+
 import click
 
-from tokensvc.cli.common import config, run
+from tokensvc.cli.common import ConfigFailure, config, run
 from tokensvc.errors import TokensvcError
+from tokensvc.operations.config import ConfigError
 
 
 @click.command()
@@ -32,32 +36,63 @@ def serve(host: str | None, port: int | None, workers: int, verify_port: str | N
     lower-priority process the API (TOKENSVC_VERIFY_PROCESS=false: every process serves both).
     Without it, one process serves both ports.
     """
-    import dataclasses
-
     from keystore import KeystoreError
     from tokensvc.composition import preflight
     from tokensvc.web.server import run as run_server
 
     settings = config()
-    if verify_port == "off":
-        settings = dataclasses.replace(settings, verify_listener=False)
-    elif verify_port is not None:
-        if not verify_port.isdigit() or not 0 < int(verify_port) < 65536:
-            raise click.BadParameter(
-                "a port between 1 and 65535, or off", param_hint="--verify-port"
-            )
-        settings = dataclasses.replace(settings, verify_port=int(verify_port), verify_listener=True)
+    try:
+        settings = settings.listening(host=host, port=port)
+        if verify_port is not None:
+            settings = settings.listening_for_verify(verify_port)
+    except ConfigError as exc:
+        raise ConfigFailure(exc.message) from None
+    ensure_can_listen(settings.host, settings.port)
+    listen_verify = settings.verify_listen_port(settings.port)
+    if listen_verify is not None:
+        ensure_can_listen(
+            settings.host, listen_verify, choose="TOKENSVC_VERIFY_PORT or --verify-port"
+        )
     try:
         # Once, here, before any worker: a KEK that opens nothing is one line, not a traceback
         # from every spawned process.
         run(preflight(settings))
-        run_server(
-            settings, host=host or settings.host, port=port or settings.port, workers=workers
-        )
+        run_server(settings, host=settings.host, port=settings.port, workers=workers)
+    except ConfigError as exc:  # found only when serving starts (--workers, the TLS files)
+        raise ConfigFailure(exc.message) from None
     except TokensvcError as exc:
         raise click.ClickException(exc.message) from None
     except KeystoreError as exc:
         raise click.ClickException(f"keystore: {exc}") from None
+    except OSError as exc:  # the database or Redis unreachable, a port taken since the check
+        raise click.ClickException(f"cannot start: {exc.strerror or exc}") from None
+
+
+def ensure_can_listen(host: str, port: int, *, choose: str = "TOKENSVC_PORT or --port") -> None:
+    """Fail with one line, before any process starts, when `host:port` cannot be bound.
+
+    Without this a taken port was a 39-line traceback from deep in asyncio (or one per worker
+    process). A probe socket is bound and closed at once on each address the host resolves to,
+    as the server binds them; SO_REUSEADDR as asyncio sets it, so only a live listener counts.
+    The server binding later still handles the rare race (`serve` catches its OSError).
+    """
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigFailure(
+            f"TOKENSVC_HOST (or --host): cannot resolve {host!r}: {exc.strerror}"
+        ) from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                hint = " (another process listens there)" if exc.errno == errno.EADDRINUSE else ""
+                raise click.ClickException(
+                    f"cannot listen on {host} port {port}: {exc.strerror}{hint};"
+                    f" choose another with {choose}"
+                ) from None
 
 
 @click.command()

@@ -34,7 +34,13 @@ from redis.exceptions import RedisError
 
 from tokensvc.operations.config import ConfigError
 
-__all__ = ["RedisClient", "close_client", "pubsub_client_from_url", "redis_client_from_url"]
+__all__ = [
+    "RedisClient",
+    "check_url",
+    "close_client",
+    "pubsub_client_from_url",
+    "redis_client_from_url",
+]
 
 log = logging.getLogger("tokensvc.redis")
 
@@ -61,6 +67,26 @@ def redis_client_from_url(url: str, **overrides: Any) -> RedisClient:
     if target.kind == _CLUSTER:
         return _cluster_client(target, options)
     return _sentinel_master(target, options)
+
+
+def check_url(url: str) -> None:
+    """Raise ConfigError unless `url` is a Redis URL the clients above can be built from.
+
+    Parses only, connects nowhere: the configuration checks TOKENSVC_REDIS_URL with it at start.
+    The messages never quote the URL (it may hold a password).
+    """
+    target = _MultiHostURL.parse(url)
+    if target is None:
+        try:
+            parse_url(url)
+        except ValueError:
+            raise ConfigError("a redis://, rediss:// or unix:// URL with a valid port") from None
+        return
+    if target.kind == _CLUSTER and target.path not in ("", "0"):
+        raise ConfigError("a Redis Cluster has only database 0")
+    service, _, db = target.path.partition("/")
+    if target.kind == _SENTINEL and (not service or "/" in db):
+        raise ConfigError("a Sentinel URL needs a service name: redis+sentinel://host:port/name")
 
 
 def pubsub_client_from_url(url: str, **overrides: Any) -> Redis:

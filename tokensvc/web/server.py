@@ -31,6 +31,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import multiprocess
 
+from keystore import KeystoreError
+from tokensvc.errors import TokensvcError
 from tokensvc.operations.config import Config, ConfigError
 from tokensvc.operations.logs import configure as configure_logging
 from tokensvc.web.app import create_app
@@ -106,6 +108,25 @@ def _serve_process(
         reuse_port=reuse_port,
     )
     _run_loop(serving)
+
+
+# A spawned process that failed to start and said why on one line: the supervisor stops the
+# others without adding a line of its own.
+_REPORTED_START_FAILURE = 3
+
+
+def _in_child(target: Any, *args: Any, **kwargs: Any) -> None:
+    """Run a spawned process's `target`; a start-up failure is one line, not a traceback each.
+
+    The same failures `tokensvc serve` reports on one line when it serves in its own process
+    (the database or Redis unreachable, a key that does not decrypt, a port taken).
+    """
+    try:
+        target(*args, **kwargs)
+    except (TokensvcError, KeystoreError, OSError) as exc:
+        message = exc.message if isinstance(exc, TokensvcError) else str(exc)
+        print(f"Error: cannot start: {message}", file=sys.stderr, flush=True)
+        sys.exit(_REPORTED_START_FAILURE)
 
 
 def _run_loop(serving: Coroutine[Any, Any, None]) -> None:
@@ -184,14 +205,14 @@ def run(config: Config, *, host: str, port: int, workers: int = 1) -> None:
     context = multiprocessing.get_context("spawn")
     if split_processes(config, verify_port):
         api = context.Process(
-            target=_serve_process,
-            args=(config, host),
+            target=_in_child,
+            args=(_serve_process, config, host),
             kwargs={"port": port, "verify_port": None, "reuse_port": False, "nice": API_NICE},
         )
         verifiers = [
             context.Process(
-                target=_serve_process,
-                args=(config, host),
+                target=_in_child,
+                args=(_serve_process, config, host),
                 kwargs={"port": None, "verify_port": verify_port, "reuse_port": workers > 1},
             )
             for _ in range(workers)
@@ -208,8 +229,8 @@ def run(config: Config, *, host: str, port: int, workers: int = 1) -> None:
         _supervise(
             [
                 context.Process(
-                    target=_serve_process,
-                    args=(config, host),
+                    target=_in_child,
+                    args=(_serve_process, config, host),
                     kwargs={
                         "port": port,
                         "verify_port": verify_port,
@@ -266,6 +287,9 @@ def _supervise(processes: list[multiprocessing.process.BaseProcess]) -> None:
                 # the multiprocess helper directly: it reads the directory at call time.
                 multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
             if not stopping and process.exitcode not in (None, 0):
+                if process.exitcode == _REPORTED_START_FAILURE:
+                    stop(signal.SIGTERM, None)  # it said why; the others follow it quietly
+                    continue
                 print(
                     f"tokensvc: worker {process.pid} exited with {process.exitcode}; stopping",
                     file=sys.stderr,
