@@ -88,6 +88,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 USER 10001:10001
 WORKDIR /var/lib/tokensvc
+# TOKENSVC_HOST=0.0.0.0 without TLS is refused at start unless the container gets native TLS
+# (TOKENSVC_TLS_CERT_FILE/_KEY_FILE), the proxy that terminates TLS in front of it
+# (TOKENSVC_TRUSTED_PROXIES), or TOKENSVC_ALLOW_INSECURE=plain-http.
 # 8080: the service; 8081: the verify listener (TOKENSVC_VERIFY_PORT, POST /v1/verify only).
 EXPOSE 8080 8081
 
