@@ -26,7 +26,16 @@ def serving_two_workers(env: dict[str, str], log: Path) -> Iterator[str]:
     port = _free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [TOKENSVC, "serve", "--port", str(port), "--workers", "2"],
+            [
+                TOKENSVC,
+                "serve",
+                "--port",
+                str(port),
+                "--verify-port",
+                str(_free_port()),
+                "--workers",
+                "2",
+            ],
             env=env,
             stdout=out,
             stderr=out,
@@ -77,6 +86,7 @@ def test_the_generated_admin_password_is_printed_once_and_is_the_real_one(
         TOKENSVC_REDIS_URL=redis_url,
         TOKENSVC_REDIS_PREFIX=redis_prefix,
         TOKENSVC_PASSWORD_PROFILE="CHEAP_FOR_TESTS",
+        TOKENSVC_ALLOW_INSECURE="test-password-profile",
     )
     log = tmp_path / "server.log"
 
@@ -100,6 +110,7 @@ def test_a_missing_admin_is_warned_about_once(
         TOKENSVC_REDIS_URL=redis_url,
         TOKENSVC_REDIS_PREFIX=redis_prefix,
         TOKENSVC_PASSWORD_PROFILE="CHEAP_FOR_TESTS",
+        TOKENSVC_ALLOW_INSECURE="test-password-profile",
     )
     log = tmp_path / "server.log"
 

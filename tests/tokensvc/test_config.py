@@ -59,9 +59,9 @@ def test_booleans_take_the_usual_words(word: str, meaning: bool) -> None:
 @pytest.mark.parametrize("word", ["ture", "enabled", "t", "2", "none"])
 def test_any_other_boolean_is_refused_not_read_as_false(word: str) -> None:
     """A typo used to switch a feature off in silence; now it is refused, naming the variable."""
-    message = refusal(FAST_VERIFY=word)
+    message = refusal(VERIFY_PROCESS=word)
 
-    assert message.startswith("TOKENSVC_FAST_VERIFY: expected true or false")
+    assert message.startswith("TOKENSVC_VERIFY_PROCESS: expected true or false")
     assert repr(word) in message
 
 

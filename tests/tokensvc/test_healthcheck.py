@@ -37,6 +37,9 @@ def served(tmp_path: Path, **variables: str) -> Iterator[dict[str, str]]:
         TOKENSVC_PORT=str(_free_port()),
         TOKENSVC_ADMIN_PASSWORD=ADMIN_PASSWORD,
         TOKENSVC_PASSWORD_PROFILE="CHEAP_FOR_TESTS",
+        TOKENSVC_VERIFY_PORT=str(_free_port()),
+        # Plain HTTP on 0.0.0.0 is what one of these tests checks the health of.
+        TOKENSVC_ALLOW_INSECURE="test-password-profile,plain-http",
         **variables,
     )
     log = tmp_path / "server.log"

@@ -175,6 +175,7 @@ def test_kek_rotation_with_three_live_replicas_loses_no_verify_and_no_key(
         TOKENSVC_DATABASE_URL=pg_url,
         TOKENSVC_ADMIN_PASSWORD=ADMIN_PASSWORD,
         TOKENSVC_PASSWORD_PROFILE="CHEAP_FOR_TESTS",
+        TOKENSVC_ALLOW_INSECURE="test-password-profile",
         TOKENSVC_VERIFY_PORT="off",
         TOKENSVC_LOG_LEVEL="warning",
     )

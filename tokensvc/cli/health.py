@@ -41,7 +41,13 @@ def _tls_context(cert_file: str) -> ssl.SSLContext:
 
 @click.command()
 @click.option("--ready", is_flag=True, help="Ask /readyz (can verify) instead of /healthz (alive).")
-@click.option("--timeout", type=click.FloatRange(0.1, 60), default=4.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 60),
+    default=4.0,
+    show_default=True,
+    help="Seconds to wait for the answer.",
+)
 def healthcheck(ready: bool, timeout: float) -> None:
     """Exit 0 if the local service answers /healthz (or /readyz with --ready), else 1.
 
