@@ -188,7 +188,6 @@ class VerifyEndpoint:
         self,
         result: Answer,
         request_id: str,
-        *,
         method: str,
         path: str,
         route: str,
@@ -246,6 +245,7 @@ _REQUEST_ID: Final = b"x-request-id"
 _FORWARDED_FOR: Final = b"x-forwarded-for"
 _CONTENT_ENCODING: Final = b"content-encoding"
 _EXPECT: Final = b"expect"
+_OURS_FIRST: Final = (b"x", b"X", b"c", b"C", b"e", b"E")
 _CLOSE: Final = b"Connection: close\r\n"
 _NOT_FOUND: Final = Answer(404, orjson.dumps(error_body("not_found", "Not Found")))
 _NOT_ALLOWED_POST: Final = Answer(
@@ -288,7 +288,7 @@ class VerifyConnection(asyncio.Protocol):
         self._forwarded: list[bytes] | None = None
         self._encodings: list[bytes] | None = None
         self._expect = False
-        self._body: list[bytes] = []
+        self._body = b""  # usually one piece; more are joined (bounded by the body limit)
         self._body_bytes = 0
         self._refusal: Answer | None = None  # decided before the body: sent when it completes
         self._start = 0.0
@@ -379,6 +379,8 @@ class VerifyConnection(asyncio.Protocol):
             # data_received tells this one by the flag and answers 431.
             self._oversized_head = True
             raise httptools.HttpParserError("request header fields too large")
+        if name[:1] not in _OURS_FIRST:
+            return  # Host, Content-Type, User-Agent…: none of ours starts like them
         name = name.lower()
         if name == _REQUEST_ID:
             if self._request_id is None:
@@ -398,8 +400,11 @@ class VerifyConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        parser = self._parser
-        method = parser.get_method()
+        method = self._parser.get_method()
+        if self._url == b"/v1/verify" and method == b"POST" and self._encodings is None:
+            if self._expect:
+                self._emit(_CONTINUE, close=False)
+            return  # the request every service sends: nothing to refuse
         path = self._path()
         if path == HEALTH_PATH:
             # Liveness of this process, for a probe of the verify port (as the app's /healthz).
@@ -434,7 +439,7 @@ class VerifyConnection(asyncio.Protocol):
             self._answer_refusal(close=True)
             self._closing = True
             return
-        self._body.append(body)
+        self._body = self._body + body if self._body else body
 
     def on_message_complete(self) -> None:
         if self._closing:
@@ -444,7 +449,7 @@ class VerifyConnection(asyncio.Protocol):
             self._answer_refusal(close=not keep_alive)
             return
         endpoint = self._endpoint
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        body = self._body
         coding = None
         if self._encodings is not None:
             coding = content_coding(
@@ -457,18 +462,15 @@ class VerifyConnection(asyncio.Protocol):
         bound = CURRENT_REQUEST_ID.set(request_id)
         try:
             decided = endpoint.decide(body, coding)
-            client = endpoint.client(self._peer, self._forwarded)
+            client = (
+                endpoint.client(self._peer, self._forwarded)
+                if endpoint.trusted_proxies
+                else self._peer
+            )
             connection = self._connection_header(keep_alive)
             if isinstance(decided, Answer):
                 rendered = endpoint.render(
-                    decided,
-                    request_id,
-                    method="POST",
-                    path=PATH,
-                    route=PATH,
-                    start=self._start,
-                    client=client,
-                    connection=connection,
+                    decided, request_id, "POST", PATH, PATH, self._start, client, connection
                 )
                 self._emit(rendered, close=not keep_alive)
                 return
