@@ -53,7 +53,7 @@ class UsageRecorder:
     async def _flush_early(self) -> None:
         try:
             await self.flush()
-        except Exception:  # noqa: BLE001 - the interval's flush retries (and logs outages)
+        except Exception:  # the interval's flush retries it (and logs an outage)
             log.debug("early flush of token last-use times failed", exc_info=True)
         finally:
             self._early = None
