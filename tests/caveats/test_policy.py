@@ -75,3 +75,15 @@ def test_a_policy_is_checked_afresh_against_each_context() -> None:
 def test_a_malformed_predicate_never_holds() -> None:
     policy = Policy([b'[2,"bob"]', b"[99,1]"])
     assert not policy.holds(Context(now=NOW))
+
+
+def test_policies_without_declared_values_cannot_be_poisoned_through_a_copy() -> None:
+    """Policies with no declared values share one empty dict; what callers get is a copy, so a
+    caller writing into its copy cannot give another token a declared value."""
+    outcome = check_predicates([b'[2,"mallory"]'], Context(now=NOW))
+    outcome.declared["username"] = "admin"
+
+    policy = Policy([b'[2,"alice"]'])
+
+    assert policy.declared == {}
+    assert check_predicates([b'[2,"alice"]'], Context(now=NOW)).declared == {}
