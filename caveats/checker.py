@@ -7,8 +7,7 @@ context, never are. A cached hit costs a hash and a dict lookup, then the check 
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -16,11 +15,11 @@ from caveats.bakery import Condition, Declared, TimeBefore, parse_condition
 from caveats.context import Context
 from caveats.errors import CaveatError, UnknownCaveat
 from caveats.registry import Caveat, decode
-from caveats.result import REASON_ECHO_LIMIT, SUCCESS, Failure, Result, Success, clip
+from caveats.result import REASON_ECHO_LIMIT, SUCCESS, Failure, Success, clip
 from caveats.standard import Expiry, Subject
 
 #: How many decoded predicates the cache holds (about the caveats of every live token on a busy
-#: node; a miss only costs a decode).
+#: node; a miss only costs a decode). When it is full it is emptied and fills again.
 CACHE_SIZE: Final = 65536
 #: Longer predicates are decoded every time rather than cached, which bounds the cache's memory
 #: (CACHE_SIZE × this) however predicates are chosen. Real caveats are tens of bytes.
@@ -55,7 +54,10 @@ class Outcome:
 
 # What a predicate decodes to: something to check, or the invalid Failure saying why not.
 _Parsed = Caveat | Failure
-_Check = Callable[[Context], Result]
+
+# The `declared` of every Policy without declared values (most): one shared dict instead of one
+# per cached chain. Never mutated: Verified and Outcome hand out copies.
+_NO_DECLARED: Final[dict[str, str]] = {}
 
 
 def check_predicates(predicates: Iterable[bytes | str], ctx: Context) -> Outcome:
@@ -66,7 +68,7 @@ def check_predicates(predicates: Iterable[bytes | str], ctx: Context) -> Outcome
     pymacaroons hands them to verifier callbacks) are taken as their UTF-8 bytes.
     """
     policy = Policy(predicates)
-    return Outcome(policy.explain(ctx), policy.subject, policy.expires_at, policy.declared)
+    return Outcome(policy.explain(ctx), policy.subject, policy.expires_at, dict(policy.declared))
 
 
 class Policy:
@@ -88,16 +90,21 @@ class Policy:
         subject: str | None = None
         expires_at: float | None = None
         declared: dict[str, str] = {}
-        # In predicate order: the context-dependent checks, and the failures that hold in every
-        # context (malformed, unknown, conflicting), so `explain` lists reasons in token order.
-        steps: list[_Check | Failure] = []
+        # In predicate order: the caveats whose check depends on the context, and the failures
+        # that hold in every context (malformed, unknown, conflicting), so `explain` lists
+        # reasons in token order. The caveats themselves, not their bound `check` methods: a
+        # Policy lives in every cached chain, and a bound method is 64 bytes more per step.
+        steps: list[Caveat | Failure] = []
         # Subjects (None) and declared keys seen with two different values; they stay out.
         conflicts: set[str | None] | None = None
         ok = True  # False: some predicate fails in every context
+        cached = _decoded.get
         for predicate in self.predicates:
-            if type(predicate) is bytes and len(predicate) <= MAX_CACHED_PREDICATE:
-                item = _parse_cached(predicate)
-            else:
+            # The decode cache inline (bytes from a verified chain, seen before); anything else,
+            # a miss included, through _parsed. (An oversized predicate is only hashed here: its
+            # size is bounded by the token's.)
+            item = cached(predicate) if type(predicate) is bytes else None
+            if item is None:
                 item = _parsed(predicate)
             if type(item) is Subject:
                 value = item.subject
@@ -130,10 +137,10 @@ class Policy:
                     expires_at is None or item.expires_at < expires_at
                 ):
                     expires_at = float(item.expires_at)
-                steps.append(item.check)  # type: ignore[union-attr]
+                steps.append(item)
         self.subject = subject
         self.expires_at = expires_at
-        self.declared = declared
+        self.declared = declared or _NO_DECLARED
         self._steps = tuple(steps)
         self._ok = ok
 
@@ -142,8 +149,8 @@ class Policy:
         if not self._ok:
             return False
         try:
-            for check in self._steps:
-                if check(ctx) is not SUCCESS:  # type: ignore[operator]  # _ok: all callables
+            for step in self._steps:
+                if step.check(ctx) is not SUCCESS:  # type: ignore[union-attr]  # _ok: no Failure
                     return False
         except Exception:  # noqa: BLE001 - a crashing check denies; explain says so
             return False
@@ -157,7 +164,7 @@ class Policy:
                 failures.append(step)
                 continue
             try:
-                result = step(ctx)  # type: ignore[operator]
+                result = step.check(ctx)  # type: ignore[union-attr]  # Failures were skipped
             except Exception:  # noqa: BLE001 - a crashing check must deny, never escape /verify
                 failures.append(_CHECK_CRASHED)
                 continue
@@ -201,18 +208,20 @@ def _parsed(predicate: bytes | str) -> _Parsed:
     """The decoded caveat or condition in `predicate`, or the invalid Failure saying why not."""
     # First the common case (bytes from a verified chain, seen before): one type check and the
     # decode cache, before any conversion.
-    if type(predicate) is bytes and len(predicate) <= MAX_CACHED_PREDICATE:
-        return _parse_cached(predicate)
-    if type(predicate) is not bytes:
-        if isinstance(predicate, str):
-            try:
-                predicate = predicate.encode("utf-8")
-            except UnicodeEncodeError:
-                return _NOT_BYTES
-        elif isinstance(predicate, (bytes, bytearray, memoryview)):
-            predicate = bytes(predicate)
-        else:
+    if type(predicate) is bytes:
+        if len(predicate) <= MAX_CACHED_PREDICATE:
+            item = _decoded.get(predicate)
+            return item if item is not None else _parse_cached(predicate)
+        return _parse(predicate)
+    if isinstance(predicate, str):
+        try:
+            predicate = predicate.encode("utf-8")
+        except UnicodeEncodeError:
             return _NOT_BYTES
+    elif isinstance(predicate, (bytes, bytearray, memoryview)):
+        predicate = bytes(predicate)
+    else:
+        return _NOT_BYTES
     if len(predicate) <= MAX_CACHED_PREDICATE:
         return _parse_cached(predicate)
     return _parse(predicate)
@@ -231,7 +240,28 @@ def _parse(predicate: bytes) -> _Parsed:
         return Failure(f"malformed caveat {_echo(predicate)}: not UTF-8", invalid=True)
 
 
-_parse_cached = functools.lru_cache(maxsize=CACHE_SIZE)(_parse)
+# The decode cache: predicate -> what it decodes to. A plain dict emptied when full rather than an
+# LRU: functools.lru_cache builds a key tuple and moves a link on every hit, and keeps ~140 bytes
+# of bookkeeping per entry besides (9 MB when full); a lookup here is one dict probe. Tokens in
+# use fill it again at one decode per distinct predicate. Bounded by CACHE_SIZE entries of at
+# most MAX_CACHED_PREDICATE bytes, whoever chooses the predicates.
+_decoded: dict[bytes, _Parsed] = {}
+
+
+def _parse_cached(predicate: bytes) -> _Parsed:
+    """`_parse` through the decode cache; for predicates of at most MAX_CACHED_PREDICATE bytes."""
+    item = _decoded.get(predicate)
+    if item is None:
+        item = _parse(predicate)
+        if len(_decoded) >= CACHE_SIZE:
+            _decoded.clear()
+        _decoded[predicate] = item
+    return item
+
+
+def clear_decode_cache() -> None:
+    """Forget every decoded predicate (benchmarks of the cold path; tests)."""
+    _decoded.clear()
 
 
 def _echo(predicate: bytes) -> str:

@@ -173,10 +173,10 @@ async def _bench(iterations: int, rounds: int, pool_size: int, kinds: list[str])
     from tokensvc.tokens.verification import Limits, Verifier
 
     try:
-        from caveats import checker as caveat_checker
+        from caveats.checker import clear_decode_cache
 
-        cache_clear: Callable[[], None] | None = caveat_checker._parse_cached.cache_clear
-    except AttributeError:
+        cache_clear: Callable[[], None] | None = clear_decode_cache
+    except ImportError:
         cache_clear = None
 
     tmp = tempfile.mkdtemp(prefix="tokensvc-bench-micro-")

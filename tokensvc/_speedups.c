@@ -12,6 +12,8 @@
  *                                                   tokensvc.tokenformat.b64decode_any)
  *   decode_tsv1(token, max_caveats) -> Macaroon | None  (checksum, base64 and parse_v2 in one
  *                                                   call, as tokensvc.tokenformat.decode_token)
+ *   set_types(Caveat, Macaroon)  the classes parse_v2 builds (per module object)
+ *   _sha256_backend(), _use_evp()  which SHA-256 runs (see "SHA-256"), for tests
  *
  * The pure-Python code in tokensvc/macaroon.py and tokensvc/chain.py stays the reference and the
  * fallback: parse_v2 here returns None for anything that is not a well-formed v2 macaroon, and
@@ -19,14 +21,23 @@
  * to agree with Python on well-formed input and refuse everything else; tests/tokensvc/
  * test_speedups.py checks both, with hypothesis over valid and mutated tokens.
  *
- * SHA-256 is OpenSSL's (libcrypto, already loaded by Python's hashlib), through its low-level
- * SHA256_* interface: no context allocation, and its assembly uses the CPU's SHA extensions.
+ * SHA-256 is OpenSSL's (libcrypto, already loaded by Python's hashlib), fetched once per module
+ * as an EVP_MD and then driven through the digest functions of the provider that implements it
+ * (see "SHA-256" below for why, and for the plain-EVP fallback). Only APIs OpenSSL 3 keeps are
+ * used: the build passes -Werror=deprecated-declarations (pyproject.toml).
+ *
+ * Multi-phase initialisation (PEP 489) with all state in the module object — the Caveat and
+ * Macaroon classes, the digest context and the lookup tables — so that each interpreter (and each
+ * fresh import of the module) gets its own, as subinterpreters require. The functions do not
+ * release the GIL: the one digest context per module is only used under it.
  */
 #define PY_SSIZE_T_CLEAN
-#define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_Init & co.: deprecated in 3.0, still the fastest */
 #include <Python.h>
+#include <openssl/core_dispatch.h>
 #include <openssl/crypto.h>
-#include <openssl/sha.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/provider.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -41,45 +52,270 @@
 #define F_SIGNATURE 6
 #define VERSION_2 2
 
-/* The Caveat and Macaroon NamedTuple classes, set once by tokensvc/macaroon.py (set_types). */
-static PyTypeObject *caveat_type = NULL;
-static PyTypeObject *macaroon_type = NULL;
+/* ---- SHA-256 ------------------------------------------------------------------------------
+ *
+ * Every chain step is an HMAC under a new key (the previous signature), so each costs two
+ * SHA-256 runs over about two blocks each, and anything done per run counts. The EVP digest API
+ * is what OpenSSL 3 keeps, but on 3.0 EVP_DigestInit_ex2 frees and reallocates the provider's
+ * context on every call, which made an HMAC ~15% more instructions than the deprecated
+ * SHA256_Init/Update/Final (callgrind). So the EVP_MD is fetched through EVP as usual, and its
+ * implementation's own functions (newctx/init/update/final, from the provider that EVP chose:
+ * OSSL_PROVIDER_query_operation, the public provider interface EVP itself uses) are called on one
+ * context kept in the module state: the same work as SHA256_*, without the deprecated API. The
+ * binding is checked against EVP on a known answer at import; where anything is missing or
+ * different, plain EVP (one reused EVP_MD_CTX) does the work instead. */
+
+typedef struct {
+    EVP_MD *md;
+    void *algctx; /* the provider's digest context; NULL: EVP fallback through `evp` */
+    OSSL_FUNC_digest_init_fn *init;
+    OSSL_FUNC_digest_update_fn *update;
+    OSSL_FUNC_digest_final_fn *final;
+    OSSL_FUNC_digest_freectx_fn *freectx;
+    EVP_MD_CTX *evp;
+} sha256_t;
+
+typedef struct {
+    /* The Caveat and Macaroon NamedTuple classes, set by tokensvc/macaroon.py (set_types). */
+    PyTypeObject *caveat_type;
+    PyTypeObject *macaroon_type;
+    sha256_t sha;
+    /* Sextet of each base64 character, standard (+/) and URL-safe (-_) alike; 0xff: not base64. */
+    unsigned char b64_value[256];
+    /* CRC-32 tables, slicing-by-8 (see crc32_of). */
+    uint32_t crc_table[8][256];
+} module_state;
+
+static inline module_state *
+state_of(PyObject *module)
+{
+    return (module_state *)PyModule_GetState(module);
+}
+
+/* SHA-256 of data[0..len) into out; 0 on an OpenSSL failure. Inlined into the HMAC: each call
+ * is a handful of instructions around the provider's, and there are two per chain step. */
+static inline int
+sha256_of(sha256_t *s, const unsigned char *data, size_t len, unsigned char out[DIGEST])
+{
+    if (s->algctx != NULL) {
+        size_t out_len;
+        return s->init(s->algctx, NULL) && s->update(s->algctx, data, len) &&
+               s->final(s->algctx, out, &out_len, DIGEST);
+    }
+    return EVP_DigestInit_ex2(s->evp, s->md, NULL) && EVP_DigestUpdate(s->evp, data, len) &&
+           EVP_DigestFinal_ex(s->evp, out, NULL);
+}
+
+/* SHA-256 of a || b: the HMAC of a long message. */
+static int
+sha256_two(sha256_t *s, const unsigned char *a, size_t a_len, const unsigned char *b,
+           size_t b_len, unsigned char out[DIGEST])
+{
+    if (s->algctx != NULL) {
+        size_t out_len;
+        return s->init(s->algctx, NULL) && s->update(s->algctx, a, a_len) &&
+               s->update(s->algctx, b, b_len) && s->final(s->algctx, out, &out_len, DIGEST);
+    }
+    return EVP_DigestInit_ex2(s->evp, s->md, NULL) && EVP_DigestUpdate(s->evp, a, a_len) &&
+           EVP_DigestUpdate(s->evp, b, b_len) && EVP_DigestFinal_ex(s->evp, out, NULL);
+}
+
+/* Whether `want` is one of the colon-separated names of an OSSL_ALGORITHM. */
+static int
+names_include(const char *names, const char *want)
+{
+    size_t want_len = strlen(want);
+    while (names != NULL && *names != '\0') {
+        const char *colon = strchr(names, ':');
+        size_t len = colon != NULL ? (size_t)(colon - names) : strlen(names);
+        if (len == want_len && OPENSSL_strncasecmp(names, want, len) == 0) {
+            return 1;
+        }
+        names = colon != NULL ? colon + 1 : NULL;
+    }
+    return 0;
+}
+
+/* Bind the provider functions of s->md's implementation (see above); 0 leaves s on EVP. */
+static int
+sha256_bind_provider(sha256_t *s)
+{
+    static const unsigned char abc[] = "abc";
+    const OSSL_PROVIDER *provider = EVP_MD_get0_provider(s->md);
+    const OSSL_ALGORITHM *algorithms, *a;
+    const OSSL_DISPATCH *f;
+    OSSL_FUNC_digest_newctx_fn *newctx = NULL;
+    unsigned char got[DIGEST], want[DIGEST];
+    unsigned int want_len = 0;
+    int no_cache = 0;
+
+    if (provider == NULL) {
+        return 0;
+    }
+    algorithms = OSSL_PROVIDER_query_operation(provider, OSSL_OP_DIGEST, &no_cache);
+    for (a = algorithms; a != NULL && a->algorithm_names != NULL; a++) {
+        if (!names_include(a->algorithm_names, "SHA2-256")) {
+            continue;
+        }
+        for (f = a->implementation; f->function_id != 0; f++) {
+            switch (f->function_id) {
+            case OSSL_FUNC_DIGEST_NEWCTX:
+                newctx = OSSL_FUNC_digest_newctx(f);
+                break;
+            case OSSL_FUNC_DIGEST_INIT:
+                s->init = OSSL_FUNC_digest_init(f);
+                break;
+            case OSSL_FUNC_DIGEST_UPDATE:
+                s->update = OSSL_FUNC_digest_update(f);
+                break;
+            case OSSL_FUNC_DIGEST_FINAL:
+                s->final = OSSL_FUNC_digest_final(f);
+                break;
+            case OSSL_FUNC_DIGEST_FREECTX:
+                s->freectx = OSSL_FUNC_digest_freectx(f);
+                break;
+            default:
+                break;
+            }
+        }
+        break;
+    }
+    /* The functions stay valid while the provider is loaded, which s->md guarantees. */
+    if (algorithms != NULL) {
+        OSSL_PROVIDER_unquery_operation(provider, OSSL_OP_DIGEST, algorithms);
+    }
+    if (newctx == NULL || s->init == NULL || s->update == NULL || s->final == NULL ||
+        s->freectx == NULL) {
+        return 0;
+    }
+    s->algctx = newctx(OSSL_PROVIDER_get0_provider_ctx(provider));
+    if (s->algctx == NULL) {
+        return 0;
+    }
+    /* A known answer, against EVP's: a binding that computes anything else is not used. */
+    if (!sha256_of(s, abc, 3, got) ||
+        !EVP_Digest(abc, 3, want, &want_len, s->md, NULL) || want_len != DIGEST ||
+        memcmp(got, want, DIGEST) != 0) {
+        s->freectx(s->algctx);
+        s->algctx = NULL;
+        return 0;
+    }
+    return 1;
+}
+
+static int
+sha256_setup(sha256_t *s)
+{
+    s->md = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+    if (s->md == NULL || EVP_MD_get_size(s->md) != DIGEST || EVP_MD_get_block_size(s->md) != BLOCK) {
+        ERR_clear_error();
+        PyErr_SetString(PyExc_ImportError, "tokensvc._speedups: OpenSSL has no usable SHA-256");
+        return -1;
+    }
+    if (!sha256_bind_provider(s)) {
+        s->evp = EVP_MD_CTX_new();
+        if (s->evp == NULL) {
+            ERR_clear_error();
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    ERR_clear_error();
+    return 0;
+}
+
+static void
+sha256_teardown(sha256_t *s)
+{
+    if (s->algctx != NULL) {
+        s->freectx(s->algctx);
+        s->algctx = NULL;
+    }
+    EVP_MD_CTX_free(s->evp);
+    s->evp = NULL;
+    EVP_MD_free(s->md);
+    s->md = NULL;
+}
 
 /* ---- HMAC-SHA256 ------------------------------------------------------------------------- */
 
-static void
-hmac_sha256(const unsigned char *key, size_t key_len, const unsigned char *msg, size_t msg_len,
-            unsigned char out[DIGEST])
+/* Zero secret bytes on the stack: memset with a compiler barrier (GCC and Clang), the form
+ * BoringSSL's OPENSSL_cleanse takes; OpenSSL 3.0's own costs more than the rest of an HMAC's
+ * bookkeeping on 64 bytes. */
+static inline void
+wipe(void *p, size_t n)
 {
-    unsigned char block[BLOCK];
-    unsigned char pad[BLOCK];
-    unsigned char inner[DIGEST];
-    SHA256_CTX ctx;
-    size_t i;
+#if defined(__GNUC__) || defined(__clang__)
+    memset(p, 0, n);
+    __asm__ __volatile__("" : : "r"(p) : "memory");
+#else
+    OPENSSL_cleanse(p, n);
+#endif
+}
 
-    memset(block, 0, BLOCK);
+/* Messages up to this long are hashed from one buffer after the pad: one update call per
+ * digest instead of two. Caveats and identifiers are tens of bytes. */
+#define SHORT_MSG 192
+
+/* HMAC-SHA256 (RFC 2104); `out` may be `key` (each chain step overwrites its key). 0 on an
+ * OpenSSL failure. The key is XORed into one pad, used for the inner then the outer hash. */
+static int
+hmac_sha256(sha256_t *s, const unsigned char *key, size_t key_len, const unsigned char *msg,
+            size_t msg_len, unsigned char out[DIGEST])
+{
+    unsigned char buf[BLOCK + SHORT_MSG]; /* pad || message, then pad || inner digest */
+    unsigned char hashed_key[DIGEST];
+    size_t i;
+    int ok;
+
     if (key_len > BLOCK) {
-        SHA256(key, key_len, block);
+        if (!sha256_of(s, key, key_len, hashed_key)) {
+            return 0;
+        }
+        key = hashed_key;
+        key_len = DIGEST;
+    }
+    memset(buf, 0x36, BLOCK);
+    if (key_len == DIGEST) { /* every chain step: whole words, which the compiler keeps in registers */
+        for (i = 0; i < DIGEST; i += 8) {
+            uint64_t word, pad;
+            memcpy(&word, key + i, 8);
+            memcpy(&pad, buf + i, 8);
+            pad ^= word;
+            memcpy(buf + i, &pad, 8);
+        }
     }
     else {
-        memcpy(block, key, key_len);
+        for (i = 0; i < key_len; i++) {
+            buf[i] ^= key[i];
+        }
     }
-    for (i = 0; i < BLOCK; i++) {
-        pad[i] = block[i] ^ 0x36;
+    if (msg_len <= SHORT_MSG) {
+        memcpy(buf + BLOCK, msg, msg_len);
+        ok = sha256_of(s, buf, BLOCK + msg_len, buf + BLOCK);
     }
-    SHA256_Init(&ctx);
-    SHA256_Update(&ctx, pad, BLOCK);
-    SHA256_Update(&ctx, msg, msg_len);
-    SHA256_Final(inner, &ctx);
-    for (i = 0; i < BLOCK; i++) {
-        pad[i] = block[i] ^ 0x5c;
+    else {
+        ok = sha256_two(s, buf, BLOCK, msg, msg_len, buf + BLOCK);
     }
-    SHA256_Init(&ctx);
-    SHA256_Update(&ctx, pad, BLOCK);
-    SHA256_Update(&ctx, inner, DIGEST);
-    SHA256_Final(out, &ctx);
-    OPENSSL_cleanse(block, BLOCK); /* key material off the stack */
-    OPENSSL_cleanse(pad, BLOCK);
+    if (ok) {
+        for (i = 0; i < BLOCK; i++) {
+            buf[i] ^= 0x36 ^ 0x5c;
+        }
+        ok = sha256_of(s, buf, BLOCK + DIGEST, out);
+    }
+    wipe(buf, BLOCK + DIGEST); /* key material and the inner digest off the stack */
+    if (key == hashed_key) {
+        wipe(hashed_key, DIGEST);
+    }
+    return ok;
+}
+
+static PyObject *
+hash_failed(void)
+{
+    ERR_clear_error();
+    PyErr_SetString(PyExc_RuntimeError, "OpenSSL SHA-256 failed");
+    return NULL;
 }
 
 static PyObject *
@@ -90,9 +326,11 @@ py_hmac_sha256(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "hmac_sha256(key: bytes, msg: bytes)");
         return NULL;
     }
-    hmac_sha256((const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]),
-                (const unsigned char *)PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1]),
-                out);
+    if (!hmac_sha256(&state_of(self)->sha, (const unsigned char *)PyBytes_AS_STRING(args[0]),
+                     PyBytes_GET_SIZE(args[0]), (const unsigned char *)PyBytes_AS_STRING(args[1]),
+                     PyBytes_GET_SIZE(args[1]), out)) {
+        return hash_failed();
+    }
     return PyBytes_FromStringAndSize((const char *)out, DIGEST);
 }
 
@@ -101,6 +339,7 @@ py_hmac_sha256(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 py_first_party_chain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    sha256_t *sha = &state_of(self)->sha;
     PyObject *key, *identifier, *caveats, *cids, *result;
     unsigned char sig[DIGEST];
     Py_ssize_t i, n;
@@ -126,36 +365,41 @@ py_first_party_chain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_RETURN_NONE;
         }
     }
-    cids = PyList_New(n);
-    if (cids == NULL) {
-        return NULL;
+    if (!hmac_sha256(sha, (const unsigned char *)PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                     (const unsigned char *)PyBytes_AS_STRING(identifier),
+                     PyBytes_GET_SIZE(identifier), sig)) {
+        return hash_failed();
     }
-    hmac_sha256((const unsigned char *)PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
-                (const unsigned char *)PyBytes_AS_STRING(identifier),
-                PyBytes_GET_SIZE(identifier), sig);
     for (i = 0; i < n; i++) {
         PyObject *cid = PyTuple_GET_ITEM(PyTuple_GET_ITEM(caveats, i), 0);
-        hmac_sha256(sig, DIGEST, (const unsigned char *)PyBytes_AS_STRING(cid),
-                    PyBytes_GET_SIZE(cid), sig);
-        Py_INCREF(cid);
-        PyList_SET_ITEM(cids, i, cid);
+        if (!hmac_sha256(sha, sig, DIGEST, (const unsigned char *)PyBytes_AS_STRING(cid),
+                         PyBytes_GET_SIZE(cid), sig)) {
+            wipe(sig, DIGEST);
+            return hash_failed();
+        }
+    }
+    cids = PyList_New(n);
+    if (cids == NULL) {
+        wipe(sig, DIGEST);
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *cid = PyTuple_GET_ITEM(PyTuple_GET_ITEM(caveats, i), 0);
+        PyList_SET_ITEM(cids, i, Py_NewRef(cid));
     }
     result = Py_BuildValue("(y#N)", (const char *)sig, (Py_ssize_t)DIGEST, cids);
-    OPENSSL_cleanse(sig, DIGEST);
+    wipe(sig, DIGEST);
     return result;
 }
 
 /* ---- base64, either alphabet ------------------------------------------------------------ */
 
-/* Sextet of each base64 character, standard (+/) and URL-safe (-_) alike; 0xff: not base64. */
-static unsigned char b64_value[256];
-
 static void
-b64_init(void)
+b64_init(unsigned char b64_value[256])
 {
     const char *alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     int i;
-    memset(b64_value, 0xff, sizeof b64_value);
+    memset(b64_value, 0xff, 256);
     for (i = 0; i < 62; i++) {
         b64_value[(unsigned char)alphabet[i]] = (unsigned char)i;
     }
@@ -168,7 +412,8 @@ b64_init(void)
  * or a length of 4k+1 characters. Trailing '=' are ignored, as many as there are; unused low
  * bits of the last character too, as binascii does. */
 static Py_ssize_t
-b64_decode_into(const unsigned char *in, Py_ssize_t n, unsigned char *out)
+b64_decode_into(const unsigned char b64_value[256], const unsigned char *in, Py_ssize_t n,
+                unsigned char *out)
 {
     Py_ssize_t full, i, o;
 
@@ -231,7 +476,8 @@ py_b64decode(PyObject *self, PyObject *arg)
     if (result == NULL) {
         return NULL;
     }
-    if (b64_decode_into(in, n, (unsigned char *)PyBytes_AS_STRING(result)) < 0) {
+    if (b64_decode_into(state_of(self)->b64_value, in, n,
+                        (unsigned char *)PyBytes_AS_STRING(result)) < 0) {
         Py_DECREF(result);
         Py_RETURN_NONE;
     }
@@ -288,7 +534,7 @@ bytes_at(const reader *r, Py_ssize_t start, Py_ssize_t length)
 
 /* A Caveat(cid, vid, location) instance; steals the references it is given. */
 static PyObject *
-new_caveat(PyObject *cid, PyObject *vid, PyObject *location)
+new_caveat(PyTypeObject *caveat_type, PyObject *cid, PyObject *vid, PyObject *location)
 {
     PyObject *caveat = caveat_type->tp_alloc(caveat_type, 3);
     if (caveat == NULL) {
@@ -305,7 +551,8 @@ new_caveat(PyObject *cid, PyObject *vid, PyObject *location)
 
 /* A well-formed binary v2 macaroon in data[0..size) as a Macaroon; None if it is not one. */
 static PyObject *
-parse_v2_buffer(const unsigned char *data, Py_ssize_t size, Py_ssize_t max_caveats)
+parse_v2_buffer(const module_state *st, const unsigned char *data, Py_ssize_t size,
+                Py_ssize_t max_caveats)
 {
     reader r;
     Py_ssize_t pos, start, length, loc_start = 0, loc_length = 0;
@@ -396,7 +643,7 @@ parse_v2_buffer(const unsigned char *data, Py_ssize_t size, Py_ssize_t max_cavea
             if (cid == NULL) {
                 goto error;
             }
-            caveat = new_caveat(cid, Py_NewRef(Py_None), Py_NewRef(Py_None));
+            caveat = new_caveat(st->caveat_type, cid, Py_NewRef(Py_None), Py_NewRef(Py_None));
         }
         else {
             PyObject *cid, *vid, *cl;
@@ -416,7 +663,7 @@ parse_v2_buffer(const unsigned char *data, Py_ssize_t size, Py_ssize_t max_cavea
                 Py_XDECREF(cl);
                 goto error;
             }
-            caveat = new_caveat(cid, vid, cl);
+            caveat = new_caveat(st->caveat_type, cid, vid, cl);
         }
         if (caveat == NULL) {
             goto error;
@@ -442,7 +689,7 @@ parse_v2_buffer(const unsigned char *data, Py_ssize_t size, Py_ssize_t max_cavea
         goto error;
     }
     Py_CLEAR(caveats);
-    macaroon = macaroon_type->tp_alloc(macaroon_type, 4);
+    macaroon = st->macaroon_type->tp_alloc(st->macaroon_type, 4);
     if (macaroon == NULL) {
         goto error;
     }
@@ -469,10 +716,10 @@ error:
 /* The (bytes, max_caveats: int) arguments of parse_v2 and decode_tsv1, once set_types has given
  * the classes to build; 0 with an exception set otherwise. */
 static int
-bytes_and_limit(PyObject *const *args, Py_ssize_t nargs, const char *usage,
-                Py_ssize_t *max_caveats)
+bytes_and_limit(const module_state *st, PyObject *const *args, Py_ssize_t nargs,
+                const char *usage, Py_ssize_t *max_caveats)
 {
-    if (caveat_type == NULL || macaroon_type == NULL) {
+    if (st->caveat_type == NULL || st->macaroon_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "tokensvc._speedups.set_types was not called");
         return 0;
     }
@@ -487,12 +734,14 @@ bytes_and_limit(PyObject *const *args, Py_ssize_t nargs, const char *usage,
 static PyObject *
 py_parse_v2(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    const module_state *st = state_of(self);
     Py_ssize_t max_caveats;
 
-    if (!bytes_and_limit(args, nargs, "parse_v2(data: bytes, max_caveats: int)", &max_caveats)) {
+    if (!bytes_and_limit(st, args, nargs, "parse_v2(data: bytes, max_caveats: int)",
+                         &max_caveats)) {
         return NULL;
     }
-    return parse_v2_buffer((const unsigned char *)PyBytes_AS_STRING(args[0]),
+    return parse_v2_buffer(st, (const unsigned char *)PyBytes_AS_STRING(args[0]),
                            PyBytes_GET_SIZE(args[0]), max_caveats);
 }
 
@@ -502,10 +751,8 @@ py_parse_v2(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * made at import): a byte-at-a-time loop waits on each table lookup before the next, which made
  * the checksum cost more than base64 and parsing together. zlib's own is not linked so that its
  * headers are not needed at build time. */
-static uint32_t crc_table[8][256];
-
 static void
-crc_init(void)
+crc_init(uint32_t crc_table[8][256])
 {
     uint32_t c;
     int n, k;
@@ -526,7 +773,7 @@ crc_init(void)
 }
 
 static uint32_t
-crc32_of(const unsigned char *data, Py_ssize_t n)
+crc32_of(const uint32_t crc_table[8][256], const unsigned char *data, Py_ssize_t n)
 {
     uint32_t c = 0xffffffffU;
     while (n >= 8) {
@@ -560,6 +807,7 @@ static PyObject *
 py_decode_tsv1(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     static const char hex[] = "0123456789abcdef";
+    const module_state *st = state_of(self);
     const unsigned char *raw;
     unsigned char *payload;
     Py_ssize_t n, dot, max_caveats, decoded;
@@ -567,7 +815,7 @@ py_decode_tsv1(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *result;
     int i;
 
-    if (!bytes_and_limit(args, nargs, "decode_tsv1(token: bytes, max_caveats: int)",
+    if (!bytes_and_limit(st, args, nargs, "decode_tsv1(token: bytes, max_caveats: int)",
                          &max_caveats)) {
         return NULL;
     }
@@ -581,7 +829,7 @@ py_decode_tsv1(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (raw[dot] != '.' || memchr(raw + dot + 1, '.', CHECK_LEN) != NULL) {
         Py_RETURN_NONE;
     }
-    crc = crc32_of(raw, dot);
+    crc = crc32_of(st->crc_table, raw, dot);
     for (i = 0; i < CHECK_LEN; i++) {
         if (raw[dot + 1 + i] != (unsigned char)hex[(crc >> (28 - 4 * i)) & 0xf]) {
             Py_RETURN_NONE;
@@ -591,12 +839,13 @@ py_decode_tsv1(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (payload == NULL) {
         return PyErr_NoMemory();
     }
-    decoded = b64_decode_into(raw + TSV1_PREFIX_LEN, dot - TSV1_PREFIX_LEN, payload);
+    decoded = b64_decode_into(st->b64_value, raw + TSV1_PREFIX_LEN, dot - TSV1_PREFIX_LEN,
+                              payload);
     if (decoded < 0) {
         PyMem_Free(payload);
         Py_RETURN_NONE;
     }
-    result = parse_v2_buffer(payload, decoded, max_caveats);
+    result = parse_v2_buffer(st, payload, decoded, max_caveats);
     PyMem_Free(payload);
     return result;
 }
@@ -614,12 +863,44 @@ py_set_types(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                         "set_types(Caveat, Macaroon): tuple subclasses without __dict__");
         return NULL;
     }
-    Py_XSETREF(caveat_type, (PyTypeObject *)Py_NewRef(args[0]));
-    Py_XSETREF(macaroon_type, (PyTypeObject *)Py_NewRef(args[1]));
+    module_state *st = state_of(self);
+
+    Py_XSETREF(st->caveat_type, (PyTypeObject *)Py_NewRef(args[0]));
+    Py_XSETREF(st->macaroon_type, (PyTypeObject *)Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
+/* Which SHA-256 the module runs: "provider" (the fast binding) or "evp" (the fallback). */
+static PyObject *
+py_sha256_backend(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyUnicode_FromString(state_of(self)->sha.algctx != NULL ? "provider" : "evp");
+}
+
+/* Switch this module object to the EVP fallback, so that tests can hold it to the standard
+ * library too (on a fresh module instance: the state is per module). */
+static PyObject *
+py_use_evp(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    sha256_t *s = &state_of(self)->sha;
+    if (s->evp == NULL) {
+        s->evp = EVP_MD_CTX_new();
+        if (s->evp == NULL) {
+            ERR_clear_error();
+            return PyErr_NoMemory();
+        }
+    }
+    if (s->algctx != NULL) {
+        s->freectx(s->algctx);
+        s->algctx = NULL;
+    }
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
+    {"_sha256_backend", py_sha256_backend, METH_NOARGS,
+     "Which SHA-256 this module runs: 'provider' or 'evp'."},
+    {"_use_evp", py_use_evp, METH_NOARGS, "Use the EVP fallback in this module (tests)."},
     {"hmac_sha256", (PyCFunction)(void (*)(void))py_hmac_sha256, METH_FASTCALL,
      "HMAC-SHA256(key, msg)."},
     {"first_party_chain", (PyCFunction)(void (*)(void))py_first_party_chain, METH_FASTCALL,
@@ -635,16 +916,75 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static int
+speedups_exec(PyObject *module)
+{
+    module_state *st = state_of(module);
+
+    b64_init(st->b64_value);
+    crc_init(st->crc_table);
+    return sha256_setup(&st->sha);
+}
+
+static int
+speedups_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    module_state *st = state_of(module);
+    if (st != NULL) {
+        Py_VISIT(st->caveat_type);
+        Py_VISIT(st->macaroon_type);
+    }
+    return 0;
+}
+
+static int
+speedups_clear(PyObject *module)
+{
+    module_state *st = state_of(module);
+    if (st != NULL) {
+        Py_CLEAR(st->caveat_type);
+        Py_CLEAR(st->macaroon_type);
+    }
+    return 0;
+}
+
+static void
+speedups_free(void *module)
+{
+    module_state *st = state_of((PyObject *)module);
+    speedups_clear((PyObject *)module);
+    if (st != NULL) {
+        sha256_teardown(&st->sha);
+    }
+}
+
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, speedups_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    /* All state is per module object, and nothing is shared between them. */
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+    /* The module's one digest context is used under the GIL only. */
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
+    {0, NULL},
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "tokensvc._speedups",
-    "Compiled macaroon parsing and HMAC chain for the verify path.", -1, methods, NULL, NULL,
-    NULL, NULL,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "tokensvc._speedups",
+    .m_doc = "Compiled macaroon parsing and HMAC chain for the verify path.",
+    .m_size = sizeof(module_state),
+    .m_methods = methods,
+    .m_slots = slots,
+    .m_traverse = speedups_traverse,
+    .m_clear = speedups_clear,
+    .m_free = speedups_free,
 };
 
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    b64_init();
-    crc_init();
-    return PyModule_Create(&module);
+    return PyModuleDef_Init(&module);
 }

@@ -12,6 +12,7 @@ from caveats import (
     Context,
     Failure,
     Outcome,
+    Policy,
     check_predicates,
     checker,
     decode,
@@ -275,43 +276,51 @@ def test_decoding_is_cached_per_predicate() -> None:
     """Checking a predicate again reuses its decoded caveat instead of decoding it again."""
     predicate = b'[5,["cache-probe-audience"]]'
     check_predicates([predicate], CTX)
-    before = checker._parse_cached.cache_info()
+    first = checker._decoded[predicate]
 
-    check_predicates([predicate, predicate], CTX)
+    fresh = bytes(bytearray(predicate))  # equal bytes, another object (as each token brings)
+    check_predicates([fresh, fresh], CTX)
+    policy = Policy([fresh])
 
-    after = checker._parse_cached.cache_info()
-    assert after.hits - before.hits == 2
-    assert after.misses == before.misses
+    assert checker._decoded[predicate] is first
+    assert policy._steps == (first,)
 
 
 def test_malformed_predicates_are_cached_too() -> None:
     """A bad predicate sent again costs a lookup, not another parse."""
     predicate = b"[999,1,2,3]"
     check_predicates([predicate], CTX)
-    before = checker._parse_cached.cache_info()
+    failure = checker._decoded[predicate]
 
-    check_predicates([predicate], CTX)
+    outcome = check_predicates([predicate], CTX)
 
-    assert checker._parse_cached.cache_info().misses == before.misses
+    assert outcome.failures == [failure]
+    assert checker._decoded[predicate] is failure
 
 
 def test_oversized_predicates_are_not_cached() -> None:
     """Predicates above MAX_CACHED_PREDICATE bytes are decoded each time, bounding cache memory."""
     predicate = b'[5,["' + b"a" * checker.MAX_CACHED_PREDICATE + b'"]]'
-    before = checker._parse_cached.cache_info()
 
     outcome = check_predicates([predicate], Context(now=NOW, audience="a" * 1024))
+    Policy([predicate])
 
     assert outcome.failures == []
-    assert checker._parse_cached.cache_info().currsize == before.currsize
+    assert predicate not in checker._decoded
 
 
 def test_cache_is_bounded() -> None:
-    """The decode cache has a fixed maximum size."""
+    """The decode cache never holds more than CACHE_SIZE predicates: when full it starts again,
+    and what is decoded after that is cached."""
+    checker.clear_decode_cache()
+    for i in range(checker.CACHE_SIZE):
+        Policy([b'[2,"bounded-%d"]' % i])
+    assert len(checker._decoded) == checker.CACHE_SIZE == 65536
 
-    info = checker._parse_cached.cache_info()
+    Policy([b'[2,"one-more"]'])
 
-    assert info.maxsize == checker.CACHE_SIZE == 65536
+    assert len(checker._decoded) == 1
+    assert Policy([b'[2,"one-more"]']).subject == "one-more"
 
 
 def test_cached_results_do_not_leak_between_contexts() -> None:

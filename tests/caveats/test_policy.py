@@ -14,6 +14,7 @@ PREDICATES = [
     b"[0,1763763600]",  # expiry: holds before
     b"[0,1763756400]",  # expiry: past at NOW
     b"[1,1763750000]",  # not before
+    b"[1,1763760000]",  # not before: exactly NOW (Policy folds time caveats into bounds)
     b'[2,"bob"]',
     b'[2,"eve"]',
     b'[3,["read","write"]]',
@@ -38,12 +39,14 @@ PREDICATES = [
 
 contexts = st.builds(
     Context,
-    now=st.sampled_from([NOW, NOW - 10_000, NOW + 10_000, 1763763600.0]),
+    now=st.sampled_from(
+        [NOW, NOW - 10_000, NOW + 10_000, 1763763600.0, 1763763599.5, 1763750000.0, NOW - 0.5]
+    ),
     operation=st.sampled_from([None, "read", "write", "delete"]),
     resource=st.sampled_from([None, "/docs/1", "/etc/passwd"]),
     audience=st.sampled_from([None, "files", "mail"]),
     client_ip=st.sampled_from([None, "10.0.0.5", "192.0.2.1", "not an ip"]),
-    generation=st.sampled_from([0, 3, 4]),
+    generation=st.sampled_from([0, 1, 3, 4]),
 )
 
 
@@ -72,3 +75,15 @@ def test_a_policy_is_checked_afresh_against_each_context() -> None:
 def test_a_malformed_predicate_never_holds() -> None:
     policy = Policy([b'[2,"bob"]', b"[99,1]"])
     assert not policy.holds(Context(now=NOW))
+
+
+def test_policies_without_declared_values_cannot_be_poisoned_through_a_copy() -> None:
+    """Policies with no declared values share one empty dict; what callers get is a copy, so a
+    caller writing into its copy cannot give another token a declared value."""
+    outcome = check_predicates([b'[2,"mallory"]'], Context(now=NOW))
+    outcome.declared["username"] = "admin"
+
+    policy = Policy([b'[2,"alice"]'])
+
+    assert policy.declared == {}
+    assert check_predicates([b'[2,"alice"]'], Context(now=NOW)).declared == {}

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import base64
 import hmac
+import importlib.util
 import tracemalloc
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -313,3 +316,124 @@ def test_decoding_tokens_leaks_nothing(speedups: ModuleType) -> None:
     valid = tokenformat.encode_token(m).encode("ascii")
     bad_base64 = b"tsv1_A.%08x" % zlib.crc32(b"tsv1_A")
     assert _memory_grown_by(speedups.decode_tsv1, (valid, bad_base64)) < 64 * 1024
+
+
+# ---- SHA-256 backends and per-module state (multi-phase init) --------------------------------
+
+
+def _fresh_instance() -> ModuleType:
+    """A second, independent instance of the compiled module, as a fresh import makes it."""
+    spec = importlib.util.find_spec("tokensvc._speedups")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_fast_sha256_binding_is_in_use(speedups: ModuleType) -> None:
+    """OpenSSL's provider functions are bound (the EVP fallback costs ~15% more per HMAC)."""
+    assert speedups._sha256_backend() == "provider"
+
+
+@pytest.mark.parametrize("key_len", [0, 1, 31, 32, 33, 64, 65, 200])
+@pytest.mark.parametrize("msg_len", [0, 1, 55, 56, 64, 191, 192, 193, 1000])
+def test_both_sha256_backends_equal_the_standard_library(
+    speedups: ModuleType, key_len: int, msg_len: int
+) -> None:
+    """The provider binding and the EVP fallback give hmac.digest's answer at every length class
+    (one-buffer and two-part messages, hashed keys)."""
+    evp = _fresh_instance()
+    evp._use_evp()
+    key = bytes(range(256))[:key_len]
+    msg = b"m" * msg_len
+
+    expected = hmac.digest(key, msg, "sha256")
+
+    assert evp._sha256_backend() == "evp"
+    assert speedups.hmac_sha256(key, msg) == expected
+    assert evp.hmac_sha256(key, msg) == expected
+
+
+def test_each_module_instance_keeps_its_own_state(speedups: ModuleType) -> None:
+    """A fresh instance has its own classes and digest context: setting them there changes
+    nothing in the instance tokensvc uses (what single-phase init with statics could not do)."""
+    token = serialize_v2(Macaroon(b"id", (Caveat(b"a"),), bytes(32), b"here"))
+    other = _fresh_instance()
+
+    with pytest.raises(RuntimeError, match="set_types was not called"):
+        other.parse_v2(token, 128)
+
+    class OtherCaveat(NamedTuple):
+        cid: bytes
+        vid: bytes | None
+        location: bytes | None
+
+    class OtherMacaroon(NamedTuple):
+        identifier: bytes
+        caveats: tuple[OtherCaveat, ...]
+        signature: bytes
+        location: bytes | None
+
+    other.set_types(OtherCaveat, OtherMacaroon)
+    other._use_evp()
+    assert type(other.parse_v2(token, 128)) is OtherMacaroon
+    assert type(speedups.parse_v2(token, 128)) is Macaroon
+    assert speedups._sha256_backend() == "provider"
+    assert speedups.first_party_chain(bytes(32), b"id", (Caveat(b"a"),)) == other.first_party_chain(
+        bytes(32), b"id", (OtherCaveat(b"a", None, None),)
+    )
+
+
+_SUBINTERPRETER_SCRIPT = """
+import hmac, pathlib
+from typing import NamedTuple
+from tokensvc import _speedups
+
+class Caveat(NamedTuple):
+    cid: bytes
+    vid: bytes | None = None
+    location: bytes | None = None
+
+class Macaroon(NamedTuple):
+    identifier: bytes
+    caveats: tuple
+    signature: bytes
+    location: bytes | None = None
+
+_speedups.set_types(Caveat, Macaroon)
+parsed = _speedups.decode_tsv1({token!r}, 128)
+ok = (
+    type(parsed) is Macaroon
+    and parsed.identifier == b"id"
+    and [c.cid for c in parsed.caveats] == [b"a", b"b"]
+    and _speedups.hmac_sha256(b"k", b"m") == hmac.digest(b"k", b"m", "sha256")
+)
+pathlib.Path({out!r}).write_text("ok" if ok else "wrong: " + repr(parsed))
+"""
+
+
+def test_a_subinterpreter_imports_its_own_instance(speedups: ModuleType, tmp_path: Path) -> None:
+    """In a subinterpreter the module initialises afresh and works; afterwards this interpreter's
+    instance still builds this interpreter's classes (a static shared with the subinterpreter
+    would now point at its destroyed classes)."""
+    try:
+        import _xxsubinterpreters as interpreters  # CPython 3.11/3.12's low-level API
+    except ImportError:
+        pytest.skip("this Python has no _xxsubinterpreters; the fresh-instance test covers state")
+    m = Macaroon(b"id", (Caveat(b"a"), Caveat(b"b")), bytes(32), b"here")
+    token = tokenformat.encode_token(m).encode("ascii")
+    out = tmp_path / "result"
+
+    interpreter = interpreters.create()
+    try:
+        interpreters.run_string(
+            interpreter, _SUBINTERPRETER_SCRIPT.format(token=token, out=str(out))
+        )
+    finally:
+        interpreters.destroy(interpreter)
+
+    assert out.read_text() == "ok"
+    parsed = speedups.decode_tsv1(token, 128)
+    assert type(parsed) is Macaroon
+    assert all(type(c) is Caveat for c in parsed.caveats)
+    assert parsed == m

@@ -54,8 +54,8 @@ def _hmac_python(key: bytes, msg: bytes) -> bytes:
     return _sha256(key.translate(_OPAD) + inner).digest()
 
 
-# The compiled chain (tokensvc/_speedups.c: OpenSSL's SHA-256 without a context per call) when it
-# was built; _hmac_python is the fallback and the reference the tests hold it to.
+# The compiled chain (tokensvc/_speedups.c: OpenSSL's SHA-256 on one reused digest context) when
+# it was built; _hmac_python is the fallback and the reference the tests hold it to.
 _FirstPartyChain = Callable[[bytes, bytes, tuple[Caveat, ...]], tuple[bytes, list[bytes]] | None]
 _first_party_chain: _FirstPartyChain | None
 _hmac: Callable[[bytes, bytes], bytes]

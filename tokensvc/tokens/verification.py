@@ -284,13 +284,22 @@ class Verifier:
         chained = self.cache.get(cache_key)
         # A hit stands while its root key lives; a revoked key's chains are dropped from the
         # cache (forget_key) when the revocation arrives. A miss or a stale hit: the full path.
-        if chained is None or now >= chained.key_expires_at:
+        if chained is not None and now < chained.key_expires_at:
+            return chained, now
+        if discharges:
             macaroon, identifier, parsed_discharges = self._decode(token, discharges)
-            key = self._cached_key(identifier.key_id, now)
-            if key is None:
-                return None, now
-            chained = self._check_chain(macaroon, identifier, parsed_discharges, key)
-            self.cache.put(cache_key, chained)
+        else:  # _decode inline: the common uncached verify, one call and one tuple fewer
+            limits = self._limits
+            macaroon = decode_token(
+                token, max_bytes=limits.max_token_bytes, max_caveats=limits.max_caveats
+            )
+            identifier = decode_identifier(macaroon.identifier)
+            parsed_discharges = []
+        key = self._cached_key(identifier.key_id, now)
+        if key is None:
+            return None, now
+        chained = self._check_chain(macaroon, identifier, parsed_discharges, key)
+        self.cache.put(cache_key, chained)
         return chained, now
 
     def _decide(
@@ -382,7 +391,7 @@ class Verifier:
                 policy,
                 policy.subject,
                 identifier.token_id.hex(),
-                identifier.key_id,
+                key.id,  # == identifier.key_id (looked up by it), and one string for all its chains
                 identifier.admin,
                 key.expires_ts,
             ),
