@@ -266,8 +266,8 @@ class Verifier:
         """`verify` without awaiting: None when the answer needs a root key from the database.
 
         Everything else — a chain-cache hit, or a miss whose root key is cached — is decided
-        here, which is what lets tokensvc.web.fastverify answer inside the connection's read
-        callback. Raises exactly what `verify` raises.
+        here, which is what lets tokensvc.web.verifyport answer inside the parser's callback.
+        Raises exactly what `verify` raises.
         """
         cache_key: str | tuple[str, ...] = (token, *discharges) if discharges else token
         chained, now = self._chained(cache_key, token, discharges)
