@@ -10,7 +10,6 @@ next round, and the last batch is flushed when the process stops.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -22,9 +21,10 @@ from tokensvc.tokens.registry import TokenRegistry
 
 log = logging.getLogger("tokensvc.tokens.usage")
 
-# At this many distinct tokens waiting, a flush starts at once rather than at the next interval;
-# past it, further ones are dropped until that flush has taken the batch: usage is best effort,
-# memory is not (~200 bytes a token: 20,000 of them are ~4 MB of a verify worker's RSS).
+# Past this many distinct tokens waiting, further ones are dropped until the next flush: usage
+# is best effort, memory is not (~200 bytes a token: 20,000 are ~4 MB of a verify worker's RSS,
+# 200,000 were 40 MB). A flush is not started early when it fills: a stream of distinct tokens
+# would then write tens of thousands of rows a second instead of one batch a minute.
 MAX_PENDING = 20_000
 
 
@@ -40,23 +40,12 @@ class UsageRecorder:
         self._outages = outages
         self.flush_interval = flush_interval
         self.pending: dict[str, float] = {}
-        self._early: asyncio.Task[None] | None = None  # a flush started because pending is full
 
     def record(self, token_id: str, now: float) -> None:
         """Note a use (no I/O)."""
         pending = self.pending
         if len(pending) < MAX_PENDING or token_id in pending:
             pending[token_id] = now
-        elif self._early is None:
-            self._early = asyncio.get_running_loop().create_task(self._flush_early())
-
-    async def _flush_early(self) -> None:
-        try:
-            await self.flush()
-        except Exception:  # the interval's flush retries it (and logs an outage)
-            log.debug("early flush of token last-use times failed", exc_info=True)
-        finally:
-            self._early = None
 
     async def flush(self) -> int:
         """Write what was recorded since the last flush; how many tokens."""
@@ -86,8 +75,6 @@ class UsageRecorder:
         )
         async with tasks_running(flushing):
             yield
-        if self._early is not None:
-            await self._early
         try:
             await self.flush()
         except Exception:
