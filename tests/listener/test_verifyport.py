@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -385,3 +386,153 @@ async def test_over_native_tls_answers_carry_hsts_and_match_the_apps(
         assert {k.lower() for k in resp.headers if k.lower() not in PER_ANSWER} == {
             k.lower() for k in reference.headers if k.lower() not in PER_ANSWER
         } | {"strict-transport-security"}
+
+
+# ---- what a red-team pass found (issue 17) ----------------------------------------------------------
+
+
+async def test_one_clients_pipelined_flood_does_not_hold_the_loop_for_another(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2,000 requests in one write on one connection are answered PER_TURN at a time with the
+    loop yielded in between: a health check on another connection is answered among them, not
+    after all of them."""
+    answered: list[str] = []
+    record = verifyport.record_request
+
+    def recording(request_id: str, method: str, path: str, *args: object) -> None:
+        answered.append(path)
+        record(request_id, method, path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(verifyport, "record_request", recording)
+    count = 2000
+    flood_reader, flood = await connect(client)
+    reader, writer = await connect(client)
+    try:
+        flood.write(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n" * count)
+        await flood.drain()
+        for _ in range(200):  # until the listener has begun on the flood
+            if answered:
+                break
+            await asyncio.sleep(0.005)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_answer(reader))[0] == 200
+        for _ in range(count):
+            assert (await read_answer(flood_reader))[0] == 404
+    finally:
+        flood.close()
+        writer.close()
+    assert answered.index("/healthz") < count
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nX\r\n",
+        b"GET /healthz HTTP/1.0\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n",
+    ],
+    ids=["bytes-after-close", "http10-twice"],
+)
+async def test_bytes_after_a_request_that_ends_the_connection_are_dropped_quietly(
+    client: Client, after: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader, writer = await connect(client)
+    try:
+        writer.write(after)
+        assert (await read_answer(reader))[0] == 200
+        assert await closed(reader)
+    finally:
+        writer.close()
+    await asyncio.sleep(0.1)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_trailers_are_never_read_as_headers(client: Client, token: str) -> None:
+    """Fields after a chunked body (trailers) change nothing: not the coding of the body, not
+    the request id; the listener answers what the app answers."""
+    body = gzip.compress(verify_body(token))
+    request = (
+        b"POST /v1/verify HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+        b"X-Request-ID: in-the-head\r\n\r\n"
+        + f"{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\nContent-Encoding: gzip\r\nX-Request-ID: in-a-trailer\r\n\r\n"
+    )
+    server = listener_of(client)
+    statuses = []
+    for port in (server.verify_port, server.port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request)
+            status, headers, _ = await read_answer(reader)
+        finally:
+            writer.close()
+        statuses.append(status)
+        assert headers["x-request-id"] == "in-the-head"
+    assert statuses == [400, 400]  # gzip bytes read as they are: not JSON, on both ports
+
+
+async def test_a_head_request_gets_headers_and_no_body(client: Client) -> None:
+    reader, writer = await connect(client)
+    try:
+        writer.write(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nHEAD /v1/verify HTTP/1.1\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 405 ")  # the next answer starts right there
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_answer(reader))[0] == 200
+    finally:
+        writer.close()
+
+
+async def test_a_client_that_never_reads_is_dropped_after_the_keepalive_timeout(
+    client: Client,
+) -> None:
+    listener = listener_of(client).listener
+    assert listener is not None
+    endpoint = listener[1]
+    endpoint.keepalive_timeout = 0.5
+    _, writer = await connect(client)
+    try:
+        writer.write(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n" * 20000)  # ~2 MB of answers
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if not endpoint.connections:
+                break
+        assert not endpoint.connections
+    finally:
+        writer.close()
+
+
+async def test_a_declared_length_over_the_limit_and_an_expect_elsewhere_are_answered_at_once(
+    client: Client, app_config: Config
+) -> None:
+    reader, writer = await connect(client)
+    try:
+        writer.write(
+            b"POST /v1/verify HTTP/1.1\r\nHost: t\r\n"
+            + f"Content-Length: {app_config.max_body_bytes + 1}\r\n\r\n".encode()
+        )
+        status, headers, _ = await read_answer(reader)  # without the body ever being sent
+        assert status == 413 and headers["connection"] == "close"
+    finally:
+        writer.close()
+    reader, writer = await connect(client)
+    try:
+        writer.write(b"POST /nope HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n")
+        writer.write(b"Content-Length: 10\r\n\r\n")
+        status, headers, _ = await read_answer(reader)
+        assert status == 404 and headers["connection"] == "close"
+    finally:
+        writer.close()
+
+
+async def test_a_request_target_over_the_head_bound_is_431(client: Client) -> None:
+    reader, writer = await connect(client)
+    try:
+        path = "/v1/verify?" + "a" * (verifyport.MAX_HEAD_BYTES + 10)
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n".encode())
+        assert (await read_answer(reader))[0] == 431
+    finally:
+        writer.close()

@@ -32,8 +32,9 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import formatdate
+from functools import partial
 from http import HTTPStatus
 from ssl import SSLContext
 from time import perf_counter
@@ -67,6 +68,10 @@ MAX_HEAD_BYTES: Final = 16 * 1024
 MAX_HEADERS: Final = 100
 # Answers held for order behind one that waits for a key, before the connection stops reading.
 MAX_PENDING: Final = 64
+# Verifies one read may decide at once; the rest of a pipelined batch is decided PER_TURN at a
+# time on later turns of the event loop, with reading paused, so every other connection gets
+# its turn in between (a client sending thousands of requests in one write must not stall them).
+PER_TURN: Final = 16
 # aiohttp's keep-alive (web.run_app's default): an idle connection, or one whose request does
 # not complete, is closed after this long without an answer.
 KEEPALIVE_TIMEOUT: Final = 75.0
@@ -245,9 +250,14 @@ _REQUEST_ID: Final = b"x-request-id"
 _FORWARDED_FOR: Final = b"x-forwarded-for"
 _CONTENT_ENCODING: Final = b"content-encoding"
 _EXPECT: Final = b"expect"
+_CONTENT_LENGTH: Final = b"content-length"
 _OURS_FIRST: Final = (b"x", b"X", b"c", b"C", b"e", b"E")
 _CLOSE: Final = b"Connection: close\r\n"
 _NOT_FOUND: Final = Answer(404, orjson.dumps(error_body("not_found", "Not Found")))
+_HEALTHY: Final = Answer(200, b'{"status":"ok"}')
+_TOO_LARGE: Final = Answer(
+    413, orjson.dumps(error_body("payload_too_large", "request body too large"))
+)
 _NOT_ALLOWED_POST: Final = Answer(
     405, orjson.dumps(error_body("method_not_allowed", "Method Not Allowed")), b"Allow: POST\r\n"
 )
@@ -255,6 +265,23 @@ _NOT_ALLOWED_GET: Final = Answer(
     405, orjson.dumps(error_body("method_not_allowed", "Method Not Allowed")), b"Allow: GET\r\n"
 )
 _KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
+
+
+class _Deferred:
+    """A complete request read past its read's budget (PER_TURN): answered on a later turn of
+    the event loop, so one client's pipelined batch cannot hold the loop for every other caller."""
+
+    __slots__ = ("data", "make", "task")
+
+    def __init__(self, make: Callable[[], bytes | asyncio.Task[bytes]]) -> None:
+        self.make = make
+        self.data: bytes | None = None  # the answer, once made without I/O
+        self.task: asyncio.Task[bytes] | None = None  # or the task making it
+
+
+# What the connection's queue holds, in request order: an answer, a task making one, or a verify
+# still to be decided; and whether the connection ends after it.
+_Item = bytes | asyncio.Task[bytes] | _Deferred
 
 
 class VerifyConnection(asyncio.Protocol):
@@ -266,9 +293,14 @@ class VerifyConnection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._peer: str | None = None
-        # Answers (bytes) and tasks still making theirs, in request order; empty: write at once.
-        self._pending: deque[tuple[bytes | asyncio.Task[bytes], bool]] = deque()
+        # Answers and what will make them, in request order; empty: an answer is written at once.
+        self._pending: deque[tuple[_Item, bool]] = deque()
+        # Verifies past a read's budget, decided PER_TURN at a time on later turns of the loop.
+        self._backlog: deque[_Deferred] = deque()
+        self._draining = False  # a turn of _drain is scheduled
+        self._budget = PER_TURN  # verifies this read may still decide at once
         self._closing = False  # an answer that ends the connection has been queued or written
+        self._finished = False  # the transport has been told to end: nothing more is written
         self._read_paused = False
         self._write_paused = False
         self._deadline = 0.0
@@ -279,6 +311,7 @@ class VerifyConnection(asyncio.Protocol):
     def _reset(self) -> None:
         """Per-request state, before each request's first byte."""
         self._in_head = False
+        self._head_done = False  # headers complete: what follows on_header now are trailers
         self._head_bytes = 0  # of the request line and the headers llhttp has handed over
         self._raw_head = 0  # read while the head was incomplete, after the read it began in
         self._oversized_head = False
@@ -288,9 +321,11 @@ class VerifyConnection(asyncio.Protocol):
         self._forwarded: list[bytes] | None = None
         self._encodings: list[bytes] | None = None
         self._expect = False
+        self._length = b""  # Content-Length as sent (llhttp has checked it is one number)
         self._body = b""  # usually one piece; more are joined (bounded by the body limit)
         self._body_bytes = 0
         self._refusal: Answer | None = None  # decided before the body: sent when it completes
+        self._head_method = False  # a HEAD: its answer has no body
         self._start = 0.0
 
     # ---- asyncio.Protocol -----------------------------------------------------------------------
@@ -314,14 +349,17 @@ class VerifyConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         for item, _close in self._pending:
-            if not isinstance(item, bytes):
-                item.cancel()
+            task = item.task if isinstance(item, _Deferred) else item
+            if isinstance(task, asyncio.Task):
+                task.cancel()
         self._pending.clear()
+        self._backlog.clear()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return  # an answer that ends the connection is out or queued: nothing more is read
         begun = self._begun
+        self._budget = PER_TURN
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -330,6 +368,8 @@ class VerifyConnection(asyncio.Protocol):
             self._finish()
             return
         except httptools.HttpParserError:
+            if self._closing:
+                return  # bytes after a request that ended the connection: not read, not answered
             if self._oversized_head:
                 self._refuse_head()
             else:
@@ -370,6 +410,9 @@ class VerifyConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._oversized_head = True  # answered 431 by data_received
+            raise httptools.HttpParserError("request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers += 1
@@ -379,7 +422,9 @@ class VerifyConnection(asyncio.Protocol):
             # data_received tells this one by the flag and answers 431.
             self._oversized_head = True
             raise httptools.HttpParserError("request header fields too large")
-        if name[:1] not in _OURS_FIRST:
+        if self._head_done or name[:1] not in _OURS_FIRST:
+            # Trailers (fields after a chunked body) are counted but never read: the API port's
+            # aiohttp does not read them either, and a proxy may pass them unchecked.
             return  # Host, Content-Type, User-Agent…: none of ours starts like them
         name = name.lower()
         if name == _REQUEST_ID:
@@ -395,26 +440,38 @@ class VerifyConnection(asyncio.Protocol):
                 self._encodings = [value]
             else:
                 self._encodings.append(value)
+        elif name == _CONTENT_LENGTH:
+            self._length = value
         elif name == _EXPECT:
             self._expect = value.strip().lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._head_done = True
         method = self._parser.get_method()
-        if self._url == b"/v1/verify" and method == b"POST" and self._encodings is None:
-            if self._expect:
+        if (
+            self._url == b"/v1/verify"
+            and method == b"POST"
+            and self._encodings is None
+            and len(self._length) < 7  # at most 999,999 bytes: the limit is checked below
+        ):
+            if self._length and int(self._length) > self._endpoint.max_body:
+                self._refuse_body()
+            elif self._expect:
                 self._emit(_CONTINUE, close=False)
             return  # the request every service sends: nothing to refuse
         path = self._path()
+        self._head_method = method == b"HEAD"
         if path == HEALTH_PATH:
             # Liveness of this process, for a probe of the verify port (as the app's /healthz).
-            self._refusal = (
-                Answer(200, b'{"status":"ok"}') if method == b"GET" else _NOT_ALLOWED_GET
-            )
+            self._refusal = _HEALTHY if method in (b"GET", b"HEAD") else _NOT_ALLOWED_GET
         elif path != PATH:
             self._refusal = _NOT_FOUND
         elif method != b"POST":
             self._refusal = _NOT_ALLOWED_POST
+        elif self._length and int(self._length) > self._endpoint.max_body:
+            self._refuse_body()
+            return
         elif self._encodings is not None:
             try:
                 content_coding(
@@ -424,20 +481,19 @@ class VerifyConnection(asyncio.Protocol):
                 )
             except TokensvcError as exc:
                 self._refusal = self._endpoint.error(exc)
-        if self._refusal is None and self._expect:
-            self._emit(_CONTINUE, close=False)
+        if self._expect:
+            if self._refusal is None:
+                self._emit(_CONTINUE, close=False)
+            else:
+                # The client waits for 100 before it sends its body: answer now, read no more.
+                self._answer_refusal(close=True)
 
     def on_body(self, body: bytes) -> None:
-        if self._refusal is not None:
+        if self._refusal is not None or self._closing:
             return  # not read: the answer is already decided
         self._body_bytes += len(body)
         if self._body_bytes > self._endpoint.max_body:
-            # Too large, as the app answers it (jsonio.read_body); the rest is not read.
-            self._refusal = Answer(
-                413, orjson.dumps(error_body("payload_too_large", "request body too large"))
-            )
-            self._answer_refusal(close=True)
-            self._closing = True
+            self._refuse_body()  # a chunked body, or a length llhttp did not hand us
             return
         self._body = self._body + body if self._body else body
 
@@ -449,7 +505,6 @@ class VerifyConnection(asyncio.Protocol):
             self._answer_refusal(close=not keep_alive)
             return
         endpoint = self._endpoint
-        body = self._body
         coding = None
         if self._encodings is not None:
             coding = content_coding(
@@ -458,33 +513,103 @@ class VerifyConnection(asyncio.Protocol):
         request_id = request_id_for(
             self._request_id.decode("latin-1") if self._request_id is not None else None
         )
+        client = (
+            endpoint.client(self._peer, self._forwarded) if endpoint.trusted_proxies else self._peer
+        )
+        connection = self._connection_header(keep_alive)
+        if not keep_alive:
+            self._closing = True
+        if self._budget > 0 and not self._backlog:
+            self._budget -= 1
+            item = self._decide(self._body, coding, request_id, self._start, client, connection)
+            self._put(item, close=not keep_alive)
+        else:
+            make = partial(
+                self._decide, self._body, coding, request_id, self._start, client, connection
+            )
+            self._defer(make, close=not keep_alive)
+
+    def _put(self, item: bytes | asyncio.Task[bytes], *, close: bool) -> None:
+        """Queue (or write) an answer, or the task making it."""
+        if isinstance(item, bytes):
+            self._emit(item, close=close)
+            return
+        self._pending.append((item, close))
+        if len(self._pending) >= MAX_PENDING:
+            self._pause_reading()
+
+    def _defer(self, make: Callable[[], bytes | asyncio.Task[bytes]], *, close: bool) -> None:
+        """This read has had its share of the loop: answer on a later turn, in order."""
+        deferred = _Deferred(make)
+        self._pending.append((deferred, close))
+        self._backlog.append(deferred)
+        self._pause_reading()
+        if not self._draining:
+            self._draining = True
+            self._loop.call_soon(self._drain)
+
+    # ---- deciding ---------------------------------------------------------------------------------
+
+    def _decide(
+        self,
+        body: bytes,
+        coding: str | None,
+        request_id: str,
+        start: float,
+        client: str | None,
+        connection: bytes,
+    ) -> bytes | asyncio.Task[bytes]:
+        """The answer to a verify, or the task making it when a root key must be read first."""
+        endpoint = self._endpoint
         # Security events logged while answering carry the request's id, as in the pipeline.
         bound = CURRENT_REQUEST_ID.set(request_id)
         try:
             decided = endpoint.decide(body, coding)
-            client = (
-                endpoint.client(self._peer, self._forwarded)
-                if endpoint.trusted_proxies
-                else self._peer
-            )
-            connection = self._connection_header(keep_alive)
             if isinstance(decided, Answer):
-                rendered = endpoint.render(
-                    decided, request_id, "POST", PATH, PATH, self._start, client, connection
+                return endpoint.render(
+                    decided, request_id, "POST", PATH, PATH, start, client, connection
                 )
-                self._emit(rendered, close=not keep_alive)
-                return
         finally:
             CURRENT_REQUEST_ID.reset(bound)
-        task = self._loop.create_task(
-            self._later(decided, request_id, self._start, client, connection)
-        )
-        self._pending.append((task, not keep_alive))
-        if not keep_alive:
-            self._closing = True
+        task = self._loop.create_task(self._later(decided, request_id, start, client, connection))
         task.add_done_callback(self._task_done)
-        if len(self._pending) >= MAX_PENDING:
-            self._pause_reading()
+        return task
+
+    def _drain(self) -> None:
+        """Answer up to PER_TURN requests of the backlog, then yield the loop to the others."""
+        self._draining = False
+        backlog = self._backlog
+        for _ in range(PER_TURN):
+            if not backlog or self._transport is None:
+                break
+            d = backlog.popleft()
+            item = d.make()
+            if isinstance(item, bytes):
+                d.data = item
+            else:
+                d.task = item
+        self._flush()
+        if backlog and self._transport is not None:
+            self._draining = True
+            self._loop.call_soon(self._drain)
+
+    async def _later(
+        self,
+        asked: VerifyBody,
+        request_id: str,
+        start: float,
+        client: str | None,
+        connection: bytes,
+    ) -> bytes:
+        endpoint = self._endpoint
+        CURRENT_REQUEST_ID.set(request_id)  # this task's own context
+        try:
+            decided = await endpoint.decide_later(asked)
+        except asyncio.CancelledError:
+            # The client went away first (nginx's 499), as the pipeline counts it.
+            record_request(request_id, "POST", PATH, PATH, 499, start, client)
+            raise
+        return endpoint.render(decided, request_id, "POST", PATH, PATH, start, client, connection)
 
     # ---- helpers ------------------------------------------------------------------------------------
 
@@ -505,54 +630,47 @@ class VerifyConnection(asyncio.Protocol):
             return _KEEP_ALIVE
         return b""
 
-    async def _later(
-        self,
-        asked: VerifyBody,
-        request_id: str,
-        start: float,
-        client: str | None,
-        connection: bytes,
-    ) -> bytes:
-        endpoint = self._endpoint
-        CURRENT_REQUEST_ID.set(request_id)  # this task's own context
-        try:
-            decided = await endpoint.decide_later(asked)
-        except asyncio.CancelledError:
-            # The client went away first (nginx's 499), as the pipeline counts it.
-            record_request(request_id, "POST", PATH, PATH, 499, start, client)
-            raise
-        return endpoint.render(
-            decided,
-            request_id,
-            method="POST",
-            path=PATH,
-            route=PATH,
-            start=start,
-            client=client,
-            connection=connection,
-        )
-
     def _answer_refusal(self, *, close: bool) -> None:
+        """Answer the request with the refusal (or health answer) decided from its head."""
         refusal = self._refusal
         assert refusal is not None  # noqa: S101 - narrows the type; set before the call
         path = self._path()
-        route = path if path in (PATH, HEALTH_PATH) else UNMATCHED
-        request_id = request_id_for(
-            self._request_id.decode("latin-1") if self._request_id is not None else None
-        )
+        rid = self._request_id.decode("latin-1") if self._request_id is not None else None
         method = self._parser.get_method().decode("latin-1")
         client = self._endpoint.client(self._peer, self._forwarded)
+        connection = _CLOSE if close else self._connection_header(keep_alive=True)
+        args = (refusal, rid, method, path, self._start, client, connection, self._head_method)
+        if self._budget > 0 and not self._backlog:
+            self._budget -= 1
+            self._emit(self._render_refusal(*args), close=close)
+        else:
+            self._defer(partial(self._render_refusal, *args), close=close)
+
+    def _render_refusal(
+        self,
+        refusal: Answer,
+        rid: str | None,
+        method: str,
+        path: str,
+        start: float,
+        client: str | None,
+        connection: bytes,
+        head: bool,
+    ) -> bytes:
+        route = path if path in (PATH, HEALTH_PATH) else UNMATCHED
         rendered = self._endpoint.render(
-            refusal,
-            request_id,
-            method=method,
-            path=path,
-            route=route,
-            start=self._start,
-            client=client,
-            connection=_CLOSE if close else self._connection_header(keep_alive=True),
+            refusal, request_id_for(rid), method, path, route, start, client, connection
         )
-        self._emit(rendered, close=close)
+        if head:
+            # A HEAD is answered with the headers a GET would get (Content-Length included),
+            # never a body: the client reads none, so one here would be its next answer.
+            rendered = rendered[: len(rendered) - len(refusal.body)]
+        return rendered
+
+    def _refuse_body(self) -> None:
+        """A body over the limit, as the app answers it (jsonio.read_body): 413, read no more."""
+        self._refusal = _TOO_LARGE
+        self._answer_refusal(close=True)
 
     def _refuse(self, exc: TokensvcError, status: int | None = None) -> None:
         """Answer a request llhttp refused (or that broke a bound), then close the connection."""
@@ -562,12 +680,12 @@ class VerifyConnection(asyncio.Protocol):
         rendered = self._endpoint.render(
             answer_,
             request_id_for(None),
-            method="-",
-            path="-",
-            route=UNMATCHED,
-            start=self._start or perf_counter(),
-            client=self._peer,
-            connection=_CLOSE,
+            "-",
+            "-",
+            UNMATCHED,
+            self._start or perf_counter(),
+            self._peer,
+            _CLOSE,
         )
         self._emit(rendered, close=True)
 
@@ -576,6 +694,8 @@ class VerifyConnection(asyncio.Protocol):
 
     def _emit(self, data: bytes, *, close: bool) -> None:
         """Write an answer now, or queue it behind answers not made yet (request order)."""
+        if self._finished:
+            return
         if close:
             self._closing = True
         if self._pending:
@@ -601,8 +721,15 @@ class VerifyConnection(asyncio.Protocol):
         """Write the answers at the head of the queue that are ready, in order."""
         pending = self._pending
         transport = self._transport
-        while pending and transport is not None:
+        while pending and transport is not None and not self._finished:
             item, close = pending[0]
+            if isinstance(item, _Deferred):
+                if item.task is not None:
+                    item = item.task
+                elif item.data is not None:
+                    item = item.data
+                else:
+                    break  # not decided yet: _drain comes back to it
             if not isinstance(item, bytes):
                 if not item.done():
                     break
@@ -624,8 +751,9 @@ class VerifyConnection(asyncio.Protocol):
             self._pending.append((b"", True))
             return
         transport = self._transport
-        if transport is None:
+        if transport is None or self._finished:
             return
+        self._finished = True
         if not transport.can_write_eof():  # TLS: close_notify, then the close
             transport.close()
             return
@@ -637,21 +765,27 @@ class VerifyConnection(asyncio.Protocol):
         if self._read_paused:
             self._read_paused = False
             transport.resume_reading()
-        self._loop.call_later(LINGER, transport.close)
+        self._loop.call_later(LINGER, transport.abort if self._write_paused else transport.close)
 
     def _touch(self) -> None:
         self._deadline = self._loop.time() + self._endpoint.keepalive_timeout
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._transport is None:
+        transport = self._transport
+        if transport is None:
             return
         now = self._loop.time()
-        if self._pending:  # answers still being made: not idle
-            self._touch()
-        elif now >= self._deadline:
-            self._transport.close()
-            return
+        if now >= self._deadline:
+            if self._write_paused or transport.get_write_buffer_size():
+                # A client that stopped reading its answers: a close would wait for it forever
+                # (kernel buffers and a descriptor held), so the connection is dropped.
+                transport.abort()
+                return
+            if not self._pending:
+                transport.close()
+                return
+            self._touch()  # answers still being made (a key read): not idle
         self._timer = self._loop.call_at(self._deadline, self._on_timer)
 
     def _pause_reading(self) -> None:
@@ -663,6 +797,7 @@ class VerifyConnection(asyncio.Protocol):
         if (
             self._read_paused
             and not self._write_paused
+            and not self._backlog
             and len(self._pending) < MAX_PENDING
             and self._transport is not None
             and not self._closing
