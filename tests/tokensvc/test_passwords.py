@@ -130,6 +130,18 @@ async def test_password_policy_is_enforced_without_echo(hasher: PasswordHasher) 
     check_policy("x" * 1024)
 
 
+@pytest.mark.parametrize(
+    "password",
+    ["¾«Ck\U000957ef9", "ﬀ" * 1025],
+    ids=["short-as-sent-long-after-nfkc", "1025-characters-shorter-bytes-after-nfkc"],
+)
+def test_length_holds_as_sent_and_after_normalisation(password: str) -> None:
+    """openapi.yaml's minLength/maxLength count the text as sent; NFKC can lengthen it ("¾" is
+    "3⁄4") or shorten it: the policy holds both counts, so what the schema refuses is refused."""
+    with pytest.raises(BadRequest):
+        check_policy(password)
+
+
 async def test_passwords_are_nfkc_normalised(hasher: PasswordHasher) -> None:
     """The same password typed as full-width or composed characters is one password."""
     stored = await hasher.hash("ｐａｓｓｗｏｒｄ１２")  # full-width forms

@@ -94,8 +94,12 @@ def check_policy(password: str) -> None:
     if any("\ud800" <= char <= "\udfff" for char in password):
         raise BadRequest("the password must be valid Unicode text")
     normalised = unicodedata.normalize("NFKC", password)
-    if len(normalised) < MIN_PASSWORD_LENGTH:
+    # Counted as sent and after normalisation, so that a password that NFKC lengthens ("¾" is
+    # "3⁄4") still has the length openapi.yaml's minLength asks of the text as sent.
+    if min(len(password), len(normalised)) < MIN_PASSWORD_LENGTH:
         raise BadRequest(f"the password must be at least {MIN_PASSWORD_LENGTH} characters long")
+    if len(password) > MAX_PASSWORD_BYTES:
+        raise BadRequest(f"the password must be at most {MAX_PASSWORD_BYTES} characters long")
     if len(normalised.encode("utf-8")) > MAX_PASSWORD_BYTES:
         raise BadRequest(f"the password must be at most {MAX_PASSWORD_BYTES} bytes of UTF-8")
 
