@@ -18,9 +18,11 @@ from caveats.registry import Caveat, decode
 from caveats.result import REASON_ECHO_LIMIT, SUCCESS, Failure, Success, clip
 from caveats.standard import Expiry, Subject
 
-#: How many decoded predicates the cache holds (about the caveats of every live token on a busy
-#: node; a miss only costs a decode). When it is full it is emptied and fills again.
-CACHE_SIZE: Final = 65536
+#: How many decoded predicates the cache holds: the shared ones (operations, resources,
+#: audiences: few distinct values) and the recent per-token ones; a miss only costs a decode.
+#: When it is full it is emptied and fills again. ~16,000 entries are ~4 MB of a verify
+#: worker's RSS (65,536 were ~16 MB under a stream of distinct tokens, for no more hits).
+CACHE_SIZE: Final = 16384
 #: Longer predicates are decoded every time rather than cached, which bounds the cache's memory
 #: (CACHE_SIZE × this) however predicates are chosen. Real caveats are tens of bytes.
 MAX_CACHED_PREDICATE: Final = 1024

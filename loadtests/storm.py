@@ -240,7 +240,8 @@ def run(argv: list[str] | None = None) -> int:
         "--workers",
         type=int,
         default=1,
-        help="tokensvc serve --workers N (default 1): N verify processes on the port, one lane",
+        help="tokensvc serve --workers N (default 1): N verify processes on the verify port, one"
+        " API process",
     )
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument(
@@ -452,7 +453,8 @@ def _mode(params: dict[str, Any]) -> str:
     processes = f"{workers} workers" if workers > 1 else "one worker"
     if params.get("one_process"):
         return f"{processes}, each serving everything"
-    return f"{processes} + a lane" if workers > 1 else "verify process + lane"
+    verifiers = f"{workers} verify processes" if workers > 1 else "verify process"
+    return f"{verifiers} + API process"
 
 
 def render(data: dict[str, Any]) -> str:

@@ -224,7 +224,9 @@ class Config(BaseSettings):
     # queue); a flood at a locked-out account is cheap and should still hear 429, not overload.
     login_max_concurrent: Annotated[int, _whole(1, 1_000_000)] = 128
     login_max_queue: Annotated[int, _whole(0, 1_000_000)] = 256
-    verify_cache_entries: Annotated[int, _whole(0, 100_000_000)] = 50_000
+    # ~1.4 KB each: 20,000 keep a verify worker within 150 MB whatever the token stream; a
+    # deployment with a bigger working set of live tokens can raise it (and its memory).
+    verify_cache_entries: Annotated[int, _whole(0, 100_000_000)] = 20_000
     # `tokensvc serve` also listens on a port of its own for POST /v1/verify only
     # (tokensvc.web.verifyport: httptools' llhttp and an asyncio protocol, no aiohttp request
     # machinery). None: the service port + 1. TOKENSVC_VERIFY_PORT=off turns it off; /v1/verify
