@@ -41,25 +41,8 @@ def key_body(info: KeyInfo) -> dict[str, Any]:
 
 
 def record_body(record: TokenRecord, *, now: datetime) -> dict[str, Any]:
-    if record.revoked_at is not None:
-        status = "revoked"
-    elif record.expires_at <= now:
-        status = "expired"
-    else:
-        status = "active"
-    return {
-        "token_id": record.token_id,
-        "subject": record.subject,
-        "description": record.description,
-        "created_by": record.created_by,
-        "created_at": iso(record.created_at),
-        "expires_at": iso(record.expires_at),
-        "last_used_at": iso(record.last_used_at),
-        "revoked_at": iso(record.revoked_at),
-        "admin": record.admin,
-        "kind": record.kind,
-        "status": status,
-    }
+    """Registry metadata, as TokenRecord.public shows it (the API and the CLI alike)."""
+    return record.public(now=now)
 
 
 def audit_body(entry: AuditEntry) -> dict[str, Any]:

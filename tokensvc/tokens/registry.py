@@ -73,6 +73,33 @@ class TokenRecord:
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
 
+    def public(self, *, now: datetime) -> dict[str, object]:
+        """The record as the API and the CLI show it: no token, no key, nothing that verifies;
+        times in RFC 3339 UTC, whole seconds."""
+        if self.revoked_at is not None:
+            status = "revoked"
+        elif self.expires_at <= now:
+            status = "expired"
+        else:
+            status = "active"
+        return {
+            "token_id": self.token_id,
+            "subject": self.subject,
+            "description": self.description,
+            "created_by": self.created_by,
+            "created_at": _rfc3339(self.created_at),
+            "expires_at": _rfc3339(self.expires_at),
+            "last_used_at": _rfc3339(self.last_used_at),
+            "revoked_at": _rfc3339(self.revoked_at),
+            "admin": self.admin,
+            "kind": self.kind,
+            "status": status,
+        }
+
+
+def _rfc3339(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 def _record(row: RowMapping) -> TokenRecord:
     return TokenRecord(**{c.key: row[c.key] for c in _TABLE.columns})

@@ -99,31 +99,9 @@ async def mint(request: web.Request) -> web.Response:
     return json_response(minted_body(minted), status=201)
 
 
-def _when(value: datetime | None) -> str | None:
-    return None if value is None else iso(value.timestamp())
-
-
 def record_body(record: TokenRecord, *, now: datetime) -> dict[str, Any]:
-    """Registry metadata: no token, no key, nothing that verifies."""
-    if record.revoked_at is not None:
-        status = "revoked"
-    elif record.expires_at <= now:
-        status = "expired"
-    else:
-        status = "active"
-    return {
-        "token_id": record.token_id,
-        "subject": record.subject,
-        "description": record.description,
-        "created_by": record.created_by,
-        "created_at": _when(record.created_at),
-        "expires_at": _when(record.expires_at),
-        "last_used_at": _when(record.last_used_at),
-        "revoked_at": _when(record.revoked_at),
-        "admin": record.admin,
-        "kind": record.kind,
-        "status": status,
-    }
+    """Registry metadata, as TokenRecord.public shows it (the API and the CLI alike)."""
+    return record.public(now=now)
 
 
 def _flag(request: web.Request, name: str) -> bool:
