@@ -6,6 +6,7 @@ import contextlib
 import re
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,3 +117,39 @@ def test_workers_stop_cleanly_on_sigterm(two_workers: tuple[str, subprocess.Pope
     assert code == 0
     with pytest.raises(OSError):  # noqa: PT011 - refused or reset, whichever the closed port gives
         _get(base + "/healthz")
+
+
+def _children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children]
+
+
+def test_every_process_says_what_it_is(two_workers: tuple[str, subprocess.Popen[bytes]]) -> None:
+    """In `ps`, the supervisor, the API process and each verify process name themselves
+    (setproctitle), instead of `python -c from multiprocessing.spawn import …`."""
+    base, proc = two_workers
+    port = base.rsplit(":", 1)[1]
+
+    def title(pid: int) -> str:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+
+    titles = sorted(title(pid) for pid in _children(proc.pid) if "tokensvc" in title(pid))
+
+    assert title(proc.pid) == "tokensvc: supervisor"
+    assert titles[0] == f"tokensvc: api :{port}"
+    assert len(titles) == 3
+    assert all(t.startswith("tokensvc: verify :") for t in titles[1:])
+
+
+def test_no_answer_names_the_server_software_or_its_version(
+    two_workers: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    """`Server: tokensvc`, not `Python/3.11 aiohttp/3.14.5`, on an answer, a 404 and an error."""
+    base, _ = two_workers
+    for path in ("/healthz", "/nope"):
+        try:
+            with urllib.request.urlopen(base + path, timeout=10) as resp:
+                server = resp.headers["Server"]
+        except urllib.error.HTTPError as exc:
+            server = exc.headers["Server"]
+        assert server == "tokensvc", path
