@@ -6,8 +6,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final, TypeVar
 
-from sqlalchemy import DateTime, Dialect, MetaData, event
+from sqlalchemy import DateTime, Dialect, MetaData, Table, event
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -242,3 +243,18 @@ async def run(
         finally:
             await conn.close()
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def insert_unless_present(
+    conn: AsyncConnection, table: Table, values: dict[str, Any]
+) -> None:
+    """INSERT `values` into `table` unless a row with the same `id` exists (the first writer wins:
+    two replicas creating the same key at once both end up reading the one row)."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        stmt: Any = postgresql.insert(table).values(values)
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(table).values(values)
+    else:  # pragma: no cover - create_engine only makes the two above
+        raise ValueError(f"unsupported dialect {dialect!r}")
+    await conn.execute(stmt.on_conflict_do_nothing(index_elements=[table.c.id]))

@@ -23,12 +23,11 @@ from typing import Any, Final, TypeVar
 
 from nacl.bindings import crypto_scalarmult_base
 from sqlalchemy import LargeBinary, String, Table, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keystore.crypto import KeyEncryptionKey, SecretBytes
-from keystore.db import Base
+from keystore.db import Base, insert_unless_present
 from keystore.db import run as run_database
 from keystore.errors import KeyDecryptionError
 from keystore.sealing import Sealed, Sealer, as_sealer
@@ -127,7 +126,7 @@ async def load_discharger_key(
             "ciphertext": sealed.ciphertext,
             "created_at": fresh.created_at,
         }
-        await _run(engine, lambda conn: _insert_unless_present(conn, values), write=True)
+        await _run(engine, lambda conn: insert_unless_present(conn, _TABLE, values), write=True)
         # Whoever won the race, the row in the database is the key: read it back.
         row = await _run(engine, lambda conn: _select(conn, key_id), write=False)
         if row is None:  # pragma: no cover - only if someone deletes it between the two steps
@@ -151,17 +150,6 @@ def _decrypt(row: dict[str, Any], sealer: Sealer) -> DischargerKey:
 async def _select(conn: AsyncConnection, key_id: str) -> dict[str, Any] | None:
     found = (await conn.execute(select(_TABLE).where(_TABLE.c.id == key_id))).mappings().first()
     return None if found is None else dict(found)
-
-
-async def _insert_unless_present(conn: AsyncConnection, values: dict[str, Any]) -> None:
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        stmt: Any = postgresql.insert(_TABLE).values(values)
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(_TABLE).values(values)
-    else:  # pragma: no cover - create_engine only makes the two above
-        raise ValueError(f"unsupported dialect {dialect!r}")
-    await conn.execute(stmt.on_conflict_do_nothing(index_elements=[_TABLE.c.id]))
 
 
 async def _run(
