@@ -33,6 +33,7 @@ from tokensvc.operations.background import every, tasks_running
 from tokensvc.operations.outages import Outage, Outages, is_outage
 from tokensvc.storage.base import Base
 from tokensvc.storage.db import run_db
+from tokensvc.tokens import events
 from tokensvc.tokens.registry import TokenRecord, TokenRegistry
 
 log = logging.getLogger("tokensvc.tokens.revocation")
@@ -146,11 +147,13 @@ class Revocations:
 
         async def run(conn: AsyncConnection) -> None:
             insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-            await conn.execute(
+            result = await conn.execute(
                 insert(_KEYS)
                 .values(key_id=key_id, revoked_at=now, revoked_by=by[:255])
                 .on_conflict_do_nothing(index_elements=["key_id"])
             )
+            if result.rowcount:  # the stream's event, once
+                await events.append(conn, events.KEY, events.key_event(key_id), at=now)
 
         await run_db(self._engine, run, write=True)
 
