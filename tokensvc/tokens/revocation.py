@@ -93,6 +93,9 @@ class Revocations:
         self.on_token_revoked: list[Callable[[str], None]] = []
         # Called with (subject, generation) published by a revoke-all on another replica.
         self.on_generation: list[Callable[[str, int], None]] = []
+        # Called when this process revoked something or heard of a revocation by pub/sub: the
+        # revocation feed (tokensvc.tokens.feed) reads the event log at once.
+        self.on_change: list[Callable[[], None]] = []
         # Deletes a service token's key in the revoking transaction (set by the app wiring).
         self.delete_service_key: Callable[[AsyncConnection, str], Awaitable[None]] | None = None
 
@@ -175,6 +178,8 @@ class Revocations:
         await self._publish(f"g {generation} {subject}")
 
     async def _publish(self, message: str) -> None:
+        for callback in self.on_change:  # every local revocation publishes: wake the feed first
+            callback()
         if self._redis is None:
             return
         try:
@@ -190,6 +195,8 @@ class Revocations:
     def _apply_message(self, data: bytes | str) -> None:
         # Subjects may be any printable text: UTF-8, as redis-py encodes what is published.
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        for wake in self.on_change:
+            wake()
         parts = text.split()
         if len(parts) == 3 and parts[0] == "t" and parts[2].isdigit():
             self.note_token(parts[1][:64], float(parts[2]))
