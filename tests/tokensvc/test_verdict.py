@@ -234,9 +234,7 @@ async def test_caller_must_hold_a_genuine_token(client: Client, admin_token: str
         assert "valid" not in body
 
 
-async def test_caller_without_tokens_verdict_is_forbidden(
-    client: Client, admin_token: str
-) -> None:
+async def test_caller_without_tokens_verdict_is_forbidden(client: Client, admin_token: str) -> None:
     """A genuine token that does not allow tokens:verdict is refused 403: holding a token is not
     enough to read another's facts."""
     reader = (await mint(client, admin_token, subject="svc", operations=["read"]))["token"]
