@@ -21,8 +21,8 @@ class SSEReader:
     def __init__(self, response: Any) -> None:
         self.response = response
 
-    async def next(self, timeout: float = 5.0) -> Event:
-        return await asyncio.wait_for(self._next(), timeout)
+    async def next(self, within: float = 5.0) -> Event:
+        return await asyncio.wait_for(self._next(), within)
 
     async def _next(self) -> Event:
         kind, data, event_id = "message", "", None
@@ -47,9 +47,9 @@ class SSEReader:
             elif field == "id":
                 event_id = value
 
-    async def next_event(self, timeout: float = 5.0) -> Event:
+    async def next_event(self, within: float = 5.0) -> Event:
         """The next event that is not a ping."""
         while True:
-            event = await self.next(timeout)
+            event = await self.next(within)
             if event.kind != "ping":
                 return event

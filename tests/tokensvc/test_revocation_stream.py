@@ -258,7 +258,7 @@ async def test_heartbeat_pings_an_idle_stream(
     stream = await subscribe(client, svc)
     hello = await stream.next()
 
-    pings = [await stream.next(timeout=1.0) for _ in range(2)]
+    pings = [await stream.next(within=1.0) for _ in range(2)]
 
     assert hello.data["heartbeat"] == 0.2
     assert [p.kind for p in pings] == ["ping", "ping"]
