@@ -290,3 +290,24 @@ async def test_subscribers_are_bounded(
     assert "error" in await refused.json()
     assert again is not None
     assert again.status == 200
+
+
+async def test_until_now_catches_up_and_ends(client: Client, admin_token: str, caller: str) -> None:
+    """?until=now sends hello and every event after the cursor up to the newest, then ends."""
+    tokens = [await mint(client, admin_token, subject="alice") for _ in range(2)]
+    stream = await subscribe(client, caller)
+    hello = await stream.next_event()
+    stream.response.close()
+    for minted in tokens:
+        await revoke(client, admin_token, minted["token_id"])
+
+    resp = await client.get(STREAM + f"?until=now&cursor={hello.id}", headers=bearer(caller))
+    text = await asyncio.wait_for(resp.text(), 5)
+    bad = await client.get(STREAM + "?until=later", headers=bearer(caller))
+    long = await client.get(STREAM, headers={**bearer(caller), "Last-Event-ID": "1" * 65})
+
+    assert resp.status == 200
+    assert text.count("event: token") == 2
+    assert text.startswith(f"id: {hello.id}\nevent: hello\n")
+    assert bad.status == 400
+    assert long.status == 400

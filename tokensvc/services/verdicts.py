@@ -113,23 +113,29 @@ class VerdictService:
             "cursor": str(cursor),
         }
 
-    async def subscribe(self, who: Principal, cursor: str | None) -> Subscription:
+    async def subscribe(
+        self, who: Principal, cursor: str | None, *, wait: bool = True
+    ) -> Subscription:
         """Authorise a stream subscriber and place it: resumed after `cursor`, or from now.
 
-        Iterate `batches` inside `slot()`.
+        Iterate `batches` inside `slot()`. `wait=False`: the batches end once the subscriber
+        has everything up to the newest event (a catch-up poll instead of a stream).
 
         Raises:
             InvalidToken, CaveatDenied: the caller's token is bad or lacks `tokens:verdict`.
             Unavailable: the database is down (a resume older than the in-memory ring).
         """
         await self._authz.holder(who, VERDICT_OPERATION)
+        if not wait:  # "everything committed until now", not only what this process has read
+            await self._feed.catch_up()
         start, reset = await self._feed.start(parse_cursor(cursor))
+        newest = self._feed.cursor
         return Subscription(
             start=start,
-            newest=self._feed.cursor,
+            newest=newest,
             reset=reset,
             heartbeat=self._feed.heartbeat,
-            batches=self._feed.follow(start),
+            batches=self._feed.follow(start, until=None if wait else newest),
         )
 
     def slot(self) -> contextlib.AbstractContextManager[None]:

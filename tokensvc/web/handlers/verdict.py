@@ -5,6 +5,9 @@ heartbeat, a `reset` when the client's cursor cannot be resumed, then one event 
 (`token`, `generation`, `key`) with its id, and a `: ping` comment whenever `heartbeat` seconds
 pass without one, so a client notices a dead stream. A slow reader is written to at its own pace:
 `write` waits for the socket to drain, and the feed keeps no queue per subscriber.
+
+`?until=now` answers the same way but ends once the newest event at the time of the request is
+sent: a catch-up poll for clients behind proxies that buffer streams (and for curl and fuzzers).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from tokensvc.web.routes import add_routes
 STREAM_PATH: Final = "/v1/revocations/stream"
 _ALLOWED: Final = frozenset(("token", "discharges"))
 _PING: Final = b": ping\n\n"
+_MAX_CURSOR: Final = 64  # openapi.yaml's maxLength; any shorter string is answered (a reset)
 # A verdict describes a bearer credential: shared caches must not keep it (the client does).
 _NO_STORE: Final = {"Cache-Control": "no-store"}
 
@@ -71,9 +75,14 @@ def _events(batch: list[RevocationEvent]) -> bytes:
 async def stream(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     cursor = request.headers.get("Last-Event-ID") or request.query.get("cursor")
+    if cursor is not None and len(cursor) > _MAX_CURSOR:
+        raise BadRequest(f"Last-Event-ID / cursor: at most {_MAX_CURSOR} characters")
+    until = request.query.get("until")
+    if until not in (None, "now"):
+        raise BadRequest("until must be `now` (or absent: follow the stream)")
     verdicts = request.app[appkeys.SERVICES].verdicts
 
-    subscription = await verdicts.subscribe(who, cursor)
+    subscription = await verdicts.subscribe(who, cursor, wait=until is None)
 
     with verdicts.slot():
         response = web.StreamResponse(
