@@ -44,8 +44,10 @@ async def mint(client: Client, admin_token: str, **body: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def caller(client: Client, admin_token: str) -> str:
-    """A service's token that may follow the stream."""
-    minted = await mint(client, admin_token, subject="svc", operations=["tokens:verdict"])
+    """A service's token that may follow the stream (a service token: own root key)."""
+    minted = await mint(
+        client, admin_token, subject="svc", operations=["tokens:verdict"], service=True
+    )
     return str(minted["token"])
 
 
@@ -205,19 +207,27 @@ async def test_pruned_cursor_is_told_to_reset(
     assert [e.kind for e in memory_events] == ["hello", "token", "token", "token"]
 
 
-async def test_stream_needs_a_token_allowing_tokens_verdict(
+async def test_stream_needs_a_service_or_admin_token_allowing_tokens_verdict(
     client: Client, admin_token: str
 ) -> None:
-    """No token is a 401, a token without tokens:verdict a 403, both as JSON errors."""
-    reader = (await mint(client, admin_token, subject="svc", operations=["read"]))["token"]
+    """No token is a 401; a service token without tokens:verdict, and a user's ordinary token
+    that allows it (it could have narrowed itself to it), are 403: the stream names other
+    subjects. An admin's own token may follow it."""
+    reader = await mint(client, admin_token, subject="svc", operations=["read"], service=True)
+    users = await mint(client, admin_token, subject="mallory", operations=["tokens:verdict"])
 
     anonymous = await client.get(STREAM)
-    forbidden = await client.get(STREAM, headers=bearer(reader))
+    forbidden = await client.get(STREAM, headers=bearer(reader["token"]))
+    ordinary = await client.get(STREAM, headers=bearer(users["token"]))
+    admin = await client.get(STREAM + "?until=now", headers=bearer(admin_token))
 
     assert anonymous.status == 401
     assert "error" in await anonymous.json()
-    assert forbidden.status == 403
-    assert "error" in await forbidden.json()
+    for resp in (forbidden, ordinary):
+        assert resp.status == 403
+        assert "error" in await resp.json()
+    assert admin.status == 200
+    assert "event: hello" in await admin.text()
 
 
 async def test_verdict_cursor_covers_earlier_revocations(
@@ -244,7 +254,9 @@ async def _app_client(
     client = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
     login = await client.post("/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD))
     admin = str((await login.json())["token"])
-    svc = (await mint(client, admin, subject="svc", operations=["tokens:verdict"]))["token"]
+    svc = (await mint(client, admin, subject="svc", operations=["tokens:verdict"], service=True))[
+        "token"
+    ]
     return client, admin, svc
 
 

@@ -51,7 +51,7 @@ async def setup_tokens(client: Any, count: int) -> tuple[str, str, list[dict[str
     admin = str((await login.json())["token"])
     svc = await client.post(
         "/v1/tokens",
-        json={"subject": "svc", "operations": ["tokens:verdict"]},
+        json={"subject": "svc", "operations": ["tokens:verdict"], "service": True},
         headers=bearer(admin),
     )
     tokens = []
