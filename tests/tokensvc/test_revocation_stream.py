@@ -323,3 +323,27 @@ async def test_until_now_catches_up_and_ends(client: Client, admin_token: str, c
     assert text.startswith(f"id: {hello.id}\nevent: hello\n")
     assert bad.status == 400
     assert long.status == 400
+
+
+async def test_a_replica_started_later_replays_older_events_from_the_database(
+    aiohttp_client: Any,
+    client: Client,
+    admin_token: str,
+    caller: str,
+    app_config: Config,
+    clock: FakeClock,
+) -> None:
+    """A cursor older than what a replica holds in memory is resumed from the event log."""
+    tokens = [await mint(client, admin_token, subject="alice") for _ in range(3)]
+    stream = await subscribe(client, caller)
+    hello = await stream.next_event()
+    stream.response.close()
+    for minted in tokens:
+        await revoke(client, admin_token, minted["token_id"])
+    replica = await aiohttp_client(create_app(app_config, clock=clock))
+
+    resumed = await subscribe(replica, caller, last_event_id=hello.id)
+    events = [await resumed.next_event() for _ in range(4)]
+
+    assert [e.kind for e in events] == ["hello", "token", "token", "token"]
+    assert [e.data["token_id"] for e in events[1:]] == [t["token_id"] for t in tokens]
