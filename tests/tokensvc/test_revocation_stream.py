@@ -347,3 +347,20 @@ async def test_a_replica_started_later_replays_older_events_from_the_database(
 
     assert [e.kind for e in events] == ["hello", "token", "token", "token"]
     assert [e.data["token_id"] for e in events[1:]] == [t["token_id"] for t in tokens]
+
+
+async def test_metrics_count_subscribers_and_events(
+    client: Client, admin_token: str, caller: str
+) -> None:
+    """/metrics shows the open streams and counts the events applied."""
+    minted = await mint(client, admin_token, subject="alice")
+    stream = await subscribe(client, caller)
+    await stream.next_event()
+    await revoke(client, admin_token, minted["token_id"])
+    await stream.next_event()
+
+    text = await (await client.get("/metrics")).text()
+
+    lines = {line.split(" ")[0]: line.split(" ")[1] for line in text.splitlines() if " " in line}
+    assert float(lines["tokensvc_revocation_stream_subscribers"]) >= 1
+    assert float(lines["tokensvc_revocation_events_total"]) >= 1
