@@ -42,7 +42,10 @@ class Verdict:
 
 
 def _b64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    # Strict: characters outside base64url are an error, not silently dropped.
+    if "+" in text or "/" in text:
+        raise ValueError("caveat is not base64url")
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
 
 
 def parse_verdict(body: Any, *, now: float, key_bytes: int) -> Verdict:
