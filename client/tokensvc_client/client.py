@@ -45,7 +45,7 @@ class TokensvcClient:
     """Verifies tokens for a protected service, in microseconds on a cache hit.
 
     Use as `async with TokensvcClient(url, service_token) as client:` (or `await start()` /
-    `await close()`); `await client.check(token, operation=..., resource=...)` returns a
+    `await close()`); `subscribe=False` never trusts a cache: every request asks /v1/verify; `await client.check(token, operation=..., resource=...)` returns a
     Principal or raises InvalidToken (401), CaveatDenied (403), BadRequest (400) or Unavailable (503).
     """
 
@@ -63,6 +63,7 @@ class TokensvcClient:
         request_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
         session: aiohttp.ClientSession | None = None,
+        subscribe: bool = True,
     ) -> None:
         if when_stale not in ("verify", "fail-closed"):
             raise ValueError("when_stale must be 'verify' or 'fail-closed'")
@@ -79,6 +80,9 @@ class TokensvcClient:
         self._base = base
         self._service_token = service_token
         self._stale_after = stale_after
+        # False: never subscribe, so the cache is never trusted and every request goes to
+        # /v1/verify (the benchmark's per-request baseline; a service that cannot hold a stream).
+        self._subscribe = subscribe
         self.metrics = ClientMetrics()
         self.state = RevocationState()
         self.cache = VerdictCache(max_entries=max_entries, max_bytes=max_bytes)
@@ -89,7 +93,7 @@ class TokensvcClient:
         """Open the HTTP session and subscribe to the revocation stream."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        if self.stream is None:
+        if self.stream is None and self._subscribe:
             self.stream = RevocationStream(
                 session=self._session,
                 url=self._base,
