@@ -17,6 +17,7 @@ from caveats.bakery import (
 )
 from caveats.checker import Outcome, Policy, check_predicates, parse_predicate, subject_of
 from caveats.context import Context
+from caveats.decision import TOKEN_REVOKED, decide
 from caveats.errors import CaveatError, UnknownCaveat
 from caveats.registry import Caveat, caveat, check_fields, decode, encode, registered
 from caveats.result import SUCCESS, Failure, Result, Success
@@ -33,6 +34,7 @@ from caveats.standard import (
 
 __all__ = [
     "SUCCESS",
+    "TOKEN_REVOKED",
     "Allow",
     "Audience",
     "Caveat",
@@ -59,6 +61,7 @@ __all__ = [
     "caveat",
     "check_fields",
     "check_predicates",
+    "decide",
     "decode",
     "encode",
     "format_rfc3339",

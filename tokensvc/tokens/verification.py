@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from caveats import Context, Policy, subject_of
+from caveats import Context, Policy, decide, subject_of
 from keystore import KeyDecryptionError, Keyring, RootKey, StoreUnavailable
 from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys
 from tokensvc.errors import BadRequest, CaveatDenied, InvalidToken, Unavailable
@@ -311,9 +311,8 @@ class Verifier:
         audience: str | None,
         client_ip: str | None,
     ) -> Verified:
-        """What a genuine chain allows now, in this context: revocation, generation, caveats."""
-        if chained.token_id in self._revoked:
-            raise InvalidToken("token revoked")
+        """What a genuine chain allows now, in this context: revocation, generation, caveats
+        (`caveats.decide`)."""
         generations = self._generations
         # Positional: the field order of caveats.Context (now, operation, resource, audience,
         # client_ip, generation).
@@ -326,13 +325,16 @@ class Verifier:
             generations.current(chained.subject) if generations is not None else 0,
         )
         policy = chained.policy
-        if not policy.holds(context):
-            failures = policy.explain(context)
-            if failures:
-                reasons = "; ".join(f.reason for f in failures)
-                if any(f.invalid for f in failures):
-                    raise InvalidToken(reasons)
-                raise CaveatDenied(reasons)
+        revoked = chained.token_id in self._revoked
+        # The decision is caveats.decide, the rule the zero-hop client applies to a cached
+        # verdict too. Its allow (not revoked, every caveat holds) is tested here first: that
+        # saves a call per allowed verify (~0.1 µs of ~2.5), and decide repeats both tests.
+        if revoked or not policy.holds(context):
+            denial = decide(policy, context, revoked)
+            if denial is not None:
+                if denial.invalid:
+                    raise InvalidToken(denial.reason)
+                raise CaveatDenied(denial.reason)
         if self._usage is not None:
             self._usage.record(chained.token_id, now)
         declared = policy.declared
