@@ -1,8 +1,8 @@
 """TokensvcClient: decide per request from cached tokensvc verdicts, kept honest by the
 revocation stream; ask /v1/verify (or fail closed) whenever the cache may not be trusted.
 
-The decision itself is the server's: `caveats.decide` (used by tokensvc's Verifier too) over the
-verdict's decoded caveats, with the revocation facts of the stream checked first on every call.
+The decision itself is the server's: `caveats.decide` (tokensvc's Verifier calls the same function)
+over the verdict's decoded caveats, with the stream's revocation facts applied on every call.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Literal, NamedTuple
 import aiohttp
 import orjson
 
-from tokensvc_client.decision import decide
+from caveats import Context, decide
 from tokensvc_client.errors import (
     BadRequest,
     CaveatDenied,
@@ -163,19 +163,26 @@ class TokensvcClient:
     ) -> Principal:
         state = self.state
         metrics = self.metrics
-        try:
-            if verdict.token_id in state.revoked_tokens:
-                raise InvalidToken("token revoked")
-            if verdict.key_id in state.revoked_keys:
-                raise InvalidToken("root key revoked")
-            generation = state.generation(verdict.subject, verdict.generation)
-            decide(verdict.policy, now, operation, resource, audience, client_ip, generation)
-        except InvalidToken:
+        if verdict.key_id in state.revoked_keys:
             metrics.denied_401 += 1
-            raise
-        except CaveatDenied:
+            raise InvalidToken("root key revoked")
+        # Positional: the field order of caveats.Context (now, operation, resource, audience,
+        # client_ip, generation), as tokensvc's Verifier builds it.
+        context = Context(
+            now,
+            operation,
+            resource,
+            audience,
+            client_ip,
+            state.generation(verdict.subject, verdict.generation),
+        )
+        failure = decide(verdict.policy, context, verdict.token_id in state.revoked_tokens)
+        if failure is not None:
+            if failure.invalid:
+                metrics.denied_401 += 1
+                raise InvalidToken(failure.reason)
             metrics.denied_403 += 1
-            raise
+            raise CaveatDenied(failure.reason)
         metrics.allowed += 1
         declared = verdict.policy.declared
         return Principal(

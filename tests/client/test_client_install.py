@@ -13,20 +13,15 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
 import importlib.util, time
 import caveats, tokensvc_client, tokensvc_client.asgi, tokensvc_client.web
-from caveats import Operations, Subject, encode, Policy
-from tokensvc_client.decision import decide
-from tokensvc_client.errors import CaveatDenied
+from caveats import Context, Operations, Subject, decide, encode, Policy
 
 heavy = [m for m in ("tokensvc", "keystore", "sqlalchemy", "asyncpg", "argon2", "redis", "aiosqlite")
          if importlib.util.find_spec(m) is not None]
 assert not heavy, heavy
 assert "site-packages" in caveats.__file__, caveats.__file__
 policy = Policy([encode(Subject("alice")), encode(Operations(("read",)))])
-decide(policy, time.time(), "read", None, None, None, 0)
-try:
-    decide(policy, time.time(), "write", None, None, None, 0)
-except CaveatDenied as exc:
-    print("denied:", exc.reason)
+assert decide(policy, Context(time.time(), "read")) is None
+print("denied:", decide(policy, Context(time.time(), "write")).reason)
 """
 
 
