@@ -196,12 +196,20 @@ class TokensvcClient:
         """The verdict for `key` from POST /v1/verdict; one request however many callers wait."""
         pending = self._inflight.get(key)
         if pending is not None:
-            return await asyncio.shield(pending)
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this request was cancelled, not the fetch it waited for
+                # The request that was fetching went away: fetch for ourselves.
         future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             verdict = await self._post_verdict(key, token, discharges)
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: no "never retrieved" warning when nobody else waits
             raise
@@ -209,7 +217,8 @@ class TokensvcClient:
             future.set_result(verdict)
             return verdict
         finally:
-            del self._inflight[key]
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
 
     async def _post_verdict(self, key: CacheKey, token: str, discharges: Sequence[str]) -> Verdict:
         self.metrics.misses += 1

@@ -86,6 +86,23 @@ async def test_first_check_fetches_then_hits_decide_locally(
     assert client.metrics.denied_403 == 1
 
 
+async def test_concurrent_first_checks_share_one_verdict_request(
+    served: Served, session: aiohttp.ClientSession
+) -> None:
+    """Twenty requests with one new token at once cost one POST /v1/verdict, and all are allowed."""
+    minted = await mint_reader(served, session)
+    client = await live_client(served.base, served)
+    try:
+        found = await asyncio.gather(
+            *(client.check(minted["token"], **READ_DOC) for _ in range(20))
+        )
+    finally:
+        await client.close()
+
+    assert {p.subject for p in found} == {"alice"}
+    assert client.metrics.misses == 1
+
+
 async def test_forged_token_is_401_and_never_cached(
     served: Served, session: aiohttp.ClientSession
 ) -> None:
