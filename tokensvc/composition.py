@@ -57,8 +57,12 @@ from tokensvc.services.lockouts import LockoutService
 from tokensvc.services.login import LoginService
 from tokensvc.services.tokens import TokenService
 from tokensvc.services.users import UserService
+from tokensvc.services.verdicts import VerdictService
 from tokensvc.storage.audit import AuditLog
 from tokensvc.storage.migrate import upgrade
+from tokensvc.tokens import events
+from tokensvc.tokens.events import EventLog
+from tokensvc.tokens.feed import RevocationFeed
 from tokensvc.tokens.generations import SubjectGenerations
 from tokensvc.tokens.minting import Minter
 from tokensvc.tokens.registry import TokenRegistry
@@ -113,6 +117,7 @@ class Runtime:
     registry: TokenRegistry
     service_keys: ServiceKeys
     revocations: Revocations
+    feed: RevocationFeed
     usage: UsageRecorder
     audit: AuditLog
     services: Services
@@ -230,6 +235,16 @@ async def runtime(
         service_keys = ServiceKeys(engine, kek=keks, clock=clock)
         revocations = await _revocations(config, engine, registry, stack, outages)
         _wire_lifecycle(revocations, keyring, service_keys, verifier, generations)
+        feed = RevocationFeed(
+            EventLog(engine),
+            poll_interval=config.revocation_refresh_interval.total_seconds(),
+            retention=config.revocation_event_retention,
+            clock=clock,
+            max_subscribers=config.revocation_stream_max_subscribers,
+            heartbeat=config.revocation_stream_heartbeat.total_seconds(),
+            outages=outages,
+        )
+        _wire_feed(feed, revocations)
         usage = UsageRecorder(
             registry, flush_interval=config.usage_flush_interval.total_seconds(), outages=outages
         )
@@ -287,10 +302,20 @@ async def runtime(
             introspection=IntrospectionService(
                 authorizer=authorizer, verifier=verifier, issuer=config.location, clock=clock
             ),
+            verdicts=VerdictService(
+                authorizer=authorizer,
+                verifier=verifier,
+                feed=feed,
+                max_cache_ttl=config.verdict_max_cache_ttl,
+            ),
         )
         if serving:
             await stack.enter_async_context(_maintaining(keyring, config, outages))
             await stack.enter_async_context(services.health.monitoring())
+            # The feed first: it starts at the newest event, then the loads below (and the
+            # generations' next refresh, with its overlap) hold everything committed before it.
+            await stack.enter_async_context(feed.running())
+            await generations.refresh()
             await stack.enter_async_context(revocations.running())
             await stack.enter_async_context(usage.running())
         yield Runtime(
@@ -313,6 +338,7 @@ async def runtime(
             registry=registry,
             service_keys=service_keys,
             revocations=revocations,
+            feed=feed,
             usage=usage,
             audit=audit,
             services=services,
@@ -470,6 +496,23 @@ def _wire_lifecycle(
     revocations.on_key_revoked.append(key_revoked)
     revocations.on_token_revoked.append(token_revoked)
     revocations.on_generation.append(generations.remember)
+
+
+def _wire_feed(feed: RevocationFeed, revocations: Revocations) -> None:
+    """The event log applied to this process's view, and read at once after each revocation."""
+
+    def apply(event: events.RevocationEvent) -> None:
+        data = event.fields()
+        if event.kind == events.TOKEN:
+            revocations.note_token(str(data["token_id"]), float(data["expires_at"]))
+        elif event.kind == events.KEY:
+            revocations.note_key(str(data["key_id"]))
+        elif event.kind == events.GENERATION:
+            for callback in revocations.on_generation:
+                callback(str(data["subject"]), int(data["generation"]))
+
+    feed.on_event.append(apply)
+    revocations.on_change.append(feed.wake)
 
 
 @contextlib.asynccontextmanager

@@ -243,6 +243,13 @@ class Config(BaseSettings):
     max_service_token_ttl: Duration = timedelta(days=365)
     revocation_refresh_interval: Duration = timedelta(seconds=1)
     usage_flush_interval: Duration = timedelta(seconds=60)
+    # Zero-hop clients (POST /v1/verdict, GET /v1/revocations/stream): the longest a verdict may
+    # be cached; how often the stream sends a ping when nothing happens; how many streams one
+    # process serves at once; how long revocation events are kept for clients to resume from.
+    verdict_max_cache_ttl: Duration = timedelta(seconds=300)
+    revocation_stream_heartbeat: Duration = timedelta(seconds=5)
+    revocation_stream_max_subscribers: Annotated[int, _whole(1, 1_000_000)] = 1000
+    revocation_event_retention: Duration = timedelta(hours=24)
     auto_migrate: Flag = True
     password_profile: Annotated[str, _parsed(_password_profile)] = "OWASP"  # noqa: S105 - a name
     # argon2 threads; default: one core fewer than the machine has, so the event loop (and

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tokensvc.services.login import LoginService
     from tokensvc.services.tokens import TokenService
     from tokensvc.services.users import UserService
+    from tokensvc.services.verdicts import VerdictService
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,3 +40,4 @@ class Services:
     discharge: DischargeService
     introspection: IntrospectionService
     health: HealthService
+    verdicts: VerdictService

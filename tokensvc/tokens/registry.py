@@ -35,6 +35,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from keystore.db import UTCDateTime
 from tokensvc.storage.base import Base
 from tokensvc.storage.db import run_db
+from tokensvc.tokens import events
 
 KINDS: Final = ("rotating", "service")
 _BATCH: Final = 500
@@ -179,16 +180,18 @@ class TokenRegistry:
         """Mark the token revoked (idempotent: the first time stays); its row, or None if unknown.
 
         `register` inserts the row first if it is missing (a genuine token minted before the
-        registry existed). `with_conn` runs in the same transaction (deleting a service key).
+        registry existed). `with_conn` runs in the same transaction (deleting a service key), and
+        so does the revocation event of a token revoked by this call.
         """
         now = self._wall_clock()
 
         async def run(conn: AsyncConnection) -> TokenRecord | None:
-            await conn.execute(
+            changed = await conn.execute(
                 update(_TABLE)
                 .where(_TABLE.c.token_id == token_id, _TABLE.c.revoked_at.is_(None))
                 .values(revoked_at=now)
             )
+            newly = bool(changed.rowcount)
             found = (
                 (await conn.execute(select(_TABLE).where(_TABLE.c.token_id == token_id)))
                 .mappings()
@@ -197,6 +200,7 @@ class TokenRegistry:
             if found is None and register is not None:
                 values = {c.key: getattr(register, c.key) for c in _TABLE.columns}
                 await conn.execute(insert(_TABLE).values({**values, "revoked_at": now}))
+                newly = True
                 found = (
                     (await conn.execute(select(_TABLE).where(_TABLE.c.token_id == token_id)))
                     .mappings()
@@ -204,7 +208,15 @@ class TokenRegistry:
                 )
             if found is not None and with_conn is not None:
                 await with_conn(conn)
-            return None if found is None else _record(found)
+            if found is None:
+                return None
+            record = _record(found)
+            if newly:  # the stream's event, last in the transaction (tokensvc.tokens.events)
+                expires = record.expires_at.timestamp()
+                await events.append(
+                    conn, events.TOKEN, events.token_event(token_id, expires), at=now
+                )
+            return record
 
         return await run_db(self._engine, run, write=True, what="the token registry")
 

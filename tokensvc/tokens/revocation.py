@@ -33,6 +33,7 @@ from tokensvc.operations.background import every, tasks_running
 from tokensvc.operations.outages import Outage, Outages, is_outage
 from tokensvc.storage.base import Base
 from tokensvc.storage.db import run_db
+from tokensvc.tokens import events
 from tokensvc.tokens.registry import TokenRecord, TokenRegistry
 
 log = logging.getLogger("tokensvc.tokens.revocation")
@@ -92,6 +93,9 @@ class Revocations:
         self.on_token_revoked: list[Callable[[str], None]] = []
         # Called with (subject, generation) published by a revoke-all on another replica.
         self.on_generation: list[Callable[[str, int], None]] = []
+        # Called when this process revoked something or heard of a revocation by pub/sub: the
+        # revocation feed (tokensvc.tokens.feed) reads the event log at once.
+        self.on_change: list[Callable[[], None]] = []
         # Deletes a service token's key in the revoking transaction (set by the app wiring).
         self.delete_service_key: Callable[[AsyncConnection, str], Awaitable[None]] | None = None
 
@@ -146,11 +150,13 @@ class Revocations:
 
         async def run(conn: AsyncConnection) -> None:
             insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-            await conn.execute(
+            result = await conn.execute(
                 insert(_KEYS)
                 .values(key_id=key_id, revoked_at=now, revoked_by=by[:255])
                 .on_conflict_do_nothing(index_elements=["key_id"])
             )
+            if result.rowcount:  # the stream's event, once
+                await events.append(conn, events.KEY, events.key_event(key_id), at=now)
 
         await run_db(self._engine, run, write=True)
 
@@ -172,6 +178,8 @@ class Revocations:
         await self._publish(f"g {generation} {subject}")
 
     async def _publish(self, message: str) -> None:
+        for callback in self.on_change:  # every local revocation publishes: wake the feed first
+            callback()
         if self._redis is None:
             return
         try:
@@ -187,6 +195,8 @@ class Revocations:
     def _apply_message(self, data: bytes | str) -> None:
         # Subjects may be any printable text: UTF-8, as redis-py encodes what is published.
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        for wake in self.on_change:
+            wake()
         parts = text.split()
         if len(parts) == 3 and parts[0] == "t" and parts[2].isdigit():
             self.note_token(parts[1][:64], float(parts[2]))

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from keystore.db import UTCDateTime
 from tokensvc.storage.base import Base
 from tokensvc.storage.db import run_db
+from tokensvc.tokens import events
 
 _T = TypeVar("_T")
 
@@ -91,7 +92,13 @@ class SubjectStore:
                 )
                 .returning(_TABLE.c.generation)
             )
-            return int((await conn.execute(statement)).scalar_one())
+            generation = int((await conn.execute(statement)).scalar_one())
+            # The stream's event, in the raising transaction. A caller's transaction may run
+            # more statements after this one: they only touch rows it has already locked.
+            await events.append(
+                conn, events.GENERATION, events.generation_event(subject, generation), at=now
+            )
+            return generation
 
         # Not retried: had a lost connection committed the raise, a retry would raise it twice
         # (harmless for revocation, but the returned value would skip one).

@@ -74,6 +74,19 @@ class Verified(NamedTuple):
     policy: Policy
 
 
+class Vouched(NamedTuple):
+    """What a cacheable verdict states (tokensvc.services.verdicts): a genuine, live token's facts."""
+
+    subject: str
+    token_id: str
+    key_id: str
+    admin: bool
+    generation: int  # the subject's generation as this process knows it now
+    key_expires_at: float  # unix seconds
+    policy: Policy  # every first-party caveat of the token and its discharges, in chain order
+    now: float
+
+
 class _Chained(NamedTuple):
     """What a verified signature chain established; valid as long as its root key is."""
 
@@ -252,6 +265,41 @@ class Verifier:
             self.cache.put(cache_key, chained)
             now = self._clock()
         return self._decide(chained, now, operation, resource, audience, client_ip)
+
+    async def vouch(self, token: str, discharges: Sequence[str] = ()) -> Vouched:
+        """The facts of a genuine, live token, for a verdict others cache and decide on.
+
+        The signatures, the root key, revocation, the subject's generation and every caveat
+        are checked as `verify` checks them, against an empty context: a failure that makes the
+        token bad everywhere raises InvalidToken; a caveat that merely needs a request field
+        (operation, resource, ...) is not an error here — the holder of the verdict decides
+        each request with `caveats.decide`. Notes the token's use like `verify`.
+        """
+        cache_key: str | tuple[str, ...] = (token, *discharges) if discharges else token
+        chained, now = self._chained(cache_key, token, discharges)
+        if chained is None:
+            chained = await self._verify_chain(token, discharges)
+            self.cache.put(cache_key, chained)
+            now = self._clock()
+        generations = self._generations
+        generation = generations.current(chained.subject) if generations is not None else 0
+        denial = decide(
+            chained.policy, Context(now, generation=generation), chained.token_id in self._revoked
+        )
+        if denial is not None and denial.invalid:
+            raise InvalidToken(denial.reason)
+        if self._usage is not None:
+            self._usage.record(chained.token_id, now)
+        return Vouched(
+            chained.subject,
+            chained.token_id,
+            chained.key_id,
+            chained.admin,
+            generation,
+            chained.key_expires_at,
+            chained.policy,
+            now,
+        )
 
     def verify_now(
         self,

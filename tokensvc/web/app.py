@@ -28,6 +28,7 @@ from tokensvc.web.handlers import (
     revocation,
     tokens,
     users,
+    verdict,
     verify,
 )
 from tokensvc.web.handlers import bakery as bakery_handlers
@@ -86,6 +87,13 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         app[bakery_keys.DISCHARGER] = built.discharger
         app[bakery_keys.THIRD_PARTIES] = built.third_parties
         yield
+
+
+async def _end_streams(app: web.Application) -> None:
+    """End the revocation streams first: aiohttp waits for open handlers before cleanup."""
+    built = app.get(appkeys.RUNTIME)
+    if built is not None:
+        built.feed.close()
 
 
 def create_app(
@@ -154,6 +162,8 @@ def create_app(
         ],
     )
     introspect.setup(app)
+    verdict.setup(app)
+    app.on_shutdown.append(_end_streams)
     forwardauth.setup(app)
     metrics_handlers.setup(app)
     add_catch_all(app)

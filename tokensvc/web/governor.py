@@ -30,7 +30,9 @@ from aiohttp import web
 from tokensvc.operations.config import Config
 from tokensvc.web.jsonio import json_response
 
-EXEMPT: Final = frozenset(("/healthz", "/readyz", "/metrics"))
+# The revocation stream is long-lived by design and bounds its own subscribers
+# (TOKENSVC_REVOCATION_STREAM_MAX_SUBSCRIBERS): a slot held for hours would starve the budget.
+EXEMPT: Final = frozenset(("/healthz", "/readyz", "/metrics", "/v1/revocations/stream"))
 LOGIN_PATH: Final = "/v1/login"
 
 

@@ -21,6 +21,7 @@ import keystore.models
 import keystore.service_keys  # noqa: F401
 import tokensvc.accounts.users
 import tokensvc.storage.audit
+import tokensvc.tokens.events
 import tokensvc.tokens.registry
 import tokensvc.tokens.revocation
 import tokensvc.tokens.subjects  # noqa: F401

@@ -1,0 +1,102 @@
+"""POST /v1/verdict and GET /v1/revocations/stream: for zero-hop clients (tokensvc.services.verdicts).
+
+The stream is Server-Sent Events (text/event-stream): a `hello` with the newest cursor and the
+heartbeat, a `reset` when the client's cursor cannot be resumed, then one event per revocation
+(`token`, `generation`, `key`) with its id, and a `: ping` comment whenever `heartbeat` seconds
+pass without one, so a client notices a dead stream. A slow reader is written to at its own pace:
+`write` waits for the socket to drain, and the feed keeps no queue per subscriber.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Final
+
+import orjson
+from aiohttp import web
+
+from tokensvc.errors import BadRequest
+from tokensvc.operations.logs import REQUEST_ID as CURRENT_REQUEST_ID
+from tokensvc.tokens.events import RevocationEvent
+from tokensvc.web import appkeys
+from tokensvc.web.auth import principal
+from tokensvc.web.headers import SECURITY_HEADERS
+from tokensvc.web.jsonio import json_response, read_json_object, reject_unknown, str_list
+from tokensvc.web.pipeline import REQUEST_ID
+from tokensvc.web.routes import add_routes
+
+STREAM_PATH: Final = "/v1/revocations/stream"
+_ALLOWED: Final = frozenset(("token", "discharges"))
+_PING: Final = b": ping\n\n"
+# A verdict describes a bearer credential: shared caches must not keep it (the client does).
+_NO_STORE: Final = {"Cache-Control": "no-store"}
+
+
+def setup(app: web.Application) -> None:
+    """Register POST /v1/verdict and GET /v1/revocations/stream."""
+    add_routes(app, [web.post("/v1/verdict", verdict), web.get(STREAM_PATH, stream)])
+
+
+async def verdict(request: web.Request) -> web.Response:
+    who = principal(request)
+    data = await read_json_object(request)
+    reject_unknown(data, _ALLOWED)
+    token = data.get("token")
+    if not isinstance(token, str) or not token:
+        raise BadRequest("token must be a non-empty string")
+    discharges = list(str_list(data, "discharges", max_items=1024))
+
+    result = await request.app[appkeys.SERVICES].verdicts.verdict(who, token, discharges)
+
+    if isinstance(result, tuple):  # Refused: the body /v1/verify gives a bad token
+        body = {
+            "valid": False,
+            "reason": result.reason,
+            "error": {"code": "invalid_token", "message": result.reason},
+        }
+        headers = {**_NO_STORE, "WWW-Authenticate": 'Bearer realm="tokensvc"'}
+        return json_response(body, status=401, headers=headers)
+    return json_response(result, headers=_NO_STORE)
+
+
+def _frame(event: str, data: bytes, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: ".encode() + data + b"\n\n"
+
+
+def _events(batch: list[RevocationEvent]) -> bytes:
+    return b"".join(_frame(e.kind, e.data, e.id) for e in batch)
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    who = principal(request)
+    cursor = request.headers.get("Last-Event-ID") or request.query.get("cursor")
+    verdicts = request.app[appkeys.SERVICES].verdicts
+
+    subscription = await verdicts.subscribe(who, cursor)
+
+    with verdicts.slot():
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",  # nginx: pass each event on at once
+                **SECURITY_HEADERS,
+                REQUEST_ID: CURRENT_REQUEST_ID.get() or "",
+            }
+        )
+        await response.prepare(request)
+        hello = {"cursor": str(subscription.newest), "heartbeat": subscription.heartbeat}
+        # The hello's id is where this subscriber starts: a reconnect before any event resumes
+        # from there, not from the newest id (which would skip what lies between).
+        first = _frame("hello", orjson.dumps(hello), subscription.start)
+        if subscription.reset is not None:
+            first += _frame("reset", orjson.dumps({"reason": subscription.reset}))
+        try:
+            await response.write(first)
+            async with contextlib.aclosing(subscription.batches) as batches:
+                async for batch in batches:
+                    await response.write(_events(batch) if batch else _PING)
+        except ConnectionError:
+            pass  # the client left; its slot is freed on the way out
+        return response
