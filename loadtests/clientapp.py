@@ -24,13 +24,13 @@ import orjson
 from aiohttp import web
 
 from tokensvc_client import TokensvcClient
-from tokensvc_client.web import principal, public, tokensvc_middleware
+from tokensvc_client.web import PRINCIPAL, principal, public, tokensvc_middleware
 
 AUDIENCE = "files"
 
 
 async def doc(request: web.Request) -> web.Response:
-    who = principal(request).subject if "tokensvc_client.principal" in request else None
+    who = principal(request).subject if PRINCIPAL in request else None
     body = orjson.dumps({"doc": request.match_info["name"], "subject": who})
     return web.Response(body=body, content_type="application/json")
 

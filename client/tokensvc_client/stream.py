@@ -174,8 +174,9 @@ class RevocationStream:
                 return
             self._target = cursor
             if state.cursor is None:
-                # A fresh subscription: nothing before `cursor` concerns an empty cache.
-                state.advance(cursor)
+                # A fresh subscription starts where the hello's id says (else at the newest
+                # event): nothing before concerns an empty cache.
+                state.advance(event.id or cursor)
         elif event.type == "reset":
             # Our cursor is older than what the server keeps: events may be lost, so nothing
             # cached may be trusted. The state's facts are still true; the verdicts go.

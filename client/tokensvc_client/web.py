@@ -33,8 +33,13 @@ from tokensvc_client.mapping import (
     token_from,
 )
 
-#: Where the Principal of an allowed request is kept (`request[PRINCIPAL]`, or `principal(request)`).
-PRINCIPAL: Final = "tokensvc_client.principal"
+#: Where the Principal of an allowed request is kept (`request[PRINCIPAL]`, or `principal(request)`):
+#: a typed web.RequestKey where aiohttp has them (newer releases warn about plain string keys).
+PRINCIPAL: Final[Any] = (
+    web.RequestKey("tokensvc_client.principal", Principal)
+    if hasattr(web, "RequestKey")
+    else "tokensvc_client.principal"
+)
 _ATTR: Final = "__tokensvc_requirement__"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
