@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ def _subset(items: tuple[str, ...]) -> st.SearchStrategy[tuple[str, ...]]:
 
 
 def _rfc3339(offset: int) -> str:
-    return format_rfc3339(datetime.fromtimestamp(int(time.time()) + offset, UTC))
+    return format_rfc3339(int(time.time()) + offset)
 
 
 caveat = st.one_of(
@@ -145,6 +144,8 @@ def harness(pg_url: str, redis_url: str, redis_prefix: str, tmp_path: Path) -> I
         loop.run(h.close())
         loop.run(cm.__aexit__(None, None, None))
         loop.close()
+    # The cached path was exercised, not only fetches.
+    assert h.client is not None and h.client.metrics.hits > 0, h.client.metrics.snapshot()
 
 
 @settings(
@@ -156,12 +157,16 @@ def harness(pg_url: str, redis_url: str, redis_prefix: str, tmp_path: Path) -> I
 def test_client_decides_exactly_as_v1_verify(
     harness: Harness, caveats: list[Any], ctx: dict[str, Any], repeat: bool
 ) -> None:
-    """For any attenuated token and context, the client's answer (status and reason) is /v1/verify's,
-    on the first (fetched) decision and on a cached one."""
+    """For any attenuated token and context, the client's answer is /v1/verify's — allow, 401 or
+    403, with the same reason when decided locally — on the first (fetched) and on a cached decision."""
     token = attenuate(harness.base_token, [_predicate(c) for c in caveats])
 
-    server, mine = harness.loop.run(harness.both(token, ctx))
-    assert mine == server, (caveats, ctx)
-    if repeat:
+    for attempt in ("fetched", "cached") if repeat else ("fetched",):
         server, mine = harness.loop.run(harness.both(token, ctx))
-        assert mine == server, ("cached", caveats, ctx)
+
+        assert mine[0] == server[0], (attempt, caveats, ctx, server, mine)
+        # Allowed and 403 answers are decided locally and carry the same subject or reason. A 401
+        # for a token bad everywhere (expired, unknown caveat…) comes from /v1/verdict, which
+        # checks an empty context: its reason lists that context's failures, not this request's.
+        if server[0] != 401:
+            assert mine == server, (attempt, caveats, ctx)
