@@ -5,7 +5,7 @@ with tokensvc's own `caveats` package, and revocations pushed over a Server-Sent
 (GET /v1/revocations/stream). It never holds root keys. See client/README.md.
 """
 
-from tokensvc_client.client import Principal, TokensvcClient, WhenStale
+from tokensvc_client.client import TokensvcClient, WhenStale
 from tokensvc_client.errors import (
     BadRequest,
     CaveatDenied,
@@ -16,6 +16,7 @@ from tokensvc_client.errors import (
 )
 from tokensvc_client.mapping import PUBLIC, Requirement
 from tokensvc_client.metrics import ClientMetrics, register_prometheus
+from tokensvc_client.verdicts import Principal
 
 __all__ = [
     "PUBLIC",

@@ -11,7 +11,8 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Literal, NamedTuple
+from types import MappingProxyType
+from typing import Any, Literal
 
 import aiohttp
 import orjson
@@ -27,18 +28,16 @@ from tokensvc_client.errors import (
 from tokensvc_client.metrics import ClientMetrics
 from tokensvc_client.revocations import RevocationState
 from tokensvc_client.stream import RevocationStream
-from tokensvc_client.verdicts import CacheKey, Verdict, VerdictCache, VerdictError, parse_verdict
+from tokensvc_client.verdicts import (
+    CacheKey,
+    Principal,
+    Verdict,
+    VerdictCache,
+    VerdictError,
+    parse_verdict,
+)
 
 WhenStale = Literal["verify", "fail-closed"]
-
-
-class Principal(NamedTuple):
-    """Who a request's token speaks for; what the handler gets."""
-
-    subject: str
-    token_id: str
-    expires_at: float | None
-    declared: dict[str, str]
 
 
 class TokensvcClient:
@@ -143,7 +142,7 @@ class TokensvcClient:
         key: CacheKey = (token, *discharges) if discharges else token
         now = self._clock()
         verdict = self.cache.get(key)
-        if verdict is not None and now < verdict.cached_until and now < verdict.key_expires_at:
+        if verdict is not None and now < verdict.valid_until:
             self.metrics.hits += 1
         else:
             if verdict is not None:
@@ -166,16 +165,14 @@ class TokensvcClient:
         if verdict.key_id in state.revoked_keys:
             metrics.denied_401 += 1
             raise InvalidToken("root key revoked")
+        # The subject's generation: the newer of the verdict's and the stream's (inline: hot path).
+        generation = verdict.generation
+        streamed = state.generations.get(verdict.subject)
+        if streamed is not None and streamed > generation:
+            generation = streamed
         # Positional: the field order of caveats.Context (now, operation, resource, audience,
         # client_ip, generation), as tokensvc's Verifier builds it.
-        context = Context(
-            now,
-            operation,
-            resource,
-            audience,
-            client_ip,
-            state.generation(verdict.subject, verdict.generation),
-        )
+        context = Context(now, operation, resource, audience, client_ip, generation)
         failure = decide(verdict.policy, context, verdict.token_id in state.revoked_tokens)
         if failure is not None:
             if failure.invalid:
@@ -184,13 +181,7 @@ class TokensvcClient:
             metrics.denied_403 += 1
             raise CaveatDenied(failure.reason)
         metrics.allowed += 1
-        declared = verdict.policy.declared
-        return Principal(
-            verdict.subject,
-            verdict.token_id,
-            verdict.expires_at,
-            dict(declared) if declared else {},
-        )
+        return verdict.principal
 
     async def _fetch(self, key: CacheKey, token: str, discharges: Sequence[str]) -> Verdict:
         """The verdict for `key` from POST /v1/verdict; one request however many callers wait."""
@@ -280,7 +271,7 @@ class TokensvcClient:
                 body["subject"],
                 body["token_id"],
                 None if expires is None else datetime.fromisoformat(expires).timestamp(),
-                dict(body.get("declared") or {}),
+                MappingProxyType(dict(body.get("declared") or {})),
             )
         except (KeyError, TypeError, ValueError):
             self.metrics.unavailable += 1

@@ -45,6 +45,18 @@ def resource_of(path: str) -> str:
     """The request path as a proxy routes it (forward-auth's rule); CaveatDenied if it cannot be one."""
     if len(path) > _MAX_URI:
         raise CaveatDenied("the request URI is too long")
+    # The common case, already normal: nothing to decode, no dot segment, no empty segment, no
+    # query, no control character. The full rule below returns such a path unchanged.
+    if (
+        path[:1] == "/"
+        and path.isprintable()
+        and "%" not in path
+        and "/." not in path
+        and "//" not in path
+        and "?" not in path
+        and "#" not in path
+    ):
+        return path
     path = path.split("?", 1)[0].split("#", 1)[0]
     if not path.startswith("/") and "://" in path:
         path = "/" + path.split("://", 1)[1].partition("/")[2]

@@ -8,8 +8,10 @@ import base64
 import binascii
 import sys
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from caveats import Policy
 
@@ -22,6 +24,16 @@ _PER_CAVEAT = 200
 
 class VerdictError(ValueError):
     """A /v1/verdict body that is not what the contract says."""
+
+
+class Principal(NamedTuple):
+    """Who a request's token speaks for; what the handler gets (the same object for every
+    request decided from one verdict, so `declared` is read-only)."""
+
+    subject: str
+    token_id: str
+    expires_at: float | None
+    declared: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +51,8 @@ class Verdict:
     cursor: str  # the revocation stream's newest event id when the verdict was made
     cached_until: float  # unix seconds: now + cache_ttl when it arrived
     size: int  # estimated bytes, for the cache's memory bound
+    valid_until: float  # the earlier of cached_until and key_expires_at: a hit only before it
+    principal: Principal  # what an allowed request's handler gets, built once
 
 
 def _b64(text: str) -> bytes:
@@ -83,18 +97,23 @@ def parse_verdict(body: Any, *, now: float, key_bytes: int) -> Verdict:
         + sys.getsizeof(subject)
         + sys.getsizeof(token_id)
     )
+    policy = Policy(caveats)
+    cached_until = now + max(0.0, float(ttl))
+    expires = None if expires_at is None else float(expires_at)
     return Verdict(
         subject=subject,
         token_id=token_id,
         key_id=key_id,
         admin=admin,
         generation=generation,
-        expires_at=None if expires_at is None else float(expires_at),
+        expires_at=expires,
         key_expires_at=float(key_expires_at),
-        policy=Policy(caveats),
+        policy=policy,
         cursor=cursor,
-        cached_until=now + max(0.0, float(ttl)),
+        cached_until=cached_until,
         size=size,
+        valid_until=min(cached_until, float(key_expires_at)),
+        principal=Principal(subject, token_id, expires, MappingProxyType(dict(policy.declared))),
     )
 
 
