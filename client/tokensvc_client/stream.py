@@ -64,13 +64,17 @@ class RevocationStream:
 
     # ---- what the client asks -------------------------------------------------------------
 
+    @property
+    def trusted_until(self) -> float:
+        """The time.monotonic() until which the stream is live (0.0: not connected, or not
+        caught up): the last byte's time + stale_after."""
+        if self._caught_up and self._connected:
+            return self._last_byte + self.stale_after
+        return 0.0
+
     def live(self) -> bool:
         """Connected, caught up, and heard from within `stale_after` seconds."""
-        return (
-            self._caught_up
-            and self._connected
-            and time.monotonic() - self._last_byte < self.stale_after
-        )
+        return time.monotonic() < self.trusted_until
 
     def state_name(self) -> str:
         if not self._connected:
