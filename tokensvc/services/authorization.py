@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
+from keystore.service_keys import KEY_ID_PREFIX
 from tokensvc.accounts.users import UserStore
 from tokensvc.errors import CaveatDenied, Forbidden
 from tokensvc.operations.logs import security_event
@@ -58,6 +59,28 @@ class Authorizer:
             return Actor(who.name, who, None)
         verified = await self._verify(who, operation)
         return Actor(verified.subject, who, verified)
+
+    async def service(self, who: Principal, operation: str) -> Actor:
+        """An actor allowed `operation` whose token is a service token (minted by an admin, on a
+        root key of its own, or narrowed from one) or an enabled admin's admin-capable token.
+
+        For what tells about other subjects (the revocation stream names every subject whose
+        tokens are revoked): a user's own login token, however narrowed, is not enough.
+
+        Raises:
+            InvalidToken: the token is not genuine, expired or revoked (401).
+            CaveatDenied: its caveats do not allow `operation` here (403).
+            Forbidden: neither a service token nor an enabled admin's admin token (403).
+        """
+        if isinstance(who, LocalOperator):
+            return Actor(who.name, who, None)
+        verified = await self._verify(who, operation)
+        if verified.key_id.startswith(KEY_ID_PREFIX):
+            return Actor(verified.subject, who, verified)
+        if not verified.admin:
+            _denied(verified, operation, "neither a service token nor admin-capable")
+            raise Forbidden("this needs a service token (or an admin's token)")
+        return await self.admin(who, operation)
 
     async def also_allows(self, actor: Actor, operation: str) -> bool:
         """Whether `actor`'s token would also be allowed `operation` here (a local operator is)."""

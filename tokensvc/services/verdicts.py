@@ -5,8 +5,10 @@ signature chain proves, every first-party caveat of the token and its bound disc
 long it may keep them — then decides each request locally with `caveats.decide`, the rule
 /v1/verify applies. The revocation stream tells it what to drop. Root keys never leave tokensvc.
 
-Who may ask: a caller whose own token allows `tokens:verdict` on this API (a service token minted
-for it). What it learns is no more than the token's holder can read: the caveats are in the token
+Who may ask: a caller whose own token allows `tokens:verdict` on this API. The stream also needs
+that token to be a service token (or an enabled admin's admin token): it names every subject
+whose tokens are revoked, which no ordinary user may watch. What a verdict tells is no more than
+the token's holder can read: the caveats are in the token
 itself, the key id and token id in its identifier, the subject's current generation only in the
 form "this token is still live" (a verdict is refused once it is not); nothing of the registry
 (description, creator, use) and nothing of the root key but its expiry, which bounds the token's.
@@ -113,23 +115,30 @@ class VerdictService:
             "cursor": str(cursor),
         }
 
-    async def subscribe(self, who: Principal, cursor: str | None) -> Subscription:
+    async def subscribe(
+        self, who: Principal, cursor: str | None, *, wait: bool = True
+    ) -> Subscription:
         """Authorise a stream subscriber and place it: resumed after `cursor`, or from now.
 
-        Iterate `batches` inside `slot()`.
+        Iterate `batches` inside `slot()`. `wait=False`: the batches end once the subscriber
+        has everything up to the newest event (a catch-up poll instead of a stream).
 
         Raises:
             InvalidToken, CaveatDenied: the caller's token is bad or lacks `tokens:verdict`.
+            Forbidden: neither a service token nor an enabled admin's (the stream names subjects).
             Unavailable: the database is down (a resume older than the in-memory ring).
         """
-        await self._authz.holder(who, VERDICT_OPERATION)
+        await self._authz.service(who, VERDICT_OPERATION)
+        if not wait:  # "everything committed until now", not only what this process has read
+            await self._feed.catch_up()
         start, reset = await self._feed.start(parse_cursor(cursor))
+        newest = self._feed.cursor
         return Subscription(
             start=start,
-            newest=self._feed.cursor,
+            newest=newest,
             reset=reset,
             heartbeat=self._feed.heartbeat,
-            batches=self._feed.follow(start),
+            batches=self._feed.follow(start, until=None if wait else newest),
         )
 
     def slot(self) -> contextlib.AbstractContextManager[None]:

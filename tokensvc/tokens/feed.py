@@ -210,11 +210,20 @@ class RevocationFeed:
         finally:
             self.subscribers -= 1
 
-    async def follow(self, position: int) -> AsyncGenerator[list[RevocationEvent], None]:
+    async def follow(
+        self, position: int, *, until: int | None = None
+    ) -> AsyncGenerator[list[RevocationEvent], None]:
         """Batches of events after `position` as they are applied here; an empty batch when
-        `heartbeat` seconds pass without one (the caller sends a ping). Ends at shutdown."""
+        `heartbeat` seconds pass without one (the caller sends a ping). Ends at shutdown, or
+        once past `until` when it is given (a catch-up that does not wait)."""
         while True:
+            if until is not None and position >= until:
+                return
             batch = await self.events_after(position)
+            if until is not None:
+                batch = [e for e in batch if e.id <= until]
+                if not batch:
+                    return
             if batch:
                 position = batch[-1].id
                 yield batch

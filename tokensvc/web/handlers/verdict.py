@@ -5,11 +5,15 @@ heartbeat, a `reset` when the client's cursor cannot be resumed, then one event 
 (`token`, `generation`, `key`) with its id, and a `: ping` comment whenever `heartbeat` seconds
 pass without one, so a client notices a dead stream. A slow reader is written to at its own pace:
 `write` waits for the socket to drain, and the feed keeps no queue per subscriber.
+
+`?until=now` answers the same way but ends once the newest event at the time of the request is
+sent: a catch-up poll for clients behind proxies that buffer streams (and for curl and fuzzers).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Final
 
 import orjson
@@ -25,9 +29,12 @@ from tokensvc.web.jsonio import json_response, read_json_object, reject_unknown,
 from tokensvc.web.pipeline import REQUEST_ID
 from tokensvc.web.routes import add_routes
 
+log = logging.getLogger("tokensvc.web")
+
 STREAM_PATH: Final = "/v1/revocations/stream"
 _ALLOWED: Final = frozenset(("token", "discharges"))
 _PING: Final = b": ping\n\n"
+_MAX_CURSOR: Final = 64  # openapi.yaml's maxLength; any shorter string is answered (a reset)
 # A verdict describes a bearer credential: shared caches must not keep it (the client does).
 _NO_STORE: Final = {"Cache-Control": "no-store"}
 
@@ -71,9 +78,14 @@ def _events(batch: list[RevocationEvent]) -> bytes:
 async def stream(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     cursor = request.headers.get("Last-Event-ID") or request.query.get("cursor")
+    if cursor is not None and len(cursor) > _MAX_CURSOR:
+        raise BadRequest(f"Last-Event-ID / cursor: at most {_MAX_CURSOR} characters")
+    until = request.query.get("until")
+    if until not in (None, "now"):
+        raise BadRequest("until must be `now` (or absent: follow the stream)")
     verdicts = request.app[appkeys.SERVICES].verdicts
 
-    subscription = await verdicts.subscribe(who, cursor)
+    subscription = await verdicts.subscribe(who, cursor, wait=until is None)
 
     with verdicts.slot():
         response = web.StreamResponse(
@@ -99,4 +111,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                     await response.write(_events(batch) if batch else _PING)
         except ConnectionError:
             pass  # the client left; its slot is freed on the way out
+        except Exception:  # past the headers, ending the stream is all there is to do
+            # (the database went away while this subscriber read behind the ring): the client
+            # reconnects with its Last-Event-ID and misses nothing.
+            log.warning("revocation stream ended early", exc_info=True)
         return response

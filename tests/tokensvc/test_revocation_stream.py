@@ -1,0 +1,325 @@
+"""GET /v1/revocations/stream: every kind of revocation becomes an event, resumable by id.
+
+Against the real app factory on PostgreSQL and on SQLite (replicas: tests/tokensvc/
+test_revocation_stream_replicas.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
+from tests.served import ServedTestServer
+from tests.sse import SSEReader
+from tokensvc.tokens.events import EventLog
+from tokensvc.web import appkeys
+from tokensvc.web.app import create_app
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient
+
+    from tokensvc.operations.config import Config
+
+    Client = TestClient[web.Request, web.Application]
+
+STREAM = "/v1/revocations/stream"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def mint(client: Client, admin_token: str, **body: Any) -> dict[str, Any]:
+    resp = await client.post("/v1/tokens", json=body, headers=bearer(admin_token))
+    assert resp.status == 201, await resp.text()
+    return dict(await resp.json())
+
+
+@pytest.fixture
+async def caller(client: Client, admin_token: str) -> str:
+    """A service's token that may follow the stream (a service token: own root key)."""
+    minted = await mint(
+        client, admin_token, subject="svc", operations=["tokens:verdict"], service=True
+    )
+    return str(minted["token"])
+
+
+async def subscribe(
+    client: Client, caller: str, *, last_event_id: str | None = None, query: str = ""
+) -> SSEReader:
+    headers = bearer(caller)
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    resp = await client.get(STREAM + query, headers=headers)
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    return SSEReader(resp)
+
+
+async def revoke(client: Client, admin_token: str, token_id: str) -> None:
+    resp = await client.delete(f"/v1/tokens/{token_id}", headers=bearer(admin_token))
+    assert resp.status == 204, await resp.text()
+
+
+async def test_hello_then_one_event_per_kind_of_revocation(
+    client: Client, admin_token: str, caller: str
+) -> None:
+    """Revoking a token, burning one, revoke-all, disabling a user and revoking a root key each
+    send their event, with increasing ids, after a hello naming the cursor."""
+    by_id = await mint(client, admin_token, subject="alice")
+    burnt = await mint(client, admin_token, subject="alice")
+    resp = await client.post(
+        "/v1/users",
+        json={"name": "dave", "password": "a long enough password 1"},
+        headers=bearer(admin_token),
+    )
+    assert resp.status == 201, await resp.text()
+    rotated = await client.post("/v1/keys/rotate", headers=bearer(admin_token))
+    assert rotated.status in (200, 201), await rotated.text()
+    new_key = (await rotated.json())["id"]
+    stream = await subscribe(client, caller)
+    hello = await stream.next_event()
+
+    await revoke(client, admin_token, by_id["token_id"])
+    token_event = await stream.next_event()
+    resp = await client.post("/v1/tokens/revoke", json={"token": burnt["token"]})
+    assert resp.status == 204
+    burn_event = await stream.next_event()
+    resp = await client.post("/v1/subjects/bob/revoke-all", headers=bearer(admin_token))
+    assert resp.status == 200
+    all_event = await stream.next_event()
+    resp = await client.patch(
+        "/v1/users/dave", json={"disabled": True}, headers=bearer(admin_token)
+    )
+    assert resp.status == 200, await resp.text()
+    disabled_event = await stream.next_event()
+    resp = await client.post(f"/v1/keys/{new_key}/revoke", headers=bearer(admin_token))
+    assert resp.status in (200, 204), await resp.text()
+    key_event = await stream.next_event()
+
+    assert hello.kind == "hello"
+    assert hello.data["cursor"].isdigit()
+    assert hello.data["heartbeat"] == 5
+    assert (token_event.kind, token_event.data["token_id"]) == ("token", by_id["token_id"])
+    assert token_event.data["expires_at"] > datetime.now(UTC).timestamp()
+    assert (burn_event.kind, burn_event.data["token_id"]) == ("token", burnt["token_id"])
+    assert (all_event.kind, all_event.data) == ("generation", {"subject": "bob", "generation": 1})
+    assert (disabled_event.kind, disabled_event.data) == (
+        "generation",
+        {"subject": "dave", "generation": 1},
+    )
+    assert (key_event.kind, key_event.data) == ("key", {"key_id": new_key})
+    ids = [int(e.id or 0) for e in (token_event, burn_event, all_event, disabled_event, key_event)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 5
+    assert ids[0] > int(hello.data["cursor"])
+
+
+async def test_revoking_twice_sends_one_event(
+    client: Client, admin_token: str, caller: str
+) -> None:
+    """A revocation already made changes nothing, so it sends nothing."""
+    first = await mint(client, admin_token, subject="alice")
+    second = await mint(client, admin_token, subject="alice")
+    stream = await subscribe(client, caller)
+    await stream.next_event()
+
+    await revoke(client, admin_token, first["token_id"])
+    await revoke(client, admin_token, first["token_id"])
+    await revoke(client, admin_token, second["token_id"])
+
+    assert (await stream.next_event()).data["token_id"] == first["token_id"]
+    assert (await stream.next_event()).data["token_id"] == second["token_id"]
+
+
+async def test_resume_after_reconnect_misses_nothing(
+    client: Client, admin_token: str, caller: str
+) -> None:
+    """Reconnecting with Last-Event-ID (or ?cursor=) replays exactly what came after it."""
+    tokens = [await mint(client, admin_token, subject="alice") for _ in range(4)]
+    stream = await subscribe(client, caller)
+    hello = await stream.next_event()
+    stream.response.close()
+
+    for minted in tokens[:3]:
+        await revoke(client, admin_token, minted["token_id"])
+    resumed = await subscribe(client, caller, last_event_id=hello.id)
+    await resumed.next_event()  # hello
+    replayed = [await resumed.next_event() for _ in range(3)]
+    by_query = await subscribe(client, caller, query=f"?cursor={replayed[0].id}")
+    await by_query.next_event()  # hello
+    await revoke(client, admin_token, tokens[3]["token_id"])
+    rest = [await by_query.next_event() for _ in range(3)]
+
+    assert [e.data["token_id"] for e in replayed] == [t["token_id"] for t in tokens[:3]]
+    assert [e.data["token_id"] for e in rest] == [t["token_id"] for t in tokens[1:4]]
+
+
+@pytest.mark.parametrize("cursor", ["not-a-cursor", "99999999999", "-3"])
+async def test_unknown_cursor_is_told_to_reset(caller: str, client: Client, cursor: str) -> None:
+    """A cursor this log never had gets a reset right after hello: the client drops its cache."""
+    stream = await subscribe(client, caller, last_event_id=cursor)
+
+    hello = await stream.next_event()
+    reset = await stream.next_event()
+
+    assert hello.kind == "hello"
+    assert reset.kind == "reset"
+    assert "unknown cursor" in reset.data["reason"]
+
+
+async def test_pruned_cursor_is_told_to_reset(
+    aiohttp_client: Any,
+    client: Client,
+    admin_token: str,
+    caller: str,
+    app_config: Config,
+    clock: FakeClock,
+) -> None:
+    """A cursor whose successors were pruned from the log gets a reset, not a silent gap, from a
+    replica that never held them in memory; the one that still does replays them."""
+    tokens = [await mint(client, admin_token, subject="alice") for _ in range(3)]
+    stream = await subscribe(client, caller)
+    hello = await stream.next_event()
+    stream.response.close()
+    for minted in tokens:
+        await revoke(client, admin_token, minted["token_id"])
+    app = client.server.app
+    assert app is not None
+    pruned = await EventLog(app[appkeys.ENGINE]).prune(datetime.now(UTC) + timedelta(days=1))
+    replica = await aiohttp_client(create_app(app_config, clock=clock))
+
+    from_replica = await subscribe(replica, caller, last_event_id=hello.id)
+    replica_events = [await from_replica.next_event(), await from_replica.next_event()]
+    from_memory = await subscribe(client, caller, last_event_id=hello.id)
+    memory_events = [await from_memory.next_event() for _ in range(4)]
+
+    assert pruned == 2  # the newest event stays: the floor of the id sequence
+    assert [e.kind for e in replica_events] == ["hello", "reset"]
+    assert "older than the retained" in replica_events[1].data["reason"]
+    assert [e.kind for e in memory_events] == ["hello", "token", "token", "token"]
+
+
+async def test_stream_needs_a_service_or_admin_token_allowing_tokens_verdict(
+    client: Client, admin_token: str
+) -> None:
+    """No token is a 401; a service token without tokens:verdict, and a user's ordinary token
+    that allows it (it could have narrowed itself to it), are 403: the stream names other
+    subjects. An admin's own token may follow it."""
+    reader = await mint(client, admin_token, subject="svc", operations=["read"], service=True)
+    users = await mint(client, admin_token, subject="mallory", operations=["tokens:verdict"])
+
+    anonymous = await client.get(STREAM)
+    forbidden = await client.get(STREAM, headers=bearer(reader["token"]))
+    ordinary = await client.get(STREAM, headers=bearer(users["token"]))
+    admin = await client.get(STREAM + "?until=now", headers=bearer(admin_token))
+
+    assert anonymous.status == 401
+    assert "error" in await anonymous.json()
+    for resp in (forbidden, ordinary):
+        assert resp.status == 403
+        assert "error" in await resp.json()
+    assert admin.status == 200
+    assert "event: hello" in await admin.text()
+
+
+async def test_verdict_cursor_covers_earlier_revocations(
+    client: Client, admin_token: str, caller: str
+) -> None:
+    """A verdict's cursor is at or past every revocation made before it was asked for."""
+    stream = await subscribe(client, caller)
+    await stream.next_event()
+    gone = await mint(client, admin_token, subject="alice")
+    live = await mint(client, admin_token, subject="alice")
+    await revoke(client, admin_token, gone["token_id"])
+    event = await stream.next_event()
+
+    resp = await client.post("/v1/verdict", json={"token": live["token"]}, headers=bearer(caller))
+
+    assert resp.status == 200
+    assert int((await resp.json())["cursor"]) >= int(event.id or 0)
+
+
+async def _app_client(
+    aiohttp_client: Any, pg_url: str, data_dir: Path, clock: FakeClock, **overrides: Any
+) -> tuple[Client, str, str]:
+    config = make_config(database_url=pg_url, data_dir=data_dir, **overrides)
+    client = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+    login = await client.post("/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD))
+    admin = str((await login.json())["token"])
+    svc = (await mint(client, admin, subject="svc", operations=["tokens:verdict"], service=True))[
+        "token"
+    ]
+    return client, admin, svc
+
+
+async def test_heartbeat_pings_an_idle_stream(
+    aiohttp_client: Any, pg_url: str, data_dir: Path, clock: FakeClock
+) -> None:
+    """With nothing revoked, a `: ping` comes every heartbeat, so a client can tell it is alive."""
+    client, _admin, svc = await _app_client(
+        aiohttp_client, pg_url, data_dir, clock, revocation_stream_heartbeat=0.2
+    )
+    stream = await subscribe(client, svc)
+    hello = await stream.next()
+
+    pings = [await stream.next(within=1.0) for _ in range(2)]
+
+    assert hello.data["heartbeat"] == 0.2
+    assert [p.kind for p in pings] == ["ping", "ping"]
+
+
+async def test_subscribers_are_bounded(
+    aiohttp_client: Any, pg_url: str, data_dir: Path, clock: FakeClock
+) -> None:
+    """Past TOKENSVC_REVOCATION_STREAM_MAX_SUBSCRIBERS a subscriber gets 503 + Retry-After;
+    a slot freed by a leaving client is taken again."""
+    client, _admin, svc = await _app_client(
+        aiohttp_client, pg_url, data_dir, clock, revocation_stream_max_subscribers=1
+    )
+    first = await subscribe(client, svc)
+    await first.next()
+
+    refused = await client.get(STREAM, headers=bearer(svc))
+    first.response.close()
+    again = None
+    for _ in range(100):
+        again = await client.get(STREAM, headers=bearer(svc))
+        if again.status == 200:
+            break
+        again.release()
+        await asyncio.sleep(0.02)
+
+    assert refused.status == 503
+    assert "Retry-After" in refused.headers
+    assert "error" in await refused.json()
+    assert again is not None
+    assert again.status == 200
+
+
+async def test_until_now_catches_up_and_ends(client: Client, admin_token: str, caller: str) -> None:
+    """?until=now sends hello and every event after the cursor up to the newest, then ends."""
+    tokens = [await mint(client, admin_token, subject="alice") for _ in range(2)]
+    stream = await subscribe(client, caller)
+    hello = await stream.next_event()
+    stream.response.close()
+    for minted in tokens:
+        await revoke(client, admin_token, minted["token_id"])
+
+    resp = await client.get(STREAM + f"?until=now&cursor={hello.id}", headers=bearer(caller))
+    text = await asyncio.wait_for(resp.text(), 5)
+    bad = await client.get(STREAM + "?until=later", headers=bearer(caller))
+    long = await client.get(STREAM, headers={**bearer(caller), "Last-Event-ID": "1" * 65})
+
+    assert resp.status == 200
+    assert text.count("event: token") == 2
+    assert text.startswith(f"id: {hello.id}\nevent: hello\n")
+    assert bad.status == 400
+    assert long.status == 400
