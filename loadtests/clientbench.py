@@ -67,6 +67,7 @@ SERVICE_TOKEN = {
     "subject": "bench-service",
     "ttl": "1h",
     "operations": ["tokens:verdict"],
+    "service": True,
     "description": "loadtests client: verdicts",
 }
 GOAL_ADDED_US = 10.0

@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     service_token = os.environ.get("TOKENSVC_SERVICE_TOKEN")
     if not service_token:
-        parser.error("set TOKENSVC_SERVICE_TOKEN to a token allowed tokens:verdict")
+        parser.error("set TOKENSVC_SERVICE_TOKEN to a service token allowed tokens:verdict")
     client = TokensvcClient(args.tokensvc, service_token)
     web.run_app(create_app(client, audience=args.audience), host=args.host, port=args.port)
 

@@ -114,6 +114,7 @@ async def serve_tokensvc(
                 session,
                 subject="svc-protected",
                 operations=[VERDICT_OPERATION],
+                service=True,  # the stream names subjects: only service (or admin) tokens follow it
                 description="tokensvc-client tests",
             )
             served.service_token = str(minted["token"])
