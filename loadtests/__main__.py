@@ -1,11 +1,11 @@
-"""`python -m loadtests {http,micro,instructions,storm,workers,memory,locust,report,all} [options]` — see loadtests/README.md."""
+"""`python -m loadtests {http,micro,instructions,storm,workers,memory,locust,client,report,all} [options]` — see loadtests/README.md."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 
-USAGE = """usage: python -m loadtests {http,micro,instructions,storm,workers,memory,locust,report,all} [options]
+USAGE = """usage: python -m loadtests {http,micro,instructions,storm,workers,memory,locust,client,report,all} [options]
 
   http   start tokensvc, a bare aiohttp handler, the Go verify-peer and nginx on loopback (servers
          pinned to one core), load them with wrk (or a Python load generator), print /v1/verify
@@ -19,6 +19,8 @@ USAGE = """usage: python -m loadtests {http,micro,instructions,storm,workers,mem
   memory   verify N distinct tokens (default 1,000,000) through `tokensvc serve`'s verify port,
            RSS of each of its processes sampled every 50k (--in-process: in this process)
   locust   the locust scenario (login → mint → verify) headless against a fresh tokensvc
+  client   a sample aiohttp endpoint: no auth vs tokensvc-client's middleware on a cache hit vs
+           /v1/verify per request; the time a hit adds and the throughput ratio (issue 20)
   report   one summary of the latest results files + loadtests/results/latency.png
   all    micro, then http (options: --quick for short runs of both)
 
@@ -32,6 +34,7 @@ _MODULES = {
     "memory": "memory",
     "locust": "locustrun",
     "report": "report",
+    "client": "clientbench",
 }
 
 

@@ -178,5 +178,31 @@ def test_instructions_says_how_to_install_valgrind_when_it_is_missing() -> None:
 
 def test_usage_lists_every_command() -> None:
     proc = _run("--help", timeout=60)
-    for command in ("instructions", "storm", "workers", "memory", "locust", "report"):
+    for command in ("instructions", "storm", "workers", "memory", "locust", "client", "report"):
         assert command in proc.stdout
+
+
+def test_client_benchmark_prints_its_goals() -> None:
+    """`client` starts tokensvc and the three sample services, checks them, and prints the goals."""
+    proc = _run(
+        "client",
+        "--duration",
+        "1",
+        "--rounds",
+        "1",
+        "--warmup",
+        "0",
+        "--micro-iterations",
+        "200",
+        "--no-save",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    for expected in (
+        "middleware, cache hit",
+        "/v1/verify per request",
+        "added per request on a cache hit",
+        "throughput, middleware on a hit / no auth",
+        "await client.check(...) on a hit",
+    ):
+        assert expected in proc.stdout, f"{expected!r} missing from:\n{proc.stdout}"

@@ -589,8 +589,17 @@ def run_checks() -> list[str]:
     if subprocess.run([venv_tool("mypy")], check=False).returncode:
         failed.append("mypy --strict: type errors above")
     # lint-imports prints its banner and every contract; only a broken one is worth showing.
+    # client/ holds tokensvc_client (a distribution of its own, not installed into .venv): on the
+    # path so its contract is checked too.
+    pythonpath = os.pathsep.join(
+        p for p in (str(ROOT / "client"), os.environ.get("PYTHONPATH")) if p
+    )
     contracts = subprocess.run(
-        [venv_tool("lint-imports"), "--no-cache"], capture_output=True, text=True, check=False
+        [venv_tool("lint-imports"), "--no-cache"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": pythonpath},
     )
     if contracts.returncode:
         output = contracts.stdout + contracts.stderr

@@ -1,0 +1,127 @@
+"""ASGI (Starlette, FastAPI, any ASGI 3 app): a middleware that checks every HTTP request's token
+with a TokensvcClient. Plain ASGI, so it needs no Starlette.
+
+    app = TokensvcASGIMiddleware(app, client, audience="orders")
+    # Starlette/FastAPI handlers: request.scope["tokensvc_client.principal"], or
+    # request.state.principal (the middleware fills scope["state"]).
+
+`requirements(scope)` may return a Requirement per request (operation/resource, or PUBLIC);
+by default every request is checked with the forward-auth mapping of its method and path.
+WebSocket and lifespan scopes pass through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+
+import orjson
+
+from tokensvc_client.client import TokensvcClient
+from tokensvc_client.errors import Denied, Unavailable
+from tokensvc_client.mapping import (
+    DEFAULT,
+    Requirement,
+    discharges_from,
+    operation_for,
+    resource_of,
+    token_from,
+)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+PRINCIPAL: Final = "tokensvc_client.principal"
+
+
+class TokensvcASGIMiddleware:
+    """Allow a request through to `app`, or answer 401/403/400/503 JSON itself."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        client: TokensvcClient,
+        *,
+        audience: str | None = None,
+        requirements: Callable[[Scope], Requirement] | None = None,
+        client_ip: Callable[[Scope], str | None] | None = None,
+    ) -> None:
+        self.app = app
+        self.client = client
+        self.audience = audience
+        self.requirements = requirements
+        self.client_ip = client_ip or _peer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        requirement = self.requirements(scope) if self.requirements is not None else DEFAULT
+        if requirement.public:
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        try:
+            token = token_from(headers.get("authorization"))
+            discharges = discharges_from(headers.get("x-macaroon-discharges"))
+            raw_path = scope.get("raw_path")
+            path = raw_path.decode("latin-1") if raw_path else _quote_path(scope["path"])
+            found = await self.client.check(
+                token,
+                discharges,
+                operation=requirement.operation or operation_for(scope["method"]),
+                resource=requirement.resource or resource_of(path),
+                audience=self.audience,
+                client_ip=self.client_ip(scope),
+            )
+        except (Denied, Unavailable) as exc:
+            await _refuse(send, exc)
+            return
+        scope[PRINCIPAL] = found
+        scope.setdefault("state", {})["principal"] = found
+        await self.app(scope, receive, send)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    # Latin-1, as ASGI servers hand headers over; the first of repeated ones wins.
+    out: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        key = name.decode("latin-1").lower()
+        if key not in out:
+            out[key] = value.decode("latin-1")
+    return out
+
+
+def _quote_path(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(path, safe="/:@!$&'()*+,;=-._~")
+
+
+def _peer(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+async def _refuse(send: Send, exc: Denied | Unavailable) -> None:
+    if isinstance(exc, Unavailable):
+        status, code = 503, "unavailable"
+        extra = [(b"retry-after", str(exc.retry_after).encode())]
+    else:
+        status, code = exc.status, exc.code
+        extra = [(b"www-authenticate", b'Bearer realm="tokensvc"')] if status == 401 else []
+    body = orjson.dumps({"error": {"code": code, "message": exc.reason}})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

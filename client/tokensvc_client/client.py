@@ -1,0 +1,362 @@
+"""TokensvcClient: decide per request from cached tokensvc verdicts, kept honest by the
+revocation stream; ask /v1/verify (or fail closed) whenever the cache may not be trusted.
+
+The decision itself is the server's: `caveats.decide` (tokensvc's Verifier calls the same function)
+over the verdict's decoded caveats, with the stream's revocation facts applied on every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from time import monotonic
+from types import MappingProxyType
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+
+from caveats import Context, decide
+from tokensvc_client.errors import (
+    BadRequest,
+    CaveatDenied,
+    Denied,
+    InvalidToken,
+    Unavailable,
+)
+from tokensvc_client.metrics import ClientMetrics
+from tokensvc_client.revocations import RevocationState
+from tokensvc_client.stream import RevocationStream
+from tokensvc_client.verdicts import (
+    CacheKey,
+    Principal,
+    Verdict,
+    VerdictCache,
+    VerdictError,
+    parse_verdict,
+)
+
+WhenStale = Literal["verify", "fail-closed"]
+
+
+class TokensvcClient:
+    """Verifies tokens for a protected service, in microseconds on a cache hit.
+
+    Use as `async with TokensvcClient(url, service_token) as client:` (or `await start()` /
+    `await close()`); `subscribe=False` never trusts a cache: every request asks /v1/verify; `await client.check(token, operation=..., resource=...)` returns a
+    Principal or raises InvalidToken (401), CaveatDenied (403), BadRequest (400) or Unavailable (503).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        service_token: str,
+        *,
+        verify_url: str | None = None,
+        stale_after: float = 15.0,
+        when_stale: WhenStale = "verify",
+        max_entries: int = 10_000,
+        max_bytes: int = 32 * 1024 * 1024,
+        max_token_bytes: int = 16384,
+        request_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        session: aiohttp.ClientSession | None = None,
+        subscribe: bool = True,
+    ) -> None:
+        if when_stale not in ("verify", "fail-closed"):
+            raise ValueError("when_stale must be 'verify' or 'fail-closed'")
+        base = url.rstrip("/")
+        self._verdict_url = base + "/v1/verdict"
+        self._verify_url = (verify_url or base).rstrip("/") + "/v1/verify"
+        self._auth = {"Authorization": f"Bearer {service_token}"}
+        self._when_stale = when_stale
+        self._max_token_bytes = max_token_bytes
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._clock = clock
+        self._own_session = session is None
+        self._session = session
+        self._base = base
+        self._service_token = service_token
+        self._stale_after = stale_after
+        # False: never subscribe, so the cache is never trusted and every request goes to
+        # /v1/verify (the benchmark's per-request baseline; a service that cannot hold a stream).
+        self._subscribe = subscribe
+        self.metrics = ClientMetrics()
+        self.state = RevocationState()
+        self.cache = VerdictCache(max_entries=max_entries, max_bytes=max_bytes)
+        self.stream: RevocationStream | None = None
+        self._inflight: dict[CacheKey, asyncio.Future[Verdict]] = {}
+
+    async def start(self) -> None:
+        """Open the HTTP session and subscribe to the revocation stream."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        if self.stream is None and self._subscribe:
+            self.stream = RevocationStream(
+                session=self._session,
+                url=self._base,
+                service_token=self._service_token,
+                state=self.state,
+                metrics=self.metrics,
+                on_reset=self.cache.clear,
+                on_key_revoked=self.cache.forget_key,
+                stale_after=self._stale_after,
+                clock=self._clock,
+            )
+            self.stream.start()
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.close()
+            self.stream = None
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> TokensvcClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---- deciding -----------------------------------------------------------------------------
+
+    async def check(
+        self,
+        token: str,
+        discharges: Sequence[str] = (),
+        *,
+        operation: str | None = None,
+        resource: str | None = None,
+        audience: str | None = None,
+        client_ip: str | None = None,
+    ) -> Principal:
+        """Allow (the Principal) or raise: Denied (401/403/400) or Unavailable (503)."""
+        # stream.trusted_until: the monotonic deadline of the stream's liveness (0 when it is
+        # not connected or not caught up), so the hot path reads an attribute, not a method.
+        stream = self.stream
+        if stream is None or monotonic() >= stream.trusted_until:
+            return await self._untrusted(
+                token, discharges, operation, resource, audience, client_ip
+            )
+        key: CacheKey = (token, *discharges) if discharges else token
+        now = self._clock()
+        verdict = self.cache.get(key)
+        if verdict is not None and now < verdict.valid_until:
+            self.metrics.hits += 1
+        else:
+            if verdict is not None:
+                self.cache.discard(key)
+            verdict = await self._fetch(key, token, discharges)
+            now = self._clock()
+        return self._decide(verdict, now, operation, resource, audience, client_ip)
+
+    def _decide(
+        self,
+        verdict: Verdict,
+        now: float,
+        operation: str | None,
+        resource: str | None,
+        audience: str | None,
+        client_ip: str | None,
+    ) -> Principal:
+        state = self.state
+        metrics = self.metrics
+        if verdict.key_id in state.revoked_keys:
+            metrics.denied_401 += 1
+            raise InvalidToken("root key revoked")
+        # The subject's generation: the newer of the verdict's and the stream's (inline: hot path).
+        generation = verdict.generation
+        streamed = state.generations.get(verdict.subject)
+        if streamed is not None and streamed > generation:
+            generation = streamed
+        # Positional: the field order of caveats.Context (now, operation, resource, audience,
+        # client_ip, generation), as tokensvc's Verifier builds it.
+        context = Context(now, operation, resource, audience, client_ip, generation)
+        # caveats.decide is the rule; its allow (not revoked, every caveat holds) is tested here
+        # first, as tokensvc's Verifier does, which saves a call per allowed request.
+        policy = verdict.policy
+        revoked = verdict.token_id in state.revoked_tokens
+        if revoked or not policy.holds(context):
+            failure = decide(policy, context, revoked)
+            if failure is not None:
+                if failure.invalid:
+                    metrics.denied_401 += 1
+                    raise InvalidToken(failure.reason)
+                metrics.denied_403 += 1
+                raise CaveatDenied(failure.reason)
+        metrics.allowed += 1
+        return verdict.principal
+
+    async def _fetch(self, key: CacheKey, token: str, discharges: Sequence[str]) -> Verdict:
+        """The verdict for `key` from POST /v1/verdict; one request however many callers wait."""
+        pending = self._inflight.get(key)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this request was cancelled, not the fetch it waited for
+                # The request that was fetching went away: fetch for ourselves.
+        future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            verdict = await self._post_verdict(key, token, discharges)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody else waits
+            raise
+        else:
+            future.set_result(verdict)
+            return verdict
+        finally:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+
+    async def _post_verdict(self, key: CacheKey, token: str, discharges: Sequence[str]) -> Verdict:
+        self.metrics.misses += 1
+        self._check_sizes(token, discharges)
+        status, body = await self._post(
+            self._verdict_url, {"token": token, "discharges": list(discharges)}
+        )
+        if status != 200:
+            raise self._refusal(status, body, "/v1/verdict")
+        key_bytes = len(token) + sum(len(d) for d in discharges)
+        try:
+            verdict = parse_verdict(body, now=self._clock(), key_bytes=key_bytes)
+        except VerdictError as exc:
+            self.metrics.unavailable += 1
+            raise Unavailable(f"tokensvc answered an unusable verdict ({exc})") from None
+        # Cache only what the stream already covers: a revocation between the stream's position
+        # and the verdict's cursor would otherwise be missed. Used for this request either way.
+        stream = self.stream
+        if stream is not None and stream.live() and self.state.reached(verdict.cursor):
+            self.cache.put(key, verdict)
+        else:
+            self.metrics.uncacheable += 1
+        return verdict
+
+    async def _untrusted(
+        self,
+        token: str,
+        discharges: Sequence[str],
+        operation: str | None,
+        resource: str | None,
+        audience: str | None,
+        client_ip: str | None,
+    ) -> Principal:
+        """The stream is not live: ask /v1/verify, or fail closed."""
+        if self._when_stale == "fail-closed":
+            self.metrics.unavailable += 1
+            raise Unavailable("the revocation stream is not live and the client fails closed")
+        self.metrics.fallbacks += 1
+        self._check_sizes(token, discharges)
+        context = {
+            "operation": operation,
+            "resource": resource,
+            "audience": audience,
+            "client_ip": client_ip,
+        }
+        status, body = await self._post(
+            self._verify_url, {"token": token, "discharges": list(discharges), "context": context}
+        )
+        if status != 200:
+            exc = self._refusal(status, body, "/v1/verify")
+            if isinstance(exc, InvalidToken):
+                self.metrics.denied_401 += 1
+            elif isinstance(exc, CaveatDenied):
+                self.metrics.denied_403 += 1
+            raise exc
+        try:
+            expires = body["expires_at"]
+            principal = Principal(
+                body["subject"],
+                body["token_id"],
+                None if expires is None else datetime.fromisoformat(expires).timestamp(),
+                MappingProxyType(dict(body.get("declared") or {})),
+            )
+        except (KeyError, TypeError, ValueError):
+            self.metrics.unavailable += 1
+            raise Unavailable("tokensvc answered an unusable /v1/verify body") from None
+        self.metrics.allowed += 1
+        return principal
+
+    def _check_sizes(self, token: str, discharges: Sequence[str]) -> None:
+        if not token:
+            raise InvalidToken("no token")
+        if len(token) + sum(len(d) for d in discharges) > self._max_token_bytes * 4:
+            raise BadRequest("token and discharges are too large")
+
+    async def _post(self, url: str, payload: dict[str, Any]) -> tuple[int, Any]:
+        session = self._session
+        if session is None:
+            raise RuntimeError("TokensvcClient used before start()")
+        try:
+            async with session.post(
+                url,
+                data=orjson.dumps(payload),
+                headers={**self._auth, "Content-Type": "application/json"},
+                timeout=self._timeout,
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After", "")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.metrics.unavailable += 1
+            raise Unavailable(f"tokensvc is unreachable ({type(exc).__name__})") from None
+        if status >= 500:
+            self.metrics.unavailable += 1
+            raise Unavailable(
+                f"tokensvc answered {status}",
+                retry_after=int(retry_after) if retry_after.isdecimal() else 2,
+            )
+        try:
+            return status, orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            self.metrics.unavailable += 1
+            raise Unavailable(f"tokensvc answered {status} without JSON") from None
+
+    def _refusal(self, status: int, body: Any, path: str) -> Exception:
+        """The exception for a non-200 answer of /v1/verdict or /v1/verify."""
+        reason = _reason(body) or f"{path} answered {status}"
+        if (
+            status == 401
+            and path == "/v1/verdict"
+            and not (isinstance(body, dict) and "valid" in body)
+        ):
+            # An error body without `valid`: *our* service token was refused, not the request's.
+            self.metrics.unavailable += 1
+            return Unavailable(f"tokensvc refused the service token: {reason}")
+        if status == 401:
+            return InvalidToken(reason)
+        if status == 403:
+            if path == "/v1/verdict":
+                # /v1/verdict answers 403 only about *our* service token (it lacks tokens:verdict):
+                # a misconfiguration, never the request's fault.
+                self.metrics.unavailable += 1
+                return Unavailable(f"the service token may not ask for verdicts: {reason}")
+            return CaveatDenied(reason)
+        if status == 400:
+            return BadRequest(reason)
+        self.metrics.unavailable += 1
+        return Unavailable(f"{path} answered {status}: {reason}")
+
+
+def _reason(body: Any) -> str | None:
+    if isinstance(body, dict):
+        reason = body.get("reason")
+        if isinstance(reason, str):
+            return reason
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+    return None
+
+
+__all__ = ["Denied", "Principal", "TokensvcClient", "WhenStale"]

@@ -1,0 +1,96 @@
+"""From an HTTP request to the context a token is checked against, the way tokensvc's
+forward-auth (GET /v1/auth, docs/forward-auth.md) builds it, so a token minted for a proxied
+service means the same behind this middleware:
+
+- operation: `read` for GET, HEAD, OPTIONS; `write` for anything else (unless a route says);
+- resource: the path, percent-decoded, dot segments and repeated slashes resolved, never above
+  `/`, a trailing slash kept (tokensvc.web.handlers.forwardauth.resource_of, held to it by a test);
+- token: `Authorization: Bearer <token>` or `Authorization: Macaroon <token>`; discharges, if any,
+  in `X-Macaroon-Discharges` (comma-separated).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import unquote_to_bytes
+
+from tokensvc_client.errors import CaveatDenied, InvalidToken
+
+READ_METHODS: Final = frozenset(("GET", "HEAD", "OPTIONS"))
+DISCHARGES_HEADER: Final = "X-Macaroon-Discharges"
+_MAX_URI: Final = 2048
+_MAX_DISCHARGES: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """What a route needs: a fixed operation/resource, or None for the forward-auth mapping."""
+
+    operation: str | None = None
+    resource: str | None = None
+    public: bool = False
+
+
+DEFAULT: Final = Requirement()
+PUBLIC: Final = Requirement(public=True)
+
+
+def operation_for(method: str) -> str:
+    """`read` for GET, HEAD and OPTIONS; `write` for every other method, known or not."""
+    return "read" if method.strip().upper() in READ_METHODS else "write"
+
+
+def resource_of(path: str) -> str:
+    """The request path as a proxy routes it (forward-auth's rule); CaveatDenied if it cannot be one."""
+    if len(path) > _MAX_URI:
+        raise CaveatDenied("the request URI is too long")
+    # The common case, already normal: nothing to decode, no dot segment, no empty segment, no
+    # query, no control character. The full rule below returns such a path unchanged.
+    if (
+        path[:1] == "/"
+        and path.isprintable()
+        and "%" not in path
+        and "/." not in path
+        and "//" not in path
+        and "?" not in path
+        and "#" not in path
+    ):
+        return path
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    if not path.startswith("/") and "://" in path:
+        path = "/" + path.split("://", 1)[1].partition("/")[2]
+    try:
+        path = unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise CaveatDenied("the request URI is not UTF-8") from None
+    if not path.startswith("/") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise CaveatDenied("the request URI is not an absolute path")
+    segments: list[str] = []
+    for segment in path.split("/")[1:]:
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    trailing = path.endswith(("/", "/.", "/..")) and bool(segments)
+    return "/" + "/".join(segments) + ("/" if trailing else "")
+
+
+def token_from(authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer|Macaroon <token>` header; InvalidToken if none."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() not in ("bearer", "macaroon") or not token:
+        raise InvalidToken("missing Authorization: Bearer <token>")
+    return token
+
+
+def discharges_from(header: str | None) -> tuple[str, ...]:
+    """The discharge tokens of an `X-Macaroon-Discharges` header (comma-separated)."""
+    if not header:
+        return ()
+    discharges = tuple(d.strip() for d in header.split(",") if d.strip())
+    if len(discharges) > _MAX_DISCHARGES:
+        raise InvalidToken(f"at most {_MAX_DISCHARGES} discharges")
+    return discharges

@@ -1,0 +1,200 @@
+"""The revocation stream subscriber: GET /v1/revocations/stream (Server-Sent Events), applied to a
+RevocationState, resumed with Last-Event-ID after a reconnect, with backoff.
+
+Trust rule (docs in client/README.md): the cache may be used only while the stream is *live*:
+connected, caught up with the cursor the server announced at connect, and with some byte (an
+event or the `: ping` heartbeat) received within `stale_after` seconds. Otherwise the client
+falls back to /v1/verify per request or fails closed — never stale allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from tokensvc_client.metrics import ClientMetrics
+from tokensvc_client.revocations import RevocationState
+from tokensvc_client.sse import Event, EventStreamParser, split_lines
+
+log = logging.getLogger("tokensvc_client.stream")
+
+PATH = "/v1/revocations/stream"
+
+
+class RevocationStream:
+    """Keeps `state` current from tokensvc's stream; `live()` says whether the cache may be used."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        url: str,
+        service_token: str,
+        state: RevocationState,
+        metrics: ClientMetrics,
+        on_reset: Callable[[], None],
+        on_key_revoked: Callable[[str], None],
+        stale_after: float = 15.0,
+        backoff: tuple[float, float] = (0.05, 10.0),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._url = url.rstrip("/") + PATH
+        self._token = service_token
+        self.state = state
+        self._metrics = metrics
+        self._on_reset = on_reset
+        self._on_key_revoked = on_key_revoked
+        self.stale_after = stale_after
+        self._backoff = backoff
+        self._clock = clock
+        self._connected = False
+        self._target: str | None = None  # the server's newest event id when we connected
+        self._caught_up = False
+        self._last_byte = float("-inf")  # time.monotonic() of the last byte received
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    # ---- what the client asks -------------------------------------------------------------
+
+    @property
+    def trusted_until(self) -> float:
+        """The time.monotonic() until which the stream is live (0.0: not connected, or not
+        caught up): the last byte's time + stale_after."""
+        if self._caught_up and self._connected:
+            return self._last_byte + self.stale_after
+        return 0.0
+
+    def live(self) -> bool:
+        """Connected, caught up, and heard from within `stale_after` seconds."""
+        return time.monotonic() < self.trusted_until
+
+    def state_name(self) -> str:
+        if not self._connected:
+            return "connecting"
+        if time.monotonic() - self._last_byte >= self.stale_after:
+            return "stale"
+        return "live" if self._caught_up else "catching_up"
+
+    async def wait_live(self, within: float) -> bool:
+        """Wait until the stream is live (tests, startup); False on timeout."""
+        deadline = time.monotonic() + within
+        while not self.live():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.05))
+            except TimeoutError:
+                pass
+        return True
+
+    # ---- the subscription ---------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="tokensvc-revocation-stream")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._connected = False
+
+    async def _run(self) -> None:
+        low, high = self._backoff
+        delay = low
+        while True:
+            started = time.monotonic()
+            try:
+                await self._subscribe_once()
+            except asyncio.CancelledError:
+                raise
+            except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
+                log.warning("revocation stream interrupted: %s", type(exc).__name__)
+            finally:
+                self._connected = False
+                self._caught_up = False
+                self._metrics.stream_state = self.state_name()
+                self._changed.set()
+            # A connection that lived a while starts the backoff over; a failing one doubles it.
+            delay = (
+                low if time.monotonic() - started > 2 * self.stale_after else min(high, delay * 2)
+            )
+            self._metrics.stream_reconnects += 1
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not a secret
+
+    async def _subscribe_once(self) -> None:
+        headers = {"Authorization": f"Bearer {self._token}", "Accept": "text/event-stream"}
+        if self.state.cursor is not None:
+            headers["Last-Event-ID"] = self.state.cursor
+        # sock_read: a stream that says nothing (not even a ping) for stale_after is dead.
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.stale_after, sock_read=self.stale_after
+        )
+        async with self._session.get(self._url, headers=headers, timeout=timeout) as resp:
+            if resp.status != 200:
+                body = (await resp.text())[:200]
+                log.error("revocation stream refused: %s %s", resp.status, body)
+                return
+            self._connected = True
+            self._last_byte = time.monotonic()
+            parser = EventStreamParser(self.state.cursor)
+            rest = ""
+            async for chunk in resp.content.iter_any():
+                self._last_byte = time.monotonic()
+                lines, rest = split_lines(rest + chunk.decode("utf-8", "replace"))
+                for line in lines:
+                    event = parser.feed_line(line)
+                    if event is not None:
+                        self._handle(event)
+                self._metrics.stream_state = self.state_name()
+                self._changed.set()
+
+    def _handle(self, event: Event) -> None:
+        try:
+            data: Any = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            log.warning("revocation stream: undecodable %s event", event.type[:20])
+            return
+        if not isinstance(data, dict):
+            return
+        state = self.state
+        if event.type == "hello":
+            cursor = data.get("cursor")
+            if not isinstance(cursor, str):
+                return
+            self._target = cursor
+            if state.cursor is None:
+                # A fresh subscription starts where the hello's id says (else at the newest
+                # event): nothing before concerns an empty cache.
+                state.advance(event.id or cursor)
+        elif event.type == "reset":
+            # Our cursor is older than what the server keeps: events may be lost, so nothing
+            # cached may be trusted. The state's facts are still true; the verdicts go.
+            self._metrics.stream_resets += 1
+            self._on_reset()
+            state.advance(event.id)
+            if self._target is not None and not state.reached(self._target):
+                state.cursor = self._target
+        elif state.apply(event.type, data, now=self._clock()):
+            self._metrics.stream_events += 1
+            if event.type == "key":
+                self._on_key_revoked(str(data["key_id"]))
+            state.advance(event.id)
+        else:
+            state.advance(event.id)
+        if self._target is not None and state.reached(self._target):
+            self._caught_up = True

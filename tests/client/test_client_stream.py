@@ -1,0 +1,146 @@
+"""The revocation-stream subscriber against a scripted test double of GET /v1/revocations/stream:
+resume with Last-Event-ID, reset, staleness. (The acceptance tests run against real tokensvc.)"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tests.client.test_client_units import verdict_body
+from tokensvc_client import TokensvcClient
+from tokensvc_client.verdicts import parse_verdict
+
+
+class StreamDouble:
+    """Serves scripted events; records each connection's Last-Event-ID."""
+
+    def __init__(self) -> None:
+        self.seen_last_ids: list[str | None] = []
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.cursor = "10"
+        self.ping_every: float | None = 0.05
+        self.connected = asyncio.Event()
+        self.hang_reconnects = False  # later connections get no answer at all (a dead server)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        assert request.headers["Authorization"] == "Bearer svc"
+        self.seen_last_ids.append(request.headers.get("Last-Event-ID"))
+        if self.hang_reconnects and len(self.seen_last_ids) > 1:
+            await asyncio.sleep(3600)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        hello = orjson.dumps({"cursor": self.cursor, "heartbeat": 1}).decode()
+        await resp.write(f"event: hello\ndata: {hello}\n\n".encode())
+        self.connected.set()
+        while True:
+            try:
+                item = await asyncio.wait_for(self.queue.get(), self.ping_every)
+            except TimeoutError:
+                if self.ping_every is not None:
+                    await resp.write(b": ping\n\n")
+                continue
+            if item is None:  # cut the connection
+                return resp
+            await resp.write(item.encode())
+
+    def send(self, event_id: str, kind: str, data: dict[str, Any]) -> None:
+        self.queue.put_nowait(
+            f"id: {event_id}\nevent: {kind}\ndata: {orjson.dumps(data).decode()}\n\n"
+        )
+
+
+async def started(aiohttp_server: Any, double: StreamDouble, **options: Any) -> TokensvcClient:
+    app = web.Application()
+    app.router.add_get("/v1/revocations/stream", double.handle)
+    server = await aiohttp_server(app)
+    client = TokensvcClient(str(server.make_url("")), "svc", **options)
+    await client.start()
+    return client
+
+
+async def test_fresh_subscription_is_live_at_the_hello_cursor(aiohttp_server: Any) -> None:
+    """A fresh client starts at the server's cursor and is live once the hello arrives."""
+    double = StreamDouble()
+    client = await started(aiohttp_server, double)
+
+    try:
+        assert await client.stream.wait_live(5)  # type: ignore[union-attr]
+        assert client.state.cursor == "10"
+        assert double.seen_last_ids == [None]
+    finally:
+        await client.close()
+
+
+async def test_events_apply_and_reconnect_resumes_from_last_event_id(aiohttp_server: Any) -> None:
+    """Applied events move the cursor; after a cut the client reconnects with Last-Event-ID."""
+    double = StreamDouble()
+    client = await started(aiohttp_server, double)
+    try:
+        assert await client.stream.wait_live(5)  # type: ignore[union-attr]
+        double.send("11", "token", {"token_id": "t1", "expires_at": 2e9})
+        double.send("12", "generation", {"subject": "alice", "generation": 4})
+        for _ in range(100):
+            if client.state.cursor == "12":
+                break
+            await asyncio.sleep(0.01)
+
+        double.connected.clear()
+        double.queue.put_nowait(None)
+        await asyncio.wait_for(double.connected.wait(), 5)
+
+        assert "t1" in client.state.revoked_tokens
+        assert client.state.generations == {"alice": 4}
+        assert double.seen_last_ids == [None, "12"]
+        assert client.metrics.stream_events == 2
+    finally:
+        await client.close()
+
+
+async def test_key_event_and_reset_drop_cached_verdicts(aiohttp_server: Any) -> None:
+    """A revoked key drops its verdicts; a reset drops every cached verdict."""
+    double = StreamDouble()
+    client = await started(aiohttp_server, double)
+    try:
+        assert await client.stream.wait_live(5)  # type: ignore[union-attr]
+        client.cache.put("tok", parse_verdict(verdict_body(), now=0, key_bytes=3))
+        double.send("11", "key", {"key_id": "key-1"})
+        for _ in range(100):
+            if not len(client.cache):
+                break
+            await asyncio.sleep(0.01)
+        assert len(client.cache) == 0 and "key-1" in client.state.revoked_keys
+
+        client.cache.put("tok", parse_verdict(verdict_body(), now=0, key_bytes=3))
+        double.send("12", "reset", {"reason": "cursor too old"})
+        for _ in range(100):
+            if not len(client.cache):
+                break
+            await asyncio.sleep(0.01)
+
+        assert len(client.cache) == 0
+        assert client.metrics.stream_resets == 1
+    finally:
+        await client.close()
+
+
+async def test_silent_stream_is_not_live_after_stale_after(aiohttp_server: Any) -> None:
+    """With no byte for stale_after the stream stops being live, and stays so while the server
+    does not answer the reconnect."""
+    double = StreamDouble()
+    double.ping_every = None  # say nothing after hello
+    double.hang_reconnects = True
+    client = await started(aiohttp_server, double, stale_after=0.3)
+    try:
+        assert await client.stream.wait_live(5)  # type: ignore[union-attr]
+
+        await asyncio.sleep(0.4)
+
+        assert not client.stream.live()  # type: ignore[union-attr]
+        await asyncio.sleep(0.4)
+        assert not client.stream.live()  # type: ignore[union-attr]
+        assert len(double.seen_last_ids) >= 2  # it did try again
+    finally:
+        await client.close()
