@@ -72,6 +72,8 @@ class Verified(NamedTuple):
     # Every first-party caveat of the token and its discharges, decoded: what minting from this
     # token must carry into the child (tokensvc.tokens.delegation).
     policy: Policy
+    # Minted after a second factor (the identifier's flag: no holder can add it).
+    mfa: bool = False
 
 
 class _Chained(NamedTuple):
@@ -83,6 +85,7 @@ class _Chained(NamedTuple):
     key_id: str
     admin: bool
     key_expires_at: float  # unix seconds; the chain proves nothing from then on
+    mfa: bool
 
 
 class ChainCache:
@@ -243,15 +246,19 @@ class Verifier:
         resource: str | None = None,
         audience: str | None = None,
         client_ip: str | None = None,
+        require_mfa: bool = False,
     ) -> Verified:
-        """Raise InvalidToken (401) or CaveatDenied (403), or return what the token says."""
+        """Raise InvalidToken (401) or CaveatDenied (403), or return what the token says.
+
+        `require_mfa`: the caller accepts only a token minted after a second factor (403 else).
+        """
         cache_key: str | tuple[str, ...] = (token, *discharges) if discharges else token
         chained, now = self._chained(cache_key, token, discharges)
         if chained is None:  # a root key this process has not cached yet: read it first
             chained = await self._verify_chain(token, discharges)
             self.cache.put(cache_key, chained)
             now = self._clock()
-        return self._decide(chained, now, operation, resource, audience, client_ip)
+        return self._decide(chained, now, operation, resource, audience, client_ip, require_mfa)
 
     def verify_now(
         self,
@@ -262,6 +269,7 @@ class Verifier:
         resource: str | None = None,
         audience: str | None = None,
         client_ip: str | None = None,
+        require_mfa: bool = False,
     ) -> Verified | None:
         """`verify` without awaiting: None when the answer needs a root key from the database.
 
@@ -273,7 +281,7 @@ class Verifier:
         chained, now = self._chained(cache_key, token, discharges)
         if chained is None:
             return None
-        return self._decide(chained, now, operation, resource, audience, client_ip)
+        return self._decide(chained, now, operation, resource, audience, client_ip, require_mfa)
 
     def _chained(
         self, cache_key: str | tuple[str, ...], token: str, discharges: Sequence[str]
@@ -310,10 +318,13 @@ class Verifier:
         resource: str | None,
         audience: str | None,
         client_ip: str | None,
+        require_mfa: bool = False,
     ) -> Verified:
         """What a genuine chain allows now, in this context: revocation, generation, caveats."""
         if chained.token_id in self._revoked:
             raise InvalidToken("token revoked")
+        if require_mfa and not chained.mfa:
+            raise CaveatDenied("the token was minted without a second factor (MFA required)")
         generations = self._generations
         # Positional: the field order of caveats.Context (now, operation, resource, audience,
         # client_ip, generation).
@@ -346,6 +357,7 @@ class Verifier:
                 policy.expires_at,
                 dict(declared) if declared else {},  # callers get their own copy
                 policy,
+                chained.mfa,
             ),
         )
 
@@ -394,5 +406,6 @@ class Verifier:
                 key.id,  # == identifier.key_id (looked up by it), and one string for all its chains
                 identifier.admin,
                 key.expires_ts,
+                identifier.mfa,
             ),
         )
