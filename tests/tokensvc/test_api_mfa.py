@@ -8,6 +8,9 @@ answers POST /v1/verify). The FakeClock drives the TOTP steps, so codes are comp
 from __future__ import annotations
 
 import asyncio
+import random
+import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -504,3 +507,66 @@ async def test_a_code_used_on_one_replica_is_refused_on_another(
     assert ok == 200
     assert (replay, replay_one) == (401, 401)
     assert one.app[appkeys.FACTORS] is not two.app[appkeys.FACTORS]
+
+
+# ---- timing ---------------------------------------------------------------------------------------
+
+TIMING_ROUNDS = 60
+TIMING_WARMUP = 5
+
+
+@pytest.mark.serial  # wall-clock bound: run alone
+async def test_unknown_wrong_and_enrolled_take_the_same_time(
+    aiohttp_client: Any,
+    pg_url: str,
+    data_dir: Path,
+    redis_url: str,
+    redis_prefix: str,
+    clock: FakeClock,
+) -> None:
+    """With OWASP argon2, PostgreSQL and Redis, the password step's median times for an unknown
+    user, a wrong password and an enrolled user's right password differ by less than 10 %."""
+    config = make_config(
+        database_url=pg_url,
+        data_dir=data_dir,
+        password_profile="OWASP",
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        trusted_proxies=TRUSTED,
+    )
+    client = await serve(aiohttp_client, config, clock)
+    await enrolled_user(client, clock)
+    lockout = client.app[appkeys.LOCKOUT]
+    kinds = ("unknown", "wrong", "enrolled")
+    credentials = {
+        "unknown": ("ghost", ALICE),
+        "wrong": ("alice", "not the password"),
+        "enrolled": ("alice", ALICE),
+    }
+    samples: dict[str, list[float]] = {kind: [] for kind in kinds}
+    rng = random.Random(19)
+
+    for n in range(TIMING_WARMUP + TIMING_ROUNDS):
+        order = list(kinds)
+        rng.shuffle(order)  # each round in random order, so drift hits all three alike
+        for kind in order:
+            name, password = credentials[kind]
+            headers = {**basic_auth(name, password), **frm(f"10.{n % 200}.{kinds.index(kind)}.1")}
+            started = time.perf_counter()
+            resp = await client.post("/v1/login", headers=headers)
+            await resp.read()
+            elapsed = time.perf_counter() - started
+            assert resp.status == 401
+            await lockout.clear(name)  # untimed: keep the identity counter below its threshold
+            if n >= TIMING_WARMUP:
+                samples[kind].append(elapsed)
+
+    medians = {kind: statistics.median(samples[kind]) for kind in kinds}
+    spread = (max(medians.values()) - min(medians.values())) / max(medians.values())
+    print(
+        "\npassword-step timing over 60 attempts each (OWASP argon2id, PostgreSQL, Redis): "
+        + ", ".join(f"{kind} {medians[kind] * 1000:.2f} ms" for kind in kinds)
+        + f"; spread {spread:.1%}"
+    )
+    assert all(len(samples[kind]) == TIMING_ROUNDS for kind in kinds)
+    assert spread < 0.10

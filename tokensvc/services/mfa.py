@@ -27,7 +27,7 @@ from tokensvc.accounts.lockout import LockoutStore
 from tokensvc.accounts.lockout.store import hash_identity
 from tokensvc.accounts.mfa import new_totp_secret, provisioning_uri
 from tokensvc.accounts.secondfactor import Enrolment, SecondFactors
-from tokensvc.accounts.users import UserStore, canonical_name
+from tokensvc.accounts.users import UserStore, user_name_or_none
 from tokensvc.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthenticated
 from tokensvc.operations.logs import security_event
 from tokensvc.services.authorization import Authorizer
@@ -183,9 +183,9 @@ class MfaService:
             NotFound: no such user.
         """
         actor = await self._authz.admin(who, "users:write")
-        user = canonical_name(name)
-        if await self._users.get(user) is None:
-            raise NotFound(f"no user named {user!r}")
+        user = user_name_or_none(name)
+        if user is None or await self._users.get(user) is None:
+            raise NotFound("no such user")
         had = await self._factors.forget(user)
         await self._audit.record(actor.name, "mfa_reset", user, had_factor=had)
         security_event("mfa_reset", level=logging.WARNING, user=user, by=actor.name[:64])
@@ -199,9 +199,9 @@ class MfaService:
             NotFound: no such user.
         """
         await self._authz.admin(who, "users:read")
-        user = canonical_name(name)
-        if await self._users.get(user) is None:
-            raise NotFound(f"no user named {user!r}")
+        user = user_name_or_none(name)
+        if user is None or await self._users.get(user) is None:
+            raise NotFound("no such user")
         return await self._status(user)
 
     async def _status(self, user: str) -> MfaStatus:

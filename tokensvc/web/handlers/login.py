@@ -60,13 +60,14 @@ async def login(request: web.Request) -> web.Response:
         if not isinstance(data, dict):
             raise BadRequest("request body must be a JSON object")
         reject_unknown(data, _FIELDS)
-    otp = optional_str(data, "otp", max_len=64)
-    challenge = optional_str(data, "challenge", max_len=1024)
+    # Empty counts as absent, as null does.
+    otp = optional_str(data, "otp", max_len=64) or None
+    challenge = optional_str(data, "challenge", max_len=1024) or None
     if challenge is not None:
-        if otp is None:
-            raise BadRequest("a challenge is answered with an otp")
-        if data.get("username") is not None or data.get("password") is not None:
-            raise BadRequest("a challenge is answered without the password")
+        # A second step carries the code and nothing else: anything else gets no token (401,
+        # as any failed second step), never a guess at which step was meant.
+        if otp is None or data.get("username") is not None or data.get("password") is not None:
+            raise Unauthenticated("a challenge is answered with an otp and no credentials")
         return await _login(request, data, username="", password="", otp=otp, challenge=challenge)
     credentials = _basic(request.headers.get("Authorization", ""))
     if credentials is None:
