@@ -570,3 +570,41 @@ async def test_unknown_wrong_and_enrolled_take_the_same_time(
     )
     assert all(len(samples[kind]) == TIMING_ROUNDS for kind in kinds)
     assert spread < 0.10
+
+
+# ---- the bakery discharger --------------------------------------------------------------------------
+
+
+async def test_the_discharger_mfa_conditions_need_a_token_minted_with_mfa(
+    mclient: Any, clock: FakeClock
+) -> None:
+    """`user-is-mfa alice` and `has-role-mfa` are discharged for alice's MFA token (declaring
+    `mfa true`), refused for a password-only token of the same user; `user-is` takes either."""
+    from tests.bakery.test_bakery_handlers import (
+        assert_bakery_error,
+        discharge_for,
+        discharged,
+        predicates,
+    )
+
+    secret, _ = await enrolled_user(mclient, clock, roles=["ops"])
+    _, c1 = await password_login(mclient, "alice", ALICE)
+    _, strong = await answer(mclient, c1["challenge"], code(secret, clock))
+    root = await admin_token(mclient)
+    weak = await mclient.post(
+        "/v1/tokens", json={"subject": "alice", "ttl": 600}, headers=bearer(root)
+    )
+    weak_token = (await weak.json())["token"]
+
+    with_mfa = await discharge_for(mclient, "user-is-mfa alice", headers=bearer(strong["token"]))
+    role_mfa = await discharge_for(mclient, "has-role-mfa ops", headers=bearer(strong["token"]))
+    without = await discharge_for(mclient, "user-is-mfa alice", headers=bearer(weak_token))
+    plain = await discharge_for(mclient, "user-is alice", headers=bearer(weak_token))
+
+    assert predicates(await discharged(with_mfa))[1:] == [
+        "declared mfa true",
+        "declared username alice",
+    ]
+    assert "declared mfa true" in predicates(await discharged(role_mfa))
+    await assert_bakery_error(without, 403, "second factor")
+    assert predicates(await discharged(plain))[1:] == ["declared username alice"]
