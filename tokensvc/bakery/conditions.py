@@ -98,9 +98,7 @@ class Conditions:
         return user
 
     @staticmethod
-    async def _with_mfa(
-        condition: str, declared: dict[str, str], caller: Caller
-    ) -> dict[str, str]:
+    async def _with_mfa(condition: str, declared: dict[str, str], caller: Caller) -> dict[str, str]:
         if not await caller.used_second_factor():
             raise ConditionRefused(
                 f"{condition}: authenticate with a token minted after a second factor"

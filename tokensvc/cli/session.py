@@ -73,12 +73,15 @@ def login(
             raise
         # A wrong password and a right one that needs a code answer alike (so the service
         # tells an attacker nothing): ask for the code either way.
-        code = click.prompt(
-            "Second-factor code (authenticator app or recovery code; empty if you have none)",
-            default="",
-            show_default=False,
-            err=True,
-        ).strip()
+        if sys.stdin.isatty():
+            code = click.prompt(
+                "Second-factor code (authenticator app or recovery code; empty if you have none)",
+                default="",
+                show_default=False,
+                err=True,
+            ).strip()
+        else:  # a script: the code is the next line of standard input, if there is one
+            code = sys.stdin.readline().strip()
         if not code:
             raise
         answer: dict[str, Any] = {"challenge": exc.challenge, "otp": code}
