@@ -17,7 +17,7 @@ from caveats.bakery import (
 )
 from caveats.checker import Outcome, Policy, check_predicates, parse_predicate, subject_of
 from caveats.context import Context
-from caveats.decision import TOKEN_REVOKED, decide
+from caveats.decision import MFA_REQUIRED, TOKEN_REVOKED, decide
 from caveats.errors import CaveatError, UnknownCaveat
 from caveats.registry import Caveat, caveat, check_fields, decode, encode, registered
 from caveats.result import SUCCESS, Failure, Result, Success
@@ -34,6 +34,7 @@ from caveats.standard import (
 
 __all__ = [
     "SUCCESS",
+    "MFA_REQUIRED",
     "TOKEN_REVOKED",
     "Allow",
     "Audience",

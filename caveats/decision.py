@@ -15,6 +15,11 @@ from caveats.result import Failure
 
 #: The answer for a token whose id has been revoked (checked before any caveat).
 TOKEN_REVOKED: Final = Failure("token revoked", invalid=True)
+#: The answer for a context that requires a second factor (`require_mfa`) and a token minted
+#: without one; checked after the caveats, so a revoked or expired token is still a 401.
+MFA_REQUIRED: Final = Failure(
+    "the token was minted without a second factor (MFA required)", invalid=False
+)
 
 
 def decide(policy: Policy, ctx: Context, revoked: bool = False) -> Failure | None:

@@ -35,6 +35,7 @@ from keystore.keyring import root_key_aad
 from keystore.models import RootKeyRow
 from keystore.sealing import Sealed, Sealer, as_sealer
 from keystore.service_keys import ServiceKeyRow, service_key_aad
+from keystore.totp_secrets import TotpSecretRow, totp_secret_aad
 
 __all__ = ["SEALED_TABLES", "KekUsage", "ResealResult", "kek_usage", "reseal"]
 
@@ -84,6 +85,13 @@ SEALED_TABLES: Final[tuple[_SealedTable, ...]] = (
         _table(SealedSecretRow),
         "sealed secret",
         lambda row: sealed_secret_aad(row["id"]),
+        expires=False,
+    ),
+    _SealedTable(
+        "totp_secrets",
+        _table(TotpSecretRow),
+        "TOTP secret",
+        lambda row: totp_secret_aad(row["id"]),
         expires=False,
     ),
 )

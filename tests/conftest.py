@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -220,6 +221,14 @@ class FakeClock:
         from datetime import timedelta
 
         self.now += timedelta(**delta)
+
+
+def mask_challenge(raw: bytes) -> bytes:
+    """A 401 login body with its MFA challenge (random, real or decoy) replaced by its length:
+    what must be byte-identical between failures that must look alike."""
+    return re.sub(
+        rb'"challenge":"([A-Za-z0-9_-]+)"', lambda m: b'"challenge":"%d"' % len(m.group(1)), raw
+    )
 
 
 def basic_auth(username: str, password: str) -> dict[str, str]:

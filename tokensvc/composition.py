@@ -30,9 +30,18 @@ from keystore.discharger_key import DischargerKey, load_discharger_key
 from keystore.reseal import kek_usage
 from keystore.sealing import LocalKeks, Sealer, UnknownKek
 from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys, service_key_id
+from keystore.totp_secrets import TotpSecrets
 from tokensvc.accounts.bootstrap import ensure_admin
-from tokensvc.accounts.lockout import LockoutStore, MemoryLockoutStore, RedisLockoutStore
+from tokensvc.accounts.lockout import (
+    LockoutPolicy,
+    LockoutStore,
+    MemoryLockoutStore,
+    RedisLockoutStore,
+)
+from tokensvc.accounts.mfa import RecoveryCodes
+from tokensvc.accounts.otpstate import ChallengeCodec, MemoryOnceStore, OnceStore, RedisOnceStore
 from tokensvc.accounts.passwords import PasswordHasher, profile_by_name
+from tokensvc.accounts.secondfactor import SecondFactors
 from tokensvc.accounts.users import UserStore
 from tokensvc.bakery.conditions import Conditions
 from tokensvc.bakery.discharger import Discharger
@@ -55,6 +64,7 @@ from tokensvc.services.introspection import IntrospectionService
 from tokensvc.services.keys import KeyService
 from tokensvc.services.lockouts import LockoutService
 from tokensvc.services.login import LoginService
+from tokensvc.services.mfa import MfaService
 from tokensvc.services.tokens import TokenService
 from tokensvc.services.users import UserService
 from tokensvc.services.verdicts import VerdictService
@@ -79,6 +89,12 @@ LOCKOUT_HASH_PURPOSE = b"lockout identity and address hashes v1"
 # Keys the `user_hash` that login events name identities by (tokensvc.services.login): the same on every
 # replica, and a key apart from lockout's, so a log line and a Redis key cannot be matched up.
 LOG_IDENTITY_HASH_PURPOSE = b"log identity hashes v1"
+# Seals MFA challenges (tokensvc.accounts.otpstate): every replica opens what any replica made.
+MFA_CHALLENGE_PURPOSE = b"mfa challenges v1"
+#: Second-factor failures are counted on counters of their own (tokensvc.services.login), with
+#: thresholds that bound the guesses at a 6-digit code: 5 per identity and address, 10 per
+#: identity from addresses it has not completed a login from, progressive waits after that.
+OTP_LOCKOUT_POLICY = LockoutPolicy(identity_threshold=10, identity_ip_threshold=5)
 
 
 def utc_now() -> datetime:
@@ -108,6 +124,8 @@ class Runtime:
     hasher: PasswordHasher
     generations: SubjectGenerations
     lockout: LockoutStore
+    otp_lockout: LockoutStore
+    factors: SecondFactors
     keyring: Keyring
     discharger_key: DischargerKey
     discharger: Discharger
@@ -179,7 +197,15 @@ async def runtime(
             await stack.enter_async_context(generations.running())
 
         probes: dict[str, Callable[[], Awaitable[object]]] = {}
-        lockout = await _lockout(config, deployment_key, stack, probes)
+        lockout, otp_lockout, once = await _lockout(config, deployment_key, stack, probes)
+        factors = SecondFactors(
+            secrets=TotpSecrets(engine, kek=keks, clock=clock),
+            recovery_codes=RecoveryCodes(engine, clock=clock),
+            once=once,
+            hasher=hasher,
+            name_key=deployment_key.derive(LOCKOUT_HASH_PURPOSE),
+        )
+        identity_log_key = deployment_key.derive(LOG_IDENTITY_HASH_PURPOSE)
 
         discharger = Discharger(
             discharger_key,
@@ -216,7 +242,11 @@ async def runtime(
             clock=clock,
             default_ttl=config.login_default_ttl,
             max_ttl=config.login_max_ttl,
-            identity_log_key=deployment_key.derive(LOG_IDENTITY_HASH_PURPOSE),
+            identity_log_key=identity_log_key,
+            second_factors=factors,
+            otp_lockout=otp_lockout,
+            challenges=ChallengeCodec(deployment_key.derive(MFA_CHALLENGE_PURPOSE)),
+            mfa_required_roles=config.mfa_required_roles,
         )
         verifier = Verifier(
             keyring,
@@ -258,7 +288,9 @@ async def runtime(
             usage=usage,
         )
         audit = AuditLog(engine, clock=clock)
-        authorizer = Authorizer(verifier=verifier, users=users)
+        authorizer = Authorizer(
+            verifier=verifier, users=users, mfa_required_roles=config.mfa_required_roles
+        )
         services = Services(
             tokens=TokenService(
                 engine=engine,
@@ -280,6 +312,7 @@ async def runtime(
                 hasher=hasher,
                 revocations=revocations,
                 audit=audit,
+                factors=factors,
             ),
             keys=KeyService(
                 authorizer=authorizer,
@@ -295,6 +328,17 @@ async def runtime(
             ),
             audit=AuditService(authorizer=authorizer, audit=audit),
             login=login,
+            mfa=MfaService(
+                authorizer=authorizer,
+                users=users,
+                factors=factors,
+                otp_lockout=otp_lockout,
+                audit=audit,
+                clock=clock,
+                issuer=config.location,
+                required_roles=config.mfa_required_roles,
+                identity_key=identity_log_key,
+            ),
             discharge=DischargeService(discharger),
             health=HealthService(
                 engine=engine, probes=probes, keyring=keyring, clock=clock, outages=outages
@@ -329,6 +373,8 @@ async def runtime(
             hasher=hasher,
             generations=generations,
             lockout=lockout,
+            otp_lockout=otp_lockout,
+            factors=factors,
             keyring=keyring,
             discharger_key=discharger_key,
             discharger=discharger,
@@ -433,9 +479,14 @@ async def _lockout(
     deployment_key: DeploymentKey,
     stack: contextlib.AsyncExitStack,
     probes: dict[str, Callable[[], Awaitable[object]]],
-) -> LockoutStore:
+) -> tuple[LockoutStore, LockoutStore, OnceStore]:
+    """The password lockout, the second factor's own lockout, and its spent-code store."""
     if config.redis_url is None:
-        return MemoryLockoutStore()
+        return (
+            MemoryLockoutStore(),
+            MemoryLockoutStore(policy=OTP_LOCKOUT_POLICY),
+            MemoryOnceStore(),
+        )
     redis = redis_client_from_url(config.redis_url)
     stack.push_async_callback(close_client, redis)
 
@@ -443,10 +494,18 @@ async def _lockout(
     # Keyed hashes name identities and addresses in Redis: without the deployment key (sealed
     # under the KEK), whoever reads Redis cannot test a guessed username against them. Every
     # replica opens the same key, so all agree, and a KEK rotation keeps the counters.
-    return RedisLockoutStore(
-        redis,
-        prefix=config.redis_prefix + "lockout:",
-        identity_key=deployment_key.derive(LOCKOUT_HASH_PURPOSE),
+    identity_key = deployment_key.derive(LOCKOUT_HASH_PURPOSE)
+    return (
+        RedisLockoutStore(
+            redis, prefix=config.redis_prefix + "lockout:", identity_key=identity_key
+        ),
+        RedisLockoutStore(
+            redis,
+            policy=OTP_LOCKOUT_POLICY,
+            prefix=config.redis_prefix + "otp-lockout:",
+            identity_key=identity_key,
+        ),
+        RedisOnceStore(redis, prefix=config.redis_prefix + "mfa-once:"),
     )
 
 

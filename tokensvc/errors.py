@@ -111,3 +111,12 @@ class Unavailable(TokensvcError):
     def __init__(self, message: str | None = None, *, retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class SecondFactorNeeded(Unauthenticated):
+    """The password step did not yield a token: a wrong name or password, or a right one that
+    needs a second factor — one answer for all, carrying a challenge to answer with a code."""
+
+    def __init__(self, message: str, *, challenge: str) -> None:
+        super().__init__(message)
+        self.challenge = challenge

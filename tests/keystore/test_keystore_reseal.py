@@ -17,6 +17,7 @@ from keystore.models import RootKeyRow
 from keystore.reseal import SEALED_TABLES, kek_usage, reseal
 from keystore.sealing import LocalKeks, Sealer, UnknownKek
 from keystore.service_keys import ServiceKeys
+from keystore.totp_secrets import TotpSecrets
 from tokensvc.storage.base import Base as TokensvcBase
 
 
@@ -54,11 +55,13 @@ async def _seal_everything(engine: AsyncEngine, kek: Sealer, clock: FakeClock) -
         await service.insert(conn, values, skey)
     discharger = await load_discharger_key(engine, kek=kek, clock=clock)
     deployment = await load_deployment_key(engine, kek=kek, clock=clock)
+    await TotpSecrets(engine, kek=kek, clock=clock).put_pending("alice", b"totp secret of 20 b")
     return {
         "root": (root.id, root.secret.reveal()),
         "service": (skey.id, skey.secret.reveal()),
         "discharger": discharger.private.reveal(),
         "deployment": deployment.derive(b"probe"),
+        "totp": b"totp secret of 20 b",
     }
 
 
@@ -73,11 +76,14 @@ async def _read_everything(
     assert root is not None and skey is not None
     discharger = await load_discharger_key(engine, kek=kek, clock=clock)
     deployment = await load_deployment_key(engine, kek=kek, clock=clock)
+    totp = await TotpSecrets(engine, kek=kek, clock=clock).get("alice")
+    assert totp is not None
     return {
         "root": (root.id, root.secret.reveal()),
         "service": (skey.id, skey.secret.reveal()),
         "discharger": discharger.private.reveal(),
         "deployment": deployment.derive(b"probe"),
+        "totp": totp.secret.reveal(),
     }
 
 
@@ -136,7 +142,7 @@ async def test_reseal_moves_every_table_to_the_current_kek_and_keeps_every_secre
     engine: AsyncEngine, old: KeyEncryptionKey, new: KeyEncryptionKey, clock: FakeClock
 ) -> None:
     """After a re-seal, every row names the new KEK, the new KEK alone opens them, and every
-    secret inside (root, service, discharger, deployment key) is unchanged."""
+    secret inside (root, service, discharger, deployment key, a TOTP secret) is unchanged."""
     seen = await _seal_everything(engine, LocalKeks(old), clock)
     rotating = LocalKeks(new, [old])
     before = await kek_usage(engine, rotating, now=clock())
@@ -144,15 +150,16 @@ async def test_reseal_moves_every_table_to_the_current_kek_and_keeps_every_secre
     result = await reseal(engine, rotating, now=clock())
     after = await kek_usage(engine, rotating, now=clock())
 
-    assert before.not_current == 4 and before.by_kek() == {old.kek_id: 4}
-    assert result.total == 4 and not result.unopened and not result.damaged
+    assert before.not_current == 5 and before.by_kek() == {old.kek_id: 5}
+    assert result.total == 5 and not result.unopened and not result.damaged
     assert result.resealed == {
         "root_keys": 1,
         "service_keys": 1,
         "discharger_keys": 1,
         "sealed_secrets": 1,
+        "totp_secrets": 1,
     }
-    assert after.not_current == 0 and after.by_kek() == {new.kek_id: 4}
+    assert after.not_current == 0 and after.by_kek() == {new.kek_id: 5}
     assert await _read_everything(engine, LocalKeks(new), clock, seen) == seen
 
 
@@ -179,14 +186,20 @@ async def test_rows_under_an_unknown_kek_are_reported_and_left(
     usage = await kek_usage(engine, forgetful, now=clock())
     result = await reseal(engine, forgetful, now=clock())
 
-    assert usage.unknown == {old.kek_id: 4}
+    assert usage.unknown == {old.kek_id: 5}
     assert usage.as_dict()["keks"][-1] == {
         "id": old.kek_id,
         "role": "unknown",
-        "keys": 4,
-        "tables": {"discharger_keys": 1, "root_keys": 1, "sealed_secrets": 1, "service_keys": 1},
+        "keys": 5,
+        "tables": {
+            "discharger_keys": 1,
+            "root_keys": 1,
+            "sealed_secrets": 1,
+            "service_keys": 1,
+            "totp_secrets": 1,
+        },
     }
-    assert result.total == 0 and sum(result.unopened.values()) == 4
+    assert result.total == 0 and sum(result.unopened.values()) == 5
     assert await _read_everything(engine, LocalKeks(old), clock, seen) == seen
 
 
@@ -207,7 +220,7 @@ async def test_a_tampered_row_is_reported_not_laundered(
     result = await reseal(engine, LocalKeks(new, [old]), now=clock())
 
     assert result.damaged == [f"root key {root_id}"]
-    assert result.total == 3
+    assert result.total == 4
     async with engine.connect() as conn:
         kek_id = (
             await conn.execute(text("SELECT kek_id FROM root_keys WHERE id = :id"), {"id": root_id})
@@ -226,7 +239,7 @@ async def test_expired_rows_are_neither_counted_nor_resealed(
     result = await reseal(engine, LocalKeks(new, [old]), now=clock())
 
     assert usage.rows.get(("root_keys", old.kek_id)) is None
-    assert result.resealed["root_keys"] == 0 and result.total == 3
+    assert result.resealed["root_keys"] == 0 and result.total == 4
 
 
 async def test_a_keyring_with_both_keks_serves_rows_in_either_state(

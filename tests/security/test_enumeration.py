@@ -13,7 +13,7 @@ from urllib.parse import quote_from_bytes
 
 from macaroonbakery import bakery, checkers
 
-from tests.conftest import basic_auth
+from tests.conftest import basic_auth, mask_challenge
 from tests.security.attack import bearer, create_user, login
 
 ALICE = "alice's long passphrase"
@@ -96,14 +96,15 @@ async def test_account_active_answers_the_account_itself_and_admins(shaped: Any,
 async def test_login_failures_look_alike_for_unknown_disabled_and_wrong(
     shaped: Any, root: str
 ) -> None:
-    """Unknown user, disabled user and wrong password: the same status and body."""
+    """Unknown user, disabled user and wrong password: the same status and body (the random
+    MFA challenge aside, which has one length)."""
     await users(shaped, root)
     await shaped.patch("/v1/users/bob", json={"disabled": True}, headers=bearer(root))
 
     answers = []
     for name, password in (("nobody", "whatever pw"), ("bob", BOB), ("alice", "wrong pw!")):
         resp = await shaped.post("/v1/login", headers=basic_auth(name, password))
-        answers.append((resp.status, await resp.json()))
+        answers.append((resp.status, mask_challenge(await resp.read())))
 
     assert len({str(a) for a in answers}) == 1, answers
     assert answers[0][0] == 401

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import FakeClock, basic_auth, make_config
+from tests.conftest import FakeClock, basic_auth, make_config, mask_challenge
 from tests.security.edges_support import (
     ALICE_PASSWORD,
     STORES,
@@ -192,7 +192,10 @@ async def test_the_answer_does_not_tell_whether_the_name_exists(stored: Client) 
     unknown = await stored.post("/v1/login", headers=basic_auth("nobody", WRONG))
     known = await stored.post("/v1/login", headers=basic_auth("alice", WRONG))
 
-    assert (unknown.status, await unknown.read()) == (known.status, await known.read())
+    assert (unknown.status, mask_challenge(await unknown.read())) == (
+        known.status,
+        mask_challenge(await known.read()),
+    )
     assert unknown.headers.get("WWW-Authenticate") == known.headers.get("WWW-Authenticate")
 
 

@@ -186,6 +186,8 @@ def login_service(app: Any, clock: FakeClock, **parts: Any) -> Any:
         "hasher": app[appkeys.HASHER],
         "lockout": app[appkeys.LOCKOUT],
         "minter": app[appkeys.MINTER],
+        "second_factors": app[appkeys.FACTORS],
+        "otp_lockout": app[appkeys.OTP_LOCKOUT],
     }
     return LoginService(
         **{**wiring, **parts},

@@ -92,6 +92,7 @@ async def test_minted_token_verifies_with_what_it_says(client: Client, admin_tok
         "token_id": minted["token_id"],
         "expires_at": minted["expires_at"],
         "declared": {},
+        "mfa": False,
     }
     assert (plain_status, plain_body) == (200, body)
 

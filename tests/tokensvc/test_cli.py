@@ -183,7 +183,7 @@ async def test_inspect_shows_the_identifier_and_caveats_offline(
     info = result.json()
     assert info["token_id"] == minted["token_id"]
     assert info["key_id"] == minted["key_id"]
-    assert info["admin"] is False
+    assert info["admin"] is False and info["mfa"] is False
     by_type = {c["type"]: c for c in info["caveats"]}
     assert by_type["subject"] == {"type": "subject", "subject": "alice"}
     assert by_type["operations"] == {"type": "operations", "operations": ["read"]}

@@ -179,6 +179,12 @@ class PasswordHasher:
         check_policy(password)
         return await self._run(self._argon2.hash, self._prepare(_encode(password)))
 
+    async def hash_generated(self, secret: str) -> str:
+        """The argon2id hash of a secret this service generated (a recovery code): the same
+        parameters, pepper and bounded pool as passwords, but no password policy, which is
+        for what people choose."""
+        return await self._run(self._argon2.hash, self._prepare(_encode(secret)))
+
     async def verify(self, stored_hash: str | None, password: str) -> VerifyResult:
         """Check `password` against `stored_hash`; None (no such user) costs the same, fails."""
         encoded = _encode(password)

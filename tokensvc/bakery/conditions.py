@@ -3,6 +3,9 @@
 - `user-is NAME`: the caller authenticates as user NAME (HTTP Basic through the login path, with
   its lockout, or a tokensvc token); declares `username NAME`.
 - `has-role ROLE`: the caller authenticates as an enabled user holding ROLE; declares `username`.
+- `user-is-mfa NAME`, `has-role-mfa ROLE`: as `user-is` and `has-role`, and the caller
+  authenticated with a second factor (a tokensvc token minted after MFA: the flag in its signed
+  identifier; a password alone never qualifies); also declares `mfa true`.
 - `account-active NAME`: user NAME exists, is enabled and is not locked out. The caller must
   authenticate as NAME itself or as an enabled admin user: were it open to anyone, it would tell
   anyone which accounts exist (an enumeration oracle). A caller who may not ask is refused before
@@ -27,9 +30,12 @@ from tokensvc.errors import BadRequest
 
 USER_IS: Final = "user-is"
 HAS_ROLE: Final = "has-role"
+USER_IS_MFA: Final = "user-is-mfa"
+HAS_ROLE_MFA: Final = "has-role-mfa"
 ACCOUNT_ACTIVE: Final = "account-active"
 
 USERNAME: Final = "username"
+MFA: Final = "mfa"
 
 _ROLE: Final = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 _INACTIVE: Final = "account-active: the account is not active"
@@ -50,6 +56,10 @@ class Caller(Protocol):
         """The caller's user name (canonical); Unauthenticated, LockedOut or Unavailable otherwise."""
         ...
 
+    async def used_second_factor(self) -> bool:
+        """Whether the caller authenticated with a second factor (after `authenticate`)."""
+        ...
+
 
 class Conditions:
     """Checks a condition for a caller; returns the attributes the discharge declares."""
@@ -68,6 +78,10 @@ class Conditions:
             return await self._user_is(arg, caller)
         if name == HAS_ROLE:
             return await self._has_role(arg, caller)
+        if name == USER_IS_MFA:
+            return await self._with_mfa(USER_IS_MFA, await self._user_is(arg, caller), caller)
+        if name == HAS_ROLE_MFA:
+            return await self._with_mfa(HAS_ROLE_MFA, await self._has_role(arg, caller), caller)
         if name == ACCOUNT_ACTIVE:
             await self._account_active(arg, caller)
             return {}
@@ -82,6 +96,14 @@ class Conditions:
         if user is None or user.name != who or user.disabled:
             raise ConditionRefused(f"{condition}: the caller is not an enabled user")
         return user
+
+    @staticmethod
+    async def _with_mfa(condition: str, declared: dict[str, str], caller: Caller) -> dict[str, str]:
+        if not await caller.used_second_factor():
+            raise ConditionRefused(
+                f"{condition}: authenticate with a token minted after a second factor"
+            )
+        return {**declared, MFA: "true"}
 
     async def _user_is(self, arg: str, caller: Caller) -> dict[str, str]:
         try:

@@ -20,7 +20,7 @@ if (_problem := metrics_dir_problem(os.environ)) is not None:
     click.echo(f"Error: {_problem}", err=True)
     sys.exit(2)
 
-from tokensvc.cli import audit, health, keys, lockout, server, session, tokens, users
+from tokensvc.cli import audit, health, keys, lockout, mfa, server, session, tokens, users
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,7 +37,7 @@ def main() -> None:
     """
 
 
-for _module in (server, health, session, tokens, keys, users, lockout, audit):
+for _module in (server, health, session, tokens, keys, users, lockout, mfa, audit):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

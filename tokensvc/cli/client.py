@@ -32,10 +32,14 @@ TIMEOUT_SECONDS = 30
 class ApiError(TokensvcError):
     """The service answered with an error, or could not be reached."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, challenge: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        # A 401 of POST /v1/login that a second-factor code may answer (tokensvc login).
+        self.challenge = challenge
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -125,8 +129,11 @@ class Client:
                 f"{self.url} redirects to {where}; not followed (a redirect would take your"
                 " token along): if that is the service, use its URL with --url",
             )
+        challenge = None
         try:
             answer = json.loads(exc.read())
+            if isinstance(answer.get("challenge"), str):
+                challenge = answer["challenge"]
             if "reason" in answer:  # /v1/verify's {"valid": false, "reason"}
                 code = "invalid_token" if exc.code == 401 else "denied"
                 message = str(answer["reason"])
@@ -136,4 +143,4 @@ class Client:
             code, message = "http_error", f"HTTP {exc.code}"
         if exc.code == 401 and self.credential is not None:
             message = f"{message}; {self.credential.login_hint}"
-        return ApiError(exc.code, code, message)
+        return ApiError(exc.code, code, message, challenge=challenge)

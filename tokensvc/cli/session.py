@@ -14,12 +14,15 @@ from typing import Any
 import click
 
 from tokensvc.cli import credentials
-from tokensvc.cli.client import Client
+from tokensvc.cli.client import ApiError, Client
 from tokensvc.cli.common import emit, fail_on_errors, json_option, url_option
 from tokensvc.cli.credentials import TOKEN_ENV, parse_time, target_url
 from tokensvc.cli.errors import NotLoggedIn
 from tokensvc.errors import TokensvcError
 from tokensvc.operations.durations import format_duration
+
+#: The environment variable `tokensvc login` reads a second-factor code from (scripts).
+OTP_ENV = "TOKENSVC_OTP"
 
 
 @click.command()
@@ -27,15 +30,28 @@ from tokensvc.operations.durations import format_duration
 @url_option
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @click.option("--ttl", default=None, help="Ask for a shorter lifetime, e.g. 1h.")
+@click.option(
+    "--otp",
+    envvar=OTP_ENV,
+    default=None,
+    help=f"A second-factor code (TOTP or recovery code) sent with the password; also {OTP_ENV}.",
+)
 @json_option
 @fail_on_errors
 def login(
-    username: str | None, url: str | None, password_stdin: bool, ttl: str | None, as_json: bool
+    username: str | None,
+    url: str | None,
+    password_stdin: bool,
+    ttl: str | None,
+    otp: str | None,
+    as_json: bool,
 ) -> None:
     """Exchange a username and password for a token, stored for that server (file mode 0600).
 
-    Logins to several servers, and as several users, are kept side by side: logging in as
-    another user does not replace the first (see `tokensvc auth status`).
+    With a second factor enrolled, the code is asked for after the password (or sent with it:
+    --otp / TOKENSVC_OTP, for scripts). Logins to several servers, and as several users, are
+    kept side by side: logging in as another user does not replace the first (see `tokensvc
+    auth status`).
     """
     client = Client.anonymous(url)
     username = username or click.prompt("Username")
@@ -45,8 +61,33 @@ def login(
         password = click.prompt("Password", hide_input=True)
     basic = base64.b64encode(f"{username}:{password}".encode()).decode()
     body = {"ttl": ttl} if ttl else {}
+    if otp:
+        body["otp"] = otp.strip()
 
-    result = client.request("POST", "/v1/login", body, headers={"Authorization": f"Basic {basic}"})
+    try:
+        result = client.request(
+            "POST", "/v1/login", body, headers={"Authorization": f"Basic {basic}"}
+        )
+    except ApiError as exc:
+        if exc.challenge is None:
+            raise
+        # A wrong password and a right one that needs a code answer alike (so the service
+        # tells an attacker nothing): ask for the code either way.
+        if sys.stdin.isatty():
+            code = click.prompt(
+                "Second-factor code (authenticator app or recovery code; empty if you have none)",
+                default="",
+                show_default=False,
+                err=True,
+            ).strip()
+        else:  # a script: the code is the next line of standard input, if there is one
+            code = sys.stdin.readline().strip()
+        if not code:
+            raise
+        answer: dict[str, Any] = {"challenge": exc.challenge, "otp": code}
+        if ttl:
+            answer["ttl"] = ttl
+        result = client.request("POST", "/v1/login", answer)
 
     subject = str(result["subject"])
     with credentials.editing() as store:
@@ -63,12 +104,16 @@ def login(
         "url": client.url,
         "subject": subject,
         "expires_at": result["expires_at"],
+        "mfa": bool(result.get("mfa", False)),
         "stored": str(credentials.credentials_path()),
     }
     emit(
         info,
         as_json,
-        lambda i: f"logged in to {i['url']} as {i['subject']} until {i['expires_at']}",
+        lambda i: (
+            f"logged in to {i['url']} as {i['subject']} until {i['expires_at']}"
+            + (" (with a second factor)" if i["mfa"] else "")
+        ),
     )
 
 

@@ -1,4 +1,5 @@
-"""`tokensvc user …`: add, list, show, change passwords and roles, disable, delete, unlock.
+"""`tokensvc user …`: add, list, show, change passwords and roles, disable, delete, unlock,
+mfa-reset.
 
 Each command goes through the API with your token for the server, or with --local straight to
 the configured database through the same service method (audited as `local:<os user>`).
@@ -20,7 +21,7 @@ from tokensvc.cli.render import user_body, user_detail, user_line
 
 @click.group()
 def user() -> None:
-    """Users: add, list, show, passwd, roles, disable, delete, unlock."""
+    """Users: add, list, show, passwd, roles, disable, delete, unlock, mfa-reset."""
 
 
 def _path(name: str) -> str:
@@ -233,6 +234,37 @@ def _unlock(name: str, local: bool, url: str | None, as_json: bool) -> None:
 def user_unlock(name: str, local: bool, url: str | None, as_json: bool) -> None:
     """Clear a user's failed-login lockout (the same as `tokensvc lockout clear NAME`)."""
     _unlock(name, local, url, as_json)
+
+
+@user.command("mfa-reset")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@local_option
+@url_option
+@json_option
+@fail_on_errors
+def user_mfa_reset(name: str, yes: bool, local: bool, url: str | None, as_json: bool) -> None:
+    """Drop NAME's second factor and recovery codes (a lost phone); audited. The user then logs
+    in with the password alone and enrols again."""
+    if not yes:
+        click.confirm(f"remove the second factor of {name}?", abort=True, err=True)
+    if local:
+
+        async def go(services: Any, who: Any) -> bool:
+            return bool(await services.mfa.reset(who, name))
+
+        had = common.local(go)
+    else:
+        had = bool(Client.signed_in(url).request("DELETE", _path(name) + "/mfa")["reset"])
+    emit(
+        {"user": name, "reset": had},
+        as_json,
+        lambda r: (
+            f"second factor of {r['user']} removed"
+            if r["reset"]
+            else f"{r['user']} had no second factor"
+        ),
+    )
 
 
 COMMANDS = [user]

@@ -73,7 +73,9 @@ def describe(token: str) -> dict[str, Any]:
     }
     try:
         ident = decode_identifier(macaroon.identifier)
-        info.update(token_id=ident.token_id_hex, key_id=ident.key_id, admin=ident.admin)
+        info.update(
+            token_id=ident.token_id_hex, key_id=ident.key_id, admin=ident.admin, mfa=ident.mfa
+        )
     except InvalidToken:
         info["identifier"] = macaroon.identifier.hex()
     expires = earliest_expiry(token)

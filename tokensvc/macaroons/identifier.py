@@ -2,7 +2,10 @@
 
 Binary and public: `0x01` version, one flags byte, 16 random bytes of token id, the ASCII key id.
 The admin flag lives here, inside the signed identifier, because caveats can only take authority
-away; being admin-capable is a grant the minting service makes and nobody can add later.
+away; being admin-capable is a grant the minting service makes and nobody can add later. So does
+the MFA flag: "a second factor was used to get this token" is a claim, and a holder can append
+any first-party caveat, so as a caveat it could be forged by attenuation. Identifiers minted
+before the flag existed have the bit clear: they decode as tokens minted without MFA.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from tokensvc.errors import InvalidToken
 
 VERSION = 1
 FLAG_ADMIN = 0x01
+FLAG_MFA = 0x02
 TOKEN_ID_BYTES = 16
-_KNOWN_FLAGS = FLAG_ADMIN
+_KNOWN_FLAGS = FLAG_ADMIN | FLAG_MFA
 _KEY_ID = re.compile(rb"[A-Za-z0-9_-]{1,64}")
 
 
@@ -25,19 +29,22 @@ class TokenIdentifier(NamedTuple):
     key_id: str
     token_id: bytes
     admin: bool = False
+    mfa: bool = False
 
     @property
     def token_id_hex(self) -> str:
         return self.token_id.hex()
 
     def encode(self) -> bytes:
-        flags = FLAG_ADMIN if self.admin else 0
+        flags = (FLAG_ADMIN if self.admin else 0) | (FLAG_MFA if self.mfa else 0)
         return bytes((VERSION, flags)) + self.token_id + self.key_id.encode("ascii")
 
 
-def new_identifier(*, key_id: str, admin: bool = False) -> TokenIdentifier:
+def new_identifier(*, key_id: str, admin: bool = False, mfa: bool = False) -> TokenIdentifier:
     """A fresh identifier with a 128-bit random token id."""
-    return TokenIdentifier(key_id=key_id, token_id=secrets.token_bytes(TOKEN_ID_BYTES), admin=admin)
+    return TokenIdentifier(
+        key_id=key_id, token_id=secrets.token_bytes(TOKEN_ID_BYTES), admin=admin, mfa=mfa
+    )
 
 
 def decode_identifier(raw: bytes) -> TokenIdentifier:
@@ -48,9 +55,15 @@ def decode_identifier(raw: bytes) -> TokenIdentifier:
     # isalnum() is the fast common case (our key ids are hex); the regex only for the rest.
     if not (key_id.isalnum() and len(key_id) <= 64) and _KEY_ID.fullmatch(key_id) is None:
         raise InvalidToken("token was not issued by this service (bad key id)")
+    flags = raw[1]
     return _new_tuple(
         TokenIdentifier,
-        (key_id.decode("ascii"), raw[2 : 2 + TOKEN_ID_BYTES], bool(raw[1] & FLAG_ADMIN)),
+        (
+            key_id.decode("ascii"),
+            raw[2 : 2 + TOKEN_ID_BYTES],
+            bool(flags & FLAG_ADMIN),
+            bool(flags & FLAG_MFA),
+        ),
     )
 
 

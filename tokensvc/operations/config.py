@@ -258,6 +258,9 @@ class Config(BaseSettings):
         default_factory=lambda: max(1, (os.cpu_count() or 2) - 1)
     )
     pepper: Annotated[bytes | None, _parsed(_pepper)] = Field(default=None, repr=False)
+    # Users in any of these roles must log in with a second factor (TOTP or a recovery code);
+    # until they enrol, a login gets them a token that can only enrol (tokensvc.services.login).
+    mfa_required_roles: Annotated[frozenset[str], _parsed(values.role_list)] = frozenset()
     trusted_proxies: Annotated[tuple[str, ...], _parsed(values.networks)] = ()
     log_level: Annotated[str, _parsed(values.log_level)] = "info"
     tls_cert_file: Annotated[str | None, _parsed(values.readable_file)] = None

@@ -194,6 +194,17 @@ def name_list(known: tuple[str, ...]) -> Callable[[Any], Any]:
     return parse
 
 
+def role_list(value: Any) -> Any:
+    """Comma-separated role names (as users' roles are written) → a frozenset."""
+    if isinstance(value, str):
+        value = [part.strip().lower() for part in value.split(",") if part.strip()]
+    if isinstance(value, list | tuple | set | frozenset):
+        if any(re.fullmatch(r"[a-z][a-z0-9_.-]{0,31}", str(name)) is None for name in value):
+            raise ValueError("a comma-separated list of role names such as admin")
+        return frozenset(value)
+    return value
+
+
 def token_text(*, max_length: int, example: str) -> Callable[[Any], Any]:
     """Printable text without spaces (a macaroon location, a Redis key prefix)."""
     accepts = f"up to {max_length} printable characters without spaces, such as {example}"

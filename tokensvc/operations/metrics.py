@@ -129,6 +129,10 @@ LOGIN_SUCCESS = LOGIN_OUTCOMES.labels("success")
 LOGIN_FAIL = LOGIN_OUTCOMES.labels("fail")
 LOGIN_LOCKED = LOGIN_OUTCOMES.labels("locked")
 LOGIN_UNAVAILABLE = LOGIN_OUTCOMES.labels("unavailable")
+# The second factor: a challenge handed out (real or decoy alike), a code refused, a lock.
+LOGIN_MFA_CHALLENGE = LOGIN_OUTCOMES.labels("mfa_challenge")
+LOGIN_MFA_FAIL = LOGIN_OUTCOMES.labels("mfa_fail")
+LOGIN_MFA_LOCKED = LOGIN_OUTCOMES.labels("mfa_locked")
 
 LOCKOUT_CLEARS = Counter(
     "tokensvc_lockout_clears_total",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from tokensvc.services.keys import KeyService
     from tokensvc.services.lockouts import LockoutService
     from tokensvc.services.login import LoginService
+    from tokensvc.services.mfa import MfaService
     from tokensvc.services.tokens import TokenService
     from tokensvc.services.users import UserService
     from tokensvc.services.verdicts import VerdictService
@@ -37,6 +38,7 @@ class Services:
     lockouts: LockoutService
     audit: AuditService
     login: LoginService
+    mfa: MfaService
     discharge: DischargeService
     introspection: IntrospectionService
     health: HealthService

@@ -2,7 +2,10 @@
 
 An admin operation needs an admin-capable token (a flag in its signed identifier) whose caveats
 allow the operation on this API (audience `tokensvc`, the request's path and client address),
-held by an enabled user with the admin role. Other operations (revoking one's own tokens,
+held by an enabled user with the admin role — and, when one of that user's roles requires MFA
+(TOKENSVC_MFA_REQUIRED_ROLES), a token minted after a second factor (the identifier's flag, which
+no holder can add), so an admin token minted before the policy or without a factor no longer
+administers. Other operations (revoking one's own tokens,
 introspection) need any genuine token whose caveats allow them. A local operator is authorised
 for everything.
 """
@@ -24,9 +27,16 @@ API_AUDIENCE: Final = "tokensvc"
 
 
 class Authorizer:
-    def __init__(self, *, verifier: Verifier, users: UserStore) -> None:
+    def __init__(
+        self,
+        *,
+        verifier: Verifier,
+        users: UserStore,
+        mfa_required_roles: frozenset[str] = frozenset(),
+    ) -> None:
         self._verifier = verifier
         self._users = users
+        self._mfa_roles = mfa_required_roles
 
     async def admin(self, who: Principal, operation: str) -> Actor:
         """An actor allowed the admin `operation`.
@@ -34,7 +44,8 @@ class Authorizer:
         Raises:
             InvalidToken: the token is not genuine, expired or revoked (401).
             CaveatDenied: its caveats do not allow `operation` here (403).
-            Forbidden: it is not admin-capable, or its subject is not an enabled admin (403).
+            Forbidden: it is not admin-capable, its subject is not an enabled admin, or the
+                subject's role requires MFA and the token was minted without it (403).
         """
         if isinstance(who, LocalOperator):
             return Actor(who.name, who, None)
@@ -46,6 +57,9 @@ class Authorizer:
         if user is None or user.name != verified.subject or user.disabled or not user.is_admin:
             _denied(verified, operation, "subject is not an enabled admin")
             raise Forbidden("the token's subject is not an enabled admin user")
+        if not verified.mfa and self._mfa_roles.intersection(user.roles):
+            _denied(verified, operation, "admin token minted without a second factor")
+            raise Forbidden("this role requires MFA: log in again with a second factor")
         return Actor(verified.subject, who, verified)
 
     async def holder(self, who: Principal, operation: str) -> Actor:

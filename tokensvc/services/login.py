@@ -18,21 +18,51 @@ user: what is typed as a user name is sometimes a password, and an unknown name 
 in clear. Lock and unavailable events come before the user look-up, so they carry the hash
 alone; it matches the `user_hash` of that user's other events. Computing it costs every attempt
 the same, and the answers do not change, so this tells a client nothing about who exists.
+
+The second factor (docs/security.md, "Second factor"). For a user with an active TOTP
+enrolment a right password yields no token but a challenge (`SecondFactorNeeded`, 401), and so
+does every wrong password and unknown name: a sealed decoy of the same length (see
+tokensvc.accounts.otpstate), so the password step says nothing about the password of an
+enrolled user. Every name a user could have pays the same reads (generation, user, TOTP
+secret). The right password of an enrolled user is taken back off the password counters
+(`abandon`), not recorded as a success: its IP is trusted only once the second factor holds.
+
+The second step (`challenge` + `otp`, or `otp` with the password in one call) counts the attempt
+against OTP counters of their own (per identity, identity + IP, IP), before any code is
+compared, so guesses at a code are bounded by their threshold however many run at once; they
+never touch the password counters, so an attacker who knows a password cannot lock the owner's
+password step through them. A challenge is bound to the client address it was issued to, the
+generation read before its password was checked (a password change meanwhile revokes the
+token), dies at its expiry, and yields at most one token. A decoy's second step costs what a
+real one does (a recovery-code-shaped guess runs argon2 either way) and fails the same way.
+
+A user in a role that requires MFA (TOKENSVC_MFA_REQUIRED_ROLES) who is not enrolled gets a
+token that can only enrol (operation `mfa:enroll`, never admin-capable), whatever the roles.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from keystore.totp_secrets import TotpSecret
 from tokensvc.accounts.lockout import LockoutStore
-from tokensvc.accounts.lockout.store import hash_identity
+from tokensvc.accounts.lockout.store import hash_identity, hash_ip
+from tokensvc.accounts.otpstate import Challenge, ChallengeCodec
 from tokensvc.accounts.passwords import PasswordHasher
-from tokensvc.accounts.users import UserStore, user_name_or_none
-from tokensvc.errors import BadRequest, LockedOut, Unauthenticated, Unavailable
+from tokensvc.accounts.secondfactor import Factor, SecondFactors
+from tokensvc.accounts.users import User, UserStore, user_name_or_none
+from tokensvc.errors import (
+    BadRequest,
+    LockedOut,
+    SecondFactorNeeded,
+    Unauthenticated,
+    Unavailable,
+)
 from tokensvc.operations import metrics
 from tokensvc.operations.durations import format_duration
 from tokensvc.operations.logs import security_event
@@ -43,12 +73,23 @@ from tokensvc.tokens.minting import MintedToken, Minter, MintRequest
 log = logging.getLogger("tokensvc.services.login")
 
 GENERIC_FAILURE = "invalid username or password"
+#: The password step's one answer when it yields no token (wrong, unknown, or needs a code).
+PASSWORD_STEP_FAILURE = "invalid username or password, or a second factor is required"  # noqa: S105 - a message
+#: The second step's one answer when it yields no token.
+SECOND_STEP_FAILURE = "invalid, expired or used challenge, or wrong code"
+#: What a token minted for a user who must enrol first allows (tokensvc.services.mfa).
+ENROL_OPERATION = "mfa:enroll"
+#: How long a challenge lives: time to open the authenticator app, not to go for lunch.
+CHALLENGE_SECONDS = 300
 # Hex digits of the identity hash in log events: plenty to tell identities apart in a log.
 _LOGGED_HASH_DIGITS = 16
 
 
 @dataclass(frozen=True)
 class LoginRequest:
+    """A password step (`username`, `password`, optionally `otp` in the same call) or a second
+    step (`challenge` and `otp`, no password)."""
+
     username: str
     password: str
     client_ip: str
@@ -57,9 +98,21 @@ class LoginRequest:
     resources: tuple[str, ...] = ()
     audiences: tuple[str, ...] = ()
     cidrs: tuple[str, ...] = ()
+    otp: str | None = None
+    challenge: str | None = None
 
-    def __repr__(self) -> str:  # the password never reaches a log or a traceback
+    def __repr__(self) -> str:  # the password and the code never reach a log or a traceback
         return f"LoginRequest(username={self.username!r}, client_ip={self.client_ip!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class _PasswordStep:
+    """What the password step established: `user` None unless the password was right."""
+
+    user: User | None
+    generation: int
+    secret: TotpSecret | None  # the user's active TOTP secret, if enrolled
+    rehashed: bool = False
 
 
 @service
@@ -76,10 +129,21 @@ class LoginService:
         default_ttl: timedelta,
         max_ttl: timedelta,
         identity_log_key: bytes | None = None,
+        second_factors: SecondFactors,
+        otp_lockout: LockoutStore,
+        challenges: ChallengeCodec | None = None,
+        mfa_required_roles: frozenset[str] = frozenset(),
     ) -> None:
         """`identity_log_key` keys the `user_hash` of log events; give every replica the same
-        one (the app derives it from the KEK). Without one, a random key for this process."""
+        one (the app derives it from the KEK). Without one, a random key for this process.
+        `otp_lockout` counts second-factor failures, apart from `lockout` (passwords);
+        `challenges` seals MFA challenges (every replica needs the same key)."""
         self._log_key = identity_log_key or secrets.token_bytes(32)
+        self._factors = second_factors
+        self._otp_lockout = otp_lockout
+        # Without a codec, one with a random key: challenges then open in this process only.
+        self._challenges = challenges or ChallengeCodec(secrets.token_bytes(32))
+        self._mfa_roles = mfa_required_roles
         self._users = users
         self._generations = generations
         self._hasher = hasher
@@ -93,8 +157,10 @@ class LoginService:
         """A token for the user.
 
         Raises:
-            Unauthenticated: unknown user, disabled user or wrong password (one answer for all).
-            LockedOut: too many failures for this identity or address.
+            SecondFactorNeeded: the password step yielded no token (unknown user, disabled
+                user, wrong password, or a right one that needs a code: one answer for all).
+            Unauthenticated: a second step (or a one-call password and code) that failed.
+            LockedOut: too many failures for this identity or address (password or code).
             BadRequest: a TTL out of range.
             Unavailable: the lockout store, the database or the hasher is unavailable; the
                 attempt is then not counted against the identity.
@@ -102,12 +168,51 @@ class LoginService:
         ttl = request.ttl if request.ttl is not None else min(self._default_ttl, self._max_ttl)
         if ttl > self._max_ttl or ttl <= timedelta(0):
             raise BadRequest(f"ttl must be between 1s and {format_duration(self._max_ttl)}")
+        if request.challenge is not None:
+            challenge = self._challenges.open(request.challenge, now=self._clock().timestamp())
+            if challenge is None:
+                metrics.LOGIN_MFA_FAIL.inc()
+                raise Unauthenticated(SECOND_STEP_FAILURE)
+            return await self._second_step(request, challenge, ttl=ttl, secret=None)
         # Shed first: in a storm most logins find the hasher's queue full, and each would
         # otherwise cost two lockout round trips and a user look-up before its 503.
         self._hasher.check_capacity()
         identity = request.username
         user_hash = self._identity_hash(identity)
         now = self._clock().timestamp()
+        step = await self._password_step(request, identity=identity, user_hash=user_hash, now=now)
+        user = step.user
+        if user is None or step.secret is not None:
+            challenge = Challenge(
+                nonce="",
+                identity=hash_identity(identity, key=self._log_key),
+                user=user.name if user is not None else None,
+                client_ip=hash_ip(request.client_ip, key=self._log_key),
+                generation=step.generation,
+                expires_at=now + CHALLENGE_SECONDS,
+            )
+            if request.otp is not None:  # password and code in one call (scripts)
+                return await self._second_step(request, challenge, ttl=ttl, secret=step.secret)
+            metrics.LOGIN_MFA_CHALLENGE.inc()
+            raise SecondFactorNeeded(PASSWORD_STEP_FAILURE, challenge=self._issue(challenge))
+
+        enrol_only = bool(self._mfa_roles.intersection(user.roles))
+        return await self._mint(
+            request,
+            user,
+            user_hash=user_hash,
+            ttl=ttl,
+            generation=step.generation,
+            mfa=False,
+            enrol_only=enrol_only,
+            rehashed=step.rehashed,
+        )
+
+    async def _password_step(
+        self, request: LoginRequest, *, identity: str, user_hash: str, now: float
+    ) -> _PasswordStep:
+        """Count, check the password, and settle the count: the lockout order of the module
+        docstring. `user` is set only when the password was right."""
         try:
             await self._lockout.begin_attempt(
                 identity=identity, client_ip=request.client_ip, now=now
@@ -137,11 +242,13 @@ class LoginService:
             # The generation first, the user row second: a password change, disable or role loss
             # that commits between the two reads has already raised the generation this token is
             # minted at, or is seen in the row whose hash is checked — never neither. Every name
-            # a user could have pays the same two reads, known or not (no timing oracle); a name
-            # no user could have (any byte may come in) is sent to the database by neither.
+            # a user could have pays the same three reads (generation, user, TOTP secret), known
+            # or not (no timing oracle); a name no user could have (any byte may come in) is sent
+            # to the database by none.
             subject = user_name_or_none(identity)
             generation = await self._generations.fetch(subject) if subject is not None else 0
             user = await self._users.get(subject) if subject is not None else None
+            secret = await self._factors.active_secret(subject) if subject is not None else None
             stored = user.password_hash if user is not None and not user.disabled else None
             result = await self._hasher.verify(stored, request.password)
             judged = True
@@ -159,22 +266,134 @@ class LoginService:
                 user_hash=user_hash,
                 client_ip=request.client_ip,
             )
-            raise Unauthenticated(GENERIC_FAILURE)
+            return _PasswordStep(None, generation, None)
 
-        await self._lockout.record_success(identity=identity, client_ip=request.client_ip, now=now)
+        if secret is not None:
+            # Right, but not enough: neither a failure nor yet a success (see the docstring).
+            await self._lockout.abandon_attempt(
+                identity=identity, client_ip=request.client_ip, now=now
+            )
+        else:
+            await self._lockout.record_success(
+                identity=identity, client_ip=request.client_ip, now=now
+            )
         if result.needs_rehash and stored is not None:
             await self._users.rehash(
                 user.name, old_hash=stored, new_hash=await self._hasher.hash(request.password)
             )
+        return _PasswordStep(user, generation, secret, rehashed=result.needs_rehash)
+
+    async def _second_step(
+        self,
+        request: LoginRequest,
+        challenge: Challenge,
+        *,
+        ttl: timedelta,
+        secret: TotpSecret | None,
+    ) -> MintedToken:
+        """The code for a challenge: counted first, then checked, then the challenge spent."""
+        otp = request.otp or ""
+        now = self._clock().timestamp()
+        identity = challenge.identity
+        user_hash = identity[:_LOGGED_HASH_DIGITS]
+        try:
+            await self._otp_lockout.begin_attempt(
+                identity=identity, client_ip=request.client_ip, now=now
+            )
+        except LockedOut:
+            metrics.LOGIN_MFA_LOCKED.inc()
+            security_event(
+                "authn_mfa_lock",
+                level=logging.WARNING,
+                user_hash=user_hash,
+                client_ip=request.client_ip,
+            )
+            raise
+        factor: Factor | None = None
+        judged = False
+        try:
+            bound = hmac.compare_digest(
+                challenge.client_ip, hash_ip(request.client_ip, key=self._log_key)
+            )
+            user_name = challenge.user if bound else None
+            factor = await self._factors.check(user_name, otp, now=now, secret=secret)
+            judged = True
+        finally:
+            if not judged:
+                await self._abandon_otp(identity=identity, client_ip=request.client_ip, now=now)
+        user = (
+            await self._users.get(challenge.user) if factor is not None and challenge.user else None
+        )
+        # A challenge that left this service yields one token: its one use is claimed last,
+        # after the code held, so a wrong code does not burn the owner's challenge.
+        if (
+            user is None
+            or user.disabled
+            or (
+                challenge.nonce
+                and not await self._factors.once.claim(
+                    "challenge:" + challenge.nonce,
+                    ttl=max(1.0, challenge.expires_at - now),
+                    now=now,
+                )
+            )
+        ):
+            metrics.LOGIN_MFA_FAIL.inc()
+            security_event(
+                "authn_mfa_fail",
+                level=logging.WARNING,
+                user=user.name if user is not None else None,
+                user_hash=user_hash,
+                client_ip=request.client_ip,
+            )
+            raise Unauthenticated(SECOND_STEP_FAILURE if challenge.nonce else PASSWORD_STEP_FAILURE)
+
+        await self._otp_lockout.record_success(
+            identity=identity, client_ip=request.client_ip, now=now
+        )
+        # Only now is the address one the owner logs in from (trusted by the password counters).
+        await self._lockout.record_success(identity=user.name, client_ip=request.client_ip, now=now)
+        security_event(
+            "authn_mfa_success",
+            user=user.name,
+            user_hash=user_hash,
+            client_ip=request.client_ip,
+            factor=factor,
+        )
+        return await self._mint(
+            request,
+            user,
+            user_hash=user_hash,
+            ttl=ttl,
+            generation=challenge.generation,
+            mfa=True,
+            enrol_only=False,
+            rehashed=False,
+        )
+
+    async def _mint(
+        self,
+        request: LoginRequest,
+        user: User,
+        *,
+        user_hash: str,
+        ttl: timedelta,
+        generation: int,
+        mfa: bool,
+        enrol_only: bool,
+        rehashed: bool,
+    ) -> MintedToken:
         minted = await self._minter.mint(
             MintRequest(
                 subject=user.name,
                 ttl=ttl,
-                operations=request.operations,
+                # A user who must enrol first gets a token for that alone (docstring).
+                operations=(ENROL_OPERATION,) if enrol_only else request.operations,
                 resources=request.resources,
                 audiences=request.audiences,
                 cidrs=request.cidrs,
-                admin=user.is_admin,
+                admin=user.is_admin and not enrol_only,
+                mfa=mfa,
             ),
             generation=generation,
         )
@@ -185,9 +404,26 @@ class LoginService:
             user_hash=user_hash,
             client_ip=request.client_ip,
             token_id=minted.token_id,
-            rehashed=result.needs_rehash,
+            rehashed=rehashed,
+            mfa=mfa,
+            enrol_only=enrol_only,
         )
         return minted
+
+    def _issue(self, challenge: Challenge) -> str:
+        return self._challenges.issue(
+            identity=challenge.identity,
+            user=challenge.user,
+            client_ip=challenge.client_ip,
+            generation=challenge.generation,
+            expires_at=challenge.expires_at,
+        )
+
+    async def _abandon_otp(self, *, identity: str, client_ip: str, now: float) -> None:
+        try:
+            await self._otp_lockout.abandon_attempt(identity=identity, client_ip=client_ip, now=now)
+        except Exception:  # the original failure is the one to report
+            log.warning("could not take back a code attempt that was never judged", exc_info=True)
 
     async def _abandon(self, *, identity: str, client_ip: str, now: float) -> None:
         try:

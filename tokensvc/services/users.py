@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tokensvc.accounts.passwords import PasswordHasher
+from tokensvc.accounts.secondfactor import SecondFactors
 from tokensvc.accounts.users import User, UserStore, canonical_name
 from tokensvc.errors import BadRequest, NotFound
 from tokensvc.operations.logs import security_event
@@ -64,7 +65,11 @@ class UserService:
         hasher: PasswordHasher,
         revocations: Revocations,
         audit: AuditLog,
+        factors: SecondFactors | None = None,
     ) -> None:
+        """`factors`: a deleted user's second factor goes with it (a new user of the same name
+        must not inherit it)."""
+        self._factors = factors
         self._engine = engine
         self._authz = authorizer
         self._users = users
@@ -203,4 +208,6 @@ class UserService:
 
         deleted, generation = await run_db(self._engine, run, write=True, retry=False)
         await self._revocations.generation_raised(deleted, generation)
+        if self._factors is not None:
+            await self._factors.forget(deleted)
         security_event("user_deleted", by=actor.name[:64], user=deleted)

@@ -118,6 +118,9 @@ def delegate(
         ttl=ttl,
         carried=request.carried + tuple(carried),
         not_after=not_after,
+        # "A second factor was used" is true of the parent's subject only, and only if it was:
+        # the child claims it when the parent does and names the same subject, never otherwise.
+        mfa=parent.mfa and request.subject == parent.subject,
     )
 
 

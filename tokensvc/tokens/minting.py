@@ -54,6 +54,10 @@ class MintRequest:
     audiences: tuple[str, ...] = ()
     cidrs: tuple[str, ...] = ()
     admin: bool = False
+    # A second factor was used to get this token (a claim in the signed identifier, never a
+    # caveat: a holder could add a caveat). Set by the login service, and by minting from a
+    # token that carries it for the same subject (tokensvc.tokens.delegation).
+    mfa: bool = False
     third_party: tuple[ThirdPartyRequest, ...] = ()
     description: str = field(default="", compare=False)
     # A long-lived service token on a root key of its own (TTL up to the service maximum).
@@ -91,6 +95,7 @@ class MintedToken:
     expires_at: datetime
     admin: bool
     created_at: datetime
+    mfa: bool = False
     kind: str = "rotating"
     description: str = ""
 
@@ -167,11 +172,16 @@ class Minter:
             key_expiry = _expiry(self._clock(), request.ttl, request.not_after)
             key, service_row = self._service_keys.new_key(token_id.hex(), expires_at=key_expiry)
             identifier = TokenIdentifier(
-                key_id=service_key_id(token_id.hex()), token_id=token_id, admin=request.admin
+                key_id=service_key_id(token_id.hex()),
+                token_id=token_id,
+                admin=request.admin,
+                mfa=request.mfa,
             )
         else:
             key = await self._keyring.current()
-            identifier = TokenIdentifier(key_id=key.id, token_id=token_id, admin=request.admin)
+            identifier = TokenIdentifier(
+                key_id=key.id, token_id=token_id, admin=request.admin, mfa=request.mfa
+            )
         if generation is None:
             # Minted at the subject's current generation, so a later revoke-all or password
             # change kills this token too; read fresh, never from a cache that could lag.
@@ -235,6 +245,7 @@ class Minter:
             expires_at=expires_at.astimezone(UTC),
             created_at=now.astimezone(UTC),
             admin=request.admin,
+            mfa=request.mfa,
             kind="service" if key.id.startswith(KEY_ID_PREFIX) else "rotating",
             description=request.description,
         )

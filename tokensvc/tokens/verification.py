@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from caveats import Context, Policy, decide, subject_of
+from caveats import MFA_REQUIRED, Context, Policy, decide, subject_of
 from keystore import KeyDecryptionError, Keyring, RootKey, StoreUnavailable
 from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys
 from tokensvc.errors import BadRequest, CaveatDenied, InvalidToken, Unavailable
@@ -72,6 +72,8 @@ class Verified(NamedTuple):
     # Every first-party caveat of the token and its discharges, decoded: what minting from this
     # token must carry into the child (tokensvc.tokens.delegation).
     policy: Policy
+    # Minted after a second factor (the identifier's flag: no holder can add it).
+    mfa: bool = False
 
 
 class Vouched(NamedTuple):
@@ -96,6 +98,7 @@ class _Chained(NamedTuple):
     key_id: str
     admin: bool
     key_expires_at: float  # unix seconds; the chain proves nothing from then on
+    mfa: bool
 
 
 class ChainCache:
@@ -256,15 +259,19 @@ class Verifier:
         resource: str | None = None,
         audience: str | None = None,
         client_ip: str | None = None,
+        require_mfa: bool = False,
     ) -> Verified:
-        """Raise InvalidToken (401) or CaveatDenied (403), or return what the token says."""
+        """Raise InvalidToken (401) or CaveatDenied (403), or return what the token says.
+
+        `require_mfa`: the caller accepts only a token minted after a second factor (403 else).
+        """
         cache_key: str | tuple[str, ...] = (token, *discharges) if discharges else token
         chained, now = self._chained(cache_key, token, discharges)
         if chained is None:  # a root key this process has not cached yet: read it first
             chained = await self._verify_chain(token, discharges)
             self.cache.put(cache_key, chained)
             now = self._clock()
-        return self._decide(chained, now, operation, resource, audience, client_ip)
+        return self._decide(chained, now, operation, resource, audience, client_ip, require_mfa)
 
     async def vouch(self, token: str, discharges: Sequence[str] = ()) -> Vouched:
         """The facts of a genuine, live token, for a verdict others cache and decide on.
@@ -310,6 +317,7 @@ class Verifier:
         resource: str | None = None,
         audience: str | None = None,
         client_ip: str | None = None,
+        require_mfa: bool = False,
     ) -> Verified | None:
         """`verify` without awaiting: None when the answer needs a root key from the database.
 
@@ -321,7 +329,7 @@ class Verifier:
         chained, now = self._chained(cache_key, token, discharges)
         if chained is None:
             return None
-        return self._decide(chained, now, operation, resource, audience, client_ip)
+        return self._decide(chained, now, operation, resource, audience, client_ip, require_mfa)
 
     def _chained(
         self, cache_key: str | tuple[str, ...], token: str, discharges: Sequence[str]
@@ -358,6 +366,7 @@ class Verifier:
         resource: str | None,
         audience: str | None,
         client_ip: str | None,
+        require_mfa: bool = False,
     ) -> Verified:
         """What a genuine chain allows now, in this context: revocation, generation, caveats
         (`caveats.decide`)."""
@@ -383,6 +392,9 @@ class Verifier:
                 if denial.invalid:
                     raise InvalidToken(denial.reason)
                 raise CaveatDenied(denial.reason)
+        # After the caveats: a revoked or expired token is a 401 whatever the context asks.
+        if require_mfa and not chained.mfa:
+            raise CaveatDenied(MFA_REQUIRED.reason)
         if self._usage is not None:
             self._usage.record(chained.token_id, now)
         declared = policy.declared
@@ -396,6 +408,7 @@ class Verifier:
                 policy.expires_at,
                 dict(declared) if declared else {},  # callers get their own copy
                 policy,
+                chained.mfa,
             ),
         )
 
@@ -444,5 +457,6 @@ class Verifier:
                 key.id,  # == identifier.key_id (looked up by it), and one string for all its chains
                 identifier.admin,
                 key.expires_ts,
+                identifier.mfa,
             ),
         )

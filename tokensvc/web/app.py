@@ -25,6 +25,7 @@ from tokensvc.web.handlers import (
     introspect,
     keys,
     login,
+    mfa,
     revocation,
     tokens,
     users,
@@ -74,6 +75,8 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.HASHER] = built.hasher
         app[appkeys.GENERATIONS] = built.generations
         app[appkeys.LOCKOUT] = built.lockout
+        app[appkeys.OTP_LOCKOUT] = built.otp_lockout
+        app[appkeys.FACTORS] = built.factors
         app[appkeys.LOGIN] = built.services.login
         app[appkeys.KEYRING] = built.keyring
         app[appkeys.MINTER] = built.minter
@@ -156,6 +159,13 @@ def create_app(
             # At most the 256 characters a login name can have: longer ones are a 404.
             web.get(f"/v1/users/{LOCKOUT_IDENTITY}/lockout", users.get_lockout),
             web.delete(f"/v1/users/{LOCKOUT_IDENTITY}/lockout", users.clear_lockout),
+            web.get("/v1/mfa", mfa.get_status),
+            web.post("/v1/mfa/enroll", mfa.enroll),
+            web.post("/v1/mfa/activate", mfa.activate),
+            web.post("/v1/mfa/disable", mfa.disable),
+            web.post("/v1/mfa/recovery-codes", mfa.recovery_codes),
+            web.get("/v1/users/{name}/mfa", mfa.get_user_status),
+            web.delete("/v1/users/{name}/mfa", mfa.reset),
             web.get("/healthz", health.healthz),
             web.get("/readyz", health.readyz),
             web.get("/openapi.yaml", health.openapi),

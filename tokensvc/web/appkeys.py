@@ -13,6 +13,7 @@ from keystore import KeyEncryptionKey, Keyring
 from keystore.service_keys import ServiceKeys
 from tokensvc.accounts.lockout import LockoutStore
 from tokensvc.accounts.passwords import PasswordHasher
+from tokensvc.accounts.secondfactor import SecondFactors
 from tokensvc.accounts.users import UserStore
 from tokensvc.composition import Runtime
 from tokensvc.operations.config import Config
@@ -42,6 +43,8 @@ USERS = web.AppKey("users", UserStore)
 GENERATIONS = web.AppKey("generations", SubjectGenerations)
 HASHER = web.AppKey("hasher", PasswordHasher)
 LOCKOUT = web.AppKey("lockout", LockoutStore)
+OTP_LOCKOUT = web.AppKey("otp_lockout", LockoutStore)  # second-factor failures, apart
+FACTORS = web.AppKey("factors", SecondFactors)
 LOGIN = web.AppKey("login", LoginService)
 KEK = web.AppKey("kek", KeyEncryptionKey)
 

@@ -20,6 +20,7 @@ from tokensvc.errors import (
     LockedOut,
     NotFound,
     PayloadTooLarge,
+    SecondFactorNeeded,
     TokensvcError,
     Unauthenticated,
     Unavailable,
@@ -97,6 +98,10 @@ def tokensvc_error_parts(exc: TokensvcError, path: str) -> tuple[dict[str, objec
     if exc.code in ("invalid_token", "caveat_denied") and path.endswith("/verify"):
         # /v1/verify callers read {"valid", "reason"}; the error object is kept for uniformity.
         body = {"valid": False, "reason": exc.message, **body}
+    if isinstance(exc, SecondFactorNeeded):
+        # The same for a wrong password and a right one that needs a code (tokensvc.services.login).
+        body["mfa_required"] = True
+        body["challenge"] = exc.challenge
     return body, headers
 
 

@@ -163,7 +163,9 @@ class VerifyEndpoint:
             if coding is not None and body:
                 body = decode_body(body, coding, max_bytes=self.max_body)
             asked = parse_request(json_object(body))
-            verified = self._verifier.verify_now(asked.token, asked.discharges, **asked.context)
+            verified = self._verifier.verify_now(
+                asked.token, asked.discharges, require_mfa=asked.require_mfa, **asked.context
+            )
             if verified is None:
                 return asked
             return Answer(200, orjson.dumps(answer(verified)))
@@ -175,7 +177,9 @@ class VerifyEndpoint:
     async def decide_later(self, asked: VerifyBody) -> Answer:
         """The answer to a verify that needs I/O (a root key not in memory)."""
         try:
-            verified = await self._verifier.verify(asked.token, asked.discharges, **asked.context)
+            verified = await self._verifier.verify(
+                asked.token, asked.discharges, require_mfa=asked.require_mfa, **asked.context
+            )
             return Answer(200, orjson.dumps(answer(verified)))
         except TokensvcError as exc:
             return self.error(exc)

@@ -206,11 +206,16 @@ class RequestCaller:
     def __init__(self, request: web.Request) -> None:
         self._request = request
         self._who: str | None = None
+        self._mfa = False
 
     async def authenticate(self) -> str:
         if self._who is None:
             self._who = await self._authenticate()
         return self._who
+
+    async def used_second_factor(self) -> bool:
+        await self.authenticate()
+        return self._mfa
 
     async def _authenticate(self) -> str:
         header = self._request.headers.get("Authorization")
@@ -246,6 +251,7 @@ class RequestCaller:
                 ttl=timedelta(minutes=1),
             )
         )
+        self._mfa = minted.mfa
         return minted.subject
 
     async def _token(self, token: str) -> str:
@@ -256,4 +262,5 @@ class RequestCaller:
             audience=API_AUDIENCE,
             client_ip=client_ip(self._request),
         )
+        self._mfa = verified.mfa
         return verified.subject

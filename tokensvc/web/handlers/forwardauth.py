@@ -10,6 +10,8 @@ headers each proxy sets, see docs/forward-auth.md:
   (GET, HEAD, OPTIONS) or `write` (anything else);
 - resource: the URI's path, percent-decoded and normalised as the proxy will route it;
 - audience: `X-Auth-Audience` when the proxy sets one;
+- `X-Auth-Require-MFA: true` (set per location by the proxy): only a token minted after a
+  second factor is allowed (403 otherwise); the answer says `X-Auth-MFA: true|false`;
 - client IP: the trusted-proxy rule of `tokensvc.web.auth.client_ip`.
 
 A client calling this endpoint directly and choosing these headers learns no more than
@@ -56,6 +58,7 @@ async def forward_auth(request: web.Request) -> web.Response:
         resource=resource,
         audience=_name(request, "X-Auth-Audience"),
         client_ip=client_ip(request),
+        require_mfa=_flag(request, "X-Auth-Require-MFA"),
     )
 
     return web.Response(
@@ -63,6 +66,7 @@ async def forward_auth(request: web.Request) -> web.Response:
         headers={
             "X-Auth-Subject": quote(verified.subject, safe=_HEADER_SAFE),
             "X-Auth-Token-Id": verified.token_id,
+            "X-Auth-MFA": "true" if verified.mfa else "false",
             "Cache-Control": "no-store",
         },
     )
@@ -111,6 +115,19 @@ def _header(request: web.Request, *names: str) -> str | None:
         if value is not None and value.strip():
             return value.strip()
     return None
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A yes/no header; anything but true/false (or 1/0, yes/no) denies rather than guesses."""
+    value = _header(request, name)
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise Forbidden(f"{name} must be true or false")
 
 
 def _name(request: web.Request, name: str) -> str | None:

@@ -66,6 +66,7 @@ def minted_body(minted: MintedToken) -> dict[str, Any]:
         "subject": minted.subject,
         "key_id": minted.key_id,
         "admin": minted.admin,
+        "mfa": minted.mfa,
         "expires_at": iso(minted.expires_at.timestamp()),
         "kind": minted.kind,
     }

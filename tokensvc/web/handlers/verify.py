@@ -19,7 +19,8 @@ from tokensvc.web import appkeys
 from tokensvc.web.jsonio import json_response, read_json_object
 
 _CONTEXT_FIELDS = ("operation", "resource", "audience", "client_ip")
-_CONTEXT_KEYS = frozenset(_CONTEXT_FIELDS)
+# `require_mfa` is a boolean, not a keyword string: VerifyBody carries it apart.
+_CONTEXT_KEYS = frozenset((*_CONTEXT_FIELDS, "require_mfa"))
 _ALLOWED = frozenset(("token", "discharges", "context"))
 
 
@@ -64,6 +65,15 @@ class VerifyBody(NamedTuple):
     token: str
     discharges: Sequence[str]
     context: dict[str, str | None]  # keyword arguments of Verifier.verify
+    require_mfa: bool  # context.require_mfa: only a token minted after a second factor
+
+
+def _require_mfa(value: Any) -> bool:
+    if value is None:
+        return False
+    if value is True or value is False:
+        return value
+    raise BadRequest("context.require_mfa must be true or false")
 
 
 def parse_request(data: dict[str, Any]) -> VerifyBody:
@@ -78,8 +88,12 @@ def parse_request(data: dict[str, Any]) -> VerifyBody:
         discharges = ()
     elif not isinstance(discharges, list) or not all(isinstance(d, str) for d in discharges):
         raise BadRequest("discharges must be a list of strings")
+    raw = data.get("context")
+    context = _context(raw)  # raw is now None or a dict
+    # Only a context that names require_mfa pays for reading it (the hot path: one `in`).
+    require_mfa = raw is not None and "require_mfa" in raw and _require_mfa(raw["require_mfa"])
     # tuple.__new__ with every field in order: the NamedTuple's own __new__ is a Python function.
-    return _new_tuple(VerifyBody, (token, discharges, _context(data.get("context"))))
+    return _new_tuple(VerifyBody, (token, discharges, context, require_mfa))
 
 
 def answer(verified: Verified) -> dict[str, Any]:
@@ -90,6 +104,7 @@ def answer(verified: Verified) -> dict[str, Any]:
         "token_id": verified.token_id,
         "expires_at": iso(verified.expires_at),
         "declared": verified.declared,
+        "mfa": verified.mfa,
     }
 
 
@@ -97,5 +112,9 @@ async def verify(request: web.Request) -> web.Response:
     asked = parse_request(await read_json_object(request))
     verifier = request.app[appkeys.VERIFIER]
     return json_response(
-        answer(await verifier.verify(asked.token, asked.discharges, **asked.context))
+        answer(
+            await verifier.verify(
+                asked.token, asked.discharges, require_mfa=asked.require_mfa, **asked.context
+            )
+        )
     )

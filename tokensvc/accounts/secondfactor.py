@@ -1,0 +1,146 @@
+"""Checking a user's second factor: a TOTP code (never one twice) or a recovery code (once each).
+
+The one place both the login and the MFA self-service (disable, new recovery codes) check a
+code, so the rules are the same at every door: a TOTP code is accepted only from an active
+enrolment, only from the steps now ±1, and only if its step has not been accepted for that user
+before (claimed in the OnceStore, shared by replicas through Redis); a recovery code only if
+unused, and it is marked used in the same compare-and-set that accepts it.
+
+Failure counting (lockout) is the caller's, before calling `check`: counting is what bounds
+the guesses, and it must come before any secret is compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, Literal
+
+from keystore.totp_secrets import TotpSecret, TotpSecrets
+from tokensvc.accounts.lockout.store import hash_identity
+from tokensvc.accounts.mfa import (
+    SKEW_STEPS,
+    STEP_SECONDS,
+    RecoveryCodes,
+    is_totp_code,
+    match_step,
+    new_recovery_codes,
+    normalise_recovery_code,
+    recovery_hint,
+)
+from tokensvc.accounts.otpstate import OnceStore
+from tokensvc.accounts.passwords import PasswordHasher
+
+__all__ = ["Factor", "SecondFactors"]
+
+Factor = Literal["totp", "recovery_code"]
+
+# A step's claim must outlive every moment its code is still accepted (now ±1 step).
+_STEP_CLAIM_SECONDS: Final = (2 * SKEW_STEPS + 2) * STEP_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolment:
+    """A user's MFA state as an owner or admin sees it."""
+
+    active: bool
+    pending: bool
+    recovery_codes: int
+
+
+class SecondFactors:
+    """TOTP secrets, recovery codes and the spent-code store, checked together."""
+
+    def __init__(
+        self,
+        *,
+        secrets: TotpSecrets,
+        recovery_codes: RecoveryCodes,
+        once: OnceStore,
+        hasher: PasswordHasher,
+        name_key: bytes,
+    ) -> None:
+        """`name_key` keys the hashes that name users in the OnceStore (Redis keys hold no names)."""
+        self.secrets = secrets
+        self.recovery_codes = recovery_codes
+        self.once = once
+        self._hasher = hasher
+        self._name_key = name_key
+
+    async def active_secret(self, user: str) -> TotpSecret | None:
+        """The user's confirmed TOTP secret; None when not enrolled (or only pending)."""
+        found = await self.secrets.get(user)
+        return found if found is not None and found.active else None
+
+    async def enrolment(self, user: str) -> Enrolment:
+        """Whether the user is enrolled or enrolling, and how many recovery codes remain."""
+        found = await self.secrets.get(user)
+        remaining = await self.recovery_codes.remaining(user) if found is not None else 0
+        return Enrolment(
+            active=found is not None and found.active,
+            pending=found is not None and not found.active,
+            recovery_codes=remaining if found is not None and found.active else 0,
+        )
+
+    async def check(
+        self, user: str | None, otp: str, *, now: float, secret: TotpSecret | None = None
+    ) -> Factor | None:
+        """Which factor `otp` proved for `user`, or None. `user` None (a decoy) costs what a
+        real check costs and fails. `secret`: the user's active secret if already read."""
+        if user is not None and secret is None:
+            secret = await self.active_secret(user)
+        if is_totp_code(otp):
+            if user is None or secret is None or not secret.active:
+                return None
+            return "totp" if await self._totp(user, secret.secret.reveal(), otp, now) else None
+        normalised = normalise_recovery_code(otp)
+        if normalised is None:
+            return None
+        candidates = (
+            await self.recovery_codes.candidates(user, recovery_hint(normalised))
+            if user is not None and secret is not None
+            else []
+        )
+        if not candidates:
+            # One argon2 run whether or not a row matched: the time tells nothing.
+            await self._hasher.verify(None, normalised)
+            return None
+        for stored in candidates:
+            result = await self._hasher.verify(stored.code_hash, normalised)
+            if result.ok:
+                return "recovery_code" if await self.recovery_codes.use(stored.id) else None
+        return None
+
+    async def check_pending(self, user: str, otp: str, *, now: float) -> datetime | None:
+        """The `created_at` of the user's pending enrolment if `otp` is its current code."""
+        found = await self.secrets.get(user)
+        if found is None or found.active:
+            return None
+        if not await self._totp(user, found.secret.reveal(), otp, now):
+            return None
+        return found.created_at
+
+    async def new_recovery_codes(self, user: str) -> list[str]:
+        """Ten fresh codes for the user (shown once); every earlier one dies."""
+        codes = new_recovery_codes()
+        hashes = []
+        for code in codes:
+            normalised = code.replace("-", "")
+            hashes.append(
+                (recovery_hint(normalised), await self._hasher.hash_generated(normalised))
+            )
+        await self.recovery_codes.replace(user, hashes)
+        return codes
+
+    async def forget(self, user: str) -> bool:
+        """Drop the user's secret and recovery codes; whether there was a secret."""
+        had = await self.secrets.delete(user)
+        await self.recovery_codes.delete(user)
+        return had
+
+    async def _totp(self, user: str, secret: bytes, otp: str, now: float) -> bool:
+        step = match_step(secret, otp, now=now)
+        if step is None:
+            return False
+        name = f"totp:{hash_identity(user, key=self._name_key)}:{step}"
+        return await self.once.claim(name, ttl=_STEP_CLAIM_SECONDS, now=now)

@@ -1,0 +1,245 @@
+"""The MFA service: a user's own TOTP enrolment, disable and recovery codes, and an admin's reset.
+
+Every door (HTTP, the CLI, `--local` for the admin reset) calls these methods. What each needs:
+
+- status, enrol, activate: the user's own token (any genuine one whose caveats allow
+  `mfa:enroll` on this API — the token a user who must enrol is given allows only that);
+- disable, new recovery codes: the user's own token and a fresh factor (a current TOTP code or
+  an unused recovery code), counted against the OTP counters first, so a stolen token cannot
+  guess its way to switching the factor off;
+- reset: an admin (`users:write`), or a local operator; recorded in the audit log.
+
+Enrolment is two steps: `enroll` makes a pending secret and returns it (the otpauth:// URI),
+`activate` confirms it with a first correct code and returns the ten recovery codes, shown
+once. An active enrolment is not replaced by `enroll` (409): disable it first, with a factor.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+
+from tokensvc.accounts.lockout import LockoutStore
+from tokensvc.accounts.lockout.store import hash_identity
+from tokensvc.accounts.mfa import new_totp_secret, provisioning_uri
+from tokensvc.accounts.secondfactor import Enrolment, SecondFactors
+from tokensvc.accounts.users import UserStore, user_name_or_none
+from tokensvc.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthenticated
+from tokensvc.operations.logs import security_event
+from tokensvc.services.authorization import Authorizer
+from tokensvc.services.boundary import service
+from tokensvc.services.principals import Actor, Principal
+from tokensvc.storage.audit import AuditLog
+
+log = logging.getLogger("tokensvc.services.mfa")
+
+#: The API operation a token must allow for the user's own MFA actions.
+MFA_OPERATION: Final = "mfa:enroll"
+WRONG_CODE: Final = "wrong, expired or already used code"
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolmentStarted:
+    """A pending enrolment: the secret to put in an authenticator app (shown once)."""
+
+    user: str
+    uri: str = field(repr=False)
+    secret: str = field(repr=False)  # base32, for typing into an app by hand
+
+
+@dataclass(frozen=True, slots=True)
+class MfaStatus:
+    """What a user (or an admin) sees of an account's second factor."""
+
+    user: str
+    enrolled: bool
+    pending: bool
+    recovery_codes: int
+    required: bool
+
+
+@service
+class MfaService:
+    def __init__(
+        self,
+        *,
+        authorizer: Authorizer,
+        users: UserStore,
+        factors: SecondFactors,
+        otp_lockout: LockoutStore,
+        audit: AuditLog,
+        clock: Callable[[], datetime],
+        issuer: str,
+        required_roles: frozenset[str] = frozenset(),
+        identity_key: bytes,
+    ) -> None:
+        """`identity_key` must be the login service's `identity_log_key`: a code checked here
+        is counted on the same OTP counters as at login."""
+        self._authz = authorizer
+        self._users = users
+        self._factors = factors
+        self._otp_lockout = otp_lockout
+        self._audit = audit
+        self._clock = clock
+        self._issuer = issuer
+        self._required = required_roles
+        self._identity_key = identity_key
+
+    async def status(self, who: Principal) -> MfaStatus:
+        """The caller's own MFA state.
+
+        Raises:
+            InvalidToken, CaveatDenied: the token is not genuine or may not do this.
+            Forbidden: a local operator has no account of its own.
+        """
+        actor = await self._own(who)
+        return await self._status(actor.subject or "")
+
+    async def enroll(self, who: Principal) -> EnrolmentStarted:
+        """Start (or restart) the caller's enrolment: a new pending secret.
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: as for `status`.
+            Conflict: the caller already has an active enrolment (disable it first).
+        """
+        actor = await self._own(who)
+        user = actor.subject or ""
+        if await self._factors.active_secret(user) is not None:
+            raise Conflict("a second factor is already active; disable it first")
+        secret = new_totp_secret()
+        await self._factors.secrets.put_pending(user, secret)
+        security_event("mfa_enrol_started", user=user)
+        return EnrolmentStarted(
+            user=user,
+            uri=provisioning_uri(secret, user=user, issuer=self._issuer),
+            secret=base64.b32encode(secret).decode("ascii"),
+        )
+
+    async def activate(self, who: Principal, *, otp: str, client_ip: str) -> list[str]:
+        """Confirm the caller's pending enrolment with its current code; the recovery codes.
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: as for `status`.
+            Unauthenticated: the code is wrong (or nothing is pending).
+            LockedOut: too many wrong codes.
+        """
+        actor = await self._own(who)
+        user = actor.subject or ""
+        now = self._clock().timestamp()
+        identity = self._identity(user)
+        await self._otp_lockout.begin_attempt(identity=identity, client_ip=client_ip, now=now)
+        created_at = await self._factors.check_pending(user, otp, now=now)
+        if created_at is None:
+            security_event("mfa_activate_fail", level=logging.WARNING, user=user)
+            raise Unauthenticated(WRONG_CODE)
+        await self._otp_lockout.record_success(identity=identity, client_ip=client_ip, now=now)
+        codes = await self._factors.new_recovery_codes(user)
+        if not await self._factors.secrets.activate(user, created_at=created_at):
+            raise Conflict("the enrolment changed meanwhile; start again")
+        await self._audit.record(actor.name, "mfa_enrolled", user)
+        security_event("mfa_enrolled", user=user)
+        return codes
+
+    async def disable(self, who: Principal, *, otp: str, client_ip: str) -> None:
+        """Switch the caller's second factor off, proved with a fresh code.
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: as for `status`.
+            Unauthenticated: the code is wrong, or there is no active enrolment.
+            LockedOut: too many wrong codes.
+        """
+        actor = await self._proved(who, otp=otp, client_ip=client_ip)
+        user = actor.subject or ""
+        await self._factors.forget(user)
+        await self._audit.record(actor.name, "mfa_disabled", user)
+        security_event("mfa_disabled", user=user, by=actor.name[:64])
+
+    async def regenerate_recovery_codes(
+        self, who: Principal, *, otp: str, client_ip: str
+    ) -> list[str]:
+        """Ten new recovery codes for the caller (every earlier one dies), proved with a code.
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: as for `status`.
+            Unauthenticated: the code is wrong, or there is no active enrolment.
+            LockedOut: too many wrong codes.
+        """
+        actor = await self._proved(who, otp=otp, client_ip=client_ip)
+        user = actor.subject or ""
+        codes = await self._factors.new_recovery_codes(user)
+        await self._audit.record(actor.name, "mfa_recovery_codes_regenerated", user)
+        security_event("mfa_recovery_codes_regenerated", user=user)
+        return codes
+
+    async def reset(self, who: Principal, name: str) -> bool:
+        """An admin drops a user's second factor (a lost phone); whether there was one.
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: the principal may not write users.
+            NotFound: no such user.
+        """
+        actor = await self._authz.admin(who, "users:write")
+        user = user_name_or_none(name)
+        if user is None or await self._users.get(user) is None:
+            raise NotFound("no such user")
+        had = await self._factors.forget(user)
+        await self._audit.record(actor.name, "mfa_reset", user, had_factor=had)
+        security_event("mfa_reset", level=logging.WARNING, user=user, by=actor.name[:64])
+        return had
+
+    async def status_of(self, who: Principal, name: str) -> MfaStatus:
+        """An admin reads a user's MFA state.
+
+        Raises:
+            InvalidToken, CaveatDenied, Forbidden: the principal may not read users.
+            NotFound: no such user.
+        """
+        await self._authz.admin(who, "users:read")
+        user = user_name_or_none(name)
+        if user is None or await self._users.get(user) is None:
+            raise NotFound("no such user")
+        return await self._status(user)
+
+    async def _status(self, user: str) -> MfaStatus:
+        enrolment: Enrolment = await self._factors.enrolment(user)
+        found = await self._users.get(user)
+        roles = set(found.roles) if found is not None else set()
+        return MfaStatus(
+            user=user,
+            enrolled=enrolment.active,
+            pending=enrolment.pending,
+            recovery_codes=enrolment.recovery_codes,
+            required=bool(self._required & roles),
+        )
+
+    async def _own(self, who: Principal) -> Actor:
+        actor = await self._authz.holder(who, MFA_OPERATION)
+        if actor.subject is None:
+            raise Forbidden("a local operator has no second factor: use `tokensvc user mfa-reset`")
+        found = await self._users.get(actor.subject)
+        if found is None or found.disabled:
+            raise Forbidden("the token's subject is not an enabled user")
+        return actor
+
+    async def _proved(self, who: Principal, *, otp: str, client_ip: str) -> Actor:
+        """The caller, once a fresh factor of theirs holds (counted before it is compared)."""
+        if not otp:
+            raise BadRequest("a current code (or a recovery code) is required")
+        actor = await self._own(who)
+        user = actor.subject or ""
+        now = self._clock().timestamp()
+        identity = self._identity(user)
+        await self._otp_lockout.begin_attempt(identity=identity, client_ip=client_ip, now=now)
+        if await self._factors.check(user, otp, now=now) is None:
+            security_event("mfa_proof_fail", level=logging.WARNING, user=user)
+            raise Unauthenticated(WRONG_CODE)
+        await self._otp_lockout.record_success(identity=identity, client_ip=client_ip, now=now)
+        return actor
+
+    def _identity(self, user: str) -> str:
+        # The OTP counters' identity, as the login service names it (hash of the typed name).
+        return hash_identity(user, key=self._identity_key)
