@@ -33,8 +33,8 @@ from caveats.standard import (
 )
 
 __all__ = [
-    "SUCCESS",
     "MFA_REQUIRED",
+    "SUCCESS",
     "TOKEN_REVOKED",
     "Allow",
     "Audience",
