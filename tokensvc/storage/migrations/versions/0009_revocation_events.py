@@ -1,7 +1,7 @@
 """The revocation event log behind GET /v1/revocations/stream (tokensvc.tokens.events).
 
 Revision ID: 0009_revocation_events
-Revises: 0007_sealed_secrets (0008_mfa once that branch is merged: set down_revision to it)
+Revises: 0008_mfa
 
 Hand-written, portable to PostgreSQL and SQLite; never import models here (history is frozen).
 """
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009_revocation_events"
-down_revision: str | Sequence[str] | None = "0007_sealed_secrets"
+down_revision: str | Sequence[str] | None = "0008_mfa"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
