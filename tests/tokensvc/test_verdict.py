@@ -32,6 +32,7 @@ VERDICT_FIELDS = {
     "token_id",
     "key_id",
     "admin",
+    "mfa",
     "generation",
     "expires_at",
     "key_expires_at",
@@ -97,6 +98,7 @@ async def test_verdict_shape_and_local_decisions_match_the_scope(
     assert verdict["subject"] == "alice"
     assert verdict["token_id"] == minted["token_id"]
     assert verdict["admin"] is False
+    assert verdict["mfa"] is False  # a password-only login
     assert verdict["generation"] == 0
     now = clock.now.timestamp()
     assert verdict["expires_at"] == pytest.approx(now + 600, abs=1)

@@ -105,6 +105,7 @@ class VerdictService:
                 "token_id": vouched.token_id,
                 "key_id": vouched.key_id,
                 "admin": vouched.admin,
+                "mfa": vouched.mfa,
                 "generation": vouched.generation,
                 "expires_at": policy.expires_at,
                 "key_expires_at": vouched.key_expires_at,

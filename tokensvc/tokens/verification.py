@@ -87,6 +87,7 @@ class Vouched(NamedTuple):
     key_expires_at: float  # unix seconds
     policy: Policy  # every first-party caveat of the token and its discharges, in chain order
     now: float
+    mfa: bool  # minted after a second factor (the identifier's flag)
 
 
 class _Chained(NamedTuple):
@@ -306,6 +307,7 @@ class Verifier:
             chained.key_expires_at,
             chained.policy,
             now,
+            chained.mfa,
         )
 
     def verify_now(
