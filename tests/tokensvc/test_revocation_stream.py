@@ -323,3 +323,44 @@ async def test_until_now_catches_up_and_ends(client: Client, admin_token: str, c
     assert text.startswith(f"id: {hello.id}\nevent: hello\n")
     assert bad.status == 400
     assert long.status == 400
+
+
+async def test_a_replica_started_later_replays_older_events_from_the_database(
+    aiohttp_client: Any,
+    client: Client,
+    admin_token: str,
+    caller: str,
+    app_config: Config,
+    clock: FakeClock,
+) -> None:
+    """A cursor older than what a replica holds in memory is resumed from the event log."""
+    tokens = [await mint(client, admin_token, subject="alice") for _ in range(3)]
+    stream = await subscribe(client, caller)
+    hello = await stream.next_event()
+    stream.response.close()
+    for minted in tokens:
+        await revoke(client, admin_token, minted["token_id"])
+    replica = await aiohttp_client(create_app(app_config, clock=clock))
+
+    resumed = await subscribe(replica, caller, last_event_id=hello.id)
+    events = [await resumed.next_event() for _ in range(4)]
+
+    assert [e.kind for e in events] == ["hello", "token", "token", "token"]
+    assert [e.data["token_id"] for e in events[1:]] == [t["token_id"] for t in tokens]
+
+
+async def test_metrics_count_subscribers_and_events(
+    client: Client, admin_token: str, caller: str
+) -> None:
+    """/metrics shows the open streams and counts the events applied."""
+    minted = await mint(client, admin_token, subject="alice")
+    stream = await subscribe(client, caller)
+    await stream.next_event()
+    await revoke(client, admin_token, minted["token_id"])
+    await stream.next_event()
+
+    text = await (await client.get("/metrics")).text()
+
+    lines = {line.split(" ")[0]: line.split(" ")[1] for line in text.splitlines() if " " in line}
+    assert float(lines["tokensvc_revocation_stream_subscribers"]) >= 1
+    assert float(lines["tokensvc_revocation_events_total"]) >= 1

@@ -9,6 +9,7 @@ to event received by an SSE client on loopback, median of 50 — is measured and
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from typing import Any
@@ -154,3 +155,33 @@ async def test_revocation_reaches_a_subscriber_within_100ms_median(
         f" over {SAMPLES}"
     )
     assert median <= 100
+
+
+async def test_concurrent_revocations_on_two_replicas_are_all_delivered_in_id_order(
+    aiohttp_client: Any,
+    pg_url: str,
+    data_dir: Any,
+    clock: Any,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    """Forty revocations at once, half through each replica: a subscriber gets every one, ids
+    strictly increasing — no id commits after a larger one was read (the append lock)."""
+    a, b = await replicas(aiohttp_client, pg_url, data_dir, clock, redis_url, redis_prefix, 2)
+    admin, svc, tokens = await setup_tokens(a, 40)
+    stream = await subscribe(b, svc)
+
+    async def revoke(client: Any, token_id: str) -> int:
+        resp = await client.delete(f"/v1/tokens/{token_id}", headers=bearer(admin))
+        resp.release()
+        return int(resp.status)
+
+    statuses = await asyncio.gather(
+        *(revoke(a if i % 2 else b, t["token_id"]) for i, t in enumerate(tokens))
+    )
+    events = [await stream.next_event() for _ in tokens]
+
+    assert set(statuses) == {204}
+    assert {e.data["token_id"] for e in events} == {t["token_id"] for t in tokens}
+    ids = [int(e.id or 0) for e in events]
+    assert ids == sorted(set(ids))

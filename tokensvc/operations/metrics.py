@@ -153,6 +153,15 @@ DEPENDENCY_UP = Gauge(
     ("dependency",),
     multiprocess_mode="livemin",
 )
+STREAM_SUBSCRIBERS = Gauge(
+    "tokensvc_revocation_stream_subscribers",
+    "Open GET /v1/revocations/stream connections (zero-hop clients following revocations).",
+    multiprocess_mode="livesum",
+)
+STREAM_EVENTS = Counter(
+    "tokensvc_revocation_events_total",
+    "Revocation events this process read from the event log and applied (tokensvc.tokens.feed).",
+)
 READY = Gauge(
     "tokensvc_ready",
     "1 while this process can verify tokens (its database answers, or the root key it mints "

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from tokensvc.errors import Unavailable
+from tokensvc.operations import metrics
 from tokensvc.operations.background import every, tasks_running
 from tokensvc.operations.outages import Outages, is_outage
 from tokensvc.tokens.events import EventLog, RevocationEvent
@@ -97,6 +98,8 @@ class RevocationFeed:
                     self._recent.append(event)
                     self.cursor = event.id
                     advanced = True
+                if batch:
+                    metrics.STREAM_EVENTS.inc(len(batch))
                 if len(batch) < PAGE:
                     break
             if advanced:
@@ -205,10 +208,12 @@ class RevocationFeed:
         if self.subscribers >= self.max_subscribers:
             raise Unavailable("too many revocation stream subscribers", retry_after=5)
         self.subscribers += 1
+        metrics.STREAM_SUBSCRIBERS.inc()
         try:
             yield
         finally:
             self.subscribers -= 1
+            metrics.STREAM_SUBSCRIBERS.dec()
 
     async def follow(
         self, position: int, *, until: int | None = None
