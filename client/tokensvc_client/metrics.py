@@ -6,7 +6,7 @@ through a prometheus-client collector when that library is installed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 #: Stream states, in the order the gauge reports them.
@@ -26,7 +26,7 @@ class ClientMetrics:
         "stream_events",
         "stream_reconnects",
         "stream_resets",
-        "stream_state",
+        "stream_state_now",
         "unavailable",
         "uncacheable",
     )
@@ -44,11 +44,21 @@ class ClientMetrics:
         self.stream_events = 0
         self.stream_reconnects = 0
         self.stream_resets = 0
-        self.stream_state = "connecting"
+        # Asked when read, so a stream gone quiet reads "stale" without an event to say so.
+        self.stream_state_now: Callable[[], str] = lambda: "connecting"
+
+    @property
+    def stream_state(self) -> str:
+        """connecting, catching_up, live or stale (see STREAM_STATES)."""
+        return self.stream_state_now()
 
     def snapshot(self) -> dict[str, int | str]:
-        """Every counter by name (for logs, health pages and tests)."""
-        return {name: getattr(self, name) for name in self.__slots__}
+        """Every counter by name, and the stream state (for logs, health pages and tests)."""
+        out: dict[str, int | str] = {
+            name: getattr(self, name) for name in self.__slots__ if name != "stream_state_now"
+        }
+        out["stream_state"] = self.stream_state
+        return out
 
 
 def register_prometheus(

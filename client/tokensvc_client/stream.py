@@ -61,6 +61,7 @@ class RevocationStream:
         self._last_byte = float("-inf")  # time.monotonic() of the last byte received
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        metrics.stream_state_now = self.state_name
 
     # ---- what the client asks -------------------------------------------------------------
 
@@ -127,7 +128,6 @@ class RevocationStream:
             finally:
                 self._connected = False
                 self._caught_up = False
-                self._metrics.stream_state = self.state_name()
                 self._changed.set()
             # A connection that lived a while starts the backoff over; a failing one doubles it.
             delay = (
@@ -160,7 +160,6 @@ class RevocationStream:
                     event = parser.feed_line(line)
                     if event is not None:
                         self._handle(event)
-                self._metrics.stream_state = self.state_name()
                 self._changed.set()
 
     def _handle(self, event: Event) -> None:

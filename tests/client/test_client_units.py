@@ -238,3 +238,22 @@ def test_operation_and_token_headers() -> None:
     assert discharges_from("d1, d2") == ("d1", "d2")
     with pytest.raises(InvalidToken):
         token_from("Basic abc")
+
+
+def test_metrics_export_to_a_prometheus_registry() -> None:
+    """The plain counters are exported through a collector, with the stream state as a gauge."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tokensvc_client import ClientMetrics, register_prometheus
+
+    metrics = ClientMetrics()
+    registry = CollectorRegistry()
+    register_prometheus(metrics, registry)
+    metrics.hits = 7
+    metrics.stream_state_now = lambda: "live"
+
+    text = generate_latest(registry).decode()
+
+    assert "tokensvc_client_cache_hits_total 7.0" in text
+    assert 'tokensvc_client_stream_state{state="live"} 1.0' in text
+    assert 'tokensvc_client_stream_state{state="stale"} 0.0' in text
