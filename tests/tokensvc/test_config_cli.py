@@ -37,6 +37,7 @@ BAD_VALUES = {
     "TOKENSVC_ADMIN_PASSWORD_FILE": "{missing}",
     "TOKENSVC_PEPPER": SECRET,  # 7 bytes: too short
     "TOKENSVC_PEPPER_FILE": "{missing}",
+    "TOKENSVC_MFA_REQUIRED_ROLES": "Admin!",
     "TOKENSVC_HASH_CONCURRENCY": "0",
     "TOKENSVC_PASSWORD_PROFILE": "strong",
     "TOKENSVC_KEY_LIFETIME": "soon",
