@@ -164,6 +164,8 @@ async def runtime(
             profile=profile_by_name(config.password_profile),
             pepper=config.pepper,
             max_concurrency=max(1, config.hash_concurrency),
+            queue_timeout=config.queue_timeout.total_seconds(),
+            policy=config.password_policy(),
         )
         stack.callback(hasher.close)
         subjects = SubjectStore(engine, clock=clock)

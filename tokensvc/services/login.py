@@ -6,8 +6,17 @@ guesses cannot slip past the threshold. An attempt that is counted but then cann
 database is down, the hasher overloaded, the request cancelled) is taken back: only a password
 that was checked and wrong counts against an identity. Unknown users, disabled users and wrong
 passwords take the same path and give the same answer. Before either, a login the hasher has no
-room for is refused (503) without touching the lockout store or the database: under a storm that
-is most of them.
+room for even at the best priority it could get is refused (503) without touching the lockout
+store or the database.
+
+Password checks queue in a fair order (tokensvc.accounts.admission): the lockout store's answer
+to begin_attempt says whether this identity recently logged in from this address (trusted: it
+goes first) or whether the attempt's counters hold recent failures (suspect: it goes last, and
+is shed first); `login(..., second_factor=True)` puts an attempt carrying a valid MFA
+challenge before both. An attempt the hasher then has no room for is shed before the user
+look-up and taken back like any other unjudged attempt. The priority depends only on the
+(identity, address) pair's own history, never on whether the user exists: an unknown identity
+and a known one from a new address queue alike, so the 503s tell an attacker nothing.
 
 The subject's generation is read before the password is checked, and the token minted at it: a
 password change (or disable, or revoke-all) that commits while argon2 runs revokes this token too.
@@ -28,7 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from tokensvc.accounts.lockout import LockoutStore
+from tokensvc.accounts.admission import CheckPriority
+from tokensvc.accounts.lockout import AttemptStanding, LockoutStore
 from tokensvc.accounts.lockout.store import hash_identity
 from tokensvc.accounts.passwords import PasswordHasher
 from tokensvc.accounts.users import UserStore, user_name_or_none
@@ -89,8 +99,11 @@ class LoginService:
         self._default_ttl = default_ttl
         self._max_ttl = min(max_ttl, minter.max_ttl)
 
-    async def login(self, request: LoginRequest) -> MintedToken:
+    async def login(self, request: LoginRequest, *, second_factor: bool = False) -> MintedToken:
         """A token for the user.
+
+        `second_factor`: the caller has checked a valid MFA challenge for this identity and
+        address; its password check then goes before every other in the hasher's queue.
 
         Raises:
             Unauthenticated: unknown user, disabled user or wrong password (one answer for all).
@@ -104,12 +117,13 @@ class LoginService:
             raise BadRequest(f"ttl must be between 1s and {format_duration(self._max_ttl)}")
         # Shed first: in a storm most logins find the hasher's queue full, and each would
         # otherwise cost two lockout round trips and a user look-up before its 503.
-        self._hasher.check_capacity()
+        best = CheckPriority.SECOND_FACTOR if second_factor else CheckPriority.TRUSTED
+        self._hasher.check_capacity(best)
         identity = request.username
         user_hash = self._identity_hash(identity)
         now = self._clock().timestamp()
         try:
-            await self._lockout.begin_attempt(
+            standing = await self._lockout.begin_attempt(
                 identity=identity, client_ip=request.client_ip, now=now
             )
         except LockedOut:
@@ -132,8 +146,11 @@ class LoginService:
             )
             raise
 
+        priority = _priority(standing, second_factor=second_factor)
         judged = False
         try:
+            # Shed here, before the database, if the queue has no room at this priority.
+            self._hasher.check_capacity(priority)
             # The generation first, the user row second: a password change, disable or role loss
             # that commits between the two reads has already raised the generation this token is
             # minted at, or is seen in the row whose hash is checked — never neither. Every name
@@ -143,7 +160,7 @@ class LoginService:
             generation = await self._generations.fetch(subject) if subject is not None else 0
             user = await self._users.get(subject) if subject is not None else None
             stored = user.password_hash if user is not None and not user.disabled else None
-            result = await self._hasher.verify(stored, request.password)
+            result = await self._hasher.verify(stored, request.password, priority=priority)
             judged = True
         finally:
             if not judged:
@@ -164,7 +181,9 @@ class LoginService:
         await self._lockout.record_success(identity=identity, client_ip=request.client_ip, now=now)
         if result.needs_rehash and stored is not None:
             await self._users.rehash(
-                user.name, old_hash=stored, new_hash=await self._hasher.hash(request.password)
+                user.name,
+                old_hash=stored,
+                new_hash=await self._hasher.rehash(request.password, priority=priority),
             )
         minted = await self._minter.mint(
             MintRequest(
@@ -198,3 +217,12 @@ class LoginService:
     def _identity_hash(self, identity: str) -> str:
         """How log events name `identity`: a keyed hash of its normalised form, shortened."""
         return hash_identity(identity, key=self._log_key)[:_LOGGED_HASH_DIGITS]
+
+
+def _priority(standing: AttemptStanding, *, second_factor: bool) -> CheckPriority:
+    """Where a password check queues: see tokensvc.accounts.admission."""
+    if second_factor:
+        return CheckPriority.SECOND_FACTOR
+    if standing.trusted:
+        return CheckPriority.TRUSTED
+    return CheckPriority.SUSPECT if standing.recent_failures else CheckPriority.NORMAL
