@@ -192,7 +192,9 @@ async def test_max_ttl_itself_is_allowed(client, clock) -> None:  # type: ignore
 async def test_only_admins_get_an_admin_capable_token(client, admin_token) -> None:  # type: ignore[no-untyped-def]
     """An admin's login token can call GET /v1/keys (200); a plain user's login token cannot (403)."""
     await create_user(client, admin_token, "alice", ALICE_PASSWORD)
-    await create_user(client, admin_token, "root2", "a long copper root passphrase", roles=["admin"])
+    await create_user(
+        client, admin_token, "root2", "a long copper root passphrase", roles=["admin"]
+    )
     _, alice = await login(client, "alice", ALICE_PASSWORD)
     _, root2 = await login(client, "root2", "a long copper root passphrase")
 
@@ -218,7 +220,9 @@ async def test_generic_401_is_byte_identical_for_every_failure(client, admin_tok
 
     unknown = await client.post("/v1/login", headers=basic_auth("nobody", ALICE_PASSWORD))
     wrong = await client.post("/v1/login", headers=basic_auth("alice", "not the password"))
-    disabled = await client.post("/v1/login", headers=basic_auth("dave", "a long orchid passphrase"))
+    disabled = await client.post(
+        "/v1/login", headers=basic_auth("dave", "a long orchid passphrase")
+    )
     json_wrong = await client.post(
         "/v1/login", json={"username": "alice", "password": "not the password"}
     )
@@ -285,7 +289,9 @@ async def test_disabling_revokes_earlier_tokens_for_good(client, admin_token) ->
 
 async def test_disabled_admin_token_loses_admin_rights(client, admin_token) -> None:  # type: ignore[no-untyped-def]
     """A second admin disabled by the first can no longer call admin endpoints with the token they held."""
-    await create_user(client, admin_token, "root2", "a long copper root passphrase", roles=["admin"])
+    await create_user(
+        client, admin_token, "root2", "a long copper root passphrase", roles=["admin"]
+    )
     _, root2 = await login(client, "root2", "a long copper root passphrase")
 
     await client.patch("/v1/users/root2", json={"disabled": True}, headers=bearer(admin_token))

@@ -84,7 +84,9 @@ async def test_audit_is_for_admins_only(client: Client, admin_token: str) -> Non
     )
     carol = (
         await (
-            await client.post("/v1/login", headers=basic_auth("carol", "a violet lantern passphrase"))
+            await client.post(
+                "/v1/login", headers=basic_auth("carol", "a violet lantern passphrase")
+            )
         ).json()
     )["token"]
 
