@@ -165,6 +165,7 @@ async def runtime(
             pepper=config.pepper,
             max_concurrency=max(1, config.hash_concurrency),
             queue_timeout=config.queue_timeout.total_seconds(),
+            reserved_for_trusted=config.hash_trusted_reserve,
             policy=config.password_policy(),
         )
         stack.callback(hasher.close)

@@ -131,3 +131,23 @@ async def test_a_cancelled_waiter_passes_a_handed_over_slot_on() -> None:
 
     assert first.cancelled()
     assert admission.waiting == 0
+
+
+async def test_reserved_slots_are_for_trusted_and_second_factor_checks_only() -> None:
+    """With the ordinary slot held by a guess, a trusted check takes the reserved slot at once,
+    while a normal check queues until the ordinary slot is free."""
+    admission = PriorityAdmission(slots=1, max_waiting=4, timeout=5, reserved=1)
+    await admission.acquire(NORMAL)
+
+    normal = asyncio.create_task(admission.acquire(NORMAL))
+    await asyncio.wait_for(admission.acquire(TRUSTED), 0.5)  # the reserved slot, at once
+    await asyncio.sleep(0)
+    queued_while_reserved_busy = not normal.done()
+    admission.release()  # the trusted check is done: the reserved slot is not the normal one's
+    await asyncio.sleep(0)
+    still_queued = not normal.done()
+    admission.release()  # the first guess is done: now the normal check runs
+    await asyncio.wait_for(normal, 0.5)
+
+    assert queued_while_reserved_busy and still_queued
+    assert admission.capacity == 2

@@ -383,3 +383,20 @@ async def test_an_unknown_identity_stands_like_a_known_one_from_a_new_address(
     unknown = await store.begin_attempt(identity="nobody", client_ip="198.51.100.2", now=T0 + 1)
 
     assert known == unknown
+
+
+async def test_is_trusted_reads_without_counting(store: LockoutStore) -> None:
+    """is_trusted answers per (identity, address) and counts nothing, however often it is asked."""
+    await store.begin_attempt(identity="alice", client_ip="192.0.2.1", now=T0)
+    await store.record_success(identity="alice", client_ip="192.0.2.1", now=T0)
+
+    answers = [
+        await store.is_trusted(identity=name, client_ip=ip, now=T0 + 1)
+        for name, ip in [("ALICE", "192.0.2.1"), ("alice", "192.0.2.2"), ("bob", "192.0.2.1")]
+    ]
+    for _ in range(20):
+        await store.is_trusted(identity="alice", client_ip="192.0.2.2", now=T0 + 1)
+    status = await store.status("alice", T0 + 1)
+
+    assert answers == [True, False, False]
+    assert status.failures == 0

@@ -202,7 +202,9 @@ async def test_queue_bound_refuses_at_once() -> None:
 @pytest.mark.serial  # wall-clock bound: run alone
 async def test_event_loop_stays_responsive_during_a_hashing_storm() -> None:
     """While 32 OWASP hashes run, the event loop keeps ticking every few milliseconds."""
-    hasher = PasswordHasher(profile=OWASP, pepper=None, max_concurrency=2, max_waiting=64)
+    hasher = PasswordHasher(
+        profile=OWASP, pepper=None, max_concurrency=2, max_waiting=64, queue_timeout=60
+    )
     lags: list[float] = []
 
     async def ticker() -> None:

@@ -11,6 +11,9 @@ out of the front door. Here each check comes with a `CheckPriority`:
   address (the two must look alike, or the queue would tell who exists);
 - `SUSPECT`: the address, the identity or the pair has recent failures.
 
+`reserved` slots more are kept for `TRUSTED` and `SECOND_FACTOR` checks alone: however many
+anonymous guesses are running, a trusted login never waits for one of them to finish.
+
 A free slot goes to the best waiter, first come first served within a priority. When the queue
 is full, a newcomer displaces the newest waiter of a strictly worse priority (who is refused at
 once), or is refused itself; every waiter is refused once it has waited `timeout` seconds. So
@@ -26,7 +29,7 @@ from collections import deque
 
 from tokensvc.errors import Unavailable
 
-__all__ = ["CheckPriority", "PriorityAdmission"]
+__all__ = ["OVERLOADED", "CheckPriority", "PriorityAdmission"]
 
 OVERLOADED = "too many password checks in progress"
 
@@ -47,10 +50,12 @@ class _Shed(Exception):
 class PriorityAdmission:
     """`slots` permits; up to `max_waiting` waiters in priority order, each for `timeout` s."""
 
-    def __init__(self, *, slots: int, max_waiting: int, timeout: float) -> None:
-        if slots < 1 or max_waiting < 0 or timeout <= 0:
-            raise ValueError("need slots >= 1, max_waiting >= 0 and timeout > 0")
-        self._free = slots
+    def __init__(self, *, slots: int, max_waiting: int, timeout: float, reserved: int = 0) -> None:
+        if slots < 1 or max_waiting < 0 or timeout <= 0 or reserved < 0:
+            raise ValueError("need slots >= 1, max_waiting >= 0, reserved >= 0 and timeout > 0")
+        self._slots = slots
+        self._reserved = reserved
+        self._busy = 0
         self._max_waiting = max_waiting
         self._timeout = timeout
         self._queues: dict[CheckPriority, deque[asyncio.Future[None]]] = {
@@ -60,13 +65,18 @@ class PriorityAdmission:
         self.refused: dict[tuple[str, CheckPriority], int] = {}
 
     @property
+    def capacity(self) -> int:
+        """Slots in all, the reserved ones included."""
+        return self._slots + self._reserved
+
+    @property
     def waiting(self) -> int:
         """How many callers are queued."""
         return sum(len(queue) for queue in self._queues.values())
 
     def has_room(self, priority: CheckPriority) -> bool:
         """Whether a check of `priority` asked for now would be queued or run, not refused."""
-        if self._free > 0 or self.waiting < self._max_waiting:
+        if self._busy < self._limit(priority) or self.waiting < self._max_waiting:
             return True
         return any(
             not waiter.done()
@@ -91,8 +101,10 @@ class PriorityAdmission:
             Unavailable: the queue is full of better-placed checks, a better-placed newcomer
                 displaced this one, or no slot came within the timeout.
         """
-        if self._free > 0 and not self.waiting:
-            self._free -= 1
+        if self._busy < self._limit(priority) and not any(
+            self._queues[better] for better in CheckPriority if better <= priority
+        ):
+            self._busy += 1
             return
         if self.waiting >= self._max_waiting:
             victim = self._worst_below(priority)
@@ -123,14 +135,23 @@ class PriorityAdmission:
             timer.cancel()
 
     def release(self) -> None:
-        """Hand the slot to the best waiter still waiting, or give it back."""
-        for queue in self._queues.values():  # in priority order: dicts keep insertion order
-            while queue:
+        """Give the slot back, and hand one to the best waiter that may have it."""
+        self._busy -= 1
+        for priority, queue in self._queues.items():  # in priority order (insertion order)
+            while queue and self._busy < self._limit(priority):
                 waiter = queue.popleft()
                 if not waiter.done():
+                    self._busy += 1
                     waiter.set_result(None)
                     return
-        self._free += 1
+            if queue:
+                return  # the best waiters may not have this slot: no worse one may either
+
+    def _limit(self, priority: CheckPriority) -> int:
+        """How many slots may be busy for a check of `priority` to take one."""
+        if priority <= CheckPriority.TRUSTED:
+            return self._slots + self._reserved
+        return self._slots
 
     def _worst_below(self, priority: CheckPriority) -> asyncio.Future[None] | None:
         """Take the newest waiter of the worst priority worse than `priority` out of its queue."""

@@ -154,8 +154,11 @@ class PasswordHasher:
         max_concurrency: int = 4,
         max_waiting: int = 64,
         queue_timeout: float = 2.0,
+        reserved_for_trusted: int = 0,
         policy: PasswordPolicy = DEFAULT_POLICY,
     ) -> None:
+        """`max_concurrency` argon2 threads for any check, and `reserved_for_trusted` more that
+        only trusted and second-factor logins may use (tokensvc.accounts.admission)."""
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         if max_waiting < 0:
@@ -167,10 +170,15 @@ class PasswordHasher:
         self._pepper = pepper
         self._policy = policy
         self._admission = PriorityAdmission(
-            slots=max_concurrency, max_waiting=max_waiting, timeout=queue_timeout
+            slots=max_concurrency,
+            max_waiting=max_waiting,
+            timeout=queue_timeout,
+            reserved=reserved_for_trusted,
         )
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_concurrency, thread_name_prefix="argon2", initializer=_lowest_priority
+            max_workers=self._admission.capacity,
+            thread_name_prefix="argon2",
+            initializer=_lowest_priority,
         )
         # Made once, in the background, with the same profile: unknown users cost the same.
         self._dummy_hash = self._executor.submit(
@@ -275,6 +283,10 @@ class PasswordHasher:
             self._argon2.verify(dummy_hash, prepared)
         except VerificationError:
             pass
+
+    def has_room(self, priority: CheckPriority) -> bool:
+        """Whether a check of `priority` asked for now would be queued or run, not refused."""
+        return self._admission.has_room(priority)
 
     def check_capacity(self, priority: CheckPriority = CheckPriority.NORMAL) -> None:
         """Raise Unavailable if a check of `priority` started now would be refused: every

@@ -251,6 +251,9 @@ class Config(BaseSettings):
     hash_concurrency: Annotated[int, _whole(1, 1024)] = Field(
         default_factory=lambda: max(1, (os.cpu_count() or 2) - 1)
     )
+    # argon2 threads more that only logins from an identity's known address (and, with MFA,
+    # second-factor logins) may use: a login storm of anonymous guesses never holds them all.
+    hash_trusted_reserve: Annotated[int, _whole(0, 64)] = 1
     pepper: Annotated[bytes | None, _parsed(_pepper)] = Field(default=None, repr=False)
     trusted_proxies: Annotated[tuple[str, ...], _parsed(values.networks)] = ()
     log_level: Annotated[str, _parsed(values.log_level)] = "info"

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from tokensvc.accounts.admission import CheckPriority
+from tokensvc.accounts.admission import OVERLOADED, CheckPriority
 from tokensvc.accounts.lockout import AttemptStanding, LockoutStore
 from tokensvc.accounts.lockout.store import hash_identity
 from tokensvc.accounts.passwords import PasswordHasher
@@ -122,10 +122,20 @@ class LoginService:
         identity = request.username
         user_hash = self._identity_hash(identity)
         now = self._clock().timestamp()
+        standing: AttemptStanding | None = None
         try:
-            standing = await self._lockout.begin_attempt(
-                identity=identity, client_ip=request.client_ip, now=now
-            )
+            # Room for trusted attempts only, as in a storm: one read-only round trip decides,
+            # and an untrusted attempt is shed with nothing counted that must be taken back.
+            if (
+                second_factor
+                or self._hasher.has_room(CheckPriority.NORMAL)
+                or await self._lockout.is_trusted(
+                    identity=identity, client_ip=request.client_ip, now=now
+                )
+            ):
+                standing = await self._lockout.begin_attempt(
+                    identity=identity, client_ip=request.client_ip, now=now
+                )
         except LockedOut:
             metrics.LOGIN_LOCKED.inc()
             security_event(
@@ -146,6 +156,8 @@ class LoginService:
             )
             raise
 
+        if standing is None:
+            raise Unavailable(OVERLOADED, retry_after=1)
         priority = _priority(standing, second_factor=second_factor)
         judged = False
         try:

@@ -78,6 +78,12 @@ class MemoryLockoutStore:
         self._bound(now)
         return standing
 
+    async def is_trusted(self, *, identity: str, client_ip: str, now: float) -> bool:
+        """Whether the identity logged in from `client_ip` within the trusted-IP window."""
+        return not any(
+            key[0] == "identity" for key, _ in self._applicable(identity, client_ip, now)
+        )
+
     async def record_success(self, *, identity: str, client_ip: str, now: float) -> None:
         """Reset the identity's counters, take the attempt off the IP, trust the IP."""
         p = self._policy

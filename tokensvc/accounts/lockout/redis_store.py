@@ -290,6 +290,14 @@ class RedisLockoutStore:
             raise _locked_out(retry_ms)
         return AttemptStanding(trusted=trusted, recent_failures=max(ip_failures, failures) > 0)
 
+    async def is_trusted(self, *, identity: str, client_ip: str, now: float) -> bool:
+        """Whether the identity logged in from `client_ip` within the trusted-IP window: the
+        identity's begin script in its read-only mode, one round trip."""
+        _, trusted, _ = await self._identity_begin(
+            self._attempt(identity, client_ip, now), count=False
+        )
+        return trusted
+
     async def record_success(self, *, identity: str, client_ip: str, now: float) -> None:
         """Reset the identity's counters, take the attempt off the IP, trust the IP."""
         attempt = self._attempt(identity, client_ip, now)

@@ -97,6 +97,15 @@ class LockoutStore(Protocol):
         """
         ...
 
+    async def is_trusted(self, *, identity: str, client_ip: str, now: float) -> bool:
+        """Whether the identity logged in from `client_ip` within the trusted-IP window.
+
+        Read-only, one round trip: a login the hasher has room for only if it is trusted asks
+        this first, and is shed without counting anything when it is not. Raises `Unavailable`
+        when the store cannot be reached.
+        """
+        ...
+
     async def record_success(self, *, identity: str, client_ip: str, now: float) -> None:
         """After a begin_attempt whose password was right: reset the identity's counters,
         take this attempt back off the IP's counter, and trust `client_ip` for the identity."""
