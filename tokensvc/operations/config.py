@@ -334,7 +334,8 @@ class Config(BaseSettings):
             self.password_policy().check(password, username="admin")
         except TokensvcError as exc:  # BadRequest; its text is the rule, never the password
             raise ValueError(
-                "TOKENSVC_ADMIN_PASSWORD (or _FILE): " + str(exc).removeprefix("the password ")
+                "TOKENSVC_ADMIN_PASSWORD: expected a password the password policy accepts"
+                f" (or _FILE), but {exc}"
             ) from None
 
     def check_secure(self, *, host: str) -> None:
