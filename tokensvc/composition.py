@@ -187,6 +187,9 @@ async def runtime(
             profile=profile_by_name(config.password_profile),
             pepper=config.pepper,
             max_concurrency=max(1, config.hash_concurrency),
+            queue_timeout=config.queue_timeout.total_seconds(),
+            reserved_for_trusted=config.hash_trusted_reserve,
+            policy=config.password_policy(),
         )
         stack.callback(hasher.close)
         subjects = SubjectStore(engine, clock=clock)

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 PREFIX = "/bakery"
-ALICE_PASSWORD = "alice's long passphrase"
-BOB_PASSWORD = "bob's long passphrase too"
+ALICE_PASSWORD = "her other lantern passphrase"
+BOB_PASSWORD = "his long lantern passphrase too"
 
 Client = TestClient[web.Request, web.Application]
 

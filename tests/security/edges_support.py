@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 #: The stores a lockout test runs on: SQLite with the in-process lockout, PostgreSQL with Redis.
 STORES = ("sqlite", "postgres+redis")
 
-ALICE_PASSWORD = "alice's long password"
-WRONG = "not alice's password"
+ALICE_PASSWORD = "her long lantern passphrase"
+WRONG = "not her lantern passphrase"
 
 
 def store_config(request: pytest.FixtureRequest, store: str, **overrides: Any) -> Config:

@@ -178,7 +178,7 @@ async def test_resources_audiences_and_networks_stay_within_the_parent(
 async def test_an_admin_token_cannot_be_minted_for_another_admin(shaped: Any, root: str) -> None:
     """An admin-capable child only for the minting token's own subject: no admin can mint a token
     that acts as another admin (and is recorded in the audit trail as them)."""
-    await create_user(shaped, root, "bob", "bob's long password", roles=["admin"])
+    await create_user(shaped, root, "bob", "his long lantern passphrase", roles=["admin"])
 
     status, body = await mint(shaped, root, subject="bob", admin=True, ttl="5m")
 

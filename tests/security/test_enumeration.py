@@ -16,8 +16,8 @@ from macaroonbakery import bakery, checkers
 from tests.conftest import basic_auth, mask_challenge
 from tests.security.attack import bearer, create_user, login
 
-ALICE = "alice's long passphrase"
-BOB = "bob's long passphrase too"
+ALICE = "her other lantern passphrase"
+BOB = "his long lantern passphrase too"
 ROOT_KEY = b"discharge root key of 24b"[:24]
 
 

@@ -23,7 +23,7 @@ from tests.served import ServedTestServer
 from tokensvc.web import appkeys
 from tokensvc.web.app import create_app
 
-PASSWORD = "alice's long password"
+PASSWORD = "her long lantern passphrase"
 
 
 def assert_unavailable(status: int, headers: Any, body: Any) -> None:

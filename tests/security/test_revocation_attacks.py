@@ -15,8 +15,8 @@ import pytest
 from tests.conftest import FakeClock, make_config
 from tests.security.attack import call, create_user, login, verify
 
-PASSWORD = "ra1's first long password"
-OTHER = "ra1's second long password"
+PASSWORD = "first long copper passphrase"
+OTHER = "second long copper passphrase"
 
 
 async def revoke_all(client: Any, admin: str, subject: str) -> int:

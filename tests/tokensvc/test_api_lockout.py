@@ -29,8 +29,8 @@ from tokensvc.tokens.minting import MintRequest
 from tokensvc.web import appkeys
 from tokensvc.web.app import create_app
 
-ALICE_PASSWORD = "alice's long password"
-WRONG = "not alice's password"
+ALICE_PASSWORD = "her long lantern passphrase"
+WRONG = "not her lantern passphrase"
 
 # ---- helpers ---------------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import argon2
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config, mask_challenge
+from tokensvc.accounts.admission import CheckPriority
 from tokensvc.accounts.passwords import OWASP, PasswordHasher, profile_by_name
 from tokensvc.errors import Unauthenticated, Unavailable
 from tokensvc.services.login import PASSWORD_STEP_FAILURE, LoginRequest, LoginService
@@ -29,7 +30,7 @@ from tokensvc.tokens.minting import MintRequest
 from tokensvc.web import appkeys
 from tokensvc.web.app import create_app
 
-ALICE_PASSWORD = "alice's long password"
+ALICE_PASSWORD = "her long lantern passphrase"
 
 # ---- helpers ---------------------------------------------------------------------------------------
 
@@ -191,9 +192,11 @@ async def test_max_ttl_itself_is_allowed(client, clock) -> None:  # type: ignore
 async def test_only_admins_get_an_admin_capable_token(client, admin_token) -> None:  # type: ignore[no-untyped-def]
     """An admin's login token can call GET /v1/keys (200); a plain user's login token cannot (403)."""
     await create_user(client, admin_token, "alice", ALICE_PASSWORD)
-    await create_user(client, admin_token, "root2", "root2's long password", roles=["admin"])
+    await create_user(
+        client, admin_token, "root2", "a long copper root passphrase", roles=["admin"]
+    )
     _, alice = await login(client, "alice", ALICE_PASSWORD)
-    _, root2 = await login(client, "root2", "root2's long password")
+    _, root2 = await login(client, "root2", "a long copper root passphrase")
 
     as_alice = await client.get("/v1/keys", headers=bearer(alice["token"]))
     as_root2 = await client.get("/v1/keys", headers=bearer(root2["token"]))
@@ -213,12 +216,14 @@ async def test_generic_401_is_byte_identical_for_every_failure(client, admin_tok
     """Unknown user, wrong password and disabled user get the same status, headers and body bytes
     (but for the challenge, random each time, of one length)."""
     await create_user(client, admin_token, "alice", ALICE_PASSWORD)
-    await create_user(client, admin_token, "dave", "dave's long password")
+    await create_user(client, admin_token, "dave", "a long orchid passphrase")
     await client.patch("/v1/users/dave", json={"disabled": True}, headers=bearer(admin_token))
 
     unknown = await client.post("/v1/login", headers=basic_auth("nobody", ALICE_PASSWORD))
     wrong = await client.post("/v1/login", headers=basic_auth("alice", "not the password"))
-    disabled = await client.post("/v1/login", headers=basic_auth("dave", "dave's long password"))
+    disabled = await client.post(
+        "/v1/login", headers=basic_auth("dave", "a long orchid passphrase")
+    )
     json_wrong = await client.post(
         "/v1/login", json={"username": "alice", "password": "not the password"}
     )
@@ -285,8 +290,10 @@ async def test_disabling_revokes_earlier_tokens_for_good(client, admin_token) ->
 
 async def test_disabled_admin_token_loses_admin_rights(client, admin_token) -> None:  # type: ignore[no-untyped-def]
     """A second admin disabled by the first can no longer call admin endpoints with the token they held."""
-    await create_user(client, admin_token, "root2", "root2's long password", roles=["admin"])
-    _, root2 = await login(client, "root2", "root2's long password")
+    await create_user(
+        client, admin_token, "root2", "a long copper root passphrase", roles=["admin"]
+    )
+    _, root2 = await login(client, "root2", "a long copper root passphrase")
 
     await client.patch("/v1/users/root2", json={"disabled": True}, headers=bearer(admin_token))
     resp = await client.get("/v1/keys", headers=bearer(root2["token"]))
@@ -479,7 +486,7 @@ async def test_failed_login_does_not_rehash(
     users = client.app[appkeys.USERS]
     await users.create("alice", password_hash=weak_hash)
 
-    status, _ = await login(client, "alice", "not alice's password")
+    status, _ = await login(client, "alice", "not her lantern passphrase")
 
     assert status == 401
     assert (await users.get("alice")).password_hash == weak_hash  # type: ignore[union-attr]
@@ -500,8 +507,9 @@ class Counted:
 async def test_a_login_the_hasher_has_no_room_for_is_shed_before_lockout_and_database(
     aiohttp_client, sqlite_url: str, data_dir: Path, clock: FakeClock
 ) -> None:  # type: ignore[no-untyped-def]
-    """With every argon2 worker busy and the wait queue full, a login is refused with 503 before
-    the lockout store or the user table is consulted; with room again, it takes the usual path."""
+    """With every argon2 worker busy and the wait queue full of trusted checks, a login is refused
+    with 503 before the lockout store or the user table is consulted (not even a trusted login
+    could get in); with room again, it takes the usual path."""
     client = await aiohttp_client(
         create_app(make_config(database_url=sqlite_url, data_dir=data_dir), clock=clock)
     )
@@ -521,7 +529,10 @@ async def test_a_login_the_hasher_has_no_room_for_is_shed_before_lockout_and_dat
         otp_lockout=app[appkeys.OTP_LOCKOUT],
     )
     stored = await hasher.hash(ALICE_PASSWORD)
-    busy = [asyncio.create_task(hasher.verify(stored, ALICE_PASSWORD)) for _ in range(2)]
+    busy = [
+        asyncio.create_task(hasher.verify(stored, ALICE_PASSWORD, priority=CheckPriority.TRUSTED))
+        for _ in range(2)
+    ]
     await asyncio.sleep(0)  # one running, one queued: the queue is full
 
     try:
@@ -530,7 +541,7 @@ async def test_a_login_the_hasher_has_no_room_for_is_shed_before_lockout_and_dat
         shed_users, shed_lockout = list(users.calls), list(lockout.calls)
         assert all(r.ok for r in await asyncio.gather(*busy))
         with pytest.raises(Unauthenticated):
-            await service.login(LoginRequest("alice", "not alice's password", "192.0.2.7"))
+            await service.login(LoginRequest("alice", "not her lantern passphrase", "192.0.2.7"))
     finally:
         hasher.close()
 

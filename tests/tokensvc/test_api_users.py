@@ -10,7 +10,7 @@ from typing import Any
 from tests.conftest import basic_auth
 from tokensvc.web import appkeys
 
-ALICE_PASSWORD = "alice's long password"
+ALICE_PASSWORD = "her long lantern passphrase"
 
 # ---- helpers ---------------------------------------------------------------------------------------
 
@@ -217,7 +217,7 @@ async def test_deleted_admins_token_cannot_manage_users(client, admin_token) -> 
 
 
 async def test_weak_password_is_400(client, admin_token) -> None:  # type: ignore[no-untyped-def]
-    """A password under 8 characters (after NFKC), over 1024 bytes, or not a string is a 400 and creates nobody."""
+    """A password under 15 characters (after NFKC), over 1024 bytes, or not a string is a 400 and creates nobody."""
     bad = ["short", "", "1234567", "x" * 1025, None, 12345678]
 
     answers = []

@@ -79,12 +79,14 @@ async def test_audit_is_for_admins_only(client: Client, admin_token: str) -> Non
     """A plain user's token gets 403, no token 401, a bad limit 400."""
     await client.post(
         "/v1/users",
-        json={"name": "carol", "password": "carol's password"},
+        json={"name": "carol", "password": "a violet lantern passphrase"},
         headers=bearer(admin_token),
     )
     carol = (
         await (
-            await client.post("/v1/login", headers=basic_auth("carol", "carol's password"))
+            await client.post(
+                "/v1/login", headers=basic_auth("carol", "a violet lantern passphrase")
+            )
         ).json()
     )["token"]
 

@@ -26,7 +26,7 @@ from tests.tokensvc.test_cli_login import (  # noqa: F401
     server,
 )
 
-ALICE_PASSWORD = "alice's long password"
+ALICE_PASSWORD = "her long lantern passphrase"
 FAKE_TOKEN = "tsv1_" + "A" * 60 + ".00000000"
 
 

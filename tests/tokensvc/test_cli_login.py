@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import ADMIN_PASSWORD, basic_auth
 
 TOKENSVC = str(Path(sys.executable).with_name("tokensvc"))
-BOB_PASSWORD = "bob's long password"
+BOB_PASSWORD = "his long lantern passphrase"
 
 
 def _clean_env(home: Path) -> dict[str, str]:
@@ -296,19 +296,19 @@ def test_passwd_and_disable_revoke_the_users_stored_token(
     frank.home.mkdir()
     frank.login(server, "frank", BOB_PASSWORD)
 
-    admin_cli.ok("user", "passwd", "frank", "--password-stdin", stdin="frank's new password\n")
+    admin_cli.ok("user", "passwd", "frank", "--password-stdin", stdin="a new orchid passphrase\n")
     after_passwd = frank("whoami")
     old_password = frank(
         "login", "--url", server, "--password-stdin", "frank", stdin=BOB_PASSWORD + "\n"
     )
-    frank.login(server, "frank", "frank's new password")
+    frank.login(server, "frank", "a new orchid passphrase")
     admin_cli.ok("user", "disable", "frank")
     after_disable = frank("whoami")
     while_disabled = frank(
-        "login", "--url", server, "--password-stdin", "frank", stdin="frank's new password\n"
+        "login", "--url", server, "--password-stdin", "frank", stdin="a new orchid passphrase\n"
     )
     admin_cli.ok("user", "disable", "--enable", "frank")
-    frank.login(server, "frank", "frank's new password")
+    frank.login(server, "frank", "a new orchid passphrase")
 
     assert_one_line_failure(after_passwd)
     assert_one_line_failure(old_password)

@@ -13,7 +13,7 @@ from tests.conftest import ADMIN_PASSWORD, basic_auth
 from tests.tokensvc.test_cli import app_client, cli_env, kek, tokensvc  # noqa: F401
 from tests.tokensvc.test_cli_login import Cli, http, server  # noqa: F401
 
-ALICE_PASSWORD = "alice's long password"
+ALICE_PASSWORD = "her long lantern passphrase"
 
 
 @pytest.fixture

@@ -349,3 +349,54 @@ async def test_a_clock_behind_sees_no_phantom_lock(store: LockoutStore) -> None:
     from_a_slower_clock = await attempt(store, "alice", "192.0.2.1", T0)
 
     assert from_a_slower_clock is None
+
+
+async def test_begin_attempt_says_where_the_attempt_stands(store: LockoutStore) -> None:
+    """begin_attempt answers, in the same step, whether the address is one the identity recently
+    logged in from and whether the attempt's counters already held failures."""
+    fresh = await store.begin_attempt(identity="alice", client_ip="192.0.2.1", now=T0)
+    await store.record_success(identity="alice", client_ip="192.0.2.1", now=T0)
+
+    trusted = await store.begin_attempt(identity="Alice", client_ip="192.0.2.1", now=T0 + 1)
+    elsewhere = await store.begin_attempt(identity="alice", client_ip="192.0.2.2", now=T0 + 2)
+    again_elsewhere = await store.begin_attempt(identity="alice", client_ip="192.0.2.2", now=T0 + 3)
+    other_identity = await store.begin_attempt(identity="bob", client_ip="192.0.2.1", now=T0 + 4)
+
+    assert (fresh.trusted, fresh.recent_failures) == (False, False)
+    assert trusted.trusted
+    assert (elsewhere.trusted, elsewhere.recent_failures) == (False, False)
+    assert (again_elsewhere.trusted, again_elsewhere.recent_failures) == (False, True)
+    # Trust is per (identity, address): bob gains nothing from alice's address, but the address
+    # now holds alice's failed attempt at T0 + 1 (left failed here), so bob's attempt is suspect.
+    assert (other_identity.trusted, other_identity.recent_failures) == (False, True)
+
+
+async def test_an_unknown_identity_stands_like_a_known_one_from_a_new_address(
+    store: LockoutStore,
+) -> None:
+    """Before any failure, a never-seen identity and a real user at a new address stand alike:
+    the standing cannot tell who exists."""
+    await store.begin_attempt(identity="alice", client_ip="192.0.2.1", now=T0)
+    await store.record_success(identity="alice", client_ip="192.0.2.1", now=T0)
+
+    known = await store.begin_attempt(identity="alice", client_ip="198.51.100.1", now=T0 + 1)
+    unknown = await store.begin_attempt(identity="nobody", client_ip="198.51.100.2", now=T0 + 1)
+
+    assert known == unknown
+
+
+async def test_is_trusted_reads_without_counting(store: LockoutStore) -> None:
+    """is_trusted answers per (identity, address) and counts nothing, however often it is asked."""
+    await store.begin_attempt(identity="alice", client_ip="192.0.2.1", now=T0)
+    await store.record_success(identity="alice", client_ip="192.0.2.1", now=T0)
+
+    answers = [
+        await store.is_trusted(identity=name, client_ip=ip, now=T0 + 1)
+        for name, ip in [("ALICE", "192.0.2.1"), ("alice", "192.0.2.2"), ("bob", "192.0.2.1")]
+    ]
+    for _ in range(20):
+        await store.is_trusted(identity="alice", client_ip="192.0.2.2", now=T0 + 1)
+    status = await store.status("alice", T0 + 1)
+
+    assert answers == [True, False, False]
+    assert status.failures == 0

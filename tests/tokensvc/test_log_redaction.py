@@ -19,7 +19,7 @@ from tokensvc.operations.logs import scrub, security_event
 from tokensvc.web import appkeys
 from tokensvc.web.app import create_app
 
-ALICE_PASSWORD = "alice-Pa55word-never-logged"
+ALICE_PASSWORD = "Her-Pa55word-never-logged"
 WRONG_PASSWORD = "wrong-Pa55word-never-logged"
 DB_PASSWORD = "Db-Pa55word-never-logged"
 

@@ -126,8 +126,8 @@ async def test_password_policy_is_enforced_without_echo(hasher: PasswordHasher) 
             await hasher.hash(password)
         assert password not in str(refused.value)
         assert password not in repr(refused.value)
-    check_policy("x" * 8)
-    check_policy("x" * 1024)
+    check_policy("lantern river quiet")
+    check_policy(("lantern river quiet " * 52)[:1024])
 
 
 @pytest.mark.parametrize(
@@ -144,9 +144,9 @@ def test_length_holds_as_sent_and_after_normalisation(password: str) -> None:
 
 async def test_passwords_are_nfkc_normalised(hasher: PasswordHasher) -> None:
     """The same password typed as full-width or composed characters is one password."""
-    stored = await hasher.hash("ｐａｓｓｗｏｒｄ１２")  # full-width forms
+    stored = await hasher.hash("ｌａｎｔｅｒｎ ｒｉｖｅｒ ｑｕｉｅｔ ２")  # full-width forms
 
-    result = await hasher.verify(stored, "password12")
+    result = await hasher.verify(stored, "lantern river quiet 2")
 
     assert result.ok
 
@@ -202,7 +202,9 @@ async def test_queue_bound_refuses_at_once() -> None:
 @pytest.mark.serial  # wall-clock bound: run alone
 async def test_event_loop_stays_responsive_during_a_hashing_storm() -> None:
     """While 32 OWASP hashes run, the event loop keeps ticking every few milliseconds."""
-    hasher = PasswordHasher(profile=OWASP, pepper=None, max_concurrency=2, max_waiting=64)
+    hasher = PasswordHasher(
+        profile=OWASP, pepper=None, max_concurrency=2, max_waiting=64, queue_timeout=60
+    )
     lags: list[float] = []
 
     async def ticker() -> None:

@@ -13,7 +13,7 @@ from tokensvc.macaroons.macaroon import Macaroon
 from tokensvc.macaroons.tokenformat import decode_token, encode_token
 from tokensvc.web import appkeys
 
-BOB_PASSWORD = "bob's long password"
+BOB_PASSWORD = "his long lantern passphrase"
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -162,18 +162,18 @@ async def test_a_password_change_through_one_replica_revokes_on_all(replicas: li
             admin = {"Authorization": f"Bearer {(await resp.json())['token']}"}
         async with session.post(
             replicas[0] + "/v1/users",
-            json={"name": "carol", "password": "carol's first password"},
+            json={"name": "carol", "password": "the first violet passphrase"},
             headers=admin,
         ) as resp:
             assert resp.status == 201
         async with session.post(
-            replicas[1] + "/v1/login", headers=basic_auth("carol", "carol's first password")
+            replicas[1] + "/v1/login", headers=basic_auth("carol", "the first violet passphrase")
         ) as resp:
             carol = (await resp.json())["token"]
         started = time.monotonic()
         async with session.patch(
             replicas[0] + "/v1/users/carol",
-            json={"password": "carol's second password"},
+            json={"password": "the second violet passphrase"},
             headers=admin,
         ) as resp:
             assert resp.status == 200

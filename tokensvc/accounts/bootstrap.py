@@ -44,7 +44,9 @@ async def ensure_admin(
         password = secrets.token_urlsafe(18)
     try:
         await users.create(
-            ADMIN_NAME, password_hash=await hasher.hash(password), roles=[ADMIN_ROLE]
+            ADMIN_NAME,
+            password_hash=await hasher.hash(password, username=ADMIN_NAME),
+            roles=[ADMIN_ROLE],
         )
     except Conflict:  # another replica or worker made it first
         return False

@@ -3,7 +3,10 @@
 argon2 is memory-hard on purpose, so a storm of logins is a storm of 19 MiB, ~20 ms jobs. They
 run in a thread pool (argon2-cffi releases the GIL) behind a semaphore of `max_concurrency`
 permits and a wait queue of at most `max_waiting` callers; past that, `Unavailable` is raised at
-once, so memory and latency stay bounded and the event loop keeps serving `/v1/verify`.
+once, so memory and latency stay bounded and the event loop keeps serving `/v1/verify`. The
+queue is a priority queue (tokensvc.accounts.admission): under a storm, trusted logins go
+first and anonymous guesses are shed first. Which passwords may be set is
+tokensvc.accounts.password_policy.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from typing import TypeVar
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from tokensvc.errors import BadRequest, Unavailable
+from tokensvc.accounts.admission import CheckPriority, PriorityAdmission
+from tokensvc.accounts.password_policy import (
+    DEFAULT_POLICY,
+    MAX_PASSWORD_BYTES,
+    NIST_SINGLE_FACTOR_MIN_LENGTH,
+    PasswordPolicy,
+)
 
 __all__ = [
     "CHEAP_FOR_TESTS",
@@ -32,7 +41,9 @@ __all__ = [
     "OWASP",
     "PROFILES",
     "RFC_9106_LOW_MEMORY",
+    "CheckPriority",
     "PasswordHasher",
+    "PasswordPolicy",
     "VerifyResult",
     "check_policy",
     "profile_by_name",
@@ -67,8 +78,8 @@ PROFILES: dict[str, argon2.Parameters] = {
     "CHEAP_FOR_TESTS": CHEAP_FOR_TESTS,
 }
 
-MIN_PASSWORD_LENGTH = 8
-MAX_PASSWORD_BYTES = 1024
+#: The default minimum when the password is the only factor (PasswordPolicy.min_length).
+MIN_PASSWORD_LENGTH = NIST_SINGLE_FACTOR_MIN_LENGTH
 
 _T = TypeVar("_T")
 
@@ -89,19 +100,19 @@ def _encode(password: str) -> bytes:
     return unicodedata.normalize("NFKC", password).encode("utf-8", "surrogatepass")
 
 
-def check_policy(password: str) -> None:
-    """Raise BadRequest unless `password` may be set as a new password; never echoes it."""
-    if any("\ud800" <= char <= "\udfff" for char in password):
-        raise BadRequest("the password must be valid Unicode text")
-    normalised = unicodedata.normalize("NFKC", password)
-    # Counted as sent and after normalisation, so that a password that NFKC lengthens ("¾" is
-    # "3⁄4") still has the length openapi.yaml's minLength asks of the text as sent.
-    if min(len(password), len(normalised)) < MIN_PASSWORD_LENGTH:
-        raise BadRequest(f"the password must be at least {MIN_PASSWORD_LENGTH} characters long")
-    if len(password) > MAX_PASSWORD_BYTES:
-        raise BadRequest(f"the password must be at most {MAX_PASSWORD_BYTES} characters long")
-    if len(normalised.encode("utf-8")) > MAX_PASSWORD_BYTES:
-        raise BadRequest(f"the password must be at most {MAX_PASSWORD_BYTES} bytes of UTF-8")
+def check_policy(
+    password: str,
+    *,
+    username: str | None = None,
+    has_mfa: bool = False,
+    policy: PasswordPolicy = DEFAULT_POLICY,
+) -> None:
+    """Raise BadRequest, saying which rule, unless `password` may be set; never echoes it.
+
+    Raises:
+        BadRequest: the password breaks a rule of `policy` (tokensvc.accounts.password_policy).
+    """
+    policy.check(password, username=username, has_mfa=has_mfa)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +153,12 @@ class PasswordHasher:
         pepper: bytes | None = None,
         max_concurrency: int = 4,
         max_waiting: int = 64,
+        queue_timeout: float = 2.0,
+        reserved_for_trusted: int = 0,
+        policy: PasswordPolicy = DEFAULT_POLICY,
     ) -> None:
+        """`max_concurrency` argon2 threads for any check, and `reserved_for_trusted` more that
+        only trusted and second-factor logins may use (tokensvc.accounts.admission)."""
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         if max_waiting < 0:
@@ -152,11 +168,17 @@ class PasswordHasher:
         self._profile = profile
         self._argon2 = argon2.PasswordHasher.from_parameters(profile)
         self._pepper = pepper
-        self._max_waiting = max_waiting
-        self._waiting = 0
-        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._policy = policy
+        self._admission = PriorityAdmission(
+            slots=max_concurrency,
+            max_waiting=max_waiting,
+            timeout=queue_timeout,
+            reserved=reserved_for_trusted,
+        )
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_concurrency, thread_name_prefix="argon2", initializer=_lowest_priority
+            max_workers=self._admission.capacity,
+            thread_name_prefix="argon2",
+            initializer=_lowest_priority,
         )
         # Made once, in the background, with the same profile: unknown users cost the same.
         self._dummy_hash = self._executor.submit(
@@ -174,9 +196,26 @@ class PasswordHasher:
     def profile(self) -> argon2.Parameters:
         return self._profile
 
-    async def hash(self, password: str) -> str:
-        """The argon2id hash of a new password; BadRequest if it breaks the policy."""
-        check_policy(password)
+    @property
+    def policy(self) -> PasswordPolicy:
+        return self._policy
+
+    @property
+    def admission(self) -> PriorityAdmission:
+        """The priority queue in front of the argon2 threads."""
+        return self._admission
+
+    async def hash(
+        self, password: str, *, username: str | None = None, has_mfa: bool = False
+    ) -> str:
+        """The argon2id hash of a new password for `username`.
+
+        Raises:
+            BadRequest: the password breaks the policy (the message says which rule).
+            Unavailable: the hasher is overloaded.
+        """
+        # zxcvbn takes tens of milliseconds: off the event loop, like argon2.
+        await asyncio.to_thread(self._policy.check, password, username=username, has_mfa=has_mfa)
         return await self._run(self._argon2.hash, self._prepare(_encode(password)))
 
     async def hash_generated(self, secret: str) -> str:
@@ -185,15 +224,38 @@ class PasswordHasher:
         for what people choose."""
         return await self._run(self._argon2.hash, self._prepare(_encode(secret)))
 
-    async def verify(self, stored_hash: str | None, password: str) -> VerifyResult:
-        """Check `password` against `stored_hash`; None (no such user) costs the same, fails."""
+    async def rehash(self, password: str, *, priority: CheckPriority = CheckPriority.NORMAL) -> str:
+        """A new hash, at the current parameters, of a password that was just verified.
+
+        No policy: the password was accepted when it was set, and a login must not fail
+        because the policy has grown stricter since (a change of password is the way to that).
+
+        Raises:
+            Unavailable: the hasher is overloaded.
+        """
+        return await self._run(
+            self._argon2.hash, self._prepare(_encode(password)), priority=priority
+        )
+
+    async def verify(
+        self,
+        stored_hash: str | None,
+        password: str,
+        *,
+        priority: CheckPriority = CheckPriority.NORMAL,
+    ) -> VerifyResult:
+        """Check `password` against `stored_hash`; None (no such user) costs the same, fails.
+
+        Raises:
+            Unavailable: the hasher is overloaded (no slot for this `priority`).
+        """
         encoded = _encode(password)
         prepared = self._prepare(encoded)
         if stored_hash is None or len(encoded) > MAX_PASSWORD_BYTES:
             # A password this long was never accepted, so it fails; it costs what a wrong one does.
-            await self._run(self._verify_dummy, await self._dummy(), prepared)
+            await self._run(self._verify_dummy, await self._dummy(), prepared, priority=priority)
             return VerifyResult(ok=False)
-        return await self._run(self._verify, stored_hash, prepared)
+        return await self._run(self._verify, stored_hash, prepared, priority=priority)
 
     async def _dummy(self) -> str:
         if self._dummy_value is None:
@@ -228,35 +290,42 @@ class PasswordHasher:
         except VerificationError:
             pass
 
-    def check_capacity(self) -> None:
-        """Raise Unavailable if a check started now would be refused: every worker busy and the
-        wait queue full. Callers shed a login with it before spending lockout and database round
-        trips on an answer that is 503 anyway; a check that still finds the queue full later
-        (it filled meanwhile) is refused the same way."""
-        if self._semaphore.locked() and self._waiting >= self._max_waiting:
-            raise Unavailable("too many password checks in progress", retry_after=1)
+    def has_room(self, priority: CheckPriority) -> bool:
+        """Whether a check of `priority` asked for now would be queued or run, not refused."""
+        return self._admission.has_room(priority)
 
-    async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
-        self.check_capacity()
-        self._waiting += 1
-        try:
-            await self._semaphore.acquire()
-        finally:
-            self._waiting -= 1
+    def check_capacity(self, priority: CheckPriority = CheckPriority.NORMAL) -> None:
+        """Raise Unavailable if a check of `priority` started now would be refused: every
+        worker busy and the wait queue full of checks placed at least as well. Callers shed a
+        login with it before spending round trips on an answer that is 503 anyway; a check that
+        still finds no room later (it filled meanwhile) is refused the same way.
+
+        Raises:
+            Unavailable: no room for a check of `priority`.
+        """
+        self._admission.check(priority)
+
+    async def _run(
+        self,
+        fn: Callable[..., _T],
+        *args: object,
+        priority: CheckPriority = CheckPriority.NORMAL,
+    ) -> _T:
+        await self._admission.acquire(priority)
         loop = asyncio.get_running_loop()
         try:
             job = self._executor.submit(fn, *args)
         except BaseException:
-            self._semaphore.release()
+            self._admission.release()
             raise
         # The permit is returned when the thread is done, not when the caller stops waiting,
         # so cancelled callers cannot let more than max_concurrency argon2 jobs pile up.
-        job.add_done_callback(lambda _: _release_threadsafe(loop, self._semaphore))
+        job.add_done_callback(lambda _: _release_threadsafe(loop, self._admission.release))
         return await asyncio.wrap_future(job)
 
 
-def _release_threadsafe(loop: asyncio.AbstractEventLoop, semaphore: asyncio.Semaphore) -> None:
+def _release_threadsafe(loop: asyncio.AbstractEventLoop, release: Callable[[], None]) -> None:
     try:
-        loop.call_soon_threadsafe(semaphore.release)
-    except RuntimeError:  # the loop is closed; nobody is left to wait on the semaphore
+        loop.call_soon_threadsafe(release)
+    except RuntimeError:  # the loop is closed; nobody is left to wait for a slot
         pass

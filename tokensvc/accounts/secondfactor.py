@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Final, Literal
 
 from keystore.totp_secrets import TotpSecret, TotpSecrets
+from tokensvc.accounts.admission import CheckPriority
 from tokensvc.accounts.lockout.store import hash_identity
 from tokensvc.accounts.mfa import (
     SKEW_STEPS,
@@ -103,10 +104,12 @@ class SecondFactors:
         )
         if not candidates:
             # One argon2 run whether or not a row matched: the time tells nothing.
-            await self._hasher.verify(None, normalised)
+            await self._hasher.verify(None, normalised, priority=CheckPriority.SECOND_FACTOR)
             return None
         for stored in candidates:
-            result = await self._hasher.verify(stored.code_hash, normalised)
+            result = await self._hasher.verify(
+                stored.code_hash, normalised, priority=CheckPriority.SECOND_FACTOR
+            )
             if result.ok:
                 return "recovery_code" if await self.recovery_codes.use(stored.id) else None
         return None

@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BeforeValidator, Field, InstanceOf, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -29,6 +29,9 @@ from tokensvc.bakery.config import BakeryConfig
 from tokensvc.errors import TokensvcError
 from tokensvc.operations import configvalues as values
 from tokensvc.operations.configvalues import ConfigError, parse_duration
+
+if TYPE_CHECKING:
+    from tokensvc.accounts.password_policy import PasswordPolicy
 
 __all__ = [
     "INSECURE_CHOICES",
@@ -115,13 +118,7 @@ def _pepper(value: Any) -> Any:
 
 
 def _admin_password(value: Any) -> Any:
-    if isinstance(value, str):
-        from tokensvc.accounts.passwords import check_policy
-
-        try:
-            check_policy(value)
-        except TokensvcError as exc:  # BadRequest; its text is the rule, never the password
-            raise ValueError(str(exc).removeprefix("the password must be ")) from None
+    # Checked against the password policy (at the configured lengths) in Config._consistent.
     return value
 
 
@@ -252,11 +249,18 @@ class Config(BaseSettings):
     revocation_event_retention: Duration = timedelta(hours=24)
     auto_migrate: Flag = True
     password_profile: Annotated[str, _parsed(_password_profile)] = "OWASP"  # noqa: S105 - a name
+    # NIST SP 800-63B-4: 15 characters when the password is the only factor, 8 with a second
+    # factor (tokensvc.accounts.password_policy); every length up to 64 is always accepted.
+    password_min_length: Annotated[int, _whole(8, 64)] = 15
+    password_min_length_mfa: Annotated[int, _whole(8, 64)] = 8
     # argon2 threads; default: one core fewer than the machine has, so the event loop (and
     # /v1/verify) keeps a core during a login storm.
     hash_concurrency: Annotated[int, _whole(1, 1024)] = Field(
         default_factory=lambda: max(1, (os.cpu_count() or 2) - 1)
     )
+    # argon2 threads more that only logins from an identity's known address (and, with MFA,
+    # second-factor logins) may use: a login storm of anonymous guesses never holds them all.
+    hash_trusted_reserve: Annotated[int, _whole(0, 64)] = 1
     pepper: Annotated[bytes | None, _parsed(_pepper)] = Field(default=None, repr=False)
     # Users in any of these roles must log in with a second factor (TOTP or a recovery code);
     # until they enrol, a login gets them a token that can only enrol (tokensvc.services.login).
@@ -317,8 +321,32 @@ class Config(BaseSettings):
                 " encrypts root keys at rest, 32 random bytes in base64"
                 " (`head -c 32 /dev/urandom | base64`)"
             )
+        if self.password_min_length_mfa > self.password_min_length:
+            raise ValueError(
+                "TOKENSVC_PASSWORD_MIN_LENGTH_MFA must be at most TOKENSVC_PASSWORD_MIN_LENGTH"
+            )
+        if self.admin_password is not None:
+            self._check_admin_password(self.admin_password)
         self.check_secure(host=self.host)
         return self
+
+    def password_policy(self) -> PasswordPolicy:
+        """The password policy at the configured lengths."""
+        from tokensvc.accounts.password_policy import PasswordPolicy
+
+        return PasswordPolicy(
+            min_length=self.password_min_length,
+            min_length_with_mfa=self.password_min_length_mfa,
+        )
+
+    def _check_admin_password(self, password: str) -> None:
+        try:
+            self.password_policy().check(password, username="admin")
+        except TokensvcError as exc:  # BadRequest; its text is the rule, never the password
+            raise ValueError(
+                "TOKENSVC_ADMIN_PASSWORD: expected a password the password policy accepts"
+                f" (or _FILE), but {exc}"
+            ) from None
 
     def check_secure(self, *, host: str) -> None:
         """Refuse insecure choices that TOKENSVC_ALLOW_INSECURE does not name (ValueError)."""

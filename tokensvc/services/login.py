@@ -6,8 +6,17 @@ guesses cannot slip past the threshold. An attempt that is counted but then cann
 database is down, the hasher overloaded, the request cancelled) is taken back: only a password
 that was checked and wrong counts against an identity. Unknown users, disabled users and wrong
 passwords take the same path and give the same answer. Before either, a login the hasher has no
-room for is refused (503) without touching the lockout store or the database: under a storm that
-is most of them.
+room for even at the best priority it could get is refused (503) without touching the lockout
+store or the database.
+
+Password checks queue in a fair order (tokensvc.accounts.admission): the lockout store's answer
+to begin_attempt says whether this identity recently logged in from this address (trusted: it
+goes first) or whether the attempt's counters hold recent failures (suspect: it goes last, and
+is shed first); the argon2 check of a recovery code sent for a valid MFA challenge goes before
+both (tokensvc.accounts.secondfactor). An attempt the hasher then has no room for is shed before the user
+look-up and taken back like any other unjudged attempt. The priority depends only on the
+(identity, address) pair's own history, never on whether the user exists: an unknown identity
+and a known one from a new address queue alike, so the 503s tell an attacker nothing.
 
 The subject's generation is read before the password is checked, and the token minted at it: a
 password change (or disable, or revoke-all) that commits while argon2 runs revokes this token too.
@@ -50,7 +59,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from keystore.totp_secrets import TotpSecret
-from tokensvc.accounts.lockout import LockoutStore
+from tokensvc.accounts.admission import OVERLOADED, CheckPriority
+from tokensvc.accounts.lockout import AttemptStanding, LockoutStore
 from tokensvc.accounts.lockout.store import hash_identity, hash_ip
 from tokensvc.accounts.otpstate import Challenge, ChallengeCodec
 from tokensvc.accounts.passwords import PasswordHasher
@@ -176,7 +186,7 @@ class LoginService:
             return await self._second_step(request, challenge, ttl=ttl, secret=None)
         # Shed first: in a storm most logins find the hasher's queue full, and each would
         # otherwise cost two lockout round trips and a user look-up before its 503.
-        self._hasher.check_capacity()
+        self._hasher.check_capacity(CheckPriority.TRUSTED)
         identity = request.username
         user_hash = self._identity_hash(identity)
         now = self._clock().timestamp()
@@ -213,10 +223,18 @@ class LoginService:
     ) -> _PasswordStep:
         """Count, check the password, and settle the count: the lockout order of the module
         docstring. `user` is set only when the password was right."""
+        standing: AttemptStanding | None = None
         try:
-            await self._lockout.begin_attempt(
-                identity=identity, client_ip=request.client_ip, now=now
-            )
+            # Room for trusted attempts only, as in a storm: one read-only round trip decides,
+            # and an untrusted attempt is shed with nothing counted that must be taken back.
+            if self._hasher.has_room(CheckPriority.NORMAL) or (
+                await self._lockout.is_trusted(
+                    identity=identity, client_ip=request.client_ip, now=now
+                )
+            ):
+                standing = await self._lockout.begin_attempt(
+                    identity=identity, client_ip=request.client_ip, now=now
+                )
         except LockedOut:
             metrics.LOGIN_LOCKED.inc()
             security_event(
@@ -237,8 +255,13 @@ class LoginService:
             )
             raise
 
+        if standing is None:
+            raise Unavailable(OVERLOADED, retry_after=1)
+        priority = _priority(standing)
         judged = False
         try:
+            # Shed here, before the database, if the queue has no room at this priority.
+            self._hasher.check_capacity(priority)
             # The generation first, the user row second: a password change, disable or role loss
             # that commits between the two reads has already raised the generation this token is
             # minted at, or is seen in the row whose hash is checked — never neither. Every name
@@ -250,7 +273,7 @@ class LoginService:
             user = await self._users.get(subject) if subject is not None else None
             secret = await self._factors.active_secret(subject) if subject is not None else None
             stored = user.password_hash if user is not None and not user.disabled else None
-            result = await self._hasher.verify(stored, request.password)
+            result = await self._hasher.verify(stored, request.password, priority=priority)
             judged = True
         finally:
             if not judged:
@@ -279,7 +302,9 @@ class LoginService:
             )
         if result.needs_rehash and stored is not None:
             await self._users.rehash(
-                user.name, old_hash=stored, new_hash=await self._hasher.hash(request.password)
+                user.name,
+                old_hash=stored,
+                new_hash=await self._hasher.rehash(request.password, priority=priority),
             )
         return _PasswordStep(user, generation, secret, rehashed=result.needs_rehash)
 
@@ -434,3 +459,10 @@ class LoginService:
     def _identity_hash(self, identity: str) -> str:
         """How log events name `identity`: a keyed hash of its normalised form, shortened."""
         return hash_identity(identity, key=self._log_key)[:_LOGGED_HASH_DIGITS]
+
+
+def _priority(standing: AttemptStanding) -> CheckPriority:
+    """Where a password check queues: see tokensvc.accounts.admission."""
+    if standing.trusted:
+        return CheckPriority.TRUSTED
+    return CheckPriority.SUSPECT if standing.recent_failures else CheckPriority.NORMAL

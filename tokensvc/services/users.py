@@ -88,7 +88,8 @@ class UserService:
         """
         actor = await self._authz.admin(who, "users:write")
         canonical_name(new.name)  # validate before paying for a hash
-        password_hash = await self._hasher.hash(new.password)
+        # No user has a second factor at creation: the single-factor minimum applies.
+        password_hash = await self._hasher.hash(new.password, username=new.name)
 
         async def run(conn: AsyncConnection) -> User:
             user = await self._users.create(
@@ -151,7 +152,11 @@ class UserService:
         if not change.fields:
             raise BadRequest("nothing to change")
         # Hash before the transaction: argon2 is slow and must not hold a row lock.
-        new_hash = await self._hasher.hash(change.password) if change.password is not None else None
+        new_hash = (
+            await self._hasher.hash(change.password, username=name)
+            if change.password is not None
+            else None
+        )
 
         async def run(conn: AsyncConnection) -> tuple[User, int | None]:
             before = await self._users.get(name, for_update=True, conn=conn)

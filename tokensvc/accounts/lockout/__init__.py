@@ -7,10 +7,16 @@
 from tokensvc.accounts.lockout.memory_store import MemoryLockoutStore
 from tokensvc.accounts.lockout.policy import LockoutPolicy
 from tokensvc.accounts.lockout.redis_store import RedisLockoutStore
-from tokensvc.accounts.lockout.store import CounterStatus, LockoutStatus, LockoutStore
+from tokensvc.accounts.lockout.store import (
+    AttemptStanding,
+    CounterStatus,
+    LockoutStatus,
+    LockoutStore,
+)
 from tokensvc.operations.redisconn import redis_client_from_url
 
 __all__ = [
+    "AttemptStanding",
     "CounterStatus",
     "LockoutPolicy",
     "LockoutStatus",

@@ -13,7 +13,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from tokensvc.accounts.lockout.policy import LockoutPolicy
-from tokensvc.accounts.lockout.store import CounterStatus, LockoutStatus, hash_identity, hash_ip
+from tokensvc.accounts.lockout.store import (
+    AttemptStanding,
+    CounterStatus,
+    LockoutStatus,
+    hash_identity,
+    hash_ip,
+)
 from tokensvc.errors import LockedOut
 
 __all__ = ["MemoryLockoutStore"]
@@ -52,19 +58,31 @@ class MemoryLockoutStore:
     def policy(self) -> LockoutPolicy:
         return self._policy
 
-    async def begin_attempt(self, *, identity: str, client_ip: str, now: float) -> None:
+    async def begin_attempt(self, *, identity: str, client_ip: str, now: float) -> AttemptStanding:
         """Raise LockedOut if a counter is locked, else count a failure in each (atomically)."""
         keys = self._applicable(identity, client_ip, now)
         counters = [self._load(key, threshold, now) for key, threshold in keys]
         retry = max((c.last + self._wait(c) - now for c in counters if self._wait(c)), default=0.0)
         if retry > 0:
             raise LockedOut(retry_after=max(1, math.ceil(retry)))
+        # The identity's own counter applies exactly when the address is not trusted.
+        standing = AttemptStanding(
+            trusted=not any(key[0] == "identity" for key, _ in keys),
+            recent_failures=any(c.failures > 0 for c in counters),
+        )
         for (key, _), counter in zip(keys, counters, strict=True):
             counter.failures += 1
             counter.last = max(counter.last, now)
             self._counters[key] = counter
             self._counters.move_to_end(key)
         self._bound(now)
+        return standing
+
+    async def is_trusted(self, *, identity: str, client_ip: str, now: float) -> bool:
+        """Whether the identity logged in from `client_ip` within the trusted-IP window."""
+        return not any(
+            key[0] == "identity" for key, _ in self._applicable(identity, client_ip, now)
+        )
 
     async def record_success(self, *, identity: str, client_ip: str, now: float) -> None:
         """Reset the identity's counters, take the attempt off the IP, trust the IP."""

@@ -43,7 +43,13 @@ from typing import Any
 from redis.exceptions import RedisClusterException, RedisError
 
 from tokensvc.accounts.lockout.policy import LockoutPolicy
-from tokensvc.accounts.lockout.store import CounterStatus, LockoutStatus, hash_identity, hash_ip
+from tokensvc.accounts.lockout.store import (
+    AttemptStanding,
+    CounterStatus,
+    LockoutStatus,
+    hash_identity,
+    hash_ip,
+)
 from tokensvc.errors import LockedOut, Unavailable
 from tokensvc.operations import metrics
 from tokensvc.operations.redisconn import RedisClient
@@ -93,14 +99,16 @@ end
 """
 
 # The client IP's counter. KEYS: 1 ip counter. ARGV 5: ip threshold.
+# Returns {ms until the lock ends or 0, failures before this attempt}.
 _IP_BEGIN = (
     _PRELUDE
     + """
 local threshold = tonumber(ARGV[5])
 local retry = locked_for(KEYS[1], threshold)
-if retry > 0 then return math.ceil(retry) end
+if retry > 0 then return {math.ceil(retry), 0} end
+local before = load(KEYS[1], threshold)
 count(KEYS[1], threshold)
-return 0
+return {0, before}
 """
 )
 
@@ -115,6 +123,7 @@ return 0
 # The identity's counters. KEYS: 1 pair counter, 2 identity counter, 3 trusted, 4 pairs index.
 # ARGV: 5 ip hash, 6-7 thresholds (pair, identity), 8 trusted window ms, 9 max trusted IPs,
 # 10 max pairs; for begin, 11: 1 to count the attempt, 0 only to say how long it is locked.
+# Begin returns {ms until the lock ends or 0, 1 if the IP is trusted, failures before}.
 _IDENTITY_PRELUDE = (
     _PRELUDE
     + """
@@ -136,11 +145,14 @@ _BEGIN = (
     _IDENTITY_PRELUDE
     + """
 local counters = applicable()
+local trusted = (#counters == 1) and 1 or 0
 local retry = 0
 for _, c in ipairs(counters) do retry = math.max(retry, locked_for(c[1], c[2])) end
-if retry > 0 or ARGV[11] == '0' then return math.ceil(retry) end
+if retry > 0 or ARGV[11] == '0' then return {math.ceil(retry), trusted, 0} end
 
+local before = 0
 for i, c in ipairs(counters) do
+  before = math.max(before, (load(c[1], c[2])))
   local expires = count(c[1], c[2])
   if i == 1 then redis.call('ZADD', KEYS[4], expires, member) end
 end
@@ -148,7 +160,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[10])
 if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1) end
 redis.call('PEXPIRE', KEYS[4], math.ceil(cap + window))
-return 0
+return {0, trusted, before}
 """
 )
 
@@ -252,28 +264,39 @@ class RedisLockoutStore:
     def policy(self) -> LockoutPolicy:
         return self._policy
 
-    async def begin_attempt(self, *, identity: str, client_ip: str, now: float) -> None:
+    async def begin_attempt(self, *, identity: str, client_ip: str, now: float) -> AttemptStanding:
         """Raise LockedOut if a counter is locked, else count a failure in each.
 
         The IP's counter first, then the identity's, each checked and counted atomically; an
-        IP count is taken back when the identity refuses (see the module docstring).
+        IP count is taken back when the identity refuses (see the module docstring). The
+        standing comes back from the same two scripts: no extra round trip.
         """
         attempt = self._attempt(identity, client_ip, now)
-        ip_retry_ms = int(await self._guard(self._ip_begin(attempt.ip_keys, attempt.ip_args)))
+        ip_reply = await self._guard(self._ip_begin(attempt.ip_keys, attempt.ip_args))
+        ip_retry_ms, ip_failures = int(ip_reply[0]), int(ip_reply[1])
         if ip_retry_ms > 0:
             # Nothing was counted; Retry-After still names the latest lock, as one script would.
             identity_retry_ms = 0
             with contextlib.suppress(Unavailable):
-                identity_retry_ms = await self._identity_begin(attempt, count=False)
+                identity_retry_ms, _, _ = await self._identity_begin(attempt, count=False)
             raise _locked_out(max(ip_retry_ms, identity_retry_ms))
         try:
-            retry_ms = await self._identity_begin(attempt, count=True)
+            retry_ms, trusted, failures = await self._identity_begin(attempt, count=True)
         except Unavailable:
             await self._take_back_ip(attempt)
             raise
         if retry_ms > 0:
             await self._take_back_ip(attempt)
             raise _locked_out(retry_ms)
+        return AttemptStanding(trusted=trusted, recent_failures=max(ip_failures, failures) > 0)
+
+    async def is_trusted(self, *, identity: str, client_ip: str, now: float) -> bool:
+        """Whether the identity logged in from `client_ip` within the trusted-IP window: the
+        identity's begin script in its read-only mode, one round trip."""
+        _, trusted, _ = await self._identity_begin(
+            self._attempt(identity, client_ip, now), count=False
+        )
+        return trusted
 
     async def record_success(self, *, identity: str, client_ip: str, now: float) -> None:
         """Reset the identity's counters, take the attempt off the IP, trust the IP."""
@@ -355,9 +378,11 @@ class RedisLockoutStore:
             ],
         )
 
-    async def _identity_begin(self, attempt: _Attempt, *, count: bool) -> int:
+    async def _identity_begin(self, attempt: _Attempt, *, count: bool) -> tuple[int, bool, int]:
+        """(ms until the identity's lock ends or 0, whether the IP is trusted, failures before)."""
         args = [*attempt.identity_args, 1 if count else 0]
-        return int(await self._guard(self._begin(attempt.identity_keys, args)))
+        reply = await self._guard(self._begin(attempt.identity_keys, args))
+        return int(reply[0]), int(reply[1]) == 1, int(reply[2])
 
     async def _take_back_ip(self, attempt: _Attempt) -> None:
         # Best effort: the attempt is refused either way, and a count left behind errs towards

@@ -16,6 +16,12 @@ Three counters apply to an attempt:
 Identities are normalised (NFKC, casefold, strip) and hashed; IPv6 clients are counted per /64
 (one subscriber's allocation), IPv4-mapped IPv6 as IPv4. The store never learns whether a user
 exists: unknown identities are counted exactly like known ones.
+
+`begin_attempt` also answers where the attempt stands (`AttemptStanding`), in the same round
+trip: whether the address is one the identity recently logged in from, and whether any of the
+attempt's counters already held failures. The password hasher orders its queue by that
+(tokensvc.accounts.admission). Both facts are per (identity, address) and about attempts
+alone, so they say nothing about whether a user exists.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 __all__ = [
+    "AttemptStanding",
     "CounterStatus",
     "LockoutStatus",
     "LockoutStore",
@@ -35,6 +42,19 @@ __all__ = [
     "normalise_identity",
     "normalise_ip",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptStanding:
+    """Where an attempt stands before its password is checked.
+
+    `trusted`: the identity logged in successfully from this address within the trusted-IP
+    window. `recent_failures`: a counter of this attempt (the address, the identity, or the
+    pair) held failures before it.
+    """
+
+    trusted: bool
+    recent_failures: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +88,21 @@ class LockoutStatus:
 class LockoutStore(Protocol):
     """Failure counters with progressive locks; see the module docstring for the semantics."""
 
-    async def begin_attempt(self, *, identity: str, client_ip: str, now: float) -> None:
-        """Atomically: raise LockedOut if a counter is locked, else count a failure in each.
+    async def begin_attempt(self, *, identity: str, client_ip: str, now: float) -> AttemptStanding:
+        """Atomically: raise LockedOut if a counter is locked, else count a failure in each,
+        and say where the attempt stands.
 
         Call before the password is checked. Raises `Unavailable` when the store cannot be
         reached: the attempt must then be refused, never let through unchecked.
+        """
+        ...
+
+    async def is_trusted(self, *, identity: str, client_ip: str, now: float) -> bool:
+        """Whether the identity logged in from `client_ip` within the trusted-IP window.
+
+        Read-only, one round trip: a login the hasher has room for only if it is trusted asks
+        this first, and is shed without counting anything when it is not. Raises `Unavailable`
+        when the store cannot be reached.
         """
         ...
 
