@@ -24,7 +24,7 @@ from tokensvc.macaroons.macaroon import Macaroon
 from tokensvc.macaroons.tokenformat import decode_token, encode_token
 from tokensvc.web import appkeys
 
-ALICE = "alice's long passphrase"
+ALICE = "her long lantern passphrase"
 TRUSTED = ("127.0.0.1/32",)
 
 

@@ -18,7 +18,7 @@ import pyotp
 from tests.conftest import ADMIN_PASSWORD
 from tests.tokensvc.test_cli_login import TOKENSVC, Cli, _clean_env, _free_port, http
 
-ALICE = "alice's long passphrase"
+ALICE = "her long lantern passphrase"
 
 
 @contextmanager
