@@ -5,8 +5,10 @@ with a TokensvcClient. Plain ASGI, so it needs no Starlette.
     # Starlette/FastAPI handlers: request.scope["tokensvc_client.principal"], or
     # request.state.principal (the middleware fills scope["state"]).
 
-`requirements(scope)` may return a Requirement per request (operation/resource, or PUBLIC);
-by default every request is checked with the forward-auth mapping of its method and path.
+`requirements(scope)` may return a Requirement per request (operation/resource, `mfa=True` for
+a route that only a token minted after a second factor may use, or PUBLIC); by default every
+request is checked with the forward-auth mapping of its method and path. `require_mfa=True`
+asks every checked request for an MFA token.
 WebSocket and lifespan scopes pass through untouched.
 """
 
@@ -47,8 +49,10 @@ class TokensvcASGIMiddleware:
         audience: str | None = None,
         requirements: Callable[[Scope], Requirement] | None = None,
         client_ip: Callable[[Scope], str | None] | None = None,
+        require_mfa: bool = False,
     ) -> None:
         self.app = app
+        self.require_mfa = require_mfa
         self.client = client
         self.audience = audience
         self.requirements = requirements
@@ -75,6 +79,7 @@ class TokensvcASGIMiddleware:
                 resource=requirement.resource or resource_of(path),
                 audience=self.audience,
                 client_ip=self.client_ip(scope),
+                require_mfa=self.require_mfa or requirement.mfa,
             )
         except (Denied, Unavailable) as exc:
             await _refuse(send, exc)

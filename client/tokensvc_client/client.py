@@ -18,7 +18,7 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
-from caveats import Context, decide
+from caveats import MFA_REQUIRED, Context, decide
 from tokensvc_client.errors import (
     BadRequest,
     CaveatDenied,
@@ -133,14 +133,20 @@ class TokensvcClient:
         resource: str | None = None,
         audience: str | None = None,
         client_ip: str | None = None,
+        require_mfa: bool = False,
     ) -> Principal:
-        """Allow (the Principal) or raise: Denied (401/403/400) or Unavailable (503)."""
+        """Allow (the Principal) or raise: Denied (401/403/400) or Unavailable (503).
+
+        `require_mfa`: only a token minted after a second factor may pass; any other is refused
+        with CaveatDenied (403, `caveats.MFA_REQUIRED`) once its caveats allow the request —
+        as /v1/verify decides, so a revoked or expired token stays a 401.
+        """
         # stream.trusted_until: the monotonic deadline of the stream's liveness (0 when it is
         # not connected or not caught up), so the hot path reads an attribute, not a method.
         stream = self.stream
         if stream is None or monotonic() >= stream.trusted_until:
             return await self._untrusted(
-                token, discharges, operation, resource, audience, client_ip
+                token, discharges, operation, resource, audience, client_ip, require_mfa
             )
         key: CacheKey = (token, *discharges) if discharges else token
         now = self._clock()
@@ -152,7 +158,7 @@ class TokensvcClient:
                 self.cache.discard(key)
             verdict = await self._fetch(key, token, discharges)
             now = self._clock()
-        return self._decide(verdict, now, operation, resource, audience, client_ip)
+        return self._decide(verdict, now, operation, resource, audience, client_ip, require_mfa)
 
     def _decide(
         self,
@@ -162,6 +168,7 @@ class TokensvcClient:
         resource: str | None,
         audience: str | None,
         client_ip: str | None,
+        require_mfa: bool,
     ) -> Principal:
         state = self.state
         metrics = self.metrics
@@ -188,6 +195,11 @@ class TokensvcClient:
                     raise InvalidToken(failure.reason)
                 metrics.denied_403 += 1
                 raise CaveatDenied(failure.reason)
+        # After the caveats, where tokensvc's Verifier tests it: a revoked or expired token is a
+        # 401 whatever the route asks. One truth test when the route does not ask for MFA.
+        if require_mfa and not verdict.mfa:
+            metrics.denied_403 += 1
+            raise CaveatDenied(MFA_REQUIRED.reason)
         metrics.allowed += 1
         return verdict.principal
 
@@ -250,6 +262,7 @@ class TokensvcClient:
         resource: str | None,
         audience: str | None,
         client_ip: str | None,
+        require_mfa: bool,
     ) -> Principal:
         """The stream is not live: ask /v1/verify, or fail closed."""
         if self._when_stale == "fail-closed":
@@ -257,12 +270,16 @@ class TokensvcClient:
             raise Unavailable("the revocation stream is not live and the client fails closed")
         self.metrics.fallbacks += 1
         self._check_sizes(token, discharges)
-        context = {
+        context: dict[str, str | bool | None] = {
             "operation": operation,
             "resource": resource,
             "audience": audience,
             "client_ip": client_ip,
         }
+        if require_mfa:
+            # Named only when asked: a tokensvc that predates MFA refuses an unknown context
+            # field (400), which fails closed for MFA routes and leaves the others working.
+            context["require_mfa"] = True
         status, body = await self._post(
             self._verify_url, {"token": token, "discharges": list(discharges), "context": context}
         )
@@ -275,11 +292,17 @@ class TokensvcClient:
             raise exc
         try:
             expires = body["expires_at"]
+            mfa = body.get("mfa", False)  # absent only from a tokensvc that predates MFA
+            if not isinstance(mfa, bool) or (require_mfa and not mfa):
+                # /v1/verify answered 200 to require_mfa for a token it does not call MFA:
+                # not an answer to trust with an allow.
+                raise ValueError("mfa")
             principal = Principal(
                 body["subject"],
                 body["token_id"],
                 None if expires is None else datetime.fromisoformat(expires).timestamp(),
                 MappingProxyType(dict(body.get("declared") or {})),
+                mfa,
             )
         except (KeyError, TypeError, ValueError):
             self.metrics.unavailable += 1

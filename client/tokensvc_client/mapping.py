@@ -25,11 +25,13 @@ _MAX_DISCHARGES: Final = 16
 
 @dataclass(frozen=True, slots=True)
 class Requirement:
-    """What a route needs: a fixed operation/resource, or None for the forward-auth mapping."""
+    """What a route needs: a fixed operation/resource, or None for the forward-auth mapping;
+    `mfa`: only a token minted after a second factor (`check(..., require_mfa=True)`)."""
 
     operation: str | None = None
     resource: str | None = None
     public: bool = False
+    mfa: bool = False
 
 
 DEFAULT: Final = Requirement()

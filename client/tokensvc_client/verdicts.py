@@ -34,6 +34,7 @@ class Principal(NamedTuple):
     token_id: str
     expires_at: float | None
     declared: Mapping[str, str]
+    mfa: bool  # the token was minted after a second factor (its signed identifier's flag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,7 @@ class Verdict:
     token_id: str
     key_id: str
     admin: bool
+    mfa: bool  # minted after a second factor: what `require_mfa` asks for
     generation: int  # the subject's generation when the verdict was made
     expires_at: float | None
     key_expires_at: float  # unix seconds; the signature proves nothing from then on
@@ -76,6 +78,9 @@ def parse_verdict(body: Any, *, now: float, key_bytes: int) -> Verdict:
             v["key_expires_at"],
         )
         admin = v["admin"]
+        # Absent only from a tokensvc older than MFA verdicts: such a token never counts as
+        # MFA, so a route that requires it refuses (never an allow the server would not give).
+        mfa = v.get("mfa", False)
     except (KeyError, TypeError, binascii.Error, ValueError) as exc:
         raise VerdictError(f"malformed verdict: {exc!r}"[:200]) from None
     if not (
@@ -83,6 +88,7 @@ def parse_verdict(body: Any, *, now: float, key_bytes: int) -> Verdict:
         and isinstance(token_id, str)
         and isinstance(key_id, str)
         and isinstance(admin, bool)
+        and isinstance(mfa, bool)
         and type(generation) is int
         and (expires_at is None or isinstance(expires_at, int | float))
         and isinstance(key_expires_at, int | float)
@@ -105,6 +111,7 @@ def parse_verdict(body: Any, *, now: float, key_bytes: int) -> Verdict:
         token_id=token_id,
         key_id=key_id,
         admin=admin,
+        mfa=mfa,
         generation=generation,
         expires_at=expires,
         key_expires_at=float(key_expires_at),
@@ -113,7 +120,9 @@ def parse_verdict(body: Any, *, now: float, key_bytes: int) -> Verdict:
         cached_until=cached_until,
         size=size,
         valid_until=min(cached_until, float(key_expires_at)),
-        principal=Principal(subject, token_id, expires, MappingProxyType(dict(policy.declared))),
+        principal=Principal(
+            subject, token_id, expires, MappingProxyType(dict(policy.declared)), mfa
+        ),
     )
 
 

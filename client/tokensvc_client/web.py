@@ -6,7 +6,10 @@ to set a route's operation and resource (or `@public` to leave it open).
 
     @require(operation="orders:read")
     async def list_orders(request):
-        who = principal(request)   # the Principal: subject, token_id, expires_at, declared
+        who = principal(request)   # the Principal: subject, token_id, expires_at, declared, mfa
+
+    @require(operation="orders:refund", mfa=True)   # only a token minted after a second factor
+    async def refund(request): ...
 
 Denials are JSON `{"error": {"code", "message"}}` with 401 (and `WWW-Authenticate`), 403, 400,
 or 503 + Retry-After when tokensvc cannot be asked and the cache may not be trusted.
@@ -46,12 +49,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Callable[..., Any])
 
 
-def require(*, operation: str | None = None, resource: str | None = None) -> Callable[[H], H]:
+def require(
+    *, operation: str | None = None, resource: str | None = None, mfa: bool = False
+) -> Callable[[H], H]:
     """Mark a handler: its requests are checked with this operation and/or resource (None: the
-    forward-auth mapping of the request for that one)."""
+    forward-auth mapping of the request for that one); `mfa=True` admits only tokens minted
+    after a second factor (403 for any other, once its caveats allow the request)."""
 
     def mark(handler: H) -> H:
-        setattr(handler, _ATTR, Requirement(operation=operation, resource=resource))
+        setattr(handler, _ATTR, Requirement(operation=operation, resource=resource, mfa=mfa))
         return handler
 
     return mark
@@ -86,8 +92,10 @@ def tokensvc_middleware(
     audience: str | None = None,
     protect_all: bool = True,
     client_ip: Callable[[web.Request], str | None] | None = None,
+    require_mfa: bool = False,
 ) -> Any:
-    """The middleware. `protect_all=False` checks only routes marked with `@require`.
+    """The middleware. `protect_all=False` checks only routes marked with `@require`;
+    `require_mfa=True` asks every checked route for an MFA token (`@require(mfa=True)`: one route).
 
     `client_ip` picks the address client-CIDR caveats are checked against; the peer's address by
     default (behind a proxy, pass a function that applies your trusted-proxy rule).
@@ -111,6 +119,7 @@ def tokensvc_middleware(
                 resource=requirement.resource or resource_of(request.raw_path),
                 audience=audience,
                 client_ip=address(request),
+                require_mfa=require_mfa or requirement.mfa,
             )
         except (Denied, Unavailable) as exc:
             return error_response(exc)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import pyotp
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth
 from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
@@ -52,8 +53,41 @@ class Served:
         async with session.delete(f"{self.base}/v1/tokens/{token_id}", headers=self.auth()) as r:
             assert r.status in (200, 204), await r.text()
 
+    async def user_with_mfa(
+        self, session: aiohttp.ClientSession, name: str, password: str
+    ) -> tuple[str, str]:
+        """Create user `name` and enrol a TOTP factor (pyotp computes the codes on the real
+        clock); (a password-only login token from before the enrolment, an MFA login token)."""
+        async with session.post(
+            self.base + "/v1/users", json={"name": name, "password": password}, headers=self.auth()
+        ) as r:
+            assert r.status == 201, await r.text()
+        plain = await self._login(session, {"username": name, "password": password})
+        mine = {"Authorization": f"Bearer {plain}"}
+        async with session.post(self.base + "/v1/mfa/enroll", headers=mine) as r:
+            assert r.status == 200, await r.text()
+            totp = pyotp.TOTP((await r.json())["secret"])
+        now = time.time()
+        async with session.post(
+            self.base + "/v1/mfa/activate", json={"otp": totp.at(now)}, headers=mine
+        ) as r:
+            assert r.status == 200, await r.text()
+        # The activation's step is spent (no code is accepted twice): log in with the next
+        # step's code, which tokensvc accepts within its ±1 step of skew.
+        strong = await self._login(
+            session, {"username": name, "password": password, "otp": totp.at(now + 30)}
+        )
+        return plain, strong
+
+    async def _login(self, session: aiohttp.ClientSession, body: dict[str, str]) -> str:
+        async with session.post(self.base + "/v1/login", json=body) as r:
+            assert r.status == 200, await r.text()
+            answer = await r.json()
+            assert answer["mfa"] is ("otp" in body), answer
+            return str(answer["token"])
+
     async def verify(
-        self, session: aiohttp.ClientSession, token: str, context: dict[str, str | None]
+        self, session: aiohttp.ClientSession, token: str, context: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
         """POST /v1/verify on the verify port: the status and the body."""
         body = {"token": token, "context": context}

@@ -3,6 +3,7 @@ apps, deciding with a client of a real `tokensvc serve`."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ import orjson
 import pytest
 from aiohttp import web
 
+from caveats import MFA_REQUIRED
 from tests.client.served_tokensvc import Served, serve_tokensvc
+from tests.tokensvc.test_api_mfa import ALICE
 from tokensvc_client import PUBLIC, Requirement, TokensvcClient
 from tokensvc_client.asgi import PRINCIPAL as ASGI_PRINCIPAL
 from tokensvc_client.asgi import TokensvcASGIMiddleware
@@ -51,6 +54,14 @@ async def tokens(served: Served) -> dict[str, str]:
             session, subject="rita", operations=["report:read"], resources=["/admin"]
         )
     return {"reader": reader["token"], "reporter": reporter["token"]}
+
+
+@pytest.fixture
+async def mfa_tokens(served: Served) -> dict[str, str]:
+    """alice's login tokens: with her password only (before she enrolled), and with a TOTP code."""
+    async with aiohttp.ClientSession() as session:
+        password, mfa = await served.user_with_mfa(session, "alice", ALICE)
+    return {"password": password, "mfa": mfa}
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -191,3 +202,89 @@ async def test_asgi_requirements_per_request(
     assert health[0] == 204
     assert report[0] == 204
     assert reader[0] == 403
+
+
+@pytest.fixture
+async def mfa_app(aiohttp_client: Any, client: TokensvcClient) -> Any:
+    """/refund needs MFA (`@require(mfa=True)`); /docs/{name} does not."""
+
+    @require(operation="refund", mfa=True)
+    async def refund(request: web.Request) -> web.Response:
+        who = principal(request)
+        return web.json_response({"subject": who.subject, "mfa": who.mfa})
+
+    async def doc(request: web.Request) -> web.Response:
+        return web.json_response({"mfa": principal(request).mfa})
+
+    app = web.Application(middlewares=[tokensvc_middleware(client)])
+    app.router.add_post("/refund", refund)
+    app.router.add_get("/docs/{name}", doc)
+    return await aiohttp_client(app)
+
+
+async def test_aiohttp_require_mfa_refuses_a_password_only_token(
+    mfa_app: Any, mfa_tokens: dict[str, str], client: TokensvcClient
+) -> None:
+    """An @require(mfa=True) route answers a password-only token 403 JSON naming MFA, and admits
+    alice's MFA token with `mfa` on its principal; an unmarked route admits both, saying which."""
+    plain = await mfa_app.post("/refund", headers=bearer(mfa_tokens["password"]))
+    strong = await mfa_app.post("/refund", headers=bearer(mfa_tokens["mfa"]))
+    plain_doc = await mfa_app.get("/docs/1", headers=bearer(mfa_tokens["password"]))
+    strong_doc = await mfa_app.get("/docs/1", headers=bearer(mfa_tokens["mfa"]))
+
+    assert plain.status == 403
+    assert await plain.json() == {
+        "error": {"code": "caveat_denied", "message": MFA_REQUIRED.reason}
+    }
+    assert "MFA" in MFA_REQUIRED.reason
+    assert strong.status == 200 and await strong.json() == {"subject": "alice", "mfa": True}
+    assert (plain_doc.status, await plain_doc.json()) == (200, {"mfa": False})
+    assert (strong_doc.status, await strong_doc.json()) == (200, {"mfa": True})
+    assert client.metrics.hits > 0  # decided from cached verdicts, not by asking tokensvc
+
+
+async def test_aiohttp_require_mfa_leaves_a_revoked_token_a_401(
+    mfa_app: Any, mfa_tokens: dict[str, str], client: TokensvcClient, served: Served
+) -> None:
+    """MFA is judged after revocation and the caveats, as /v1/verify judges it: a revoked
+    password-only token on an MFA route is a 401 (bad everywhere), not a 403."""
+    before = await mfa_app.post("/refund", headers=bearer(mfa_tokens["password"]))
+    async with aiohttp.ClientSession() as session:
+        status, body = await served.verify(session, mfa_tokens["password"], {})
+        assert status == 200
+        await served.revoke(session, body["token_id"])
+    assert client.stream is not None
+    for _ in range(100):  # the revocation arrives over the stream
+        if body["token_id"] in client.state.revoked_tokens:
+            break
+        await asyncio.sleep(0.05)
+
+    after = await mfa_app.post("/refund", headers=bearer(mfa_tokens["password"]))
+
+    assert before.status == 403
+    assert after.status == 401 and (await after.json())["error"]["code"] == "invalid_token"
+
+
+async def test_asgi_mfa_per_route_and_per_app(
+    client: TokensvcClient, mfa_tokens: dict[str, str]
+) -> None:
+    """ASGI: Requirement(mfa=True) from the requirements function guards one route;
+    `require_mfa=True` guards every checked route; the principal in scope says `mfa`."""
+
+    def requirements(scope: Any) -> Requirement:
+        return Requirement(mfa=True) if scope["path"] == "/refund" else Requirement()
+
+    per_route = TokensvcASGIMiddleware(inner_app, client, requirements=requirements)
+    per_app = TokensvcASGIMiddleware(inner_app, client, require_mfa=True)
+
+    route_plain = await asgi_call(per_route, "/refund", bearer(mfa_tokens["password"]))
+    route_strong = await asgi_call(per_route, "/refund", bearer(mfa_tokens["mfa"]))
+    other_plain = await asgi_call(per_route, "/docs/1", bearer(mfa_tokens["password"]))
+    app_plain = await asgi_call(per_app, "/docs/1", bearer(mfa_tokens["password"]))
+    app_strong = await asgi_call(per_app, "/docs/1", bearer(mfa_tokens["mfa"]))
+
+    assert route_plain[0] == 403
+    assert orjson.loads(route_plain[2])["error"]["message"] == MFA_REQUIRED.reason
+    assert route_strong[0] == 200 and route_strong[3][ASGI_PRINCIPAL].mfa is True
+    assert other_plain[0] == 200 and other_plain[3][ASGI_PRINCIPAL].mfa is False
+    assert app_plain[0] == 403 and app_strong[0] == 200

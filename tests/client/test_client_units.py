@@ -145,6 +145,7 @@ def verdict_body(caveats: list[bytes] | None = None, ttl: float = 60) -> dict:
             "token_id": "aa",
             "key_id": "key-1",
             "admin": False,
+            "mfa": False,
             "generation": 0,
             "expires_at": None,
             "key_expires_at": 10_000.0,
@@ -174,6 +175,9 @@ def test_parse_verdict_decodes_caveats_into_a_policy() -> None:
         lambda b: b["verdict"].update(caveats=["!!!"]),
         lambda b: b["verdict"].update(generation="1"),
         lambda b: b["verdict"].update(key_expires_at=None),
+        lambda b: b["verdict"].update(mfa="true"),  # strictly a JSON boolean
+        lambda b: b["verdict"].update(mfa=1),
+        lambda b: b["verdict"].update(mfa=None),
     ],
 )
 def test_parse_verdict_refuses_malformed_bodies(mutate) -> None:  # type: ignore[no-untyped-def]
@@ -183,6 +187,19 @@ def test_parse_verdict_refuses_malformed_bodies(mutate) -> None:  # type: ignore
 
     with pytest.raises(VerdictError):
         parse_verdict(body, now=0, key_bytes=1)
+
+
+@pytest.mark.parametrize(("sent", "parsed"), [(True, True), (False, False), ("absent", False)])
+def test_parse_verdict_reads_the_mfa_flag(sent: object, parsed: bool) -> None:
+    """`mfa` reaches the Verdict and its Principal; a verdict without it (a tokensvc older than
+    MFA) counts as no second factor, so an MFA route refuses rather than admits."""
+    body = verdict_body()
+    if sent != "absent":
+        body["verdict"]["mfa"] = sent
+
+    verdict = parse_verdict(body, now=0, key_bytes=1)
+
+    assert verdict.mfa is parsed and verdict.principal.mfa is parsed
 
 
 def test_cache_bounded_by_entries_and_by_bytes() -> None:

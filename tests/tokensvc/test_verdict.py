@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from caveats import Context, Policy, decide
-from tests.conftest import FakeClock, make_config
+from caveats import Context, Operations, Policy, decide, encode
+from tests.conftest import ADMIN_PASSWORD, FakeClock, make_config
 from tests.served import ServedTestServer
+from tests.tokensvc.test_api_mfa import ALICE, answer, code, enrolled_user, password_login
 from tests.tokensvc.test_api_verify import discharge, pymacaroon, with_third_party
+from tokensvc.macaroons.attenuation import attenuate
 from tokensvc.web.app import create_app
 
 if TYPE_CHECKING:
@@ -112,6 +114,28 @@ async def test_verdict_shape_and_local_decisions_match_the_scope(
     denied = decide(policy, Context(now, "write", "/docs/a", "files", None, 0))
     assert denied is not None
     assert not denied.invalid
+
+
+async def test_an_mfa_login_token_has_an_mfa_verdict(
+    client: Client, caller: str, clock: FakeClock
+) -> None:
+    """A token from a login with a TOTP code has `"mfa": true` in its verdict, and keeps it when
+    its holder attenuates it; a password-only login's token has `"mfa": false`."""
+    secret, _ = await enrolled_user(client, clock)
+    _, first = await password_login(client, "alice", ALICE)
+    _, strong = await answer(client, first["challenge"], code(secret, clock))
+    plain = await client.post("/v1/login", json={"username": "admin", "password": ADMIN_PASSWORD})
+    narrowed = attenuate(strong["token"], [encode(Operations(("read",)))])
+
+    strong_status, strong_body = await ask(client, caller, strong["token"])
+    narrowed_status, narrowed_body = await ask(client, caller, narrowed)
+    plain_status, plain_body = await ask(client, caller, (await plain.json())["token"])
+
+    assert strong["mfa"] is True
+    assert strong_status == 200 and strong_body["verdict"]["mfa"] is True
+    assert strong_body["verdict"]["subject"] == "alice"
+    assert narrowed_status == 200 and narrowed_body["verdict"]["mfa"] is True
+    assert plain_status == 200 and plain_body["verdict"]["mfa"] is False
 
 
 async def test_verdict_reveals_nothing_of_the_registry(
