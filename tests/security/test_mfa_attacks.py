@@ -529,3 +529,30 @@ async def test_bad_mfa_self_service_inputs_are_clean_4xx(
     for method, path, status, content_type in answers:
         assert 400 <= status < 500, (method, path[:40], status)
         assert content_type == "application/json", (method, path[:40])
+
+
+# ---- forward-auth -----------------------------------------------------------------------------
+
+
+async def test_a_client_cannot_switch_require_mfa_off_with_a_header_of_its_own(
+    aiohttp_client: Any, mfa_config: Any, clock: FakeClock
+) -> None:
+    """A client that sends `X-Auth-Require-MFA: false` ahead of the one its proxy adds (a proxy
+    that appends rather than replaces), or both in one comma-joined line, gets no allow for a
+    token minted without MFA."""
+    from multidict import CIMultiDict
+
+    client = await serve(aiohttp_client, mfa_config, clock)
+    weak = await make_user(client)
+    base = {"Authorization": f"Bearer {weak}", "X-Original-URI": "/admin"}
+
+    statuses = []
+    for values in (("false", "true"), ("0", "yes"), ("false, true",), ("true",)):
+        headers = CIMultiDict(base)
+        for value in values:
+            headers.add("X-Auth-Require-MFA", value)
+        statuses.append((await client.get("/v1/auth", headers=headers)).status)
+    alone = (await client.get("/v1/auth", headers=base)).status
+
+    assert statuses == [403, 403, 403, 403]
+    assert alone == 200
