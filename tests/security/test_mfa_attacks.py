@@ -9,6 +9,7 @@ attack to fail.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, mask_challenge
@@ -556,3 +557,66 @@ async def test_a_client_cannot_switch_require_mfa_off_with_a_header_of_its_own(
 
     assert statuses == [403, 403, 403, 403]
     assert alone == 200
+
+
+# ---- secrets in logs --------------------------------------------------------------------------
+
+
+async def test_no_second_factor_secret_reaches_a_log(
+    aiohttp_client: Any, mfa_config: Any, clock: FakeClock
+) -> None:
+    """Through enrolment, logins (right and wrong codes, a recovery code, a decoy), garbage
+    second steps, code regeneration and disable, logged at DEBUG: no TOTP secret, code,
+    recovery code, challenge or password appears in any log line."""
+    from tests.security.edges_support import captured_logs
+
+    with captured_logs() as buffer:
+        client = await serve(aiohttp_client, mfa_config, clock)
+        token = await make_user(client)
+        started = await client.post("/v1/mfa/enroll", headers=bearer(token))
+        body = await started.json()
+        secret, uri = body["secret"], body["uri"]
+        activation = code(secret, clock)
+        activated = await client.post(
+            "/v1/mfa/activate", json={"otp": activation}, headers=bearer(token)
+        )
+        codes = (await activated.json())["recovery_codes"]
+        clock.advance(seconds=30)
+        _, first = await password_login(client, VICTIM, VICTIM_PASSWORD)
+        wrong_code = "123456" if code(secret, clock) != "123456" else "654321"
+        await answer(client, first["challenge"], wrong_code)
+        await answer(client, first["challenge"], "x" * 64)
+        await answer(client, first["challenge"][:-3] + "zzz", code(secret, clock))
+        await answer(client, first["challenge"], codes[0].upper())
+        _, decoy = await password_login(client, VICTIM, WRONG, ip=ATTACKER_IP)
+        await answer(client, decoy["challenge"], codes[1], ip=ATTACKER_IP)
+        _, second = await password_login(client, VICTIM, VICTIM_PASSWORD, otp=codes[2])
+        strong = second["token"]
+        clock.advance(seconds=30)
+        regenerated = await client.post(
+            "/v1/mfa/recovery-codes", json={"otp": code(secret, clock)}, headers=bearer(strong)
+        )
+        new_codes = (await regenerated.json())["recovery_codes"]
+        await client.post("/v1/mfa/disable", json={"otp": codes[3]}, headers=bearer(strong))
+        await client.post("/v1/mfa/disable", json={"otp": new_codes[0]}, headers=bearer(strong))
+        text = buffer.getvalue()
+
+    assert "mfa_enrolled" in text and "authn_mfa_success" in text  # the log was captured
+    # Six-digit codes as whole numbers (not inside a longer run of digits of a timestamp).
+    digits_seen = [c for c in (activation, wrong_code) if re.search(rf"(?<!\d){c}(?!\d)", text)]
+    secrets_seen = [
+        s
+        for s in (
+            secret,
+            uri,
+            first["challenge"],
+            decoy["challenge"],
+            VICTIM_PASSWORD,
+            WRONG,
+            *codes,
+            *(c.replace("-", "") for c in codes),
+            *new_codes,
+        )
+        if s in text
+    ]
+    assert secrets_seen == [] and digits_seen == []
