@@ -113,6 +113,25 @@ async def test_password_step_answers_look_alike_headers_and_all(
     assert answers[0] == answers[1] == answers[2]
 
 
+async def test_challenge_length_does_not_reveal_an_account_with_a_long_history(
+    aiohttp_client: Any, mfa_config: Any, clock: FakeClock
+) -> None:
+    """A user whose generation has grown past one digit (ten revoke-alls, password changes...)
+    gets, for a wrong password, a challenge of the same length as a name nobody has: the
+    challenge does not carry the generation's width."""
+    client = await serve(aiohttp_client, mfa_config, clock)
+    await make_user(client)
+    root = bearer(await admin_token(client), ADMIN_IP)
+    for _ in range(12):
+        raised = await client.post(f"/v1/subjects/{VICTIM}/revoke-all", headers=root)
+        assert raised.status in (200, 204), await raised.text()
+
+    _, existing = await password_login(client, VICTIM, WRONG, ip=ATTACKER_IP)
+    _, unknown = await password_login(client, "nobody-here", WRONG, ip=ATTACKER_IP)
+
+    assert len(existing["challenge"]) == len(unknown["challenge"])
+
+
 # ---- lockout as a denial of service ------------------------------------------------------------
 
 
