@@ -132,6 +132,43 @@ async def test_challenge_length_does_not_reveal_an_account_with_a_long_history(
     assert len(existing["challenge"]) == len(unknown["challenge"])
 
 
+async def test_a_decoys_second_step_runs_the_statements_a_real_one_runs(
+    aiohttp_client: Any, mfa_config: Any, clock: FakeClock
+) -> None:
+    """A wrong code on a real challenge (right password) and on a decoy (wrong password) send
+    the same database statements, so the second step's time does not tell which guess at the
+    password was right."""
+    from sqlalchemy import event
+
+    from tokensvc.web import appkeys
+
+    client = await serve(aiohttp_client, mfa_config, clock)
+    secret, _, _ = await enrolled_victim(client, clock)
+    engine = client.server.app[appkeys.ENGINE].sync_engine
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        statements.append(sql)
+
+    _, real = await password_login(client, VICTIM, VICTIM_PASSWORD, ip="203.0.113.7")
+    _, decoy = await password_login(client, VICTIM, WRONG, ip="203.0.113.8")
+    wrong = "123456" if code(secret, clock) != "123456" else "654321"
+    seen = {}
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        for name, challenge, ip in (("real", real, "203.0.113.7"), ("decoy", decoy, "203.0.113.8")):
+            for guess in (wrong, "aaaa-bbbb-cccc"):
+                statements.clear()
+                status, _ = await answer(client, challenge["challenge"], guess, ip=ip)
+                assert status == 401
+                seen[name, guess] = list(statements)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+    assert seen["real", wrong] == seen["decoy", wrong]
+    assert seen["real", "aaaa-bbbb-cccc"] == seen["decoy", "aaaa-bbbb-cccc"]
+
+
 # ---- lockout as a denial of service ------------------------------------------------------------
 
 

@@ -316,6 +316,12 @@ class LoginService:
                 challenge.client_ip, hash_ip(request.client_ip, key=self._log_key)
             )
             user_name = challenge.user if bound else None
+            if secret is None:
+                # The two-step path: every challenge pays the read of the TOTP secret, a decoy's
+                # too (a name no user has), so the time of a wrong code does not tell a real
+                # challenge, and with it a right password, from a decoy. (In one call the
+                # password step has already paid it for every name.)
+                secret = await self._factors.active_secret(user_name or "")
             factor = await self._factors.check(user_name, otp, now=now, secret=secret)
             judged = True
         finally:
