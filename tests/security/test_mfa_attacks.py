@@ -12,6 +12,8 @@ import asyncio
 import re
 from typing import Any
 
+import pytest
+
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, mask_challenge
 from tests.security.mfa_support import (
     ADMIN_IP,
@@ -504,6 +506,31 @@ async def test_a_used_challenge_respelled_is_still_used(
 
     assert used[0] == 200
     assert respelled[0] == 401 and "token" not in respelled[1]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open finding: enrolment needs only a token, no password or other fresh proof",
+)
+async def test_a_stolen_token_cannot_bind_the_account_to_the_attackers_authenticator(
+    aiohttp_client: Any, mfa_config: Any, clock: FakeClock
+) -> None:
+    """A thief holding a not-yet-enrolled user's login token (no password) cannot enrol its own
+    authenticator for the account: that would lock the owner out of their own password login
+    (PyPI asks for the password again before adding a second factor)."""
+    client = await serve(aiohttp_client, mfa_config, clock)
+    stolen = await make_user(client)
+    thief = bearer(stolen, ATTACKER_IP)
+
+    started = await client.post("/v1/mfa/enroll", headers=thief)
+    attacker_secret = (await started.json())["secret"] if started.status == 200 else ""
+    activated = await client.post(
+        "/v1/mfa/activate",
+        json={"otp": code(attacker_secret, clock) if attacker_secret else "000000"},
+        headers=thief,
+    )
+
+    assert activated.status in (401, 403), await activated.text()
 
 
 # ---- bad input --------------------------------------------------------------------------------
