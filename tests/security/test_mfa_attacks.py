@@ -533,6 +533,50 @@ async def test_a_stolen_token_cannot_bind_the_account_to_the_attackers_authentic
     assert activated.status in (401, 403), await activated.text()
 
 
+async def test_an_enrol_racing_the_activation_never_switches_the_factor_off(
+    aiohttp_client: Any, mfa_config: Any, clock: FakeClock
+) -> None:
+    """A stream of `enroll` calls (a thief with the user's token, or a double click) racing the
+    owner's activation never leaves an account whose activation answered 200 without an active
+    factor: an enrol only ever replaces a pending enrolment."""
+    client = await serve(aiohttp_client, mfa_config, clock)
+    outcomes = []
+    for trial in range(4):
+        token = await make_user(client, name=f"racer{trial}")
+        started = await client.post("/v1/mfa/enroll", headers=bearer(token))
+        secret = (await started.json())["secret"]
+        done = asyncio.Event()
+
+        async def activate(
+            token: str = token, secret: str = secret, done: asyncio.Event = done
+        ) -> int:
+            try:
+                resp = await client.post(
+                    "/v1/mfa/activate", json={"otp": code(secret, clock)}, headers=bearer(token)
+                )
+                return int(resp.status)
+            finally:
+                done.set()
+
+        async def enrol_until_done(token: str = token, done: asyncio.Event = done) -> list[int]:
+            statuses = []
+            while not done.is_set():
+                statuses.append((await client.post("/v1/mfa/enroll", headers=bearer(token))).status)
+            return statuses
+
+        activated, *enrols = await asyncio.gather(
+            activate(), *(enrol_until_done() for _ in range(3))
+        )
+        state = await (await client.get("/v1/mfa", headers=bearer(token))).json()
+        outcomes.append((activated, state["enrolled"], sorted({s for e in enrols for s in e})))
+
+    for activated, enrolled, enrol_statuses in outcomes:
+        assert activated in (200, 401, 409), outcomes
+        assert set(enrol_statuses) <= {200, 409}, outcomes
+        if activated == 200:
+            assert enrolled is True, outcomes
+
+
 # ---- bad input --------------------------------------------------------------------------------
 
 
