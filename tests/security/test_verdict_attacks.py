@@ -273,3 +273,59 @@ async def test_callers_who_may_not_subscribe_take_no_slot(
 
     assert {r.status for r in statuses} <= {401, 403}, [r.status for r in statuses]
     assert second.status == 503 and "Retry-After" in second.headers
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+
+async def test_hostile_verdict_bodies_are_clean_4xx(client: Client, admin_token: str) -> None:
+    """Mistyped, oversized and garbage verdict requests get a 4xx JSON error, never a 500."""
+    svc = await service_token(client, admin_token)
+    live = (await mint(client, admin_token, subject="alice", ttl=600))["token"]
+    bodies: list[Any] = [
+        {"token": live, "discharges": "not-a-list"},
+        {"token": live, "discharges": [1, 2]},
+        {"token": live, "discharges": [live] * 1025},
+        {"token": live, "discharges": ["x" * 70_000]},
+        {"token": "tsv_" + "A" * 300_000},
+        {"token": "\x00\xff"},
+        {"token": live[:-1] + ("A" if live[-1] != "A" else "B")},
+        {"token": ["a"]},
+        {"token": live, "context": {"operation": "read"}},
+        ["token", live],
+        "a string",
+        None,
+    ]
+
+    answers = []
+    for body in bodies:
+        resp = await client.post("/v1/verdict", json=body, headers=bearer(svc))
+        answers.append((resp.status, resp.content_type))
+    raw = await client.post(
+        "/v1/verdict",
+        data=b'{"token": ',
+        headers={**bearer(svc), "Content-Type": "application/json"},
+    )
+
+    for (status, content_type), body in zip(answers, bodies, strict=True):
+        assert 400 <= status < 500, (str(body)[:80], status)
+        assert content_type == "application/json", str(body)[:80]
+    assert raw.status == 400
+
+
+async def test_require_mfa_is_not_skipped_by_a_cached_allow(
+    client: Client, admin_token: str
+) -> None:
+    """A token allowed a moment ago without require_mfa (the verify path caches verdicts) is
+    still refused when the next request requires MFA; forward-auth likewise."""
+    weak = (await mint(client, admin_token, subject="alice", ttl=600))["token"]
+
+    first = await client.post("/v1/verify", json={"token": weak, "context": {}})
+    second = await client.post("/v1/verify", json={"token": weak, "context": {"require_mfa": True}})
+    auth_first = await client.get("/v1/auth", headers=bearer(weak))
+    auth_second = await client.get(
+        "/v1/auth", headers={**bearer(weak), "X-Auth-Require-MFA": "true"}
+    )
+
+    assert (first.status, second.status) == (200, 403)
+    assert (auth_first.status, auth_second.status) == (200, 403)
