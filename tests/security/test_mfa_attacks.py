@@ -462,6 +462,34 @@ async def test_the_must_enrol_admin_gets_no_discharge_with_a_password_alone(
     assert by_name.status in (401, 403), await by_name.text()
 
 
+async def test_an_old_admin_token_without_mfa_gets_no_role_discharge(
+    aiohttp_client: Any, mfa_config: Any, clock: FakeClock
+) -> None:
+    """Once the admin role requires MFA, an admin token minted without a second factor (before
+    the policy) gets no `has-role admin` / `user-is admin` discharge (as admin calls refuse it),
+    while an ordinary user's role is still vouched for with a password-only token."""
+    from tests.bakery.test_bakery_handlers import discharge_for
+
+    before = await serve(aiohttp_client, mfa_config, clock)
+    old_admin = await admin_token(before)
+    user_token = await make_user(before, roles=["ops"])
+    await before.close()
+    client = await serve(
+        aiohttp_client,
+        mfa_config.model_copy(update={"mfa_required_roles": frozenset({"admin"})}),
+        clock,
+    )
+    headers = bearer(old_admin, ADMIN_IP)
+
+    by_role = await discharge_for(client, "has-role admin", headers=headers)
+    by_name = await discharge_for(client, "user-is admin", headers=headers)
+    ops = await discharge_for(client, "has-role ops", headers=bearer(user_token))
+
+    assert by_role.status == 403, await by_role.text()
+    assert by_name.status == 403, await by_name.text()
+    assert ops.status == 200, await ops.text()
+
+
 # ---- switching the factor off with a stolen token ---------------------------------------------
 
 
