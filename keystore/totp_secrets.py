@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import Boolean, LargeBinary, String, Table, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -115,9 +116,11 @@ class TotpSecrets:
             activated_at=row["activated_at"],
         )
 
-    async def put_pending(self, user: str, secret: bytes) -> datetime:
-        """Store `secret` as the user's pending enrolment, replacing any earlier row; returns
-        the enrolment's `created_at` (what `activate` confirms).
+    async def put_pending(self, user: str, secret: bytes) -> datetime | None:
+        """Store `secret` as the user's pending enrolment, replacing a pending one; returns the
+        enrolment's `created_at` (what `activate` confirms), or None when the user has an active
+        enrolment (never replaced here, even by a call racing its activation) or another
+        enrolment was stored meanwhile.
 
         Raises:
             StoreUnavailable: the database cannot be reached.
@@ -125,8 +128,15 @@ class TotpSecrets:
         sealed = self._sealer.seal(secret, aad=totp_secret_aad(user))
         created_at = self._clock()
 
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(delete(_TABLE).where(_TABLE.c.id == user))
+        async def write(conn: AsyncConnection) -> bool:
+            # Only a pending row goes: an active one (maybe activated a moment ago, after the
+            # caller looked) stays, and the insert below is not made. An activation racing this
+            # delete either sees its row gone (activate() is False) or keeps it active.
+            await conn.execute(
+                delete(_TABLE).where(_TABLE.c.id == user, _TABLE.c.active.is_(False))
+            )
+            if (await conn.execute(select(_TABLE.c.id).where(_TABLE.c.id == user))).first():
+                return False
             await conn.execute(
                 insert(_TABLE).values(
                     id=user,
@@ -137,9 +147,13 @@ class TotpSecrets:
                     activated_at=None,
                 )
             )
+            return True
 
-        await self._run(write, write=True)
-        return created_at
+        try:
+            stored = await self._run(write, write=True)
+        except IntegrityError:  # another enrolment inserted its row between our delete and insert
+            return None
+        return created_at if stored else None
 
     async def activate(self, user: str, *, created_at: datetime) -> bool:
         """Make the pending enrolment made at `created_at` active; False if it is not (any

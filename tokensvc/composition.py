@@ -212,7 +212,12 @@ async def runtime(
 
         discharger = Discharger(
             discharger_key,
-            conditions=Conditions(users=users, lockout=lockout, clock=clock),
+            conditions=Conditions(
+                users=users,
+                lockout=lockout,
+                clock=clock,
+                mfa_required_roles=config.mfa_required_roles,
+            ),
             clock=clock,
             ttl=config.bakery.discharge_ttl,
         )

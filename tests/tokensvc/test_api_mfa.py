@@ -291,7 +291,10 @@ async def test_otp_lockout_never_locks_the_owners_password_step_from_a_trusted_i
     locked = []
     for n in range(30):
         ip = f"198.51.100.{n + 1}"
-        _, theirs = await password_login(mclient, "alice", ALICE, ip=ip)
+        status, theirs = await password_login(mclient, "alice", ALICE, ip=ip)
+        if status == 429:  # a right password counts as a wrong one until the code holds
+            locked.append(status)
+            continue
         for guess in ("000001", "000002"):
             locked.append((await answer(mclient, theirs["challenge"], guess, ip=ip))[0])
     owner_pw, owner = await password_login(mclient, "alice", ALICE, ip="192.0.2.44")

@@ -92,6 +92,10 @@ http {{
             proxy_set_header Content-Length "";
             proxy_set_header X-Original-Method $request_method;
             proxy_set_header X-Original-URI $request_uri;
+            # nginx passes the client's own headers on: clear the context it must not choose.
+            proxy_set_header X-Auth-Operation "";
+            proxy_set_header X-Auth-Audience "";
+            proxy_set_header X-Auth-Require-MFA "";
         }}
 
         location /protected/ {{

@@ -13,8 +13,8 @@ Two pieces:
   made, so the decoys handed out for wrong passwords cost no memory; a challenge is bound to the
   client address and dies at its expiry, or when its one use is claimed.
 
-A decoy and a real challenge have the same length and the same look (the user name is padded),
-and only this service can open either.
+A decoy and a real challenge have the same length and the same look (the user name, and the
+whole payload, are padded), and only this service can open either.
 """
 
 from __future__ import annotations
@@ -47,6 +47,11 @@ __all__ = [
 #: Retry-After when Redis cannot be reached (as the lockout store says).
 UNAVAILABLE_RETRY_AFTER = 5
 _NAME_PAD = 64  # user names are at most 64 characters: every challenge is the same length
+# Every sealed payload is padded to this many bytes (JSON allows the trailing spaces), so no
+# field's width shows in the challenge's length: a generation of 10 or more is one digit longer
+# than an unknown name's 0, which would tell a long-lived account from no account. The largest
+# payload (64-character name, 20-digit generation) is about 210 bytes.
+_PAYLOAD_BYTES = 256
 
 
 class OnceStore(Protocol):
@@ -155,7 +160,7 @@ class ChallengeCodec:
                 int(expires_at),
             ]
         )
-        sealed = self._box.encrypt(payload)
+        sealed = self._box.encrypt(payload.ljust(_PAYLOAD_BYTES))
         return base64.urlsafe_b64encode(bytes(sealed)).decode("ascii").rstrip("=")
 
     def open(self, text: str, *, now: float) -> Challenge | None:

@@ -97,11 +97,10 @@ class SecondFactors:
         normalised = normalise_recovery_code(otp)
         if normalised is None:
             return None
-        candidates = (
-            await self.recovery_codes.candidates(user, recovery_hint(normalised))
-            if user is not None and secret is not None
-            else []
-        )
+        # A decoy (or a user without a factor) looks up the rows of a name no user has: the same
+        # statement as a real look-up, so the time tells nothing (see also the argon2 run below).
+        owner = user if user is not None and secret is not None else ""
+        candidates = await self.recovery_codes.candidates(owner, recovery_hint(normalised))
         if not candidates:
             # One argon2 run whether or not a row matched: the time tells nothing.
             await self._hasher.verify(None, normalised, priority=CheckPriority.SECOND_FACTOR)

@@ -6,6 +6,8 @@
 - `user-is-mfa NAME`, `has-role-mfa ROLE`: as `user-is` and `has-role`, and the caller
   authenticated with a second factor (a tokensvc token minted after MFA: the flag in its signed
   identifier; a password alone never qualifies); also declares `mfa true`.
+- A user in a role that requires MFA (TOKENSVC_MFA_REQUIRED_ROLES) qualifies for none of these
+  without a second factor, as tokensvc's own admin calls require.
 - `account-active NAME`: user NAME exists, is enabled and is not locked out. The caller must
   authenticate as NAME itself or as an enabled admin user: were it open to anyone, it would tell
   anyone which accounts exist (an enumeration oracle). A caller who may not ask is refused before
@@ -65,11 +67,19 @@ class Conditions:
     """Checks a condition for a caller; returns the attributes the discharge declares."""
 
     def __init__(
-        self, *, users: UserStore, lockout: LockoutStore, clock: Callable[[], datetime]
+        self,
+        *,
+        users: UserStore,
+        lockout: LockoutStore,
+        clock: Callable[[], datetime],
+        mfa_required_roles: frozenset[str] = frozenset(),
     ) -> None:
+        """`mfa_required_roles`: TOKENSVC_MFA_REQUIRED_ROLES; a member is vouched for only when
+        authenticated with a second factor, whatever the condition (as admin calls require)."""
         self._users = users
         self._lockout = lockout
         self._clock = clock
+        self._mfa_roles = mfa_required_roles
 
     async def check(self, condition: str, caller: Caller) -> dict[str, str]:
         """Raise ConditionRefused / ConditionNotRecognized, or return what to declare."""
@@ -95,6 +105,14 @@ class Conditions:
         # generation is `BOB`'s, which bob's password change does not raise).
         if user is None or user.name != who or user.disabled:
             raise ConditionRefused(f"{condition}: the caller is not an enabled user")
+        # A role that requires MFA is vouched for (by any condition: the discharge names the
+        # user, and `has-role` reads their roles) only for a caller who used one: an admin token
+        # minted without it (before the policy) is refused here as by admin calls.
+        if self._mfa_roles.intersection(user.roles) and not await caller.used_second_factor():
+            raise ConditionRefused(
+                f"{condition}: this user's role requires MFA; authenticate with a token minted"
+                " after a second factor"
+            )
         return user
 
     @staticmethod

@@ -33,8 +33,10 @@ enrolment a right password yields no token but a challenge (`SecondFactorNeeded`
 does every wrong password and unknown name: a sealed decoy of the same length (see
 tokensvc.accounts.otpstate), so the password step says nothing about the password of an
 enrolled user. Every name a user could have pays the same reads (generation, user, TOTP
-secret). The right password of an enrolled user is taken back off the password counters
-(`abandon`), not recorded as a success: its IP is trusted only once the second factor holds.
+secret). The right password of an enrolled user stays counted on the password counters, as a
+wrong one is, until the second factor holds (then `record_success` settles the count and trusts
+the address): were it taken back, whether the next attempt is locked out would tell an attacker
+which of its guesses was the password.
 
 The second step (`challenge` + `otp`, or `otp` with the password in one call) counts the attempt
 against OTP counters of their own (per identity, identity + IP, IP), before any code is
@@ -291,12 +293,10 @@ class LoginService:
             )
             return _PasswordStep(None, generation, None)
 
-        if secret is not None:
-            # Right, but not enough: neither a failure nor yet a success (see the docstring).
-            await self._lockout.abandon_attempt(
-                identity=identity, client_ip=request.client_ip, now=now
-            )
-        else:
+        # Right but not enough (an enrolled user): left counted, exactly as a wrong password is,
+        # until the second factor holds (then `record_success` settles it). Taking it back here
+        # would let the next attempt's lockout tell a right password from a wrong one.
+        if secret is None:
             await self._lockout.record_success(
                 identity=identity, client_ip=request.client_ip, now=now
             )
@@ -341,6 +341,12 @@ class LoginService:
                 challenge.client_ip, hash_ip(request.client_ip, key=self._log_key)
             )
             user_name = challenge.user if bound else None
+            if secret is None:
+                # The two-step path: every challenge pays the read of the TOTP secret, a decoy's
+                # too (a name no user has), so the time of a wrong code does not tell a real
+                # challenge, and with it a right password, from a decoy. (In one call the
+                # password step has already paid it for every name.)
+                secret = await self._factors.active_secret(user_name or "")
             factor = await self._factors.check(user_name, otp, now=now, secret=secret)
             judged = True
         finally:

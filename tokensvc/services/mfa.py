@@ -111,7 +111,9 @@ class MfaService:
         if await self._factors.active_secret(user) is not None:
             raise Conflict("a second factor is already active; disable it first")
         secret = new_totp_secret()
-        await self._factors.secrets.put_pending(user, secret)
+        if await self._factors.secrets.put_pending(user, secret) is None:
+            # Activated (or enrolled again) between the look above and the write: never replaced.
+            raise Conflict("a second factor is already active; disable it first")
         security_event("mfa_enrol_started", user=user)
         return EnrolmentStarted(
             user=user,

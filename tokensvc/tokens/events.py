@@ -142,6 +142,8 @@ def parse_cursor(value: str | None) -> int | None:
     """A client's cursor as an id; None when absent; -1 when it is not one of ours (→ reset)."""
     if value is None or value == "":
         return None
-    if not value.isdigit() or len(value) > 19:
+    # ASCII digits only: str.isdigit() is also true of `²` (which int() refuses: a 500) and of
+    # other scripts' digits (which are no id this log writes).
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
         return -1
     return int(value)

@@ -109,25 +109,41 @@ def resource_of(uri: str) -> str:
 
 
 def _header(request: web.Request, *names: str) -> str | None:
-    """The first of `names` that the request carries, stripped; None if none does."""
+    """The one value the request carries under `names` (alternatives for one fact: nginx's and
+    Traefik's), stripped; None if none does.
+
+    Proxies pass the client's own headers on to the auth request, so a header sent twice, or
+    under both names with different values, is a client's line next to its proxy's: which one
+    the proxy acts on is not ours to guess, so the request is denied (403) rather than decided
+    on the client's choice (tests/security/test_forward_auth_headers.py).
+    """
+    found: str | None = None
     for name in names:
-        value = request.headers.get(name)
-        if value is not None and value.strip():
-            return value.strip()
-    return None
+        for raw in request.headers.getall(name, ()):
+            value = raw.strip()
+            if not value:
+                continue
+            if found is None:
+                found = value
+            elif value != found:
+                raise Forbidden(f"conflicting {' / '.join(names)} headers")
+    return found
 
 
 def _flag(request: web.Request, name: str) -> bool:
-    """A yes/no header; anything but true/false (or 1/0, yes/no) denies rather than guesses."""
-    value = _header(request, name)
-    if value is None:
-        return False
-    lowered = value.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise Forbidden(f"{name} must be true or false")
+    """A yes/no header; anything but true/false (or 1/0, yes/no) denies rather than guesses.
+
+    Sent more than once (a client's own line ahead of the one its proxy appends), it is true if
+    any line says so: the first line alone would let a client switch a requirement off.
+    """
+    required = False
+    for value in request.headers.getall(name, ()):
+        lowered = value.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            required = True
+        elif lowered not in ("false", "0", "no", ""):
+            raise Forbidden(f"{name} must be true or false")
+    return required
 
 
 def _name(request: web.Request, name: str) -> str | None:

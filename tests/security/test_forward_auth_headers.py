@@ -1,0 +1,126 @@
+"""Red-team attacks on forward-auth's context headers: a client choosing the request context its
+proxy asks /v1/auth about.
+
+A proxy passes the client's own headers on to the auth request (nginx's `auth_request` and
+Traefik's ForwardAuth both do, unless told otherwise), so any context header the proxy does not
+set itself is the client's choice. These tests send what such a proxy sends: its own headers plus
+the ones a hostile client added.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from multidict import CIMultiDict
+
+from tests.security.attack import call
+from tests.tokensvc.test_nginx import nginx_binary, nginx_port, nginx_root, run_nginx
+
+__all__ = ["nginx_binary", "nginx_port", "nginx_root", "run_nginx"]  # fixtures, for pytest
+
+READ_PUBLIC = {"subject": "reader", "operations": ["read"], "resources": ["/public/*"]}
+
+
+async def _read_only_public(client: Any, root: str) -> str:
+    status, minted = await call(client, "POST", "/v1/tokens", root, json=READ_PUBLIC)
+    assert status == 201, minted
+    return str(minted["token"])
+
+
+async def _auth(client: Any, token: str, *pairs: tuple[str, str]) -> int:
+    headers = CIMultiDict([("Authorization", f"Bearer {token}"), *pairs])
+    resp = await client.get("/v1/auth", headers=headers)
+    await resp.read()
+    return int(resp.status)
+
+
+async def test_a_client_cannot_override_traefiks_method_and_uri(shaped: Any, root: str) -> None:
+    """Behind Traefik (which sets X-Forwarded-Method/-Uri itself and passes the client's other
+    headers on), a client adding X-Original-Method: GET and X-Original-URI: /public/… to a
+    DELETE /admin/users does not get its read-only /public/* token allowed."""
+    token = await _read_only_public(shaped, root)
+    traefik = (("X-Forwarded-Method", "DELETE"), ("X-Forwarded-Uri", "/admin/users"))
+    spoofed = (("X-Original-Method", "GET"), ("X-Original-URI", "/public/page"))
+
+    honest = await _auth(shaped, token, *traefik)
+    attack = await _auth(shaped, token, *spoofed, *traefik)
+    uri_only = await _auth(
+        shaped, token, ("X-Original-URI", "/public/page"), ("X-Forwarded-Method", "GET"),
+        ("X-Forwarded-Uri", "/admin/users"),
+    )  # fmt: skip
+    agreeing = await _auth(
+        shaped, token, ("X-Original-URI", "/public/page"), ("X-Forwarded-Method", "GET"),
+        ("X-Forwarded-Uri", "/public/page"),
+    )  # fmt: skip
+
+    assert honest == 403
+    assert attack == 403
+    assert uri_only == 403
+    assert agreeing == 200
+
+
+async def test_a_context_header_sent_twice_is_not_the_clients_choice(
+    shaped: Any, root: str
+) -> None:
+    """A proxy that appends its X-Original-URI, X-Original-Method or X-Auth-Operation after the
+    client's own (rather than replacing it) leaves two lines: the client's line does not win."""
+    token = await _read_only_public(shaped, root)
+
+    two_uris = await _auth(
+        shaped, token, ("X-Original-URI", "/public/page"), ("X-Original-URI", "/admin"),
+        ("X-Original-Method", "GET"),
+    )  # fmt: skip
+    two_methods = await _auth(
+        shaped, token, ("X-Original-Method", "GET"), ("X-Original-Method", "POST"),
+        ("X-Original-URI", "/public/page"),
+    )  # fmt: skip
+    two_operations = await _auth(
+        shaped, token, ("X-Auth-Operation", "read"), ("X-Auth-Operation", "write"),
+        ("X-Original-URI", "/public/page"),
+    )  # fmt: skip
+
+    assert (two_uris, two_methods, two_operations) == (403, 403, 403)
+
+
+async def test_through_nginx_a_client_cannot_choose_the_operation(
+    aiohttp_client: Any, pg_config: Any, clock: Any, run_nginx: Any, nginx_port: int
+) -> None:
+    """Through a real nginx configured as docs/forward-auth.md says (context headers the proxy
+    does not set are cleared), a client's own `X-Auth-Operation: read` on a POST, or an
+    `X-Auth-Audience` naming its token's audience, does not get a read-only token allowed."""
+    import aiohttp
+
+    from tests.conftest import ADMIN_PASSWORD, basic_auth
+    from tokensvc.web.app import create_app
+
+    tokensvc = await aiohttp_client(create_app(pg_config, clock=clock))
+    login = await tokensvc.post("/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD))
+    root = (await login.json())["token"]
+    status, minted = await call(
+        tokensvc, "POST", "/v1/tokens", root, json={"subject": "r", "operations": ["read"]}
+    )
+    assert status == 201, minted
+    read_only = minted["token"]
+    status, other_site = await call(
+        tokensvc, "POST", "/v1/tokens", root, json={"subject": "x", "audience": ["billing"]}
+    )
+    assert status == 201, other_site
+    run_nginx(tokensvc.port)
+    url = f"http://127.0.0.1:{nginx_port}/protected/index.html"
+
+    async with aiohttp.ClientSession() as session:
+        spoofed_operation = await session.post(
+            url, headers={"Authorization": f"Bearer {read_only}", "X-Auth-Operation": "read"}
+        )
+        spoofed_audience = await session.get(
+            url,
+            headers={
+                "Authorization": f"Bearer {other_site['token']}",
+                "X-Auth-Audience": "billing",
+            },
+        )
+        statuses = (spoofed_operation.status, spoofed_audience.status)
+        spoofed_operation.release()
+        spoofed_audience.release()
+
+    assert statuses == (403, 403)
