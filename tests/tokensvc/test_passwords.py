@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import argon2
 import pytest
 
+from tokensvc.accounts.admission import CheckPriority
 from tokensvc.accounts.passwords import (
     CHEAP_FOR_TESTS,
     HASHING_NICE,
@@ -265,3 +266,21 @@ async def test_hashing_threads_run_at_the_lowest_cpu_priority(hasher: PasswordHa
 
     assert in_pool == (HASHING_NICE if sys.platform == "linux" else priority())
     assert priority() < HASHING_NICE  # the loop's own thread is untouched
+
+
+async def test_trusted_checks_run_above_anonymous_guesses(hasher: PasswordHasher) -> None:
+    """A trusted or second-factor check runs at the process's CPU priority and an anonymous one
+    at the lowest, so under a storm the scheduler gives a trusted login's argon2 the cores first
+    (a slot alone is not CPU: the guesses already running would share it evenly)."""
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    own = priority()
+    ran = {p: await hasher._run(priority, priority=p) for p in CheckPriority}
+
+    assert ran[CheckPriority.SECOND_FACTOR] == own
+    assert ran[CheckPriority.TRUSTED] == own
+    lowest = HASHING_NICE if sys.platform == "linux" else own
+    assert ran[CheckPriority.NORMAL] == lowest
+    assert ran[CheckPriority.SUSPECT] == lowest

@@ -135,7 +135,9 @@ def _lowest_priority() -> None:
 
     When a login storm and /v1/verify compete for the cores, the scheduler then runs the event
     loop first: the storm slows logins, which the pool and its queue already cap, rather than
-    every verify. On idle cores nothing changes. Elsewhere (no per-thread nice) it is a no-op.
+    every verify; and it runs a trusted login's check (in the other pool, at the process's own
+    priority) before these. On idle cores nothing changes. Elsewhere (no per-thread nice) it is
+    a no-op.
     """
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICE)
@@ -175,10 +177,18 @@ class PasswordHasher:
             timeout=queue_timeout,
             reserved=reserved_for_trusted,
         )
+        # Two pools, because a slot is not CPU: under a storm the anonymous guesses already
+        # running would otherwise share the cores evenly with a trusted login's check. Theirs
+        # run at the lowest CPU priority; trusted and second-factor checks (few, and only for
+        # an identity from an address it logged in from, or past a valid challenge) at the
+        # process's own, so the scheduler runs them first.
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._admission.capacity,
+            max_workers=max_concurrency,
             thread_name_prefix="argon2",
             initializer=_lowest_priority,
+        )
+        self._trusted_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._admission.capacity, thread_name_prefix="argon2-trusted"
         )
         # Made once, in the background, with the same profile: unknown users cost the same.
         self._dummy_hash = self._executor.submit(
@@ -266,6 +276,7 @@ class PasswordHasher:
     def close(self) -> None:
         """Stop the worker threads; jobs not yet started are cancelled."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._trusted_executor.shutdown(wait=False, cancel_futures=True)
 
     def _prepare(self, encoded: bytes) -> bytes:
         # The pepper is applied with HMAC, so a database leak alone cannot be cracked offline.
@@ -314,7 +325,8 @@ class PasswordHasher:
         await self._admission.acquire(priority)
         loop = asyncio.get_running_loop()
         try:
-            job = self._executor.submit(fn, *args)
+            pool = self._trusted_executor if priority <= CheckPriority.TRUSTED else self._executor
+            job = pool.submit(fn, *args)
         except BaseException:
             self._admission.release()
             raise
