@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
 
 VICTIM = "alice"
-VICTIM_PASSWORD = "alice's long passphrase"
+VICTIM_PASSWORD = "her own quiet harbour passphrase"
 VICTIM_IP = "192.0.2.1"
 ATTACKER_IP = "198.51.100.66"
 ADMIN_IP = "192.0.2.250"
