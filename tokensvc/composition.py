@@ -341,6 +341,7 @@ async def runtime(
                 users=users,
                 factors=factors,
                 otp_lockout=otp_lockout,
+                passwords=login,
                 audit=audit,
                 clock=clock,
                 issuer=config.location,

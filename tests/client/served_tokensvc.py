@@ -64,7 +64,9 @@ class Served:
             assert r.status == 201, await r.text()
         plain = await self._login(session, {"username": name, "password": password})
         mine = {"Authorization": f"Bearer {plain}"}
-        async with session.post(self.base + "/v1/mfa/enroll", headers=mine) as r:
+        async with session.post(
+            self.base + "/v1/mfa/enroll", json={"password": password}, headers=mine
+        ) as r:
             assert r.status == 200, await r.text()
             totp = pyotp.TOTP((await r.json())["secret"])
         now = time.time()

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config
 
 VICTIM = "alice"
-VICTIM_PASSWORD = "her long lantern passphrase"
+VICTIM_PASSWORD = "her own quiet harbour passphrase"
 VICTIM_IP = "192.0.2.1"
 ATTACKER_IP = "198.51.100.66"
 ADMIN_IP = "192.0.2.250"
@@ -94,10 +94,14 @@ async def make_user(client: Any, name: str = VICTIM, roles: list[str] | None = N
     return str(body["token"])
 
 
-async def enrol(client: Any, clock: FakeClock, token: str) -> tuple[str, list[str]]:
-    """Enrol a TOTP factor with `token`; (base32 secret, recovery codes). The clock moves past
-    the activation's step, so the next login uses a fresh code."""
-    started = await client.post("/v1/mfa/enroll", headers=bearer(token))
+async def enrol(
+    client: Any, clock: FakeClock, token: str, password: str = VICTIM_PASSWORD
+) -> tuple[str, list[str]]:
+    """Enrol a TOTP factor with `token` and its user's `password`; (base32 secret, recovery
+    codes). The clock moves past the activation's step, so the next login uses a fresh code."""
+    started = await client.post(
+        "/v1/mfa/enroll", json={"password": password}, headers=bearer(token)
+    )
     assert started.status == 200, await started.text()
     secret = str((await started.json())["secret"])
     activated = await client.post(

@@ -12,8 +12,6 @@ import asyncio
 import re
 from typing import Any
 
-import pytest
-
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, mask_challenge
 from tests.security.mfa_support import (
     ADMIN_IP,
@@ -379,7 +377,7 @@ async def test_delegation_never_makes_a_token_mfa(
     client = await serve(aiohttp_client, mfa_config, clock)
     plain_admin = await admin_token(client)
     await make_user(client)
-    secret, _ = await enrol(client, clock, plain_admin)
+    secret, _ = await enrol(client, clock, plain_admin, password=ADMIN_PASSWORD)
     _, challenge = await password_login(client, "admin", ADMIN_PASSWORD, ip=ADMIN_IP)
     _, strong = await answer(client, challenge["challenge"], code(secret, clock), ip=ADMIN_IP)
 
@@ -505,7 +503,9 @@ async def test_a_stolen_password_only_token_cannot_switch_the_factor_off(
 
     no_code = await client.post("/v1/mfa/disable", json={}, headers=thief)
     no_code_codes = await client.post("/v1/mfa/recovery-codes", json={}, headers=thief)
-    re_enrol = await client.post("/v1/mfa/enroll", headers=thief)
+    re_enrol = await client.post(
+        "/v1/mfa/enroll", json={"password": "a guess at the password"}, headers=thief
+    )
     guesses = [
         (await client.post("/v1/mfa/disable", json={"otp": f"{n:06d}"}, headers=thief)).status
         for n in range(12)
@@ -536,10 +536,6 @@ async def test_a_used_challenge_respelled_is_still_used(
     assert respelled[0] == 401 and "token" not in respelled[1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open finding: enrolment needs only a token, no password or other fresh proof",
-)
 async def test_a_stolen_token_cannot_bind_the_account_to_the_attackers_authenticator(
     aiohttp_client: Any, mfa_config: Any, clock: FakeClock
 ) -> None:
@@ -550,15 +546,21 @@ async def test_a_stolen_token_cannot_bind_the_account_to_the_attackers_authentic
     stolen = await make_user(client)
     thief = bearer(stolen, ATTACKER_IP)
 
-    started = await client.post("/v1/mfa/enroll", headers=thief)
+    bare = await client.post("/v1/mfa/enroll", json={}, headers=thief)
+    started = await client.post("/v1/mfa/enroll", json={"password": "guess-1234"}, headers=thief)
     attacker_secret = (await started.json())["secret"] if started.status == 200 else ""
     activated = await client.post(
         "/v1/mfa/activate",
         json={"otp": code(attacker_secret, clock) if attacker_secret else "000000"},
         headers=thief,
     )
+    status = await client.get("/v1/mfa", headers=bearer(stolen))
+    owner, body = await password_login(client, VICTIM, VICTIM_PASSWORD)
 
+    assert bare.status == 400 and started.status == 401, await started.text()
     assert activated.status in (401, 403), await activated.text()
+    assert (await status.json())["pending"] is False
+    assert owner == 200 and "token" in body
 
 
 async def test_an_enrol_racing_the_activation_never_switches_the_factor_off(
@@ -571,7 +573,9 @@ async def test_an_enrol_racing_the_activation_never_switches_the_factor_off(
     outcomes = []
     for trial in range(4):
         token = await make_user(client, name=f"racer{trial}")
-        started = await client.post("/v1/mfa/enroll", headers=bearer(token))
+        started = await client.post(
+            "/v1/mfa/enroll", json={"password": VICTIM_PASSWORD}, headers=bearer(token)
+        )
         secret = (await started.json())["secret"]
         done = asyncio.Event()
 
@@ -589,7 +593,10 @@ async def test_an_enrol_racing_the_activation_never_switches_the_factor_off(
         async def enrol_until_done(token: str = token, done: asyncio.Event = done) -> list[int]:
             statuses = []
             while not done.is_set():
-                statuses.append((await client.post("/v1/mfa/enroll", headers=bearer(token))).status)
+                again = await client.post(
+                    "/v1/mfa/enroll", json={"password": VICTIM_PASSWORD}, headers=bearer(token)
+                )
+                statuses.append(again.status)
             return statuses
 
         activated, *enrols = await asyncio.gather(
@@ -728,7 +735,9 @@ async def test_no_second_factor_secret_reaches_a_log(
     with captured_logs() as buffer:
         client = await serve(aiohttp_client, mfa_config, clock)
         token = await make_user(client)
-        started = await client.post("/v1/mfa/enroll", headers=bearer(token))
+        started = await client.post(
+            "/v1/mfa/enroll", json={"password": VICTIM_PASSWORD}, headers=bearer(token)
+        )
         body = await started.json()
         secret, uri = body["secret"], body["uri"]
         activation = code(secret, clock)

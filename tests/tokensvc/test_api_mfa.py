@@ -98,7 +98,7 @@ async def enrolled_user(
     status, body = await password_login(client, name, ALICE)
     assert status == 200, body
     token = body["token"]
-    started = await client.post("/v1/mfa/enroll", headers=bearer(token))
+    started = await client.post("/v1/mfa/enroll", json={"password": ALICE}, headers=bearer(token))
     assert started.status == 200, await started.text()
     secret = (await started.json())["secret"]
     activated = await client.post(
@@ -396,9 +396,64 @@ async def test_enrol_twice_is_a_conflict(mclient: Any, clock: FakeClock) -> None
     _, c1 = await password_login(mclient, "alice", ALICE)
     _, token = await answer(mclient, c1["challenge"], code(secret, clock))
 
-    again = await mclient.post("/v1/mfa/enroll", headers=bearer(token["token"]))
+    again = await mclient.post(
+        "/v1/mfa/enroll", json={"password": ALICE}, headers=bearer(token["token"])
+    )
 
     assert again.status == 409
+
+
+async def new_user_token(client: Any, name: str = "alice") -> tuple[str, str]:
+    """Create `name` (not enrolled) and log in with its password; (admin token, user token)."""
+    root = await admin_token(client)
+    made = await client.post(
+        "/v1/users", json={"name": name, "password": ALICE}, headers=bearer(root)
+    )
+    assert made.status == 201, await made.text()
+    status, body = await password_login(client, name, ALICE)
+    assert status == 200, body
+    return root, str(body["token"])
+
+
+async def test_enrol_needs_the_current_password(mclient: Any, clock: FakeClock) -> None:
+    """Enrolment asks for the password again: none is a 400, a wrong one a 401 counted as a
+    failed login for the user, and nothing is left pending; the right one starts enrolment."""
+    root, token = await new_user_token(mclient)
+    thief = {**bearer(token), **frm("203.0.113.9")}
+
+    no_body = await mclient.post("/v1/mfa/enroll", headers=thief)
+    empty = await mclient.post("/v1/mfa/enroll", json={}, headers=thief)
+    blank = await mclient.post("/v1/mfa/enroll", json={"password": ""}, headers=thief)
+    wrong = await mclient.post("/v1/mfa/enroll", json={"password": "not hers"}, headers=thief)
+    counted = await (await mclient.get("/v1/users/alice/lockout", headers=bearer(root))).json()
+    pending = (await (await mclient.get("/v1/mfa", headers=bearer(token))).json())["pending"]
+    right = await mclient.post(
+        "/v1/mfa/enroll", json={"password": ALICE}, headers={**bearer(token), **frm("192.0.2.1")}
+    )
+
+    assert (no_body.status, empty.status, blank.status) == (400, 400, 400)
+    assert wrong.status == 401
+    assert (await wrong.json())["error"]["code"]
+    assert counted["failures"] == 1, counted
+    assert pending is False
+    assert right.status == 200 and (await right.json())["secret"]
+
+
+async def test_wrong_enrol_passwords_lock_out_like_logins(mclient: Any, clock: FakeClock) -> None:
+    """Guessing the password through enrolment hits the login lockout: after the threshold a
+    429 with Retry-After, and the right password is refused too while locked."""
+    _, token = await new_user_token(mclient)
+    thief = {**bearer(token), **frm("203.0.113.9")}
+
+    statuses = [
+        (await mclient.post("/v1/mfa/enroll", json={"password": f"guess {n}"}, headers=thief))
+        for n in range(12)
+    ]
+    right = await mclient.post("/v1/mfa/enroll", json={"password": ALICE}, headers=thief)
+
+    assert statuses[0].status == 401 and statuses[-1].status == 429
+    assert "Retry-After" in statuses[-1].headers
+    assert right.status == 429
 
 
 async def test_admin_reset_is_audited_and_needs_an_admin(mclient: Any, clock: FakeClock) -> None:
@@ -440,7 +495,9 @@ async def test_a_role_requiring_mfa_gets_no_admin_token_without_it(
     status, weak = await password_login(client, "admin", ADMIN_PASSWORD)
     refused = await client.get("/v1/users", headers=bearer(weak["token"]))
     mint = await client.post("/v1/tokens", json={"subject": "x"}, headers=bearer(weak["token"]))
-    started = await client.post("/v1/mfa/enroll", headers=bearer(weak["token"]))
+    started = await client.post(
+        "/v1/mfa/enroll", json={"password": ADMIN_PASSWORD}, headers=bearer(weak["token"])
+    )
     secret = (await started.json())["secret"]
     activated = await client.post(
         "/v1/mfa/activate", json={"otp": code(secret, clock)}, headers=bearer(weak["token"])

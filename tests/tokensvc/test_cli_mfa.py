@@ -75,10 +75,11 @@ def run(
     )
 
 
-def enroll(cli: Cli, url: str) -> tuple[str, str]:
-    """`tokensvc mfa enroll`, answering its prompt with the app's first code; (stdout, secret)."""
+def enroll(cli: Cli, url: str, password: str) -> tuple[str, str]:
+    """`tokensvc mfa enroll --password-stdin`, given the password, then answering its prompt
+    with the app's first code; (stdout, secret)."""
     proc = subprocess.Popen(
-        [TOKENSVC, "mfa", "enroll", "--url", url],
+        [TOKENSVC, "mfa", "enroll", "--url", url, "--password-stdin"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -86,7 +87,9 @@ def enroll(cli: Cli, url: str) -> tuple[str, str]:
         env=cli.env,
         cwd=cli.home,
     )
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stdin is not None
+    proc.stdin.write(password + "\n")
+    proc.stdin.flush()
     shown = []
     while True:
         line = proc.stdout.readline()
@@ -123,7 +126,7 @@ def test_enrol_log_in_replay_refused_on_another_replica_recovery_once(
         admin.ok("user", "add", "alice", "--url", one, "--password-stdin", stdin=ALICE + "\n")
         alice.login(one, "alice", ALICE)
 
-        shown, secret = enroll(alice, one)
+        shown, secret = enroll(alice, one, ALICE)
         status = alice.ok("mfa", "status", "--url", one)
         # The next step's code (the activation spent this one); ±1 step is accepted.
         otp = pyotp.TOTP(secret).at(time.time() + 30)

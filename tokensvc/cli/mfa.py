@@ -4,6 +4,8 @@ with your token for the server (an admin resets someone else's with `tokensvc us
 from __future__ import annotations
 
 import io
+import os
+import sys
 from typing import Any
 
 import click
@@ -26,6 +28,20 @@ def _otp_option(fn: Any) -> Any:
     )(fn)
 
 
+#: The environment variable `tokensvc mfa enroll` reads the current password from (scripts).
+PASSWORD_ENV = "TOKENSVC_PASSWORD"  # noqa: S105 - a variable's name
+
+
+def _password(password_stdin: bool) -> str:
+    """The user's current password: stdin's first line, TOKENSVC_PASSWORD, or a hidden prompt."""
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    from_env = os.environ.get(PASSWORD_ENV)
+    if from_env:
+        return from_env
+    return str(click.prompt("Current password", hide_input=True, err=True))
+
+
 def _code(otp: str | None, what: str) -> str:
     if otp:
         return otp.strip()
@@ -44,16 +60,23 @@ def _codes_text(codes: list[str]) -> str:
 
 
 @mfa.command("enroll")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help=f"Read your current password from standard input (else {PASSWORD_ENV}, else a prompt).",
+)
 @_otp_option
 @url_option
 @json_option
 @fail_on_errors
-def mfa_enroll(otp: str | None, url: str | None, as_json: bool) -> None:
-    """Set up an authenticator app: shows the otpauth:// URI and a QR code, asks for the first
-    code, then shows ten single-use recovery codes once — keep them somewhere safe."""
+def mfa_enroll(password_stdin: bool, otp: str | None, url: str | None, as_json: bool) -> None:
+    """Set up an authenticator app: asks for your current password (a token alone cannot
+    enrol), shows the otpauth:// URI and a QR code, asks for the first code, then shows ten
+    single-use recovery codes once — keep them somewhere safe."""
     client = Client.signed_in(url)
+    password = _password(password_stdin)
 
-    started = client.request("POST", "/v1/mfa/enroll")
+    started = client.request("POST", "/v1/mfa/enroll", {"password": password})
     if not as_json:
         click.echo(qr_text(started["uri"]))
         click.echo(f"otpauth URI: {started['uri']}")

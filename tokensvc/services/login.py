@@ -89,6 +89,8 @@ GENERIC_FAILURE = "invalid username or password"
 PASSWORD_STEP_FAILURE = "invalid username or password, or a second factor is required"  # noqa: S105 - a message
 #: The second step's one answer when it yields no token.
 SECOND_STEP_FAILURE = "invalid, expired or used challenge, or wrong code"
+#: The answer to a wrong password at re-authentication (the caller is already signed in).
+REAUTH_FAILURE = "wrong password"
 #: What a token minted for a user who must enrol first allows (tokensvc.services.mfa).
 ENROL_OPERATION = "mfa:enroll"
 #: How long a challenge lives: time to open the authenticator app, not to go for lunch.
@@ -219,6 +221,34 @@ class LoginService:
             enrol_only=enrol_only,
             rehashed=step.rehashed,
         )
+
+    async def reauthenticate(self, user: str, *, password: str, client_ip: str) -> None:
+        """Check an authenticated user's current password again, before a sensitive change
+        (enrolling a second factor): the same lockout counters, hasher queue and order as a
+        login, so a wrong password counts as a failed login for `user`.
+
+        The caller already holds a token for `user`, so the answer may say plainly whether the
+        password was right (no oracle to hide), and a right one settles the count even when a
+        second factor is active.
+
+        Raises:
+            Unauthenticated: the password is wrong (or the user is gone or disabled).
+            LockedOut: too many failures for this identity or address.
+            Unavailable: the lockout store, the database or the hasher is unavailable; the
+                attempt is then not counted.
+        """
+        if not password:
+            raise BadRequest("password (your current password) is required")
+        self._hasher.check_capacity(CheckPriority.TRUSTED)
+        now = self._clock().timestamp()
+        request = LoginRequest(username=user, password=password, client_ip=client_ip)
+        step = await self._password_step(
+            request, identity=user, user_hash=self._identity_hash(user), now=now
+        )
+        if step.user is None:
+            raise Unauthenticated(REAUTH_FAILURE)
+        if step.secret is not None:  # left counted by the login order; here it is settled
+            await self._lockout.record_success(identity=user, client_ip=client_ip, now=now)
 
     async def _password_step(
         self, request: LoginRequest, *, identity: str, user_hash: str, now: float

@@ -2,8 +2,11 @@
 
 Every door (HTTP, the CLI, `--local` for the admin reset) calls these methods. What each needs:
 
-- status, enrol, activate: the user's own token (any genuine one whose caveats allow
-  `mfa:enroll` on this API — the token a user who must enrol is given allows only that);
+- status, activate: the user's own token (any genuine one whose caveats allow `mfa:enroll` on
+  this API — the token a user who must enrol is given allows only that);
+- enrol: the same token and the user's current password ("sudo mode", as PyPI and GitHub ask
+  before a sensitive change), checked by the login service on the password lockout counters: a
+  stolen token alone cannot put the thief's authenticator on the account and lock the owner out;
 - disable, new recovery codes: the user's own token and a fresh factor (a current TOTP code or
   an unused recovery code), counted against the OTP counters first, so a stolen token cannot
   guess its way to switching the factor off;
@@ -32,6 +35,7 @@ from tokensvc.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthent
 from tokensvc.operations.logs import security_event
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
+from tokensvc.services.login import LoginService
 from tokensvc.services.principals import Actor, Principal
 from tokensvc.storage.audit import AuditLog
 
@@ -71,6 +75,7 @@ class MfaService:
         users: UserStore,
         factors: SecondFactors,
         otp_lockout: LockoutStore,
+        passwords: LoginService,
         audit: AuditLog,
         clock: Callable[[], datetime],
         issuer: str,
@@ -78,11 +83,13 @@ class MfaService:
         identity_key: bytes,
     ) -> None:
         """`identity_key` must be the login service's `identity_log_key`: a code checked here
-        is counted on the same OTP counters as at login."""
+        is counted on the same OTP counters as at login; `passwords` re-checks the password at
+        enrolment on the login's own counters."""
         self._authz = authorizer
         self._users = users
         self._factors = factors
         self._otp_lockout = otp_lockout
+        self._passwords = passwords
         self._audit = audit
         self._clock = clock
         self._issuer = issuer
@@ -99,17 +106,31 @@ class MfaService:
         actor = await self._own(who)
         return await self._status(actor.subject or "")
 
-    async def enroll(self, who: Principal) -> EnrolmentStarted:
-        """Start (or restart) the caller's enrolment: a new pending secret.
+    async def enroll(self, who: Principal, *, password: str, client_ip: str) -> EnrolmentStarted:
+        """Start (or restart) the caller's enrolment, proved with their current password: a new
+        pending secret.
 
         Raises:
+            BadRequest: no password.
             InvalidToken, CaveatDenied, Forbidden: as for `status`.
             Conflict: the caller already has an active enrolment (disable it first).
+            Unauthenticated: the password is wrong (counted as a failed login).
+            LockedOut: too many password failures for this user or address.
+            Unavailable: the lockout store, the database or the hasher is unavailable.
         """
+        if not password:
+            raise BadRequest("password (your current password) is required")
         actor = await self._own(who)
         user = actor.subject or ""
+        # The conflict first: an active factor is not replaced whatever the password, and a
+        # right password is then not spent on the counters for nothing.
         if await self._factors.active_secret(user) is not None:
             raise Conflict("a second factor is already active; disable it first")
+        try:
+            await self._passwords.reauthenticate(user, password=password, client_ip=client_ip)
+        except Unauthenticated:
+            security_event("mfa_enrol_reauth_fail", level=logging.WARNING, user=user)
+            raise
         secret = new_totp_secret()
         if await self._factors.secrets.put_pending(user, secret) is None:
             # Activated (or enrolled again) between the look above and the write: never replaced.

@@ -14,6 +14,7 @@ from tokensvc.web.auth import client_ip, principal
 from tokensvc.web.jsonio import json_response, optional_str, read_json_object, reject_unknown
 
 _OTP = frozenset(("otp",))
+_PASSWORD = frozenset(("password",))
 
 
 def status_body(status: MfaStatus) -> dict[str, Any]:
@@ -47,10 +48,22 @@ async def get_status(request: web.Request) -> web.Response:
     return json_response(status_body(status))
 
 
+async def _password(request: web.Request) -> str:
+    data = await read_json_object(request)
+    reject_unknown(data, _PASSWORD)
+    password = optional_str(data, "password", max_len=4096)
+    if not password:
+        raise BadRequest("password (your current password) is required")
+    return password
+
+
 async def enroll(request: web.Request) -> web.Response:
     who = principal(request)
+    password = await _password(request)
 
-    started = await request.app[appkeys.SERVICES].mfa.enroll(who)
+    started = await request.app[appkeys.SERVICES].mfa.enroll(
+        who, password=password, client_ip=_peer(request)
+    )
 
     return json_response({"user": started.user, "uri": started.uri, "secret": started.secret})
 
