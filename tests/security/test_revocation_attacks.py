@@ -205,10 +205,10 @@ class GatedHasher:
         self.checking = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def verify(self, stored: Any, password: str) -> Any:
+    async def verify(self, stored: Any, password: str, **options: Any) -> Any:
         self.checking.set()
         await self.release.wait()
-        return await self.inner.verify(stored, password)
+        return await self.inner.verify(stored, password, **options)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -228,7 +228,8 @@ async def test_a_password_change_during_a_login_revokes_that_login(
     service = login_service(shaped.app, clock, hasher=hasher)
 
     pending = asyncio.create_task(service.login(LoginRequest("ra1", PASSWORD, "192.0.2.1")))
-    await hasher.checking.wait()
+    # Bounded: a login that fails before its check (a wiring error) must fail here, not hang.
+    await asyncio.wait_for(hasher.checking.wait(), timeout=60)
     await patch(shaped, root, "ra1", password=OTHER)
     hasher.release.set()
     raced = await pending
@@ -271,7 +272,7 @@ async def test_a_change_between_a_logins_reads_leaves_no_live_token(
     service = login_service(shaped.app, clock, generations=generations)
 
     pending = asyncio.create_task(service.login(LoginRequest("ra1", PASSWORD, "192.0.2.1")))
-    await generations.read.wait()
+    await asyncio.wait_for(generations.read.wait(), timeout=60)
     await patch(shaped, root, "ra1", **change)
     generations.release.set()
 
