@@ -65,6 +65,8 @@ async def rig(
         hasher=hasher,
         lockout=app[appkeys.LOCKOUT],
         minter=app[appkeys.MINTER],
+        second_factors=app[appkeys.FACTORS],
+        otp_lockout=app[appkeys.OTP_LOCKOUT],
         clock=clock,
         default_ttl=timedelta(hours=1),
         max_ttl=timedelta(hours=2),
