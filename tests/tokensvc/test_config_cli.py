@@ -3,10 +3,11 @@ one line on stderr naming the variable, what it accepts and what it got, exit st
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import pytest
 from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+FORKS = Path(__file__).with_name("serve_forks.py")
+# Run as the installed executable itself; every other case in a fork (see `outcomes`).
+REAL_PROCESS = frozenset({"PROMETHEUS_MULTIPROC_DIR", "TOKENSVC_DATABASE_URL"})
 SECRET = "hunter2"  # in every secret's bad value: it must never reach stderr
 
 # A bad value for every variable of the README's configuration table (the test below fails when
@@ -113,9 +117,10 @@ class Outcome:
     stderr: str
 
 
-def _serve(name: str, tmp_path: Path) -> Outcome:
+def _case(name: str, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """The bad value of `name` and the environment `tokensvc serve` gets for it."""
     home = tmp_path / name
-    home.mkdir()
+    home.mkdir(parents=True)
     (home / "file").write_text("not what was asked for\n")
     paths = {"{missing}": str(home / "missing" / "x"), "{file}": str(home / "file")}
     env = _clean_env(home)
@@ -126,6 +131,12 @@ def _serve(name: str, tmp_path: Path) -> Outcome:
     for other, setting in CONTEXT.get(name, {}).items():
         env[other] = paths.get(setting, setting)
     env[name] = value
+    return value, env
+
+
+def _serve(name: str, tmp_path: Path) -> Outcome:
+    """The installed `tokensvc serve`, in a process of its own."""
+    value, env = _case(name, tmp_path)
     try:
         done = subprocess.run(
             [TOKENSVC, "serve"], env=env, check=False, capture_output=True, text=True, timeout=60
@@ -136,13 +147,48 @@ def _serve(name: str, tmp_path: Path) -> Outcome:
     return Outcome(value, done.returncode, done.stderr)
 
 
+def _serve_forked(names: list[str], tmp_path: Path) -> dict[str, Outcome]:
+    """`tokensvc serve` for each name, each a fork of one process that imported the command line
+    once (tests/tokensvc/serve_forks.py): the same entry point and environment as the installed
+    command, without paying Python's start-up 70 times."""
+    cases = {name: _case(name, tmp_path) for name in names}
+    done = subprocess.run(
+        [sys.executable, str(FORKS)],
+        input=json.dumps([{"env": env, "argv": ["serve"]} for _, env in cases.values()]),
+        env=_clean_env(tmp_path),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    results = json.loads(done.stdout)
+    return {
+        name: Outcome(value, result["status"], result["stderr"])
+        for (name, (value, _)), result in zip(cases.items(), results, strict=True)
+    }
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
-    """`tokensvc serve` once per documented variable with its bad value, a few at a time."""
+    """`tokensvc serve` once per documented variable with its bad value. The installed executable
+    itself for the cases in REAL_PROCESS (PROMETHEUS_MULTIPROC_DIR is checked when the command
+    line is imported, before any fork could change it), forks of one process for the rest."""
     root = tmp_path_factory.mktemp("config-cli")
     names = sorted(set(documented_variables()) & set(BAD_VALUES))
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(names, pool.map(lambda name: _serve(name, root), names), strict=True))
+    found = _serve_forked([name for name in names if name not in REAL_PROCESS], root)
+    found.update({name: _serve(name, root) for name in names if name in REAL_PROCESS})
+    return found
+
+
+def test_a_forked_serve_answers_as_the_executable_does(tmp_path: Path) -> None:
+    """The forks stand in for the executable: for the same bad settings, the same answers."""
+    names = ["TOKENSVC_KEK", "TOKENSVC_PORT", "TOKENSVC_TRUSTED_PROXIES"]
+    forked = _serve_forked(names, tmp_path / "forked")
+
+    for name in names:
+        real = _serve(name, tmp_path / "real")
+        assert (forked[name].status, forked[name].stderr) == (real.status, real.stderr)
+        assert real.status == 2
 
 
 def test_every_documented_variable_has_a_bad_value_case() -> None:
