@@ -11,12 +11,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from caveats.bakery import Condition, Declared, TimeBefore, parse_condition
+from caveats.bakery import Allow, Condition, Declared, Deny, TimeBefore, parse_condition
 from caveats.context import Context
 from caveats.errors import CaveatError, UnknownCaveat
 from caveats.registry import Caveat, decode
 from caveats.result import REASON_ECHO_LIMIT, SUCCESS, Failure, Success, clip
-from caveats.standard import Expiry, Subject
+from caveats.standard import Audience, Expiry, Generation, NotBefore, Operations, Resources, Subject
 
 #: How many decoded predicates the cache holds: the shared ones (operations, resources,
 #: audiences: few distinct values) and the recent per-token ones; a miss only costs a decode.
@@ -31,6 +31,12 @@ _CHECK_CRASHED: Final = Failure("caveat check failed unexpectedly")
 _NO_RESULT: Final = Failure("caveat check returned no result")
 _NOT_BYTES: Final = Failure("malformed caveat: predicate is not bytes", invalid=True)
 _SUBJECTS_CONFLICT: Final = Failure("conflicting subject caveats", invalid=True)
+#: The checks known not to read `Context.client_ip` (see Policy.ignores_client_ip). A list of the
+#: ones that do not, rather than of the ones that do, so a kind added later counts as reading it
+#: until it is added here.
+_IP_FREE: Final = frozenset(
+    (Expiry, NotBefore, Operations, Resources, Audience, Generation, TimeBefore, Allow, Deny)
+)
 
 
 # Not frozen: a frozen dataclass's __init__ costs about three times as much.
@@ -157,6 +163,11 @@ class Policy:
         except Exception:  # noqa: BLE001 - a crashing check denies; explain says so
             return False
         return True
+
+    def ignores_client_ip(self) -> bool:
+        """Whether no check of this policy reads the context's `client_ip`, so a decision made
+        for one client address holds for every other (a client may then reuse it)."""
+        return self._ok and all(type(step) in _IP_FREE for step in self._steps)
 
     def explain(self, ctx: Context) -> list[Failure]:
         """Every failure in `ctx`, in predicate order; empty exactly when `holds(ctx)`."""

@@ -3,6 +3,7 @@ served three ways (one process each):
 
 - `noauth`:  no token check at all (the baseline);
 - `cached`:  tokensvc-client's middleware, decisions from cached verdicts (a hot token: hits);
+- `guarded`: no middleware; the handler protected per route by tokensvc-client's TokensvcGuard;
 - `verify`:  the same middleware with a client whose revocation stream is not started, so every
              request is sent to tokensvc's POST /v1/verify (what services do without the client).
 
@@ -24,7 +25,7 @@ import orjson
 from aiohttp import web
 
 from tokensvc_client import TokensvcClient
-from tokensvc_client.web import PRINCIPAL, principal, public, tokensvc_middleware
+from tokensvc_client.web import PRINCIPAL, TokensvcGuard, principal, public, tokensvc_middleware
 
 AUDIENCE = "files"
 
@@ -41,21 +42,26 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def make_app(mode: str, tokensvc: str, verify_url: str, service_token: str) -> web.Application:
+    handler = doc
     if mode == "noauth":
         app = web.Application()
     else:
         # verify: a client that never subscribes, so every request goes to /v1/verify.
         client = TokensvcClient(
-            tokensvc, service_token, verify_url=verify_url, subscribe=mode == "cached"
+            tokensvc, service_token, verify_url=verify_url, subscribe=mode != "verify"
         )
-        app = web.Application(middlewares=[tokensvc_middleware(client, audience=AUDIENCE)])
+        if mode == "guarded":
+            app = web.Application()
+            handler = TokensvcGuard(client, audience=AUDIENCE).protect(doc)
+        else:
+            app = web.Application(middlewares=[tokensvc_middleware(client, audience=AUDIENCE)])
 
         async def lifecycle(app: web.Application) -> AsyncIterator[None]:
             async with client:
                 yield
 
         app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/docs/{name}", doc)
+    app.router.add_get("/docs/{name}", handler)
     app.router.add_get("/healthz", healthz)
     return app
 
@@ -70,7 +76,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests.clientapp")
-    parser.add_argument("--mode", choices=("noauth", "cached", "verify"), required=True)
+    parser.add_argument("--mode", choices=("noauth", "cached", "guarded", "verify"), required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tokensvc", default="http://127.0.0.1:8080")
     parser.add_argument("--verify-url", default=None)

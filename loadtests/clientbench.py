@@ -7,6 +7,10 @@ CPUs; --no-pin to not), so the measured service has its core to itself; tokensvc
 which only matters for the `verify` row (a comparison, not a goal). wrk sends GET /docs/1 with one
 hot token in `Authorization: Bearer`, the targets in an order rotated every round.
 
+A fourth row sends the cached app a new path in every request: the middleware remembers an allow
+for an exact request (TokensvcClient.allowed) and reuses it for the next identical one, so the
+main row measures that; this row measures the full decision from the cached verdict.
+
 Reported: req/s, p50/p99, the sample service's CPU µs per request, and issue 20's goals: the time
 a cache hit adds per request (CPU µs/req of `cached` minus `noauth`, and the same from throughput,
 1/req/s; ≤ 10 µs) and the throughput of `cached` against `noauth` (≥ 0.9×). Also, in this process, `await client.check(...)` on a hit
@@ -49,12 +53,16 @@ from loadtests.common import (
 from loadtests.httpbench import ROOT, Server, _admin_token, _start, _tokensvc_bin
 
 CLIENT_DIR = ROOT / "client"
-TARGETS = ("noauth", "cached", "verify")
+TARGETS = ("noauth", "cached", "guarded", "cached-paths", "verify")
 LABELS = {
     "noauth": "no auth",
     "cached": "middleware, cache hit",
+    "guarded": "guard, cache hit",
+    "cached-paths": "middleware, new path each",
     "verify": "/v1/verify per request",
 }
+# The app each target loads (cached-paths: the cached app, with a new path in every request).
+APPS = ("noauth", "cached", "guarded", "verify")
 PATH = "/docs/1"
 USER_TOKEN = {
     "subject": "bench-user",
@@ -75,6 +83,16 @@ GOAL_RATIO = 0.9
 
 # wrk: GET with the header given by -H; done() prints the same JSON line as loadgen's script.
 DONE_SCRIPT = loadgen.WRK_SCRIPT[loadgen.WRK_SCRIPT.index("function done") :]
+# For cached-paths: GET /docs/<n>, n counting up to a million, so no request repeats the path of
+# one the middleware remembered an allow for (it remembers at most max_entries, 10,000): each is
+# decided from the cached verdict in full, as a service whose URLs rarely repeat would see.
+PATHS_SCRIPT = r"""
+local n = 0
+function request()
+  n = (n + 1) % 1000000
+  return wrk.format(nil, "/docs/" .. n)
+end
+"""
 
 
 def _post(url: str, body: dict[str, Any], token: str) -> dict[str, Any]:
@@ -98,10 +116,17 @@ def _get(url: str, token: str | None) -> int:
 
 
 def _wrk(
-    wrk: str, url: str, token: str, args: argparse.Namespace, workdir: Path, cpus: set[int] | None
+    wrk: str,
+    url: str,
+    token: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    cpus: set[int] | None,
+    *,
+    new_paths: bool = False,
 ) -> dict[str, Any]:
-    script = workdir / "done.lua"
-    script.write_text(DONE_SCRIPT)
+    script = workdir / ("paths.lua" if new_paths else "done.lua")
+    script.write_text((PATHS_SCRIPT if new_paths else "") + DONE_SCRIPT)
     cmd = [
         wrk,
         "-t",
@@ -134,9 +159,11 @@ def _one_run(
     args: argparse.Namespace,
     workdir: Path,
     cpus: set[int] | None,
+    *,
+    new_paths: bool = False,
 ) -> dict[str, Any]:
     before = server.cpu_seconds()
-    result = _wrk(wrk, server.base + PATH, token, args, workdir, cpus)
+    result = _wrk(wrk, server.base + PATH, token, args, workdir, cpus, new_paths=new_paths)
     cpu = server.cpu_seconds() - before
     if server.proc.poll() is not None:
         raise RuntimeError(f"{server.name} died during the run; its log:\n{server.log_tail()}")
@@ -172,17 +199,26 @@ async def _check_micro(
             raise RuntimeError("the client's revocation stream did not go live in 30 s")
         context = {"operation": "read", "resource": PATH, "audience": "files"}
         await client.check(token, **context)  # the miss that fills the cache
-        results: dict[str, list[float]] = {"check": [], "harness": []}
+        key = (f"Bearer {token}", None, "GET", PATH)
+        await client.check(token, **context, reuse_as=key)  # a hit: remembered
+        allowed = client.allowed
+        results: dict[str, list[float]] = {"check": [], "harness": [], "allowed": []}
         for _ in range(rounds):
             for name, fn in (("harness", nothing), ("check", client.check)):
                 start = time.perf_counter()
                 for _ in range(iterations):
                     await fn(token, **context)  # type: ignore[operator]
                 results[name].append((time.perf_counter() - start) / iterations * 1e6)
+            start = time.perf_counter()
+            for _ in range(iterations):
+                if allowed(key) is None:
+                    raise RuntimeError("the remembered allow was not reused")
+            results["allowed"].append((time.perf_counter() - start) / iterations * 1e6)
         if client.metrics.hits < iterations * rounds:
             raise RuntimeError(f"expected cache hits, metrics: {client.metrics.snapshot()}")
     return {
         "check_us": median(results["check"]),
+        "allowed_us": median(results["allowed"]),
         "harness_us": median(results["harness"]),
         "check_rounds_us": results["check"],
     }
@@ -214,7 +250,7 @@ def run(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tokensvc-bench-client-"))
     servers: list[Server] = []
     try:
-        svc_port, svc_vport, *app_ports = free_ports(2 + len(TARGETS))
+        svc_port, svc_vport, *app_ports = free_ports(2 + len(APPS))
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSVC_")}
         svc_env = dict(
             env,
@@ -238,7 +274,7 @@ def run(argv: list[str] | None = None) -> int:
                 p for p in (str(CLIENT_DIR), env.get("PYTHONPATH", "")) if p
             ),
         )
-        for target, port in zip(TARGETS, app_ports, strict=True):
+        for target, port in zip(APPS, app_ports, strict=True):
             cmd = [sys.executable, "-m", "loadtests.clientapp", "--mode", target]
             cmd += ["--port", str(port), "--tokensvc", svc.base]
             cmd += ["--verify-url", f"http://127.0.0.1:{svc_vport}"]
@@ -264,14 +300,23 @@ def run(argv: list[str] | None = None) -> int:
 
         if args.warmup > 0:
             warm = argparse.Namespace(**{**vars(args), "duration": args.warmup})
-            for target in TARGETS:
+            for target in APPS:
                 _one_run(gen.path, apps[target], user_token, warm, workdir, gen_cpus)
         runs: dict[str, list[dict[str, Any]]] = {t: [] for t in TARGETS}
         for r in range(args.rounds):
             order = TARGETS[r % len(TARGETS) :] + TARGETS[: r % len(TARGETS)]
             for target in order:
                 time.sleep(0.3)
-                res = _one_run(gen.path, apps[target], user_token, args, workdir, gen_cpus)
+                app = apps["cached" if target == "cached-paths" else target]
+                res = _one_run(
+                    gen.path,
+                    app,
+                    user_token,
+                    args,
+                    workdir,
+                    gen_cpus,
+                    new_paths=target == "cached-paths",
+                )
                 runs[target].append(res)
                 flag = f"  ERRORS {res['errors']}" if res["error_count"] else ""
                 print(
@@ -314,17 +359,26 @@ def run(argv: list[str] | None = None) -> int:
     print()
     ok_added = added_us <= GOAL_ADDED_US
     ok_ratio = throughput >= GOAL_RATIO
+    for target in ("cached", "guarded"):
+        added = med[target]["cpu_us_per_req"] - med["noauth"]["cpu_us_per_req"]
+        by_rps = 1e6 / med[target]["rps"] - 1e6 / med["noauth"]["rps"]
+        share = ratio(med[target]["rps"], med["noauth"]["rps"])
+        latency = (med[target]["p50_ms"] - med["noauth"]["p50_ms"]) * 1000
+        print(
+            f"{LABELS[target]}: adds {added:.1f} CPU µs per request (goal ≤ {GOAL_ADDED_US:g} µs: "
+            f"{'met' if added <= GOAL_ADDED_US else 'NOT met'}; from throughput {by_rps:+.1f} µs; "
+            f"p50 latency {latency:+.0f} µs), throughput {fmt_ratio(share)} of no auth "
+            f"(goal ≥ {GOAL_RATIO}×: {'met' if share >= GOAL_RATIO else 'NOT met'})"
+        )
+    paths_added = med["cached-paths"]["cpu_us_per_req"] - med["noauth"]["cpu_us_per_req"]
     print(
-        f"added per request on a cache hit: {added_us:.1f} CPU µs (goal ≤ {GOAL_ADDED_US:g} µs: "
-        f"{'met' if ok_added else 'NOT met'}); from throughput (1/req/s) {added_by_rps_us:+.1f} µs; "
-        f"p50 latency {added_latency_us:+.0f} µs"
+        f"new path each request (the verdict cached, no remembered allow): {paths_added:+.1f} CPU "
+        f"µs per request, {fmt_ratio(ratio(med['cached-paths']['rps'], med['noauth']['rps']))} "
+        "of no auth (no goal: the goals are for the cache hit above)"
     )
     print(
-        f"throughput, middleware on a hit / no auth: {fmt_ratio(throughput)} "
-        f"(goal ≥ {GOAL_RATIO}×: {'met' if ok_ratio else 'NOT met'})"
-    )
-    print(
-        f"in-process: await client.check(...) on a hit {micro['check_us']:.2f} µs per call "
+        f"in-process: await client.check(...) on a hit {micro['check_us']:.2f} µs per call, "
+        f"client.allowed(key) on a remembered allow {micro['allowed_us']:.2f} µs "
         f"(an empty coroutine: {micro['harness_us']:.2f} µs)"
     )
     print(
@@ -346,6 +400,9 @@ def run(argv: list[str] | None = None) -> int:
                 "added_us_per_request": added_us,
                 "added_p50_latency_us": added_latency_us,
                 "added_us_by_throughput": added_by_rps_us,
+                "guard_added_us_per_request": med["guarded"]["cpu_us_per_req"]
+                - med["noauth"]["cpu_us_per_req"],
+                "guard_throughput_ratio": ratio(med["guarded"]["rps"], med["noauth"]["rps"]),
                 "throughput_ratio": throughput,
                 "micro": micro,
                 "goals": {"added_us": ok_added, "throughput_ratio": ok_ratio},

@@ -67,23 +67,28 @@ class TokensvcASGIMiddleware:
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
-        try:
-            token = token_from(headers.get("authorization"))
-            discharges = discharges_from(headers.get("x-macaroon-discharges"))
-            raw_path = scope.get("raw_path")
-            path = raw_path.decode("latin-1") if raw_path else _quote_path(scope["path"])
-            found = await self.client.check(
-                token,
-                discharges,
-                operation=requirement.operation or operation_for(scope["method"]),
-                resource=requirement.resource or resource_of(path),
-                audience=self.audience,
-                client_ip=self.client_ip(scope),
-                require_mfa=self.require_mfa or requirement.mfa,
-            )
-        except (Denied, Unavailable) as exc:
-            await _refuse(send, exc)
-            return
+        authorization = headers.get("authorization")
+        discharges_header = headers.get("x-macaroon-discharges")
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else _quote_path(scope["path"])
+        # Every input of the check but the client address (see TokensvcClient.allowed).
+        reuse_as = (authorization, discharges_header, scope["method"], path, requirement, self)
+        found = self.client.allowed(reuse_as)
+        if found is None:
+            try:
+                found = await self.client.check(
+                    token_from(authorization),
+                    discharges_from(discharges_header),
+                    operation=requirement.operation or operation_for(scope["method"]),
+                    resource=requirement.resource or resource_of(path),
+                    audience=self.audience,
+                    client_ip=self.client_ip(scope),
+                    require_mfa=self.require_mfa or requirement.mfa,
+                    reuse_as=reuse_as,
+                )
+            except (Denied, Unavailable) as exc:
+                await _refuse(send, exc)
+                return
         scope[PRINCIPAL] = found
         scope.setdefault("state", {})["principal"] = found
         await self.app(scope, receive, send)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
 from time import monotonic
 from types import MappingProxyType
@@ -88,6 +88,12 @@ class TokensvcClient:
         self.cache = VerdictCache(max_entries=max_entries, max_bytes=max_bytes)
         self.stream: RevocationStream | None = None
         self._inflight: dict[CacheKey, asyncio.Future[Verdict]] = {}
+        # Allows that may be reused (see `allowed`): key -> (principal, until, state version).
+        # Bounded like the cache, by entries and estimated bytes; emptied when either is passed.
+        self._allowed: dict[Hashable, tuple[Principal, float, int]] = {}
+        self._allowed_bytes = 0
+        self._max_allowed_entries = max_entries
+        self._max_allowed_bytes = max_bytes // 4
 
     async def start(self) -> None:
         """Open the HTTP session and subscribe to the revocation stream."""
@@ -100,12 +106,19 @@ class TokensvcClient:
                 service_token=self._service_token,
                 state=self.state,
                 metrics=self.metrics,
-                on_reset=self.cache.clear,
+                on_reset=self._reset,
                 on_key_revoked=self.cache.forget_key,
                 stale_after=self._stale_after,
                 clock=self._clock,
             )
             self.stream.start()
+
+    def _reset(self) -> None:
+        """The stream lost events: no cached verdict, and no remembered allow, may be used."""
+        self.cache.clear()
+        self.state.invalidate()
+        self._allowed.clear()
+        self._allowed_bytes = 0
 
     async def close(self) -> None:
         if self.stream is not None:
@@ -124,6 +137,48 @@ class TokensvcClient:
 
     # ---- deciding -----------------------------------------------------------------------------
 
+    def allowed(self, key: Hashable) -> Principal | None:
+        """The Principal of an allow that `check(..., reuse_as=key)` made and that still holds,
+        else None (then call `check`). The caller's `key` must determine every input of that
+        check but the client address: the exact token and discharge strings, the operation,
+        resource and audience, and whether MFA was required. An allow is remembered only
+        when no caveat of the token reads the client address, and holds while
+
+        - the revocation stream is live, and has applied no event since (any revocation, of
+          anything, and any reset, forgets every remembered allow);
+        - the verdict it was decided from is valid and no expiry caveat of the token has passed
+          (the other caveats of a verdict give the same answer to the same request at any time:
+          a not-before caveat that held still holds).
+
+        So its answer is `check`'s, for the cost of a dictionary lookup: the aiohttp and ASGI
+        middleware ask it first.
+        """
+        entry = self._allowed.get(key)
+        if entry is None:
+            return None
+        principal, until, version = entry
+        stream = self.stream
+        if (
+            version != self.state.version
+            or stream is None
+            or monotonic() >= stream.trusted_until
+            or self._clock() >= until
+        ):
+            return None
+        self.metrics.hits += 1
+        self.metrics.allowed += 1
+        return principal
+
+    def _remember(self, key: Hashable, principal: Principal, until: float, size: int) -> None:
+        if (
+            len(self._allowed) >= self._max_allowed_entries
+            or self._allowed_bytes + size > self._max_allowed_bytes
+        ):
+            self._allowed.clear()
+            self._allowed_bytes = 0
+        self._allowed[key] = (principal, until, self.state.version)
+        self._allowed_bytes += size
+
     async def check(
         self,
         token: str,
@@ -134,12 +189,16 @@ class TokensvcClient:
         audience: str | None = None,
         client_ip: str | None = None,
         require_mfa: bool = False,
+        reuse_as: Hashable | None = None,
     ) -> Principal:
         """Allow (the Principal) or raise: Denied (401/403/400) or Unavailable (503).
 
         `require_mfa`: only a token minted after a second factor may pass; any other is refused
         with CaveatDenied (403, `caveats.MFA_REQUIRED`) once its caveats allow the request —
         as /v1/verify decides, so a revoked or expired token stays a 401.
+
+        `reuse_as`: remember an allow decided from a cached verdict under this key, for
+        `allowed` (whose docstring says what the key must determine).
         """
         # stream.trusted_until: the monotonic deadline of the stream's liveness (0 when it is
         # not connected or not caught up), so the hot path reads an attribute, not a method.
@@ -153,11 +212,18 @@ class TokensvcClient:
         verdict = self.cache.get(key)
         if verdict is not None and now < verdict.valid_until:
             self.metrics.hits += 1
-        else:
-            if verdict is not None:
-                self.cache.discard(key)
-            verdict = await self._fetch(key, token, discharges)
-            now = self._clock()
+            principal = self._decide(
+                verdict, now, operation, resource, audience, client_ip, require_mfa
+            )
+            # Decided from the cache with the stream live, so the state is current: an allow
+            # that does not depend on the client address may be reused (see `allowed`).
+            if reuse_as is not None and verdict.reusable_until is not None:
+                self._remember(reuse_as, principal, verdict.reusable_until, verdict.size + 512)
+            return principal
+        if verdict is not None:
+            self.cache.discard(key)
+        verdict = await self._fetch(key, token, discharges)
+        now = self._clock()
         return self._decide(verdict, now, operation, resource, audience, client_ip, require_mfa)
 
     def _decide(

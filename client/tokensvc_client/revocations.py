@@ -37,7 +37,14 @@ class RevocationState:
         #: The id of the newest event applied (or the server's cursor at hello when starting
         #: fresh): what Last-Event-ID resumes from, and what a verdict's cursor is compared to.
         self.cursor: str | None = None
+        #: Raised by every change to the facts above (and by `invalidate`): a decision remembered
+        #: at one version holds only while the version is the same (TokensvcClient.allowed).
+        self.version = 0
         self._since_prune = 0
+
+    def invalidate(self) -> None:
+        """Nothing decided before now may be reused (the stream lost events: a reset)."""
+        self.version += 1
 
     def reached(self, cursor: str) -> bool:
         """Whether every event up to `cursor` has been applied."""
@@ -51,6 +58,7 @@ class RevocationState:
     def revoke_token(self, token_id: str, expires_at: float | None, *, now: float) -> None:
         """A revoked token id, remembered until the token would have expired anyway."""
         self.revoked_tokens[token_id] = float("inf") if expires_at is None else expires_at
+        self.version += 1
         self._since_prune += 1
         if self._since_prune >= _PRUNE_EVERY:
             self.prune(now)
@@ -59,10 +67,12 @@ class RevocationState:
         """A subject's generation went up: its tokens minted under older generations are revoked."""
         if generation > self.generations.get(subject, -1):
             self.generations[subject] = generation
+            self.version += 1
 
     def revoke_key(self, key_id: str) -> None:
         """A revoked root key: every token signed by it is bad."""
         self.revoked_keys.add(key_id)
+        self.version += 1
 
     def generation(self, subject: str, known: int) -> int:
         """The subject's current generation: the newest of the verdict's and the stream's."""

@@ -55,6 +55,10 @@ class Verdict:
     size: int  # estimated bytes, for the cache's memory bound
     valid_until: float  # the earlier of cached_until and key_expires_at: a hit only before it
     principal: Principal  # what an allowed request's handler gets, built once
+    #: Until when an allow decided from this verdict may be reused (TokensvcClient.allowed): the
+    #: earlier of valid_until and the token's first expiry caveat. None: never reused (a caveat
+    #: reads the client address, or one fails everywhere).
+    reusable_until: float | None
 
 
 def _b64(text: str) -> bytes:
@@ -106,6 +110,7 @@ def parse_verdict(body: Any, *, now: float, key_bytes: int) -> Verdict:
     policy = Policy(caveats)
     cached_until = now + max(0.0, float(ttl))
     expires = None if expires_at is None else float(expires_at)
+    valid_until = min(cached_until, float(key_expires_at))
     return Verdict(
         subject=subject,
         token_id=token_id,
@@ -119,9 +124,14 @@ def parse_verdict(body: Any, *, now: float, key_bytes: int) -> Verdict:
         cursor=cursor,
         cached_until=cached_until,
         size=size,
-        valid_until=min(cached_until, float(key_expires_at)),
+        valid_until=valid_until,
         principal=Principal(
             subject, token_id, expires, MappingProxyType(dict(policy.declared)), mfa
+        ),
+        reusable_until=(
+            min(t for t in (valid_until, policy.expires_at, expires) if t is not None)
+            if policy.ignores_client_ip()
+            else None
         ),
     )
 

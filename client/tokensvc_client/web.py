@@ -1,5 +1,6 @@
 """aiohttp: a middleware that checks every request's token with a TokensvcClient, and `@require`
-to set a route's operation and resource (or `@public` to leave it open).
+to set a route's operation and resource (or `@public` to leave it open); or, per route without a
+middleware, `TokensvcGuard`.
 
     client = TokensvcClient("http://tokensvc:8080", service_token)
     app = web.Application(middlewares=[tokensvc_middleware(client, audience="orders")])
@@ -17,7 +18,8 @@ or 503 + Retry-After when tokensvc cannot be asked and the cache may not be trus
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import functools
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -86,6 +88,67 @@ def error_response(exc: Denied | Unavailable) -> web.Response:
     return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 
+class _Gate:
+    """One decision per request, shared by the middleware and `TokensvcGuard`: a remembered
+    allow if there is one for exactly this request (TokensvcClient.allowed), else the check."""
+
+    __slots__ = ("address", "allowed", "audience", "check", "require_mfa")
+
+    def __init__(
+        self,
+        client: TokensvcClient,
+        audience: str | None,
+        client_ip: Callable[[web.Request], str | None] | None,
+        require_mfa: bool,
+    ) -> None:
+        self.check = client.check
+        self.allowed = client.allowed
+        self.audience = audience
+        self.address = client_ip or _peer
+        self.require_mfa = require_mfa
+
+    def key(self, request: web.Request, route: object) -> Hashable:
+        """What an allow for `request` on `route` is remembered under: every input of the check
+        but the client address (see TokensvcClient.allowed) — the header strings the token and
+        discharges come from, the method and path the operation and resource come from, the
+        route (its requirement: one object per protected route) and this gate (its audience
+        and MFA rule)."""
+        headers = request.headers
+        return (
+            headers.get("Authorization"),
+            headers.get(DISCHARGES_HEADER),
+            request.method,
+            request.raw_path,
+            route,
+            self,
+        )
+
+    async def admit(
+        self, request: web.Request, key: Hashable, requirement: Requirement
+    ) -> web.Response | None:
+        """The full check, when `allowed(key)` had nothing: None with the Principal in
+        `request[PRINCIPAL]`, or the refusal to answer."""
+        headers = request.headers
+        try:
+            request[PRINCIPAL] = await self.check(
+                token_from(headers.get("Authorization")),
+                discharges_from(headers.get(DISCHARGES_HEADER)),
+                operation=requirement.operation or operation_for(request.method),
+                resource=requirement.resource or resource_of(request.raw_path),
+                audience=self.audience,
+                client_ip=self.address(request),
+                require_mfa=self.require_mfa or requirement.mfa,
+                reuse_as=key,
+            )
+        except (Denied, Unavailable) as exc:
+            return error_response(exc)
+        return None
+
+
+def _peer(request: web.Request) -> str | None:
+    return request.remote
+
+
 def tokensvc_middleware(
     client: TokensvcClient,
     *,
@@ -100,29 +163,84 @@ def tokensvc_middleware(
     `client_ip` picks the address client-CIDR caveats are checked against; the peer's address by
     default (behind a proxy, pass a function that applies your trusted-proxy rule).
     """
-    address = client_ip or (lambda request: request.remote)
-    check = client.check
+    gate = _Gate(client, audience, client_ip, require_mfa)
+    key_of, allowed, admit = gate.key, gate.allowed, gate.admit
+    default = DEFAULT if protect_all else PUBLIC
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        requirement: Requirement = getattr(handler, _ATTR, DEFAULT if protect_all else PUBLIC)
+        requirement: Requirement = getattr(handler, _ATTR, default)
         if requirement.public:
             return await handler(request)
-        headers = request.headers
-        try:
-            token = token_from(headers.get("Authorization"))
-            discharges = discharges_from(headers.get(DISCHARGES_HEADER))
-            request[PRINCIPAL] = await check(
-                token,
-                discharges,
-                operation=requirement.operation or operation_for(request.method),
-                resource=requirement.resource or resource_of(request.raw_path),
-                audience=audience,
-                client_ip=address(request),
-                require_mfa=require_mfa or requirement.mfa,
-            )
-        except (Denied, Unavailable) as exc:
-            return error_response(exc)
+        # The handler aiohttp hands a middleware is one object per route. A remembered allow
+        # costs a lookup (no coroutine of its own: this is every request's path).
+        key = key_of(request, handler)
+        found = allowed(key)
+        if found is not None:
+            request[PRINCIPAL] = found
+        else:
+            refusal = await admit(request, key, requirement)
+            if refusal is not None:
+                return refusal
         return await handler(request)
 
     return middleware
+
+
+class TokensvcGuard:
+    """Per-route protection, for apps that would rather not run a middleware on every request:
+    the same decision as `tokensvc_middleware`, made inside each handler it wraps (an app with
+    no middleware at all skips aiohttp's middleware chain, a few µs per request).
+
+        guard = TokensvcGuard(client, audience="orders")
+
+        @guard.protect                                 # the forward-auth mapping
+        async def read_doc(request): ...
+
+        @guard.require(operation="orders:refund", mfa=True)
+        async def refund(request): ...
+
+    Undecorated handlers are open: use the middleware to protect every route by default.
+    """
+
+    def __init__(
+        self,
+        client: TokensvcClient,
+        *,
+        audience: str | None = None,
+        client_ip: Callable[[web.Request], str | None] | None = None,
+        require_mfa: bool = False,
+    ) -> None:
+        self._gate = _Gate(client, audience, client_ip, require_mfa)
+
+    def require(
+        self, *, operation: str | None = None, resource: str | None = None, mfa: bool = False
+    ) -> Callable[[Handler], Handler]:
+        """Protect a handler with this operation and/or resource (None: the forward-auth
+        mapping of the request); `mfa=True` admits only tokens minted after a second factor."""
+        requirement = Requirement(operation=operation, resource=resource, mfa=mfa)
+        gate = self._gate
+        key_of, allowed, admit = gate.key, gate.allowed, gate.admit
+
+        def wrap(handler: Handler) -> Handler:
+            route = object()  # hashed by identity: cheaper in the key than the requirement
+
+            @functools.wraps(handler)
+            async def guarded(request: web.Request) -> web.StreamResponse:
+                key = key_of(request, route)
+                found = allowed(key)
+                if found is not None:
+                    request[PRINCIPAL] = found
+                else:
+                    refusal = await admit(request, key, requirement)
+                    if refusal is not None:
+                        return refusal
+                return await handler(request)
+
+            return guarded
+
+        return wrap
+
+    def protect(self, handler: Handler) -> Handler:
+        """Protect a handler with the forward-auth mapping (`read` for GET, the path)."""
+        return self.require()(handler)

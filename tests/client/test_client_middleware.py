@@ -19,7 +19,7 @@ from tests.tokensvc.test_api_mfa import ALICE
 from tokensvc_client import PUBLIC, Requirement, TokensvcClient
 from tokensvc_client.asgi import PRINCIPAL as ASGI_PRINCIPAL
 from tokensvc_client.asgi import TokensvcASGIMiddleware
-from tokensvc_client.web import principal, public, require, tokensvc_middleware
+from tokensvc_client.web import TokensvcGuard, principal, public, require, tokensvc_middleware
 
 
 @pytest.fixture
@@ -124,6 +124,76 @@ async def test_aiohttp_require_and_public(app_client: Any, tokens: dict[str, str
     assert reporter.status == 200 and (await reporter.json())["subject"] == "rita"
     assert reader.status == 403
     assert health.status == 200
+
+
+async def test_aiohttp_a_remembered_allow_serves_only_the_request_it_was_made_for(
+    app_client: Any, tokens: dict[str, str], client: TokensvcClient, served: Served
+) -> None:
+    """Once a token's allow for GET /docs/1 is remembered, it is reused for that request alone:
+    another method, path or route is checked afresh (and refused where the token does not
+    reach), and a revocation ends the reuse at once."""
+    reader = bearer(tokens["reader"])
+    for _ in range(3):  # fetch, hit (remembered), reused
+        assert (await app_client.get("/docs/1", headers=reader)).status == 200
+    hits = client.metrics.hits
+
+    assert (await app_client.get("/docs/1", headers=reader)).status == 200
+    assert client.metrics.hits == hits + 1
+    assert (await app_client.post("/docs/1", headers=reader)).status == 403
+    assert (await app_client.get("/docs/../admin/report", headers=reader)).status in (403, 404)
+    assert (await app_client.get("/admin/report", headers=reader)).status == 403
+    async with aiohttp.ClientSession() as session:
+        context = {"operation": "read", "resource": "/docs/1", "audience": "files"}
+        status, body = await served.verify(session, tokens["reader"], context)
+        assert status == 200
+        await served.revoke(session, body["token_id"])
+    for _ in range(100):  # the revocation arrives over the stream
+        if body["token_id"] in client.state.revoked_tokens:
+            break
+        await asyncio.sleep(0.05)
+
+    after = await app_client.get("/docs/1", headers=reader)
+
+    assert after.status == 401
+
+
+async def test_guard_protects_the_routes_it_wraps_as_the_middleware_does(
+    aiohttp_client: Any, client: TokensvcClient, tokens: dict[str, str]
+) -> None:
+    """TokensvcGuard, per route and with no middleware: the same answers as the middleware — the
+    subject for the handler, 401 without a token, 403 outside the token's caveats (a remembered
+    allow for one route never serves another) — and undecorated routes stay open."""
+    guard = TokensvcGuard(client, audience="files")
+
+    @guard.protect
+    async def doc(request: web.Request) -> web.Response:
+        return web.json_response({"subject": principal(request).subject})
+
+    @guard.require(operation="report:read", resource="/admin")
+    async def report(request: web.Request) -> web.Response:
+        return web.json_response({"subject": principal(request).subject})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/docs/{name}", doc)
+    app.router.add_get("/admin/report", report)
+    app.router.add_get("/healthz", health)
+    http = await aiohttp_client(app)
+    reader, reporter = bearer(tokens["reader"]), bearer(tokens["reporter"])
+
+    allowed = [await http.get("/docs/1", headers=reader) for _ in range(3)]
+    write = await http.post("/docs/1", headers=reader)
+    none = await http.get("/docs/1")
+    report_by_reader = await http.get("/admin/report", headers=reader)
+    report_by_reporter = await http.get("/admin/report", headers=reporter)
+
+    assert [r.status for r in allowed] == [200, 200, 200]
+    assert await allowed[2].json() == {"subject": "alice"}
+    assert write.status == 403 and none.status == 401
+    assert report_by_reader.status == 403 and report_by_reporter.status == 200
+    assert (await http.get("/healthz")).status == 200
 
 
 async def asgi_call(
