@@ -162,3 +162,27 @@ async def test_a_trusted_login_is_still_judged_and_counted_when_wrong(rig: Rig) 
     status = await rig.app[appkeys.LOCKOUT].status("alice", now)
 
     assert sum(c.failures for c in status.counters) == 1
+
+
+async def test_attempts_wait_for_their_turn_before_reading_the_database(rig: Rig) -> None:
+    """A login waits for its password check's turn before it reads anything: under a storm, the
+    attempts refused or still queued have cost no database read, and the reads of those that
+    go first never wait behind the reads of those that will be shed."""
+    generations = rig.app[appkeys.GENERATIONS]
+    fetch = generations.fetch
+    reads: list[str] = []
+
+    async def counting_fetch(subject: str) -> int:
+        reads.append(subject)
+        return int(await fetch(subject))
+
+    setattr(generations, "fetch", counting_fetch)  # noqa: B010 - wraps this instance only
+    await rig.hasher.admission.acquire(CheckPriority.NORMAL)  # the slot: busy
+    attempts = await storm(rig, 10)
+    read_while_queued = list(reads)
+    rig.hasher.admission.release()
+    outcomes = await asyncio.gather(*attempts, return_exceptions=True)
+
+    assert read_while_queued == []
+    assert len(reads) == QUEUE  # only the attempts that got their turn
+    assert sum(isinstance(o, Unauthenticated) for o in outcomes) == QUEUE

@@ -292,20 +292,22 @@ class LoginService:
         priority = _priority(standing)
         judged = False
         try:
-            # Shed here, before the database, if the queue has no room at this priority.
-            self._hasher.check_capacity(priority)
-            # The generation first, the user row second: a password change, disable or role loss
-            # that commits between the two reads has already raised the generation this token is
-            # minted at, or is seen in the row whose hash is checked — never neither. Every name
-            # a user could have pays the same three reads (generation, user, TOTP secret), known
-            # or not (no timing oracle); a name no user could have (any byte may come in) is sent
-            # to the database by none.
-            subject = user_name_or_none(identity)
-            generation = await self._generations.fetch(subject) if subject is not None else 0
-            user = await self._users.get(subject) if subject is not None else None
-            secret = await self._factors.active_secret(subject) if subject is not None else None
-            stored = user.password_hash if user is not None and not user.disabled else None
-            result = await self._hasher.verify(stored, request.password, priority=priority)
+            # The check's turn first, then the database: a login shed from the hasher's queue
+            # (displaced by a better-placed one, or timed out) has cost no read, and the reads
+            # of the logins that go first never queue behind those of the ones that will not.
+            async with self._hasher.slot(priority) as slot:
+                # The generation first, the user row second: a password change, disable or role
+                # loss that commits between the two reads has already raised the generation this
+                # token is minted at, or is seen in the row whose hash is checked — never
+                # neither. Every name a user could have pays the same three reads (generation,
+                # user, TOTP secret), known or not (no timing oracle); a name no user could
+                # have (any byte may come in) is sent to the database by none.
+                subject = user_name_or_none(identity)
+                generation = await self._generations.fetch(subject) if subject is not None else 0
+                user = await self._users.get(subject) if subject is not None else None
+                secret = await self._factors.active_secret(subject) if subject is not None else None
+                stored = user.password_hash if user is not None and not user.disabled else None
+                result = await self._hasher.verify_in(slot, stored, request.password)
             judged = True
         finally:
             if not judged:
