@@ -59,7 +59,17 @@ async def rig(
     hasher = PasswordHasher(
         profile=CHEAP_FOR_TESTS, max_concurrency=1, max_waiting=QUEUE, queue_timeout=5
     )
-    service = LoginService(
+    service = login_service(app, hasher, clock)
+    await app[appkeys.USERS].create(
+        "alice", password_hash=await hasher.hash(ALICE_PASSWORD, username="alice")
+    )
+    await service.login(LoginRequest("alice", ALICE_PASSWORD, HOME))
+    yield Rig(service, hasher, app)
+    hasher.close()
+
+
+def login_service(app: Any, hasher: PasswordHasher, clock: FakeClock, **options: Any) -> Any:
+    return LoginService(
         users=app[appkeys.USERS],
         generations=app[appkeys.GENERATIONS],
         hasher=hasher,
@@ -70,13 +80,8 @@ async def rig(
         clock=clock,
         default_ttl=timedelta(hours=1),
         max_ttl=timedelta(hours=2),
+        **options,
     )
-    await app[appkeys.USERS].create(
-        "alice", password_hash=await hasher.hash(ALICE_PASSWORD, username="alice")
-    )
-    await service.login(LoginRequest("alice", ALICE_PASSWORD, HOME))
-    yield Rig(service, hasher, app)
-    hasher.close()
 
 
 async def storm(rig: Rig, count: int) -> list[asyncio.Task[Any]]:
@@ -186,3 +191,28 @@ async def test_attempts_wait_for_their_turn_before_reading_the_database(rig: Rig
     assert read_while_queued == []
     assert len(reads) == QUEUE  # only the attempts that got their turn
     assert sum(isinstance(o, Unauthenticated) for o in outcomes) == QUEUE
+
+
+async def test_a_shed_attempt_is_answered_late_and_a_judged_one_is_not(
+    rig: Rig, clock: FakeClock
+) -> None:
+    """With shed_delay, the 503 for an attempt the hasher has no room for comes that late (a
+    stuffing tool that retries at once is slowed to the delay); a wrong password that was
+    judged is answered as soon as it is judged."""
+    service = login_service(rig.app, rig.hasher, clock, shed_delay=0.3)
+    await rig.hasher.admission.acquire(CheckPriority.NORMAL)
+    attempts = await storm(rig, QUEUE)
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(Unavailable):
+        await service.login(LoginRequest("nobody", "a guess at a password", "198.51.100.11"))
+    shed_after = asyncio.get_running_loop().time() - started
+    rig.hasher.admission.release()
+    await asyncio.gather(*attempts, return_exceptions=True)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(Unauthenticated):
+        await service.login(LoginRequest("alice", "not her lantern passphrase", HOME))
+    judged_after = asyncio.get_running_loop().time() - started
+
+    assert shed_after >= 0.3
+    assert judged_after < 0.3

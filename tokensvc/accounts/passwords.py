@@ -19,6 +19,7 @@ import hmac
 import os
 import secrets
 import threading
+import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -160,9 +161,20 @@ class PasswordHasher:
         queue_timeout: float = 2.0,
         reserved_for_trusted: int = 0,
         policy: PasswordPolicy = DEFAULT_POLICY,
+        untrusted_share: float = 1.0,
     ) -> None:
         """`max_concurrency` argon2 threads for any check, and `reserved_for_trusted` more that
-        only trusted and second-factor logins may use (tokensvc.accounts.admission)."""
+        only trusted and second-factor logins may use (tokensvc.accounts.admission).
+
+        `untrusted_share` (0 < share <= 1): the most of its time a thread may spend on checks
+        below TRUSTED (anonymous guesses, under a storm). After such a check the slot rests
+        for the check's time × (1/share − 1) before the next one may start, so a storm keeps
+        the argon2 threads busy that share of the time at most: argon2 is memory-hard (19 MiB a
+        check at the default profile), and back to back it sweeps the caches /v1/verify runs
+        from, whatever its CPU priority. Trusted and second-factor checks never rest."""
+        if not 0 < untrusted_share <= 1:
+            raise ValueError("untrusted_share must be in (0, 1]")
+        self._rest_factor = 1 / untrusted_share - 1
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         if max_waiting < 0:
@@ -373,13 +385,21 @@ class PasswordHasher:
         back when the thread is done, not when the caller stops waiting, so cancelled callers
         cannot let more than max_concurrency argon2 jobs pile up."""
         loop = asyncio.get_running_loop()
+        trusted = priority <= CheckPriority.TRUSTED
+        rest = 0.0 if trusted else self._rest_factor
         try:
-            pool = self._trusted_executor if priority <= CheckPriority.TRUSTED else self._executor
+            pool = self._trusted_executor if trusted else self._executor
+            started = time.monotonic()  # admitted jobs start at once: one thread per slot
             job = pool.submit(fn, *args)
         except BaseException:
             self._admission.release()
             raise
-        job.add_done_callback(lambda _: _release_threadsafe(loop, self._admission.release))
+        release = self._admission.release
+        # Runs in the worker thread as the job ends: the slot rests (untrusted checks) for the
+        # job's time × the rest factor, then goes back.
+        job.add_done_callback(
+            lambda _: _release_threadsafe(loop, release, (time.monotonic() - started) * rest)
+        )
         return await asyncio.wrap_future(job)
 
 
@@ -399,8 +419,13 @@ class HashSlot:
         self.used = True
 
 
-def _release_threadsafe(loop: asyncio.AbstractEventLoop, release: Callable[[], None]) -> None:
+def _release_threadsafe(
+    loop: asyncio.AbstractEventLoop, release: Callable[[], None], after: float = 0.0
+) -> None:
     try:
-        loop.call_soon_threadsafe(release)
+        if after > 0:
+            loop.call_soon_threadsafe(loop.call_later, after, release)
+        else:
+            loop.call_soon_threadsafe(release)
     except RuntimeError:  # the loop is closed; nobody is left to wait for a slot
         pass

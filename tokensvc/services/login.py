@@ -53,6 +53,7 @@ token that can only enrol (operation `mfa:enroll`, never admin-capable), whateve
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import secrets
@@ -147,11 +148,14 @@ class LoginService:
         otp_lockout: LockoutStore,
         challenges: ChallengeCodec | None = None,
         mfa_required_roles: frozenset[str] = frozenset(),
+        shed_delay: float = 0.0,
     ) -> None:
         """`identity_log_key` keys the `user_hash` of log events; give every replica the same
         one (the app derives it from the KEK). Without one, a random key for this process.
         `otp_lockout` counts second-factor failures, apart from `lockout` (passwords);
-        `challenges` seals MFA challenges (every replica needs the same key)."""
+        `challenges` seals MFA challenges (every replica needs the same key); `shed_delay`:
+        seconds before a login the hasher has no room for is answered (see `login`)."""
+        self._shed_delay = shed_delay
         self._log_key = identity_log_key or secrets.token_bytes(32)
         self._factors = second_factors
         self._otp_lockout = otp_lockout
@@ -168,6 +172,21 @@ class LoginService:
         self._max_ttl = min(max_ttl, minter.max_ttl)
 
     async def login(self, request: LoginRequest) -> MintedToken:
+        """A token for the user (see `_login`). A login refused because the hasher has no room
+        for it is answered `shed_delay` seconds late: under a credential-stuffing storm from a
+        tool that retries at once, each refusal then costs a timer instead of inviting the next
+        request at once, so the storm cannot turn cheap refusals into CPU taken from /v1/verify.
+        Only these refusals wait (never a check that runs, a lockout or a success), and every
+        attempt the hasher sheds waits alike, so the delay tells nothing about the account.
+        """
+        try:
+            return await self._login(request)
+        except Unavailable as exc:
+            if self._shed_delay > 0 and exc.message == OVERLOADED:
+                await asyncio.sleep(self._shed_delay)
+            raise
+
+    async def _login(self, request: LoginRequest) -> MintedToken:
         """A token for the user.
 
         Raises:
