@@ -189,6 +189,7 @@ async def runtime(
             max_concurrency=max(1, config.hash_concurrency),
             queue_timeout=config.queue_timeout.total_seconds(),
             reserved_for_trusted=config.hash_trusted_reserve,
+            untrusted_share=config.hash_untrusted_share / 100,
             policy=config.password_policy(),
         )
         stack.callback(hasher.close)
@@ -255,6 +256,7 @@ async def runtime(
             otp_lockout=otp_lockout,
             challenges=ChallengeCodec(deployment_key.derive(MFA_CHALLENGE_PURPOSE)),
             mfa_required_roles=config.mfa_required_roles,
+            shed_delay=config.login_shed_delay_ms / 1000,
         )
         verifier = Verifier(
             keyring,

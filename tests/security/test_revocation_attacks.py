@@ -210,6 +210,11 @@ class GatedHasher:
         await self.release.wait()
         return await self.inner.verify(stored, password, **options)
 
+    async def verify_in(self, slot: Any, stored: Any, password: str) -> Any:
+        self.checking.set()
+        await self.release.wait()
+        return await self.inner.verify_in(slot, stored, password)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 

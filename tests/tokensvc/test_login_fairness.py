@@ -59,7 +59,17 @@ async def rig(
     hasher = PasswordHasher(
         profile=CHEAP_FOR_TESTS, max_concurrency=1, max_waiting=QUEUE, queue_timeout=5
     )
-    service = LoginService(
+    service = login_service(app, hasher, clock)
+    await app[appkeys.USERS].create(
+        "alice", password_hash=await hasher.hash(ALICE_PASSWORD, username="alice")
+    )
+    await service.login(LoginRequest("alice", ALICE_PASSWORD, HOME))
+    yield Rig(service, hasher, app)
+    hasher.close()
+
+
+def login_service(app: Any, hasher: PasswordHasher, clock: FakeClock, **options: Any) -> Any:
+    return LoginService(
         users=app[appkeys.USERS],
         generations=app[appkeys.GENERATIONS],
         hasher=hasher,
@@ -70,13 +80,8 @@ async def rig(
         clock=clock,
         default_ttl=timedelta(hours=1),
         max_ttl=timedelta(hours=2),
+        **options,
     )
-    await app[appkeys.USERS].create(
-        "alice", password_hash=await hasher.hash(ALICE_PASSWORD, username="alice")
-    )
-    await service.login(LoginRequest("alice", ALICE_PASSWORD, HOME))
-    yield Rig(service, hasher, app)
-    hasher.close()
 
 
 async def storm(rig: Rig, count: int) -> list[asyncio.Task[Any]]:
@@ -162,3 +167,52 @@ async def test_a_trusted_login_is_still_judged_and_counted_when_wrong(rig: Rig) 
     status = await rig.app[appkeys.LOCKOUT].status("alice", now)
 
     assert sum(c.failures for c in status.counters) == 1
+
+
+async def test_attempts_wait_for_their_turn_before_reading_the_database(rig: Rig) -> None:
+    """A login waits for its password check's turn before it reads anything: under a storm, the
+    attempts refused or still queued have cost no database read, and the reads of those that
+    go first never wait behind the reads of those that will be shed."""
+    generations = rig.app[appkeys.GENERATIONS]
+    fetch = generations.fetch
+    reads: list[str] = []
+
+    async def counting_fetch(subject: str) -> int:
+        reads.append(subject)
+        return int(await fetch(subject))
+
+    setattr(generations, "fetch", counting_fetch)  # noqa: B010 - wraps this instance only
+    await rig.hasher.admission.acquire(CheckPriority.NORMAL)  # the slot: busy
+    attempts = await storm(rig, 10)
+    read_while_queued = list(reads)
+    rig.hasher.admission.release()
+    outcomes = await asyncio.gather(*attempts, return_exceptions=True)
+
+    assert read_while_queued == []
+    assert len(reads) == QUEUE  # only the attempts that got their turn
+    assert sum(isinstance(o, Unauthenticated) for o in outcomes) == QUEUE
+
+
+async def test_a_shed_attempt_is_answered_late_and_a_judged_one_is_not(
+    rig: Rig, clock: FakeClock
+) -> None:
+    """With shed_delay, the 503 for an attempt the hasher has no room for comes that late (a
+    stuffing tool that retries at once is slowed to the delay); a wrong password that was
+    judged is answered as soon as it is judged."""
+    service = login_service(rig.app, rig.hasher, clock, shed_delay=0.3)
+    await rig.hasher.admission.acquire(CheckPriority.NORMAL)
+    attempts = await storm(rig, QUEUE)
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(Unavailable):
+        await service.login(LoginRequest("nobody", "a guess at a password", "198.51.100.11"))
+    shed_after = asyncio.get_running_loop().time() - started
+    rig.hasher.admission.release()
+    await asyncio.gather(*attempts, return_exceptions=True)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(Unauthenticated):
+        await service.login(LoginRequest("alice", "not her lantern passphrase", HOME))
+    judged_after = asyncio.get_running_loop().time() - started
+
+    assert shed_after >= 0.3
+    assert judged_after < 0.3

@@ -284,3 +284,34 @@ async def test_trusted_checks_run_above_anonymous_guesses(hasher: PasswordHasher
     lowest = HASHING_NICE if sys.platform == "linux" else own
     assert ran[CheckPriority.NORMAL] == lowest
     assert ran[CheckPriority.SUSPECT] == lowest
+
+
+@pytest.mark.serial  # wall-clock bound: run alone
+async def test_untrusted_checks_rest_their_thread_and_trusted_checks_do_not() -> None:
+    """With untrusted_share 0.25, the thread rests three times a guess's check time after each:
+    a second guess right after the first waits for that; a trusted login does not (it takes the
+    reserved thread)."""
+    hasher = PasswordHasher(
+        profile=OWASP, max_concurrency=1, reserved_for_trusted=1, untrusted_share=0.25
+    )
+    stored = await hasher.hash(PASSWORD)
+    spans: dict[str, float] = {}
+    for name, priority in [
+        ("first guess", CheckPriority.NORMAL),
+        ("second guess", CheckPriority.NORMAL),
+        ("trusted", CheckPriority.TRUSTED),
+    ]:
+        started = time.monotonic()
+        await hasher.verify(stored, PASSWORD, priority=priority)
+        spans[name] = time.monotonic() - started
+    hasher.close()
+
+    check = spans["first guess"]
+    assert spans["second guess"] > 2.5 * check, spans  # ~3 × check of rest, then its own check
+    assert spans["trusted"] < 2 * check, spans
+
+
+def test_untrusted_share_must_be_a_share() -> None:
+    for share in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="untrusted_share"):
+            PasswordHasher(profile=CHEAP_FOR_TESTS, untrusted_share=share)

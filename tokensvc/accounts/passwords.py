@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
 import threading
+import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -42,6 +44,7 @@ __all__ = [
     "PROFILES",
     "RFC_9106_LOW_MEMORY",
     "CheckPriority",
+    "HashSlot",
     "PasswordHasher",
     "PasswordPolicy",
     "VerifyResult",
@@ -158,9 +161,20 @@ class PasswordHasher:
         queue_timeout: float = 2.0,
         reserved_for_trusted: int = 0,
         policy: PasswordPolicy = DEFAULT_POLICY,
+        untrusted_share: float = 1.0,
     ) -> None:
         """`max_concurrency` argon2 threads for any check, and `reserved_for_trusted` more that
-        only trusted and second-factor logins may use (tokensvc.accounts.admission)."""
+        only trusted and second-factor logins may use (tokensvc.accounts.admission).
+
+        `untrusted_share` (0 < share <= 1): the most of its time a thread may spend on checks
+        below TRUSTED (anonymous guesses, under a storm). After such a check the slot rests
+        for the check's time × (1/share − 1) before the next one may start, so a storm keeps
+        the argon2 threads busy that share of the time at most: argon2 is memory-hard (19 MiB a
+        check at the default profile), and back to back it sweeps the caches /v1/verify runs
+        from, whatever its CPU priority. Trusted and second-factor checks never rest."""
+        if not 0 < untrusted_share <= 1:
+            raise ValueError("untrusted_share must be in (0, 1]")
+        self._rest_factor = 1 / untrusted_share - 1
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         if max_waiting < 0:
@@ -226,13 +240,20 @@ class PasswordHasher:
         """
         # zxcvbn takes tens of milliseconds: off the event loop, like argon2.
         await asyncio.to_thread(self._policy.check, password, username=username, has_mfa=has_mfa)
-        return await self._run(self._argon2.hash, self._prepare(_encode(password)))
+        # Setting a password is an authenticated act (an admin, or the user with a token): it
+        # goes with the trusted checks, so a storm of anonymous guesses cannot keep an admin
+        # from resetting a password during the attack.
+        return await self._run(
+            self._argon2.hash, self._prepare(_encode(password)), priority=CheckPriority.TRUSTED
+        )
 
     async def hash_generated(self, secret: str) -> str:
         """The argon2id hash of a secret this service generated (a recovery code): the same
         parameters, pepper and bounded pool as passwords, but no password policy, which is
-        for what people choose."""
-        return await self._run(self._argon2.hash, self._prepare(_encode(secret)))
+        for what people choose. Trusted, as `hash`: only an authenticated user enrols."""
+        return await self._run(
+            self._argon2.hash, self._prepare(_encode(secret)), priority=CheckPriority.TRUSTED
+        )
 
     async def rehash(self, password: str, *, priority: CheckPriority = CheckPriority.NORMAL) -> str:
         """A new hash, at the current parameters, of a password that was just verified.
@@ -259,13 +280,42 @@ class PasswordHasher:
         Raises:
             Unavailable: the hasher is overloaded (no slot for this `priority`).
         """
+        async with self.slot(priority) as slot:
+            return await self.verify_in(slot, stored_hash, password)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, priority: CheckPriority) -> AsyncIterator[HashSlot]:
+        """Wait for a check's turn at `priority` first, then do what the check needs (read the
+        stored hash) inside the block, and `await verify_in(slot, ...)` there: a login shed from
+        the queue then costs no database read, and the reads of the logins that go first never
+        wait behind those of the ones that will be shed. The slot is given back when its check
+        is done (or when the block ends without one).
+
+        Raises:
+            Unavailable: no slot for this `priority` (refused, displaced or timed out).
+        """
+        await self._admission.acquire(priority)
+        slot = HashSlot(priority)
+        try:
+            yield slot
+        finally:
+            if not slot.used:
+                self._admission.release()
+
+    async def verify_in(
+        self, slot: HashSlot, stored_hash: str | None, password: str
+    ) -> VerifyResult:
+        """As `verify`, in a slot already held (`slot`); one check per slot."""
         encoded = _encode(password)
         prepared = self._prepare(encoded)
         if stored_hash is None or len(encoded) > MAX_PASSWORD_BYTES:
             # A password this long was never accepted, so it fails; it costs what a wrong one does.
-            await self._run(self._verify_dummy, await self._dummy(), prepared, priority=priority)
+            dummy = await self._dummy()
+            slot.take()
+            await self._submit(self._verify_dummy, dummy, prepared, priority=slot.priority)
             return VerifyResult(ok=False)
-        return await self._run(self._verify, stored_hash, prepared, priority=priority)
+        slot.take()
+        return await self._submit(self._verify, stored_hash, prepared, priority=slot.priority)
 
     async def _dummy(self) -> str:
         if self._dummy_value is None:
@@ -323,21 +373,59 @@ class PasswordHasher:
         priority: CheckPriority = CheckPriority.NORMAL,
     ) -> _T:
         await self._admission.acquire(priority)
+        return await self._submit(fn, *args, priority=priority)
+
+    async def _submit(
+        self,
+        fn: Callable[..., _T],
+        *args: object,
+        priority: CheckPriority,
+    ) -> _T:
+        """Run `fn` in the pool of `priority`, with a slot already acquired: the slot is given
+        back when the thread is done, not when the caller stops waiting, so cancelled callers
+        cannot let more than max_concurrency argon2 jobs pile up."""
         loop = asyncio.get_running_loop()
+        trusted = priority <= CheckPriority.TRUSTED
+        rest = 0.0 if trusted else self._rest_factor
         try:
-            pool = self._trusted_executor if priority <= CheckPriority.TRUSTED else self._executor
+            pool = self._trusted_executor if trusted else self._executor
+            started = time.monotonic()  # admitted jobs start at once: one thread per slot
             job = pool.submit(fn, *args)
         except BaseException:
             self._admission.release()
             raise
-        # The permit is returned when the thread is done, not when the caller stops waiting,
-        # so cancelled callers cannot let more than max_concurrency argon2 jobs pile up.
-        job.add_done_callback(lambda _: _release_threadsafe(loop, self._admission.release))
+        release = self._admission.release
+        # Runs in the worker thread as the job ends: the slot rests (untrusted checks) for the
+        # job's time × the rest factor, then goes back.
+        job.add_done_callback(
+            lambda _: _release_threadsafe(loop, release, (time.monotonic() - started) * rest)
+        )
         return await asyncio.wrap_future(job)
 
 
-def _release_threadsafe(loop: asyncio.AbstractEventLoop, release: Callable[[], None]) -> None:
+class HashSlot:
+    """A password check's turn (PasswordHasher.slot), at its priority: `verify_in` takes it for
+    its one check, whose thread then gives it back."""
+
+    __slots__ = ("priority", "used")
+
+    def __init__(self, priority: CheckPriority) -> None:
+        self.priority = priority
+        self.used = False
+
+    def take(self) -> None:
+        if self.used:
+            raise RuntimeError("a hash slot holds one check")
+        self.used = True
+
+
+def _release_threadsafe(
+    loop: asyncio.AbstractEventLoop, release: Callable[[], None], after: float = 0.0
+) -> None:
     try:
-        loop.call_soon_threadsafe(release)
+        if after > 0:
+            loop.call_soon_threadsafe(loop.call_later, after, release)
+        else:
+            loop.call_soon_threadsafe(release)
     except RuntimeError:  # the loop is closed; nobody is left to wait for a slot
         pass

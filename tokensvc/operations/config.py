@@ -224,6 +224,10 @@ class Config(BaseSettings):
     # (`./dev bench storm`: 128 let real users keep 0.28x of their quiet rate, 1024 0.39x).
     login_max_concurrent: Annotated[int, _whole(1, 1_000_000)] = 1024
     login_max_queue: Annotated[int, _whole(0, 1_000_000)] = 256
+    # A login refused because the hasher has no room for it (503) is answered this late: a
+    # client that retries at once (a stuffing tool at a fixed concurrency) then costs a timer,
+    # not a stream of requests that takes CPU from /v1/verify. 0: at once.
+    login_shed_delay_ms: Annotated[int, _whole(0, 10_000)] = 500
     # ~1.4 KB each: 20,000 keep a verify worker within 150 MB whatever the token stream; a
     # deployment with a bigger working set of live tokens can raise it (and its memory).
     verify_cache_entries: Annotated[int, _whole(0, 100_000_000)] = 20_000
@@ -264,6 +268,9 @@ class Config(BaseSettings):
     # argon2 threads more that only logins from an identity's known address (and, with MFA,
     # second-factor logins) may use: a login storm of anonymous guesses never holds them all.
     hash_trusted_reserve: Annotated[int, _whole(0, 64)] = 1
+    # Percent of an argon2 thread's time that untrusted checks (anonymous guesses, in a storm)
+    # may take; the rest it idles after each (tokensvc.accounts.passwords, `untrusted_share`).
+    hash_untrusted_share: Annotated[int, _whole(1, 100)] = 50
     pepper: Annotated[bytes | None, _parsed(_pepper)] = Field(default=None, repr=False)
     # Users in any of these roles must log in with a second factor (TOTP or a recovery code);
     # until they enrol, a login gets them a token that can only enrol (tokensvc.services.login).

@@ -53,6 +53,7 @@ token that can only enrol (operation `mfa:enroll`, never admin-capable), whateve
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import secrets
@@ -147,11 +148,14 @@ class LoginService:
         otp_lockout: LockoutStore,
         challenges: ChallengeCodec | None = None,
         mfa_required_roles: frozenset[str] = frozenset(),
+        shed_delay: float = 0.0,
     ) -> None:
         """`identity_log_key` keys the `user_hash` of log events; give every replica the same
         one (the app derives it from the KEK). Without one, a random key for this process.
         `otp_lockout` counts second-factor failures, apart from `lockout` (passwords);
-        `challenges` seals MFA challenges (every replica needs the same key)."""
+        `challenges` seals MFA challenges (every replica needs the same key); `shed_delay`:
+        seconds before a login the hasher has no room for is answered (see `login`)."""
+        self._shed_delay = shed_delay
         self._log_key = identity_log_key or secrets.token_bytes(32)
         self._factors = second_factors
         self._otp_lockout = otp_lockout
@@ -168,6 +172,21 @@ class LoginService:
         self._max_ttl = min(max_ttl, minter.max_ttl)
 
     async def login(self, request: LoginRequest) -> MintedToken:
+        """A token for the user (see `_login`). A login refused because the hasher has no room
+        for it is answered `shed_delay` seconds late: under a credential-stuffing storm from a
+        tool that retries at once, each refusal then costs a timer instead of inviting the next
+        request at once, so the storm cannot turn cheap refusals into CPU taken from /v1/verify.
+        Only these refusals wait (never a check that runs, a lockout or a success), and every
+        attempt the hasher sheds waits alike, so the delay tells nothing about the account.
+        """
+        try:
+            return await self._login(request)
+        except Unavailable as exc:
+            if self._shed_delay > 0 and exc.message == OVERLOADED:
+                await asyncio.sleep(self._shed_delay)
+            raise
+
+    async def _login(self, request: LoginRequest) -> MintedToken:
         """A token for the user.
 
         Raises:
@@ -292,20 +311,22 @@ class LoginService:
         priority = _priority(standing)
         judged = False
         try:
-            # Shed here, before the database, if the queue has no room at this priority.
-            self._hasher.check_capacity(priority)
-            # The generation first, the user row second: a password change, disable or role loss
-            # that commits between the two reads has already raised the generation this token is
-            # minted at, or is seen in the row whose hash is checked — never neither. Every name
-            # a user could have pays the same three reads (generation, user, TOTP secret), known
-            # or not (no timing oracle); a name no user could have (any byte may come in) is sent
-            # to the database by none.
-            subject = user_name_or_none(identity)
-            generation = await self._generations.fetch(subject) if subject is not None else 0
-            user = await self._users.get(subject) if subject is not None else None
-            secret = await self._factors.active_secret(subject) if subject is not None else None
-            stored = user.password_hash if user is not None and not user.disabled else None
-            result = await self._hasher.verify(stored, request.password, priority=priority)
+            # The check's turn first, then the database: a login shed from the hasher's queue
+            # (displaced by a better-placed one, or timed out) has cost no read, and the reads
+            # of the logins that go first never queue behind those of the ones that will not.
+            async with self._hasher.slot(priority) as slot:
+                # The generation first, the user row second: a password change, disable or role
+                # loss that commits between the two reads has already raised the generation this
+                # token is minted at, or is seen in the row whose hash is checked — never
+                # neither. Every name a user could have pays the same three reads (generation,
+                # user, TOTP secret), known or not (no timing oracle); a name no user could
+                # have (any byte may come in) is sent to the database by none.
+                subject = user_name_or_none(identity)
+                generation = await self._generations.fetch(subject) if subject is not None else 0
+                user = await self._users.get(subject) if subject is not None else None
+                secret = await self._factors.active_secret(subject) if subject is not None else None
+                stored = user.password_hash if user is not None and not user.disabled else None
+                result = await self._hasher.verify_in(slot, stored, request.password)
             judged = True
         finally:
             if not judged:
