@@ -11,6 +11,7 @@ import asyncio
 import sys
 from typing import Any
 
+import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -151,26 +152,30 @@ def _retained(client: Any) -> int:
     )
 
 
-async def test_remembered_set_memory_bound_counts_what_the_keys_hold(aiohttp_client: Any) -> None:
+@pytest.mark.parametrize("pad", [8000, 2000])
+async def test_remembered_set_memory_bound_counts_what_the_keys_hold(
+    aiohttp_client: Any, pad: int
+) -> None:
     """One valid token, requests padded where the check does not look: spaces inside
     `Authorization` (token_from strips them), commas in `X-Macaroon-Discharges` (no discharge),
-    a query string (resource_of drops it). Every request is a new remembered key whose strings
-    are ~18 KB, while `_remember` counts verdict.size + 512 (~2 KB): the bound
-    (`max_bytes // 4`) is exceeded many times over before the set is ever emptied."""
+    a query string (resource_of drops it). Every request is a new key; found: `_remember`
+    counted verdict.size + 512 (~2 KB) for keys holding ~18 KB, so the bound (`max_bytes // 4`)
+    was exceeded many times over. Now the key's strings are counted, and keys over 8 KB are
+    not remembered at all (pad 8000: nothing kept; pad 2000: kept, within the bound)."""
     client = client_with(READ_DOCS)
     client._max_allowed_bytes = 1_000_000
     http = await app_for(aiohttp_client, client, audience="files")
-    pad = 8000
     for i in range(200):
         headers = {
             "Authorization": "Bearer" + " " * (pad - i) + TOKEN,
             "X-Macaroon-Discharges": "," * pad,
         }
-        path = f"/docs/1?{i}=" + "a" * 1900
+        path = f"/docs/1?{i}=" + "a" * (pad // 4)
         for _ in range(2):  # the first request of each key is a hit already (cached verdict)
             assert (await http.get(path, headers=headers)).status == 200
 
-    assert len(client._allowed) > 0
+    assert (len(client._allowed) > 0) is (pad < 4000)
+    assert _retained(client) <= client._allowed_bytes
     assert _retained(client) <= client._max_allowed_bytes, (
         f"{len(client._allowed)} remembered allows hold {_retained(client)} bytes of key strings; "
         f"accounted {client._allowed_bytes}, bound {client._max_allowed_bytes}"
