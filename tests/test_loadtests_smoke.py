@@ -200,9 +200,13 @@ def test_client_benchmark_prints_its_goals() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     for expected in (
         "middleware, cache hit",
+        "guard, cache hit",
+        "middleware, new path each",
         "/v1/verify per request",
-        "added per request on a cache hit",
-        "throughput, middleware on a hit / no auth",
+        "middleware, cache hit: adds",
+        "guard, cache hit: adds",
+        "throughput",
         "await client.check(...) on a hit",
+        "client.allowed(key) on a remembered allow",
     ):
         assert expected in proc.stdout, f"{expected!r} missing from:\n{proc.stdout}"

@@ -8,6 +8,7 @@ over the verdict's decoded caveats, with the stream's revocation facts applied o
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
@@ -39,6 +40,19 @@ from tokensvc_client.verdicts import (
 )
 
 WhenStale = Literal["verify", "fail-closed"]
+
+#: A remembered allow's own cost beyond its key's strings: the dict slot, the key and entry
+#: tuples (an estimate that errs high keeps the bound honest).
+_ENTRY_BYTES = 400
+#: Keys holding more than this in strings (a padded header, a long query) are not remembered:
+#: such requests are checked in full each time, and cannot crowd out the others.
+_MAX_KEY_BYTES = 8192
+
+
+def _key_bytes(key: Hashable) -> int:
+    """The bytes of the strings a remembered allow's key holds (the rest is _ENTRY_BYTES)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    return sum(sys.getsizeof(p) for p in parts if isinstance(p, str | bytes))
 
 
 class TokensvcClient:
@@ -169,7 +183,13 @@ class TokensvcClient:
         self.metrics.allowed += 1
         return principal
 
-    def _remember(self, key: Hashable, principal: Principal, until: float, size: int) -> None:
+    def _remember(self, key: Hashable, principal: Principal, until: float) -> None:
+        # What the entry holds is mostly the key's strings (headers and path, as sent: padding
+        # the parser ignores still counts); a key bigger than _MAX_KEY_BYTES is not remembered.
+        size = _key_bytes(key)
+        if size > _MAX_KEY_BYTES:
+            return
+        size += _ENTRY_BYTES
         if (
             len(self._allowed) >= self._max_allowed_entries
             or self._allowed_bytes + size > self._max_allowed_bytes
@@ -218,7 +238,7 @@ class TokensvcClient:
             # Decided from the cache with the stream live, so the state is current: an allow
             # that does not depend on the client address may be reused (see `allowed`).
             if reuse_as is not None and verdict.reusable_until is not None:
-                self._remember(reuse_as, principal, verdict.reusable_until, verdict.size + 512)
+                self._remember(reuse_as, principal, verdict.reusable_until)
             return principal
         if verdict is not None:
             self.cache.discard(key)

@@ -169,19 +169,20 @@ def tokensvc_middleware(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        requirement: Requirement = getattr(handler, _ATTR, default)
-        if requirement.public:
-            return await handler(request)
-        # The handler aiohttp hands a middleware is one object per route. A remembered allow
-        # costs a lookup (no coroutine of its own: this is every request's path).
+        # The handler aiohttp hands a middleware is one object per route, so it stands for the
+        # route's requirement in the key. A remembered allow costs a lookup and nothing more
+        # (no coroutine of its own, not even the requirement: this is every request's path).
         key = key_of(request, handler)
         found = allowed(key)
         if found is not None:
             request[PRINCIPAL] = found
-        else:
-            refusal = await admit(request, key, requirement)
-            if refusal is not None:
-                return refusal
+            return await handler(request)
+        requirement: Requirement = getattr(handler, _ATTR, default)
+        if requirement.public:  # never remembered: open routes pay the lookup and this
+            return await handler(request)
+        refusal = await admit(request, key, requirement)
+        if refusal is not None:
+            return refusal
         return await handler(request)
 
     return middleware

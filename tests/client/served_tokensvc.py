@@ -97,6 +97,28 @@ class Served:
             return r.status, dict(await r.json())
 
 
+async def _healthy(
+    session: aiohttp.ClientSession, proc: subprocess.Popen[bytes], base: str, log: Path
+) -> bool:
+    """Wait for /healthz; False if tokensvc exited because a port was taken (try again)."""
+    deadline = time.monotonic() + 60  # start-up on a loaded 2-core host, not a goal
+    while True:
+        if proc.poll() is not None:
+            text = log.read_text()  # noqa: ASYNC240 - a small log, once, after exit
+            if "already in use" in text:
+                return False
+            raise RuntimeError(f"tokensvc exited: {text[-3000:]}")
+        try:
+            async with session.get(base + "/healthz") as resp:
+                if resp.status == 200:
+                    return True
+        except aiohttp.ClientError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("tokensvc did not become healthy")
+        await asyncio.sleep(0.2)
+
+
 @contextlib.asynccontextmanager
 async def serve_tokensvc(
     tmp_path: Path, *, pg_url: str, redis_url: str, redis_prefix: str, **extra_env: str
@@ -115,31 +137,27 @@ async def serve_tokensvc(
         TOKENSVC_ALLOW_INSECURE="test-password-profile",
         **extra_env,
     )
-    log = (tmp_path / "tokensvc.log").open("wb")
-    proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once, nothing blocks
-        [TOKENSVC, "serve", "--port", str(port), "--verify-port", str(verify_port)],
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
-    base = f"http://127.0.0.1:{port}"
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 60  # start-up on a loaded 2-core host, not a goal
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"tokensvc exited: {(tmp_path / 'tokensvc.log').read_text()[-3000:]}"
+            # Free ports are free when picked, not when bound: a parallel test may take one
+            # first, so a start that loses that race is tried again on new ports.
+            for attempt in range(3):
+                log_path = tmp_path / f"tokensvc-{attempt}.log"
+                with log_path.open("wb") as log:
+                    proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+                        [TOKENSVC, "serve", "--port", str(port), "--verify-port", str(verify_port)],
+                        env=env,
+                        stdout=log,
+                        stderr=log,
                     )
-                try:
-                    async with session.get(base + "/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("tokensvc did not become healthy")
-                await asyncio.sleep(0.2)
+                procs.append(proc)
+                base = f"http://127.0.0.1:{port}"
+                if await _healthy(session, proc, base, log_path):
+                    break
+                port, verify_port = _free_port(), _free_port()
+            else:
+                raise RuntimeError("tokensvc found its ports taken three times")
             async with session.post(
                 base + "/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD)
             ) as resp:
@@ -156,13 +174,13 @@ async def serve_tokensvc(
             served.service_token = str(minted["token"])
         yield served
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 class TcpProxy:

@@ -4,8 +4,9 @@ A credential-stuffing storm sends more password checks than argon2 can run; a pl
 then refuses everyone alike, and an attacker who cannot guess a password still locks every user
 out of the front door. Here each check comes with a `CheckPriority`:
 
-- `SECOND_FACTOR`: the attempt carries a valid MFA challenge (the login already proved most of
-  what it claims);
+- `SECOND_FACTOR`: kept first for callers that prove more than a trusted login does; a login's
+  second step does not use it (anyone can send one with a decoy challenge: it queues as
+  `NORMAL`, tokensvc.accounts.secondfactor.SecondFactors.check);
 - `TRUSTED`: an identity from an address it recently logged in from (the lockout store knows);
 - `NORMAL`: nothing known either way — every unknown identity, and every known one from a new
   address (the two must look alike, or the queue would tell who exists);

@@ -84,10 +84,23 @@ class SecondFactors:
         )
 
     async def check(
-        self, user: str | None, otp: str, *, now: float, secret: TotpSecret | None = None
+        self,
+        user: str | None,
+        otp: str,
+        *,
+        now: float,
+        secret: TotpSecret | None = None,
+        priority: CheckPriority = CheckPriority.NORMAL,
     ) -> Factor | None:
         """Which factor `otp` proved for `user`, or None. `user` None (a decoy) costs what a
-        real check costs and fails. `secret`: the user's active secret if already read."""
+        real check costs and fails. `secret`: the user's active secret if already read.
+
+        `priority`: where a recovery code's argon2 check queues. NORMAL for a login's second
+        step, which anyone can send (a decoy challenge, or a guessed password with a code in
+        one call): it must never buy a better place than an anonymous guess, and a real
+        challenge may not get one either, or the queue would tell it from a decoy. Callers who
+        are already signed in (changing their factor) may pass TRUSTED. A TOTP code needs no
+        argon2 and never queues."""
         if user is not None and secret is None:
             secret = await self.active_secret(user)
         if is_totp_code(otp):
@@ -103,12 +116,10 @@ class SecondFactors:
         candidates = await self.recovery_codes.candidates(owner, recovery_hint(normalised))
         if not candidates:
             # One argon2 run whether or not a row matched: the time tells nothing.
-            await self._hasher.verify(None, normalised, priority=CheckPriority.SECOND_FACTOR)
+            await self._hasher.verify(None, normalised, priority=priority)
             return None
         for stored in candidates:
-            result = await self._hasher.verify(
-                stored.code_hash, normalised, priority=CheckPriority.SECOND_FACTOR
-            )
+            result = await self._hasher.verify(stored.code_hash, normalised, priority=priority)
             if result.ok:
                 return "recovery_code" if await self.recovery_codes.use(stored.id) else None
         return None

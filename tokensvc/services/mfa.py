@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
+from tokensvc.accounts.admission import CheckPriority
 from tokensvc.accounts.lockout import LockoutStore
 from tokensvc.accounts.lockout.store import hash_identity
 from tokensvc.accounts.mfa import new_totp_secret, provisioning_uri
@@ -257,7 +258,8 @@ class MfaService:
         now = self._clock().timestamp()
         identity = self._identity(user)
         await self._otp_lockout.begin_attempt(identity=identity, client_ip=client_ip, now=now)
-        if await self._factors.check(user, otp, now=now) is None:
+        # Signed in (a token for `user`): a recovery code checked here queues with trusted logins.
+        if await self._factors.check(user, otp, now=now, priority=CheckPriority.TRUSTED) is None:
             security_event("mfa_proof_fail", level=logging.WARNING, user=user)
             raise Unauthenticated(WRONG_CODE)
         await self._otp_lockout.record_success(identity=identity, client_ip=client_ip, now=now)
