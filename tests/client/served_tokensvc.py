@@ -20,7 +20,7 @@ import aiohttp
 import pyotp
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth
-from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
+from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port, stop
 
 T = TypeVar("T")
 
@@ -175,12 +175,7 @@ async def serve_tokensvc(
         yield served
     finally:
         for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 class TcpProxy:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyotp
 
 from tests.conftest import ADMIN_PASSWORD
-from tests.tokensvc.test_cli_login import TOKENSVC, Cli, _clean_env, _free_port, http
+from tests.tokensvc.test_cli_login import TOKENSVC, Cli, _clean_env, _free_port, http, stop
 
 ALICE = "her long lantern passphrase"
 
@@ -50,12 +50,7 @@ def replica(home: Path, env: dict[str, str]) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
 
 
