@@ -12,6 +12,7 @@ import asyncio
 import gzip
 import json
 import logging
+import re
 import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -536,3 +537,43 @@ async def test_a_request_target_over_the_head_bound_is_431(client: Client) -> No
         assert (await read_answer(reader))[0] == 431
     finally:
         writer.close()
+
+
+class RecordingTransport(asyncio.Transport):
+    """A transport that keeps what is written (the listener's write timing, not a socket's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_answers_of_one_turn_are_written_after_its_reads_one_write_a_connection(
+    client: Client, token: str
+) -> None:
+    """Answers decided while the loop reads are written once it has read every socket: each
+    connection gets its answers in one write (pipelined ones joined, in order), none before."""
+    endpoint = verifyport.VerifyEndpoint.for_app(client.server.app)
+    first, second = RecordingTransport(), RecordingTransport()
+    a, b = verifyport.VerifyConnection(endpoint), verifyport.VerifyConnection(endpoint)
+    a.connection_made(first)
+    b.connection_made(second)
+    body = verify_body(token)
+    a.data_received(verify_request(body) + verify_request(b"{}") + verify_request(body))
+    b.data_received(verify_request(body))
+    assert first.writes == [] and second.writes == []  # decided, not yet written
+    await asyncio.sleep(0)
+    assert len(first.writes) == 1 and len(second.writes) == 1
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", first.writes[0])
+    assert statuses == [b"200", b"400", b"200"]
+    assert second.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    a.connection_lost(None)
+    b.connection_lost(None)

@@ -143,6 +143,8 @@ class VerifyEndpoint:
         self._date = _Date()
         self.connections: set[VerifyConnection] = set()
         self._all_closed: asyncio.Event | None = None  # set once all have closed, at shutdown
+        # Connections with answers to write at the end of this turn of the event loop.
+        self._unwritten: list[VerifyConnection] = []
 
     @classmethod
     def for_app(cls, app: web.Application) -> VerifyEndpoint:
@@ -231,6 +233,25 @@ class VerifyEndpoint:
         joined = b", ".join(forwarded_for).decode("latin-1") if forwarded_for else ""
         return client_address(peer, joined, trusted)
 
+    def write_later(self, connection: VerifyConnection) -> None:
+        """Write `connection`'s answers once this turn of the event loop has read every socket.
+
+        Writing an answer to a loopback or LAN peer wakes the peer's reader, and in a virtual
+        machine a cross-CPU wake-up costs more than the rest of a cached verify (measured: a
+        sixth of the server's CPU a request, in the kernel's sock_def_readable). Written one by
+        one with a verify in between, every answer finds the client asleep again; written
+        together after the turn's reads, the first wakes it and the rest find it awake. The
+        delay is the rest of this turn: the reads and verifies already ready to run.
+        """
+        if not self._unwritten:
+            asyncio.get_running_loop().call_soon(self._write_all)
+        self._unwritten.append(connection)
+
+    def _write_all(self) -> None:
+        unwritten, self._unwritten = self._unwritten, []
+        for connection in unwritten:
+            connection.write_out()
+
     def forget(self, connection: VerifyConnection) -> None:
         self.connections.discard(connection)
         if not self.connections and self._all_closed is not None:
@@ -310,6 +331,7 @@ class VerifyConnection(asyncio.Protocol):
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._begun = 0  # requests begun on this connection
+        self._out: list[bytes] = []  # answers to write at the end of this turn (write_later)
         self._reset()
 
     def _reset(self) -> None:
@@ -358,6 +380,7 @@ class VerifyConnection(asyncio.Protocol):
                 task.cancel()
         self._pending.clear()
         self._backlog.clear()
+        self._out.clear()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -710,7 +733,7 @@ class VerifyConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        transport.write(data)
+        self._write(data)
         if close:
             self._finish()
         elif data is not _CONTINUE:
@@ -740,7 +763,7 @@ class VerifyConnection(asyncio.Protocol):
                 item = item.result()
             pending.popleft()
             if item:
-                transport.write(item)
+                self._write(item)
             if close:
                 pending.clear()
                 self._finish()
@@ -758,6 +781,7 @@ class VerifyConnection(asyncio.Protocol):
         if transport is None or self._finished:
             return
         self._finished = True
+        self.write_out()  # what is queued goes before the end
         if not transport.can_write_eof():  # TLS: close_notify, then the close
             transport.close()
             return
@@ -770,6 +794,22 @@ class VerifyConnection(asyncio.Protocol):
             self._read_paused = False
             transport.resume_reading()
         self._loop.call_later(LINGER, transport.abort if self._write_paused else transport.close)
+
+    def _write(self, data: bytes) -> None:
+        """Queue bytes for the connection, written at the end of the loop's turn (in order)."""
+        if not self._out:
+            self._endpoint.write_later(self)
+        self._out.append(data)
+
+    def write_out(self) -> None:
+        """Write what `_write` queued, in one call."""
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        transport = self._transport
+        if transport is not None:
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _touch(self) -> None:
         self._deadline = self._loop.time() + self._endpoint.keepalive_timeout
