@@ -577,3 +577,47 @@ async def test_answers_of_one_turn_are_written_after_its_reads_one_write_a_conne
     assert second.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
     a.connection_lost(None)
     b.connection_lost(None)
+
+
+async def test_a_remembered_body_is_decided_again_every_time(
+    client: Client, admin_token: str
+) -> None:
+    """The listener reuses a body's parse and the rendering of its allow, never the decision:
+    the same bytes are allowed, then refused once the context they carry no longer holds for the
+    token (a revocation), and a body it no longer remembers is parsed again."""
+    minted = await mint(
+        client, admin_token, subject="carol", ttl="1h", operations=["read"], audience=["files"]
+    )
+    body = verify_body(str(minted["token"]))
+    reader, writer = await connect(client)
+    try:
+        writer.write(verify_request(body) * 2)
+        first, second = [await read_answer(reader) for _ in range(2)]
+        assert first[0] == second[0] == 200 and first[2] == second[2]
+        assert json.loads(first[2])["subject"] == "carol"
+        revoked = await client.delete(
+            f"/v1/tokens/{minted['token_id']}", headers={"Authorization": f"Bearer {admin_token}"}
+        )
+        assert revoked.status in (200, 204)
+        writer.write(verify_request(body))
+        status, _, refused = await read_answer(reader)
+        assert status == 401 and "revoked" in json.loads(refused)["reason"]
+    finally:
+        writer.close()
+
+
+async def test_the_body_memo_is_bounded(client: Client, token: str) -> None:
+    """At most MEMO_ENTRIES bodies are remembered (then it starts again), and none larger than
+    MEMO_BODY_BYTES: distinct callers cannot grow it."""
+    endpoint = verifyport.VerifyEndpoint.for_app(client.server.app)
+    for n in range(verifyport.MEMO_ENTRIES + 10):
+        assert isinstance(
+            endpoint.decide(verify_body(token, operation=f"op{n}"), None), bytes | verifyport.Answer
+        )
+    assert 0 < endpoint.remembered() <= verifyport.MEMO_ENTRIES
+    before = endpoint.remembered()
+    big = json.dumps({"token": token, "context": {**CONTEXT, "resource": "/" + "x" * 1900}})
+    assert len(big) > verifyport.MEMO_BODY_BYTES
+    decided = endpoint.decide(big.encode(), None)
+    assert isinstance(decided, verifyport.Answer) and decided.status == 403  # not /docs/*
+    assert endpoint.remembered() == before

@@ -66,6 +66,10 @@ HEALTH_PATH: Final = "/healthz"
 # bytes read while a head is incomplete, not only on the headers it hands over.
 MAX_HEAD_BYTES: Final = 16 * 1024
 MAX_HEADERS: Final = 100
+# The parse-and-answer memo (VerifyEndpoint.decide): bodies up to MEMO_BODY_BYTES (a token with
+# a few discharges), MEMO_ENTRIES of them (at most ~2.5 MB with their answers), then emptied.
+MEMO_BODY_BYTES: Final = 2048
+MEMO_ENTRIES: Final = 1024
 # Answers held for order behind one that waits for a key, before the connection stops reading.
 MAX_PENDING: Final = 64
 # Verifies one read may decide at once; the rest of a pipelined batch is decided PER_TURN at a
@@ -120,6 +124,22 @@ class Answer:
         self.extra = extra
 
 
+class _Memo:
+    """What a verify body always parses to, and the 200 it gets whenever it is allowed.
+
+    Both depend on the body's bytes alone: the parse obviously, and an allow's body names only
+    what the signature-checked token says (subject, token id, expiry, declared values, MFA).
+    The decision itself — expiry, revocation, generation, caveats against the context — is
+    made again on every request; only its rendering is reused.
+    """
+
+    __slots__ = ("allowed", "asked")
+
+    def __init__(self, asked: VerifyBody) -> None:
+        self.asked = asked
+        self.allowed: Answer | None = None
+
+
 class VerifyEndpoint:
     """What every connection of one listener shares: the verifier, the limits, the headers."""
 
@@ -142,6 +162,9 @@ class VerifyEndpoint:
         self._fixed = _header_lines(fixed)
         self._date = _Date()
         self.connections: set[VerifyConnection] = set()
+        # Bodies seen lately: a service verifies the same token with the same context again and
+        # again (a user's requests), and parsing and rendering are a sixth of such a verify.
+        self._memo: dict[bytes, _Memo] = {}
         self._all_closed: asyncio.Event | None = None  # set once all have closed, at shutdown
         # Connections with answers to write at the end of this turn of the event loop.
         self._unwritten: list[VerifyConnection] = []
@@ -164,13 +187,27 @@ class VerifyEndpoint:
         try:
             if coding is not None and body:
                 body = decode_body(body, coding, max_bytes=self.max_body)
-            asked = parse_request(json_object(body))
+            memo = self._memo.get(body)
+            if memo is None:
+                asked = parse_request(json_object(body))
+                if len(body) <= MEMO_BODY_BYTES:
+                    memos = self._memo
+                    if len(memos) >= MEMO_ENTRIES:
+                        memos.clear()  # a new set of callers: start again (O(1) a request)
+                    memo = memos[body] = _Memo(asked)
+            else:
+                asked = memo.asked
             verified = self._verifier.verify_now(
                 asked.token, asked.discharges, require_mfa=asked.require_mfa, **asked.context
             )
             if verified is None:
                 return asked
-            return Answer(200, orjson.dumps(answer(verified)))
+            if memo is None:
+                return Answer(200, orjson.dumps(answer(verified)))
+            allowed = memo.allowed
+            if allowed is None:
+                allowed = memo.allowed = Answer(200, orjson.dumps(answer(verified)))
+            return allowed
         except TokensvcError as exc:
             return self.error(exc)
         except Exception as exc:  # noqa: BLE001 - the last resort: a 500, no trace
@@ -187,6 +224,10 @@ class VerifyEndpoint:
             return self.error(exc)
         except Exception as exc:  # noqa: BLE001 - the last resort: a 500, no trace
             return Answer(500, orjson.dumps(unexpected_body("POST", PATH, exc)))
+
+    def remembered(self) -> int:
+        """How many bodies the memo holds (for tests and the memory bound)."""
+        return len(self._memo)
 
     @staticmethod
     def error(exc: TokensvcError) -> Answer:
