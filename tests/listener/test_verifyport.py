@@ -621,3 +621,31 @@ async def test_the_body_memo_is_bounded(client: Client, token: str) -> None:
     decided = endpoint.decide(big.encode(), None)
     assert isinstance(decided, verifyport.Answer) and decided.status == 403  # not /docs/*
     assert endpoint.remembered() == before
+
+
+@pytest.mark.parametrize(
+    ("version", "extra", "kept", "header"),
+    [
+        ("1.1", "", True, None),
+        ("1.1", "Connection: keep-alive\r\n", True, None),
+        ("1.0", "Connection: keep-alive\r\n", True, "keep-alive"),
+        ("1.0", "", False, "close"),
+        ("1.1", "Connection: close\r\n", False, "close"),
+    ],
+)
+async def test_the_connection_header_follows_the_version_and_the_request(
+    client: Client, token: str, version: str, extra: str, kept: bool, header: str | None
+) -> None:
+    """HTTP/1.0 is kept alive only when it asks, and is then told so; HTTP/1.1 is by default."""
+    reader, writer = await connect(client)
+    try:
+        writer.write(verify_request(verify_body(token), extra=extra, version=version))
+        status, headers, _ = await read_answer(reader)
+        assert status == 200 and headers.get("connection") == header
+        if kept:
+            writer.write(verify_request(verify_body(token), extra=extra, version=version))
+            assert (await read_answer(reader))[0] == 200
+        else:
+            assert await closed(reader)
+    finally:
+        writer.close()

@@ -317,6 +317,7 @@ _FORWARDED_FOR: Final = b"x-forwarded-for"
 _CONTENT_ENCODING: Final = b"content-encoding"
 _EXPECT: Final = b"expect"
 _CONTENT_LENGTH: Final = b"content-length"
+_CONNECTION: Final = b"connection"
 _OURS_FIRST: Final = (b"x", b"X", b"c", b"C", b"e", b"E")
 _CLOSE: Final = b"Connection: close\r\n"
 _NOT_FOUND: Final = Answer(404, orjson.dumps(error_body("not_found", "Not Found")))
@@ -388,6 +389,7 @@ class VerifyConnection(asyncio.Protocol):
         self._forwarded: list[bytes] | None = None
         self._encodings: list[bytes] | None = None
         self._expect = False
+        self._connection = False  # a Connection header was sent
         self._length = b""  # Content-Length as sent (llhttp has checked it is one number)
         self._body = b""  # usually one piece; more are joined (bounded by the body limit)
         self._body_bytes = 0
@@ -512,6 +514,8 @@ class VerifyConnection(asyncio.Protocol):
             self._length = value
         elif name == _EXPECT:
             self._expect = value.strip().lower() == b"100-continue"
+        elif name == _CONNECTION:
+            self._connection = True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -694,7 +698,9 @@ class VerifyConnection(asyncio.Protocol):
     def _connection_header(self, keep_alive: bool) -> bytes:
         if not keep_alive:
             return _CLOSE
-        if self._parser.get_http_version() == "1.0":
+        # An HTTP/1.0 request is kept alive only when it asks so in a Connection header: without
+        # one this is HTTP/1.1, and the version (a string built per call) is not asked for.
+        if self._connection and self._parser.get_http_version() == "1.0":
             return _KEEP_ALIVE
         return b""
 
