@@ -10,6 +10,12 @@ chain-cache hit, or a miss whose root key is in memory). Only a verify that need
 to read) becomes a task; the answers of a connection leave in request order all the same, because
 each one waits in the connection's queue behind any that is not ready yet (HTTP/1.1 pipelining).
 
+Two things make a repeated verify cheap. Answers are written once the loop's turn has read every
+socket, one write a connection (VerifyEndpoint.write_later: a write wakes the client's reader, and
+answers written together wake it once). And a body seen lately is not parsed again, nor its allow
+rendered again (VerifyEndpoint.decide's memo): both depend on its bytes alone; the decision itself
+is made on every request.
+
 It uses public APIs only: asyncio's Protocol and transports, httptools' parser callbacks. What
 the request pipeline (tokensvc.web.pipeline) does around the app's own /v1/verify is done here
 from the same functions, so the two answer alike (tests/tokensvc/test_verifyport.py compares
