@@ -17,7 +17,6 @@ import pytest
 import uvloop
 
 from tests.listener.test_verifyport import (
-    CONTEXT,
     connect,
     listener_of,
     read_answer,

@@ -470,6 +470,10 @@ class VerifyConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # The client sent all it will: answer what is pending, then close (return False).
         if not self._pending:
+            # Answers decided in this turn are still queued for its end (write_later), and
+            # returning False closes the transport now: hand them over first, or they are lost
+            # (uvloop reads the data and the end of a full buffer in one callback).
+            self.write_out()
             return False
         self._closing = True
         self._pending.append((b"", True))
