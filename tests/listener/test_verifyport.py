@@ -649,3 +649,51 @@ async def test_the_connection_header_follows_the_version_and_the_request(
             assert await closed(reader)
     finally:
         writer.close()
+
+
+class SlowReaderTransport(RecordingTransport):
+    """A transport whose client reads nothing: past 64 KB it tells the protocol to pause
+    writing, as asyncio's transports do at their high-water mark."""
+
+    def __init__(self, protocol: asyncio.Protocol) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.paused = False
+        self.reading = False  # the client reads again: no more pauses
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        super().write(data)
+        if not (self.paused or self.reading) and sum(map(len, self.writes)) > 64 * 1024:
+            self.paused = True
+            self.protocol.pause_writing()
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_a_client_that_stops_reading_gets_no_more_answers_made_until_it_reads(
+    client: Client,
+) -> None:
+    """One read of tiny pipelined requests holds thousands of them (each answer ~15× its
+    request): while the client does not read, the listener makes no more answers; once it
+    reads again, every answer comes, in order."""
+    endpoint = verifyport.VerifyEndpoint.for_app(client.server.app)
+    connection = verifyport.VerifyConnection(endpoint)
+    transport = SlowReaderTransport(connection)
+    connection.connection_made(transport)
+    count = 4000
+    connection.data_received(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n" * count)
+    for _ in range(200):  # far more turns than the backlog needs
+        await asyncio.sleep(0)
+    made = b"".join(transport.writes).count(b"HTTP/1.1 404 ")
+    assert transport.paused and made < count // 10
+    transport.paused, transport.reading = False, True
+    transport.writes.clear()
+    connection.resume_writing()
+    for _ in range(400):
+        await asyncio.sleep(0)
+    assert made + b"".join(transport.writes).count(b"HTTP/1.1 404 ") == count
+    connection.connection_lost(None)

@@ -465,6 +465,9 @@ class VerifyConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._backlog and not self._draining and self._transport is not None:
+            self._draining = True
+            self._loop.call_soon(self._drain)
         self._maybe_resume_reading()
 
     def eof_received(self) -> bool | None:
@@ -660,6 +663,10 @@ class VerifyConnection(asyncio.Protocol):
     def _drain(self) -> None:
         """Answer up to PER_TURN requests of the backlog, then yield the loop to the others."""
         self._draining = False
+        if self._write_paused:
+            # The client is not reading its answers: make no more until it does (resume_writing
+            # drains on), or one read of tiny requests could queue megabytes of answers.
+            return
         backlog = self._backlog
         for _ in range(PER_TURN):
             if not backlog or self._transport is None:
