@@ -35,6 +35,7 @@ from keystore import KeystoreError
 from tokensvc.errors import TokensvcError
 from tokensvc.operations.config import Config, ConfigError
 from tokensvc.operations.logs import configure as configure_logging
+from tokensvc.operations.memory import return_large_blocks
 from tokensvc.web.app import create_app
 from tokensvc.web.tls import ssl_context
 from tokensvc.web.verifyport import start_verify_listener, stop_verify_listener
@@ -89,6 +90,7 @@ def _serve_process(
     `announce`: this is the one process of the service that logs once-per-service notices.
     """
     configure_logging(config.log_level)
+    return_large_blocks()  # before any password is hashed here
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)

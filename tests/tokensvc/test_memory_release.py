@@ -1,0 +1,54 @@
+"""argon2's working memory goes back to the system after each hash (operations.memory).
+
+Measured in fresh processes, since what the allocator keeps depends on everything the process
+allocated before: two threads hash three times each at the default profile (19 MiB), and the
+process's RSS growth is compared with and without `return_large_blocks`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+_SCRIPT = """
+import sys, threading
+from argon2.low_level import Type, hash_secret_raw
+from tokensvc.operations.memory import return_large_blocks
+
+def rss_kib():
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0])
+
+fixed = sys.argv[1] == "fixed" and return_large_blocks()
+before = rss_kib()
+
+def hash_three():
+    for _ in range(3):
+        hash_secret_raw(b"password", b"saltsaltsalt", time_cost=1, memory_cost=19456,
+                        parallelism=1, hash_len=32, type=Type.ID)
+
+threads = [threading.Thread(target=hash_three) for _ in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(fixed, (rss_kib() - before) // 1024)
+"""
+
+
+def _growth_mib(mode: str) -> tuple[bool, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, mode], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return out[0] == "True", int(out[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and /proc")
+def test_hashing_threads_keep_no_argon2_memory_once_large_blocks_are_returned() -> None:
+    fixed, growth = _growth_mib("fixed")
+    assert fixed, "mallopt was not applied"
+    assert growth < 8  # one 19 MiB block would be held per hashing thread otherwise
+    _, kept = _growth_mib("default")
+    assert kept >= 19  # what it saves: glibc's dynamic threshold keeps a block per thread
