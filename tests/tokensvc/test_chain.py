@@ -200,3 +200,27 @@ def test_our_hmac_equals_the_standard_library(key_len: int, msg_len: int) -> Non
     # every key length class (padded, exactly one block, hashed first) must agree with hmac.
     key, msg = os.urandom(key_len), os.urandom(msg_len)
     assert chain._hmac(key, msg) == hmac.digest(key, msg, "sha256")
+
+
+def test_the_chain_cache_key_is_a_32_byte_digest_that_tells_every_bundle_apart() -> None:
+    """The cache keeps 32 bytes a chain, not the strings (memory), and no two different bundles
+    — however the same characters are split between token and discharges — share a key."""
+    from tokensvc.tokens.verification import chain_key
+
+    bundles = [
+        ("ab", ()),
+        ("a", ("b",)),
+        ("ab", ("",)),
+        ("a", ("", "b")),
+        ("a", ("b", "")),
+        ("b", ("a",)),
+        ("", ("ab",)),
+        ("ab", ("c",)),
+        ("ab", ("c", "d")),
+        ("ab", ("d", "c")),
+        ("\ud800", ()),  # a lone surrogate (JSON allows its escape): a key, not an error
+    ]
+    keys = [chain_key(token, discharges) for token, discharges in bundles]
+    assert all(isinstance(k, bytes) and len(k) == 32 for k in keys)
+    assert len(set(keys)) == len(bundles)
+    assert chain_key("ab", ("c",)) == chain_key("ab", ["c"])  # the same strings, the same key
