@@ -52,3 +52,42 @@ def test_hashing_threads_keep_no_argon2_memory_once_large_blocks_are_returned() 
     assert growth < 8  # one 19 MiB block would be held per hashing thread otherwise
     _, kept = _growth_mib("default")
     assert kept >= 19  # what it saves: glibc's dynamic threshold keeps a block per thread
+
+
+def test_serving_imports_no_migration_tooling_and_head_is_alembics() -> None:
+    """A database at HEAD is found so by one SELECT, so a serving process whose database is up
+    to date (a restart, a verify worker) never imports alembic and mako (~10 MiB of RSS); HEAD
+    must be the newest revision in migrations/versions."""
+    script = (
+        "import sys\n"
+        "from tokensvc import composition\n"
+        "from tokensvc.web import app, server\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'alembic', 'mako'}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+    from tokensvc.storage.migrate import HEAD, head_revision
+
+    assert head_revision() == HEAD
+
+
+async def test_at_head_reads_the_version_and_knows_a_new_database(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from keystore import create_engine
+    from tokensvc.storage.migrate import at_head, downgrade, upgrade
+
+    assert isinstance(tmp_path, Path)
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    try:
+        assert not await at_head(engine)  # never migrated: no version table
+        await upgrade(engine)
+        assert await at_head(engine)
+        await downgrade(engine, "0008_mfa")
+        assert not await at_head(engine)
+        await upgrade(engine)
+        assert await at_head(engine)
+    finally:
+        await engine.dispose()

@@ -6,21 +6,26 @@ import asyncio
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystore.db import SQLITE_BEGIN_IMMEDIATE
 from keystore.db import run as run_database
 from keystore.errors import StoreUnavailable
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR: Final[Path] = Path(__file__).resolve().parent / "migrations"
+
+# The newest revision in migrations/versions (a test checks it is alembic's head). A database at
+# this revision needs nothing, and finding that out takes one SELECT: alembic (and mako, ~10 MiB
+# of a verify worker's RSS, issue 17's bound) is imported only when there is work to do.
+HEAD: Final = "0009_revocation_events"
 
 # pg_advisory_xact_lock key for migrations: the bytes "tokensvc" as a signed 64-bit integer.
 MIGRATION_LOCK_KEY: Final[int] = int.from_bytes(b"tokensvc", "big", signed=True)
@@ -28,6 +33,8 @@ MIGRATION_LOCK_KEY: Final[int] = int.from_bytes(b"tokensvc", "big", signed=True)
 
 def alembic_config(url: str | None = None) -> Config:
     """An Alembic Config for tokensvc's migrations, without any alembic.ini."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("path_separator", "os")
@@ -38,21 +45,51 @@ def alembic_config(url: str | None = None) -> Config:
 
 def head_revision() -> str | None:
     """The newest revision the code ships."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Bring the database to `revision` (default: the newest); a no-op when already there."""
+    if revision == "head" and await at_head(engine):
+        return
+    from alembic import command
+
     await run_locked(engine, partial(_run_command, command.upgrade, revision))
+
+
+async def at_head(engine: AsyncEngine) -> bool:
+    """Whether the database is at HEAD, by one SELECT (False when it was never migrated)."""
+
+    async def read(conn: AsyncConnection) -> bool:
+        try:
+            version = await conn.execute(text("SELECT version_num FROM alembic_version"))
+        except DBAPIError as exc:
+            if _no_version_table(exc):
+                return False  # a new database
+            raise
+        return [row[0] for row in version] == [HEAD]
+
+    return await run_database(engine, read, write=False, what="the database (migrations)")
+
+
+def _no_version_table(exc: DBAPIError) -> bool:
+    """The SELECT found no alembic_version table (SQLite's or PostgreSQL's words for it)."""
+    return "no such table" in str(exc) or "does not exist" in str(exc)
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
     """Take the database back to `revision` ("base" removes every table)."""
+    from alembic import command
+
     await run_locked(engine, partial(_run_command, command.downgrade, revision))
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
     """The revision the database is at, or None if it was never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
     async with engine.connect() as conn:
         return await conn.run_sync(
             lambda sync: MigrationContext.configure(sync).get_current_revision()
