@@ -8,6 +8,7 @@ side effects and the audit record — as the same action over HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -69,7 +70,7 @@ from tokensvc.services.tokens import TokenService
 from tokensvc.services.users import UserService
 from tokensvc.services.verdicts import VerdictService
 from tokensvc.storage.audit import AuditLog
-from tokensvc.storage.migrate import upgrade
+from tokensvc.storage.migrate import at_head, upgrade, upgrade_in_child
 from tokensvc.tokens import events
 from tokensvc.tokens.events import EventLog
 from tokensvc.tokens.feed import RevocationFeed
@@ -478,8 +479,9 @@ async def preflight(config: Config, *, clock: Callable[[], datetime] = utc_now) 
     keks = load_keks(config)
     engine = create_engine(config.effective_database_url)
     try:
-        if config.auto_migrate:
-            await upgrade(engine)
+        if config.auto_migrate and not await at_head(engine):
+            # In a child: this process goes on to serve, and should not hold alembic for life.
+            await asyncio.to_thread(upgrade_in_child, config.effective_database_url)
         await check_keks(engine, keks, now=clock())
     finally:
         await engine.dispose()

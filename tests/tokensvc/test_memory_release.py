@@ -91,3 +91,29 @@ async def test_at_head_reads_the_version_and_knows_a_new_database(tmp_path: obje
         assert await at_head(engine)
     finally:
         await engine.dispose()
+
+
+async def test_upgrade_in_child_migrates_there_and_reports_an_unreachable_database(
+    tmp_path: object,
+) -> None:
+    """`tokensvc serve`'s first start migrates in a spawned process: the database ends at HEAD,
+    this process imports no alembic for it, and a database that cannot be reached is the
+    StoreUnavailable it would have been here."""
+    import asyncio
+    from pathlib import Path
+
+    from keystore import create_engine
+    from keystore.errors import StoreUnavailable
+    from tokensvc.storage.migrate import at_head, upgrade_in_child
+
+    assert isinstance(tmp_path, Path)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+    await asyncio.to_thread(upgrade_in_child, url)
+    engine = create_engine(url)
+    try:
+        assert await at_head(engine)
+    finally:
+        await engine.dispose()
+    unreachable = "postgresql+asyncpg://nobody@127.0.0.1:1/none"
+    with pytest.raises(StoreUnavailable):
+        await asyncio.to_thread(upgrade_in_child, unreachable)

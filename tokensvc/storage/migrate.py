@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -18,6 +19,8 @@ from keystore.db import run as run_database
 from keystore.errors import StoreUnavailable
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection as Connection_
+
     from alembic.config import Config
 
 MIGRATIONS_DIR: Final[Path] = Path(__file__).resolve().parent / "migrations"
@@ -57,6 +60,57 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     from alembic import command
 
     await run_locked(engine, partial(_run_command, command.upgrade, revision))
+
+
+def upgrade_in_child(url: str) -> None:
+    """Bring the database at `url` to HEAD in a spawned process (blocking: run it in a thread).
+
+    For `tokensvc serve`'s first start on a new or older database: the serving process then
+    never imports alembic and mako, which it would hold for its whole life (~10 MiB of a verify
+    worker's RSS, issue 17's bound). A start on an up-to-date database spawns nothing.
+
+    Raises:
+        StoreUnavailable: the database could not be reached (the child's words).
+        RuntimeError: the migration failed otherwise (its error, as the child saw it).
+    """
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_upgrade_main, args=(url, sender), name="tokensvc-migrate")
+    child.start()
+    sender.close()
+    failure: tuple[bool, str] | None = None
+    try:
+        failure = receiver.recv()
+    except EOFError:
+        pass  # the child ended without a word: its exit code says how
+    child.join()
+    receiver.close()
+    if failure is not None:
+        unavailable, message = failure
+        raise StoreUnavailable(message) if unavailable else RuntimeError(message)
+    if child.exitcode != 0:
+        raise RuntimeError(f"the migration process ended with exit code {child.exitcode}")
+
+
+def _upgrade_main(url: str, sender: Connection_) -> None:
+    """The spawned migration process: upgrade, and say what went wrong, if anything."""
+    from keystore import create_engine
+
+    async def go() -> None:
+        engine = create_engine(url)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(go())
+    except StoreUnavailable as exc:
+        sender.send((True, str(exc)))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        sender.send((False, f"{type(exc).__name__}: {exc}"))
+    finally:
+        sender.close()
 
 
 async def at_head(engine: AsyncEngine) -> bool:
