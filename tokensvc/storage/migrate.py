@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -19,8 +21,6 @@ from keystore.db import run as run_database
 from keystore.errors import StoreUnavailable
 
 if TYPE_CHECKING:
-    from multiprocessing.connection import Connection as Connection_
-
     from alembic.config import Config
 
 MIGRATIONS_DIR: Final[Path] = Path(__file__).resolve().parent / "migrations"
@@ -63,38 +63,43 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
 
 
 def upgrade_in_child(url: str) -> None:
-    """Bring the database at `url` to HEAD in a spawned process (blocking: run it in a thread).
+    """Bring the database at `url` to HEAD in a child process (blocking: run it in a thread).
 
     For `tokensvc serve`'s first start on a new or older database: the serving process then
     never imports alembic and mako, which it would hold for its whole life (~10 MiB of a verify
-    worker's RSS, issue 17's bound). A start on an up-to-date database spawns nothing.
+    worker's RSS, issue 17's bound). A start on an up-to-date database starts nothing. A plain
+    child (not multiprocessing's, whose resource tracker would outlive it by a process); the URL,
+    which may hold a password, goes over its stdin, never its command line.
 
     Raises:
         StoreUnavailable: the database could not be reached (the child's words).
         RuntimeError: the migration failed otherwise (its error, as the child saw it).
     """
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_upgrade_main, args=(url, sender), name="tokensvc-migrate")
-    child.start()
-    sender.close()
-    failure: tuple[bool, str] | None = None
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module, no outside input
+        [sys.executable, "-m", __name__],
+        input=url,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode == 0:
+        return
     try:
-        failure = receiver.recv()
-    except EOFError:
-        pass  # the child ended without a word: its exit code says how
-    child.join()
-    receiver.close()
-    if failure is not None:
-        unavailable, message = failure
-        raise StoreUnavailable(message) if unavailable else RuntimeError(message)
-    if child.exitcode != 0:
-        raise RuntimeError(f"the migration process ended with exit code {child.exitcode}")
+        unavailable, message = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError, TypeError):
+        tail = (done.stderr or done.stdout).strip()[-2000:]
+        raise RuntimeError(
+            f"the migration process ended with exit code {done.returncode}: {tail}"
+        ) from None
+    raise StoreUnavailable(message) if unavailable else RuntimeError(message)
 
 
-def _upgrade_main(url: str, sender: Connection_) -> None:
-    """The spawned migration process: upgrade, and say what went wrong, if anything."""
+def _upgrade_main() -> int:
+    """The child: upgrade the database whose URL is on stdin; on failure one JSON line saying
+    whether it was unreachable, and what went wrong."""
     from keystore import create_engine
+
+    url = sys.stdin.read()
 
     async def go() -> None:
         engine = create_engine(url)
@@ -106,11 +111,12 @@ def _upgrade_main(url: str, sender: Connection_) -> None:
     try:
         asyncio.run(go())
     except StoreUnavailable as exc:
-        sender.send((True, str(exc)))
+        print(json.dumps([True, str(exc)]))
+        return 1
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
-        sender.send((False, f"{type(exc).__name__}: {exc}"))
-    finally:
-        sender.close()
+        print(json.dumps([False, f"{type(exc).__name__}: {exc}"]))
+        return 1
+    return 0
 
 
 async def at_head(engine: AsyncEngine) -> bool:
@@ -201,3 +207,7 @@ def _run_command(
     config = alembic_config()
     config.attributes["connection"] = connection
     action(config, revision)
+
+
+if __name__ == "__main__":
+    sys.exit(_upgrade_main())
