@@ -661,7 +661,8 @@ def pytest_phases(args: list[str]) -> int:
     if caller_chose:
         return subprocess.run([*pytest, *args], check=False).returncode
     parallel = subprocess.run(
-        [*pytest, "-n", "auto", "-m", "not serial", *args], check=False
+        # --durations: the slowest tests, for keeping CI inside its 15 minutes.
+        [*pytest, "-n", "auto", "-m", "not serial", "--durations=25", *args], check=False
     ).returncode
     serial = subprocess.run([*pytest, "-m", "serial", *args], check=False).returncode
     # Exit 5 (nothing collected) is fine for one phase when the other ran tests.

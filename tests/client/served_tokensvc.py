@@ -98,10 +98,13 @@ class Served:
 
 
 async def _healthy(
-    session: aiohttp.ClientSession, proc: subprocess.Popen[bytes], base: str, log: Path
+    session: aiohttp.ClientSession, proc: subprocess.Popen[bytes], bases: list[str], log: Path
 ) -> bool:
-    """Wait for /healthz; False if tokensvc exited because a port was taken (try again)."""
+    """Wait for /healthz on every base (the API, and the verify listener: with Redis it runs in
+    a process of its own, which may bind after the API answers); False if tokensvc exited
+    because a port was taken (try again)."""
     deadline = time.monotonic() + 60  # start-up on a loaded 2-core host, not a goal
+    waiting = list(bases)
     while True:
         if proc.poll() is not None:
             text = log.read_text()  # noqa: ASYNC240 - a small log, once, after exit
@@ -109,9 +112,12 @@ async def _healthy(
                 return False
             raise RuntimeError(f"tokensvc exited: {text[-3000:]}")
         try:
-            async with session.get(base + "/healthz") as resp:
+            async with session.get(waiting[0] + "/healthz") as resp:
                 if resp.status == 200:
-                    return True
+                    waiting.pop(0)
+                    if not waiting:
+                        return True
+                    continue
         except aiohttp.ClientError:
             pass
         if time.monotonic() > deadline:
@@ -153,7 +159,8 @@ async def serve_tokensvc(
                     )
                 procs.append(proc)
                 base = f"http://127.0.0.1:{port}"
-                if await _healthy(session, proc, base, log_path):
+                bases = [base, f"http://127.0.0.1:{verify_port}"]
+                if await _healthy(session, proc, bases, log_path):
                     break
                 port, verify_port = _free_port(), _free_port()
             else:

@@ -317,12 +317,17 @@ async def test_until_now_catches_up_and_ends(client: Client, admin_token: str, c
     text = await asyncio.wait_for(resp.text(), 5)
     bad = await client.get(STREAM + "?until=later", headers=bearer(caller))
     long = await client.get(STREAM, headers={**bearer(caller), "Last-Event-ID": "1" * 65})
+    # The query's cursor is checked too when a Last-Event-ID wins (schemathesis found it unread).
+    long_query = await client.get(
+        STREAM + "?until=now&cursor=" + "1" * 65, headers={**bearer(caller), "Last-Event-ID": "1"}
+    )
 
     assert resp.status == 200
     assert text.count("event: token") == 2
     assert text.startswith(f"id: {hello.id}\nevent: hello\n")
     assert bad.status == 400
     assert long.status == 400
+    assert long_query.status == 400
 
 
 async def test_a_replica_started_later_replays_older_events_from_the_database(
