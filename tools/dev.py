@@ -662,7 +662,8 @@ def pytest_phases(args: list[str]) -> int:
         return subprocess.run([*pytest, *args], check=False).returncode
     parallel = subprocess.run(
         # --durations: the slowest tests, for keeping CI inside its 15 minutes.
-        [*pytest, "-n", "auto", "-m", "not serial", "--durations=25", *args], check=False
+        [*pytest, "-n", "auto", "-m", "not serial", "--durations=25", *args],
+        check=False,
     ).returncode
     serial = subprocess.run([*pytest, "-m", "serial", *args], check=False).returncode
     # Exit 5 (nothing collected) is fine for one phase when the other ran tests.
