@@ -17,6 +17,7 @@ import os
 import re
 import select
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -115,17 +116,23 @@ def test_the_readme_first_token_examples_run_as_written(tmp_path: Path) -> None:
     clone.mkdir()
     (clone / ".venv").symlink_to(Path(sys.executable).parent.parent)
     env = _fresh_env(home)
-    port = _free_port()
     server_log = tmp_path / "server.log"
-    with server_log.open("wb") as log:
-        server = subprocess.Popen(
-            [TOKENSVC, "serve", "--port", str(port)],
-            env=env,
-            cwd=clone,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    # A free port is free when picked, not when bound (the verify port is the next one): a
+    # parallel test may take one first, so a start that loses that race is tried again.
+    for _attempt in range(3):
+        port = _free_port()
+        with server_log.open("wb") as log:
+            server = subprocess.Popen(
+                [TOKENSVC, "serve", "--port", str(port)],
+                env=env,
+                cwd=clone,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        if _started(server, server_log):
+            break
+        shutil.rmtree(home / ".local", ignore_errors=True)  # a data dir the lost start made
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -173,6 +180,19 @@ def _echoing(script: str) -> str:
             lines.append(f"printf '%s\\n' {shlex.quote('$ ' + line)}")
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _started(server: subprocess.Popen[bytes], log: Path) -> bool:
+    """Wait until `tokensvc serve` listens on both its ports; False if it lost a port race."""
+    deadline = time.monotonic() + 60
+    while "Running on" not in log.read_text():
+        if server.poll() is not None:
+            text = log.read_text()
+            assert "already in use" in text, text
+            return False
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    return True
 
 
 def _healthy(url: str) -> bool:
