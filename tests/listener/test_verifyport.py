@@ -42,6 +42,11 @@ PER_ANSWER = {"date", "x-request-id"}
 
 @pytest.fixture
 async def token(client: Client, admin_token: str) -> str:
+    return await read_token(client, admin_token)
+
+
+async def read_token(client: Client, admin_token: str) -> str:
+    """alice's token for read on /docs/* in audience files: what CONTEXT asks, allowed."""
     body = await mint(
         client,
         admin_token,

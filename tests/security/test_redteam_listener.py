@@ -20,6 +20,7 @@ from tests.listener.test_verifyport import (
     connect,
     listener_of,
     read_answer,
+    read_token,
     verify_body,
     verify_request,
 )
@@ -334,19 +335,7 @@ async def test_half_closed_client_gets_its_answers_on_uvloop(
     When uvloop reads the requests and the FIN in one callback (a read that fills its 256000
     byte buffer, then EOF), eof_received runs before the turn's answers are written; nothing is
     pending, so it returns False, the transport closes, and the queued answers are dropped."""
-    tok = str(
-        (
-            await mint(
-                client,
-                admin_token,
-                subject="alice",
-                ttl="1h",
-                operations=["read"],
-                resources=["/docs/*"],
-                audience=["files"],
-            )
-        )["token"]
-    )
+    tok = await read_token(client, admin_token)
     endpoint = verifyport.VerifyEndpoint.for_app(client.server.app)
     data = _exact_batch(tok, total, 4)
     loop, port, thread = _serve_on_uvloop(endpoint)
