@@ -2,7 +2,7 @@
 
 Standard library only: it runs on the system Python before .venv exists, creates .venv and keeps
 it installed from pyproject.toml with the exact versions of requirements-lock.txt (pip
-constraints), and for the tests finds or starts PostgreSQL and Redis. Everything runs from the
+constraints; installed with uv where it can be had, else pip), and for the tests finds or starts PostgreSQL and Redis. Everything runs from the
 repository root; the tools themselves (pytest, ruff, mypy, lint-imports, uv) run inside .venv.
 """
 
@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import IO, NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
@@ -227,22 +227,57 @@ def ensure_venv(*want: str) -> None:
         say(f"installing tokensvc{spec[1:]} into .venv ({reason})")
         STAMP.unlink(missing_ok=True)
         log = VENV / ".dev-pip.log"
-        # pip's output (mostly build-backend warnings) is kept out of the way unless it fails.
+        # The installer's output (mostly build-backend warnings) is kept out of the way unless
+        # it fails.
         with log.open("w") as out:
-            installed = subprocess.run(
-                [str(VPY), "-m", "pip", "install", "-c", LOCK, "-e", spec],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-                check=False,
-            )
-        if installed.returncode:
+            returncode = install_with_uv(spec, out)
+            if returncode:
+                returncode = subprocess.run(
+                    [str(VPY), "-m", "pip", "install", "-c", LOCK, "-e", spec],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=PIP_ENV,
+                    check=False,
+                ).returncode
+        if returncode:
             sys.stderr.write("".join(log.read_text().splitlines(keepends=True)[-40:]))
             die(
-                f"pip install -c {LOCK} -e '{spec}' failed (full log: .venv/.dev-pip.log)\n"
+                f"installing -c {LOCK} -e '{spec}' failed with uv and with pip"
+                " (full log: .venv/.dev-pip.log)\n"
                 f"  If pyproject.toml changed a requirement, run ./dev lock to update {LOCK}."
             )
         STAMP.write_text(f"{current} {' '.join(extras)}\n")
+
+
+PIP_ENV = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+def install_with_uv(spec: str, out: IO[str]) -> int:
+    """Install `spec` into .venv with uv, the lock's version of which pip fetches first (uv
+    installs the project in about a fifth of pip's time, a minute of every CI run). Non-zero
+    when uv cannot be had or cannot install (no PyPI: uv reads no pip.conf, so no local wheel
+    directory or index); the caller then installs with pip, as before."""
+    uv = Path(venv_tool("uv"))
+    if not uv.exists():
+        fetched = subprocess.run(
+            [str(VPY), "-m", "pip", "install", "-c", LOCK, "uv"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=PIP_ENV,
+            check=False,
+        )
+        if fetched.returncode or not uv.exists():
+            return 1
+    installed = subprocess.run(
+        [str(uv), "pip", "install", "--python", str(VPY), "-c", LOCK, "-e", spec],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    if installed.returncode:
+        out.write("\ndev: uv could not install; pip installs instead\n")
+        out.flush()
+    return installed.returncode
 
 
 def venv_tool(name: str) -> str:
