@@ -25,13 +25,16 @@ import hmac
 import json
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from nacl.bindings import crypto_box, crypto_box_open
 from nacl.exceptions import CryptoError
 
-from keystore.discharger_key import DischargerKey
 from tokensvc.bakery.errors import CaveatNotForUs, MalformedCaveat
+
+# An annotation only: the CLI's discharge client uses this codec's constants without the stores.
+if TYPE_CHECKING:
+    from keystore.discharger_key import DischargerKey
 
 VERSION_1: Final = 1
 VERSION_2: Final = 2

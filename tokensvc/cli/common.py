@@ -10,13 +10,15 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from tokensvc.cli.errors import fail_on_errors
 from tokensvc.operations.config import Config, ConfigError
-from tokensvc.services.principals import LocalOperator
+
+if TYPE_CHECKING:
+    from tokensvc.services.principals import LocalOperator
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -111,6 +113,8 @@ def read_value(value: str | None, what: str) -> str:
 
 def operator() -> LocalOperator:
     """Who runs a `--local` command: the operating-system user, as the audit trail records it."""
+    from tokensvc.services.principals import LocalOperator
+
     try:
         name = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)

@@ -7,12 +7,12 @@ stored login. The service's errors come back as ApiError (tokensvc.cli.client).
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from keystore import KeystoreError
 from tokensvc.errors import TokensvcError
 
 
@@ -55,7 +55,17 @@ def fail_on_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except TokensvcError as exc:
             raise click.ClickException(f"{exc.code}: {exc.message}") from None
-        except KeystoreError as exc:
-            raise click.ClickException(f"keystore: {exc}") from None
+        except Exception as exc:
+            if _is_keystore_error(exc):
+                raise click.ClickException(f"keystore: {exc}") from None
+            raise
 
     return wrapper
+
+
+def _is_keystore_error(exc: Exception) -> bool:
+    # keystore is imported by the commands that use it (--local, serve), not here: it brings
+    # SQLAlchemy, most of a second of every CLI call. A KeystoreError can only have been raised
+    # by a loaded keystore, so one that is not loaded raised nothing of its own.
+    keystore = sys.modules.get("keystore")
+    return keystore is not None and isinstance(exc, keystore.KeystoreError)

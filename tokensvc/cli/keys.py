@@ -3,16 +3,18 @@ re-seal."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import click
 
-from keystore.reseal import KekUsage, ResealResult
 from tokensvc.cli import common
 from tokensvc.cli.client import Client
 from tokensvc.cli.common import emit, fail_on_errors, json_option, local_option, url_option
 from tokensvc.cli.render import key_body, key_table
+
+if TYPE_CHECKING:
+    from keystore.reseal import KekUsage, ResealResult
 
 
 @click.group()

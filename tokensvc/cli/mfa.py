@@ -9,7 +9,6 @@ import sys
 from typing import Any
 
 import click
-import segno
 
 from tokensvc.cli.client import Client
 from tokensvc.cli.common import emit, fail_on_errors, json_option, url_option
@@ -50,6 +49,8 @@ def _code(otp: str | None, what: str) -> str:
 
 def qr_text(uri: str) -> str:
     """The otpauth:// URI as a QR code drawn with terminal characters."""
+    import segno  # only when a QR code is drawn
+
     out = io.StringIO()
     segno.make(uri, error="m").terminal(out=out, compact=True, border=2)
     return out.getvalue()

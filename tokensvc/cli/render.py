@@ -7,14 +7,18 @@ These mirror the API's bodies (tokensvc.web.handlers.*), which the CLI may not i
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from keystore import KeyInfo
-from tokensvc.accounts.lockout.store import LockoutStatus
-from tokensvc.accounts.users import User
 from tokensvc.cli.common import iso
-from tokensvc.storage.audit import AuditEntry
-from tokensvc.tokens.registry import TokenRecord
+
+# Annotations only: a command that talks HTTP never loads the stores (and SQLAlchemy and redis
+# with them), which is most of a second of every CLI call.
+if TYPE_CHECKING:
+    from keystore import KeyInfo
+    from tokensvc.accounts.lockout.store import LockoutStatus
+    from tokensvc.accounts.users import User
+    from tokensvc.storage.audit import AuditEntry
+    from tokensvc.tokens.registry import TokenRecord
 
 
 def _ts(value: float | None) -> str | None:
