@@ -472,6 +472,40 @@ async def test_weaker_hash_is_upgraded_at_the_next_successful_login(
     assert (await users.get("alice")).password_hash == stored  # type: ignore[union-attr]
 
 
+async def test_a_right_password_is_not_refused_when_the_rehash_finds_the_hasher_busy(
+    aiohttp_client, pg_url: str, data_dir: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    """The upgrade of a weak hash waits for a slot like any check; when none comes in time the
+    login still succeeds on its right password (it was a 503 after the lockout was cleared) and
+    the old hash stays for a later login."""
+    client = await aiohttp_client(
+        create_app(
+            make_config(
+                database_url=pg_url,
+                data_dir=data_dir,
+                password_profile="OWASP",
+                # One argon2 thread whose slot rests 99x a check's time after an untrusted one,
+                # and a rehash that waits 50 ms at most: the slot cannot come back in time.
+                hash_concurrency=1,
+                hash_untrusted_share=1,
+                queue_timeout=timedelta(milliseconds=50),
+            ),
+            clock=clock,
+        )
+    )
+    weak_hash = argon2.PasswordHasher.from_parameters(WEAKER).hash(ALICE_PASSWORD)
+    users = client.app[appkeys.USERS]
+    await users.create("alice", password_hash=weak_hash)
+
+    with caplog.at_level("WARNING", logger="tokensvc.services.login"):
+        status, body = await login(client, "alice", ALICE_PASSWORD)
+
+    assert status == 200, body
+    assert (await verify(client, body["token"]))[0] == 200
+    assert (await users.get("alice")).password_hash == weak_hash  # type: ignore[union-attr]
+    assert "rehash of alice deferred" in caplog.text
+
+
 async def test_failed_login_does_not_rehash(
     aiohttp_client, pg_url: str, data_dir: Path, clock: FakeClock
 ) -> None:  # type: ignore[no-untyped-def]

@@ -351,13 +351,19 @@ class LoginService:
             await self._lockout.record_success(
                 identity=identity, client_ip=request.client_ip, now=now
             )
+        rehashed = False
         if result.needs_rehash and stored is not None:
-            await self._users.rehash(
-                user.name,
-                old_hash=stored,
-                new_hash=await self._hasher.rehash(request.password, priority=priority),
-            )
-        return _PasswordStep(user, generation, secret, rehashed=result.needs_rehash)
+            # The upgrade is the hasher's spare work, not part of the answer: the password was
+            # right, so a hasher too busy for a second hash leaves the old one for the next
+            # login rather than refusing this one (a 503 after a right password).
+            try:
+                new_hash = await self._hasher.rehash(request.password, priority=priority)
+            except Unavailable:
+                log.warning("password rehash of %s deferred: the hasher is busy", user.name)
+            else:
+                await self._users.rehash(user.name, old_hash=stored, new_hash=new_hash)
+                rehashed = True
+        return _PasswordStep(user, generation, secret, rehashed=rehashed)
 
     async def _second_step(
         self,
