@@ -10,6 +10,7 @@ from the local redis-server (tests/redis_servers.py); without one those tests fa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import secrets
@@ -61,6 +62,13 @@ def _pg_url_for(database: str) -> str:
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    async with fresh_database() as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database (its SQLAlchemy URL), dropped at the end of the block."""
     name = "tokensvc_t_" + secrets.token_hex(6)
     try:
         admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
@@ -159,6 +167,13 @@ def any_redis_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
     """A unique key prefix for one test; every key under it is deleted afterwards."""
+    async with fresh_redis_prefix(redis_url) as prefix:
+        yield prefix
+
+
+@contextlib.asynccontextmanager
+async def fresh_redis_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A unique key prefix on `redis_url`; every key under it is deleted at the end of the block."""
     from tokensvc.operations.redisconn import redis_client_from_url
 
     prefix = "tokensvc-test-" + secrets.token_hex(6) + ":"

@@ -10,7 +10,7 @@ import secrets
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,13 @@ from typing import Any, TypeVar
 import aiohttp
 import pyotp
 
-from tests.conftest import ADMIN_PASSWORD, basic_auth
+from tests.conftest import (
+    ADMIN_PASSWORD,
+    REDIS_URL,
+    basic_auth,
+    fresh_database,
+    fresh_redis_prefix,
+)
 from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port, stop
 
 T = TypeVar("T")
@@ -183,6 +189,36 @@ async def serve_tokensvc(
     finally:
         for proc in procs:
             stop(proc)
+
+
+@contextlib.contextmanager
+def tokensvc_for_module(tmp_path: Path) -> Iterator[Served]:
+    """One `tokensvc serve` (its own database and Redis prefix, removed at the end) for all the
+    tests of a module, from a synchronous module-scoped fixture: a start costs ~10 CPU seconds
+    on a 2-core CI host (three processes importing the server, a migration), which was most
+    of each client test's time. The tests that share it mint their own tokens and users."""
+    loop = LoopThread()
+    stack = contextlib.AsyncExitStack()
+
+    async def start() -> Served:
+        pg_url = await stack.enter_async_context(fresh_database())
+        prefix = await stack.enter_async_context(fresh_redis_prefix(REDIS_URL))
+        return await stack.enter_async_context(
+            serve_tokensvc(tmp_path, pg_url=pg_url, redis_url=REDIS_URL, redis_prefix=prefix)
+        )
+
+    try:
+        try:
+            served = loop.run(start(), timeout=300)
+        except BaseException:
+            loop.run(stack.aclose(), timeout=120)
+            raise
+        try:
+            yield served
+        finally:
+            loop.run(stack.aclose(), timeout=120)
+    finally:
+        loop.close()
 
 
 class TcpProxy:

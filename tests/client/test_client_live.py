@@ -6,25 +6,21 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
 
-from tests.client.served_tokensvc import Served, TcpProxy, serve_tokensvc
+from tests.client.served_tokensvc import Served, TcpProxy, tokensvc_for_module
 from tokensvc_client import CaveatDenied, InvalidToken, TokensvcClient, Unavailable
 
 READ_DOC = {"operation": "read", "resource": "/docs/1", "audience": "files"}
 
 
-@pytest.fixture
-async def served(
-    pg_url: str, redis_url: str, redis_prefix: str, tmp_path: Path
-) -> AsyncIterator[Served]:
-    async with serve_tokensvc(
-        tmp_path, pg_url=pg_url, redis_url=redis_url, redis_prefix=redis_prefix
-    ) as s:
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One tokensvc for the module's tests (each mints its own tokens and users)."""
+    with tokensvc_for_module(tmp_path_factory.mktemp("tokensvc")) as s:
         yield s
 
 

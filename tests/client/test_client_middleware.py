@@ -4,8 +4,8 @@ apps, deciding with a client of a real `tokensvc serve`."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
+import secrets
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from caveats import MFA_REQUIRED
-from tests.client.served_tokensvc import Served, serve_tokensvc
+from tests.client.served_tokensvc import Served, tokensvc_for_module
 from tests.tokensvc.test_api_mfa import ALICE
 from tokensvc_client import PUBLIC, Requirement, TokensvcClient
 from tokensvc_client.asgi import PRINCIPAL as ASGI_PRINCIPAL
@@ -22,13 +22,10 @@ from tokensvc_client.asgi import TokensvcASGIMiddleware
 from tokensvc_client.web import TokensvcGuard, principal, public, require, tokensvc_middleware
 
 
-@pytest.fixture
-async def served(
-    pg_url: str, redis_url: str, redis_prefix: str, tmp_path: Path
-) -> AsyncIterator[Served]:
-    async with serve_tokensvc(
-        tmp_path, pg_url=pg_url, redis_url=redis_url, redis_prefix=redis_prefix
-    ) as s:
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One tokensvc for the module's tests (each mints its own tokens and users)."""
+    with tokensvc_for_module(tmp_path_factory.mktemp("tokensvc")) as s:
         yield s
 
 
@@ -58,10 +55,12 @@ async def tokens(served: Served) -> dict[str, str]:
 
 @pytest.fixture
 async def mfa_tokens(served: Served) -> dict[str, str]:
-    """alice's login tokens: with her password only (before she enrolled), and with a TOTP code."""
+    """A new user's login tokens (the module's tests share one tokensvc): with the password only
+    (before the enrolment), and with a TOTP code; and the user's name, their `subject`."""
+    name = "alice-" + secrets.token_hex(4)
     async with aiohttp.ClientSession() as session:
-        password, mfa = await served.user_with_mfa(session, "alice", ALICE)
-    return {"password": password, "mfa": mfa}
+        password, mfa = await served.user_with_mfa(session, name, ALICE)
+    return {"password": password, "mfa": mfa, "subject": name}
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -307,7 +306,8 @@ async def test_aiohttp_require_mfa_refuses_a_password_only_token(
         "error": {"code": "caveat_denied", "message": MFA_REQUIRED.reason}
     }
     assert "MFA" in MFA_REQUIRED.reason
-    assert strong.status == 200 and await strong.json() == {"subject": "alice", "mfa": True}
+    assert strong.status == 200
+    assert await strong.json() == {"subject": mfa_tokens["subject"], "mfa": True}
     assert (plain_doc.status, await plain_doc.json()) == (200, {"mfa": False})
     assert (strong_doc.status, await strong_doc.json()) == (200, {"mfa": True})
     assert client.metrics.hits > 0  # decided from cached verdicts, not by asking tokensvc
