@@ -2,8 +2,9 @@
 
 Standard library only: it runs on the system Python before .venv exists, creates .venv and keeps
 it installed from pyproject.toml with the exact versions of requirements-lock.txt (pip
-constraints; installed with uv where it can be had, else pip), and for the tests finds or starts PostgreSQL and Redis. Everything runs from the
-repository root; the tools themselves (pytest, ruff, mypy, lint-imports, uv) run inside .venv.
+constraints; uv installs where it can be had, else pip), and for the tests finds or starts
+PostgreSQL and Redis. Everything runs from the repository root; the tools themselves (pytest,
+ruff, mypy, lint-imports, uv) run inside .venv.
 """
 
 from __future__ import annotations

@@ -208,17 +208,12 @@ def tokensvc_for_module(tmp_path: Path) -> Iterator[Served]:
         )
 
     try:
+        yield loop.run(start(), timeout=300)
+    finally:  # also after a failed start: what it did enter is left
         try:
-            served = loop.run(start(), timeout=300)
-        except BaseException:
             loop.run(stack.aclose(), timeout=120)
-            raise
-        try:
-            yield served
         finally:
-            loop.run(stack.aclose(), timeout=120)
-    finally:
-        loop.close()
+            loop.close()
 
 
 class TcpProxy:
