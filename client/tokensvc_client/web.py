@@ -172,16 +172,9 @@ def tokensvc_middleware(
     key_of, allowed, admit = gate.key, gate.allowed, gate.admit
     default = DEFAULT if protect_all else PUBLIC
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # The handler aiohttp hands a middleware is one object per route, so it stands for the
-        # route's requirement in the key. A remembered allow costs a lookup and nothing more
-        # (no coroutine of its own, not even the requirement: this is every request's path).
-        key = key_of(request, handler)
-        found = allowed(key)
-        if found is not None:
-            request[PRINCIPAL] = found
-            return await handler(request)
+    async def check_then(
+        request: web.Request, handler: Handler, key: Hashable
+    ) -> web.StreamResponse:
         requirement: Requirement = getattr(handler, _ATTR, default)
         if requirement.public:  # never remembered: open routes pay the lookup and this
             return await handler(request)
@@ -189,6 +182,20 @@ def tokensvc_middleware(
         if refusal is not None:
             return refusal
         return await handler(request)
+
+    @web.middleware
+    def middleware(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+        # Not a coroutine function: aiohttp awaits what a middleware returns (its Middleware
+        # type returns an Awaitable), so a remembered allow hands back the handler's own
+        # awaitable, with no coroutine of the middleware's in between; the rest is check_then.
+        # The handler aiohttp hands a middleware is one object per route, so it stands for the
+        # route's requirement in the key. A remembered allow costs a lookup and nothing more.
+        key = key_of(request, handler)
+        found = allowed(key)
+        if found is not None:
+            request[PRINCIPAL] = found
+            return handler(request)
+        return check_then(request, handler, key)
 
     return middleware
 
