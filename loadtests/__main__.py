@@ -1,11 +1,11 @@
-"""`python -m loadtests {http,micro,instructions,storm,workers,memory,locust,client,report,all} [options]` — see loadtests/README.md."""
+"""`python -m loadtests {http,micro,instructions,storm,workers,memory,locust,client,client-instructions,report,all} [options]` — see loadtests/README.md."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 
-USAGE = """usage: python -m loadtests {http,micro,instructions,storm,workers,memory,locust,client,report,all} [options]
+USAGE = """usage: python -m loadtests {http,micro,instructions,storm,workers,memory,locust,client,client-instructions,report,all} [options]
 
   http   start tokensvc, a bare aiohttp handler, the Go verify-peer and nginx on loopback (servers
          pinned to one core), load them with wrk (or a Python load generator), print /v1/verify
@@ -21,6 +21,8 @@ USAGE = """usage: python -m loadtests {http,micro,instructions,storm,workers,mem
   locust   the locust scenario (login → mint → verify) headless against a fresh tokensvc
   client   a sample aiohttp endpoint: no auth vs tokensvc-client's middleware on a cache hit vs
            /v1/verify per request; the time a hit adds and the throughput ratio (issue 20)
+  client-instructions  the same goal counted under callgrind (noise-free): instructions per
+           request of no auth, the middleware and TokensvcGuard on a remembered allow
   report   one summary of the latest results files + loadtests/results/latency.png
   all    micro, then http (options: --quick for short runs of both)
 
@@ -35,6 +37,7 @@ _MODULES = {
     "locust": "locustrun",
     "report": "report",
     "client": "clientbench",
+    "client-instructions": "clientinstr",
 }
 
 

@@ -1,5 +1,5 @@
 """The sample service of `python -m loadtests client`: one aiohttp endpoint, GET /docs/{name},
-served three ways (one process each):
+served four ways (one process each; the protected ones also answer GET /_client/metrics):
 
 - `noauth`:  no token check at all (the baseline);
 - `cached`:  tokensvc-client's middleware, decisions from cached verdicts (a hot token: hits);
@@ -41,6 +41,16 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(body=b'{"status":"ok"}', content_type="application/json")
 
 
+CLIENT: web.AppKey[TokensvcClient] = web.AppKey("client", TokensvcClient)
+
+
+@public
+async def client_metrics(request: web.Request) -> web.Response:
+    """The client's counters and stream state: the benchmarks check that every counted request
+    was a hit (no fetch, no fallback to /v1/verify)."""
+    return web.Response(body=orjson.dumps(request.app[CLIENT].metrics.snapshot()))
+
+
 def make_app(mode: str, tokensvc: str, verify_url: str, service_token: str) -> web.Application:
     handler = doc
     if mode == "noauth":
@@ -55,6 +65,9 @@ def make_app(mode: str, tokensvc: str, verify_url: str, service_token: str) -> w
             handler = TokensvcGuard(client, audience=AUDIENCE).protect(doc)
         else:
             app = web.Application(middlewares=[tokensvc_middleware(client, audience=AUDIENCE)])
+
+        app[CLIENT] = client
+        app.router.add_get("/_client/metrics", client_metrics)
 
         async def lifecycle(app: web.Application) -> AsyncIterator[None]:
             async with client:
