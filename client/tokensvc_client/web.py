@@ -1,6 +1,6 @@
 """aiohttp: a middleware that checks every request's token with a TokensvcClient, and `@require`
-to set a route's operation and resource (or `@public` to leave it open); or, per route without a
-middleware, `TokensvcGuard`.
+to set a route's operation and resource (or `@public` to leave it open); or, without a middleware,
+`TokensvcGuard`: per route, or over a whole route table (`app.add_routes(guard.routes(table))`).
 
     client = TokensvcClient("http://tokensvc:8080", service_token)
     app = web.Application(middlewares=[tokensvc_middleware(client, audience="orders")])
@@ -19,7 +19,7 @@ or 503 + Retry-After when tokensvc cannot be asked and the cache may not be trus
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -232,28 +232,58 @@ class TokensvcGuard:
         """Protect a handler with this operation and/or resource (None: the forward-auth
         mapping of the request); `mfa=True` admits only tokens minted after a second factor."""
         requirement = Requirement(operation=operation, resource=resource, mfa=mfa)
-        gate = self._gate
-        key_of, allowed, admit = gate.key, gate.allowed, gate.admit
-
-        def wrap(handler: Handler) -> Handler:
-            route = object()  # hashed by identity: cheaper in the key than the requirement
-
-            @functools.wraps(handler)
-            async def guarded(request: web.Request) -> web.StreamResponse:
-                key = key_of(request, route)
-                found = allowed(key)
-                if found is not None:
-                    request[PRINCIPAL] = found
-                else:
-                    refusal = await admit(request, key, requirement)
-                    if refusal is not None:
-                        return refusal
-                return await handler(request)
-
-            return guarded
-
-        return wrap
+        return functools.partial(self._wrap, requirement)
 
     def protect(self, handler: Handler) -> Handler:
         """Protect a handler with the forward-auth mapping (`read` for GET, the path)."""
-        return self.require()(handler)
+        return self._wrap(DEFAULT, handler)
+
+    def routes(self, table: Iterable[web.AbstractRouteDef]) -> list[web.AbstractRouteDef]:
+        """A route table (`web.RouteTableDef`, or `web.get(...)` and the like) with every route
+        protected as `tokensvc_middleware` protects it — `@require(...)` for its requirement,
+        `@public` left open, any other the forward-auth mapping — for `app.add_routes(...)`.
+        Protection by default, at the guard's cost: no middleware chain.
+
+            routes = web.RouteTableDef()
+
+            @routes.get("/docs/{name}")
+            async def read_doc(request): ...
+
+            app.add_routes(guard.routes(routes))
+
+        TypeError for a route that is not a handler's (`web.static`): it could not be protected,
+        and a route table must not quietly leave one open.
+        """
+        protected: list[web.AbstractRouteDef] = []
+        for route in table:
+            if not isinstance(route, web.RouteDef):
+                raise TypeError(
+                    f"TokensvcGuard.routes: {route!r} is not a handler's route and cannot be "
+                    "protected; add it to the app yourself if it is meant to be open"
+                )
+            requirement: Requirement = getattr(route.handler, _ATTR, DEFAULT)
+            if requirement.public:
+                protected.append(route)
+            else:
+                handler = self._wrap(requirement, route.handler)
+                protected.append(web.RouteDef(route.method, route.path, handler, route.kwargs))
+        return protected
+
+    def _wrap(self, requirement: Requirement, handler: Handler) -> Handler:
+        gate = self._gate
+        key_of, allowed, admit = gate.key, gate.allowed, gate.admit
+        route = object()  # hashed by identity: cheaper in the key than the requirement
+
+        @functools.wraps(handler)
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            key = key_of(request, route)
+            found = allowed(key)
+            if found is not None:
+                request[PRINCIPAL] = found
+            else:
+                refusal = await admit(request, key, requirement)
+                if refusal is not None:
+                    return refusal
+            return await handler(request)
+
+        return guarded

@@ -195,6 +195,58 @@ async def test_guard_protects_the_routes_it_wraps_as_the_middleware_does(
     assert (await http.get("/healthz")).status == 200
 
 
+async def test_guard_routes_protects_a_whole_route_table_by_default(
+    aiohttp_client: Any, client: TokensvcClient, tokens: dict[str, str], tmp_path: Any
+) -> None:
+    """TokensvcGuard.routes: every route of a table protected as the middleware protects it
+    (the forward-auth mapping, a class-based view included), `@require` and `@public` honoured;
+    a route the guard cannot wrap (static files) is refused rather than left open."""
+    guard = TokensvcGuard(client, audience="files")
+    routes = web.RouteTableDef()
+
+    @routes.route("*", "/docs/{name}")
+    async def doc(request: web.Request) -> web.Response:
+        return web.json_response({"subject": principal(request).subject})
+
+    @routes.get("/admin/report")
+    @require(operation="report:read", resource="/admin")
+    async def report(request: web.Request) -> web.Response:
+        return web.json_response({"subject": principal(request).subject})
+
+    @routes.get("/healthz")
+    @public
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    @routes.view("/docs/view/{name}")
+    class DocView(web.View):
+        async def get(self) -> web.Response:
+            return web.json_response({"view": principal(self.request).subject})
+
+    app = web.Application()
+    app.add_routes(guard.routes(routes))
+    http = await aiohttp_client(app)
+    reader, reporter = bearer(tokens["reader"]), bearer(tokens["reporter"])
+
+    allowed = [await http.get("/docs/1", headers=reader) for _ in range(3)]
+    write = await http.post("/docs/1", headers=reader)
+    none = await http.get("/docs/1")
+    view = await http.get("/docs/view/2", headers=reader)
+    view_none = await http.get("/docs/view/2")
+    view_write = await http.post("/docs/view/2", headers=reader)
+
+    assert [r.status for r in allowed] == [200, 200, 200]
+    assert await allowed[2].json() == {"subject": "alice"}
+    assert write.status == 403 and none.status == 401
+    assert view.status == 200 and await view.json() == {"view": "alice"}
+    assert view_none.status == 401 and view_write.status == 403
+    assert (await http.get("/admin/report", headers=reader)).status == 403
+    assert (await http.get("/admin/report", headers=reporter)).status == 200
+    assert (await http.get("/healthz")).status == 200
+    with pytest.raises(TypeError, match="cannot be protected"):
+        guard.routes([web.static("/files", tmp_path)])
+
+
 async def asgi_call(
     app: Any, path: str, headers: dict[str, str], method: str = "GET"
 ) -> tuple[int, dict[str, str], bytes, dict[str, Any]]:
