@@ -3,14 +3,18 @@ forward-auth (GET /v1/auth, docs/forward-auth.md) builds it, so a token minted f
 service means the same behind this middleware:
 
 - operation: `read` for GET, HEAD, OPTIONS; `write` for anything else (unless a route says);
-- resource: the path, percent-decoded, dot segments and repeated slashes resolved, never above
-  `/`, a trailing slash kept (tokensvc.web.handlers.forwardauth.resource_of, held to it by a test);
+- resource: the path, percent-decoded, a trailing slash kept, as forward-auth names it
+  (tokensvc.web.handlers.forwardauth.resource_of, held to it by a test) — except that a path
+  with an encoded `/`, `.` or backslash, an empty segment or a dot segment is refused (403) where
+  forward-auth resolves it: behind a proxy the proxy routes the resolved path, but here the app
+  routes, and its router may read such a path differently from the resource checked;
 - token: `Authorization: Bearer <token>` or `Authorization: Macaroon <token>`; discharges, if any,
   in `X-Macaroon-Discharges` (comma-separated).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote_to_bytes
@@ -21,6 +25,12 @@ READ_METHODS: Final = frozenset(("GET", "HEAD", "OPTIONS"))
 DISCHARGES_HEADER: Final = "X-Macaroon-Discharges"
 _MAX_URI: Final = 2048
 _MAX_DISCHARGES: Final = 16
+# Paths the app's router and forward-auth's rule can read differently, so the resource checked
+# might not be the route served: aiohttp routes on the path with %2F still encoded (so
+# `/admin/x%2F..%2F..%2Fdocs%2Fy` reaches /admin/{name} while decoding names /docs/y), and
+# ASGI servers hand `..` and empty segments to the app unresolved. Forward-auth resolves them the
+# way its proxy routes; behind this middleware the app routes, so they are refused instead.
+_AMBIGUOUS: Final = re.compile(r"%(?:2f|2e|5c)|//|/\.\.?(?:/|$)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,11 @@ def resource_of(path: str) -> str:
     path = path.split("?", 1)[0].split("#", 1)[0]
     if not path.startswith("/") and "://" in path:
         path = "/" + path.split("://", 1)[1].partition("/")[2]
+    if _AMBIGUOUS.search(path):
+        raise CaveatDenied(
+            "the request path has an encoded '/', '.' or '\\', an empty or a dot segment: "
+            "the route it reaches and the resource it names could differ"
+        )
     try:
         path = unquote_to_bytes(path).decode("utf-8")
     except UnicodeDecodeError:

@@ -247,6 +247,59 @@ async def test_guard_routes_protects_a_whole_route_table_by_default(
         guard.routes([web.static("/files", tmp_path)])
 
 
+async def raw_get(server: Any, target: str, token: str) -> int:
+    """The status of a GET with `target` sent as is (an HTTP client would normalise it)."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(
+            f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        return int((await reader.readline()).split()[1])
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("protection", ["middleware", "guard.routes"])
+async def test_a_path_token_cannot_reach_another_route_through_encoded_separators(
+    aiohttp_server: Any, client: TokensvcClient, tokens: dict[str, str], protection: str
+) -> None:
+    """Red team: aiohttp routes `/admin/x%2F..%2F..%2Fdocs%2Fy` to /admin/{name}, while decoding
+    it first names /docs/y, which a /docs/* token may read. Such paths (and `//`, `..`) are
+    refused, so the token reaches only the routes its resources name."""
+    routes = web.RouteTableDef()
+
+    @routes.get("/admin/{name}")
+    async def admin(request: web.Request) -> web.Response:
+        return web.json_response({"admin": True})
+
+    @routes.get("/docs/{name}")
+    async def doc(request: web.Request) -> web.Response:
+        return web.json_response({"subject": principal(request).subject})
+
+    if protection == "middleware":
+        app = web.Application(middlewares=[tokensvc_middleware(client, audience="files")])
+        app.add_routes(routes)
+    else:
+        app = web.Application()
+        app.add_routes(TokensvcGuard(client, audience="files").routes(routes))
+    server = await aiohttp_server(app)
+    reader = tokens["reader"]
+
+    assert await raw_get(server, "/docs/y", reader) == 200
+    for target in (
+        "/admin/x%2F..%2F..%2Fdocs%2Fy",
+        "/admin/..%2Fdocs%2Fy",
+        "/admin/%2E%2E%2Fdocs%2Fy",
+        "/admin//../docs/y",
+        "/admin/x",
+    ):
+        # 403 from the check; 404 where aiohttp's own normalisation finds no route at all.
+        assert await raw_get(server, target, reader) in (403, 404), target
+    assert await raw_get(server, "/admin/x%2F..%2F..%2Fdocs%2Fy", reader) == 403
+
+
 async def asgi_call(
     app: Any, path: str, headers: dict[str, str], method: str = "GET"
 ) -> tuple[int, dict[str, str], bytes, dict[str, Any]]:
