@@ -76,6 +76,35 @@ def public(handler: H) -> H:
     return handler
 
 
+def requirement_of(handler: object, method: str, default: Requirement) -> Requirement:
+    """The requirement a route's handler carries for a request with `method`: the mark of
+    `@require`/`@public` on the handler (through `functools.partial`), or for a class-based view
+    (`web.View`) on its method for `method` (`get`, `post`, ...), else on the class; else
+    `default`. A mark must never be lost on the way: a lost `@require(operation=...)` would
+    leave the route checked with the weaker forward-auth mapping, a lost one on a view method
+    with `protect_all=False` would leave it open."""
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    if _is_view(handler):
+        found = getattr(getattr(handler, method.lower(), None), _ATTR, None)
+        if isinstance(found, Requirement):
+            return found
+    found = getattr(handler, _ATTR, None)
+    return found if isinstance(found, Requirement) else default
+
+
+def _always(requirement: Requirement) -> Callable[[web.Request], Requirement]:
+    return lambda request: requirement
+
+
+def _is_view(handler: object) -> bool:
+    return isinstance(handler, type) and issubclass(handler, web.View)
+
+
+def _view_requirement(view: object, request: web.Request) -> Requirement:
+    return requirement_of(view, request.method, DEFAULT)
+
+
 def principal(request: web.Request) -> Principal:
     """The Principal of a request the middleware allowed; KeyError on an open route."""
     return request[PRINCIPAL]  # type: ignore[no-any-return]
@@ -175,7 +204,7 @@ def tokensvc_middleware(
     async def check_then(
         request: web.Request, handler: Handler, key: Hashable
     ) -> web.StreamResponse:
-        requirement: Requirement = getattr(handler, _ATTR, default)
+        requirement = requirement_of(handler, request.method, default)
         if requirement.public:  # never remembered: open routes pay the lookup and this
             return await handler(request)
         refusal = await admit(request, key, requirement)
@@ -231,12 +260,16 @@ class TokensvcGuard:
     ) -> Callable[[Handler], Handler]:
         """Protect a handler with this operation and/or resource (None: the forward-auth
         mapping of the request); `mfa=True` admits only tokens minted after a second factor."""
-        requirement = Requirement(operation=operation, resource=resource, mfa=mfa)
-        return functools.partial(self._wrap, requirement)
+        requirement_for = _always(Requirement(operation=operation, resource=resource, mfa=mfa))
+        return lambda handler: self._wrap(handler, requirement_for)
 
     def protect(self, handler: Handler) -> Handler:
-        """Protect a handler with the forward-auth mapping (`read` for GET, the path)."""
-        return self._wrap(DEFAULT, handler)
+        """Protect a handler with the forward-auth mapping (`read` for GET, the path), or with
+        the `@require`/`@public` mark it carries — for a class-based view, the mark on the
+        method each request calls (else on the class)."""
+        if _is_view(handler):
+            return self._wrap(handler, functools.partial(_view_requirement, handler))
+        return self._wrap(handler, _always(requirement_of(handler, "", DEFAULT)))
 
     def routes(self, table: Iterable[web.AbstractRouteDef]) -> list[web.AbstractRouteDef]:
         """A route table (`web.RouteTableDef`, or `web.get(...)` and the like) with every route
@@ -261,15 +294,17 @@ class TokensvcGuard:
                     f"TokensvcGuard.routes: {route!r} is not a handler's route and cannot be "
                     "protected; add it to the app yourself if it is meant to be open"
                 )
-            requirement: Requirement = getattr(route.handler, _ATTR, DEFAULT)
-            if requirement.public:
+            handler = route.handler
+            if not _is_view(handler) and requirement_of(handler, "", DEFAULT).public:
                 protected.append(route)
-            else:
-                handler = self._wrap(requirement, route.handler)
-                protected.append(web.RouteDef(route.method, route.path, handler, route.kwargs))
+                continue
+            wrapped = self.protect(handler)
+            protected.append(web.RouteDef(route.method, route.path, wrapped, route.kwargs))
         return protected
 
-    def _wrap(self, requirement: Requirement, handler: Handler) -> Handler:
+    def _wrap(self, handler: Any, requirement_for: Callable[[web.Request], Requirement]) -> Handler:
+        """`handler` checked per request; `requirement_for(request)` is asked only when no
+        remembered allow applies (the route's requirement, or a view method's)."""
         gate = self._gate
         key_of, allowed, admit = gate.key, gate.allowed, gate.admit
         route = object()  # hashed by identity: cheaper in the key than the requirement
@@ -281,9 +316,11 @@ class TokensvcGuard:
             if found is not None:
                 request[PRINCIPAL] = found
             else:
-                refusal = await admit(request, key, requirement)
-                if refusal is not None:
-                    return refusal
-            return await handler(request)
+                requirement = requirement_for(request)
+                if not requirement.public:  # a view's @public method: open, never remembered
+                    refusal = await admit(request, key, requirement)
+                    if refusal is not None:
+                        return refusal
+            return await handler(request)  # type: ignore[no-any-return]
 
         return guarded

@@ -4,6 +4,7 @@ apps, deciding with a client of a real `tokensvc serve`."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -298,6 +299,54 @@ async def test_a_path_token_cannot_reach_another_route_through_encoded_separator
         # 403 from the check; 404 where aiohttp's own normalisation finds no route at all.
         assert await raw_get(server, target, reader) in (403, 404), target
     assert await raw_get(server, "/admin/x%2F..%2F..%2Fdocs%2Fy", reader) == 403
+
+
+@pytest.mark.parametrize("protection", ["middleware", "middleware, opt-in", "guard.routes"])
+async def test_marks_on_view_methods_and_partials_are_honoured(
+    aiohttp_client: Any,
+    client: TokensvcClient,
+    tokens: dict[str, str],
+    protection: str,
+) -> None:
+    """Red team: marks used to be read only from a route's handler, which for a class-based view
+    is the class — so `@require(...)` on a view's method was dropped (the weaker forward-auth
+    mapping checked instead; with protect_all=False the method was open to anyone), and so was a
+    mark on a handler wrapped in functools.partial. Each is now honoured."""
+    routes = web.RouteTableDef()
+
+    @routes.view("/admin/report")
+    class Report(web.View):
+        @require(operation="report:read", resource="/admin")
+        async def get(self) -> web.Response:
+            return web.json_response({"subject": principal(self.request).subject})
+
+        @public
+        async def options(self) -> web.Response:
+            return web.json_response({"allow": "GET"})
+
+    @require(operation="report:read", resource="/admin")
+    async def report_for(request: web.Request, *, kind: str) -> web.Response:
+        return web.json_response({"subject": principal(request).subject, "kind": kind})
+
+    routes.get("/admin/partial")(functools.partial(report_for, kind="p"))
+
+    if protection == "guard.routes":
+        app = web.Application()
+        app.add_routes(TokensvcGuard(client, audience="files").routes(routes))
+    else:
+        opt_in = protection == "middleware, opt-in"
+        middleware = tokensvc_middleware(client, audience="files", protect_all=not opt_in)
+        app = web.Application(middlewares=[middleware])
+        app.add_routes(routes)
+    http = await aiohttp_client(app)
+    reader, reporter = bearer(tokens["reader"]), bearer(tokens["reporter"])
+
+    for path in ("/admin/report", "/admin/partial"):
+        assert (await http.get(path)).status == 401, path
+        assert (await http.get(path, headers=reader)).status == 403, path
+        allowed = await http.get(path, headers=reporter)
+        assert allowed.status == 200 and (await allowed.json())["subject"] == "rita", path
+    assert (await http.options("/admin/report")).status == 200  # its own @public mark
 
 
 async def asgi_call(
