@@ -3,11 +3,10 @@ forward-auth (GET /v1/auth, docs/forward-auth.md) builds it, so a token minted f
 service means the same behind this middleware:
 
 - operation: `read` for GET, HEAD, OPTIONS; `write` for anything else (unless a route says);
-- resource: the path, percent-decoded, a trailing slash kept, as forward-auth names it
-  (tokensvc.web.handlers.forwardauth.resource_of, held to it by a test) — except that a path
-  with an encoded `/`, `.` or backslash, an empty segment or a dot segment is refused (403) where
-  forward-auth resolves it: behind a proxy the proxy routes the resolved path, but here the app
-  routes, and its router may read such a path differently from the resource checked;
+- resource: the path, percent-decoded, a trailing slash kept (tokensvc.web.handlers.forwardauth
+  .resource_of, held to it by a test); a path with an encoded `/`, `.`, `;` or backslash, a
+  backslash, an empty segment or a dot segment (`..;` included) is refused (403): the app's router may read it otherwise than the
+  resource checked;
 - token: `Authorization: Bearer <token>` or `Authorization: Macaroon <token>`; discharges, if any,
   in `X-Macaroon-Discharges` (comma-separated).
 """
@@ -25,12 +24,11 @@ READ_METHODS: Final = frozenset(("GET", "HEAD", "OPTIONS"))
 DISCHARGES_HEADER: Final = "X-Macaroon-Discharges"
 _MAX_URI: Final = 2048
 _MAX_DISCHARGES: Final = 16
-# Paths the app's router and forward-auth's rule can read differently, so the resource checked
-# might not be the route served: aiohttp routes on the path with %2F still encoded (so
-# `/admin/x%2F..%2F..%2Fdocs%2Fy` reaches /admin/{name} while decoding names /docs/y), and
-# ASGI servers hand `..` and empty segments to the app unresolved. Forward-auth resolves them the
-# way its proxy routes; behind this middleware the app routes, so they are refused instead.
-_AMBIGUOUS: Final = re.compile(r"%(?:2f|2e|5c)|//|/\.\.?(?:/|$)", re.IGNORECASE)
+# Paths the app's router and a decoding rule can read differently, so the resource checked might
+# not be the route served: aiohttp routes on the path with %2F still encoded (so
+# `/admin/x%2F..%2F..%2Fdocs%2Fy` reaches /admin/{name} while decoding names /docs/y), and ASGI
+# servers hand `..` and empty segments to the app unresolved. Refused, as forward-auth refuses them.
+_AMBIGUOUS: Final = re.compile(r"%(?:2f|2e|5c|3b)|\\|//|/\.\.?(?:[/;]|$)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +52,8 @@ def operation_for(method: str) -> str:
 
 
 def resource_of(path: str) -> str:
-    """The request path as a proxy routes it (forward-auth's rule); CaveatDenied if it cannot be one."""
+    """The resource a request path names (forward-auth's rule); CaveatDenied if it cannot name
+    one, or could name another than the route it reaches."""
     if len(path) > _MAX_URI:
         raise CaveatDenied("the request URI is too long")
     # The common case, already normal: nothing to decode, no dot segment, no empty segment, no
@@ -65,6 +64,7 @@ def resource_of(path: str) -> str:
         and "%" not in path
         and "/." not in path
         and "//" not in path
+        and "\\" not in path
         and "?" not in path
         and "#" not in path
     ):
@@ -74,7 +74,8 @@ def resource_of(path: str) -> str:
         path = "/" + path.split("://", 1)[1].partition("/")[2]
     if _AMBIGUOUS.search(path):
         raise CaveatDenied(
-            "the request path has an encoded '/', '.' or '\\', an empty or a dot segment: "
+            "the request path has an encoded '/', '.', ';' or backslash, a backslash, an empty or "
+            "a dot segment: "
             "the route it reaches and the resource it names could differ"
         )
     try:
@@ -83,15 +84,9 @@ def resource_of(path: str) -> str:
         raise CaveatDenied("the request URI is not UTF-8") from None
     if not path.startswith("/") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
         raise CaveatDenied("the request URI is not an absolute path")
-    segments: list[str] = []
-    for segment in path.split("/")[1:]:
-        if segment == "..":
-            if segments:
-                segments.pop()
-        elif segment not in ("", "."):
-            segments.append(segment)
-    trailing = path.endswith(("/", "/.", "/..")) and bool(segments)
-    return "/" + "/".join(segments) + ("/" if trailing else "")
+    # No dot or empty segment was let through, nor an encoded one: the decoded path is the
+    # resource as it is.
+    return path
 
 
 def token_from(authorization: str | None) -> str:

@@ -124,3 +124,74 @@ async def test_through_nginx_a_client_cannot_choose_the_operation(
         spoofed_audience.release()
 
     assert statuses == (403, 403)
+
+
+async def _raw_get(port: int, target: str, token: str) -> tuple[int, bytes]:
+    """Status and body of a GET with `target` sent as is (an HTTP client would normalise it)."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        response = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_through_nginx_a_path_token_cannot_reach_another_route_of_the_backend(
+    aiohttp_client: Any,
+    aiohttp_server: Any,
+    pg_config: Any,
+    clock: Any,
+    run_nginx: Any,
+    nginx_port: int,
+) -> None:
+    """nginx passes the URI on as the client sent it, and the backend routes it: aiohttp matches
+    `/app/admin/x%2F..%2F..%2Fpublic%2Fy` to /app/admin/{name}, while decoding it first and
+    resolving the dots names /app/public/y. A token for /app/public/* must not reach the admin
+    route that way (nor through `..` and `//`, which backends resolve differently)."""
+    from aiohttp import web
+
+    from tests.conftest import ADMIN_PASSWORD, basic_auth
+    from tokensvc.web.app import create_app
+
+    async def admin(request: web.Request) -> web.Response:
+        return web.Response(text="ADMIN")
+
+    async def public(request: web.Request) -> web.Response:
+        return web.Response(text="PUBLIC")
+
+    backend_app = web.Application()
+    backend_app.router.add_get("/app/admin/{name}", admin)
+    backend_app.router.add_get("/app/public/{name}", public)
+    backend = await aiohttp_server(backend_app)
+    tokensvc = await aiohttp_client(create_app(pg_config, clock=clock))
+    login = await tokensvc.post("/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD))
+    root = (await login.json())["token"]
+    status, minted = await call(
+        tokensvc,
+        "POST",
+        "/v1/tokens",
+        root,
+        json={"subject": "reader", "operations": ["read"], "resources": ["/app/public/*"]},
+    )
+    assert status == 201, minted
+    token = minted["token"]
+    run_nginx(tokensvc.port, backend.port)
+
+    assert await _raw_get(nginx_port, "/app/public/y", token) == (200, b"PUBLIC")
+    assert (await _raw_get(nginx_port, "/app/admin/x", token))[0] == 403
+    for target in (
+        "/app/admin/x%2F..%2F..%2Fpublic%2Fy",
+        "/app/admin/..%2Fpublic%2Fy",
+        "/app/admin/%2E%2E%2Fpublic%2Fy",
+        "/app/admin/x/..%2F..%2Fpublic%2Fy",
+    ):
+        status, body = await _raw_get(nginx_port, target, token)
+        assert body != b"ADMIN" and status in (400, 403, 404), (target, status, body)

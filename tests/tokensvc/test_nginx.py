@@ -67,8 +67,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def nginx_conf(root: Path, *, port: int, tokensvc_port: int) -> str:
-    """A self-contained configuration: everything under `root`, no default site, no /var paths."""
+def nginx_conf(
+    root: Path, *, port: int, tokensvc_port: int, backend_port: int | None = None
+) -> str:
+    """A self-contained configuration: everything under `root`, no default site, no /var paths;
+    with `backend_port`, /app/ is also protected and proxied there, the URI passed on as sent
+    (`proxy_pass` without a URI part, as docs/forward-auth.md's example does)."""
+    backend = (
+        f"""
+        location /app/ {{
+            auth_request /_tokensvc_auth;
+            proxy_pass http://127.0.0.1:{backend_port};
+        }}"""
+        if backend_port
+        else ""
+    )
     user = "user root;\n" if os.geteuid() == 0 else ""
     temp = "\n".join(
         f"    {kind}_temp_path {root / kind};" for kind in ("client_body", "proxy", "fastcgi")
@@ -102,7 +115,7 @@ http {{
             auth_request /_tokensvc_auth;
             auth_request_set $auth_subject $upstream_http_x_auth_subject;
             add_header X-Seen-Subject $auth_subject always;
-        }}
+        }}{backend}
     }}
 }}
 """
@@ -127,9 +140,13 @@ def run_nginx(nginx_binary: str, nginx_root: Path, nginx_port: int) -> Iterator[
     """A function starting nginx in front of a given tokensvc port; stopped after the test."""
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(tokensvc_port: int) -> None:
+    def start(tokensvc_port: int, backend_port: int | None = None) -> None:
         conf = nginx_root / "nginx.conf"
-        conf.write_text(nginx_conf(nginx_root, port=nginx_port, tokensvc_port=tokensvc_port))
+        conf.write_text(
+            nginx_conf(
+                nginx_root, port=nginx_port, tokensvc_port=tokensvc_port, backend_port=backend_port
+            )
+        )
         command = [
             nginx_binary,
             "-e", str(nginx_root / "error.log"),

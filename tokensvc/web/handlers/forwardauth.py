@@ -20,6 +20,7 @@ A client calling this endpoint directly and choosing these headers learns no mor
 
 from __future__ import annotations
 
+import re
 from typing import Final
 from urllib.parse import quote, unquote_to_bytes
 
@@ -35,6 +36,9 @@ READ: Final = "read"
 WRITE: Final = "write"
 
 _MAX_URI: Final = 2048
+# See resource_of: paths a proxy and its backend could route differently. tokensvc-client's
+# mapping (client/tokensvc_client/mapping.py) refuses the same, held to it by a property test.
+_AMBIGUOUS: Final = re.compile(r"%(?:2f|2e|5c|3b)|\\|//|/\.\.?(?:[/;]|$)", re.IGNORECASE)
 _MAX_NAME: Final = 255
 # Header values are sent as they are except `%` and anything outside printable ASCII.
 _HEADER_SAFE: Final = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
@@ -78,12 +82,17 @@ def operation_for(method: str) -> str:
 
 
 def resource_of(uri: str) -> str:
-    """The path of `uri` as a proxy routes it: no query, percent-decoded, dot segments resolved.
+    """The path of `uri`: no query, percent-decoded, a trailing slash kept.
 
-    Matching the raw `$request_uri` would let `/public/../admin` pass a `/public/*` resource
-    caveat while nginx serves `/admin`; so the path is decoded and normalised the way nginx does
-    (merged slashes, `.` and `..` removed, never above the root). A trailing slash is kept.
-    Anything that cannot be a path denies (403), so the proxy refuses rather than errs.
+    A path whose meaning depends on who reads it is denied (403): an encoded `/`, `.`, `;` or
+    backslash, a backslash, an empty segment (`//`) or a dot segment (`/./`, `/../`, and `/..;`,
+    which Tomcat reads as `/../`). The proxy routes its
+    own reading of the path, but it passes the URI on as sent and the backend routes that:
+    aiohttp matches `/admin/x%2F..%2F..%2Fpublic%2Fy` to /admin/{name} (it routes with %2F
+    still encoded), ASGI servers hand `..` to the app unresolved, and nginx merges slashes where
+    backends do not. Decoding such a path into one resource would let a `/public/*` token reach
+    a route the backend serves elsewhere (tests/security/test_forward_auth_headers.py, through a
+    real nginx). Anything that cannot be a path also denies, so the proxy refuses rather than errs.
     """
     if len(uri) > _MAX_URI:
         raise Forbidden("the original URI is too long")
@@ -91,21 +100,21 @@ def resource_of(uri: str) -> str:
     if not path.startswith("/") and "://" in path:
         # An absolute-form request target (`http://host/path`).
         path = "/" + path.split("://", 1)[1].partition("/")[2]
+    if _AMBIGUOUS.search(path):
+        raise Forbidden(
+            "the original URI has an encoded '/', '.', ';' or backslash, a backslash, an empty or "
+            "a dot segment: "
+            "the route it reaches and the resource it names could differ"
+        )
     try:
         path = unquote_to_bytes(path).decode("utf-8")
     except UnicodeDecodeError:
         raise Forbidden("the original URI is not UTF-8") from None
     if not path.startswith("/") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
         raise Forbidden("the original URI is not an absolute path")
-    segments: list[str] = []
-    for segment in path.split("/")[1:]:
-        if segment == "..":
-            if segments:
-                segments.pop()
-        elif segment not in ("", "."):
-            segments.append(segment)
-    trailing = path.endswith(("/", "/.", "/..")) and bool(segments)
-    return "/" + "/".join(segments) + ("/" if trailing else "")
+    # No dot or empty segment was let through, nor an encoded one: the decoded path is the
+    # resource as it is.
+    return path
 
 
 def _header(request: web.Request, *names: str) -> str | None:
