@@ -2,8 +2,9 @@
 
 Serves either the bare aiohttp handler of `loadtests.bare` or tokensvc's own app (built by
 `create_app(Config.from_env())`, as `tokensvc serve` does, configured from the TOKENSVC_*
-environment) on a uvloop loop, on 127.0.0.1:PORT, until a GET on `STOP_PATH` asks it to stop;
-then it shuts the app down and exits, so callgrind writes its totals.
+environment, with its verify listener on 127.0.0.1:VERIFY_PORT as `tokensvc serve` runs it) on
+a uvloop loop, on 127.0.0.1:PORT, until a GET on `STOP_PATH` asks it to stop; then it shuts the
+app down and exits, so callgrind writes its totals.
 
 The stop route is added here, to the app this script built: it does not exist in the product.
 For tokensvc, logging goes to /dev/null through tokensvc's own `logs.configure` (so the access
@@ -12,7 +13,8 @@ a fixed 2 s poll that is not configurable — is stretched to an hour here only,
 background polls the benchmark stretches through the environment: under callgrind the service
 runs ~50× slower, so a timer would fire ~50× as often per request as it does at full speed.
 
-    python -m loadtests.instrserver --target {bare,tokensvc} --port PORT
+    python -m loadtests.instrserver --target bare --port PORT
+    python -m loadtests.instrserver --target tokensvc --port PORT --verify-port VERIFY_PORT
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ def bare_app() -> web.Application:
     return make_app()
 
 
-async def serve(app: web.Application, port: int, runner_class: type[web.AppRunner]) -> None:
+async def serve(app: web.Application, port: int, verify_port: int | None) -> None:
+    """The app on `port` (with the stop route); for tokensvc, its verify listener on
+    `verify_port` as well, as `tokensvc serve` runs it (the port services send /v1/verify to)."""
     stopping = asyncio.Event()
 
     async def stop(request: web.Request) -> web.Response:
@@ -72,14 +76,20 @@ async def serve(app: web.Application, port: int, runner_class: type[web.AppRunne
         return web.Response(text="stopping\n")
 
     app.router.add_get(STOP_PATH, stop)
-    # As `tokensvc serve` and loadtests.bare run their apps: aiohttp's access log off, and for
-    # tokensvc its own runner (the fast /v1/verify path, tokensvc.web.fastverify).
-    runner = runner_class(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    # As `tokensvc serve` and loadtests.bare run their apps: aiohttp's access log off.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()  # starts the app: tokensvc's verifier exists from here
+    listener = None
+    if verify_port is not None:
+        from tokensvc.web.verifyport import start_verify_listener, stop_verify_listener
+
+        listener = await start_verify_listener(app, "127.0.0.1", verify_port)
     await web.TCPSite(runner, "127.0.0.1", port).start()
     print(f"ready on 127.0.0.1:{port}", flush=True)
     await stopping.wait()
     await asyncio.sleep(0.05)  # let the answer to the stop request go out
+    if listener is not None:
+        await stop_verify_listener(*listener)
     await runner.cleanup()
 
 
@@ -88,21 +98,22 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m loadtests.instrserver", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--target", choices=("bare", "tokensvc"), required=True)
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True, help="the app (and the stop route)")
+    parser.add_argument("--verify-port", type=int, help="tokensvc: its verify listener")
     args = parser.parse_args(argv)
     if args.target == "tokensvc":
-        from tokensvc.web.fastverify import AppRunner
-
-        app, runner_class = tokensvc_app(), AppRunner
+        if args.verify_port is None:
+            parser.error("--target tokensvc needs --verify-port")
+        app = tokensvc_app()
     else:
-        app, runner_class = bare_app(), web.AppRunner
+        app = bare_app()
 
     from loadtests.bare import _new_loop
 
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(serve(app, args.port, runner_class))
+        loop.run_until_complete(serve(app, args.port, args.verify_port))
     finally:
         loop.close()
     sys.stdout.flush()

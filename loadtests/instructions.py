@@ -3,8 +3,9 @@
 A noise-free complement to `http`: wall-clock figures on a shared 2-core machine move by ±30 %
 between runs, while valgrind's callgrind counts the instructions a process executes the same way
 every time. For each target the server (`loadtests.instrserver`: the bare handler of
-`loadtests.bare`, or tokensvc's `create_app`) runs under `valgrind --tool=callgrind` with
-PYTHONHASHSEED=0 on a free loopback port; this process is the client (not under valgrind): one
+`loadtests.bare`, or tokensvc's `create_app` with its verify listener, the port services send
+/v1/verify to) runs under `valgrind --tool=callgrind` with PYTHONHASHSEED=0 on free loopback
+ports; this process is the client (not under valgrind): one
 keep-alive connection over a plain blocking socket, N sequential requests with a fixed body, each
 response read in full, then a GET on the server's stop route so it exits and callgrind reports
 its total. Each target runs twice, with N = 300 and N = 1300 (`--requests`), and
@@ -37,6 +38,7 @@ from typing import Any
 from loadtests.common import (
     fmt_ratio,
     free_port,
+    free_ports,
     loadavg_note,
     machine_info,
     ratio,
@@ -144,8 +146,12 @@ def _connect(port: int, proc: subprocess.Popen[bytes], seconds: float) -> socket
         return sock
 
 
-def drive(port: int, proc: subprocess.Popen[bytes], bodies: list[bytes], n: int) -> None:
-    """Send n requests (bodies cycled) one after another on one connection, then stop the server."""
+def drive(
+    port: int, stop_port: int, proc: subprocess.Popen[bytes], bodies: list[bytes], n: int
+) -> None:
+    """Send n requests (bodies cycled) to `port` one after another on one connection, then stop
+    the server through its app on `stop_port` (tokensvc's verify listener answers /v1/verify
+    only; for the bare handler the two are one port)."""
     requests = [_request(b) for b in bodies]
     with _connect(port, proc, RUN_TIMEOUT) as sock, sock.makefile("rb") as stream:
         for i in range(n):
@@ -155,6 +161,7 @@ def drive(port: int, proc: subprocess.Popen[bytes], bodies: list[bytes], n: int)
                 raise RuntimeError(f"request {i + 1} answered {status}: {body[:300]!r}")
             if i == 0 and json.loads(body).get("valid") is not True:
                 raise RuntimeError(f"the first request was not answered valid: {body[:300]!r}")
+    with _connect(stop_port, proc, RUN_TIMEOUT) as sock, sock.makefile("rb") as stream:
         sock.sendall(f"GET {STOP_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         status, body = _read_response(stream)
         if status != 200:
@@ -179,7 +186,7 @@ def measure(
     env: dict[str, str],
     workdir: Path,
 ) -> Run:
-    port = free_port()
+    port, verify_port = free_ports(2)
     stem = f"{target}-{n}"
     vg_log = workdir / f"{stem}.valgrind.log"
     cmd = [
@@ -195,6 +202,8 @@ def measure(
         "--port",
         str(port),
     ]
+    if target != "bare":
+        cmd += ["--verify-port", str(verify_port)]
     server_log = workdir / f"{stem}.server.log"
     start = time.monotonic()
     with open(server_log, "wb") as out:
@@ -207,7 +216,7 @@ def measure(
             cwd=ROOT,
         )
     try:
-        drive(port, proc, bodies, n)
+        drive(port if target == "bare" else verify_port, port, proc, bodies, n)
         proc.wait(RUN_TIMEOUT)
     except (RuntimeError, OSError, subprocess.TimeoutExpired, ValueError) as exc:
         raise RuntimeError(

@@ -248,3 +248,31 @@ def test_client_instructions_counts_hits_only_or_says_how_to_install_valgrind() 
         if line.startswith("client-instructions: ") and line.endswith(" per request")
     ]
     assert len(counts) == 3 and 0 < counts[0] < min(counts[1:]), proc.stdout
+
+
+def test_instructions_server_serves_tokensvcs_verify_listener_and_stops(tmp_path: Path) -> None:
+    """The server half of `instructions`, run without valgrind (a callgrind run of tokensvc takes
+    minutes): tokensvc's verify listener answers the benchmark's requests valid, and the stop
+    route on the app's port ends the process cleanly. (It once imported a module that had been
+    removed, and the benchmark broke unnoticed.)"""
+    from loadtests.common import free_ports
+    from loadtests.httpbench import _admin_token
+    from loadtests.instructions import QUIET_BACKGROUND, _body, drive
+    from loadtests.svc import base_env
+
+    env = dict(base_env(), TOKENSVC_DATA_DIR=str(tmp_path / "data"), **QUIET_BACKGROUND)
+    token = _admin_token(env)
+    port, verify_port = free_ports(2)
+    command = [sys.executable, "-m", "loadtests.instrserver", "--target", "tokensvc"]
+    command += ["--port", str(port), "--verify-port", str(verify_port)]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        drive(verify_port, port, proc, [_body(token)], 5)  # raises unless each answers valid
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
