@@ -5,8 +5,8 @@ service means the same behind this middleware:
 - operation: `read` for GET, HEAD, OPTIONS; `write` for anything else (unless a route says);
 - resource: the path, percent-decoded, a trailing slash kept (tokensvc.web.handlers.forwardauth
   .resource_of, held to it by a test); a path with an encoded `/`, `.`, `;` or backslash, a
-  backslash, an empty segment or a dot segment (`..;` included) is refused (403): the app's router may read it otherwise than the
-  resource checked;
+  backslash or `#`, an empty segment or a dot segment (`..;` included) is refused (403): the
+  app's router may read it otherwise than the resource checked;
 - token: `Authorization: Bearer <token>` or `Authorization: Macaroon <token>`; discharges, if any,
   in `X-Macaroon-Discharges` (comma-separated).
 """
@@ -28,7 +28,7 @@ _MAX_DISCHARGES: Final = 16
 # not be the route served: aiohttp routes on the path with %2F still encoded (so
 # `/admin/x%2F..%2F..%2Fdocs%2Fy` reaches /admin/{name} while decoding names /docs/y), and ASGI
 # servers hand `..` and empty segments to the app unresolved. Refused, as forward-auth refuses them.
-_AMBIGUOUS: Final = re.compile(r"%(?:2f|2e|5c|3b)|\\|//|/\.\.?(?:[/;]|$)", re.IGNORECASE)
+_AMBIGUOUS: Final = re.compile(r"%(?:2f|2e|5c|3b)|[\\#]|//|/\.\.?(?:[/;]|$)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +69,13 @@ def resource_of(path: str) -> str:
         and "#" not in path
     ):
         return path
-    path = path.split("?", 1)[0].split("#", 1)[0]
+    path = path.split("?", 1)[0]
     if not path.startswith("/") and "://" in path:
         path = "/" + path.split("://", 1)[1].partition("/")[2]
     if _AMBIGUOUS.search(path):
         raise CaveatDenied(
-            "the request path has an encoded '/', '.', ';' or backslash, a backslash, an empty or "
-            "a dot segment: "
+            "the request path has an encoded '/', '.', ';' or backslash, a backslash or '#', an "
+            "empty or a dot segment: "
             "the route it reaches and the resource it names could differ"
         )
     try:

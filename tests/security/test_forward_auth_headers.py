@@ -192,6 +192,7 @@ async def test_through_nginx_a_path_token_cannot_reach_another_route_of_the_back
         "/app/admin/..%2Fpublic%2Fy",
         "/app/admin/%2E%2E%2Fpublic%2Fy",
         "/app/admin/x/..%2F..%2Fpublic%2Fy",
+        "/app/public/x#/../../admin/y",  # nginx passes `#` on; Go and uvicorn (h11) route it
     ):
         status, body = await _raw_get(nginx_port, target, token)
         assert body != b"ADMIN" and status in (400, 403, 404), (target, status, body)

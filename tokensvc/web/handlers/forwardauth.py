@@ -38,7 +38,7 @@ WRITE: Final = "write"
 _MAX_URI: Final = 2048
 # See resource_of: paths a proxy and its backend could route differently. tokensvc-client's
 # mapping (client/tokensvc_client/mapping.py) refuses the same, held to it by a property test.
-_AMBIGUOUS: Final = re.compile(r"%(?:2f|2e|5c|3b)|\\|//|/\.\.?(?:[/;]|$)", re.IGNORECASE)
+_AMBIGUOUS: Final = re.compile(r"%(?:2f|2e|5c|3b)|[\\#]|//|/\.\.?(?:[/;]|$)", re.IGNORECASE)
 _MAX_NAME: Final = 255
 # Header values are sent as they are except `%` and anything outside printable ASCII.
 _HEADER_SAFE: Final = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
@@ -85,7 +85,8 @@ def resource_of(uri: str) -> str:
     """The path of `uri`: no query, percent-decoded, a trailing slash kept.
 
     A path whose meaning depends on who reads it is denied (403): an encoded `/`, `.`, `;` or
-    backslash, a backslash, an empty segment (`//`) or a dot segment (`/./`, `/../`, and `/..;`,
+    backslash, a backslash or `#` (a fragment: no client sends one, and some backends route it as
+    part of the path), an empty segment (`//`) or a dot segment (`/./`, `/../`, and `/..;`,
     which Tomcat reads as `/../`). The proxy routes its
     own reading of the path, but it passes the URI on as sent and the backend routes that:
     aiohttp matches `/admin/x%2F..%2F..%2Fpublic%2Fy` to /admin/{name} (it routes with %2F
@@ -96,14 +97,14 @@ def resource_of(uri: str) -> str:
     """
     if len(uri) > _MAX_URI:
         raise Forbidden("the original URI is too long")
-    path = uri.split("?", 1)[0].split("#", 1)[0]
+    path = uri.split("?", 1)[0]
     if not path.startswith("/") and "://" in path:
         # An absolute-form request target (`http://host/path`).
         path = "/" + path.split("://", 1)[1].partition("/")[2]
     if _AMBIGUOUS.search(path):
         raise Forbidden(
-            "the original URI has an encoded '/', '.', ';' or backslash, a backslash, an empty or "
-            "a dot segment: "
+            "the original URI has an encoded '/', '.', ';' or backslash, a backslash or '#', an "
+            "empty or a dot segment: "
             "the route it reaches and the resource it names could differ"
         )
     try:
