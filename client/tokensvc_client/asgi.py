@@ -9,7 +9,11 @@ with a TokensvcClient. Plain ASGI, so it needs no Starlette.
 a route that only a token minted after a second factor may use, or PUBLIC); by default every
 request is checked with the forward-auth mapping of its method and path. `require_mfa=True`
 asks every checked request for an MFA token.
-WebSocket and lifespan scopes pass through untouched.
+
+WebSocket handshakes are checked like a GET of their path; a refused one is closed before it is
+accepted (the server answers 403). Lifespan scopes pass through; any other scope type raises.
+The path checked is the request's `raw_path` (its `path`, quoted, where the server gives none):
+put this middleware outermost, before any middleware that rewrites `path`.
 """
 
 from __future__ import annotations
@@ -59,9 +63,15 @@ class TokensvcASGIMiddleware:
         self.client_ip = client_ip or _peer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        kind = scope["type"]
+        if kind == "lifespan":  # the server's start and stop: no request, nothing to check
             await self.app(scope, receive, send)
             return
+        if kind not in ("http", "websocket"):
+            # A scope this middleware has no rule for is never let through unchecked.
+            raise RuntimeError(f"TokensvcASGIMiddleware: no rule for ASGI scope type {kind!r}")
+        # A WebSocket handshake is a GET (its operation: read, unless a requirement says).
+        method = scope["method"] if kind == "http" else "GET"
         requirement = self.requirements(scope) if self.requirements is not None else DEFAULT
         if requirement.public:
             await self.app(scope, receive, send)
@@ -72,14 +82,14 @@ class TokensvcASGIMiddleware:
         raw_path = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else _quote_path(scope["path"])
         # Every input of the check but the client address (see TokensvcClient.allowed).
-        reuse_as = (authorization, discharges_header, scope["method"], path, requirement, self)
+        reuse_as = (authorization, discharges_header, method, path, requirement, self)
         found = self.client.allowed(reuse_as)
         if found is None:
             try:
                 found = await self.client.check(
                     token_from(authorization),
                     discharges_from(discharges_header),
-                    operation=requirement.operation or operation_for(scope["method"]),
+                    operation=requirement.operation or operation_for(method),
                     resource=requirement.resource or resource_of(path),
                     audience=self.audience,
                     client_ip=self.client_ip(scope),
@@ -87,7 +97,10 @@ class TokensvcASGIMiddleware:
                     reuse_as=reuse_as,
                 )
             except (Denied, Unavailable) as exc:
-                await _refuse(send, exc)
+                if kind == "websocket":
+                    await _refuse_websocket(receive, send, exc)
+                else:
+                    await _refuse(send, exc)
                 return
         scope[PRINCIPAL] = found
         scope.setdefault("state", {})["principal"] = found
@@ -113,6 +126,14 @@ def _quote_path(path: str) -> str:
 def _peer(scope: Scope) -> str | None:
     client = scope.get("client")
     return str(client[0]) if client else None
+
+
+async def _refuse_websocket(receive: Receive, send: Send, exc: Denied | Unavailable) -> None:
+    """Refuse a WebSocket handshake: close before accepting, which the server answers with an
+    HTTP 403 (the reason, shortened to the 123 bytes a close frame holds, for the log)."""
+    await receive()  # websocket.connect
+    reason = exc.reason.encode()[:123].decode(errors="ignore")
+    await send({"type": "websocket.close", "code": 1008, "reason": reason})
 
 
 async def _refuse(send: Send, exc: Denied | Unavailable) -> None:

@@ -400,6 +400,63 @@ async def test_asgi_allows_and_refuses_like_forward_auth(
     assert missing[0] == 401 and "www-authenticate" in missing[1]
 
 
+async def test_asgi_checks_websocket_handshakes_and_refuses_unknown_scopes(
+    client: TokensvcClient, tokens: dict[str, str]
+) -> None:
+    """Red team: WebSocket scopes used to pass through unchecked, so a websocket route behind the
+    middleware was open to anyone. A handshake is now checked as a GET of its path: allowed with
+    the principal, or closed before it is accepted (1008; the server answers 403) without the
+    inner app ever running. A scope type the middleware has no rule for raises."""
+    reached: list[Any] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope)
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+
+    app = TokensvcASGIMiddleware(inner, client, audience="files")
+
+    async def handshake(path: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+        scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0"},
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+            "client": ("127.0.0.1", 5555),
+        }
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "websocket.connect"}
+
+        async def send(message: Any) -> None:
+            sent.append(dict(message))
+
+        await app(scope, receive, send)
+        return sent
+
+    anonymous = await handshake("/docs/1", {})
+    elsewhere = await handshake("/admin/ws", bearer(tokens["reader"]))
+    assert reached == []
+    assert anonymous[0]["type"] == elsewhere[0]["type"] == "websocket.close"
+    assert anonymous[0]["code"] == elsewhere[0]["code"] == 1008
+
+    allowed = await handshake("/docs/1", bearer(tokens["reader"]))
+    assert allowed == [{"type": "websocket.accept"}]
+    assert reached[0][ASGI_PRINCIPAL].subject == "alice"
+
+    async def nothing() -> dict[str, Any]:
+        return {}
+
+    async def ignore(message: Any) -> None:
+        return None
+
+    with pytest.raises(RuntimeError, match="no rule for ASGI scope type"):
+        await app({"type": "webtransport", "path": "/docs/1"}, nothing, ignore)
+
+
 async def test_asgi_requirements_per_request(
     client: TokensvcClient, tokens: dict[str, str]
 ) -> None:
