@@ -333,14 +333,28 @@ async def test_what_llhttp_refuses_is_a_400_after_the_answers_before_it_then_the
         writer.close()
 
 
-@pytest.mark.parametrize("shape", ["one-long-header", "many-headers", "endless-head"])
+@pytest.mark.parametrize(
+    "shape",
+    ["one-long-header", "many-headers", "endless-head", "endless-trailer", "endless-chunk-line"],
+)
 async def test_a_head_over_the_bounds_is_431_and_ends_the_connection(
-    client: Client, shape: str
+    client: Client, token: str, shape: str
 ) -> None:
+    """Red team (the trailers): llhttp holds an unfinished trailer line, copying it at every
+    read, and no head bound saw it — one connection grew the server by hundreds of MB and stalled
+    its loop for seconds. Trailers and chunk lines are bounded like the head now."""
     reader, writer = await connect(client)
     try:
         writer.write(b"POST /v1/verify HTTP/1.1\r\nHost: t\r\n")
-        if shape == "one-long-header":
+        if shape in ("endless-trailer", "endless-chunk-line"):
+            body = verify_body(token)
+            writer.write(b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(body), body))
+            writer.write(b"0\r\nX-A: " if shape == "endless-trailer" else b"1;ext=")
+            for _ in range(2 * verifyport.MAX_HEAD_BYTES // 1000 + 4):
+                writer.write(b"c" * 1000)  # a line that never ends
+                await writer.drain()
+                await asyncio.sleep(0.001)
+        elif shape == "one-long-header":
             writer.write(b"X-Long: " + b"a" * (verifyport.MAX_HEAD_BYTES + 10) + b"\r\n\r\n")
         elif shape == "many-headers":
             writer.write(b"".join(b"X-%d: a\r\n" % i for i in range(verifyport.MAX_HEADERS + 1)))
@@ -353,6 +367,26 @@ async def test_a_head_over_the_bounds_is_431_and_ends_the_connection(
         status, headers, _ = await read_answer(reader)
         assert status == 431 and headers["connection"] == "close"
         assert await closed(reader)
+    finally:
+        writer.close()
+
+
+async def test_a_body_in_many_small_chunks_is_not_mistaken_for_long_trailers(
+    client: Client, token: str
+) -> None:
+    """The trailer bound allows each chunk its own line: 9,000 one-byte chunks (~45 KB of chunk
+    lines, over twice the head bound) sent over many reads are a body, answered 200."""
+    body = verify_body(token) + b" " * (9000 - len(verify_body(token)))
+    framed = b"".join(b"1\r\n%c\r\n" % byte for byte in body) + b"0\r\n\r\n"
+    reader, writer = await connect(client)
+    try:
+        writer.write(b"POST /v1/verify HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for at in range(0, len(framed), 3000):
+            writer.write(framed[at : at + 3000])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        status, _, answer = await read_answer(reader)
+        assert status == 200 and json.loads(answer)["valid"] is True
     finally:
         writer.close()
 

@@ -25,8 +25,9 @@ the client address (web.auth, from every X-Forwarded-For line), request Content-
 governor is not consulted: an answer given here holds no slot and waits for nothing but a key.
 
 Bounds, so that no client can make a connection cost more than its share: the request head
-(request line and headers) at most MAX_HEAD_BYTES and MAX_HEADERS lines (431), the body at most
-the configured limit (413, connection closed), at most MAX_PENDING answers held back for order
+(request line and headers) at most MAX_HEAD_BYTES and MAX_HEADERS lines (431; a chunked body's
+trailers and chunk lines likewise), the body at most the configured limit (413, connection
+closed), at most MAX_PENDING answers held back for order
 before reading pauses, reading paused while the client does not read its answers, and a
 connection without a complete request for KEEPALIVE_TIMEOUT seconds closed.
 """
@@ -71,6 +72,9 @@ HEALTH_PATH: Final = "/healthz"
 # little. llhttp keeps a header it has not seen the end of, so the bound is checked on the raw
 # bytes read while a head is incomplete, not only on the headers it hands over.
 MAX_HEAD_BYTES: Final = 16 * 1024
+#: What a chunk's own line may take (its size in hex, extensions, CRLFs) before it counts against
+#: the trailers' bound (2 × MAX_HEAD_BYTES, with the head's last read).
+CHUNK_LINE_BYTES: Final = 64
 MAX_HEADERS: Final = 100
 # The parse-and-answer memo (VerifyEndpoint.decide): bodies up to MEMO_BODY_BYTES (a token with
 # a few discharges), MEMO_ENTRIES of them (at most ~2.5 MB with their answers), then emptied.
@@ -399,6 +403,13 @@ class VerifyConnection(asyncio.Protocol):
         self._length = b""  # Content-Length as sent (llhttp has checked it is one number)
         self._body = b""  # usually one piece; more are joined (bounded by the body limit)
         self._body_bytes = 0
+        # After the head, until the request completes: the bytes read, of them the body's, and
+        # the chunks begun. What is neither body nor a chunk's own line is trailers, which
+        # llhttp holds (and copies at every read) until their line ends: bounded like the head.
+        self._complete = False
+        self._raw_rest = 0
+        self._seen_body = 0
+        self._chunks = 0
         self._refusal: Answer | None = None  # decided before the body: sent when it completes
         self._head_method = False  # a HEAD: its answer has no body
         self._start = 0.0
@@ -451,11 +462,21 @@ class VerifyConnection(asyncio.Protocol):
             else:
                 self._refuse(BadRequest("malformed HTTP request"))
             return
-        if self._in_head and self._begun == begun:
+        if self._begun != begun:
+            return  # a request began in this read: it holds at most what follows its start
+        if self._in_head:
             # A head still incomplete that began in an earlier read: llhttp holds its bytes.
-            # (One that began in this read holds at most what follows its start in `data`.)
             self._raw_head += len(data)
             if self._raw_head > MAX_HEAD_BYTES and not self._closing:
+                self._refuse_head()
+        elif self._head_done and not self._complete:
+            # In the body or the trailers. Chunk lines are allowed CHUNK_LINE_BYTES each; the
+            # rest beyond the body is trailers (or chunk extensions), bounded as a head is, or
+            # one connection could feed llhttp an endless trailer line (tests/security/
+            # test_redteam_listener.py).
+            self._raw_rest += len(data)
+            framing = self._raw_rest - self._seen_body - CHUNK_LINE_BYTES * self._chunks
+            if framing > 2 * MAX_HEAD_BYTES and not self._closing:
                 self._refuse_head()
 
     def pause_writing(self) -> None:
@@ -573,7 +594,11 @@ class VerifyConnection(asyncio.Protocol):
                 # The client waits for 100 before it sends its body: answer now, read no more.
                 self._answer_refusal(close=True)
 
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+
     def on_body(self, body: bytes) -> None:
+        self._seen_body += len(body)
         if self._refusal is not None or self._closing:
             return  # not read: the answer is already decided
         self._body_bytes += len(body)
@@ -583,6 +608,7 @@ class VerifyConnection(asyncio.Protocol):
         self._body = self._body + body if self._body else body
 
     def on_message_complete(self) -> None:
+        self._complete = True
         if self._closing:
             return
         keep_alive = self._parser.should_keep_alive()
