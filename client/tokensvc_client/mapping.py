@@ -75,8 +75,7 @@ def resource_of(path: str) -> str:
     if _AMBIGUOUS.search(path):
         raise CaveatDenied(
             "the request path has an encoded '/', '.', ';' or backslash, a backslash or '#', an "
-            "empty or a dot segment: "
-            "the route it reaches and the resource it names could differ"
+            "empty or a dot segment: the route it reaches and the resource it names could differ"
         )
     try:
         path = unquote_to_bytes(path).decode("utf-8")

@@ -27,9 +27,9 @@ governor is not consulted: an answer given here holds no slot and waits for noth
 Bounds, so that no client can make a connection cost more than its share: the request head
 (request line and headers) at most MAX_HEAD_BYTES and MAX_HEADERS lines (431; a chunked body's
 trailers and chunk lines likewise), the body at most the configured limit (413, connection
-closed), at most MAX_PENDING answers held back for order
-before reading pauses, reading paused while the client does not read its answers, and a
-connection without a complete request for KEEPALIVE_TIMEOUT seconds closed.
+closed), at most MAX_PENDING answers held back for order before reading pauses, reading paused
+while the client does not read its answers, and a connection without a complete request for
+KEEPALIVE_TIMEOUT seconds closed.
 """
 
 from __future__ import annotations
@@ -472,8 +472,8 @@ class VerifyConnection(asyncio.Protocol):
         elif self._head_done and not self._complete:
             # In the body or the trailers. Chunk lines are allowed CHUNK_LINE_BYTES each; the
             # rest beyond the body is trailers (or chunk extensions), bounded as a head is, or
-            # one connection could feed llhttp an endless trailer line (tests/security/
-            # test_redteam_listener.py).
+            # one connection could feed llhttp an endless trailer line (tests/listener/
+            # test_verifyport.py, the endless-trailer shape).
             self._raw_rest += len(data)
             framing = self._raw_rest - self._seen_body - CHUNK_LINE_BYTES * self._chunks
             if framing > 2 * MAX_HEAD_BYTES and not self._closing:

@@ -85,15 +85,15 @@ def resource_of(uri: str) -> str:
     """The path of `uri`: no query, percent-decoded, a trailing slash kept.
 
     A path whose meaning depends on who reads it is denied (403): an encoded `/`, `.`, `;` or
-    backslash, a backslash or `#` (a fragment: no client sends one, and some backends route it as
-    part of the path), an empty segment (`//`) or a dot segment (`/./`, `/../`, and `/..;`,
-    which Tomcat reads as `/../`). The proxy routes its
-    own reading of the path, but it passes the URI on as sent and the backend routes that:
-    aiohttp matches `/admin/x%2F..%2F..%2Fpublic%2Fy` to /admin/{name} (it routes with %2F
-    still encoded), ASGI servers hand `..` to the app unresolved, and nginx merges slashes where
-    backends do not. Decoding such a path into one resource would let a `/public/*` token reach
-    a route the backend serves elsewhere (tests/security/test_forward_auth_headers.py, through a
-    real nginx). Anything that cannot be a path also denies, so the proxy refuses rather than errs.
+    backslash, a backslash or `#` (a fragment: no client sends one, and some backends route it
+    as part of the path), an empty segment (`//`) or a dot segment (`/./`, `/../`, and `/..;`,
+    which Tomcat reads as `/../`). The proxy routes its own reading of the path, but it passes
+    the URI on as sent and the backend routes that: aiohttp matches
+    `/admin/x%2F..%2F..%2Fpublic%2Fy` to /admin/{name} (it routes with %2F still encoded), ASGI
+    servers hand `..` to the app unresolved, and nginx merges slashes where backends do not.
+    Decoding such a path into one resource would let a `/public/*` token reach a route the
+    backend serves elsewhere (tests/security/test_forward_auth_headers.py, through a real nginx).
+    Anything that cannot be a path also denies, so the proxy refuses rather than errs.
     """
     if len(uri) > _MAX_URI:
         raise Forbidden("the original URI is too long")
@@ -104,8 +104,7 @@ def resource_of(uri: str) -> str:
     if _AMBIGUOUS.search(path):
         raise Forbidden(
             "the original URI has an encoded '/', '.', ';' or backslash, a backslash or '#', an "
-            "empty or a dot segment: "
-            "the route it reaches and the resource it names could differ"
+            "empty or a dot segment: the route it reaches and the resource it names could differ"
         )
     try:
         path = unquote_to_bytes(path).decode("utf-8")
