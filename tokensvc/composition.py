@@ -300,7 +300,10 @@ async def runtime(
         )
         audit = AuditLog(engine, clock=clock)
         authorizer = Authorizer(
-            verifier=verifier, users=users, mfa_required_roles=config.mfa_required_roles
+            verifier=verifier,
+            users=users,
+            generations=generations,
+            mfa_required_roles=config.mfa_required_roles,
         )
         services = Services(
             tokens=TokenService(

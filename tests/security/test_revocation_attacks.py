@@ -172,6 +172,38 @@ async def test_a_change_made_on_one_replica_revokes_on_another(
     assert (await verify(two, token))[0] == 401
 
 
+async def test_a_token_revoked_on_one_replica_cannot_administer_on_a_lagging_one(
+    aiohttp_client: Any, pg_url: str, data_dir: Any, clock: FakeClock
+) -> None:
+    """Red team: replicas without Redis learn of each other's revoke-alls at their next refresh
+    (2 s), a bound fit for /v1/verify. Within it, an admin token revoked on one replica minted,
+    on the other, a 30-day admin child at the subject's new generation — one that outlived the
+    revocation — or could have created a user. Administering now reads the generation fresh: the
+    revoked token is refused at once on every replica, and mints nothing."""
+    from tests.conftest import ADMIN_PASSWORD
+    from tests.served import ServedTestServer
+    from tokensvc.web.app import create_app
+
+    config = make_config(database_url=pg_url, data_dir=data_dir)  # no Redis: polling only
+    one = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+    two = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+    stolen = await login(one, "admin", ADMIN_PASSWORD)
+    operator = await login(one, "admin", ADMIN_PASSWORD)
+    assert (await call(two, "GET", "/v1/tokens", stolen))[0] == 200  # `two` knows the token
+    await revoke_all(one, operator, "admin")  # the leak is noticed: every admin token revoked
+
+    child = await call(
+        two, "POST", "/v1/tokens", stolen, json={"admin": True, "subject": "admin", "ttl": "1h"}
+    )
+    other = await call(two, "POST", "/v1/tokens", stolen, json={"subject": "svc", "ttl": "1h"})
+    user = await call(
+        two, "POST", "/v1/users", stolen, json={"name": "mallory", "password": PASSWORD}
+    )
+
+    assert (child[0], other[0], user[0]) == (401, 401, 401), (child, other, user)
+    assert "revoked" in child[1]["error"]["message"]
+
+
 def login_service(app: Any, clock: FakeClock, **parts: Any) -> Any:
     """A login service over the app's own stores, with some parts replaced (`hasher`,
     `generations`): for holding a login at a chosen step."""

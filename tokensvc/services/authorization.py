@@ -17,10 +17,11 @@ from typing import Final
 
 from keystore.service_keys import KEY_ID_PREFIX
 from tokensvc.accounts.users import UserStore
-from tokensvc.errors import CaveatDenied, Forbidden
+from tokensvc.errors import CaveatDenied, Forbidden, InvalidToken
 from tokensvc.operations.logs import security_event
 from tokensvc.services.principals import Actor, BearerToken, LocalOperator, Principal
-from tokensvc.tokens.verification import Verified, Verifier
+from tokensvc.tokens.delegation import minted_generation
+from tokensvc.tokens.verification import GenerationSource, Verified, Verifier
 
 #: The audience of tokensvc's own API: an admin token narrowed to another audience can't call it.
 API_AUDIENCE: Final = "tokensvc"
@@ -32,10 +33,12 @@ class Authorizer:
         *,
         verifier: Verifier,
         users: UserStore,
+        generations: GenerationSource,
         mfa_required_roles: frozenset[str] = frozenset(),
     ) -> None:
         self._verifier = verifier
         self._users = users
+        self._generations = generations
         self._mfa_roles = mfa_required_roles
 
     async def admin(self, who: Principal, operation: str) -> Actor:
@@ -60,6 +63,14 @@ class Authorizer:
         if not verified.mfa and self._mfa_roles.intersection(user.roles):
             _denied(verified, operation, "admin token minted without a second factor")
             raise Forbidden("this role requires MFA: log in again with a second factor")
+        # The verifier judged the token against this process's subject generations, which learn
+        # of another replica's revoke-all or password change at their next refresh: a bound fit
+        # for /v1/verify, not for administering. Within it a revoked admin token could mint a
+        # child at the new generation, or create a user, and so outlive its own revocation.
+        minted_at = minted_generation(verified)
+        if minted_at is not None and await self._generations.fetch(verified.subject) > minted_at:
+            _denied(verified, operation, "subject generation revoked (read fresh)")
+            raise InvalidToken("token revoked (subject generation)")
         return Actor(verified.subject, who, verified)
 
     async def holder(self, who: Principal, operation: str) -> Actor:

@@ -21,7 +21,7 @@ from tokensvc.services.boundary import service
 from tokensvc.services.principals import Actor, Principal
 from tokensvc.storage.audit import AuditLog
 from tokensvc.storage.db import run_db
-from tokensvc.tokens.delegation import OUTLIVE_OPERATION, delegate
+from tokensvc.tokens.delegation import OUTLIVE_OPERATION, delegate, minted_generation
 from tokensvc.tokens.minting import MintedToken, Minter, MintRequest, is_name
 from tokensvc.tokens.registry import TokenRecord, TokenRegistry
 from tokensvc.tokens.revocation import Revocations
@@ -115,7 +115,18 @@ class TokenService:
                 carried_caveats=len(minted_request.carried),
             )
 
-        minted = await self._minter.mint(request, created_by=actor.name, also=audit_row)
+        # A child of the minting token's own subject is born at the minting token's generation:
+        # a revoke-all committed since the check above (by another request, on any replica)
+        # revokes it too. A child for another subject is that subject's, read fresh.
+        parent = actor.verified
+        born_at = (
+            minted_generation(parent)
+            if parent is not None and parent.subject == request.subject
+            else None
+        )
+        minted = await self._minter.mint(
+            request, created_by=actor.name, also=audit_row, generation=born_at
+        )
 
         security_event(
             "token_minted",

@@ -124,6 +124,22 @@ def delegate(
     )
 
 
+def minted_generation(token: Verified) -> int | None:
+    """The subject generation `token` was minted at (the lowest, should a holder have added
+    another Generation caveat: the token is revoked once the subject's passes any of them);
+    None for a token without one."""
+    found: int | None = None
+    for predicate in token.policy.predicates:
+        raw = predicate if isinstance(predicate, bytes) else predicate.encode()
+        try:
+            item = parse_predicate(raw)
+        except CaveatError:
+            continue
+        if isinstance(item, Generation) and (found is None or item.generation < found):
+            found = item.generation
+    return found
+
+
 def _check_subset(kind: str, asked: tuple[str, ...], allowed: tuple[str, ...]) -> None:
     beyond = [value for value in asked if value not in allowed]
     if beyond:
