@@ -303,6 +303,7 @@ async def runtime(
             verifier=verifier,
             users=users,
             generations=generations,
+            registry=registry,
             mfa_required_roles=config.mfa_required_roles,
         )
         services = Services(

@@ -178,8 +178,9 @@ async def test_a_token_revoked_on_one_replica_cannot_administer_on_a_lagging_one
     """Red team: replicas without Redis learn of each other's revoke-alls at their next refresh
     (2 s), a bound fit for /v1/verify. Within it, an admin token revoked on one replica minted,
     on the other, a 30-day admin child at the subject's new generation — one that outlived the
-    revocation — or could have created a user. Administering now reads the generation fresh: the
-    revoked token is refused at once on every replica, and mints nothing."""
+    revocation — or could have created a user; so could a token revoked by its id within the
+    revocation refresh. Administering now reads both fresh: the revoked token is refused at
+    once on every replica, and mints nothing."""
     from tests.conftest import ADMIN_PASSWORD
     from tests.served import ServedTestServer
     from tokensvc.web.app import create_app
@@ -202,6 +203,15 @@ async def test_a_token_revoked_on_one_replica_cannot_administer_on_a_lagging_one
 
     assert (child[0], other[0], user[0]) == (401, 401, 401), (child, other, user)
     assert "revoked" in child[1]["error"]["message"]
+
+    # Revoked by its id on `one` (a leak noticed): refused at once on `two` as well.
+    fresh = await login(one, "admin", ADMIN_PASSWORD)
+    operator = await login(one, "admin", ADMIN_PASSWORD)
+    assert (await call(two, "GET", "/v1/tokens", fresh))[0] == 200
+    token_id = (await verify(one, fresh))[1]["token_id"]
+    assert (await call(one, "DELETE", f"/v1/tokens/{token_id}", operator))[0] == 204
+    minted = await call(two, "POST", "/v1/tokens", fresh, json={"subject": "svc", "ttl": "1h"})
+    assert minted[0] == 401, minted
 
 
 def login_service(app: Any, clock: FakeClock, **parts: Any) -> Any:

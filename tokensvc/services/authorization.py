@@ -21,6 +21,7 @@ from tokensvc.errors import CaveatDenied, Forbidden, InvalidToken
 from tokensvc.operations.logs import security_event
 from tokensvc.services.principals import Actor, BearerToken, LocalOperator, Principal
 from tokensvc.tokens.delegation import minted_generation
+from tokensvc.tokens.registry import TokenRegistry
 from tokensvc.tokens.verification import GenerationSource, Verified, Verifier
 
 #: The audience of tokensvc's own API: an admin token narrowed to another audience can't call it.
@@ -34,11 +35,13 @@ class Authorizer:
         verifier: Verifier,
         users: UserStore,
         generations: GenerationSource,
+        registry: TokenRegistry,
         mfa_required_roles: frozenset[str] = frozenset(),
     ) -> None:
         self._verifier = verifier
         self._users = users
         self._generations = generations
+        self._registry = registry
         self._mfa_roles = mfa_required_roles
 
     async def admin(self, who: Principal, operation: str) -> Actor:
@@ -63,14 +66,18 @@ class Authorizer:
         if not verified.mfa and self._mfa_roles.intersection(user.roles):
             _denied(verified, operation, "admin token minted without a second factor")
             raise Forbidden("this role requires MFA: log in again with a second factor")
-        # The verifier judged the token against this process's subject generations, which learn
-        # of another replica's revoke-all or password change at their next refresh: a bound fit
-        # for /v1/verify, not for administering. Within it a revoked admin token could mint a
-        # child at the new generation, or create a user, and so outlive its own revocation.
+        # The verifier judged the token against this process's revocations and subject
+        # generations, which learn of another replica's revocation, revoke-all or password change
+        # at their next refresh: a bound fit for /v1/verify, not for administering. Within it a
+        # revoked admin token could mint a child, or create a user, that outlives its revocation.
         minted_at = minted_generation(verified)
         if minted_at is not None and await self._generations.fetch(verified.subject) > minted_at:
             _denied(verified, operation, "subject generation revoked (read fresh)")
             raise InvalidToken("token revoked (subject generation)")
+        record = await self._registry.get(verified.token_id)
+        if record is not None and record.revoked_at is not None:
+            _denied(verified, operation, "token revoked (read fresh)")
+            raise InvalidToken("token revoked")
         return Actor(verified.subject, who, verified)
 
     async def holder(self, who: Principal, operation: str) -> Actor:
