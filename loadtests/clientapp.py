@@ -19,7 +19,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -52,7 +52,7 @@ async def client_metrics(request: web.Request) -> web.Response:
 
 
 def make_app(mode: str, tokensvc: str, verify_url: str, service_token: str) -> web.Application:
-    handler = doc
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]] = doc
     if mode == "noauth":
         app = web.Application()
     else:

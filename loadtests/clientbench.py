@@ -38,6 +38,7 @@ from typing import Any
 from loadtests import loadgen
 from loadtests.common import (
     SHARED_MACHINE_NOTE,
+    VerifyContext,
     fmt,
     fmt_ratio,
     free_ports,
@@ -200,7 +201,7 @@ async def _check_micro(
         assert client.stream is not None
         if not await client.stream.wait_live(30):
             raise RuntimeError("the client's revocation stream did not go live in 30 s")
-        context = {"operation": "read", "resource": PATH, "audience": "files"}
+        context: VerifyContext = {"operation": "read", "resource": PATH, "audience": "files"}
         await client.check(token, **context)  # the miss that fills the cache
         key = (f"Bearer {token}", None, "GET", PATH)
         await client.check(token, **context, reuse_as=key)  # a hit: remembered
@@ -210,7 +211,7 @@ async def _check_micro(
             for name, fn in (("harness", nothing), ("check", client.check)):
                 start = time.perf_counter()
                 for _ in range(iterations):
-                    await fn(token, **context)  # type: ignore[operator]
+                    await fn(token, **context)
                 results[name].append((time.perf_counter() - start) / iterations * 1e6)
             start = time.perf_counter()
             for _ in range(iterations):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -22,6 +22,14 @@ SHARED_MACHINE_NOTE = (
     "load generator, server(s) and this script share one {cpus}-core machine; numbers are "
     "relative (ratios against a baseline measured in the same run), not capacity figures"
 )
+
+
+class VerifyContext(TypedDict):
+    """The request context the benchmarks verify tokens against (as keyword arguments too)."""
+
+    operation: str
+    resource: str
+    audience: str
 
 
 def median(values: Sequence[float]) -> float:

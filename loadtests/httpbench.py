@@ -45,6 +45,7 @@ from loadtests import loadgen, peers
 from loadtests.common import (
     SHARED_MACHINE_NOTE,
     Deadline,
+    VerifyContext,
     fmt,
     fmt_ratio,
     free_ports,
@@ -60,7 +61,7 @@ from loadtests.common import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTEXT = {"operation": "read", "resource": "/docs/1", "audience": "files"}
+CONTEXT: VerifyContext = {"operation": "read", "resource": "/docs/1", "audience": "files"}
 MINT_BODY = {
     "ttl": "1h",
     "operations": ["read", "write"],

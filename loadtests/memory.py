@@ -41,6 +41,7 @@ from typing import Any
 
 from loadtests.common import (
     Deadline,
+    VerifyContext,
     free_ports,
     loadavg_note,
     machine_info,
@@ -50,7 +51,7 @@ from loadtests.common import (
 )
 from loadtests.micro import WarmGenerations, run_sync
 
-CONTEXT = {"operation": "read", "resource": "/docs/1", "audience": "files"}
+CONTEXT: VerifyContext = {"operation": "read", "resource": "/docs/1", "audience": "files"}
 
 
 def rss_kib() -> int:

@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from loadtests.common import (
+    VerifyContext,
     fmt,
     fmt_ratio,
     loadavg_note,
@@ -46,7 +47,7 @@ from loadtests.common import (
     write_results,
 )
 
-CONTEXT = {"operation": "read", "resource": "/docs/1", "audience": "files"}
+CONTEXT: VerifyContext = {"operation": "read", "resource": "/docs/1", "audience": "files"}
 
 # name → what to mint; "3" is what Minter writes for an unrestricted token.
 TOKEN_KINDS: dict[str, dict[str, Any]] = {
