@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from loadtests import loadgen
 from loadtests.common import (
@@ -97,6 +97,47 @@ function request()
   return wrk.format(nil, "/docs/" .. n)
 end
 """
+
+
+class Issuer(NamedTuple):
+    """The tokensvc the sample apps ask, the tokens it issued, and the apps' environment."""
+
+    server: Server
+    verify_url: str  # its verify listener's base URL
+    service_token: str  # tokens:verdict, for the apps' TokensvcClient
+    user_token: str  # what the load sends
+    app_env: dict[str, str]  # TOKENSVC_SERVICE_TOKEN, and the client package on PYTHONPATH
+
+
+def start_issuer(workdir: Path, cpus: set[int] | None, servers: list[Server]) -> Issuer:
+    """`tokensvc serve` (embedded SQLite under `workdir`, its verify port), appended to
+    `servers` as soon as it runs (so the caller stops it), with a service and a user token."""
+    svc_port, svc_vport = free_ports(2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSVC_")}
+    svc_env = dict(
+        env,
+        TOKENSVC_DATA_DIR=str(workdir / "data"),
+        TOKENSVC_PORT=str(svc_port),
+        TOKENSVC_VERIFY_PORT=str(svc_vport),
+        TOKENSVC_HOST="127.0.0.1",
+    )
+    svc = _start("tokensvc", [_tokensvc_bin(), "serve"], svc_env, svc_port, workdir, cpus)
+    servers.append(svc)
+    svc.wait_healthy()
+    admin = _admin_token(svc_env)
+    service_token = _post(svc.base + "/v1/tokens", SERVICE_TOKEN, admin)["token"]
+    app_env = dict(
+        env,
+        TOKENSVC_SERVICE_TOKEN=service_token,
+        PYTHONPATH=os.pathsep.join(p for p in (str(CLIENT_DIR), env.get("PYTHONPATH", "")) if p),
+    )
+    return Issuer(
+        svc,
+        f"http://127.0.0.1:{svc_vport}",
+        service_token,
+        _post(svc.base + "/v1/tokens", USER_TOKEN, admin)["token"],
+        app_env,
+    )
 
 
 def _post(url: str, body: dict[str, Any], token: str) -> dict[str, Any]:
@@ -254,36 +295,15 @@ def run(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tokensvc-bench-client-"))
     servers: list[Server] = []
     try:
-        svc_port, svc_vport, *app_ports = free_ports(2 + len(APPS))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSVC_")}
-        svc_env = dict(
-            env,
-            TOKENSVC_DATA_DIR=str(workdir / "data"),
-            TOKENSVC_PORT=str(svc_port),
-            TOKENSVC_VERIFY_PORT=str(svc_vport),
-            TOKENSVC_HOST="127.0.0.1",
-        )
-        svc = _start("tokensvc", [_tokensvc_bin(), "serve"], svc_env, svc_port, workdir, gen_cpus)
-        servers.append(svc)
-        svc.wait_healthy()
-        admin = _admin_token(svc_env)
-        service_token = _post(svc.base + "/v1/tokens", SERVICE_TOKEN, admin)["token"]
-        user_token = _post(svc.base + "/v1/tokens", USER_TOKEN, admin)["token"]
-
+        issuer = start_issuer(workdir, gen_cpus, servers)
+        svc, service_token, user_token = issuer.server, issuer.service_token, issuer.user_token
         apps: dict[str, Server] = {}
-        app_env = dict(
-            env,
-            TOKENSVC_SERVICE_TOKEN=service_token,
-            PYTHONPATH=os.pathsep.join(
-                p for p in (str(CLIENT_DIR), env.get("PYTHONPATH", "")) if p
-            ),
-        )
-        for target, port in zip(APPS, app_ports, strict=True):
+        for target, port in zip(APPS, free_ports(len(APPS)), strict=True):
             mode = MODES.get(target, target)
             cmd = [sys.executable, "-m", "loadtests.clientapp", "--mode", mode]
             cmd += ["--port", str(port), "--tokensvc", svc.base]
-            cmd += ["--verify-url", f"http://127.0.0.1:{svc_vport}"]
-            apps[target] = _start(f"app-{target}", cmd, app_env, port, workdir, app_cpus)
+            cmd += ["--verify-url", issuer.verify_url]
+            apps[target] = _start(f"app-{target}", cmd, issuer.app_env, port, workdir, app_cpus)
             servers.append(apps[target])
         for target, app in apps.items():
             app.wait_healthy()

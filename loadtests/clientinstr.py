@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,14 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtests.clientbench import (
-    CLIENT_DIR,
-    GOAL_RATIO,
-    PATH,
-    SERVICE_TOKEN,
-    USER_TOKEN,
-    _post,
-)
+from loadtests.clientbench import GOAL_RATIO, PATH, start_issuer
 from loadtests.common import (
     free_ports,
     loadavg_note,
@@ -49,7 +40,7 @@ from loadtests.common import (
     table,
     write_results,
 )
-from loadtests.httpbench import _admin_token, _start, _tokensvc_bin
+from loadtests.httpbench import Server, _start
 from loadtests.instructions import _connect, _read_response
 
 TARGETS = ("noauth", "cached", "guarded")
@@ -160,13 +151,7 @@ def measure(
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
         raise RuntimeError(f"{mode}: {exc}\napp log:\n{app.log_tail()}") from exc
     finally:
-        if app.proc.poll() is None:
-            app.proc.send_signal(signal.SIGINT)
-            try:
-                app.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                app.proc.kill()
-                app.proc.wait(30)
+        app.stop()  # its dump is read: a slow shutdown under valgrind may be cut short
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -194,44 +179,24 @@ def run(argv: list[str] | None = None) -> int:
     )
     workdir = Path(tempfile.mkdtemp(prefix="tokensvc-bench-client-instr-"))
     per_request: dict[str, float] = {}
-    svc = None
+    servers: list[Server] = []
     try:
-        svc_port, svc_vport = free_ports(2)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSVC_")}
-        svc_env = dict(
-            env,
-            TOKENSVC_DATA_DIR=str(workdir / "data"),
-            TOKENSVC_PORT=str(svc_port),
-            TOKENSVC_VERIFY_PORT=str(svc_vport),
-            TOKENSVC_HOST="127.0.0.1",
-        )
-        svc = _start("tokensvc", [_tokensvc_bin(), "serve"], svc_env, svc_port, workdir, None)
-        svc.wait_healthy()
-        admin = _admin_token(svc_env)
-        service_token = _post(svc.base + "/v1/tokens", SERVICE_TOKEN, admin)["token"]
-        user_token = _post(svc.base + "/v1/tokens", USER_TOKEN, admin)["token"]
-        app_env = dict(
-            env,
-            TOKENSVC_SERVICE_TOKEN=service_token,
-            PYTHONPATH=os.pathsep.join(
-                p for p in (str(CLIENT_DIR), env.get("PYTHONPATH", "")) if p
-            ),
-        )
+        issuer = start_issuer(workdir, None, servers)
         where = {
             "workdir": str(workdir),
-            "base": svc.base,
-            "verify_url": f"http://127.0.0.1:{svc_vport}",
+            "base": issuer.server.base,
+            "verify_url": issuer.verify_url,
         }
         for mode in TARGETS:
-            total = measure(mode, user_token, args, app_env, where)
+            total = measure(mode, issuer.user_token, args, issuer.app_env, where)
             per_request[mode] = total / args.requests
             print(
                 f"client-instructions: {LABELS[mode]:32} {per_request[mode]:>10,.0f} per request",
                 flush=True,
             )
     finally:
-        if svc is not None:
-            svc.stop()
+        for server in servers:
+            server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
     base = per_request["noauth"]

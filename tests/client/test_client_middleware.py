@@ -349,20 +349,29 @@ async def test_marks_on_view_methods_and_partials_are_honoured(
     assert (await http.options("/admin/report")).status == 200  # its own @public mark
 
 
-async def asgi_call(
-    app: Any, path: str, headers: dict[str, str], method: str = "GET"
-) -> tuple[int, dict[str, str], bytes, dict[str, Any]]:
-    """One HTTP request through an ASGI app: status, headers, body, and the scope it saw."""
+def asgi_scope(
+    kind: str, path: str, headers: dict[str, str], *, method: str | None = None
+) -> dict[str, Any]:
+    """An ASGI `http` or `websocket` scope for `path`, as a server hands it over."""
     scope: dict[str, Any] = {
-        "type": "http",
+        "type": kind,
         "asgi": {"version": "3.0"},
-        "method": method,
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
         "client": ("127.0.0.1", 5555),
     }
+    if method is not None:
+        scope["method"] = method
+    return scope
+
+
+async def asgi_call(
+    app: Any, path: str, headers: dict[str, str], method: str = "GET"
+) -> tuple[int, dict[str, str], bytes, dict[str, Any]]:
+    """One HTTP request through an ASGI app: status, headers, body, and the scope it saw."""
+    scope = asgi_scope("http", path, headers, method=method)
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -417,15 +426,7 @@ async def test_asgi_checks_websocket_handshakes_and_refuses_unknown_scopes(
     app = TokensvcASGIMiddleware(inner, client, audience="files")
 
     async def handshake(path: str, headers: dict[str, str]) -> list[dict[str, Any]]:
-        scope = {
-            "type": "websocket",
-            "asgi": {"version": "3.0"},
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-            "client": ("127.0.0.1", 5555),
-        }
+        scope = asgi_scope("websocket", path, headers)
         sent: list[dict[str, Any]] = []
 
         async def receive() -> dict[str, Any]:
