@@ -274,7 +274,7 @@ async def runtime(
 
         registry = TokenRegistry(engine)
         service_keys = ServiceKeys(engine, kek=keks, clock=clock)
-        revocations = await _revocations(config, engine, registry, stack, outages)
+        revocations = await _revocations(config, engine, registry, subjects, stack, outages)
         _wire_lifecycle(revocations, keyring, service_keys, verifier, generations)
         feed = RevocationFeed(
             EventLog(engine),
@@ -323,7 +323,6 @@ async def runtime(
                 engine=engine,
                 authorizer=authorizer,
                 users=users,
-                subjects=subjects,
                 hasher=hasher,
                 revocations=revocations,
                 audit=audit,
@@ -530,6 +529,7 @@ async def _revocations(
     config: Config,
     engine: AsyncEngine,
     registry: TokenRegistry,
+    subjects: SubjectStore,
     stack: contextlib.AsyncExitStack,
     outages: Outages,
 ) -> Revocations:
@@ -542,6 +542,7 @@ async def _revocations(
     return Revocations(
         engine,
         registry,
+        subjects,
         refresh_interval=config.revocation_refresh_interval.total_seconds(),
         redis=redis,
         channel=config.redis_prefix + CHANNEL_SUFFIX,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tokensvc.errors import BadRequest
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
 from tokensvc.storage.audit import AuditEntry, AuditLog
+from tokensvc.tokens.registry import Descendant
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +47,18 @@ class AuditService:
             action=query.action,
             target=query.target,
         )
+
+
+async def record_cascade(
+    audit: AuditLog,
+    conn: AsyncConnection,
+    by: str,
+    descendants: Sequence[Descendant],
+    *,
+    cause: str,
+) -> None:
+    """One audit row per token a revocation took with it (its descendants: tokens minted with
+    the revoked token, or with a token of the subject whose tokens were revoked), naming the
+    cause, in the revoking transaction."""
+    for token_id, _, _ in descendants:
+        await audit.record(by, "token_revoked", token_id, conn=conn, via="cascade", cause=cause)

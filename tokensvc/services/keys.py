@@ -7,17 +7,19 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystore import KeyInfo, Keyring
 from keystore.reseal import KekUsage, ResealResult, kek_usage, reseal
 from keystore.sealing import Sealer
 from tokensvc.errors import NotFound
 from tokensvc.operations.logs import security_event
+from tokensvc.services.audit import record_cascade
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
 from tokensvc.storage.audit import AuditLog
+from tokensvc.tokens.registry import Descendant
 from tokensvc.tokens.revocation import Revocations
 
 
@@ -76,13 +78,22 @@ class KeyService:
         actor = await self._authz.admin(who, "keys:revoke")
         if len(key_id) > 64 or await self._keyring.get(key_id) is None:
             raise NotFound("no such live root key")
+
+        async def audit_rows(conn: AsyncConnection, descendants: list[Descendant]) -> None:
+            await self._audit.record(
+                actor.name, "key_revoked", key_id, conn=conn, descendants=len(descendants)
+            )
+            await record_cascade(self._audit, conn, actor.name, descendants, cause=f"key:{key_id}")
+
         # The durable record first: were the delete to fail after it, replicas still drop the key.
-        await self._revocations.record_key(key_id, by=actor.name)
+        # Tokens minted with tokens the key signed are revoked in the same transaction.
+        descendants = await self._revocations.record_key(key_id, by=actor.name, also=audit_rows)
         await self._keyring.revoke(key_id)
         self._revocations.note_key(key_id)
         await self._revocations.publish_key(key_id)
-        await self._audit.record(actor.name, "key_revoked", key_id)
-        security_event("key_revoked", by=actor.name[:64], key_id=key_id)
+        security_event(
+            "key_revoked", by=actor.name[:64], key_id=key_id, descendants=len(descendants)
+        )
 
     async def kek_status(self, who: Principal) -> KekUsage:
         """Live sealed keys per table and key-encryption key id, as this process's KEKs see them.

@@ -14,8 +14,16 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystore.service_keys import KEY_ID_PREFIX
-from tokensvc.errors import BadRequest, Forbidden, NotFound, TokensvcError, Unavailable
+from tokensvc.errors import (
+    BadRequest,
+    Forbidden,
+    InvalidToken,
+    NotFound,
+    TokensvcError,
+    Unavailable,
+)
 from tokensvc.operations.logs import security_event
+from tokensvc.services.audit import record_cascade
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Actor, Principal
@@ -23,10 +31,10 @@ from tokensvc.storage.audit import AuditLog
 from tokensvc.storage.db import run_db
 from tokensvc.tokens.delegation import OUTLIVE_OPERATION, delegate, minted_generation
 from tokensvc.tokens.minting import MintedToken, Minter, MintRequest, is_name
-from tokensvc.tokens.registry import TokenRecord, TokenRegistry
-from tokensvc.tokens.revocation import Revocations
+from tokensvc.tokens.registry import Descendant, TokenRecord, TokenRegistry
+from tokensvc.tokens.revocation import Raised, Revocations
 from tokensvc.tokens.subjects import SubjectStore
-from tokensvc.tokens.verification import Verifier
+from tokensvc.tokens.verification import Verified, Verifier
 
 log = logging.getLogger("tokensvc.services.tokens")
 
@@ -98,7 +106,11 @@ class TokenService:
             request = dataclasses.replace(request, ttl=self._default_ttl)
         minted_request = request
 
-        async def audit_row(conn: AsyncConnection, minted: MintedToken) -> None:
+        parent = actor.verified
+
+        async def in_transaction(conn: AsyncConnection, minted: MintedToken) -> None:
+            if parent is not None:
+                await self._check_parent(conn, parent)
             await self._audit.record(
                 actor.name,
                 "token_minted",
@@ -113,19 +125,24 @@ class TokenService:
                 audience=minted_request.audiences,
                 description=minted_request.description,
                 carried_caveats=len(minted_request.carried),
+                parent_id=None if parent is None else parent.token_id,
             )
 
         # A child of the minting token's own subject is born at the minting token's generation:
         # a revoke-all committed since the check above (by another request, on any replica)
-        # revokes it too. A child for another subject is that subject's, read fresh.
-        parent = actor.verified
+        # revokes it too. A child for another subject is that subject's, read fresh; it dies
+        # with its parent instead (the registry's `parent_id`, checked again in the transaction).
         born_at = (
             minted_generation(parent)
             if parent is not None and parent.subject == request.subject
             else None
         )
         minted = await self._minter.mint(
-            request, created_by=actor.name, also=audit_row, generation=born_at
+            request,
+            created_by=actor.name,
+            also=in_transaction,
+            generation=born_at,
+            parent_id=None if parent is None else parent.token_id,
         )
 
         security_event(
@@ -138,6 +155,28 @@ class TokenService:
             kind=minted.kind,
         )
         return minted
+
+    async def _check_parent(self, conn: AsyncConnection, parent: Verified) -> None:
+        """In the mint's transaction: the minting token is still alive, its row share-locked
+        so that a revocation of it (of its subject, or of its root key) cannot pass this child
+        unseen: either the
+        revocation committed first and the mint is refused here, or it waits for this commit
+        and its walk revokes the child (TokenRegistry.lock_parent).
+
+        Raises:
+            InvalidToken: the minting token has been revoked since it was checked.
+        """
+        record = await self._registry.lock_parent(conn, parent.token_id)
+        if record is not None and record.revoked_at is not None:
+            raise InvalidToken("token revoked")
+        if await self._revocations.key_revoked(conn, parent.key_id):
+            raise InvalidToken("root key revoked")
+        minted_at = minted_generation(parent)
+        if (
+            minted_at is not None
+            and await self._subjects.generation(parent.subject, conn=conn) > minted_at
+        ):
+            raise InvalidToken("token revoked (subject generation)")
 
     async def _may_outlive(self, actor: Actor) -> bool:
         """Whether `actor`'s token may mint a token that outlives it: its caveats allow
@@ -230,22 +269,30 @@ class TokenService:
     ) -> None:
         already = record.revoked_at is not None
 
-        async def audit_row(conn: AsyncConnection) -> None:
+        async def audit_rows(conn: AsyncConnection, descendants: list[Descendant]) -> None:
             if not already:
                 await self._audit.record(
-                    by, "token_revoked", record.token_id, conn=conn, subject=record.subject, via=via
+                    by,
+                    "token_revoked",
+                    record.token_id,
+                    conn=conn,
+                    subject=record.subject,
+                    via=via,
+                    descendants=len(descendants),
                 )
+            await record_cascade(self._audit, conn, by, descendants, cause=record.token_id)
 
         revoked = await self._revocations.revoke_token(
-            record.token_id, register=record if register else None, also=audit_row
+            record.token_id, register=record if register else None, also=audit_rows
         )
-        if revoked is not None and not already:
+        if revoked is not None and (revoked.descendants or not already):
             security_event(
                 "token_revoked",
                 by=by[:64],
                 subject=record.subject,
                 token_id=record.token_id,
                 via=via,
+                descendants=len(revoked.descendants),
             )
 
     async def revoke_all(self, who: Principal, subject: str) -> int:
@@ -261,16 +308,28 @@ class TokenService:
         if not is_name(subject):
             raise BadRequest("subject must be 1-255 characters, none of them a control")
 
-        async def run(conn: AsyncConnection) -> int:
-            generation = await self._subjects.raise_generation(subject, conn=conn)
+        async def run(conn: AsyncConnection) -> Raised:
+            raised = await self._revocations.raise_generation(conn, subject)
             await self._audit.record(
-                actor.name, "tokens_revoked_all", subject, conn=conn, generation=generation
+                actor.name,
+                "tokens_revoked_all",
+                subject,
+                conn=conn,
+                generation=raised.generation,
+                descendants=len(raised.descendants),
             )
-            return generation
+            await record_cascade(
+                self._audit, conn, actor.name, raised.descendants, cause=f"subject:{subject}"
+            )
+            return raised
 
-        generation = await run_db(self._engine, run, write=True, retry=False)
-        await self._revocations.generation_raised(subject, generation)
+        raised = await run_db(self._engine, run, write=True, retry=False)
+        await self._revocations.generation_raised(subject, raised)
         security_event(
-            "tokens_revoked_all", by=actor.name[:64], subject=subject[:64], generation=generation
+            "tokens_revoked_all",
+            by=actor.name[:64],
+            subject=subject[:64],
+            generation=raised.generation,
+            descendants=len(raised.descendants),
         )
-        return generation
+        return raised.generation

@@ -17,13 +17,13 @@ from tokensvc.accounts.secondfactor import SecondFactors
 from tokensvc.accounts.users import User, UserStore, canonical_name
 from tokensvc.errors import BadRequest, NotFound
 from tokensvc.operations.logs import security_event
+from tokensvc.services.audit import record_cascade
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
 from tokensvc.storage.audit import AuditLog
 from tokensvc.storage.db import run_db
-from tokensvc.tokens.revocation import Revocations
-from tokensvc.tokens.subjects import SubjectStore
+from tokensvc.tokens.revocation import Raised, Revocations
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,6 @@ class UserService:
         engine: AsyncEngine,
         authorizer: Authorizer,
         users: UserStore,
-        subjects: SubjectStore,
         hasher: PasswordHasher,
         revocations: Revocations,
         audit: AuditLog,
@@ -73,7 +72,6 @@ class UserService:
         self._engine = engine
         self._authz = authorizer
         self._users = users
-        self._subjects = subjects
         self._hasher = hasher
         self._revocations = revocations
         self._audit = audit
@@ -158,7 +156,7 @@ class UserService:
             else None
         )
 
-        async def run(conn: AsyncConnection) -> tuple[User, int | None]:
+        async def run(conn: AsyncConnection) -> tuple[User, Raised | None]:
             before = await self._users.get(name, for_update=True, conn=conn)
             if before is None:
                 raise NotFound("no such user")
@@ -174,8 +172,8 @@ class UserService:
                 or (after.disabled and not before.disabled)
                 or not set(before.roles) <= set(after.roles)
             )
-            generation = (
-                await self._subjects.raise_generation(before.name, conn=conn) if revokes else None
+            raised = (
+                await self._revocations.raise_generation(conn, before.name) if revokes else None
             )
             await self._audit.record(
                 actor.name,
@@ -185,11 +183,15 @@ class UserService:
                 changed=change.fields,
                 tokens_revoked=revokes,
             )
-            return after, generation
+            if raised is not None:
+                await record_cascade(
+                    self._audit, conn, actor.name, raised.descendants, cause=f"user:{before.name}"
+                )
+            return after, raised
 
-        user, generation = await run_db(self._engine, run, write=True, retry=False)
-        if generation is not None:
-            await self._revocations.generation_raised(user.name, generation)
+        user, raised = await run_db(self._engine, run, write=True, retry=False)
+        if raised is not None:
+            await self._revocations.generation_raised(user.name, raised)
         security_event("user_updated", by=actor.name[:64], user=user.name, changed=change.fields)
         return user
 
@@ -202,17 +204,20 @@ class UserService:
         """
         actor = await self._authz.admin(who, "users:write")
 
-        async def run(conn: AsyncConnection) -> tuple[str, int]:
+        async def run(conn: AsyncConnection) -> tuple[str, Raised]:
             user = await self._users.get(name, for_update=True, conn=conn)
             if user is None:
                 raise NotFound("no such user")
-            generation = await self._subjects.raise_generation(user.name, conn=conn)
+            raised = await self._revocations.raise_generation(conn, user.name)
             await self._users.delete(user.name, conn=conn)
             await self._audit.record(actor.name, "user_deleted", user.name, conn=conn)
-            return user.name, generation
+            await record_cascade(
+                self._audit, conn, actor.name, raised.descendants, cause=f"user:{user.name}"
+            )
+            return user.name, raised
 
-        deleted, generation = await run_db(self._engine, run, write=True, retry=False)
-        await self._revocations.generation_raised(deleted, generation)
+        deleted, raised = await run_db(self._engine, run, write=True, retry=False)
+        await self._revocations.generation_raised(deleted, raised)
         if self._factors is not None:
             await self._factors.forget(deleted)
         security_event("user_deleted", by=actor.name[:64], user=deleted)

@@ -147,13 +147,15 @@ class Minter:
         created_by: str | None = None,
         generation: int | None = None,
         also: Callable[[AsyncConnection, MintedToken], Awaitable[None]] | None = None,
+        parent_id: str | None = None,
     ) -> MintedToken:
         """Sign a token; registered (when a registry is attached) before it is returned.
 
         `generation`: the subject's generation to mint at, when the caller read it before
         deciding (login reads it before checking the password, so a password change made
         meanwhile revokes this token too); else it is read fresh. `also` runs in the
-        registration's transaction (the service's audit row).
+        registration's transaction (the service's audit row). `parent_id`: the token whose
+        authority mints this one; revoking it revokes this one too.
         """
         service = request.service
         if service and self._service_keys is None:
@@ -189,7 +191,12 @@ class Minter:
         minted = await self._sign(request, key, identifier, generation=generation)
         if self._registry is not None:
             await self._register(
-                minted, created_by=created_by, service_row=service_row, key=key, also=also
+                minted,
+                created_by=created_by,
+                service_row=service_row,
+                key=key,
+                also=also,
+                parent_id=parent_id,
             )
         elif also is not None:
             raise ValueError("`also` needs a registry to run in the registration's transaction")
@@ -258,6 +265,7 @@ class Minter:
         service_row: dict[str, Any] | None,
         key: RootKey,
         also: Callable[[AsyncConnection, MintedToken], Awaitable[None]] | None,
+        parent_id: str | None,
     ) -> None:
         # The row (and a service token's key) is committed before the token leaves this
         # function: a token the registry does not know can never have been handed out.
@@ -271,6 +279,8 @@ class Minter:
             description=minted.description,
             admin=minted.admin,
             kind=minted.kind,
+            parent_id=parent_id,
+            key_id=key.id,
         )
         service_keys = self._service_keys
 

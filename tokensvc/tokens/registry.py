@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql import Select
 
 from keystore.db import UTCDateTime
 from tokensvc.storage.base import Base
@@ -54,6 +55,11 @@ class TokenRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(index=True)
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
     kind: Mapped[str] = mapped_column(String(16), default="rotating")
+    # The token whose authority minted this one (None: a login, an operator's mint, or minted
+    # before lineage was recorded). Revoking a token revokes its descendants (`revoke`).
+    parent_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    # The root key that signed it: revoking the key revokes what its tokens minted.
+    key_id: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 _TABLE: Final[Table] = TokenRow.__table__  # type: ignore[assignment]
@@ -73,6 +79,8 @@ class TokenRecord:
     kind: str = "rotating"
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
+    parent_id: str | None = None
+    key_id: str | None = None
 
     def public(self, *, now: datetime) -> dict[str, object]:
         """The record as the API and the CLI show it: no token, no key, nothing that verifies;
@@ -94,6 +102,7 @@ class TokenRecord:
             "revoked_at": _rfc3339(self.revoked_at),
             "admin": self.admin,
             "kind": self.kind,
+            "parent_id": self.parent_id,
             "status": status,
         }
 
@@ -175,17 +184,21 @@ class TokenRegistry:
         token_id: str,
         *,
         register: TokenRecord | None = None,
-        with_conn: Callable[[AsyncConnection], Awaitable[None]] | None = None,
-    ) -> TokenRecord | None:
-        """Mark the token revoked (idempotent: the first time stays); its row, or None if unknown.
+        with_conn: Callable[[AsyncConnection, builtins.list[Descendant]], Awaitable[None]]
+        | None = None,
+    ) -> Revoked | None:
+        """Mark the token revoked, and every token minted with it (recursively): its row and
+        the descendants this call revoked, or None if the token is unknown.
 
-        `register` inserts the row first if it is missing (a genuine token minted before the
-        registry existed). `with_conn` runs in the same transaction (deleting a service key), and
-        so does the revocation event of a token revoked by this call.
+        Idempotent: the first revocation time stays (a repeat still revokes any descendant left
+        alive). `register` inserts the row first if it is missing (a genuine token minted before
+        the registry existed). `with_conn` runs in the same transaction, with the descendants
+        (deleting service keys, the audit record); so do the events of every token revoked here,
+        last (an event append serialises the writers: no row lock may be taken after it).
         """
         now = self._wall_clock()
 
-        async def run(conn: AsyncConnection) -> TokenRecord | None:
+        async def run(conn: AsyncConnection) -> Revoked | None:
             changed = await conn.execute(
                 update(_TABLE)
                 .where(_TABLE.c.token_id == token_id, _TABLE.c.revoked_at.is_(None))
@@ -206,19 +219,66 @@ class TokenRegistry:
                     .mappings()
                     .first()
                 )
-            if found is not None and with_conn is not None:
-                await with_conn(conn)
             if found is None:
                 return None
             record = _record(found)
-            if newly:  # the stream's event, last in the transaction (tokensvc.tokens.events)
+            descendants = await revoke_descendants(conn, children_of_token(token_id), now=now)
+            if with_conn is not None:
+                await with_conn(conn, descendants)
+            # The stream's events, last in the transaction (tokensvc.tokens.events).
+            if newly:
                 expires = record.expires_at.timestamp()
                 await events.append(
                     conn, events.TOKEN, events.token_event(token_id, expires), at=now
                 )
-            return record
+            await append_events(conn, descendants, now=now)
+            return Revoked(record, tuple(descendants))
 
         return await run_db(self._engine, run, write=True, what="the token registry")
+
+    async def lock_parent(self, conn: AsyncConnection, token_id: str) -> TokenRecord | None:
+        """The row of `token_id`, share-locked until `conn`'s transaction ends (None if it has
+        none): a token minted with it in this transaction is either seen by a concurrent
+        revocation's walk or refused here, never neither (docs/security.md, "Delegation").
+
+        PostgreSQL: FOR SHARE waits for a revocation that has updated the row, then reads its
+        outcome; a revocation waits for this transaction before its walk reads the children.
+        SQLite: every write transaction already holds the one write lock (BEGIN IMMEDIATE).
+        """
+        found = (
+            (
+                await conn.execute(
+                    select(_TABLE).where(_TABLE.c.token_id == token_id).with_for_update(read=True)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        return None if found is None else _record(found)
+
+    async def lock_parents(
+        self,
+        conn: AsyncConnection,
+        *,
+        now: datetime,
+        subject: str | None = None,
+        key_id: str | None = None,
+    ) -> None:
+        """Lock every live token of `subject`, or signed by `key_id`, until `conn`'s transaction
+        ends: a revoke-all (any raise of the subject's generation) or a key's revocation takes
+        these locks before its walk, so a concurrent mint with one of them waits and then sees
+        the revocation (`lock_parent`)."""
+        whose = _TABLE.c.subject == subject if subject is not None else _TABLE.c.key_id == key_id
+        await conn.execute(
+            select(_TABLE.c.token_id)
+            .where(
+                whose,
+                _TABLE.c.revoked_at.is_(None),
+                _TABLE.c.expires_at > now,
+            )
+            .order_by(_TABLE.c.token_id)  # one lock order for every revoker: no deadlocks
+            .with_for_update()
+        )
 
     async def revoked_since(
         self, since: datetime | None, *, now: datetime
@@ -281,3 +341,77 @@ class TokenRegistry:
                 )
 
             await run_db(self._engine, run, write=True, what="the token registry")
+
+
+#: A token revoked because an ancestor was: (token id, expires at as unix seconds, kind).
+Descendant = tuple[str, float, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """What one revocation changed: the token's row, and the descendants it revoked with it."""
+
+    record: TokenRecord
+    descendants: tuple[Descendant, ...]
+
+
+def children_of_token(token_id: str) -> Select[tuple[str]]:
+    """The ids of the tokens minted with `token_id` (the seed of a cascade)."""
+    return select(_TABLE.c.token_id).where(_TABLE.c.parent_id == token_id)
+
+
+def children_of_key(key_id: str) -> Select[tuple[str]]:
+    """The ids of the tokens minted with any token signed by root key `key_id`."""
+    parents = select(_TABLE.c.token_id).where(_TABLE.c.key_id == key_id)
+    return select(_TABLE.c.token_id).where(_TABLE.c.parent_id.in_(parents.scalar_subquery()))
+
+
+def children_of_subject(subject: str) -> Select[tuple[str]]:
+    """The ids of the tokens minted with any token of `subject` (a revoke-all's cascade)."""
+    parents = select(_TABLE.c.token_id).where(_TABLE.c.subject == subject)
+    return select(_TABLE.c.token_id).where(_TABLE.c.parent_id.in_(parents.scalar_subquery()))
+
+
+async def revoke_descendants(
+    conn: AsyncConnection, seed: Select[tuple[str]], *, now: datetime
+) -> list[Descendant]:
+    """Revoke `seed`'s tokens and all their descendants, in `conn`'s transaction; the ones this
+    call revoked (unexpired and not revoked before). Their stream events are the caller's to
+    append (`append_events`), last in the transaction.
+
+    The walk goes through revoked and expired tokens too: a child that outlives its expired
+    parent still descends from it. It repeats until a pass revokes nothing: on PostgreSQL a
+    pass may wait for a mint that holds its parent's share lock (TokenRegistry.lock_parent);
+    the child that mint commits is the next pass's to find.
+    """
+    revoked: list[Descendant] = []
+    while True:
+        tree = seed.cte("descendants", recursive=True)
+        tree = tree.union(select(_TABLE.c.token_id).where(_TABLE.c.parent_id == tree.c.token_id))
+        live = (
+            select(_TABLE.c.token_id, _TABLE.c.expires_at, _TABLE.c.kind)
+            .where(
+                _TABLE.c.token_id.in_(select(tree.c.token_id)),
+                _TABLE.c.revoked_at.is_(None),
+                _TABLE.c.expires_at > now,
+            )
+            .order_by(_TABLE.c.token_id)  # one lock order for every revoker: no deadlocks
+            .with_for_update()
+        )
+        rows = [(r.token_id, r.expires_at.timestamp(), r.kind) for r in await conn.execute(live)]
+        if not rows:
+            return revoked
+        await conn.execute(
+            update(_TABLE)
+            .where(_TABLE.c.token_id.in_([token_id for token_id, _, _ in rows]))
+            .values(revoked_at=now)
+        )
+        revoked.extend(rows)
+
+
+async def append_events(
+    conn: AsyncConnection, revoked: builtins.list[Descendant], *, now: datetime
+) -> None:
+    """The stream's event of each token in `revoked` (tokensvc.tokens.events)."""
+    for token_id, expires, _ in revoked:
+        await events.append(conn, events.TOKEN, events.token_event(token_id, expires), at=now)

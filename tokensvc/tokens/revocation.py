@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from sqlalchemy import String, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,7 +34,17 @@ from tokensvc.operations.outages import Outage, Outages, is_outage
 from tokensvc.storage.base import Base
 from tokensvc.storage.db import run_db
 from tokensvc.tokens import events
-from tokensvc.tokens.registry import TokenRecord, TokenRegistry
+from tokensvc.tokens.registry import (
+    Descendant,
+    Revoked,
+    TokenRecord,
+    TokenRegistry,
+    append_events,
+    children_of_key,
+    children_of_subject,
+    revoke_descendants,
+)
+from tokensvc.tokens.subjects import SubjectStore
 
 log = logging.getLogger("tokensvc.tokens.revocation")
 
@@ -58,6 +68,14 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class Raised(NamedTuple):
+    """A subject's generation raised: the new generation, and the tokens minted with the
+    subject's tokens that died with it (Revocations.raise_generation)."""
+
+    generation: int
+    descendants: tuple[Descendant, ...]
+
+
 class Revocations:
     """This process's view of what is revoked; refreshed in the background."""
 
@@ -65,6 +83,7 @@ class Revocations:
         self,
         engine: AsyncEngine,
         registry: TokenRegistry,
+        subjects: SubjectStore,
         *,
         refresh_interval: float = 1.0,
         overlap: timedelta = timedelta(seconds=30),
@@ -77,6 +96,7 @@ class Revocations:
         # Where a dependency's outage is reported (one line per outage, not one per retry).
         self._outages = outages if outages is not None else Outages(dependencies=())
         self._registry = registry
+        self._subjects = subjects
         self.refresh_interval = refresh_interval
         self._overlap = overlap
         self._wall_clock = wall_clock
@@ -104,27 +124,61 @@ class Revocations:
         token_id: str,
         *,
         register: TokenRecord | None = None,
-        also: Callable[[AsyncConnection], Awaitable[None]] | None = None,
-    ) -> TokenRecord | None:
-        """Revoke one token everywhere: the registry row first, then this process, then the rest.
+        also: Callable[[AsyncConnection, list[Descendant]], Awaitable[None]] | None = None,
+    ) -> Revoked | None:
+        """Revoke one token everywhere, and every token minted with it: the registry rows
+        first, then this process, then the rest.
 
         Idempotent. None if the registry has no such token (and `register` was not given).
-        `also` runs in the registry's transaction, when there is a row (the audit record).
+        `also` runs in the registry's transaction, when there is a row, with the descendants
+        revoked along (the audit record).
         """
         drop_key = self.delete_service_key
 
-        async def with_conn(conn: AsyncConnection) -> None:
+        async def with_conn(conn: AsyncConnection, descendants: list[Descendant]) -> None:
             if drop_key is not None:
                 await drop_key(conn, token_id)
+            await self._drop_service_keys(conn, descendants)
             if also is not None:
-                await also(conn)
+                await also(conn, descendants)
 
-        record = await self._registry.revoke(token_id, register=register, with_conn=with_conn)
-        if record is not None:
-            expires_at = record.expires_at.timestamp()
+        revoked = await self._registry.revoke(token_id, register=register, with_conn=with_conn)
+        if revoked is not None:
+            expires_at = revoked.record.expires_at.timestamp()
             self.note_token(token_id, expires_at)
             await self.publish_token(token_id, expires_at)
-        return record
+            await self._announce(revoked.descendants)
+        return revoked
+
+    async def raise_generation(self, conn: AsyncConnection, subject: str) -> Raised:
+        """Raise `subject`'s generation in `conn`'s transaction: every token of the subject
+        issued until now dies, and so does every token minted with one of them (recursively).
+        Apply the result with `generation_raised` once the transaction has committed.
+
+        The subject's live tokens are locked first, so a concurrent mint with one of them either
+        is seen by the walk or waits and sees the new generation (TokenRegistry.lock_parent).
+        """
+        now = self._wall_clock()
+        await self._registry.lock_parents(conn, now=now, subject=subject)
+        descendants = await revoke_descendants(conn, children_of_subject(subject), now=now)
+        await self._drop_service_keys(conn, descendants)
+        generation = await self._subjects.raise_generation(subject, conn=conn)
+        await append_events(conn, descendants, now=now)
+        return Raised(generation, tuple(descendants))
+
+    async def _drop_service_keys(self, conn: AsyncConnection, revoked: list[Descendant]) -> None:
+        drop_key = self.delete_service_key
+        if drop_key is None:
+            return
+        for token_id, _, kind in revoked:
+            if kind == "service":
+                await drop_key(conn, token_id)
+
+    async def _announce(self, revoked: Sequence[Descendant]) -> None:
+        """Apply tokens revoked by a cascade here, then tell the other replicas."""
+        for token_id, expires_at, _ in revoked:
+            self.note_token(token_id, expires_at)
+            await self.publish_token(token_id, expires_at)
 
     def is_revoked(self, token_id: str) -> bool:
         """The verify-path check (no I/O)."""
@@ -144,11 +198,24 @@ class Revocations:
         for callback in self.on_key_revoked:
             callback(key_id)
 
-    async def record_key(self, key_id: str, *, by: str) -> None:
-        """Write the revocation of root key `key_id` (idempotent)."""
+    async def record_key(
+        self,
+        key_id: str,
+        *,
+        by: str,
+        also: Callable[[AsyncConnection, list[Descendant]], Awaitable[None]] | None = None,
+    ) -> tuple[Descendant, ...]:
+        """Write the revocation of root key `key_id` (idempotent), and revoke every token minted
+        with a token it signed (recursively); those tokens, once committed, are applied here and
+        published. `also` runs in the transaction with them (the audit record)."""
         now = self._wall_clock()
 
-        async def run(conn: AsyncConnection) -> None:
+        async def run(conn: AsyncConnection) -> list[Descendant]:
+            await self._registry.lock_parents(conn, now=now, key_id=key_id)
+            descendants = await revoke_descendants(conn, children_of_key(key_id), now=now)
+            await self._drop_service_keys(conn, descendants)
+            if also is not None:
+                await also(conn, descendants)
             insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
             result = await conn.execute(
                 insert(_KEYS)
@@ -157,8 +224,18 @@ class Revocations:
             )
             if result.rowcount:  # the stream's event, once
                 await events.append(conn, events.KEY, events.key_event(key_id), at=now)
+            await append_events(conn, descendants, now=now)
+            return descendants
 
-        await run_db(self._engine, run, write=True)
+        descendants = tuple(await run_db(self._engine, run, write=True))
+        await self._announce(descendants)
+        return descendants
+
+    async def key_revoked(self, conn: AsyncConnection, key_id: str) -> bool:
+        """Whether root key `key_id` has been revoked, read in `conn`'s transaction (a mint's
+        check of its parent, after the parent's row lock: TokenRegistry.lock_parent)."""
+        found = await conn.execute(select(_KEYS.c.key_id).where(_KEYS.c.key_id == key_id))
+        return found.first() is not None
 
     async def publish_token(self, token_id: str, expires_at: float) -> None:
         await self._publish(f"t {token_id} {int(expires_at)}")
@@ -166,11 +243,13 @@ class Revocations:
     async def publish_key(self, key_id: str) -> None:
         await self._publish(f"k {key_id}")
 
-    async def generation_raised(self, subject: str, generation: int) -> None:
-        """Apply a generation this process just raised, then tell the other replicas."""
+    async def generation_raised(self, subject: str, raised: Raised) -> None:
+        """Apply a generation this process just raised (`raise_generation`, committed), and the
+        tokens it revoked along, then tell the other replicas."""
         for callback in self.on_generation:
-            callback(subject, generation)
-        await self.publish_generation(subject, generation)
+            callback(subject, raised.generation)
+        await self.publish_generation(subject, raised.generation)
+        await self._announce(raised.descendants)
 
     async def publish_generation(self, subject: str, generation: int) -> None:
         """A raised generation: subscribers apply it without waiting for their generations poll
