@@ -6,7 +6,7 @@ Each test runs on the embedded shape and on PostgreSQL + Redis (tests/security/c
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from tests.security.attack import attenuated, call, create_user, verify
@@ -276,3 +276,99 @@ async def test_introspection_reports_no_wider_scope_than_verify_enforces(
         scopes.append((await resp.json()).get("scope"))
 
     assert scopes == ["read write", "read", "read"]
+
+
+def _narrowed(token: str, *items: Any) -> str:
+    from caveats import encode
+
+    return attenuated(token, *(encode(item).decode() for item in items))
+
+
+def _in(seconds: int) -> int:
+    return int(time.time()) + seconds
+
+
+async def test_a_token_narrowed_in_time_cannot_outlive_through_a_short_child(
+    shaped: Any, root: str
+) -> None:
+    """Red team: a holder narrowed the admin token to one minute; it correctly refused an 8-hour
+    child, but minted a 50-second admin child, and that child — whose own expiry was never
+    narrowed — minted an 8-hour admin token and a 30-day service token. A token minted by one
+    that could not outlive itself is bounded the same way (the registry's `bounded`), and so are
+    its descendants; the bakery's `time-before` narrowing likewise."""
+    from caveats import Expiry
+
+    stamp = datetime.fromtimestamp(_in(60), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for short in (
+        _narrowed(root, Expiry(_in(60))),
+        attenuated(root, f"time-before {stamp}"),
+    ):
+        child = (await minted(shaped, short, subject="admin", admin=True, ttl="50s"))["token"]
+
+        long_admin = await mint(shaped, child, subject="admin", admin=True, ttl="8h")
+        service = await mint(shaped, child, subject="ci", service=True, ttl="30d")
+        grandchild = await minted(shaped, child, subject="admin", admin=True)
+
+        assert (long_admin[0], service[0]) == (403, 403), (long_admin, service)
+        assert expiry(grandchild) <= time.time() + 60
+
+
+async def test_a_narrowed_admin_token_cannot_create_an_admin_more_powerful_than_itself(
+    shaped: Any, root: str
+) -> None:
+    """Red team: a token narrowed to `users:write` on /v1/users for a minute created a user with
+    the admin role, whose login then rotated keys and minted a 30-day admin service token. Now
+    granting a role, or taking over an account that holds one (its password, its second factor),
+    needs an unrestricted admin token; narrowed tokens still manage role-less users."""
+    from caveats import Expiry, Operations, Resources
+
+    await create_user(shaped, root, "opsadmin", "first long copper passphrase", roles=["admin"])
+    narrowed_tokens = {
+        "operations": _narrowed(
+            root, Operations(("users:write",)), Resources(("/v1/users", "/v1/users/*"))
+        ),
+        "time": _narrowed(root, Expiry(_in(60))),
+    }
+    for why, narrowed in narrowed_tokens.items():
+        attempts = {
+            "create admin": await call(
+                shaped,
+                "POST",
+                "/v1/users",
+                narrowed,
+                json={
+                    "name": f"mallory-{why}",
+                    "password": "Zq8-horse-staple-771",
+                    "roles": ["admin"],
+                },
+            ),
+            "grant admin": await call(
+                shaped, "PATCH", "/v1/users/opsadmin", narrowed, json={"roles": ["admin", "ops"]}
+            ),
+            "take over": await call(
+                shaped,
+                "PATCH",
+                "/v1/users/opsadmin",
+                narrowed,
+                json={"password": "Zq8-horse-staple-772"},
+            ),
+            "drop mfa": await call(shaped, "DELETE", "/v1/users/opsadmin/mfa", narrowed),
+        }
+        assert {k: v[0] for k, v in attempts.items()} == dict.fromkeys(attempts, 403), why
+        status, body = await call(
+            shaped,
+            "POST",
+            "/v1/users",
+            narrowed,
+            json={"name": f"plain-{why}", "password": "Zq8-horse-staple-773"},
+        )
+        assert status == 201, (why, body)
+
+    status, body = await call(
+        shaped,
+        "POST",
+        "/v1/users",
+        root,
+        json={"name": "second-admin", "password": "Zq8-horse-staple-774", "roles": ["admin"]},
+    )
+    assert status == 201, body

@@ -38,6 +38,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Coroutine, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Self
 
@@ -50,6 +51,7 @@ from keystore import RotationPolicy
 from tests.conftest import ADMIN_PASSWORD, make_config
 from tokensvc.bakery.config import BakeryConfig, ThirdPartyKey
 from tokensvc.operations.config import Config
+from tokensvc.tokens.minting import MintedToken, MintRequest
 from tokensvc.web.app import create_app
 from tokensvc.web.verifyport import start_verify_listener, stop_verify_listener
 
@@ -129,8 +131,8 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
         yield server.url, server.verify_url, config
 
 
-def fuzz_identity(url: str) -> dict[str, str]:
-    """Create the run's admin and mint its service token, through the API as the bootstrap admin."""
+def fuzz_identity(url: str, config: Config) -> dict[str, str]:
+    """Create the run's admin through the API as the bootstrap admin, and its service token."""
     login = requests.post(url + "/v1/login", auth=("admin", ADMIN_PASSWORD), timeout=60)
     assert login.status_code == 200, login.text
     bootstrap = {"Authorization": "Bearer " + login.json()["token"]}
@@ -142,23 +144,26 @@ def fuzz_identity(url: str) -> dict[str, str]:
         timeout=60,
     )
     assert created.status_code == 201, created.text
-    own = requests.post(url + "/v1/login", auth=(FUZZ_ADMIN, password), timeout=60)
-    assert own.status_code == 200, own.text
-    # A service token (admin tokens are minted only for the minter's own subject): its root key
-    # is its own, so no POST /v1/keys/{id}/revoke can end it. Within the login token's 8 h.
-    minted = requests.post(
-        url + "/v1/tokens",
-        json={"admin": True, "service": True, "ttl": "6h"},
-        headers={"Authorization": "Bearer " + own.json()["token"]},
-        timeout=60,
-    )
-    assert minted.status_code == 201, minted.text
+    # A service token (its root key is its own, so no POST /v1/keys/{id}/revoke ends it) minted
+    # by a local operator: a token minted through the API would die with its parent, a login
+    # token on a rotating key that the fuzzer may revoke (revocation follows lineage).
+    minted = asyncio.run(_local_service_token(config))
     return {
         "TOKENSVC_FUZZ_ADMIN": FUZZ_ADMIN,
         "TOKENSVC_FUZZ_PASSWORD": password,
-        "TOKENSVC_FUZZ_BEARER": minted.json()["token"],
-        "TOKENSVC_FUZZ_TOKEN_ID": minted.json()["token_id"],
+        "TOKENSVC_FUZZ_BEARER": minted.token,
+        "TOKENSVC_FUZZ_TOKEN_ID": minted.token_id,
     }
+
+
+async def _local_service_token(config: Config) -> MintedToken:
+    from tokensvc.composition import runtime
+    from tokensvc.services.principals import LocalOperator
+
+    async with runtime(config, serving=False) as built:
+        request = MintRequest(FUZZ_ADMIN, timedelta(hours=6), admin=True, service=True)
+        minted: MintedToken = await built.services.tokens.mint(LocalOperator("fuzz"), request)
+        return minted
 
 
 def hooks_environment(config: Config, call_log: Path) -> dict[str, str]:
@@ -191,7 +196,7 @@ def test_every_operation_conforms_to_openapi(
 ) -> None:
     """Every operation, fuzzed with every schemathesis check, answers as openapi.yaml says."""
     url, _, config = service
-    identity = fuzz_identity(url)
+    identity = fuzz_identity(url, config)
     call_log = tmp_path / "calls.jsonl"
     env = {**os.environ, **identity, **hooks_environment(config, call_log)}
     command = [
@@ -239,7 +244,7 @@ def test_the_verify_listener_conforms_to_openapi(
     """POST /v1/verify on the verify listener, fuzzed with every schemathesis check, answers as
     openapi.yaml says: the listener parses and answers by itself, so it is fuzzed by itself."""
     url, verify_url, config = service
-    identity = fuzz_identity(url)
+    identity = fuzz_identity(url, config)
     call_log = tmp_path / "calls.jsonl"
     env = {**os.environ, **identity, **hooks_environment(config, call_log)}
     command = [

@@ -21,12 +21,18 @@ from tokensvc.accounts.users import UserStore
 from tokensvc.errors import CaveatDenied, Forbidden, InvalidToken
 from tokensvc.operations.logs import security_event
 from tokensvc.services.principals import Actor, BearerToken, LocalOperator, Principal
-from tokensvc.tokens.delegation import minted_generation
+from tokensvc.tokens.delegation import minted_generation, restricting_caveats
 from tokensvc.tokens.registry import TokenRegistry
 from tokensvc.tokens.verification import GenerationSource, Verified, Verifier
 
 #: The audience of tokensvc's own API: an admin token narrowed to another audience can't call it.
 API_AUDIENCE: Final = "tokensvc"
+
+#: Why a narrowed admin token may not grant a role or take over a role-holder (`unrestricted`).
+UNRESTRICTED_NEEDED: Final = (
+    "granting a role, or changing the password or second factor of a user who holds one, needs"
+    " an admin token that is not narrowed (no caveats beyond its own expiry)"
+)
 
 
 class Authorizer:
@@ -125,6 +131,34 @@ class Authorizer:
         except CaveatDenied:
             return False
         return True
+
+    async def unbounded(self, actor: Actor, operation: str) -> bool:
+        """Whether `actor` may create what outlives its token (a child past its expiry, with
+        `operation` = `tokens:outlive`): its caveats allow `operation` here, its holder did not
+        narrow its lifetime (an expiry earlier than the one it was minted with), and it was not
+        minted by a token that was itself bounded so (the registry's `bounded`). A local
+        operator is unbounded."""
+        verified = actor.verified
+        if verified is None:
+            return True
+        return await self.also_allows(actor, operation) and await self._lifetime_intact(verified)
+
+    async def unrestricted(self, actor: Actor) -> bool:
+        """Whether `actor` holds an admin's full authority: a local operator, or a token with no
+        restricting caveat (nothing delegation would carry: operations, resources, audience,
+        networks, not-before, allow/deny) and an unbounded, unnarrowed lifetime. What creates a
+        credential of unlimited power — granting a role, taking over a role-holder's account —
+        needs it: a narrowed token could otherwise mint an admin more powerful than itself."""
+        verified = actor.verified
+        if verified is None:
+            return True
+        return not restricting_caveats(verified) and await self._lifetime_intact(verified)
+
+    async def _lifetime_intact(self, verified: Verified) -> bool:
+        record = await self._registry.get(verified.token_id)
+        if record is None or record.bounded or verified.expires_at is None:
+            return False
+        return verified.expires_at >= record.expires_at.timestamp()
 
     async def _verify(self, who: BearerToken, operation: str) -> Verified:
         return await self._verifier.verify(

@@ -34,7 +34,7 @@ from tokensvc.accounts.secondfactor import Enrolment, SecondFactors
 from tokensvc.accounts.users import UserStore, user_name_or_none
 from tokensvc.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthenticated
 from tokensvc.operations.logs import security_event
-from tokensvc.services.authorization import Authorizer
+from tokensvc.services.authorization import UNRESTRICTED_NEEDED, Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.login import LoginService
 from tokensvc.services.principals import Actor, Principal
@@ -208,8 +208,13 @@ class MfaService:
         """
         actor = await self._authz.admin(who, "users:write")
         user = user_name_or_none(name)
-        if user is None or await self._users.get(user) is None:
+        found = await self._users.get(user) if user is not None else None
+        if user is None or found is None:
             raise NotFound("no such user")
+        # A role-holder's second factor guards a credential of the role's power: dropping it
+        # needs the same full authority as granting the role (Authorizer.unrestricted).
+        if found.roles and not await self._authz.unrestricted(actor):
+            raise Forbidden(UNRESTRICTED_NEEDED)
         had = await self._factors.forget(user)
         await self._audit.record(actor.name, "mfa_reset", user, had_factor=had)
         security_event("mfa_reset", level=logging.WARNING, user=user, by=actor.name[:64])

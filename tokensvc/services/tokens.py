@@ -26,7 +26,7 @@ from tokensvc.operations.logs import security_event
 from tokensvc.services.audit import record_cascade
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
-from tokensvc.services.principals import Actor, Principal
+from tokensvc.services.principals import Principal
 from tokensvc.storage.audit import AuditLog
 from tokensvc.storage.db import run_db
 from tokensvc.tokens.delegation import OUTLIVE_OPERATION, delegate, minted_generation
@@ -94,11 +94,12 @@ class TokenService:
             raise BadRequest("subject is required")
         request = dataclasses.replace(request, subject=subject)
         request.validate()
+        may_outlive = await self._authz.unbounded(actor, OUTLIVE_OPERATION)
         if actor.verified is not None:
             request = delegate(
                 actor.verified,
                 request,
-                may_outlive=await self._may_outlive(actor),
+                may_outlive=may_outlive,
                 now=self._clock(),
                 default_ttl=self._default_ttl,
             )
@@ -143,6 +144,9 @@ class TokenService:
             also=in_transaction,
             generation=born_at,
             parent_id=None if parent is None else parent.token_id,
+            # Minted by a token bounded by its own expiry: bounded too, or a short-lived token
+            # could mint a short child that mints a long one.
+            bounded=not may_outlive,
         )
 
         security_event(
@@ -177,20 +181,6 @@ class TokenService:
             and await self._subjects.generation(parent.subject, conn=conn) > minted_at
         ):
             raise InvalidToken("token revoked (subject generation)")
-
-    async def _may_outlive(self, actor: Actor) -> bool:
-        """Whether `actor`'s token may mint a token that outlives it: its caveats allow
-        `tokens:outlive` here, and its holder did not narrow its lifetime (an expiry earlier
-        than the one it was minted with: narrowed by time, it may not mint past that time)."""
-        verified = actor.verified
-        if verified is None:
-            return True
-        if not await self._authz.also_allows(actor, OUTLIVE_OPERATION):
-            return False
-        record = await self._registry.get(verified.token_id)
-        if record is None or verified.expires_at is None:
-            return False
-        return verified.expires_at >= record.expires_at.timestamp()
 
     async def list(self, who: Principal, query: TokenFilter) -> list[TokenRecord]:
         """Registry rows (metadata only, never a secret).

@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tokensvc.accounts.passwords import PasswordHasher
 from tokensvc.accounts.secondfactor import SecondFactors
 from tokensvc.accounts.users import User, UserStore, canonical_name
-from tokensvc.errors import BadRequest, NotFound
+from tokensvc.errors import BadRequest, Forbidden, NotFound
 from tokensvc.operations.logs import security_event
 from tokensvc.services.audit import record_cascade
-from tokensvc.services.authorization import Authorizer
+from tokensvc.services.authorization import UNRESTRICTED_NEEDED, Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
 from tokensvc.storage.audit import AuditLog
@@ -86,6 +86,8 @@ class UserService:
         """
         actor = await self._authz.admin(who, "users:write")
         canonical_name(new.name)  # validate before paying for a hash
+        if new.roles and not await self._authz.unrestricted(actor):
+            raise Forbidden(UNRESTRICTED_NEEDED)
         # No user has a second factor at creation: the single-factor minimum applies.
         password_hash = await self._hasher.hash(new.password, username=new.name)
 
@@ -149,6 +151,9 @@ class UserService:
         actor = await self._authz.admin(who, "users:write")
         if not change.fields:
             raise BadRequest("nothing to change")
+        # Read once, before the row lock: a narrowed token may not grant a role, nor take over
+        # an account that holds one (its password), so no token creates an admin beyond itself.
+        unrestricted = await self._authz.unrestricted(actor)
         # Hash before the transaction: argon2 is slow and must not hold a row lock.
         new_hash = (
             await self._hasher.hash(change.password, username=name)
@@ -160,6 +165,10 @@ class UserService:
             before = await self._users.get(name, for_update=True, conn=conn)
             if before is None:
                 raise NotFound("no such user")
+            granting = change.roles is not None and not set(change.roles) <= set(before.roles)
+            taking_over = new_hash is not None and bool(before.roles)
+            if (granting or taking_over) and not unrestricted:
+                raise Forbidden(UNRESTRICTED_NEEDED)
             after = before
             if new_hash is not None:
                 after = await self._users.set_password(before.name, new_hash, conn=conn)

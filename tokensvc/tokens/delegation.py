@@ -124,6 +124,22 @@ def delegate(
     )
 
 
+def restricting_caveats(token: Verified) -> list[bytes]:
+    """The caveats of `token` that restrict what it may do (those `delegate` carries, and any
+    it cannot parse); empty for a token as its subject's own login or mint made it."""
+    found: list[bytes] = []
+    for predicate in token.policy.predicates:
+        raw = predicate if isinstance(predicate, bytes) else predicate.encode()
+        try:
+            item = parse_predicate(raw)
+        except CaveatError:
+            found.append(raw)
+            continue
+        if not isinstance(item, Subject | Generation | Expiry | TimeBefore):
+            found.append(raw)
+    return found
+
+
 def minted_generation(token: Verified) -> int | None:
     """The subject generation `token` was minted at (the lowest, should a holder have added
     another Generation caveat: the token is revoked once the subject's passes any of them);

@@ -148,6 +148,7 @@ class Minter:
         generation: int | None = None,
         also: Callable[[AsyncConnection, MintedToken], Awaitable[None]] | None = None,
         parent_id: str | None = None,
+        bounded: bool = False,
     ) -> MintedToken:
         """Sign a token; registered (when a registry is attached) before it is returned.
 
@@ -155,7 +156,8 @@ class Minter:
         deciding (login reads it before checking the password, so a password change made
         meanwhile revokes this token too); else it is read fresh. `also` runs in the
         registration's transaction (the service's audit row). `parent_id`: the token whose
-        authority mints this one; revoking it revokes this one too.
+        authority mints this one; revoking it revokes this one too. `bounded`: the parent could
+        not mint past its own expiry, so this token cannot either.
         """
         service = request.service
         if service and self._service_keys is None:
@@ -197,6 +199,7 @@ class Minter:
                 key=key,
                 also=also,
                 parent_id=parent_id,
+                bounded=bounded,
             )
         elif also is not None:
             raise ValueError("`also` needs a registry to run in the registration's transaction")
@@ -266,6 +269,7 @@ class Minter:
         key: RootKey,
         also: Callable[[AsyncConnection, MintedToken], Awaitable[None]] | None,
         parent_id: str | None,
+        bounded: bool,
     ) -> None:
         # The row (and a service token's key) is committed before the token leaves this
         # function: a token the registry does not know can never have been handed out.
@@ -281,6 +285,7 @@ class Minter:
             kind=minted.kind,
             parent_id=parent_id,
             key_id=key.id,
+            bounded=bounded,
         )
         service_keys = self._service_keys
 

@@ -60,6 +60,9 @@ class TokenRow(Base):
     parent_id: Mapped[str | None] = mapped_column(String(32), index=True)
     # The root key that signed it: revoking the key revokes what its tokens minted.
     key_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Minted by a token that could not mint past its own expiry: neither can this one (nor
+    # create what outlives it), whatever its caveats (tokensvc.services.authorization).
+    bounded: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 _TABLE: Final[Table] = TokenRow.__table__  # type: ignore[assignment]
@@ -81,6 +84,7 @@ class TokenRecord:
     revoked_at: datetime | None = None
     parent_id: str | None = None
     key_id: str | None = None
+    bounded: bool = False
 
     def public(self, *, now: datetime) -> dict[str, object]:
         """The record as the API and the CLI show it: no token, no key, nothing that verifies;
