@@ -338,7 +338,12 @@ async def runtime(
                 clock=clock,
             ),
             lockouts=LockoutService(
-                authorizer=authorizer, lockout=lockout, audit=audit, clock=clock
+                authorizer=authorizer,
+                lockout=lockout,
+                otp_lockout=otp_lockout,
+                identity_key=identity_log_key,
+                audit=audit,
+                clock=clock,
             ),
             audit=AuditService(authorizer=authorizer, audit=audit),
             login=login,

@@ -213,6 +213,54 @@ async def test_an_attacker_with_the_password_cannot_lock_the_owners_password_ste
     assert owner["mfa"] is True
 
 
+async def test_an_admin_sees_and_clears_a_second_factor_lock(
+    aiohttp_client: Any, mfa_config: Any, clock: FakeClock
+) -> None:
+    """Red team: an attacker without the password locked the victim's codes with a decoy
+    challenge; the admin's lockout view said "not locked", the admin's clear changed nothing, and
+    the victim, from a new address, got 429. Both now cover the second factor's counters."""
+    client = await serve(aiohttp_client, mfa_config, clock)
+    secret, _, _ = await enrolled_victim(client, clock)
+    _, decoy = await password_login(client, VICTIM, WRONG, ip=ATTACKER_IP)
+    statuses = [
+        (await answer(client, decoy["challenge"], f"{n:06d}", ip=ATTACKER_IP))[0] for n in range(30)
+    ]
+    assert statuses[-1] == 429
+    admin = bearer(await admin_token(client), ADMIN_IP)
+
+    seen = await (await client.get(f"/v1/users/{VICTIM}/lockout", headers=admin)).json()
+    cleared = await client.delete(f"/v1/users/{VICTIM}/lockout", headers=admin)
+    after = await (await client.get(f"/v1/users/{VICTIM}/lockout", headers=admin)).json()
+    owner = await mfa_login(client, clock, secret, ip="192.0.2.77")  # an address never used
+
+    assert seen["locked"] is True
+    assert {c["scope"] for c in seen["counters"]} >= {"second_factor"}
+    assert cleared.status == 204
+    assert after["locked"] is False
+    assert owner["mfa"] is True
+
+
+async def test_a_challenge_sent_from_another_address_counts_no_failure(
+    aiohttp_client: Any, mfa_config: Any, clock: FakeClock
+) -> None:
+    """Red team: code guesses on one challenge counted against the account from any address,
+    though a challenge is bound to the one it was issued to. Now such an answer is refused
+    without counting: from ten other addresses, thirty guesses lock nothing."""
+    client = await serve(aiohttp_client, mfa_config, clock)
+    await enrolled_victim(client, clock)
+    _, decoy = await password_login(client, VICTIM, WRONG, ip=ATTACKER_IP)
+
+    statuses = [
+        (await answer(client, decoy["challenge"], f"{n:06d}", ip=f"203.0.113.{n % 10 + 20}"))[0]
+        for n in range(30)
+    ]
+    admin = bearer(await admin_token(client), ADMIN_IP)
+    seen = await (await client.get(f"/v1/users/{VICTIM}/lockout", headers=admin)).json()
+
+    assert set(statuses) == {401}
+    assert [c for c in seen["counters"] if c["scope"].startswith("second_factor")] == []
+
+
 # ---- getting an MFA token without the second factor -------------------------------------------
 
 

@@ -54,9 +54,10 @@ async def wait_for(condition: Any, what: str) -> None:
 
 async def test_decoy_second_steps_do_not_outrank_a_trusted_login(rig: Rig) -> None:
     """An attacker with decoy challenges (one wrong login each, no password known) sends
-    recovery-code-shaped `otp`s from any address (the challenge's address binding only hides
-    the user). Their argon2 checks queue no better than anonymous guesses (NORMAL: found by the
-    red team at SECOND_FACTOR), so alice at her usual address displaces one and gets in."""
+    recovery-code-shaped `otp`s, each from the address its challenge was issued to (from any
+    other, an answer is refused before any check). Their argon2 checks queue no better than
+    anonymous guesses (NORMAL: found by the red team at SECOND_FACTOR), so alice at her usual
+    address displaces one and gets in."""
     share_hasher(rig)
     admission = rig.hasher.admission
     challenges = [await decoy_challenge(rig, i) for i in range(QUEUE)]
@@ -64,7 +65,7 @@ async def test_decoy_second_steps_do_not_outrank_a_trusted_login(rig: Rig) -> No
     decoys = [
         asyncio.create_task(
             rig.service.login(
-                LoginRequest("", "", f"198.18.0.{i}", challenge=c, otp=RECOVERY_SHAPED)
+                LoginRequest("", "", f"203.0.113.{i}", challenge=c, otp=RECOVERY_SHAPED)
             )
         )
         for i, c in enumerate(challenges)

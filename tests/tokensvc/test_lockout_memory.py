@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from tokensvc.accounts.lockout import LockoutPolicy, MemoryLockoutStore
+from tokensvc.errors import LockedOut
 
 T0 = 1_763_760_000.0
 
@@ -29,3 +32,26 @@ async def test_expired_counters_are_evicted_first() -> None:
         await store.begin_attempt(identity=f"new{n}", client_ip="203.0.113.2", now=T0 + 3600)
 
     assert (await store.status("alice", T0 + 3600)).locked
+
+
+async def test_a_spray_of_one_off_names_cannot_evict_an_attacked_identity() -> None:
+    """Red team: once the table was full, the oldest live counters were evicted, the attacked
+    identity's among them: 36,000 wrong passwords for junk names from fresh addresses reset a
+    locked identity to 0 failures and a fresh set of free guesses. The fewest failures go first."""
+    store = MemoryLockoutStore(policy=LockoutPolicy(), max_entries=300)
+    now = T0
+    for n in range(15):  # dave's identity-wide counter, over 15 addresses, until it locks
+        now += 1
+        with contextlib.suppress(LockedOut):
+            await store.begin_attempt(identity="dave", client_ip=f"198.51.100.{n}", now=now)
+    before = await store.status("dave", now)
+    assert before.failures >= 5 and before.locked
+
+    for n in range(2_000):  # three counters each (address, name+address, name), one failure
+        await store.begin_attempt(
+            identity=f"junk{n}", client_ip=f"10.{n >> 8}.{n & 255}.7", now=now + 1
+        )
+
+    after = await store.status("dave", now + 1)
+    assert len(store) <= 300
+    assert (after.failures, after.locked) == (before.failures, True)

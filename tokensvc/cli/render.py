@@ -94,6 +94,13 @@ def user_detail(u: dict[str, Any]) -> str:
     )
 
 
+def shown(text: str) -> str:
+    """`text` for a terminal: every character that is not printable (controls, zero-width and
+    format characters, line separators) escaped, so a stored value can neither forge a line of
+    a table nor pass for another (`admin\u200b`)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def key_table(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'ID':<24} {'CREATED':<21} {'EXPIRES':<21} CURRENT"]
     lines += [
@@ -110,9 +117,9 @@ def token_table(rows: list[dict[str, Any]]) -> str:
         f"{'TOKEN ID':<32} {'SUBJECT':<16} {'KIND':<8} {'STATUS':<8} {'EXPIRES':<20} LAST USED"
     ]
     lines += [
-        f"{r['token_id']:<32} {r['subject'][:16]:<16} {r['kind']:<8} {r['status']:<8}"
+        f"{r['token_id']:<32} {shown(r['subject'])[:16]:<16} {r['kind']:<8} {r['status']:<8}"
         f" {r['expires_at'] or '-':<20} {r['last_used_at'] or '-'}"
-        + (f"  # {r['description'][:40]}" if r.get("description") else "")
+        + (f"  # {shown(r['description'])[:40]}" if r.get("description") else "")
         for r in rows
     ]
     return "\n".join(lines)
@@ -123,17 +130,16 @@ def audit_table(entries: list[dict[str, Any]]) -> str:
         return "(no entries)"
     lines = [f"{'AT':<20} {'ACTOR':<20} {'ACTION':<20} TARGET"]
     lines += [
-        f"{e['at']:<20} {e['actor'][:20]:<20} {e['action'][:20]:<20} {e['target']}" for e in entries
+        f"{e['at']:<20} {shown(e['actor'])[:20]:<20} {shown(e['action'])[:20]:<20}"
+        f" {shown(e['target'])}"
+        for e in entries
     ]
     return "\n".join(lines)
 
 
 def lockout_text(s: dict[str, Any]) -> str:
-    head = (
-        f"{s['name']}: locked until {s['locked_until']}"
-        if s["locked"]
-        else f"{s['name']}: not locked"
-    )
+    name = shown(s["name"])
+    head = f"{name}: locked until {s['locked_until']}" if s["locked"] else f"{name}: not locked"
     lines = [head + f" ({s['failures']} failure(s) counted identity-wide)"]
     lines += [
         f"  {c['scope']}: {c['failures']} failure(s)"

@@ -1,17 +1,46 @@
-"""The lockout service: inspecting and clearing an identity's failed-login lockout."""
+"""The lockout service: inspecting and clearing an identity's failed-login lockout, of its
+password and of its second factor alike."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable
 from datetime import datetime
+from typing import Final, Literal
 
 from tokensvc.accounts.lockout import LockoutStatus, LockoutStore
+from tokensvc.accounts.lockout.store import CounterStatus, hash_identity, normalise_identity
+from tokensvc.errors import BadRequest
 from tokensvc.operations import metrics
 from tokensvc.operations.logs import security_event
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
 from tokensvc.storage.audit import AuditLog
+
+#: Control characters (C0, DEL, C1), lone surrogates, and the line and paragraph separators: no
+#: identity a login can be counted under contains one once normalised, and in an audit target
+#: they could forge a line of `tokensvc audit`'s table.
+_UNPRINTABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
+
+_SECOND_FACTOR_SCOPES: Final[dict[str, Literal["second_factor", "second_factor_ip"]]] = {
+    "identity": "second_factor",
+    "identity_ip": "second_factor_ip",
+}
+
+
+def account_identity(identity: str) -> str:
+    """The identity as the lockout counts it (`Alice ` is `alice`), for admins' requests.
+
+    Raises:
+        BadRequest: empty, longer than a login name (256 characters), or a control character
+            once normalised.
+    """
+    normal = normalise_identity(identity)
+    if not normal or len(normal) > 256 or _UNPRINTABLE.search(normal):
+        raise BadRequest("name must be 1-256 characters, none of them a control")
+    return normal
 
 
 @service
@@ -21,11 +50,17 @@ class LockoutService:
         *,
         authorizer: Authorizer,
         lockout: LockoutStore,
+        otp_lockout: LockoutStore,
+        identity_key: bytes,
         audit: AuditLog,
         clock: Callable[[], datetime],
     ) -> None:
+        """`otp_lockout` counts second-factor codes under the keyed hash of the identity
+        (`identity_key`, the login service's), so it is addressed the same way here."""
         self._authz = authorizer
         self._lockout = lockout
+        self._otp_lockout = otp_lockout
+        self._identity_key = identity_key
         self._audit = audit
         self._clock = clock
 
@@ -37,17 +72,33 @@ class LockoutService:
             Unavailable: the lockout store is down.
         """
         await self._authz.admin(who, "users:read")
-        return await self._lockout.status(identity, self._clock().timestamp())
+        identity = account_identity(identity)
+        now = self._clock().timestamp()
+        password = await self._lockout.status(identity, now)
+        codes = await self._otp_lockout.status(self._otp_identity(identity), now)
+        second_factor = tuple(
+            CounterStatus(_SECOND_FACTOR_SCOPES[c.scope], c.failures, c.locked_until)
+            for c in codes.counters
+            if c.failures > 0 or c.locked_until is not None
+        )
+        return dataclasses.replace(password, counters=password.counters + second_factor)
 
     async def clear(self, who: Principal, identity: str) -> None:
-        """Forget the identity's failures and locks.
+        """Forget the identity's failures and locks: its password's and its second factor's.
 
         Raises:
             InvalidToken, CaveatDenied, Forbidden: the principal may not write users.
             Unavailable: the lockout store is down.
         """
         actor = await self._authz.admin(who, "users:write")
+        # Audited under the identity the counters are kept under, so an audit search for
+        # `admin` finds a clear requested as `ＡＤＭＩＮ`.
+        identity = account_identity(identity)
         await self._lockout.clear(identity)
+        await self._otp_lockout.clear(self._otp_identity(identity))
         metrics.LOCKOUT_CLEARS.inc()
-        await self._audit.record(actor.name, "lockout_cleared", identity[:64])
+        await self._audit.record(actor.name, "lockout_cleared", identity)
         security_event("authn_lockout_cleared", by=actor.name[:64], user=identity[:64])
+
+    def _otp_identity(self, identity: str) -> str:
+        return hash_identity(identity, key=self._identity_key)

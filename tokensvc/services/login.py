@@ -378,6 +378,23 @@ class LoginService:
         now = self._clock().timestamp()
         identity = challenge.identity
         user_hash = identity[:_LOGGED_HASH_DIGITS]
+        bound = hmac.compare_digest(
+            challenge.client_ip, hash_ip(request.client_ip, key=self._log_key)
+        )
+        if not bound:
+            # A challenge sent from another address than it was issued to is refused whatever
+            # the code, decoy or not, and not counted: it is no guess at the code, and counting
+            # it would let anyone holding a challenge lock its account's codes from anywhere.
+            metrics.LOGIN_MFA_FAIL.inc()
+            security_event(
+                "authn_mfa_fail",
+                level=logging.WARNING,
+                user=None,
+                user_hash=user_hash,
+                client_ip=request.client_ip,
+                reason="challenge bound to another address",
+            )
+            raise Unauthenticated(SECOND_STEP_FAILURE if challenge.nonce else PASSWORD_STEP_FAILURE)
         try:
             await self._otp_lockout.begin_attempt(
                 identity=identity, client_ip=request.client_ip, now=now
@@ -394,10 +411,7 @@ class LoginService:
         factor: Factor | None = None
         judged = False
         try:
-            bound = hmac.compare_digest(
-                challenge.client_ip, hash_ip(request.client_ip, key=self._log_key)
-            )
-            user_name = challenge.user if bound else None
+            user_name = challenge.user
             if secret is None:
                 # The two-step path: every challenge pays the read of the TOTP secret, a decoy's
                 # too (a name no user has), so the time of a wrong code does not tell a real

@@ -26,12 +26,19 @@ from tokensvc.operations.durations import format_duration
 from tokensvc.tokens.registry import TokenRecord, TokenRegistry
 from tokensvc.tokens.verification import GenerationSource
 
-_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
+_NAME = re.compile(r"[^\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]{1,255}")
+# Text a token's description may not hold: control characters but tab and newline (PostgreSQL
+# refuses NUL in text; a 500 otherwise), lone surrogates.
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+#: Subjects with this prefix name the CLI's break-glass operators in the audit trail
+#: (`local:<os user>`): no token may be minted for one, so no holder is audited as an operator.
+RESERVED_SUBJECT_PREFIX = "local:"
 
 
 def is_name(value: object) -> bool:
     """Whether `value` can be a subject, operation, resource or audience: 1-255 characters, no
-    control character (openapi.yaml's `Name`)."""
+    control character (C0, DEL, C1), lone surrogate or line/paragraph separator (openapi.yaml's
+    `Name`)."""
     return isinstance(value, str) and _NAME.fullmatch(value) is not None
 
 
@@ -70,6 +77,11 @@ class MintRequest:
     def validate(self) -> None:
         """BadRequest unless every field is well-formed (the TTL's bound is the minter's)."""
         _check_names("subject", (self.subject,))
+        if self.subject.startswith(RESERVED_SUBJECT_PREFIX):
+            raise BadRequest(
+                f"subject may not start with {RESERVED_SUBJECT_PREFIX!r}"
+                " (reserved for local operators in the audit trail)"
+            )
         if self.ttl is not None and self.ttl <= timedelta(0):
             raise BadRequest("ttl must be positive")
         _check_names("operations", self.operations)
@@ -82,8 +94,11 @@ class MintRequest:
                 ipaddress.ip_network(cidr, strict=False)
             except (TypeError, ValueError):
                 raise BadRequest(f"not an IP network: {str(cidr)[:64]!r}") from None
-        if len(self.description) > 1024:
-            raise BadRequest("description must be at most 1024 characters")
+        if len(self.description) > 1024 or _NOT_TEXT.search(self.description):
+            raise BadRequest(
+                "description must be at most 1024 characters, no control character"
+                " but tab and newline"
+            )
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,7 @@ def reject_unknown(data: dict[str, Any], allowed: frozenset[str]) -> None:
 
 # C0 controls and DEL: the characters a subject, operation, resource or audience may not hold
 # (tokensvc.minting), and openapi.yaml's `Name` pattern. Lone surrogates cannot be stored either.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
 
 
 def printable(value: str | None, name: str, *, max_len: int = 255) -> str | None:

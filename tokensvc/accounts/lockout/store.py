@@ -61,7 +61,9 @@ class AttemptStanding:
 class CounterStatus:
     """One counter of an identity: its failures and when its lock ends (None: not locked)."""
 
-    scope: Literal["identity", "identity_ip"]
+    # "second_factor" / "second_factor_ip": the codes' counters of the same account, which the
+    # lockout service adds to what an admin sees (tokensvc.services.lockouts).
+    scope: Literal["identity", "identity_ip", "second_factor", "second_factor_ip"]
     failures: int
     locked_until: float | None
 
