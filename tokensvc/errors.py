@@ -48,6 +48,12 @@ class UnsupportedMediaType(TokensvcError):
     code = "unsupported_media_type"
 
 
+class RequestTimeout(TokensvcError):
+    """The client did not send its whole request body in time."""
+
+    code = "request_timeout"
+
+
 class ClientDisconnected(TokensvcError):
     """The client closed the connection before its request was read: nobody gets the answer.
 

@@ -538,3 +538,34 @@ def test_random_token_lookalikes_are_refused(app_config: Config) -> None:
     run_property(
         app_config, st.one_of(tsv1_like(), after_the_prefix(), base64_of_bytes()), max_examples=200
     )
+
+
+@pytest.mark.parametrize(
+    "withheld",
+    [
+        b"Content-Length: 100\r\n\r\n{}",  # announces 100 bytes, sends 2
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n",  # never sends the last chunk
+    ],
+)
+async def test_a_withheld_body_is_a_408_in_bounded_time(
+    client: Client, monkeypatch: pytest.MonkeyPatch, withheld: bytes
+) -> None:
+    """Red team: a request whose body never completes was never answered (45 s and counting),
+    holding its request and its governor slot for as long as the client kept the connection.
+    The body must arrive within BODY_TIMEOUT (30 s; 0.5 s here): then a JSON 408."""
+    from tokensvc.web import jsonio
+
+    monkeypatch.setattr(jsonio, "BODY_TIMEOUT", 0.5)
+    server = client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(b"POST /v1/login HTTP/1.1\r\nHost: x\r\n" + withheld)
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+    finally:
+        writer.close()
+
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert json.loads(body)["error"]["code"] == "request_timeout"

@@ -214,3 +214,37 @@ async def test_graceful_shutdown_completes_requests_in_flight(
         assert await resp.json() == {"done": True}
     print(f"\ngraceful shutdown: in-flight request completed; cleanup took {shutdown_seconds:.2f}s")
     assert shutdown_seconds < 5
+
+
+async def test_a_stalled_redis_does_not_hold_a_revocation(
+    aiohttp_client: object, private_redis: RedisServer, sqlite_url: str, data_dir: Path
+) -> None:
+    """Red team: with Redis accepting connections but answering nothing (here: the server
+    stopped with SIGSTOP), POST /v1/tokens/revoke hung 616 s: the revocation was committed and
+    in force, but the answer waited on the PUBLISH to other replicas. The publish is bounded;
+    replicas poll for what it could not tell them."""
+    import os
+    import signal
+
+    from tests.security.attack import call, login, verify
+    from tests.served import ServedTestServer
+
+    config = make_config(database_url=sqlite_url, data_dir=data_dir, redis_url=private_redis.url)
+    client = await aiohttp_client(ServedTestServer(create_app(config)))  # type: ignore[operator]
+    admin = await login(client, "admin", ADMIN_PASSWORD)
+    status, minted = await call(client, "POST", "/v1/tokens", admin, json={"subject": "svc"})
+    assert status == 201, minted
+    assert private_redis.process is not None
+    os.kill(private_redis.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        async with asyncio.timeout(20):
+            resp = await client.post("/v1/tokens/revoke", json={"token": minted["token"]})
+        took = time.monotonic() - started
+        refused = (await verify(client, minted["token"]))[0]
+    finally:
+        os.kill(private_redis.process.pid, signal.SIGCONT)
+
+    assert resp.status == 204
+    assert took < 5, took
+    assert refused == 401

@@ -49,6 +49,9 @@ from tokensvc.tokens.subjects import SubjectStore
 log = logging.getLogger("tokensvc.tokens.revocation")
 
 CHANNEL_SUFFIX: Final = "revocations"
+#: Longest wait for Redis to take a revocation's PUBLISH (seconds); then replicas learn it by
+#: polling, within TOKENSVC_REVOCATION_REFRESH_INTERVAL.
+PUBLISH_TIMEOUT: Final = 1.0
 
 
 class RevokedKeyRow(Base):
@@ -262,7 +265,11 @@ class Revocations:
         if self._redis is None:
             return
         try:
-            await self._redis.publish(self._channel, message)
+            # Bounded: the revocation is committed and polling propagates it whatever happens
+            # here, so a stalled Redis (the pub/sub client has no socket timeout: it idles by
+            # design) must not hold the revoking request (red team: 616 s behind a stall).
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                await self._redis.publish(self._channel, message)
         except Exception as exc:  # noqa: BLE001 - polling still propagates it
             if is_outage(exc):
                 self._outages.failed(

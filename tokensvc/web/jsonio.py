@@ -4,6 +4,7 @@ size-checked (`read_body`), whatever they hold: every handler that reads a body 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import zlib
 from typing import Any, Final
@@ -12,7 +13,13 @@ import orjson
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, MultiMapping
 
-from tokensvc.errors import BadRequest, ClientDisconnected, PayloadTooLarge, UnsupportedEncoding
+from tokensvc.errors import (
+    BadRequest,
+    ClientDisconnected,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedEncoding,
+)
 from tokensvc.web.headers import SECURITY_HEADERS
 
 JSON = "application/json"
@@ -24,6 +31,9 @@ JSON = "application/json"
 # decides for every endpoint: anything else, a stack of codings included, is a 415 naming these;
 # a body that does not decode is a 400; one that decodes to more than the body limit, a 413.
 ACCEPTED_ENCODINGS: Final = "gzip, deflate"
+#: Longest time a request body may take to arrive, in seconds (then 408): at the 64 KiB body
+#: limit, a client sending 2 KiB/s still makes it. nginx waits 60 s between two reads.
+BODY_TIMEOUT: Final = 30.0
 _WBITS: Final = {"gzip": 31, "x-gzip": 31, "deflate": 15}  # zlib's names for the two containers
 
 # Every JSON answer starts from a copy of these, which is cheaper than adding the security
@@ -56,10 +66,16 @@ async def read_body(request: web.Request) -> bytes:
         BadRequest: a body that does not decode.
         PayloadTooLarge: a body, as sent or decoded, over the app's client_max_size.
         ClientDisconnected: the client closed the connection before its body was all sent.
+        RequestTimeout: the body did not arrive within BODY_TIMEOUT seconds.
     """
     coding = content_coding(request.headers)
     try:
-        raw = await request.read()
+        # Bounded: a client that announces a body and trickles or withholds it would otherwise
+        # hold its request, and the governor's slot, for as long as it keeps the connection.
+        async with asyncio.timeout(BODY_TIMEOUT):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {BODY_TIMEOUT:g} s") from None
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge("request body too large") from None
     except OSError:
