@@ -304,6 +304,7 @@ async def runtime(
             users=users,
             generations=generations,
             registry=registry,
+            key_revoked=revocations.key_revoked,
             mfa_required_roles=config.mfa_required_roles,
         )
         services = Services(
@@ -339,6 +340,7 @@ async def runtime(
             ),
             lockouts=LockoutService(
                 authorizer=authorizer,
+                users=users,
                 lockout=lockout,
                 otp_lockout=otp_lockout,
                 identity_key=identity_log_key,

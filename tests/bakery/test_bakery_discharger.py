@@ -54,6 +54,9 @@ class Caller:
             raise Unauthenticated("who are you?")
         return self.name
 
+    def not_after(self) -> float | None:
+        return None
+
 
 def discharger(*users: User) -> Discharger:
     conditions = Conditions(

@@ -512,3 +512,26 @@ async def test_random_and_mutated_discharge_requests_never_reach_a_500(
 
     assert all(s == 200 or 400 <= s < 500 for s in statuses), sorted(set(statuses))
     assert 400 in statuses
+
+
+async def test_a_discharge_vouched_on_a_token_ends_when_the_token_does(
+    client: Client, users: dict[str, str], clock: FakeClock
+) -> None:
+    """Red team: a token narrowed to expire in 3 s got a 5-minute discharge declaring its
+    subject, which outlived it (a discharge is self-contained: nothing done to the token later
+    reaches it). A discharge vouched on a token now ends no later than the token; one vouched on
+    a password keeps the discharger's lifetime."""
+    from caveats import Expiry, encode
+    from tokensvc.macaroons.attenuation import attenuate
+
+    token = await login(client, "alice", ALICE_PASSWORD)
+    ends = int(clock.now.timestamp()) + 60
+    short = attenuate(token, [encode(Expiry(ends))])
+
+    by_token = await discharged(await discharge_for(client, "user-is alice", headers=bearer(short)))
+    by_password = await discharged(await discharge_for(client, "user-is alice", headers=ALICE))
+
+    assert predicates(by_token)[0] == f"time-before {format_rfc3339(ends)}"
+    assert predicates(by_password)[0] == (
+        f"time-before {format_rfc3339((clock.now + timedelta(minutes=5)).timestamp())}"
+    )

@@ -372,3 +372,32 @@ async def test_a_narrowed_admin_token_cannot_create_an_admin_more_powerful_than_
         json={"name": "second-admin", "password": "Zq8-horse-staple-774", "roles": ["admin"]},
     )
     assert status == 201, body
+
+
+async def test_a_narrowed_admin_token_cannot_revive_or_unlock_an_admin(
+    shaped: Any, root: str
+) -> None:
+    """Red team: a token narrowed to `users:write` could not grant the admin role, but it could
+    re-enable a disabled admin (who then logged in as one), and clear an admin's lockout,
+    which slows guesses at that admin's password. Both need an unrestricted token; a role-less
+    user's are still a narrowed token's to manage."""
+    from caveats import Operations
+
+    await create_user(shaped, root, "oldadmin", "first long copper passphrase", roles=["admin"])
+    await create_user(shaped, root, "plainuser", "first long copper passphrase")
+    for name in ("oldadmin", "plainuser"):
+        status, _ = await call(shaped, "PATCH", f"/v1/users/{name}", root, json={"disabled": True})
+        assert status == 200
+    narrowed = _narrowed(root, Operations(("users:write",)))
+
+    revive_admin = await call(
+        shaped, "PATCH", "/v1/users/oldadmin", narrowed, json={"disabled": False}
+    )
+    unlock_admin = await call(shaped, "DELETE", "/v1/users/oldadmin/lockout", narrowed)
+    revive_plain = await call(
+        shaped, "PATCH", "/v1/users/plainuser", narrowed, json={"disabled": False}
+    )
+    unlock_plain = await call(shaped, "DELETE", "/v1/users/plainuser/lockout", narrowed)
+
+    assert (revive_admin[0], unlock_admin[0]) == (403, 403), (revive_admin, unlock_admin)
+    assert (revive_plain[0], unlock_plain[0]) == (200, 204)

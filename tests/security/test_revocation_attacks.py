@@ -374,3 +374,37 @@ async def test_a_non_ascii_subject_is_revoked_on_another_replica_at_once(
         await asyncio.sleep(0.01)
 
     assert time.monotonic() - started < 1.0
+
+
+async def test_a_token_of_a_revoked_key_cannot_administer_on_a_lagging_replica(
+    aiohttp_client: Any, pg_url: str, data_dir: Any, clock: FakeClock
+) -> None:
+    """Red team: two replicas without Redis; a root key revoked on one, and within the other's
+    refresh a token it signed created an admin user there (a mint was already refused: it
+    re-checks the key in its transaction). Administering reads the key's revocation fresh."""
+    from tests.conftest import ADMIN_PASSWORD
+    from tests.served import ServedTestServer
+    from tokensvc.macaroons.identifier import decode_identifier
+    from tokensvc.macaroons.tokenformat import decode_token
+    from tokensvc.web.app import create_app
+
+    config = make_config(database_url=pg_url, data_dir=data_dir)  # no Redis: polling only
+    one = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+    two = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+    stolen = await login(one, "admin", ADMIN_PASSWORD)
+    key_id = decode_identifier(decode_token(stolen, max_bytes=16384, max_caveats=128).identifier)
+    assert (await call(two, "GET", "/v1/users", stolen))[0] == 200  # `two` knows the token
+    assert (await call(one, "POST", "/v1/keys/rotate", stolen))[0] in (200, 201)
+    operator = await login(one, "admin", ADMIN_PASSWORD)  # signed by the new key
+
+    status, _ = await call(one, "POST", f"/v1/keys/{key_id.key_id}/revoke", operator)
+    assert status in (200, 204)
+    created = await call(
+        two,
+        "POST",
+        "/v1/users",
+        stolen,
+        json={"name": "mallory", "password": "Zq8-horse-staple-771", "roles": ["admin"]},
+    )
+
+    assert created[0] == 401, created

@@ -221,8 +221,9 @@ async def test_a_stalled_redis_does_not_hold_a_revocation(
 ) -> None:
     """Red team: with Redis accepting connections but answering nothing (here: the server
     stopped with SIGSTOP), POST /v1/tokens/revoke hung 616 s: the revocation was committed and
-    in force, but the answer waited on the PUBLISH to other replicas. The publish is bounded;
-    replicas poll for what it could not tell them."""
+    in force, but the answer waited on the PUBLISH to other replicas; then a revocation's
+    cascade took a bounded second per descendant. All of one revocation's messages are
+    published together, within one bound; replicas poll for what it could not tell them."""
     import os
     import signal
 
@@ -234,6 +235,11 @@ async def test_a_stalled_redis_does_not_hold_a_revocation(
     admin = await login(client, "admin", ADMIN_PASSWORD)
     status, minted = await call(client, "POST", "/v1/tokens", admin, json={"subject": "svc"})
     assert status == 201, minted
+    parent = await login(client, "admin", ADMIN_PASSWORD)
+    for n in range(20):  # a cascade: one publish per descendant took 1 s each behind the stall
+        status, child = await call(client, "POST", "/v1/tokens", parent, json={"subject": f"c{n}"})
+        assert status == 201, child
+    parent_id = (await verify(client, parent))[1]["token_id"]
     assert private_redis.process is not None
     os.kill(private_redis.process.pid, signal.SIGSTOP)
     try:
@@ -242,9 +248,15 @@ async def test_a_stalled_redis_does_not_hold_a_revocation(
             resp = await client.post("/v1/tokens/revoke", json={"token": minted["token"]})
         took = time.monotonic() - started
         refused = (await verify(client, minted["token"]))[0]
+        started = time.monotonic()
+        async with asyncio.timeout(60):
+            cascaded = await call(client, "DELETE", f"/v1/tokens/{parent_id}", admin)
+        cascade_took = time.monotonic() - started
     finally:
         os.kill(private_redis.process.pid, signal.SIGCONT)
 
     assert resp.status == 204
     assert took < 5, took
     assert refused == 401
+    assert cascaded[0] == 204
+    assert cascade_took < 5, cascade_took

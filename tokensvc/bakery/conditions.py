@@ -62,6 +62,12 @@ class Caller(Protocol):
         """Whether the caller authenticated with a second factor (after `authenticate`)."""
         ...
 
+    def not_after(self) -> float | None:
+        """When the credential the caller authenticated with expires (unix seconds), if it
+        expires: a discharge vouched on it ends no later. None when it did not authenticate,
+        or authenticated with a password."""
+        ...
+
 
 class Conditions:
     """Checks a condition for a caller; returns the attributes the discharge declares."""

@@ -124,6 +124,11 @@ class Discharger:
             raise
 
         expires_at = self._clock().timestamp() + self._ttl.total_seconds()
+        # Vouched on a token: no longer than that token lives (a discharge is self-contained,
+        # so nothing done to the token later reaches it; its lifetime is the only bound).
+        not_after = caller.not_after()
+        if not_after is not None and not_after < expires_at:
+            expires_at = not_after
         conditions = [f"time-before {format_rfc3339(expires_at)}"]
         conditions += [f"declared {key} {value}" for key, value in sorted(declared.items())]
         if prefix:

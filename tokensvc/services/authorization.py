@@ -14,6 +14,7 @@ local operator is authorised for everything.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from keystore.service_keys import KEY_ID_PREFIX
@@ -30,8 +31,9 @@ API_AUDIENCE: Final = "tokensvc"
 
 #: Why a narrowed admin token may not grant a role or take over a role-holder (`unrestricted`).
 UNRESTRICTED_NEEDED: Final = (
-    "granting a role, or changing the password or second factor of a user who holds one, needs"
-    " an admin token that is not narrowed (no caveats beyond its own expiry)"
+    "granting a role, or re-enabling, changing the password or second factor of, or clearing the"
+    " lockout of a user who holds one, needs an admin token that is not narrowed (no caveats"
+    " beyond its own expiry)"
 )
 
 
@@ -43,12 +45,16 @@ class Authorizer:
         users: UserStore,
         generations: GenerationSource,
         registry: TokenRegistry,
+        key_revoked: Callable[[str], Awaitable[bool]],
         mfa_required_roles: frozenset[str] = frozenset(),
     ) -> None:
+        """`key_revoked` reads from the database whether a root key has been revoked (a replica
+        learns of another's key revocations only at its next refresh)."""
         self._verifier = verifier
         self._users = users
         self._generations = generations
         self._registry = registry
+        self._key_revoked = key_revoked
         self._mfa_roles = mfa_required_roles
 
     async def admin(self, who: Principal, operation: str) -> Actor:
@@ -85,6 +91,9 @@ class Authorizer:
         if record is not None and record.revoked_at is not None:
             _denied(verified, operation, "token revoked (read fresh)")
             raise InvalidToken("token revoked")
+        if await self._key_revoked(verified.key_id):
+            _denied(verified, operation, "root key revoked (read fresh)")
+            raise InvalidToken("root key revoked")
         return Actor(verified.subject, who, verified)
 
     async def holder(self, who: Principal, operation: str) -> Actor:

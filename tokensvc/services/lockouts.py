@@ -11,10 +11,11 @@ from typing import Final, Literal
 
 from tokensvc.accounts.lockout import LockoutStatus, LockoutStore
 from tokensvc.accounts.lockout.store import CounterStatus, hash_identity, normalise_identity
-from tokensvc.errors import BadRequest
+from tokensvc.accounts.users import UserStore
+from tokensvc.errors import BadRequest, Forbidden
 from tokensvc.operations import metrics
 from tokensvc.operations.logs import security_event
-from tokensvc.services.authorization import Authorizer
+from tokensvc.services.authorization import UNRESTRICTED_NEEDED, Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
 from tokensvc.storage.audit import AuditLog
@@ -49,6 +50,7 @@ class LockoutService:
         self,
         *,
         authorizer: Authorizer,
+        users: UserStore,
         lockout: LockoutStore,
         otp_lockout: LockoutStore,
         identity_key: bytes,
@@ -58,6 +60,7 @@ class LockoutService:
         """`otp_lockout` counts second-factor codes under the keyed hash of the identity
         (`identity_key`, the login service's), so it is addressed the same way here."""
         self._authz = authorizer
+        self._users = users
         self._lockout = lockout
         self._otp_lockout = otp_lockout
         self._identity_key = identity_key
@@ -87,13 +90,20 @@ class LockoutService:
         """Forget the identity's failures and locks: its password's and its second factor's.
 
         Raises:
-            InvalidToken, CaveatDenied, Forbidden: the principal may not write users.
+            InvalidToken, CaveatDenied, Forbidden: the principal may not write users, or the
+                identity is a role-holder's and the principal's token is narrowed.
+            BadRequest: not an identity a login can be counted under.
             Unavailable: the lockout store is down.
         """
         actor = await self._authz.admin(who, "users:write")
         # Audited under the identity the counters are kept under, so an audit search for
         # `admin` finds a clear requested as `ＡＤＭＩＮ`.
         identity = account_identity(identity)
+        # The counters slow guesses at a password: wiping a role-holder's helps whoever guesses
+        # at a credential of the role's power, so it needs an admin's full authority.
+        user = await self._users.get(identity)
+        if user is not None and user.roles and not await self._authz.unrestricted(actor):
+            raise Forbidden(UNRESTRICTED_NEEDED)
         await self._lockout.clear(identity)
         await self._otp_lockout.clear(self._otp_identity(identity))
         metrics.LOCKOUT_CLEARS.inc()

@@ -173,7 +173,7 @@ class TokenService:
         record = await self._registry.lock_parent(conn, parent.token_id)
         if record is not None and record.revoked_at is not None:
             raise InvalidToken("token revoked")
-        if await self._revocations.key_revoked(conn, parent.key_id):
+        if await self._revocations.key_revoked(parent.key_id, conn=conn):
             raise InvalidToken("root key revoked")
         minted_at = minted_generation(parent)
         if (

@@ -152,7 +152,8 @@ class UserService:
         if not change.fields:
             raise BadRequest("nothing to change")
         # Read once, before the row lock: a narrowed token may not grant a role, nor take over
-        # an account that holds one (its password), so no token creates an admin beyond itself.
+        # an account that holds one (its password), nor re-enable one, so no token creates an
+        # admin beyond itself.
         unrestricted = await self._authz.unrestricted(actor)
         # Hash before the transaction: argon2 is slow and must not hold a row lock.
         new_hash = (
@@ -167,7 +168,10 @@ class UserService:
                 raise NotFound("no such user")
             granting = change.roles is not None and not set(change.roles) <= set(before.roles)
             taking_over = new_hash is not None and bool(before.roles)
-            if (granting or taking_over) and not unrestricted:
+            # Re-enabling a role-holder gives its credential the role's power back (red team:
+            # a narrowed token re-enabled a disabled admin, who then logged in as one).
+            reviving = change.disabled is False and before.disabled and bool(before.roles)
+            if (granting or taking_over or reviving) and not unrestricted:
                 raise Forbidden(UNRESTRICTED_NEEDED)
             after = before
             if new_hash is not None:

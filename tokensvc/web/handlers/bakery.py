@@ -207,6 +207,7 @@ class RequestCaller:
         self._request = request
         self._who: str | None = None
         self._mfa = False
+        self._not_after: float | None = None
 
     async def authenticate(self) -> str:
         if self._who is None:
@@ -216,6 +217,9 @@ class RequestCaller:
     async def used_second_factor(self) -> bool:
         await self.authenticate()
         return self._mfa
+
+    def not_after(self) -> float | None:
+        return self._not_after
 
     async def _authenticate(self) -> str:
         header = self._request.headers.get("Authorization")
@@ -254,7 +258,9 @@ class RequestCaller:
         # Vouched for exactly as the token this password got would be on the Bearer path: a
         # login that yields only an enrol-capable token (a role that requires MFA, not yet
         # enrolled) vouches for nothing here either (tests/security/test_mfa_attacks.py).
-        return await self._token(minted.token)
+        who = await self._token(minted.token)
+        self._not_after = None  # the password vouched, not the minute-long token it got
+        return who
 
     async def _token(self, token: str) -> str:
         verified = await self._request.app[appkeys.VERIFIER].verify(
@@ -265,4 +271,5 @@ class RequestCaller:
             client_ip=client_ip(self._request),
         )
         self._mfa = verified.mfa
+        self._not_after = verified.expires_at
         return verified.subject
