@@ -1,9 +1,16 @@
-"""The token registry: one row per minted token, never a secret. TokenRegistry is its only SQL.
+"""The token registry: one row per minted token, never a secret. TokenRegistry and the
+functions below it are its only SQL.
 
 A row is written before the token is handed out (in the same transaction as a service token's
 key), so no token exists that the registry does not know. Revoking marks `revoked_at` (the row
 stays, for the audit trail and the list); every replica picks revocations up by polling
 `revoked_at` (tokensvc.tokens.revocation). `last_used_at` is written in batches (tokensvc.tokens.usage).
+
+Lineage: a token minted with another records it (`parent_id`), and the key that signed it
+(`key_id`). Revoking a token walks its descendants and revokes them in the same transaction
+(`revoke_descendants`), as do a subject's and a root key's revocations from their tokens
+(tokensvc.tokens.revocation); a mint share-locks its parent's row (`lock_parent`) so that a
+racing revocation either sees the child or is seen by the mint (docs/security.md, §8).
 """
 
 from __future__ import annotations
