@@ -331,10 +331,11 @@ class TokensvcClient:
         except VerdictError as exc:
             self.metrics.unavailable += 1
             raise Unavailable(f"tokensvc answered an unusable verdict ({exc})") from None
-        # Cache only what the stream already covers: a revocation between the stream's position
-        # and the verdict's cursor would otherwise be missed. Used for this request either way.
+        # Cache only what the stream covers: a revocation between the stream's position and the
+        # verdict's cursor, or between the verdict's cursor and where the stream started, would
+        # otherwise be missed. Used for this request either way.
         stream = self.stream
-        if stream is not None and stream.live() and self.state.reached(verdict.cursor):
+        if stream is not None and stream.live() and self.state.covers(verdict.cursor):
             self.cache.put(key, verdict)
         else:
             self.metrics.uncacheable += 1

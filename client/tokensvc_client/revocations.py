@@ -37,6 +37,9 @@ class RevocationState:
         #: The id of the newest event applied (or the server's cursor at hello when starting
         #: fresh): what Last-Event-ID resumes from, and what a verdict's cursor is compared to.
         self.cursor: str | None = None
+        #: Where the stream started knowing (a fresh start's, or a reset's, cursor): events
+        #: before it were never applied, so a verdict older than it may not be cached.
+        self.start: str | None = None
         #: Raised by every change to the facts above (and by `invalidate`): a decision remembered
         #: at one version holds only while the version is the same (TokensvcClient.allowed).
         self.version = 0
@@ -49,6 +52,13 @@ class RevocationState:
     def reached(self, cursor: str) -> bool:
         """Whether every event up to `cursor` has been applied."""
         return cursor_reached(self.cursor, cursor)
+
+    def covers(self, cursor: str) -> bool:
+        """Whether a verdict as of `cursor` may be cached: every event after it has been
+        applied here (it is no newer than the stream, and no older than where the stream
+        started knowing; red team: a fresh client cached a lagging replica's verdict, issued
+        before a revocation the client's stream had started after)."""
+        return self.reached(cursor) and (self.start is None or cursor_reached(cursor, self.start))
 
     def advance(self, event_id: str | None) -> None:
         """Note that the event `event_id` is applied (ids never move the cursor backwards)."""

@@ -2,8 +2,9 @@
 RevocationState, resumed with Last-Event-ID after a reconnect, with backoff.
 
 Trust rule (docs in client/README.md): the cache may be used only while the stream is *live*:
-connected, caught up with the cursor the server announced at connect, and with some byte (an
-event or the `: ping` heartbeat) received within `stale_after` seconds. Otherwise the client
+connected, caught up with the cursor the server announced at connect, and with a message (an
+event or the `: ping` heartbeat: a whole line, not any byte) received within `stale_after`
+seconds. tokensvc sends neither while it cannot read its revocation log. Otherwise the client
 falls back to /v1/verify per request or fails closed — never stale allows.
 """
 
@@ -26,6 +27,8 @@ from tokensvc_client.sse import Event, EventStreamParser, split_lines
 log = logging.getLogger("tokensvc_client.stream")
 
 PATH = "/v1/revocations/stream"
+#: The longest line a stream may hold pending (events are a few hundred bytes).
+_MAX_LINE = 65536
 
 
 class RevocationStream:
@@ -58,7 +61,9 @@ class RevocationStream:
         self._connected = False
         self._target: str | None = None  # the server's newest event id when we connected
         self._caught_up = False
-        self._last_byte = float("-inf")  # time.monotonic() of the last byte received
+        # time.monotonic() of the last message received (an event, or a `:` heartbeat line):
+        # bytes that complete neither (blank lines, a line never ended) prove nothing.
+        self._last_byte = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         metrics.stream_state_now = self.state_name
@@ -150,16 +155,19 @@ class RevocationStream:
                 log.error("revocation stream refused: %s %s", resp.status, body)
                 return
             self._connected = True
-            self._last_byte = time.monotonic()
             parser = EventStreamParser(self.state.cursor)
             rest = ""
             async for chunk in resp.content.iter_any():
-                self._last_byte = time.monotonic()
                 lines, rest = split_lines(rest + chunk.decode("utf-8", "replace"))
+                if len(rest) > _MAX_LINE:
+                    raise ValueError("revocation stream: a line longer than any event")
                 for line in lines:
                     event = parser.feed_line(line)
                     if event is not None:
+                        self._last_byte = time.monotonic()
                         self._handle(event)
+                    elif line.startswith(":"):  # the heartbeat
+                        self._last_byte = time.monotonic()
                 self._changed.set()
 
     def _handle(self, event: Event) -> None:
@@ -178,8 +186,10 @@ class RevocationStream:
             self._target = cursor
             if state.cursor is None:
                 # A fresh subscription starts where the hello's id says (else at the newest
-                # event): nothing before concerns an empty cache.
+                # event): nothing before concerns an empty cache, and no verdict older than
+                # this may be cached (RevocationState.covers).
                 state.advance(event.id or cursor)
+                state.start = state.cursor
         elif event.type == "reset":
             # Our cursor is older than what the server keeps: events may be lost, so nothing
             # cached may be trusted. The state's facts are still true; the verdicts go.
@@ -188,6 +198,7 @@ class RevocationStream:
             state.advance(event.id)
             if self._target is not None and not state.reached(self._target):
                 state.cursor = self._target
+            state.start = state.cursor  # what came before is unknown: as a fresh start
         elif state.apply(event.type, data, now=self._clock()):
             self._metrics.stream_events += 1
             if event.type == "key":

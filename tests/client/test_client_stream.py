@@ -22,6 +22,7 @@ class StreamDouble:
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.cursor = "10"
         self.ping_every: float | None = 0.05
+        self.ping = b": ping\n\n"  # what is sent every ping_every
         self.connected = asyncio.Event()
         self.hang_reconnects = False  # later connections get no answer at all (a dead server)
 
@@ -40,7 +41,7 @@ class StreamDouble:
                 item = await asyncio.wait_for(self.queue.get(), self.ping_every)
             except TimeoutError:
                 if self.ping_every is not None:
-                    await resp.write(b": ping\n\n")
+                    await resp.write(self.ping)
                 continue
             if item is None:  # cut the connection
                 return resp
@@ -142,5 +143,55 @@ async def test_silent_stream_is_not_live_after_stale_after(aiohttp_server: Any) 
         await asyncio.sleep(0.4)
         assert not client.stream.live()  # type: ignore[union-attr]
         assert len(double.seen_last_ids) >= 2  # it did try again
+    finally:
+        await client.close()
+
+
+async def test_bytes_that_are_no_message_do_not_keep_the_stream_live(
+    aiohttp_server: Any,
+) -> None:
+    """Red team: a stream that sent only blank lines, or a line it never ended (`: p`), kept
+    the client live forever: any byte counted. Only an event or a whole heartbeat line does."""
+    for filler in (b"\n", b": p"):
+        double = StreamDouble()
+        double.ping = filler
+        client = await started(aiohttp_server, double, stale_after=0.3)
+        try:
+            assert await client.stream.wait_live(5)  # type: ignore[union-attr]
+
+            await asyncio.sleep(0.5)
+
+            assert not client.stream.live(), filler  # type: ignore[union-attr]
+        finally:
+            await client.close()
+
+
+async def test_a_verdict_older_than_the_streams_start_is_not_cached(aiohttp_server: Any) -> None:
+    """Red team: a fresh client (its stream starting at event 936) cached a lagging replica's
+    verdict as of 935, issued before the revocation at 936, which the stream, starting after
+    it, never sent: the client allowed a revoked token from its cache. A verdict is cached only
+    if the stream covers everything after its cursor."""
+    double = StreamDouble()
+    double.cursor = "936"
+    lagging = {**verdict_body(), "cursor": "935"}
+
+    async def verdict(request: web.Request) -> web.Response:
+        return web.json_response(lagging)
+
+    app = web.Application()
+    app.router.add_get("/v1/revocations/stream", double.handle)
+    app.router.add_post("/v1/verdict", verdict)
+    server = await aiohttp_server(app)
+    client = TokensvcClient(str(server.make_url("")), "svc")
+    await client.start()
+    try:
+        assert await client.stream.wait_live(5)  # type: ignore[union-attr]
+
+        await client.check("tok")
+        await client.check("tok")
+
+        assert (client.metrics.uncacheable, len(client.cache)) == (2, 0)
+        assert client.state.start == "936"
+        assert client.state.covers("936") and not client.state.covers("937")  # not applied yet
     finally:
         await client.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from keystore_fakes import StatementLog
@@ -149,3 +150,38 @@ def test_models_share_one_metadata_with_stable_constraint_names() -> None:
 
     assert table is RootKeyRow.__table__
     assert names == {"pk_root_keys", "uq_root_keys_slot", "ix_root_keys_expires_at"}
+
+
+async def test_a_connection_cut_after_the_work_is_done_does_not_turn_it_into_an_error(
+    pg_engine: AsyncEngine,
+) -> None:
+    """Red team: under cuts, 41 requests answered 500: the server dropped the connection after
+    the work, and returning it to the pool (a rollback) failed in a `finally`, replacing the
+    result (or the 503 being raised) with its own error. The outcome stands; the pool discards
+    the dead connection and the next run gets a fresh one."""
+    import asyncio
+
+    import asyncpg
+
+    from keystore.db import run
+    from tests.conftest import PG_ADMIN_DSN
+
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+
+    async def read_then_cut(conn: Any) -> int:
+        pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        await asyncio.sleep(0.3)  # the server is gone before the connection goes back
+        return 1
+
+    try:
+        answer = await run(pg_engine, read_then_cut, write=False, retry=False)
+        again = await run(pg_engine, lambda c: _scalar(c, "SELECT 2"), write=False, retry=False)
+    finally:
+        await admin.close()
+
+    assert (answer, again) == (1, 2)
+
+
+async def _scalar(conn: Any, sql: str) -> Any:
+    return (await conn.execute(text(sql))).scalar_one()

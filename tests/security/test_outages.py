@@ -8,9 +8,11 @@ server stopped outright, and the embedded SQLite file held locked by another wri
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +184,52 @@ async def test_a_locked_sqlite_database_is_503_and_counts_nothing(
 
     assert_unavailable(*patched)
     assert await login(client, "alice", PASSWORD)
+
+
+async def test_a_replica_that_cannot_read_revocations_stops_vouching_for_caches(
+    aiohttp_client: Any, pg_url: str, data_dir: Path, clock: FakeClock
+) -> None:
+    """Red team: with its database unreachable, a replica kept its revocation-stream subscribers
+    live with heartbeats while it could learn of no revocation, and their caches allowed a token
+    revoked on another replica for as long as the outage lasted (40 s and counting). Now a
+    replica that has not read its log lately sends no heartbeat and ends the stream (clients
+    stop trusting their caches after their bound), and answers verdicts with 503."""
+    import aiohttp
+
+    config = make_config(
+        database_url=pg_url,
+        data_dir=data_dir,
+        revocation_refresh_interval=timedelta(milliseconds=200),
+        revocation_stream_heartbeat=timedelta(milliseconds=300),
+    )
+    client = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+    admin = await login(client, "admin", ADMIN_PASSWORD)
+    status, minted = await call(
+        client,
+        "POST",
+        "/v1/tokens",
+        admin,
+        json={"subject": "svc", "operations": ["tokens:verdict"], "service": True},
+    )
+    assert status == 201, minted
+    svc = minted["token"]
+    assert (await call(client, "POST", "/v1/verdict", svc, json={"token": admin}))[0] == 200
+
+    stream = await client.get("/v1/revocations/stream", headers=bearer(svc))
+    assert stream.status == 200
+    assert b"event: hello" in await stream.content.readuntil(b"\n\n")
+    async with refusing_connections(pg_url.rsplit("/", 1)[1]):
+        pings = 0
+        try:
+            async with asyncio.timeout(10):
+                while chunk := await stream.content.readuntil(b"\n\n"):
+                    pings += chunk.startswith(b": ping")
+        except (aiohttp.ClientPayloadError, asyncio.IncompleteReadError):
+            pass  # ended: what a subscriber must see
+        verdict = await request(
+            client, "POST", "/v1/verdict", headers=bearer(svc), json={"token": admin}
+        )
+
+    assert stream.content.at_eof()
+    assert pings <= 4  # those sent before the replica noticed: a heartbeat and two polls
+    assert_unavailable(*verdict)

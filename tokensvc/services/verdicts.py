@@ -80,9 +80,12 @@ class VerdictService:
             InvalidToken, CaveatDenied: the caller's own token is bad or does not allow
                 `tokens:verdict` on this API.
             BadRequest, PayloadTooLarge: too many discharges, or a token past the size limits.
-            Unavailable: the key store is down and the token's key is not cached.
+            Unavailable: the key store is down and the token's key is not cached, or this
+                process cannot read the revocation log (tokensvc.tokens.feed, `fresh`).
         """
         await self._authz.holder(who, VERDICT_OPERATION)
+        # A process that cannot read the revocation log cannot vouch for a cacheable verdict.
+        self._feed.check_fresh()
         # Read before the check: every event up to it is already applied in this process
         # (tokensvc.tokens.feed), so the verdict reflects them; later ones reach the client by
         # the stream after this cursor.
@@ -127,7 +130,8 @@ class VerdictService:
         Raises:
             InvalidToken, CaveatDenied: the caller's token is bad or lacks `tokens:verdict`.
             Forbidden: neither a service token nor an enabled admin's (the stream names subjects).
-            Unavailable: the database is down (a resume older than the in-memory ring).
+            Unavailable: the database is down (this process cannot read the revocation log,
+                or a resume is older than the in-memory ring).
         """
         await self._authz.service(who, VERDICT_OPERATION)
         if not wait:  # "everything committed until now", not only what this process has read

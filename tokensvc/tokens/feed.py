@@ -76,6 +76,8 @@ class RevocationFeed:
         self._reading = asyncio.Lock()
         self._advanced: asyncio.Future[None] | None = None
         self._closed = False
+        # loop.time() of the last read of the log that succeeded (events or none): `fresh`.
+        self._read_at = float("-inf")
 
     def wake(self) -> None:
         """Something was revoked (here, or another replica said so): read the log now."""
@@ -102,8 +104,26 @@ class RevocationFeed:
                     metrics.STREAM_EVENTS.inc(len(batch))
                 if len(batch) < PAGE:
                     break
+            self._read_at = asyncio.get_running_loop().time()
             if advanced:
                 self._notify()
+
+    def fresh(self) -> bool:
+        """Whether this process has read the log lately (within a heartbeat and two polls): what
+        it tells subscribers and verdicts covers every revocation but the last moments. Not
+        fresh (its database is unreachable), it may not vouch that nothing was revoked: the
+        stream sends no heartbeat and ends, new subscriptions and verdicts get 503, and clients
+        stop trusting their caches after their bound (red team: a replica that could not read
+        the log kept its subscribers live with pings, and they allowed a revoked token)."""
+        age = asyncio.get_running_loop().time() - self._read_at
+        return age <= self.heartbeat + 2 * self.poll_interval
+
+    def check_fresh(self) -> None:
+        """Unavailable (503) unless `fresh`."""
+        if not self.fresh():
+            raise Unavailable(
+                "revocation events cannot be read now", retry_after=max(1, int(self.poll_interval))
+            )
 
     def _notify(self) -> None:
         waiter, self._advanced = self._advanced, None
@@ -136,6 +156,7 @@ class RevocationFeed:
         read here.
         """
         self.cursor = self._floor = (await self._log.bounds())[1]
+        self._read_at = asyncio.get_running_loop().time()
         pruning = every(
             PRUNE_EVERY,
             self._prune,
@@ -183,12 +204,14 @@ class RevocationFeed:
         return [e for e in await self._log.after(position, limit=PAGE) if e.id <= newest]
 
     async def start(self, cursor: int | None) -> tuple[int, str | None]:
-        """Where a subscriber resuming from `cursor` starts, and why it must reset (or None).
+        """Where a subscriber resuming from `cursor` starts, and why it must reset (or None);
+        Unavailable while this process cannot read the log (`fresh`).
 
         None: from now. An id this log never had (ahead of it, or not a number: -1), or one
         whose successors were pruned, means the client cannot know what it missed: it starts
         from now after a `reset`.
         """
+        self.check_fresh()
         if cursor is None:
             return self.cursor, None
         if cursor > self.cursor:
@@ -219,8 +242,10 @@ class RevocationFeed:
         self, position: int, *, until: int | None = None
     ) -> AsyncGenerator[list[RevocationEvent], None]:
         """Batches of events after `position` as they are applied here; an empty batch when
-        `heartbeat` seconds pass without one (the caller sends a ping). Ends at shutdown, or
-        once past `until` when it is given (a catch-up that does not wait)."""
+        `heartbeat` seconds pass without one (the caller sends a ping), if the feed is `fresh`:
+        otherwise it ends, so the subscriber reconnects (to a replica that can read the log,
+        or to a 503). Ends at shutdown, or once past `until` when it is given (a catch-up that
+        does not wait)."""
         while True:
             if until is not None and position >= until:
                 return
@@ -238,4 +263,6 @@ class RevocationFeed:
             except FeedClosed:
                 return
             if self.cursor <= position:
+                if not self.fresh():
+                    return
                 yield []
