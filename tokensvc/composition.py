@@ -551,6 +551,7 @@ async def _revocations(
         registry,
         subjects,
         refresh_interval=config.revocation_refresh_interval.total_seconds(),
+        stale_after=config.revocation_stale_after.total_seconds(),
         redis=redis,
         channel=config.redis_prefix + CHANNEL_SUFFIX,
         outages=outages,
@@ -580,6 +581,11 @@ def _wire_lifecycle(
     revocations.on_key_revoked.append(key_revoked)
     revocations.on_token_revoked.append(token_revoked)
     revocations.on_generation.append(generations.remember)
+
+    def staleness(stale: bool) -> None:
+        verifier.stale = stale
+
+    revocations.on_staleness.append(staleness)
 
 
 def _wire_feed(feed: RevocationFeed, revocations: Revocations) -> None:

@@ -233,3 +233,35 @@ async def test_a_replica_that_cannot_read_revocations_stops_vouching_for_caches(
     assert stream.content.at_eof()
     assert pings <= 4  # those sent before the replica noticed: a heartbeat and two polls
     assert_unavailable(*verdict)
+
+
+async def test_verify_refuses_once_no_revocation_can_reach_it(
+    aiohttp_client: Any, pg_url: str, data_dir: Path, clock: FakeClock
+) -> None:
+    """Red team: a replica cut off from its database (and without Redis) verified a token as
+    valid for as long as the outage lasted, though another replica had revoked it. Serving from
+    memory is bounded: after TOKENSVC_REVOCATION_STALE_AFTER without revocation news, /v1/verify
+    answers 503 + Retry-After (on the verify listener too), and answers again once news flows."""
+    config = make_config(
+        database_url=pg_url,
+        data_dir=data_dir,
+        revocation_refresh_interval=timedelta(milliseconds=200),
+        revocation_stale_after=timedelta(seconds=1),
+    )
+    client = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+    admin = await login(client, "admin", ADMIN_PASSWORD)
+    token = (await call(client, "POST", "/v1/tokens", admin, json={"subject": "svc"}))[1]["token"]
+    assert (await verify(client, token))[0] == 200
+
+    async with refusing_connections(pg_url.rsplit("/", 1)[1]):
+        early = await verify(client, token)
+        await asyncio.sleep(2.5)
+        late = await request(client, "POST", "/v1/verify", json={"token": token})
+
+    assert early[0] == 200  # within the bound: served from memory, as documented
+    assert_unavailable(*late)
+    for _ in range(50):
+        if (await verify(client, token))[0] == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert (await verify(client, token))[0] == 200

@@ -426,8 +426,19 @@ async def change_admin_password(client: Any, new_password: str) -> int:
 async def test_users_tokens_die_when_the_generation_is_bumped(
     client: Client, admin_token: str
 ) -> None:
-    """After a password change the user's earlier tokens are 401, other subjects' live, a new login's verifies."""
-    alice = (await mint(client, admin_token, subject="alice"))["token"]
+    """After a password change the user's earlier tokens are 401, and so is what they minted
+    (revocation follows lineage); other subjects' tokens live, a new login's verifies."""
+    from datetime import timedelta
+
+    from tokensvc.services.principals import LocalOperator
+    from tokensvc.tokens.minting import MintRequest
+
+    minted_by_admin = (await mint(client, admin_token, subject="alice"))["token"]
+    alice = (
+        await client.app[appkeys.SERVICES].tokens.mint(
+            LocalOperator("test"), MintRequest("alice", timedelta(hours=1))
+        )
+    ).token
     before, _ = await verify(client, admin_token)
 
     generation = await change_admin_password(client, "a brand new password 1")
@@ -440,6 +451,7 @@ async def test_users_tokens_die_when_the_generation_is_bumped(
     assert_refused(*after, 401)
     assert "revoked" in after[1]["reason"]
     assert (await verify(client, alice))[0] == 200
+    assert (await verify(client, minted_by_admin))[0] == 401
     assert relogin.status == 200
     assert (await verify(client, (await relogin.json())["token"]))[0] == 200
     assert old_password.status == 401

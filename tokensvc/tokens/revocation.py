@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple
@@ -97,6 +98,7 @@ class Revocations:
         subjects: SubjectStore,
         *,
         refresh_interval: float = 1.0,
+        stale_after: float = 60.0,
         overlap: timedelta = timedelta(seconds=30),
         wall_clock: Callable[[], datetime] = _utc_now,
         redis: Any = None,
@@ -109,7 +111,15 @@ class Revocations:
         self._registry = registry
         self._subjects = subjects
         self.refresh_interval = refresh_interval
+        self.stale_after = stale_after
         self._overlap = overlap
+        # Whether this process can learn of revocations: its last refresh (time.monotonic())
+        # and whether its pub/sub subscription is up. `stale` once neither has for stale_after.
+        self._refreshed_at = time.monotonic()
+        self._listening = False
+        self.stale = False
+        # Called with the new value when `stale` changes (the verifier refuses while stale).
+        self.on_staleness: list[Callable[[bool], None]] = []
         self._wall_clock = wall_clock
         self._redis = redis
         self._channel = channel
@@ -322,6 +332,7 @@ class Revocations:
             if key_id not in self.keys:
                 self.note_key(key_id)
         self._since = self._keys_since = started - self._overlap
+        self._refreshed_at = time.monotonic()
         now = started.timestamp()
         for token_id in [t for t, exp in self.tokens.items() if exp <= now]:
             del self.tokens[token_id]
@@ -337,12 +348,40 @@ class Revocations:
                 what="refreshing revocations",
                 outages=self._outages,
                 dependency="database",
-            )
+            ),
+            self._watch(),
         ]
         if self._redis is not None:
             jobs.append(self._listen_forever())
         async with tasks_running(*jobs):
             yield
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.stale_after / 4))
+            self.judge_staleness()
+
+    def judge_staleness(self) -> None:
+        """Set `stale`: no refresh has succeeded for `stale_after` seconds and no pub/sub
+        subscription is up, so a revocation made elsewhere could not reach this process. A
+        verifier that answered on regardless would allow revoked tokens for as long as the
+        outage lasts (red team: a replica cut off from its database and Redis kept allowing a
+        token revoked on another replica); it answers 503 instead, as a zero-hop client whose
+        stream is stale stops trusting its cache."""
+        stale = time.monotonic() - self._refreshed_at > self.stale_after and not self._listening
+        if stale == self.stale:
+            return
+        self.stale = stale
+        if stale:
+            log.error(
+                "no revocation news for %.0f s (database and pub/sub unreachable):"
+                " /v1/verify answers 503 until they are back",
+                self.stale_after,
+            )
+        else:
+            log.warning("revocation news again: /v1/verify answers again")
+        for callback in self.on_staleness:
+            callback(stale)
 
     async def _listen_forever(self) -> None:
         # While Redis is down every retry fails: that is Redis's outage (one line per outage,
@@ -352,6 +391,7 @@ class Revocations:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
+                self._listening = True
                 own.recovered()
                 self._outages.ok("redis")
                 while True:
@@ -367,5 +407,6 @@ class Revocations:
                     own.failed(exc)
                 await asyncio.sleep(self.refresh_interval)
             finally:
+                self._listening = False
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

@@ -39,6 +39,13 @@ from tokensvc.macaroons.tokenformat import decode_token
 log = logging.getLogger("tokensvc.tokens.verification")
 
 
+def _stale() -> Unavailable:
+    """What a decision raises while revocations cannot be learnt (Verifier.stale)."""
+    return Unavailable(
+        "revocations cannot be refreshed (database and pub/sub unreachable)", retry_after=5
+    )
+
+
 class UsageSink(Protocol):
     """Where token uses go (tokensvc.tokens.usage): an in-memory note, no I/O."""
 
@@ -187,6 +194,9 @@ class Verifier:
         self._revoked: dict[str, float] = {}
         self._revoked_keys: set[str] = set()
         self._usage: UsageSink | None = None
+        #: Set while this process can learn of no revocation (tokensvc.tokens.revocation,
+        #: `stale`): every decision is then a 503, never an allow that may be revoked.
+        self.stale = False
 
     def attach(
         self,
@@ -310,6 +320,8 @@ class Verifier:
             chained = await self._verify_chain(token, discharges)
             self.cache.put(cache_key, chained)
             now = self._clock()
+        if self.stale:
+            raise _stale()
         generations = self._generations
         generation = generations.current(chained.subject) if generations is not None else 0
         denial = decide(
@@ -393,6 +405,8 @@ class Verifier:
     ) -> Verified:
         """What a genuine chain allows now, in this context: revocation, generation, caveats
         (`caveats.decide`)."""
+        if self.stale:
+            raise _stale()
         generations = self._generations
         # Positional: the field order of caveats.Context (now, operation, resource, audience,
         # client_ip, generation).
