@@ -20,10 +20,10 @@ from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
 from tokensvc.storage.audit import AuditLog
 
-#: Control characters (C0, DEL, C1), lone surrogates, and the line and paragraph separators: no
-#: identity a login can be counted under contains one once normalised, and in an audit target
-#: they could forge a line of `tokensvc audit`'s table.
-_UNPRINTABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
+#: Control characters (C0, DEL) and lone surrogates: no identity a login can be counted under
+#: holds one once normalised; in an audit target a newline could forge a line of `tokensvc
+#: audit`'s table (which also escapes what it cannot print), and PostgreSQL refuses NUL.
+_UNPRINTABLE: Final = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 _SECOND_FACTOR_SCOPES: Final[dict[str, Literal["second_factor", "second_factor_ip"]]] = {
     "identity": "second_factor",
@@ -35,11 +35,11 @@ def account_identity(identity: str) -> str:
     """The identity as the lockout counts it (`Alice ` is `alice`), for admins' requests.
 
     Raises:
-        BadRequest: empty, longer than a login name (256 characters), or a control character
-            once normalised.
+        BadRequest: longer than a login name (256 characters), or a control character once
+            normalised. (A blank name is the empty identity, which no login is counted under.)
     """
     normal = normalise_identity(identity)
-    if not normal or len(normal) > 256 or _UNPRINTABLE.search(normal):
+    if len(identity) > 256 or _UNPRINTABLE.search(normal):
         raise BadRequest("name must be 1-256 characters, none of them a control")
     return normal
 
