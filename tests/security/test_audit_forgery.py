@@ -25,6 +25,7 @@ async def audit(client: Any, admin: str, **query: str) -> list[dict[str, Any]]:
         "bob%0A2026-12-07T10%3A40%3A00Z%20local%3Aroot%20%20key_revoked%20%2000000000",
         "%00",
         "bob%1B%5B2J",  # ESC: a terminal escape sequence
+        "%EF%B7%BA" * 256,  # U+FDFA: 256 characters, 4,608 once NFKC-normalised
     ],
 )
 async def test_a_lockout_identity_cannot_forge_or_lose_an_audit_line(

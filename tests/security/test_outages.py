@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from tests.conftest import ADMIN_PASSWORD, PG_ADMIN_DSN, FakeClock, basic_auth, make_config
 from tests.pg_servers import PrivatePostgres
@@ -235,18 +236,31 @@ async def test_a_replica_that_cannot_read_revocations_stops_vouching_for_caches(
     assert_unavailable(*verdict)
 
 
+@pytest.mark.parametrize("with_redis", [False, True])
 async def test_verify_refuses_once_no_revocation_can_reach_it(
-    aiohttp_client: Any, pg_url: str, data_dir: Path, clock: FakeClock
+    aiohttp_client: Any,
+    pg_url: str,
+    data_dir: Path,
+    clock: FakeClock,
+    redis_url: str,
+    redis_prefix: str,
+    with_redis: bool,
 ) -> None:
     """Red team: a replica cut off from its database (and without Redis) verified a token as
     valid for as long as the outage lasted, though another replica had revoked it. Serving from
     memory is bounded: after TOKENSVC_REVOCATION_STALE_AFTER without revocation news, /v1/verify
-    answers 503 + Retry-After (on the verify listener too), and answers again once news flows."""
+    answers 503 + Retry-After (on the verify listener too), and answers again once news flows.
+    A Redis subscription that is up does not count (red team again: pub/sub is lossy, and a
+    frozen or restarted Redis kept such a replica allowing a revoked token)."""
+    redis: dict[str, Any] = (
+        {"redis_url": redis_url, "redis_prefix": redis_prefix} if with_redis else {}
+    )
     config = make_config(
         database_url=pg_url,
         data_dir=data_dir,
         revocation_refresh_interval=timedelta(milliseconds=200),
         revocation_stale_after=timedelta(seconds=1),
+        **redis,
     )
     client = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
     admin = await login(client, "admin", ADMIN_PASSWORD)

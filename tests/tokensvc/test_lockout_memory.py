@@ -55,3 +55,27 @@ async def test_a_spray_of_one_off_names_cannot_evict_an_attacked_identity() -> N
     after = await store.status("dave", now + 1)
     assert len(store) <= 300
     assert (after.failures, after.locked) == (before.failures, True)
+
+
+async def test_a_spray_matching_the_victims_failures_cannot_evict_it_either() -> None:
+    """Red team: junk counters with as many failures as the victim's, made after it, evicted it
+    first among equals (the least recently failed went first). The most recent go first now."""
+    store = MemoryLockoutStore(policy=LockoutPolicy(), max_entries=300)
+    now = T0
+    threshold = LockoutPolicy().identity_threshold
+    for n in range(threshold):  # exactly at the threshold: locked, as the spray's will be
+        now += 1
+        await store.begin_attempt(identity="dave", client_ip=f"198.51.100.{n}", now=now)
+    before = await store.status("dave", now)
+    assert before.locked and before.failures == threshold
+
+    for n in range(400):  # more identity counters with the victim's failures than fit
+        for k in range(threshold):
+            with contextlib.suppress(LockedOut):
+                await store.begin_attempt(
+                    identity=f"junk{n}", client_ip=f"2001:db8:{n:x}:{k:x}::1", now=now + 0.5
+                )
+
+    after = await store.status("dave", now + 0.5)
+    assert len(store) <= 300
+    assert (after.failures, after.locked) == (before.failures, True)

@@ -246,8 +246,8 @@ class Config(BaseSettings):
     # a few seconds (on PostgreSQL, each is a dead tuple for vacuum).
     max_service_token_ttl: Duration = timedelta(days=365)
     revocation_refresh_interval: Duration = timedelta(seconds=1)
-    # How long /v1/verify answers from what it knows while it can learn of no revocation (its
-    # database unreadable and no Redis pub/sub): then 503 until it can again.
+    # How long /v1/verify answers from what it knows while it cannot read revocations from the
+    # database (pub/sub is lossy: no substitute): then 503 until it can again.
     revocation_stale_after: Duration = timedelta(seconds=60)
     usage_flush_interval: Duration = timedelta(seconds=60)
     # Zero-hop clients (POST /v1/verdict, GET /v1/revocations/stream): the longest a verdict may

@@ -41,8 +41,7 @@ PROBE_TIMEOUT: Final = 1.0
 #: What stops working while a dependency is down, as /readyz says it.
 IMPACT: Final = {
     "database": "minting, logins and admin calls answer 503; /v1/verify serves tokens whose "
-    "root key this process holds in memory, for TOKENSVC_REVOCATION_STALE_AFTER unless Redis "
-    "pub/sub still brings revocations (then 503)",
+    "root key this process holds in memory, for TOKENSVC_REVOCATION_STALE_AFTER (then 503)",
     "redis": "logins answer 503 (lockout fails closed); revocations reach other replicas by "
     "polling instead of pub/sub",
 }

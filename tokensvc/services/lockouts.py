@@ -35,11 +35,11 @@ def account_identity(identity: str) -> str:
     """The identity as the lockout counts it (`Alice ` is `alice`), for admins' requests.
 
     Raises:
-        BadRequest: longer than a login name (256 characters), or a control character once
-            normalised. (A blank name is the empty identity, which no login is counted under.)
+        BadRequest: longer than a login name (256 characters) or holding a control character,
+            once normalised (NFKC may expand a character eighteenfold). (A blank name is the empty identity, which no login is counted under.)
     """
     normal = normalise_identity(identity)
-    if len(identity) > 256 or _UNPRINTABLE.search(normal):
+    if len(normal) > 256 or _UNPRINTABLE.search(normal):
         raise BadRequest("name must be 1-256 characters, none of them a control")
     return normal
 

@@ -113,10 +113,12 @@ class Revocations:
         self.refresh_interval = refresh_interval
         self.stale_after = stale_after
         self._overlap = overlap
-        # Whether this process can learn of revocations: its last refresh (time.monotonic())
-        # and whether its pub/sub subscription is up. `stale` once neither has for stale_after.
+        # Whether this process can learn of revocations: its last successful refresh
+        # (time.monotonic()). `stale` once there was none for stale_after. Pub/sub does not
+        # count: it is lossy (a frozen or restarted Redis delivers nothing, or drops what was
+        # published meanwhile, while the subscription looks up), so only the database, which
+        # has every revocation, can vouch that none was missed.
         self._refreshed_at = time.monotonic()
-        self._listening = False
         self.stale = False
         # Called with the new value when `stale` changes (the verifier refuses while stale).
         self.on_staleness: list[Callable[[bool], None]] = []
@@ -318,6 +320,9 @@ class Revocations:
 
     async def refresh(self) -> None:
         """Read what was revoked since the last refresh (everything live, the first time)."""
+        # Judged at every attempt, the failing ones included (no task of its own: nothing more
+        # per tick than the poll itself).
+        self.judge_staleness()
         started = self._wall_clock()
         for token_id, expires_at in await self._registry.revoked_since(self._since, now=started):
             self.note_token(token_id, expires_at.timestamp())
@@ -333,6 +338,7 @@ class Revocations:
                 self.note_key(key_id)
         self._since = self._keys_since = started - self._overlap
         self._refreshed_at = time.monotonic()
+        self.judge_staleness()
         now = started.timestamp()
         for token_id in [t for t, exp in self.tokens.items() if exp <= now]:
             del self.tokens[token_id]
@@ -349,32 +355,27 @@ class Revocations:
                 outages=self._outages,
                 dependency="database",
             ),
-            self._watch(),
         ]
         if self._redis is not None:
             jobs.append(self._listen_forever())
         async with tasks_running(*jobs):
             yield
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(min(1.0, self.stale_after / 4))
-            self.judge_staleness()
-
     def judge_staleness(self) -> None:
-        """Set `stale`: no refresh has succeeded for `stale_after` seconds and no pub/sub
-        subscription is up, so a revocation made elsewhere could not reach this process. A
-        verifier that answered on regardless would allow revoked tokens for as long as the
-        outage lasts (red team: a replica cut off from its database and Redis kept allowing a
-        token revoked on another replica); it answers 503 instead, as a zero-hop client whose
-        stream is stale stops trusting its cache."""
-        stale = time.monotonic() - self._refreshed_at > self.stale_after and not self._listening
+        """Set `stale`: no refresh has succeeded for `stale_after` seconds, so a revocation
+        made elsewhere may not have reached this process (pub/sub may have lost it: red team,
+        a frozen Redis, or one restarted after the publish). A verifier that answered on
+        regardless would allow revoked tokens for as long as the outage lasts (red team: a
+        replica cut off from its database kept allowing a token revoked on another replica);
+        it answers 503 instead, as a zero-hop client whose stream is stale stops trusting its
+        cache."""
+        stale = time.monotonic() - self._refreshed_at > self.stale_after
         if stale == self.stale:
             return
         self.stale = stale
         if stale:
             log.error(
-                "no revocation news for %.0f s (database and pub/sub unreachable):"
+                "no revocation news for %.0f s (the database unreachable):"
                 " /v1/verify answers 503 until they are back",
                 self.stale_after,
             )
@@ -391,7 +392,6 @@ class Revocations:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
-                self._listening = True
                 own.recovered()
                 self._outages.ok("redis")
                 while True:
@@ -407,6 +407,5 @@ class Revocations:
                     own.failed(exc)
                 await asyncio.sleep(self.refresh_interval)
             finally:
-                self._listening = False
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

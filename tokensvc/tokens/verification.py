@@ -42,7 +42,7 @@ log = logging.getLogger("tokensvc.tokens.verification")
 def _stale() -> Unavailable:
     """What a decision raises while revocations cannot be learnt (Verifier.stale)."""
     return Unavailable(
-        "revocations cannot be refreshed (database and pub/sub unreachable)", retry_after=5
+        "revocations cannot be refreshed (the database is unreachable)", retry_after=5
     )
 
 

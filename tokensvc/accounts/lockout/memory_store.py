@@ -3,7 +3,7 @@
 Same semantics as the Redis store (see `tokensvc.accounts.lockout.store`). Each method runs without an
 `await` inside, so on one event loop every step is atomic just as a Lua script is. Memory is
 bounded: expired counters are dropped, and past `max_entries` the counters with the fewest
-failures are evicted first (the least recently failed among equals).
+failures are evicted first (the most recently failed among equals).
 """
 
 from __future__ import annotations
@@ -183,15 +183,16 @@ class MemoryLockoutStore:
             for key in [k for k, c in self._counters.items() if self._expired(c, now)]:
                 del self._counters[key]
             # Still full of live counters: evict down to 90 %, so the sweep above runs once per
-            # tenth of the capacity rather than on every write. The fewest failures go first
-            # (the least recently failed among equals): a spray of one-off names from many
-            # addresses, which fills the table with counters of one failure each, cannot push
-            # out the counter of the identity it is attacking (red team: 36,000 such attempts
-            # reset a locked identity's 15 failures, and with them its growing lock).
+            # tenth of the capacity rather than on every write. The fewest failures go first,
+            # and the most recent among equals: a spray of one-off names from many addresses,
+            # which fills the table with counters of one failure each, cannot push out the
+            # counter of the identity it is attacking (red team: 36,000 such attempts reset a
+            # locked identity's 15 failures, and with them its growing lock), nor can one whose
+            # counters merely match it, made after it (red team again).
             excess = len(self._counters) - self._max_entries * 9 // 10
             if excess > 0:
                 weakest = heapq.nsmallest(
-                    excess, self._counters.items(), key=lambda kv: (kv[1].failures, kv[1].last)
+                    excess, self._counters.items(), key=lambda kv: (kv[1].failures, -kv[1].last)
                 )
                 for key, _ in weakest:
                     del self._counters[key]
