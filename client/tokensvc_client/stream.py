@@ -205,6 +205,13 @@ class RevocationStream:
                 self._on_key_revoked(str(data["key_id"]))
             state.advance(event.id)
         else:
+            # A revocation this client cannot apply (a kind a newer tokensvc sends, or data it
+            # cannot read) may concern any cached verdict: drop them all, as for a reset, rather
+            # than move past it and keep allowing what it revoked.
+            log.warning(
+                "revocation stream: cannot apply a %s event; cache dropped", event.type[:20]
+            )
+            self._on_reset()
             state.advance(event.id)
         if self._target is not None and state.reached(self._target):
             self._caught_up = True

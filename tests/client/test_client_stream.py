@@ -195,3 +195,26 @@ async def test_a_verdict_older_than_the_streams_start_is_not_cached(aiohttp_serv
         assert client.state.covers("936") and not client.state.covers("937")  # not applied yet
     finally:
         await client.close()
+
+
+async def test_an_event_the_client_cannot_apply_drops_its_cache(aiohttp_server: Any) -> None:
+    """Red team (code review): the client moved past event kinds it did not know, so a newer
+    tokensvc's new kind of revocation would have left verdicts it revoked cached and allowed.
+    What it cannot apply drops every cached verdict, as a reset does."""
+    double = StreamDouble()
+    client = await started(aiohttp_server, double)
+    try:
+        assert await client.stream.wait_live(5)  # type: ignore[union-attr]
+        for kind, data in (("scope", {"token_id": "aa", "scope": "read"}), ("token", {"x": 1})):
+            client.cache.put("tok", parse_verdict(verdict_body(), now=0, key_bytes=3))
+            double.send("11" if kind == "scope" else "12", kind, data)
+            for _ in range(100):
+                if not len(client.cache):
+                    break
+                await asyncio.sleep(0.01)
+
+            assert len(client.cache) == 0, kind
+        assert client.state.cursor == "12"
+        assert client.stream.live()  # type: ignore[union-attr]
+    finally:
+        await client.close()
