@@ -5,8 +5,10 @@ allow the operation on this API (audience `tokensvc`, the request's path and cli
 held by an enabled user with the admin role — and, when one of that user's roles requires MFA
 (TOKENSVC_MFA_REQUIRED_ROLES), a token minted after a second factor (the identifier's flag, which
 no holder can add), so an admin token minted before the policy or without a factor no longer
-administers. Its revocation and its subject's generation are read fresh, not from this process's
-view, which learns of another replica's revocations only at its next refresh. Other operations
+administers. Its revocation, its root key's and its subject's generation are read fresh, not from
+this process's view, which learns of another replica's revocations only at its next refresh.
+What could create more power than the token holds asks more (`unbounded`: outliving it;
+`unrestricted`: granting a role or taking over a role-holder). Other operations
 (revoking one's own tokens, introspection) need any genuine token whose caveats allow them. A
 local operator is authorised for everything.
 """

@@ -161,14 +161,14 @@ class TokenService:
         return minted
 
     async def _check_parent(self, conn: AsyncConnection, parent: Verified) -> None:
-        """In the mint's transaction: the minting token is still alive, its row share-locked
-        so that a revocation of it (of its subject, or of its root key) cannot pass this child
-        unseen: either the
-        revocation committed first and the mint is refused here, or it waits for this commit
-        and its walk revokes the child (TokenRegistry.lock_parent).
+        """In the mint's transaction: the minting token is still alive. Its row is share-locked,
+        so a revocation of it (of its subject, or of its root key) cannot pass this child
+        unseen: either the revocation committed first and the mint is refused here, or it waits
+        for this commit and its walk revokes the child (TokenRegistry.lock_parent).
 
         Raises:
-            InvalidToken: the minting token has been revoked since it was checked.
+            InvalidToken: the minting token, its subject's tokens or its root key have been
+                revoked since it was checked.
         """
         record = await self._registry.lock_parent(conn, parent.token_id)
         if record is not None and record.revoked_at is not None:
