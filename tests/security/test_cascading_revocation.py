@@ -13,6 +13,8 @@ Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -192,19 +194,10 @@ async def test_a_mint_racing_its_parents_revocation_is_refused(
     """The parent's revocation has updated its row but not committed when a mint with it checks
     the parent (and finds it live): the mint's transaction waits on the parent's row and, once
     the revocation commits, refuses, instead of committing a child the revocation never saw."""
-    import asyncpg
-
-    from tests.served import ServedTestServer
-    from tokensvc.web.app import create_app
-
-    config = make_config(database_url=pg_url, data_dir=data_dir)
-    client = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+    client = await pg_client(aiohttp_client, pg_url, data_dir, clock)
     leaked = await login(client, "admin", ADMIN_PASSWORD)
     leaked_id = await token_id_of(client, leaked)
-    revoker = await asyncpg.connect(_dsn(pg_url))
-    try:
-        revoking = revoker.transaction()
-        await revoking.start()
+    async with open_transaction(pg_url) as (revoker, revoking):
         await revoker.execute(
             "UPDATE tokens SET revoked_at = $1 WHERE token_id = $2", datetime.now(UTC), leaked_id
         )
@@ -216,8 +209,6 @@ async def test_a_mint_racing_its_parents_revocation_is_refused(
 
         await revoking.commit()
         status, body = await minting
-    finally:
-        await revoker.close()
 
     assert status == 401, body
     rows = await _children(pg_url, leaked_id)
@@ -230,20 +221,11 @@ async def test_a_revocation_racing_a_mint_with_the_parent_revokes_the_child(
     """A mint holds its parent's row (share lock) and has written its child, not yet committed,
     when the parent is revoked: the revocation waits for the mint, then its walk finds the
     child and revokes it too."""
-    import asyncpg
-
-    from tests.served import ServedTestServer
-    from tokensvc.web.app import create_app
-
-    config = make_config(database_url=pg_url, data_dir=data_dir)
-    client = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+    client = await pg_client(aiohttp_client, pg_url, data_dir, clock)
     operator = await login(client, "admin", ADMIN_PASSWORD)
     leaked = await login(client, "admin", ADMIN_PASSWORD)
     leaked_id = await token_id_of(client, leaked)
-    minter = await asyncpg.connect(_dsn(pg_url))
-    try:
-        minting = minter.transaction()
-        await minting.start()
+    async with open_transaction(pg_url) as (minter, minting):
         await minter.execute("SELECT 1 FROM tokens WHERE token_id = $1 FOR SHARE", leaked_id)
         now = datetime.now(UTC)
         await minter.execute(
@@ -263,11 +245,33 @@ async def test_a_revocation_racing_a_mint_with_the_parent_revokes_the_child(
 
         await minting.commit()
         status, _ = await revoking
-    finally:
-        await minter.close()
 
     assert status == 204
     assert await _children(pg_url, leaked_id) == [("c" * 32, True)]
+
+
+async def pg_client(aiohttp_client: Any, pg_url: str, data_dir: Any, clock: FakeClock) -> Any:
+    """The served app on the test's own PostgreSQL database, without Redis."""
+    from tests.served import ServedTestServer
+    from tokensvc.web.app import create_app
+
+    config = make_config(database_url=pg_url, data_dir=data_dir)
+    return await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+
+
+@contextlib.asynccontextmanager
+async def open_transaction(pg_url: str) -> AsyncIterator[tuple[Any, Any]]:
+    """A connection of its own with a transaction begun: one side of a race, held open until
+    the test commits it (the connection closes at the end, rolling back what was not)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(_dsn(pg_url))
+    try:
+        transaction = conn.transaction()
+        await transaction.start()
+        yield conn, transaction
+    finally:
+        await conn.close()
 
 
 async def _children(pg_url: str, parent_id: str) -> list[tuple[str, bool]]:

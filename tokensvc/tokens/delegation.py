@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -55,6 +56,10 @@ from tokensvc.tokens.verification import Verified
 #: The operation a minting token's caveats must allow for a child to outlive it.
 OUTLIVE_OPERATION: Final = "tokens:outlive"
 
+#: Caveats that state a token's own identity, generation and lifetime: what every minted token
+#: has, never carried into a child (time is bounded separately) and restricting nothing else.
+_OWN: Final = (Subject, Generation, Expiry, TimeBefore)
+
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -73,13 +78,10 @@ def delegate(
             a caveat that cannot be delegated.
     """
     carried: list[bytes] = []
-    for predicate in parent.policy.predicates:
-        raw = predicate if isinstance(predicate, bytes) else predicate.encode()
-        try:
-            item = parse_predicate(raw)
-        except CaveatError:
-            raise Forbidden("the minting token carries a caveat that cannot be delegated") from None
-        if isinstance(item, Subject | Generation | Expiry | TimeBefore):
+    for raw, item in _parsed(parent):
+        if item is None:
+            raise Forbidden("the minting token carries a caveat that cannot be delegated")
+        if isinstance(item, _OWN):
             continue  # the child's own identity and generation; time is bounded below
         if isinstance(item, Operations | Allow | Deny):
             _check_operations(item, request.operations)
@@ -127,17 +129,7 @@ def delegate(
 def restricting_caveats(token: Verified) -> list[bytes]:
     """The caveats of `token` that restrict what it may do (those `delegate` carries, and any
     it cannot parse); empty for a token as its subject's own login or mint made it."""
-    found: list[bytes] = []
-    for predicate in token.policy.predicates:
-        raw = predicate if isinstance(predicate, bytes) else predicate.encode()
-        try:
-            item = parse_predicate(raw)
-        except CaveatError:
-            found.append(raw)
-            continue
-        if not isinstance(item, Subject | Generation | Expiry | TimeBefore):
-            found.append(raw)
-    return found
+    return [raw for raw, item in _parsed(token) if not isinstance(item, _OWN)]
 
 
 def minted_generation(token: Verified) -> int | None:
@@ -145,15 +137,20 @@ def minted_generation(token: Verified) -> int | None:
     another Generation caveat: the token is revoked once the subject's passes any of them);
     None for a token without one."""
     found: int | None = None
-    for predicate in token.policy.predicates:
-        raw = predicate if isinstance(predicate, bytes) else predicate.encode()
-        try:
-            item = parse_predicate(raw)
-        except CaveatError:
-            continue
+    for _, item in _parsed(token):
         if isinstance(item, Generation) and (found is None or item.generation < found):
             found = item.generation
     return found
+
+
+def _parsed(token: Verified) -> Iterator[tuple[bytes, object | None]]:
+    """Each first-party caveat of `token`, raw and parsed (None: it does not parse)."""
+    for predicate in token.policy.predicates:
+        raw = predicate if isinstance(predicate, bytes) else predicate.encode()
+        try:
+            yield raw, parse_predicate(raw)
+        except CaveatError:
+            yield raw, None
 
 
 def _check_subset(kind: str, asked: tuple[str, ...], allowed: tuple[str, ...]) -> None:
