@@ -269,8 +269,12 @@ def install_with_uv(spec: str, out: IO[str]) -> int:
         )
         if fetched.returncode or not uv.exists():
             return 1
+    # --compile-bytecode: uv writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set
+    # (as on our CI machines) nothing ever writes them, so every process the tests start (CLI,
+    # workers, benchmarks) compiled its dependencies from source: 1.3 of a CLI call's 2.1 s.
+    install = [str(uv), "pip", "install", "--compile-bytecode", "--python", str(VPY)]
     installed = subprocess.run(
-        [str(uv), "pip", "install", "--python", str(VPY), "-c", LOCK, "-e", spec],
+        [*install, "-c", LOCK, "-e", spec],
         stdout=out,
         stderr=subprocess.STDOUT,
         check=False,
@@ -718,6 +722,7 @@ def cmd_test(args: list[str]) -> int:
     # pytest's summary stays the last thing a passing run prints. A failed check does not stop
     # the tests; the run fails at the end, naming it.
     failures = run_checks()
+    compile_sources()
     servers = Servers()
     # Cleanup runs on every way out: normal end, error, Ctrl-C, SIGTERM.
     with terminating_cleanly():
@@ -733,6 +738,23 @@ def cmd_test(args: list[str]) -> int:
         report(failures)
         status = status or 1
     return status
+
+
+#: The project's own packages, which the editable install leaves uncompiled.
+SOURCES = ("tokensvc", "keystore", "caveats", "loadtests", "tests")
+
+
+def compile_sources() -> None:
+    """Write the .pyc files of the project's packages (ignored by git) that are missing or out of
+    date, so that the processes the tests start don't each compile them again, even where
+    PYTHONDONTWRITEBYTECODE keeps Python from writing them itself. Best effort: a failure here
+    (a read-only tree, a syntax error) only costs time, and pytest reports the error itself."""
+    subprocess.run(
+        [str(VPY), "-m", "compileall", "-q", "-j", "0", *SOURCES],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def cmd_bench(args: list[str]) -> int:
