@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -156,8 +157,10 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         )
 
 
-# How often a migration on SQLite is tried when the database is locked (≈1.8 s of waits in all).
-_SQLITE_LOCKED_ATTEMPTS: Final = 8
+# How long a migration on SQLite keeps trying while the database is locked. A time, not a count:
+# on a loaded host the process that holds the lock can take seconds to finish (eight tries,
+# 1.8 s in all, once ran out in CI).
+_SQLITE_LOCKED_PATIENCE: Final = 15.0
 
 
 async def run_locked(engine: AsyncEngine, fn: Callable[[Connection], None]) -> None:
@@ -172,15 +175,18 @@ async def run_locked(engine: AsyncEngine, fn: Callable[[Connection], None]) -> N
     database switch it to WAL together (SQLite skips the busy handler where waiting could
     deadlock); that attempt is repeated, briefly, since a migration finds done work done.
     """
-    for attempt in range(_SQLITE_LOCKED_ATTEMPTS):
+    deadline = time.monotonic() + _SQLITE_LOCKED_PATIENCE
+    attempt = 0
+    while True:
         try:
             await _run_locked_once(engine, fn)
             return
         except StoreUnavailable as exc:
-            locked = engine.dialect.name == "sqlite" and "database is locked" in str(exc.__cause__)
-            if not locked or attempt == _SQLITE_LOCKED_ATTEMPTS - 1:
+            locked = engine.dialect.name == "sqlite" and "is locked" in str(exc.__cause__)
+            if not locked or time.monotonic() >= deadline:
                 raise
-            await asyncio.sleep(0.05 * (attempt + 1))
+            attempt += 1
+            await asyncio.sleep(min(0.05 * attempt, 0.5))
 
 
 async def _run_locked_once(engine: AsyncEngine, fn: Callable[[Connection], None]) -> None:
