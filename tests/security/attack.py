@@ -30,6 +30,13 @@ async def verify(client: Any, token: str, **context: str) -> tuple[int, Any]:
     return resp.status, await resp.json()
 
 
+async def token_id_of(client: Any, token: str) -> str:
+    """The id of a live token, as /v1/verify reports it."""
+    status, body = await verify(client, token)
+    assert status == 200, body
+    return str(body["token_id"])
+
+
 async def create_user(client: Any, admin: str, name: str, password: str, **body: Any) -> None:
     status, answer = await call(
         client, "POST", "/v1/users", admin, json={"name": name, "password": password, **body}

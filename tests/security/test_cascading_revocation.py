@@ -13,15 +13,14 @@ Redis.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, make_config
-from tests.security.attack import call, create_user, login, verify
+from tests.security.attack import call, create_user, login, token_id_of, verify
+from tests.security.races import dsn, open_transaction, pg_client
 
 PASSWORD = "first long copper passphrase"
 
@@ -31,12 +30,6 @@ async def mint(client: Any, token: str, **body: Any) -> tuple[str, str]:
     status, answer = await call(client, "POST", "/v1/tokens", token, json=body)
     assert status == 201, answer
     return str(answer["token"]), str(answer["token_id"])
-
-
-async def token_id_of(client: Any, token: str) -> str:
-    status, body = await verify(client, token)
-    assert status == 200, body
-    return str(body["token_id"])
 
 
 async def listed(client: Any, admin: str, token_id: str) -> dict[str, Any]:
@@ -184,10 +177,6 @@ async def test_a_cascade_reaches_a_replica_that_only_polls(
 # ---- the race between a mint and the revocation of its parent (PostgreSQL row locks) ----------
 
 
-def _dsn(sqlalchemy_url: str) -> str:
-    return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
 async def test_a_mint_racing_its_parents_revocation_is_refused(
     aiohttp_client: Any, pg_url: str, data_dir: Any, clock: FakeClock
 ) -> None:
@@ -250,34 +239,10 @@ async def test_a_revocation_racing_a_mint_with_the_parent_revokes_the_child(
     assert await _children(pg_url, leaked_id) == [("c" * 32, True)]
 
 
-async def pg_client(aiohttp_client: Any, pg_url: str, data_dir: Any, clock: FakeClock) -> Any:
-    """The served app on the test's own PostgreSQL database, without Redis."""
-    from tests.served import ServedTestServer
-    from tokensvc.web.app import create_app
-
-    config = make_config(database_url=pg_url, data_dir=data_dir)
-    return await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
-
-
-@contextlib.asynccontextmanager
-async def open_transaction(pg_url: str) -> AsyncIterator[tuple[Any, Any]]:
-    """A connection of its own with a transaction begun: one side of a race, held open until
-    the test commits it (the connection closes at the end, rolling back what was not)."""
-    import asyncpg
-
-    conn = await asyncpg.connect(_dsn(pg_url))
-    try:
-        transaction = conn.transaction()
-        await transaction.start()
-        yield conn, transaction
-    finally:
-        await conn.close()
-
-
 async def _children(pg_url: str, parent_id: str) -> list[tuple[str, bool]]:
     import asyncpg
 
-    conn = await asyncpg.connect(_dsn(pg_url))
+    conn = await asyncpg.connect(dsn(pg_url))
     try:
         rows = await conn.fetch(
             "SELECT token_id, revoked_at IS NOT NULL AS revoked FROM tokens WHERE parent_id = $1",

@@ -16,8 +16,9 @@ local operator is authorised for everything.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keystore.service_keys import KEY_ID_PREFIX
 from tokensvc.accounts.users import UserStore
@@ -26,6 +27,7 @@ from tokensvc.operations.logs import security_event
 from tokensvc.services.principals import Actor, BearerToken, LocalOperator, Principal
 from tokensvc.tokens.delegation import minted_generation, restricting_caveats
 from tokensvc.tokens.registry import TokenRegistry
+from tokensvc.tokens.subjects import SubjectStore
 from tokensvc.tokens.verification import GenerationSource, Verified, Verifier
 
 #: The audience of tokensvc's own API: an admin token narrowed to another audience can't call it.
@@ -39,6 +41,13 @@ UNRESTRICTED_NEEDED: Final = (
 )
 
 
+class KeyRevoked(Protocol):
+    async def __call__(self, key_id: str, *, conn: AsyncConnection | None = None) -> bool:
+        """Whether root key `key_id` has been revoked, read from the database (in `conn`'s
+        transaction if given)."""
+        ...
+
+
 class Authorizer:
     def __init__(
         self,
@@ -46,8 +55,9 @@ class Authorizer:
         verifier: Verifier,
         users: UserStore,
         generations: GenerationSource,
+        subjects: SubjectStore,
         registry: TokenRegistry,
-        key_revoked: Callable[[str], Awaitable[bool]],
+        key_revoked: KeyRevoked,
         mfa_required_roles: frozenset[str] = frozenset(),
     ) -> None:
         """`key_revoked` reads from the database whether a root key has been revoked (a replica
@@ -55,6 +65,7 @@ class Authorizer:
         self._verifier = verifier
         self._users = users
         self._generations = generations
+        self._subjects = subjects
         self._registry = registry
         self._key_revoked = key_revoked
         self._mfa_roles = mfa_required_roles
@@ -97,6 +108,43 @@ class Authorizer:
             _denied(verified, operation, "root key revoked (read fresh)")
             raise InvalidToken("root key revoked")
         return Actor(verified.subject, who, verified)
+
+    async def confirm(self, conn: AsyncConnection, actor: Actor) -> None:
+        """In the transaction of a write `actor` was authorised for: its token is still alive,
+        so that nothing a token does commits after its revocation has (red team: a request
+        authorised just before its admin token was revoked, or its user deleted, committed a new
+        admin or another admin's password after, the hash between check and write widening the
+        window to seconds).
+
+        The token's registry row is share-locked until the transaction ends. Every revocation
+        locks it first: by id (TokenRegistry.revoke), of its root key, or of its subject —
+        revoke-all, and the password change, disabling, lost role or deletion of its user, each
+        of which raises the subject's generation (Revocations.raise_generation). So either the
+        revocation committed first and is read here (the write is refused), or it waits for
+        this commit. PostgreSQL: FOR SHARE; SQLite: the write transaction already holds the one
+        write lock. A local operator has no token to lose.
+
+        Raises:
+            InvalidToken: the token, its subject's tokens or its root key have been revoked
+                since the token was checked.
+        """
+        verified = actor.verified
+        if verified is None:
+            return
+        record = await self._registry.lock_parent(conn, verified.token_id)
+        if record is not None and record.revoked_at is not None:
+            _denied(verified, "confirm", "token revoked (in the write's transaction)")
+            raise InvalidToken("token revoked")
+        if await self._key_revoked(verified.key_id, conn=conn):
+            _denied(verified, "confirm", "root key revoked (in the write's transaction)")
+            raise InvalidToken("root key revoked")
+        minted_at = minted_generation(verified)
+        if (
+            minted_at is not None
+            and await self._subjects.generation(verified.subject, conn=conn) > minted_at
+        ):
+            _denied(verified, "confirm", "subject generation revoked (in the write's transaction)")
+            raise InvalidToken("token revoked (subject generation)")
 
     async def holder(self, who: Principal, operation: str) -> Actor:
         """An actor whose token (any genuine one) allows `operation` on this API.

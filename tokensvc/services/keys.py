@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -87,7 +88,9 @@ class KeyService:
 
         # The durable record first: were the delete to fail after it, replicas still drop the key.
         # Tokens minted with tokens the key signed are revoked in the same transaction.
-        descendants = await self._revocations.record_key(key_id, by=actor.name, also=audit_rows)
+        descendants = await self._revocations.record_key(
+            key_id, by=actor.name, first=partial(self._authz.confirm, actor=actor), also=audit_rows
+        )
         await self._keyring.revoke(key_id)
         self._revocations.note_key(key_id)
         await self._revocations.publish_key(key_id)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -17,7 +18,6 @@ from keystore.service_keys import KEY_ID_PREFIX
 from tokensvc.errors import (
     BadRequest,
     Forbidden,
-    InvalidToken,
     NotFound,
     TokensvcError,
     Unavailable,
@@ -33,8 +33,7 @@ from tokensvc.tokens.delegation import OUTLIVE_OPERATION, delegate, minted_gener
 from tokensvc.tokens.minting import MintedToken, Minter, MintRequest, is_name
 from tokensvc.tokens.registry import Descendant, TokenRecord, TokenRegistry
 from tokensvc.tokens.revocation import Raised, Revocations
-from tokensvc.tokens.subjects import SubjectStore
-from tokensvc.tokens.verification import Verified, Verifier
+from tokensvc.tokens.verification import Verifier
 
 log = logging.getLogger("tokensvc.services.tokens")
 
@@ -61,7 +60,6 @@ class TokenService:
         verifier: Verifier,
         registry: TokenRegistry,
         revocations: Revocations,
-        subjects: SubjectStore,
         audit: AuditLog,
         default_ttl: timedelta,
         clock: Callable[[], datetime],
@@ -72,7 +70,6 @@ class TokenService:
         self._verifier = verifier
         self._registry = registry
         self._revocations = revocations
-        self._subjects = subjects
         self._audit = audit
         self._default_ttl = default_ttl
         self._clock = clock
@@ -110,8 +107,9 @@ class TokenService:
         parent = actor.verified
 
         async def in_transaction(conn: AsyncConnection, minted: MintedToken) -> None:
-            if parent is not None:
-                await self._check_parent(conn, parent)
+            # The minting token is still alive: a revocation of it cannot pass this child unseen
+            # (either it committed first and the mint is refused, or its walk revokes the child).
+            await self._authz.confirm(conn, actor)
             await self._audit.record(
                 actor.name,
                 "token_minted",
@@ -160,28 +158,6 @@ class TokenService:
         )
         return minted
 
-    async def _check_parent(self, conn: AsyncConnection, parent: Verified) -> None:
-        """In the mint's transaction: the minting token is still alive. Its row is share-locked,
-        so a revocation of it (of its subject, or of its root key) cannot pass this child
-        unseen: either the revocation committed first and the mint is refused here, or it waits
-        for this commit and its walk revokes the child (TokenRegistry.lock_parent).
-
-        Raises:
-            InvalidToken: the minting token, its subject's tokens or its root key have been
-                revoked since it was checked.
-        """
-        record = await self._registry.lock_parent(conn, parent.token_id)
-        if record is not None and record.revoked_at is not None:
-            raise InvalidToken("token revoked")
-        if await self._revocations.key_revoked(parent.key_id, conn=conn):
-            raise InvalidToken("root key revoked")
-        minted_at = minted_generation(parent)
-        if (
-            minted_at is not None
-            and await self._subjects.generation(parent.subject, conn=conn) > minted_at
-        ):
-            raise InvalidToken("token revoked (subject generation)")
-
     async def list(self, who: Principal, query: TokenFilter) -> list[TokenRecord]:
         """Registry rows (metadata only, never a secret).
 
@@ -222,7 +198,9 @@ class TokenService:
         record = await self._registry.get(token_id) if valid_id else None
         if record is None or (not is_admin and record.subject != actor.subject):
             raise NotFound("no such token")
-        await self._revoke(actor.name, record, via="id")
+        await self._revoke(
+            actor.name, record, via="id", first=partial(self._authz.confirm, actor=actor)
+        )
 
     async def revoke_presented(self, token: str) -> None:
         """Whoever holds a genuine token may burn it (also the leak-report path).
@@ -255,7 +233,13 @@ class TokenService:
         await self._revoke(subject, register, via="presented", register=True)
 
     async def _revoke(
-        self, by: str, record: TokenRecord, *, via: str, register: bool = False
+        self,
+        by: str,
+        record: TokenRecord,
+        *,
+        via: str,
+        register: bool = False,
+        first: Callable[[AsyncConnection], Awaitable[None]] | None = None,
     ) -> None:
         already = record.revoked_at is not None
 
@@ -273,7 +257,7 @@ class TokenService:
             await record_cascade(self._audit, conn, by, descendants, cause=record.token_id)
 
         revoked = await self._revocations.revoke_token(
-            record.token_id, register=record if register else None, also=audit_rows
+            record.token_id, register=record if register else None, first=first, also=audit_rows
         )
         if revoked is not None and (revoked.descendants or not already):
             security_event(
@@ -299,6 +283,7 @@ class TokenService:
             raise BadRequest("subject must be 1-255 characters, none of them a control")
 
         async def run(conn: AsyncConnection) -> Raised:
+            await self._authz.confirm(conn, actor)
             raised = await self._revocations.raise_generation(conn, subject)
             await self._audit.record(
                 actor.name,

@@ -92,6 +92,7 @@ class UserService:
         password_hash = await self._hasher.hash(new.password, username=new.name)
 
         async def run(conn: AsyncConnection) -> User:
+            await self._authz.confirm(conn, actor)
             user = await self._users.create(
                 new.name,
                 password_hash=password_hash,
@@ -163,7 +164,11 @@ class UserService:
         )
 
         async def run(conn: AsyncConnection) -> tuple[User, Raised | None]:
+            # The user's row, then the actor's token (Authorizer.confirm): the order every change
+            # that revokes takes them in (the user, then its tokens), so two such changes queue
+            # on the row instead of deadlocking.
             before = await self._users.get(name, for_update=True, conn=conn)
+            await self._authz.confirm(conn, actor)
             if before is None:
                 raise NotFound("no such user")
             granting = change.roles is not None and not set(change.roles) <= set(before.roles)
@@ -219,6 +224,7 @@ class UserService:
 
         async def run(conn: AsyncConnection) -> tuple[str, Raised]:
             user = await self._users.get(name, for_update=True, conn=conn)
+            await self._authz.confirm(conn, actor)  # after the row, as in `update`
             if user is None:
                 raise NotFound("no such user")
             raised = await self._revocations.raise_generation(conn, user.name)

@@ -195,6 +195,7 @@ class TokenRegistry:
         token_id: str,
         *,
         register: TokenRecord | None = None,
+        first: Callable[[AsyncConnection], Awaitable[None]] | None = None,
         with_conn: Callable[[AsyncConnection, builtins.list[Descendant]], Awaitable[None]]
         | None = None,
     ) -> Revoked | None:
@@ -203,13 +204,17 @@ class TokenRegistry:
 
         Idempotent: the first revocation time stays (a repeat still revokes any descendant left
         alive). `register` inserts the row first if it is missing (a genuine token minted before
-        the registry existed). `with_conn` runs in the same transaction, with the descendants
+        the registry existed). `first` runs first in the transaction (the revoking token's own
+        check, before its row or a descendant's is touched). `with_conn` runs in the same
+        transaction, with the descendants
         (deleting service keys, the audit record); so do the events of every token revoked here,
         last (an event append serialises the writers: no row lock may be taken after it).
         """
         now = self._wall_clock()
 
         async def run(conn: AsyncConnection) -> Revoked | None:
+            if first is not None:
+                await first(conn)
             changed = await conn.execute(
                 update(_TABLE)
                 .where(_TABLE.c.token_id == token_id, _TABLE.c.revoked_at.is_(None))

@@ -147,13 +147,15 @@ class Revocations:
         token_id: str,
         *,
         register: TokenRecord | None = None,
+        first: Callable[[AsyncConnection], Awaitable[None]] | None = None,
         also: Callable[[AsyncConnection, list[Descendant]], Awaitable[None]] | None = None,
     ) -> Revoked | None:
         """Revoke one token everywhere, and every token minted with it: the registry rows
         first, then this process, then the rest.
 
         Idempotent. None if the registry has no such token (and `register` was not given).
-        `also` runs in the registry's transaction, when there is a row, with the descendants
+        `first` runs first in the registry's transaction (the revoker's check:
+        Authorizer.confirm); `also` runs in it, when there is a row, with the descendants
         revoked along (the audit record).
         """
         drop_key = self.delete_service_key
@@ -165,7 +167,9 @@ class Revocations:
             if also is not None:
                 await also(conn, descendants)
 
-        revoked = await self._registry.revoke(token_id, register=register, with_conn=with_conn)
+        revoked = await self._registry.revoke(
+            token_id, register=register, first=first, with_conn=with_conn
+        )
         if revoked is not None:
             expires_at = revoked.record.expires_at.timestamp()
             self.note_token(token_id, expires_at)
@@ -226,14 +230,18 @@ class Revocations:
         key_id: str,
         *,
         by: str,
+        first: Callable[[AsyncConnection], Awaitable[None]] | None = None,
         also: Callable[[AsyncConnection, list[Descendant]], Awaitable[None]] | None = None,
     ) -> tuple[Descendant, ...]:
         """Write the revocation of root key `key_id` (idempotent), and revoke every token minted
         with a token it signed (recursively); those tokens, once committed, are applied here and
-        published. `also` runs in the transaction with them (the audit record)."""
+        published. `first` runs first in the transaction (the revoker's check:
+        Authorizer.confirm); `also` runs in it with the descendants (the audit record)."""
         now = self._wall_clock()
 
         async def run(conn: AsyncConnection) -> list[Descendant]:
+            if first is not None:
+                await first(conn)
             await self._registry.lock_parents(conn, now=now, key_id=key_id)
             descendants = await revoke_descendants(conn, children_of_key(key_id), now=now)
             await self._drop_service_keys(conn, descendants)

@@ -1,0 +1,156 @@
+"""Red team (helper-35): nothing a token does commits after its revocation has.
+
+Admin writes were authorised with a fresh read of the token's revocation, then wrote in a
+transaction of their own, with an argon2 hash between the two: a request authorised just before
+its admin token was revoked, or its user deleted, committed a new admin — or another admin's
+password — after the revocation. Each write now re-checks the token in its own transaction,
+holding the token's row (Authorizer.confirm): a revocation either committed first and the write
+is refused, or it waits for the write.
+
+Each race is forced from outside, with a transaction of the test's own on the same database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from tests.conftest import ADMIN_PASSWORD, FakeClock
+from tests.security.attack import call, create_user, login, token_id_of
+from tests.security.races import open_transaction, pg_client
+
+MALLORY_PASSWORD = "a long secret of her own"
+BOB_PASSWORD = "correct horse battery staple"
+
+
+async def _two_admins(client: Any) -> tuple[str, str]:
+    """(the bootstrap admin's token, mallory's admin token): mallory is the one to be removed."""
+    admin = await login(client, "admin", ADMIN_PASSWORD)
+    await create_user(client, admin, "mallory", MALLORY_PASSWORD, roles=["admin"])
+    return admin, await login(client, "mallory", MALLORY_PASSWORD)
+
+
+async def _trail(client: Any, admin: str) -> list[tuple[str, str, str]]:
+    """(actor, action, target) of every audit entry, oldest first."""
+    status, body = await call(client, "GET", "/v1/audit?limit=1000", admin)
+    assert status == 200, body
+    return [(e["actor"], e["action"], e["target"]) for e in reversed(body["entries"])]
+
+
+#: Admin writes a token could race its own revocation with: (method, path, JSON body).
+WRITES: dict[str, tuple[str, str, dict[str, Any] | None]] = {
+    "create an admin": (
+        "POST",
+        "/v1/users",
+        {"name": "backdoor", "password": "a fine long password"},
+    ),
+    "take over an admin": ("PATCH", "/v1/users/bob", {"password": "attacker's password!"}),
+    "delete an admin": ("DELETE", "/v1/users/bob", None),
+    "revoke-all": ("POST", "/v1/subjects/bob/revoke-all", None),
+    "revoke a token": ("DELETE", "/v1/tokens/{bob_token}", None),
+    "revoke a root key": ("POST", "/v1/keys/{new_key}/revoke", None),
+}
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+async def test_a_write_waiting_on_its_tokens_revocation_is_refused(
+    aiohttp_client: Any, pg_url: str, data_dir: Any, clock: FakeClock, write: str
+) -> None:
+    """mallory's token is being revoked (its row updated, not yet committed) when her write
+    checks it: the write waits for the revocation and, once it commits, is refused with 401
+    and changes nothing."""
+    client = await pg_client(aiohttp_client, pg_url, data_dir, clock)
+    admin, mallory = await _two_admins(client)
+    await create_user(client, admin, "bob", BOB_PASSWORD, roles=["admin"])
+    bob = await login(client, "bob", BOB_PASSWORD)
+    status, rotated = await call(client, "POST", "/v1/keys/rotate", admin)
+    assert status == 201, rotated
+    method, path, body = WRITES[write]
+    path = path.format(bob_token=await token_id_of(client, bob), new_key=rotated["id"])
+    mallory_id = await token_id_of(client, mallory)
+    before = await _trail(client, admin)
+
+    async with open_transaction(pg_url) as (revoker, revoking):
+        await revoker.execute(
+            "UPDATE tokens SET revoked_at = $1 WHERE token_id = $2", datetime.now(UTC), mallory_id
+        )
+        writing = asyncio.ensure_future(call(client, method, path, mallory, json=body))
+        await asyncio.sleep(0.5)
+        assert not writing.done(), f"the write did not wait for its token's row: {writing}"
+        await revoking.commit()
+        status, answer = await writing
+
+    assert status == 401, answer
+    assert await _trail(client, admin) == before
+    assert (await call(client, "GET", "/v1/users/bob", admin))[0] == 200
+    await login(client, "bob", BOB_PASSWORD)  # bob's password and tokens are untouched
+    status, _ = await call(client, "GET", "/v1/users/backdoor", admin)
+    assert status == 404
+
+
+async def test_deleting_an_admin_waits_for_the_admin_she_is_creating(
+    aiohttp_client: Any, pg_url: str, data_dir: Any, clock: FakeClock
+) -> None:
+    """helper-35's finding 1: mallory's create of an admin is held up in its insert (here by a
+    transaction of the test's holding the name) when she is deleted. The deletion waits for the
+    create, so the trail shows the new admin created before mallory's deletion, never after —
+    an auditor sees what she did while she could."""
+    client = await pg_client(aiohttp_client, pg_url, data_dir, clock)
+    admin, mallory = await _two_admins(client)
+
+    async with open_transaction(pg_url) as (holder, holding):
+        await holder.execute(
+            "INSERT INTO users (name, password_hash, roles, disabled, created_at, updated_at)"
+            " VALUES ('backdoor', 'x', '[]', false, now(), now())"
+        )
+        creating = asyncio.ensure_future(
+            call(
+                client,
+                "POST",
+                "/v1/users",
+                mallory,
+                json={"name": "backdoor", "password": "a fine long password", "roles": ["admin"]},
+            )
+        )
+        await asyncio.sleep(0.5)
+        deleting = asyncio.ensure_future(call(client, "DELETE", "/v1/users/mallory", admin))
+        await asyncio.sleep(0.5)
+        assert not deleting.done(), "the deletion did not wait for mallory's write"
+        await holding.rollback()
+        created, deleted = await creating, await deleting
+
+    assert created[0] == 201 and deleted[0] == 204, (created, deleted)
+    trail = await _trail(client, admin)
+    assert trail.index(("mallory", "user_created", "backdoor")) < trail.index(
+        ("admin", "user_deleted", "mallory")
+    )
+
+
+async def test_a_password_change_held_on_its_target_is_refused_once_its_token_is_revoked(
+    aiohttp_client: Any, pg_url: str, data_dir: Any, clock: FakeClock
+) -> None:
+    """helper-35's finding 2: mallory's change of bob's password waits for bob's row (held here
+    by a transaction of the test's) while her token is revoked by id. It used to commit after
+    the revocation — bob's account hers; now it is refused and bob's password stands."""
+    client = await pg_client(aiohttp_client, pg_url, data_dir, clock)
+    admin, mallory = await _two_admins(client)
+    await create_user(client, admin, "bob", BOB_PASSWORD, roles=["admin"])
+    mallory_id = await token_id_of(client, mallory)
+
+    async with open_transaction(pg_url) as (holder, holding):
+        await holder.execute("SELECT 1 FROM users WHERE name = 'bob' FOR UPDATE")
+        changing = asyncio.ensure_future(
+            call(client, "PATCH", "/v1/users/bob", mallory, json={"password": "attacker's pw!!"})
+        )
+        await asyncio.sleep(0.5)
+        revoked = await call(client, "DELETE", f"/v1/tokens/{mallory_id}", admin)
+        assert revoked[0] == 204, revoked
+        await holding.rollback()
+        status, answer = await changing
+
+    assert status == 401, answer
+    await login(client, "bob", BOB_PASSWORD)
+    assert ("mallory", "user_updated", "bob") not in await _trail(client, admin)
