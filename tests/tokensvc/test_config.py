@@ -87,6 +87,25 @@ def test_other_databases_are_refused_without_echoing_the_password() -> None:
     assert "hunter2" not in message
 
 
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("REDIS_URL", "redis+sentinel://:hunter2@127.0.0.1:99999/svc?sentinel_password=hunter2"),
+        ("REDIS_URL", "redis://127.0.0.1:6390/0?password=hunter2&socket_timeout=x"),
+        ("DATABASE_URL", "mysql://app@db/app?password=hunter2"),
+        ("DATABASE_URL", "mysql://app@db/app?sslpassword=hunter2;sslmode=require"),
+    ],
+)
+def test_a_refused_url_never_echoes_a_password_in_its_query(variable: str, url: str) -> None:
+    """Red team (helper-34): the message masked the userinfo password only, and echoed
+    `?password=` and `?sentinel_password=`, which redis-py and libpq read as credentials."""
+    message = refusal(**{variable: url, "KEK": KEK})
+
+    assert message.startswith(f"TOKENSVC_{variable}: ")
+    assert "hunter2" not in message
+    assert "password=***" in message
+
+
 def test_postgresql_needs_a_kek_and_says_which_variables() -> None:
     """Without a KEK a PostgreSQL setup is refused at load, naming TOKENSVC_KEK and _FILE."""
     message = refusal(DATABASE_URL=PG)

@@ -434,8 +434,15 @@ class Config(BaseSettings):
         return _mask_password(self.effective_database_url)
 
 
+# Query parameters that carry credentials (redis-py's `password` and `sentinel_password`,
+# libpq's `password` and `sslpassword`, tokens and secrets of any driver): their values are masked
+# like the userinfo password (red team: a bad Redis URL echoed ?sentinel_password= in its error).
+_SECRET_QUERY = re.compile(r"([?&;][^=&#;]*(?:pass|secret|token|credential)[^=&#;]*=)[^&#;]*", re.I)
+
+
 def _mask_password(url: str) -> str:
-    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
+    """`url` with the password of its userinfo and the values of credential parameters masked."""
+    return _SECRET_QUERY.sub(r"\1***", re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url))
 
 
 class Environment(PydanticBaseSettingsSource):
