@@ -16,7 +16,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keystore import (
@@ -103,11 +105,18 @@ def utc_now() -> datetime:
 
 
 def prepare_embedded_database(config: Config) -> None:
-    """The data directory (0700) and an owner-only SQLite file, made before SQLite makes it 0644."""
+    """The data directory (0700) and an owner-only SQLite file, made before SQLite makes it 0644
+    (its -wal and -shm files take the database file's mode): the default one, or the file a
+    TOKENSVC_DATABASE_URL names (red team: a URL's file held password hashes and sealed keys
+    readable by every local user). A missing directory is left for SQLite to report."""
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = config.data_dir / "tokensvc.db"
-    if config.database_url is None and not path.exists():
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    database = make_url(config.effective_database_url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.exists() and path.parent.is_dir():
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 @dataclass

@@ -210,3 +210,31 @@ def test_first_start_keeps_its_secrets_private_and_a_restart_reuses_them(
         second.url + "/v1/verify", method="POST", body={"token": login["token"]}
     )
     assert verify_status == 200
+
+
+def test_a_sqlite_file_named_by_url_is_private_too(
+    bare_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Red team (helper-34): with TOKENSVC_DATABASE_URL naming a SQLite file, `tokensvc migrate`
+    under umask 022 left the file (and its -wal, -shm) 0644, password hashes and sealed keys
+    readable by every local user. Only the default file was made owner-only."""
+    database = tmp_path / "elsewhere" / "tokens.db"
+    database.parent.mkdir()
+    env = {**bare_env, "TOKENSVC_DATABASE_URL": f"sqlite:///{database}"}
+
+    migrated = subprocess.run(
+        [script(), "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.umask(0o022),  # the umask is the point of the test
+        check=False,
+    )
+
+    assert migrated.returncode == 0, migrated.stderr
+    made = sorted(database.parent.iterdir())
+    assert database in made, made
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {
+        p.name: oct(0o600) for p in made
+    }
