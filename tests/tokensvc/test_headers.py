@@ -59,6 +59,19 @@ async def test_every_answer_carries_the_security_headers(
     assert "Strict-Transport-Security" not in resp.headers
 
 
+@pytest.mark.parametrize("path", ["/zz%0azz", "/healthz%0a", "/%0d%0a"])
+async def test_a_path_with_a_line_break_is_a_json_404_like_any_other(http: Any, path: str) -> None:
+    """Red team (helper-34): the catch-all route's `.*` stopped at a decoded line break, so such
+    a path got aiohttp's own plain-text 404, without the headers, the log line or the metrics."""
+    from yarl import URL
+
+    resp = await http.get(URL(path, encoded=True))
+
+    assert resp.status == 404
+    assert (await resp.json())["error"]["code"] == "not_found"
+    assert_security_headers(resp.headers)
+
+
 async def test_a_successful_login_is_not_cacheable(http: Any) -> None:
     """The answer that carries a fresh token says no-store."""
 

@@ -27,7 +27,9 @@ PIPELINE: web.AppKey[Wrap] = web.AppKey("pipeline")
 # aiohttp looks a path up under its longest registered prefix first, and this one is "/": every
 # other route, whenever it was added, is tried before it (unless it is also a pattern straight
 # under "/", which this app has none of).
-_CATCH_ALL = "/{unmatched_path:.*}"
+# `(?s:…)`: a decoded line break (/zz%0a) is a path like any other (red team: `.*` stopped there,
+# and aiohttp's own plain-text 404 answered, without our headers, log line or metrics).
+_CATCH_ALL = "/{unmatched_path:(?s:.*)}"
 UNMATCHED = "unmatched"  # the route name logs and metrics give an unmatched request
 
 # Methods no route serves: TRACE asks for the request to be echoed back, Authorization header
