@@ -269,16 +269,20 @@ async def test_wrong_kek_fails_with_one_line_not_a_traceback(
 async def test_unreachable_database_fails_with_one_line_not_a_traceback(
     cli_env: dict[str, str],
 ) -> None:
-    """With the database unreachable, `keys list --local` is one `Error:` line and a non-zero exit."""
+    """With the database unreachable, `keys list --local` and `migrate` are one `Error:` line and
+    a non-zero exit."""
     unreachable = {
         **cli_env,
         "TOKENSVC_DATABASE_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none",
     }
 
-    result = await tokensvc(unreachable, "keys", "list", "--local", "--json")
+    listed = await tokensvc(unreachable, "keys", "list", "--local", "--json")
+    # Red team (helper-34): migrate printed a 100-line traceback for the same failure.
+    migrated = await tokensvc(unreachable, "migrate")
 
-    assert_clean_failure(result)
-    assert result.stdout == ""
+    for result in (listed, migrated):
+        assert_clean_failure(result)
+        assert result.stdout == ""
 
 
 async def test_local_actions_are_audited_like_the_api(

@@ -8,6 +8,7 @@ import socket
 import click
 
 from tokensvc.cli.common import ConfigFailure, config, run
+from tokensvc.cli.errors import fail_on_errors
 from tokensvc.errors import TokensvcError
 from tokensvc.operations.config import ConfigError
 
@@ -96,6 +97,7 @@ def ensure_can_listen(host: str, port: int, *, choose: str = "TOKENSVC_PORT or -
 
 
 @click.command()
+@fail_on_errors
 def migrate() -> None:
     """Bring the database schema up to date."""
     from keystore import create_engine
