@@ -276,3 +276,35 @@ def test_host_and_port_alone_mean_http_and_bad_urls_fail_in_one_line(
     assert json.loads(cli.ok("whoami", "--json"))["url"] == server
     for result in bad:
         assert "bad_url" in assert_one_line_failure(result)
+
+
+@pytest.mark.parametrize("planted", ["symlink", "readable file"])
+def test_a_planted_temporary_file_never_receives_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planted: str
+) -> None:
+    """Red team (helper-34): the store was written through `credentials.tmp` opened with
+    O_TRUNC, not O_EXCL: a symlink or a world-readable file left there took the tokens. It is
+    now made afresh, so the planted one is replaced, its target untouched."""
+    from tokensvc.cli import credentials
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    store_dir = tmp_path / "tokensvc"
+    store_dir.mkdir(mode=0o700)
+    target = tmp_path / "attacker-readable"
+    target.write_text("")
+    target.chmod(0o644)
+    tmp = store_dir / "credentials.tmp"
+    if planted == "symlink":
+        tmp.symlink_to(target)
+    else:
+        tmp.write_text("")
+        tmp.chmod(0o644)
+
+    with credentials.editing() as store:
+        store.put("http://127.0.0.1:1", "alice", {"token": "tsv1_secret", "expires_at": None})
+
+    assert target.read_text() == ""
+    saved = store_dir / "credentials.json"
+    assert "tsv1_secret" in saved.read_text()
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert not tmp.exists()

@@ -222,13 +222,18 @@ def _load(path: Path) -> Store:
 
 
 def _save(store: Store) -> None:
-    """Write atomically, the file created 0600 in a 0700 directory."""
+    """Write atomically, the file created 0600 in a 0700 directory.
+
+    The temporary file is made afresh (O_EXCL, O_NOFOLLOW): one left behind, or planted in a
+    directory that is not the owner's alone, is never opened, so tokens are never written
+    through a symlink or into a file another user could already read (red team)."""
     path = store.path
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)  # whatever the umask
         json.dump(store.data, fh, indent=1)
-    os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
 
