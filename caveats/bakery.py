@@ -104,6 +104,18 @@ class ErrorCondition:
 Condition = TimeBefore | Declared | Allow | Deny | ErrorCondition
 
 
+# A field is a run of what Go's unicode.IsSpace calls non-space. Python's str.split() also
+# splits at the separators U+001C..U+001F, which Go keeps inside a field: `allow a\x1cb` allowed
+# `b` here and only the operation `a\x1cb` in a Go verifier (red team: the same caveat must mean
+# the same thing to every verifier of the ecosystem).
+_FIELD: Final = re.compile(r"(?:\S|[\x1c-\x1f])+")
+
+
+def fields(text: str) -> list[str]:
+    """`text` split at runs of white space, as Go's strings.Fields splits it (bakery's reader)."""
+    return _FIELD.findall(text)
+
+
 def parse_condition(text: str) -> Condition:
     """The bakery condition in `text`; `UnknownCaveat` for an unknown name, else `CaveatError`.
 
@@ -122,9 +134,9 @@ def parse_condition(text: str) -> Condition:
             raise CaveatError("declared needs a key and a value")
         return Declared(key, value)
     if name == ALLOW:
-        return Allow(tuple(arg.split()))
+        return Allow(tuple(fields(arg)))
     if name == DENY:
-        return Deny(tuple(arg.split()))
+        return Deny(tuple(fields(arg)))
     if name == ERROR:
         return ErrorCondition(arg)
     raise UnknownCaveat("unknown condition")

@@ -230,6 +230,25 @@ def test_allow_and_deny_split_operations_on_whitespace() -> None:
     assert deny == Deny(("delete",))
 
 
+@pytest.mark.parametrize("separator", ["\x1c", "\x1d", "\x1e", "\x1f"])
+def test_the_information_separators_are_not_white_space_as_in_go(separator: str) -> None:
+    """Red team (helper-33): str.split() cut `allow a\x1cb` into a and b, where Go's
+    strings.Fields keeps one operation `a\x1cb`: this verifier allowed b, a Go one did not."""
+
+    allow = parse_condition(f"allow a{separator}b")
+
+    assert allow == Allow((f"a{separator}b",))
+    assert allow.check(ctx(operation="b")) is not SUCCESS
+
+
+def test_every_go_space_separates_operations() -> None:
+    """What unicode.IsSpace calls a space separates: tab, LF, VT, FF, CR, NEL, NBSP, U+3000."""
+
+    allow = parse_condition("allow a\tb\nc\x0bd\x0ce\rf\x85g\xa0h\u3000i")
+
+    assert allow == Allow(tuple("abcdefghi"))
+
+
 def test_python_bakery_allow_and_deny_parse() -> None:
     """What bakery's allow_caveat and deny_caveat write reads back as the same operations."""
 

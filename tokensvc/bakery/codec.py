@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 from nacl.bindings import crypto_box, crypto_box_open
 from nacl.exceptions import CryptoError
 
+from caveats.bakery import fields
 from tokensvc.bakery.errors import CaveatNotForUs, MalformedCaveat
 
 # An annotation only: the CLI's discharge client uses this codec's constants without the stores.
@@ -121,7 +122,7 @@ def decode_uvarint(data: bytes, pos: int) -> tuple[int, int]:
 def parse_namespace(text: str) -> dict[str, str]:
     """`uri:prefix uri:prefix` → {uri: prefix}, as the bakery reads it; MalformedCaveat otherwise."""
     result: dict[str, str] = {}
-    for pair in text.split():
+    for pair in fields(text):
         uri, colon, prefix = pair.rpartition(":")
         if not colon or not uri:
             raise MalformedCaveat("malformed caveat: bad namespace entry")
