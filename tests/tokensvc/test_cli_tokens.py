@@ -141,6 +141,23 @@ def test_attenuate_keeps_a_plain_pymacaroons_token_plain(admin_cli: Cli, server:
     assert verify(server, narrowed, operation="write")[0] == 403
 
 
+@pytest.mark.parametrize("option", ["--op", "--resource", "--audience"])
+def test_attenuate_with_an_empty_value_is_one_line_not_a_traceback(
+    admin_cli: Cli,
+    server: str,  # noqa: F811
+    option: str,
+) -> None:
+    """Red team (helper-37): an empty --op, --resource or --audience raised the caveat
+    encoder's error as a traceback; it is a usage error, and no token is printed."""
+    token = admin_cli.token(server)
+
+    result = admin_cli("token", "attenuate", token, option, "")
+
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr and "empty" in result.stderr
+    assert result.stdout == ""
+
+
 def test_logout_revokes_the_stored_token(server: str, tmp_path: Path) -> None:  # noqa: F811
     """`logout` burns the stored token on the server before deleting the file."""
     cli = Cli(tmp_path / "leaver")

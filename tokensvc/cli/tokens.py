@@ -286,18 +286,21 @@ def token_attenuate(
     import time
     from datetime import UTC, datetime
 
-    from caveats import Audience, Expiry, Operations, Resources, encode
+    from caveats import Audience, CaveatError, Expiry, Operations, Resources, encode
     from tokensvc.macaroons.attenuation import attenuate
     from tokensvc.macaroons.describe import earliest_expiry
 
     raw = read_value(token_string, "a TOKEN")
     predicates = []
-    if operations:
-        predicates.append(encode(Operations(tuple(operations))))
-    if resources:
-        predicates.append(encode(Resources(tuple(resources))))
-    if audiences:
-        predicates.append(encode(Audience(tuple(audiences))))
+    try:
+        if operations:
+            predicates.append(encode(Operations(tuple(operations))))
+        if resources:
+            predicates.append(encode(Resources(tuple(resources))))
+        if audiences:
+            predicates.append(encode(Audience(tuple(audiences))))
+    except CaveatError as exc:  # an empty or otherwise impossible value (red team: a traceback)
+        raise click.UsageError(f"cannot add that caveat: {exc}") from None
     if ttl:
         try:
             seconds = parse_duration(ttl).total_seconds()
