@@ -188,6 +188,16 @@ def _cause_is_unavailable(cause: BaseException) -> bool:
     return isinstance(code, int) and (code & 0xFF) in _SQLITE_UNAVAILABLE_CODES
 
 
+#: Deadlock detected, serialization failure: the transaction was rolled back and may be run again.
+_PG_CONFLICT_CODES: Final = frozenset({"40P01", "40001"})
+
+
+def _is_conflict(exc: sa_exc.DBAPIError) -> bool:
+    return any(
+        getattr(cause, "sqlstate", None) in _PG_CONFLICT_CODES for cause in _causes(exc.orig)
+    )
+
+
 def _causes(exc: BaseException | None) -> Iterator[BaseException]:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
@@ -210,6 +220,7 @@ async def run(
     retry: bool = True,
     what: str = "the database",
     options: dict[str, Any] | None = None,
+    conflict_retries: int = 0,
 ) -> _T:
     """Run `op` on a connection of `engine` (in a transaction when writing).
 
@@ -220,9 +231,18 @@ async def run(
     once more on a fresh connection (what pool_pre_ping would buy, without a round trip on every
     checkout); writes that are not idempotent pass retry=False. `options` are execution options
     set on the connection first.
+
+    `conflict_retries`: how often a transaction PostgreSQL aborted as a deadlock or a
+    serialization failure runs again, whatever `retry` says: the server rolled all of it back,
+    so nothing of it committed. Only for work whose `op` does nothing but database work (it runs
+    again from the start); two writes that lock the same rows in opposite orders then both
+    succeed, one after the other, instead of one failing with 503.
     """
     attempts = 2 if retry else 1
-    for attempt in range(1, attempts + 1):
+    attempt = 0
+    conflicts = 0
+    while True:
+        attempt += 1
         conn = engine.connect()
         try:
             await conn.start()
@@ -238,6 +258,10 @@ async def run(
         except sa_exc.DBAPIError as exc:
             if exc.connection_invalidated and attempt < attempts:
                 continue
+            if write and conflicts < conflict_retries and _is_conflict(exc):
+                conflicts += 1
+                attempt -= 1  # a conflict is not a lost connection
+                continue
             if is_unavailable(exc):
                 raise _unavailable(what, exc) from exc
             raise
@@ -245,7 +269,6 @@ async def run(
             raise _unavailable(what, exc) from exc
         finally:
             await _close(conn)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _close(conn: AsyncConnection) -> None:

@@ -359,6 +359,7 @@ async def runtime(
             audit=AuditService(authorizer=authorizer, audit=audit),
             login=login,
             mfa=MfaService(
+                engine=engine,
                 authorizer=authorizer,
                 users=users,
                 factors=factors,

@@ -154,3 +154,96 @@ async def test_a_password_change_held_on_its_target_is_refused_once_its_token_is
     assert status == 401, answer
     await login(client, "bob", BOB_PASSWORD)
     assert ("mallory", "user_updated", "bob") not in await _trail(client, admin)
+
+
+# ---- writes with one token, or crossing each other, at the same moment ------------------------
+
+ROUNDS = 6
+
+
+async def test_a_token_revoking_itself_twice_at_once_is_204_then_401(
+    aiohttp_client: Any, pg_url: str, data_dir: Any, clock: FakeClock
+) -> None:
+    """Red team (helper-36): a double-clicked self-revocation share-locked the token's row twice,
+    then both went on to update it: a deadlock, and a 503, 13 times in 14. The row is now locked
+    exclusively by the first; the second waits, then finds the token revoked."""
+    client = await pg_client(aiohttp_client, pg_url, data_dir, clock)
+    admin = await login(client, "admin", ADMIN_PASSWORD)
+    await create_user(client, admin, "bob", BOB_PASSWORD)
+    for _ in range(ROUNDS):
+        bob = await login(client, "bob", BOB_PASSWORD)
+        path = f"/v1/tokens/{await token_id_of(client, bob)}"
+
+        answers = await asyncio.gather(*(call(client, "DELETE", path, bob) for _ in range(2)))
+
+        assert sorted(status for status, _ in answers) == [204, 401], answers
+
+
+@pytest.mark.parametrize("crossing", ["passwords", "revocations"])
+async def test_crossed_writes_never_answer_503(
+    aiohttp_client: Any, pg_url: str, data_dir: Any, clock: FakeClock, crossing: str
+) -> None:
+    """Red team (helper-36): two admins changing each other's passwords, or two tokens of one
+    subject revoking each other, lock the same rows in opposite orders; PostgreSQL broke the
+    deadlock by failing one with 503. The failed transaction now runs again (it committed
+    nothing): it finds its token revoked by the other and answers 401, or succeeds."""
+    client = await pg_client(aiohttp_client, pg_url, data_dir, clock)
+    admin, _ = await _two_admins(client)
+    await create_user(client, admin, "bob", BOB_PASSWORD, roles=["admin"])
+    for _ in range(ROUNDS):
+        mallory, bob = (
+            await login(client, "mallory", MALLORY_PASSWORD),
+            await login(client, "bob", BOB_PASSWORD),
+        )
+        if crossing == "passwords":
+            writes = [
+                call(client, "PATCH", "/v1/users/bob", mallory, json={"password": BOB_PASSWORD}),
+                call(
+                    client, "PATCH", "/v1/users/mallory", bob, json={"password": MALLORY_PASSWORD}
+                ),
+            ]
+        else:
+            other = await login(client, "bob", BOB_PASSWORD)
+            bob_id, other_id = await token_id_of(client, bob), await token_id_of(client, other)
+            writes = [
+                call(client, "DELETE", f"/v1/tokens/{other_id}", bob),
+                call(client, "DELETE", f"/v1/tokens/{bob_id}", other),
+            ]
+
+        answers = await asyncio.gather(*writes)
+
+        statuses = [status for status, _ in answers]
+        assert set(statuses) <= {200, 204, 401}, answers
+        assert set(statuses) & {200, 204}, answers
+
+
+async def test_an_mfa_reset_held_on_its_target_is_refused_once_its_token_is_revoked(
+    aiohttp_client: Any, pg_url: str, data_dir: Any, clock: FakeClock
+) -> None:
+    """Red team (helper-36): an MFA reset was no transaction of its own, so a reset by a token
+    revoked while it waited still dropped the victim's second factor, seconds after the
+    revocation. It is now one transaction with its audit row: it locks the user's row, then
+    re-checks its token, and is refused."""
+    from tests.security.mfa_support import VICTIM, enrolled_victim
+
+    client = await pg_client(aiohttp_client, pg_url, data_dir, clock)
+    admin, mallory = await _two_admins(client)
+    await enrolled_victim(client, clock)
+    mallory_id = await token_id_of(client, mallory)
+
+    async with open_transaction(pg_url) as (holder, holding):
+        await holder.execute("SELECT 1 FROM users WHERE name = $1 FOR UPDATE", VICTIM)
+        resetting = asyncio.ensure_future(
+            call(client, "DELETE", f"/v1/users/{VICTIM}/mfa", mallory)
+        )
+        await asyncio.sleep(0.5)
+        assert not resetting.done(), "the reset did not wait for the user's row"
+        revoked = await call(client, "DELETE", f"/v1/tokens/{mallory_id}", admin)
+        assert revoked[0] == 204, revoked
+        await holding.rollback()
+        status, answer = await resetting
+
+    assert status == 401, answer
+    status, state = await call(client, "GET", f"/v1/users/{VICTIM}/mfa", admin)
+    assert status == 200 and state["enrolled"] is True, state
+    assert ("mallory", "mfa_reset", VICTIM) not in await _trail(client, admin)

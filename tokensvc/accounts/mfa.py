@@ -227,8 +227,8 @@ class RecoveryCodes:
 
         return await self._run(read, write=False)
 
-    async def delete(self, user: str) -> None:
-        """Forget the user's codes.
+    async def delete(self, user: str, *, conn: AsyncConnection | None = None) -> None:
+        """Forget the user's codes (in `conn`'s transaction if given).
 
         Raises:
             StorageUnavailable: the database cannot be reached.
@@ -237,6 +237,9 @@ class RecoveryCodes:
         async def write(conn: AsyncConnection) -> None:
             await conn.execute(delete(_TABLE).where(_TABLE.c.username == user))
 
+        if conn is not None:
+            await write(conn)
+            return
         await self._run(write, write=True)
 
     async def _run(self, op: Callable[[AsyncConnection], Awaitable[_T]], *, write: bool) -> _T:

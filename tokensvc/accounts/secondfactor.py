@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from keystore.totp_secrets import TotpSecret, TotpSecrets
 from tokensvc.accounts.admission import CheckPriority
 from tokensvc.accounts.lockout.store import hash_identity
@@ -145,10 +147,11 @@ class SecondFactors:
         await self.recovery_codes.replace(user, hashes)
         return codes
 
-    async def forget(self, user: str) -> bool:
-        """Drop the user's secret and recovery codes; whether there was a secret."""
-        had = await self.secrets.delete(user)
-        await self.recovery_codes.delete(user)
+    async def forget(self, user: str, *, conn: AsyncConnection | None = None) -> bool:
+        """Drop the user's secret and recovery codes (in `conn`'s transaction if given: with
+        the change that asks for it and its audit record); whether there was a secret."""
+        had = await self.secrets.delete(user, conn=conn)
+        await self.recovery_codes.delete(user, conn=conn)
         return had
 
     async def _totp(self, user: str, secret: bytes, otp: str, now: float) -> bool:

@@ -116,13 +116,12 @@ class Authorizer:
         admin or another admin's password after, the hash between check and write widening the
         window to seconds).
 
-        The token's registry row is share-locked until the transaction ends. Every revocation
+        The token's registry row is locked until the transaction ends. Every revocation
         locks it first: by id (TokenRegistry.revoke), of its root key, or of its subject —
         revoke-all, and the password change, disabling, lost role or deletion of its user, each
         of which raises the subject's generation (Revocations.raise_generation). So either the
         revocation committed first and is read here (the write is refused), or it waits for
-        this commit. PostgreSQL: FOR SHARE; SQLite: the write transaction already holds the one
-        write lock. A local operator has no token to lose.
+        this commit (TokenRegistry.lock_acting). A local operator has no token to lose.
 
         Raises:
             InvalidToken: the token, its subject's tokens or its root key have been revoked
@@ -131,7 +130,7 @@ class Authorizer:
         verified = actor.verified
         if verified is None:
             return
-        record = await self._registry.lock_parent(conn, verified.token_id)
+        record = await self._registry.lock_acting(conn, verified.token_id)
         if record is not None and record.revoked_at is not None:
             _denied(verified, "confirm", "token revoked (in the write's transaction)")
             raise InvalidToken("token revoked")

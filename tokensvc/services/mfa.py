@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
 from tokensvc.accounts.admission import CheckPriority
 from tokensvc.accounts.lockout import LockoutStore
 from tokensvc.accounts.lockout.store import hash_identity
@@ -39,6 +41,7 @@ from tokensvc.services.boundary import service
 from tokensvc.services.login import LoginService
 from tokensvc.services.principals import Actor, Principal
 from tokensvc.storage.audit import AuditLog
+from tokensvc.storage.db import run_db
 
 log = logging.getLogger("tokensvc.services.mfa")
 
@@ -72,6 +75,7 @@ class MfaService:
     def __init__(
         self,
         *,
+        engine: AsyncEngine,
         authorizer: Authorizer,
         users: UserStore,
         factors: SecondFactors,
@@ -86,6 +90,7 @@ class MfaService:
         """`identity_key` must be the login service's `identity_log_key`: a code checked here
         is counted on the same OTP counters as at login; `passwords` re-checks the password at
         enrolment on the login's own counters."""
+        self._engine = engine
         self._authz = authorizer
         self._users = users
         self._factors = factors
@@ -178,8 +183,13 @@ class MfaService:
         """
         actor = await self._proved(who, otp=otp, client_ip=client_ip)
         user = actor.subject or ""
-        await self._factors.forget(user)
-        await self._audit.record(actor.name, "mfa_disabled", user)
+
+        async def run(conn: AsyncConnection) -> None:
+            await self._authz.confirm(conn, actor)  # a token revoked meanwhile disables nothing
+            await self._factors.forget(user, conn=conn)
+            await self._audit.record(actor.name, "mfa_disabled", user, conn=conn)
+
+        await run_db(self._engine, run, write=True, retry=False)
         security_event("mfa_disabled", user=user, by=actor.name[:64])
 
     async def regenerate_recovery_codes(
@@ -202,21 +212,36 @@ class MfaService:
     async def reset(self, who: Principal, name: str) -> bool:
         """An admin drops a user's second factor (a lost phone); whether there was one.
 
+        One transaction with its audit record, after the acting token's re-check there
+        (Authorizer.confirm; red team: a reset by a token revoked while it waited committed
+        after the revocation) and with the user's row locked, so its roles cannot change
+        between the check below and the reset.
+
         Raises:
             InvalidToken, CaveatDenied, Forbidden: the principal may not write users.
             NotFound: no such user.
         """
         actor = await self._authz.admin(who, "users:write")
         user = user_name_or_none(name)
-        found = await self._users.get(user) if user is not None else None
-        if user is None or found is None:
+        if user is None:
             raise NotFound("no such user")
-        # A role-holder's second factor guards a credential of the role's power: dropping it
-        # needs the same full authority as granting the role (Authorizer.unrestricted).
-        if found.roles and not await self._authz.unrestricted(actor):
-            raise Forbidden(UNRESTRICTED_NEEDED)
-        had = await self._factors.forget(user)
-        await self._audit.record(actor.name, "mfa_reset", user, had_factor=had)
+        # Read before the transaction, as user changes do: Authorizer.unrestricted reads too.
+        unrestricted = await self._authz.unrestricted(actor)
+
+        async def run(conn: AsyncConnection) -> bool:
+            found = await self._users.get(user, for_update=True, conn=conn)
+            await self._authz.confirm(conn, actor)  # after the row, as user changes take them
+            if found is None:
+                raise NotFound("no such user")
+            # A role-holder's second factor guards a credential of the role's power: dropping
+            # it needs the same full authority as granting the role (Authorizer.unrestricted).
+            if found.roles and not unrestricted:
+                raise Forbidden(UNRESTRICTED_NEEDED)
+            had = await self._factors.forget(user, conn=conn)
+            await self._audit.record(actor.name, "mfa_reset", user, conn=conn, had_factor=had)
+            return had
+
+        had = await run_db(self._engine, run, write=True, retry=False)
         security_event("mfa_reset", level=logging.WARNING, user=user, by=actor.name[:64])
         return had
 

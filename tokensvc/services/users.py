@@ -229,6 +229,10 @@ class UserService:
                 raise NotFound("no such user")
             raised = await self._revocations.raise_generation(conn, user.name)
             await self._users.delete(user.name, conn=conn)
+            # Its second factor goes with it, in the same transaction: a new user of the same
+            # name must not inherit it, even if the process stops right after the commit.
+            if self._factors is not None:
+                await self._factors.forget(user.name, conn=conn)
             await self._audit.record(actor.name, "user_deleted", user.name, conn=conn)
             await record_cascade(
                 self._audit, conn, actor.name, raised.descendants, cause=f"user:{user.name}"
@@ -237,6 +241,4 @@ class UserService:
 
         deleted, raised = await run_db(self._engine, run, write=True, retry=False)
         await self._revocations.generation_raised(deleted, raised)
-        if self._factors is not None:
-            await self._factors.forget(deleted)
         security_event("user_deleted", by=actor.name[:64], user=deleted)

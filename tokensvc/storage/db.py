@@ -49,6 +49,12 @@ async def _write_turn(engine: AsyncEngine) -> AsyncIterator[None]:
         yield
 
 
+#: How often a write PostgreSQL aborted as a deadlock runs again (keystore.db.run): crossed
+#: writes, such as two admins changing each other's passwords, lock the same rows in opposite
+#: orders (each its target's row, then the other's token), and PostgreSQL breaks the cycle.
+CONFLICT_RETRIES = 3
+
+
 async def run_db(
     engine: AsyncEngine,
     op: Callable[[AsyncConnection], Awaitable[_T]],
@@ -75,6 +81,9 @@ async def run_db(
                 retry=retry,
                 what=what,
                 options={SQLITE_BEGIN_IMMEDIATE: True},
+                # The service's writes do only database work inside their transaction (what
+                # follows a commit — telling this process and the replicas — comes after).
+                conflict_retries=CONFLICT_RETRIES,
             )
     except StoreUnavailable as exc:
         raise StorageUnavailable(str(exc)) from exc

@@ -9,8 +9,8 @@ stays, for the audit trail and the list); every replica picks revocations up by 
 Lineage: a token minted with another records it (`parent_id`), and the key that signed it
 (`key_id`). Revoking a token walks its descendants and revokes them in the same transaction
 (`revoke_descendants`), as do a subject's and a root key's revocations from their tokens
-(tokensvc.tokens.revocation); a mint share-locks its parent's row (`lock_parent`) so that a
-racing revocation either sees the child or is seen by the mint (docs/security.md, §8).
+(tokensvc.tokens.revocation); a mint locks its parent's row (`lock_acting`) so that a racing
+revocation either sees the child or is seen by the mint (docs/security.md, §8).
 """
 
 from __future__ import annotations
@@ -252,19 +252,23 @@ class TokenRegistry:
 
         return await run_db(self._engine, run, write=True, what="the token registry")
 
-    async def lock_parent(self, conn: AsyncConnection, token_id: str) -> TokenRecord | None:
-        """The row of `token_id`, share-locked until `conn`'s transaction ends (None if it has
-        none): a token minted with it in this transaction is either seen by a concurrent
-        revocation's walk or refused here, never neither (docs/security.md, "Delegation").
+    async def lock_acting(self, conn: AsyncConnection, token_id: str) -> TokenRecord | None:
+        """The row of `token_id`, the token a write acts with, locked until `conn`'s transaction
+        ends (None if it has none): a revocation of it cannot pass the write unseen — either it
+        committed first and is read here, or it waits for this transaction (and its walk then
+        finds what a mint made with the token). Authorizer.confirm; docs/security.md, §8.
 
-        PostgreSQL: FOR SHARE waits for a revocation that has updated the row, then reads its
-        outcome; a revocation waits for this transaction before its walk reads the children.
-        SQLite: every write transaction already holds the one write lock (BEGIN IMMEDIATE).
+        PostgreSQL: FOR NO KEY UPDATE, exclusive: two writes with one token queue here instead
+        of both share-locking the row and then deadlocking as each goes on to revoke or lock it
+        (red team: a double-clicked self-revocation deadlocked 13 times in 14). SQLite: every
+        write transaction already holds the one write lock (BEGIN IMMEDIATE).
         """
         found = (
             (
                 await conn.execute(
-                    select(_TABLE).where(_TABLE.c.token_id == token_id).with_for_update(read=True)
+                    select(_TABLE)
+                    .where(_TABLE.c.token_id == token_id)
+                    .with_for_update(key_share=True)
                 )
             )
             .mappings()
@@ -282,8 +286,8 @@ class TokenRegistry:
     ) -> None:
         """Lock every live token of `subject`, or signed by `key_id`, until `conn`'s transaction
         ends: a revoke-all (any raise of the subject's generation) or a key's revocation takes
-        these locks before its walk, so a concurrent mint with one of them waits and then sees
-        the revocation (`lock_parent`)."""
+        these locks before its walk, so a concurrent write with one of them waits and then sees
+        the revocation (`lock_acting`)."""
         whose = _TABLE.c.subject == subject if subject is not None else _TABLE.c.key_id == key_id
         await conn.execute(
             select(_TABLE.c.token_id)
@@ -397,7 +401,7 @@ async def revoke_descendants(
 
     The walk goes through revoked and expired tokens too: a child that outlives its expired
     parent still descends from it. It repeats until a pass revokes nothing: on PostgreSQL a
-    pass may wait for a mint that holds its parent's share lock (TokenRegistry.lock_parent);
+    pass may wait for a mint that holds its parent's row (TokenRegistry.lock_acting);
     the child that mint commits is the next pass's to find.
     """
     revoked: list[Descendant] = []

@@ -182,7 +182,7 @@ class Revocations:
         Apply the result with `generation_raised` once the transaction has committed.
 
         The subject's live tokens are locked first, so a concurrent mint with one of them either
-        is seen by the walk or waits and sees the new generation (TokenRegistry.lock_parent).
+        is seen by the walk or waits and sees the new generation (TokenRegistry.lock_acting).
         """
         now = self._wall_clock()
         await self._registry.lock_parents(conn, now=now, subject=subject)
@@ -265,7 +265,7 @@ class Revocations:
     async def key_revoked(self, key_id: str, *, conn: AsyncConnection | None = None) -> bool:
         """Whether root key `key_id` has been revoked, read from the database: in `conn`'s
         transaction (a mint's check of its parent, after the parent's row lock:
-        TokenRegistry.lock_parent), or on its own (an admin call's fresh check)."""
+        TokenRegistry.lock_acting), or on its own (an admin call's fresh check)."""
 
         async def run(conn: AsyncConnection) -> bool:
             found = await conn.execute(select(_KEYS.c.key_id).where(_KEYS.c.key_id == key_id))
