@@ -126,6 +126,25 @@ async def test_operations_outside_the_minting_token_are_refused_and_the_rest_inh
     assert (await verify(shaped, inherited))[0] == 403
 
 
+async def test_a_deny_binds_a_child_as_verify_reads_it(shaped: Any, root: str) -> None:
+    """A holder-added `deny write` refuses a child that names write; an empty `deny` denies
+    nothing, as /v1/verify reads it (red team, helper-33: delegation read it as denying every
+    operation, introspection as allowing none)."""
+    parent = (
+        await minted(
+            shaped, root, subject="admin", admin=True, operations=["tokens:mint", "read", "write"]
+        )
+    )["token"]
+    denying, empty = attenuated(parent, "deny write"), attenuated(parent, "deny")
+
+    refused = await mint(shaped, denying, subject="alice", operations=["write"], ttl="5m")
+    child = (await minted(shaped, empty, subject="alice", operations=["read"], ttl="5m"))["token"]
+
+    assert refused[0] == 403, refused
+    assert (await verify(shaped, empty, operation="read"))[0] == 200
+    assert (await verify(shaped, child, operation="read"))[0] == 200
+
+
 async def test_resources_audiences_and_networks_stay_within_the_parent(
     shaped: Any, root: str
 ) -> None:

@@ -111,6 +111,22 @@ async def test_attenuated_scope_is_the_intersection(client: Client, admin_token:
     assert body["scope"] == "read"
 
 
+@pytest.mark.parametrize(("deny", "scope"), [("deny", None), ("deny write", "read")])
+async def test_a_deny_narrows_the_scope_as_verify_reads_it(
+    client: Client, admin_token: str, deny: str, scope: str | None
+) -> None:
+    """Red team (helper-33): an empty `deny` restricts nothing (bakery's reading, and
+    /v1/verify's), but introspection reported an empty scope, as if nothing were allowed."""
+    minted = await mint(client, admin_token, subject="carol", operations=["read", "write"])
+    narrowed = pymacaroons.Macaroon.deserialize(minted["token"][5:].rpartition(".")[0])
+    narrowed.add_first_party_caveat(deny)
+
+    status, body = await introspect_as(client, admin_token, narrowed.serialize())
+
+    assert status == 200 and body["active"] is True
+    assert body["scope"] == (scope or "read write")
+
+
 # ---- inactive tokens ---------------------------------------------------------------------------------
 
 

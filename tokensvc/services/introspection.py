@@ -104,10 +104,10 @@ class IntrospectionService:
 def _operations(predicates: list[bytes]) -> list[str] | None:
     """What every operation restriction allows (typed Operations, bakery allow and deny), or None
     if none lists what is allowed. A token limited by deny conditions alone has no expressible
-    scope: none is reported, but /v1/verify still refuses the denied operations."""
+    scope: none is reported, but /v1/verify still refuses the denied operations. An empty
+    `deny` denies nothing, as the bakery and /v1/verify read it (caveats.bakery.Deny)."""
     allowed: list[str] | None = None
     denied: set[str] = set()
-    deny_all = False
     for item in _decoded(predicates):
         if isinstance(item, Operations | Allow):
             values = item.operations
@@ -117,10 +117,7 @@ def _operations(predicates: list[bytes]) -> list[str] | None:
                 else [v for v in allowed if v in values]
             )
         elif isinstance(item, Deny):
-            deny_all = deny_all or not item.operations
             denied.update(item.operations)
-    if deny_all:
-        return []
     if allowed is None:
         return None
     return [v for v in allowed if v not in denied]

@@ -164,7 +164,8 @@ def _check_subset(kind: str, asked: tuple[str, ...], allowed: tuple[str, ...]) -
 
 def _check_operations(item: Operations | Allow | Deny, asked: tuple[str, ...]) -> None:
     if isinstance(item, Deny):
-        denied = [op for op in asked if not item.operations or op in item.operations]
+        # An empty `deny` denies nothing (bakery's reading, and /v1/verify's).
+        denied = [op for op in asked if op in item.operations]
         if denied:
             raise Forbidden(f"operations denied by the minting token: {denied[:5]!r}")
         return
