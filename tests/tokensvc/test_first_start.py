@@ -238,3 +238,44 @@ def test_a_sqlite_file_named_by_url_is_private_too(
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {
         p.name: oct(0o600) for p in made
     }
+
+
+def test_sigterm_lets_a_request_in_flight_finish(
+    start: Callable[[], Server], bare_env: dict[str, str]
+) -> None:
+    """Red team (helper-39): SIGTERM to `tokensvc serve` cancelled every task at once, the
+    handlers in flight included (logged 499, the client cut off), though the README says they
+    drain. A mint held up by the database (a write lock taken here) when the signal arrives
+    must still commit and answer once the lock goes, and the server then exit 0."""
+    import sqlite3
+    import threading
+
+    server = start()
+    password = PASSWORD_LINE.search(server.stderr).group(1)  # type: ignore[union-attr]
+    _, login = request(server.url + "/v1/login", method="POST", headers=basic("admin", password))
+    database = Path(bare_env["XDG_DATA_HOME"]) / "tokensvc" / "tokensvc.db"
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the one write lock: the mint's transaction waits for it
+    answers: list[tuple[int, dict[str, Any]]] = []
+
+    def mint() -> None:
+        answers.append(
+            request(
+                server.url + "/v1/tokens",
+                method="POST",
+                body={"subject": "batch", "ttl": "1h"},
+                headers={"Authorization": f"Bearer {login['token']}"},
+            )
+        )
+
+    minting = threading.Thread(target=mint)
+    minting.start()
+    time.sleep(1.5)  # the mint is waiting on the lock (SQLite waits up to 5 s for it)
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(1.0)  # the server is shutting down, the mint still waiting
+    holder.execute("ROLLBACK")
+    holder.close()
+    minting.join(timeout=15)
+
+    assert answers and answers[0][0] == 201, (answers, server.stderr)
+    assert server.process.wait(timeout=15) == 0, server.stderr

@@ -132,13 +132,27 @@ def _in_child(target: Any, *args: Any, **kwargs: Any) -> None:
 
 
 def _run_loop(serving: Coroutine[Any, Any, None]) -> None:
-    # asyncio.Runner ends as web.run_app does: the serving task (and so the app's cleanup) is
-    # cancelled and awaited, then every other task and async generator, before the loop closes.
-    with (
-        contextlib.suppress(web.GracefulExit, KeyboardInterrupt),
-        asyncio.Runner(loop_factory=_new_loop) as runner,
-    ):
-        runner.run(serving)  # until SIGTERM/SIGINT raise GracefulExit
+    """Serve until SIGTERM/SIGINT (AppRunner's handlers raise GracefulExit), then end as
+    web.run_app does: the serving task alone is cancelled first, and its cleanup
+    (AppRunner.cleanup) lets the requests in flight finish, up to the shutdown timeout; only
+    then are the remaining tasks cancelled and the loop closed.
+
+    Red team (helper-39): `asyncio.Runner.run` let GracefulExit out of the loop, and leaving
+    the Runner cancelled every task at once, the handlers in flight with the serving task: a
+    SIGTERM cut requests off (499) instead of draining them.
+    """
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        loop = runner.get_loop()
+        main = loop.create_task(serving)
+        try:
+            loop.run_until_complete(main)
+        except (web.GracefulExit, KeyboardInterrupt):
+            pass
+        finally:
+            main.cancel()
+            # A second signal while draining ends the drain: the Runner then cancels the rest.
+            with contextlib.suppress(asyncio.CancelledError, web.GracefulExit, KeyboardInterrupt):
+                loop.run_until_complete(main)
 
 
 async def _serve(
