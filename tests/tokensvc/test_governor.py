@@ -311,3 +311,47 @@ async def test_exempt_paths_answer_while_saturated(small_limits_config: Config) 
         assert health.status == 200
         release.set()
         assert (await held).status == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/tokens/revoke", "/v1/login"])
+async def test_a_body_that_trickles_in_holds_no_slot(
+    small_limits_config: Config, path: str
+) -> None:
+    """Red team (helper-38): with the slot taken before the body was read, connections that
+    sent a few bytes of a large body held every slot for the 30 s body timeout; every other
+    request, an admin's included, got 503. Bodies are read first, outside the slots: the
+    trickling requests hold their connections only, and a whole request is answered at once."""
+    config = small_limits_config.model_copy(
+        update={
+            "max_concurrent": 2,
+            "max_queue": 0,
+            "login_max_concurrent": 2,
+            "login_max_queue": 0,
+        }
+    )
+    app = create_app(config)
+    async with TestServer(app) as server:
+        trickling = []
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                'Content-Length: 60000\r\n\r\n{"token"'.encode()
+            )
+            await writer.drain()
+            trickling.append((reader, writer))
+        await asyncio.sleep(0.3)  # the requests are in; their bodies are not
+        try:
+            async with aiohttp.ClientSession() as session:
+                whole = await session.post(
+                    server.make_url(path),
+                    json={"token": "tsv1_nope"},
+                    headers=basic_auth("admin", "not the password"),
+                )
+                answered = whole.status
+        finally:
+            for _, writer in trickling:
+                writer.close()
+
+    assert app[GOVERNOR].default.active == app[GOVERNOR].login.active == 0
+    assert answered != 503, answered

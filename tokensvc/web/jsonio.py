@@ -18,6 +18,7 @@ from tokensvc.errors import (
     ClientDisconnected,
     PayloadTooLarge,
     RequestTimeout,
+    TokensvcError,
     UnsupportedEncoding,
 )
 from tokensvc.web.headers import SECURITY_HEADERS
@@ -69,11 +70,42 @@ async def read_body(request: web.Request) -> bytes:
         RequestTimeout: the body did not arrive within BODY_TIMEOUT seconds.
     """
     coding = content_coding(request.headers)
+    raw = await read_raw(request)
+    if coding is None or not raw:
+        return raw  # an empty body is empty in any coding
+    return decode_body(raw, coding, max_bytes=request.client_max_size)
+
+
+#: Where a request keeps the error its body's read ended with: a body read again (the pipeline
+#: reads it first, the handler then) fails as it did, never as a truncated body.
+_BODY_FAILED: Final = web.RequestKey("body_failed", TokensvcError)
+
+
+async def read_raw(request: web.Request) -> bytes:
+    """The request body as sent, read once: aiohttp keeps it, so a later read (`read_body`)
+    costs nothing, and so does a failed one. The request pipeline reads it before the request
+    may take a slot of the governor, so a client that trickles its body holds a connection,
+    not a slot.
+
+    Raises:
+        PayloadTooLarge, ClientDisconnected, RequestTimeout: as `read_body`.
+    """
+    failed = request.get(_BODY_FAILED)
+    if failed is not None:
+        raise failed
+    try:
+        return await _read_once(request)
+    except TokensvcError as exc:
+        request[_BODY_FAILED] = exc
+        raise
+
+
+async def _read_once(request: web.Request) -> bytes:
     try:
         # Bounded: a client that announces a body and trickles or withholds it would otherwise
-        # hold its request, and the governor's slot, for as long as it keeps the connection.
+        # hold its request for as long as it keeps the connection.
         async with asyncio.timeout(BODY_TIMEOUT):
-            raw = await request.read()
+            return await request.read()
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {BODY_TIMEOUT:g} s") from None
     except web.HTTPRequestEntityTooLarge:
@@ -85,9 +117,6 @@ async def read_body(request: web.Request) -> bytes:
         if transport is None or transport.is_closing():
             raise ClientDisconnected("the client closed the connection mid-request") from None
         raise
-    if coding is None or not raw:
-        return raw  # an empty body is empty in any coding
-    return decode_body(raw, coding, max_bytes=request.client_max_size)
 
 
 def content_coding(headers: MultiMapping[str]) -> str | None:
