@@ -470,3 +470,34 @@ async def test_token_minted_for_a_user_after_the_generation_bump_verifies(
 
     assert status == 200, body
     assert body["subject"] == "admin"
+
+
+async def test_the_chain_cache_is_bounded_by_what_its_tokens_weigh(
+    aiohttp_client: Any, sqlite_url: str, data_dir: Any, clock: FakeClock
+) -> None:
+    """Red team (helper-38): the cache counted entries, and anyone could fill its 20,000 with
+    15 KB tokens (a genuine token and 100 declared caveats added offline): ~41 KB each, 820 MB.
+    An entry now weighs one per started 512 bytes, and the weights stay within the limit."""
+    from tests.conftest import make_config
+    from tests.security.attack import attenuated, login
+    from tokensvc.tokens.verification import ChainCache
+    from tokensvc.web.app import create_app
+
+    config = make_config(database_url=sqlite_url, data_dir=data_dir, verify_cache_entries=100)
+    client = await aiohttp_client(create_app(config, clock=clock))
+    token = await login(client, "admin", ADMIN_PASSWORD)
+    cache: ChainCache = client.app[appkeys.VERIFIER].cache
+    padding = "x" * 90
+
+    for n in range(40):
+        heavy = attenuated(token, *(f"declared k{n}_{i} {padding}" for i in range(100)))
+        resp = await client.post("/v1/verify", json={"token": heavy})
+        assert resp.status == 200, await resp.text()
+        assert len(cache) <= 100 // 20  # each weighs twenty or more
+
+    assert cache.weight <= 100
+    for n in range(40):  # ordinary tokens weigh one apiece: the whole limit
+        small = attenuated(token, f"declared k{n} v")
+        assert (await client.post("/v1/verify", json={"token": small})).status == 200
+    assert cache.weight <= 100
+    assert len(cache) >= 40  # every ordinary token is in, beside what heavy ones are left

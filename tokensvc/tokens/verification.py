@@ -131,11 +131,22 @@ def chain_key(token: str, discharges: Sequence[str] = ()) -> bytes:
 
 
 class ChainCache:
-    """A bounded LRU of verified chains, keyed by `chain_key` of the exact token and discharges."""
+    """A bounded LRU of verified chains, keyed by `chain_key` of the exact token and discharges.
+
+    Bounded by weight, not by count: an entry holds its token's caveats, so a large token
+    costs more (red team: 15 KB tokens of 100 caveats, sent by anyone, cost ~41 KB each, and
+    20,000 of them 820 MB). An entry weighs one per started 512 bytes of its token and
+    discharges (`chain_weight`); the weights add up to at most `max_entries`, which ordinary
+    tokens of a few hundred bytes fill one apiece. An entry costs ~1.4 KB plus ~2.7 times its
+    bytes, so a unit of weight costs at most ~2.8 KB however tokens are chosen. Weights above one are kept apart, so a hit (the hot path)
+    reads the one dict it always did.
+    """
 
     def __init__(self, max_entries: int) -> None:
         self._max = max_entries
         self._entries: OrderedDict[bytes, _Chained] = OrderedDict()
+        self._heavy: dict[bytes, int] = {}  # the weight of every entry that weighs more than 1
+        self._weight = 0
 
     def get(self, key: bytes) -> _Chained | None:
         entry = self._entries.get(key)
@@ -143,21 +154,44 @@ class ChainCache:
             self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: bytes, entry: _Chained) -> None:
-        if self._max <= 0:
+    def put(self, key: bytes, entry: _Chained, weight: int = 1) -> None:
+        if weight > self._max:  # also: no cache at all (max_entries 0)
             return
+        if key in self._entries:
+            self._drop(key)
         self._entries[key] = entry
-        if len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        if weight > 1:
+            self._heavy[key] = weight
+        self._weight += weight
+        while self._weight > self._max:
+            oldest, _ = self._entries.popitem(last=False)
+            self._weight -= self._heavy.pop(oldest, 1)
 
     def forget_key(self, key_id: str) -> None:
         """Drop every chain signed by `key_id` (a revoked root key)."""
         stale = [k for k, v in self._entries.items() if v.key_id == key_id]
         for k in stale:
-            del self._entries[k]
+            self._drop(k)
+
+    def _drop(self, key: bytes) -> None:
+        del self._entries[key]
+        self._weight -= self._heavy.pop(key, 1)
+
+    @property
+    def weight(self) -> int:
+        return self._weight
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def chain_weight(token: str, discharges: Sequence[str] = ()) -> int:
+    """An entry's weight in the chain cache: one per started 512 bytes of the token and its
+    discharges (ChainCache)."""
+    size = len(token)
+    for discharge in discharges:
+        size += len(discharge)
+    return 1 + size // 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +335,7 @@ class Verifier:
         chained, now = self._chained(cache_key, token, discharges)
         if chained is None:  # a root key this process has not cached yet: read it first
             chained = await self._verify_chain(token, discharges)
-            self.cache.put(cache_key, chained)
+            self.cache.put(cache_key, chained, chain_weight(token, discharges))
             now = self._clock()
         return self._decide(chained, now, operation, resource, audience, client_ip, require_mfa)
 
@@ -318,7 +352,7 @@ class Verifier:
         chained, now = self._chained(cache_key, token, discharges)
         if chained is None:
             chained = await self._verify_chain(token, discharges)
-            self.cache.put(cache_key, chained)
+            self.cache.put(cache_key, chained, chain_weight(token, discharges))
             now = self._clock()
         if self.stale:
             raise _stale()
@@ -390,7 +424,7 @@ class Verifier:
         if key is None:
             return None, now
         chained = self._check_chain(macaroon, identifier, parsed_discharges, key)
-        self.cache.put(cache_key, chained)
+        self.cache.put(cache_key, chained, chain_weight(token, discharges))
         return chained, now
 
     def _decide(
