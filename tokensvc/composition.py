@@ -386,7 +386,9 @@ async def runtime(
             ),
         )
         if serving:
-            await stack.enter_async_context(_maintaining(keyring, config, outages))
+            await stack.enter_async_context(
+                _maintaining(keyring, registry, config, outages, clock=clock)
+            )
             await stack.enter_async_context(services.health.monitoring())
             # The feed first: it starts at the newest event, then the loads below (and the
             # generations' next refresh, with its overlap) hold everything committed before it.
@@ -616,12 +618,21 @@ def _wire_feed(feed: RevocationFeed, revocations: Revocations) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _maintaining(keyring: Keyring, config: Config, outages: Outages) -> AsyncIterator[None]:
-    """Make the next root key ahead of need and purge expired ones, periodically."""
+async def _maintaining(
+    keyring: Keyring,
+    registry: TokenRegistry,
+    config: Config,
+    outages: Outages,
+    *,
+    clock: Callable[[], datetime],
+) -> AsyncIterator[None]:
+    """Make the next root key ahead of need and purge expired ones, and delete the registry
+    rows of tokens expired longer than TOKENSVC_TOKEN_RETENTION, periodically."""
 
     async def maintain() -> None:
         try:
             await keyring.maintain()
+            await registry.prune_expired(clock() - config.token_retention)
         except Exception:
             metrics.DATABASE_ERRORS.inc()
             raise

@@ -189,3 +189,86 @@ async def test_a_full_usage_buffer_stops_growing_until_the_next_flush(
     await recorder.flush()
     record = await client.app[appkeys.REGISTRY].get(minted["token_id"])
     assert record is not None and record.last_used_at is not None
+
+
+async def test_expired_rows_are_pruned_after_the_retention_leaves_first(
+    client: Client, admin_token: str
+) -> None:
+    """Red team (helper-38): no row was ever deleted; one account logging in again and again grew
+    the table by ~0.5 GB a day. Rows expired longer than the retention go (a service token's key
+    with its row), except a parent whose child is still there: a revocation can still follow
+    the lineage from it. A chain of expired rows goes in one call, leaves first."""
+    registry = client.app[appkeys.REGISTRY]
+    now = datetime.now(UTC)
+
+    def row(token_id: str, expired_days_ago: float, parent: str | None = None) -> TokenRecord:
+        expires = now - timedelta(days=expired_days_ago)
+        return TokenRecord(
+            token_id=token_id * 16,
+            subject="pruned",
+            created_by="admin",
+            created_at=expires - timedelta(hours=1),
+            expires_at=expires,
+            parent_id=None if parent is None else parent * 16,
+        )
+
+    for record in (
+        row("a1", 40),  # an old leaf: goes
+        row("b1", 40),  # an old parent of a live child: stays, and so does the child
+        row("b2", -365, parent="b1"),
+        row("c1", 40),  # an old parent of an old child: both go
+        row("c2", 35, parent="c1"),
+        row("d1", 40),  # a chain of three old rows: all go, leaves first
+        row("d2", 40, parent="d1"),
+        row("d3", 40, parent="d2"),
+        row("e1", 1),  # expired within the retention: stays
+        row("f1", -1),  # live: stays
+    ):
+        await registry.add(record)
+
+    pruned = await registry.prune_expired(now - timedelta(days=30))
+
+    listed = await listing(
+        client, admin_token, "?subject=pruned&include_expired=true&include_revoked=true&limit=1000"
+    )
+    assert pruned == 6
+    assert sorted(r["token_id"][:2] for r in listed["tokens"]) == ["b1", "b2", "e1", "f1"]
+    resp = await client.delete(f"/v1/tokens/{'b1' * 16}", headers=bearer(admin_token))
+    assert resp.status == 204
+    after = await listing(client, admin_token, "?subject=pruned&include_revoked=true&limit=1000")
+    assert [r["status"] for r in after["tokens"] if r["token_id"] == "b2" * 16] == ["revoked"]
+
+
+async def test_key_maintenance_prunes_the_registry(
+    aiohttp_client: Any, sqlite_url: str, data_dir: Any
+) -> None:
+    """The pruning runs with root key maintenance (TOKENSVC_KEY_MAINTENANCE_INTERVAL), on
+    TOKENSVC_TOKEN_RETENTION."""
+    from tests.conftest import make_config
+    from tokensvc.web.app import create_app
+
+    config = make_config(
+        database_url=sqlite_url,
+        data_dir=data_dir,
+        key_maintenance_interval="1s",
+        token_retention="1h",
+    )
+    client = await aiohttp_client(create_app(config))
+    registry = client.app[appkeys.REGISTRY]
+    now = datetime.now(UTC)
+    for token_id, expired in (("aa" * 16, timedelta(hours=2)), ("bb" * 16, timedelta(minutes=30))):
+        await registry.add(
+            TokenRecord(
+                token_id=token_id,
+                subject="maintained",
+                created_by="admin",
+                created_at=now - expired - timedelta(hours=1),
+                expires_at=now - expired,
+            )
+        )
+
+    async with asyncio.timeout(10):
+        while await registry.get("aa" * 16) is not None:  # noqa: ASYNC110 - no event to wait on
+            await asyncio.sleep(0.1)
+
+    assert await registry.get("bb" * 16) is not None

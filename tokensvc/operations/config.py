@@ -257,6 +257,8 @@ class Config(BaseSettings):
     revocation_stream_heartbeat: Duration = timedelta(seconds=5)
     revocation_stream_max_subscribers: Annotated[int, _whole(1, 1_000_000)] = 1000
     revocation_event_retention: Duration = timedelta(hours=24)
+    # Expired tokens' registry rows are deleted this long after they expire (listed until then).
+    token_retention: Duration = timedelta(days=30)
     auto_migrate: Flag = True
     password_profile: Annotated[str, _parsed(_password_profile)] = "OWASP"  # noqa: S105 - a name
     # NIST SP 800-63B-4: 15 characters when the password is the only factor, 8 with a second
