@@ -247,3 +247,29 @@ async def test_an_mfa_reset_held_on_its_target_is_refused_once_its_token_is_revo
     status, state = await call(client, "GET", f"/v1/users/{VICTIM}/mfa", admin)
     assert status == 200 and state["enrolled"] is True, state
     assert ("mallory", "mfa_reset", VICTIM) not in await _trail(client, admin)
+
+
+async def test_one_token_revoked_by_many_requests_at_once_is_audited_once(
+    aiohttp_client: Any, pg_url: str, data_dir: Any, clock: FakeClock
+) -> None:
+    """Red team (helper-38): eight leak reports of one token at once (copies with caveats
+    added, so none is answered from memory) wrote eight `token_revoked` rows: whether to audit
+    was read before the transaction. It is now whether the transaction revoked the token."""
+    from tests.security.attack import attenuated
+
+    client = await pg_client(aiohttp_client, pg_url, data_dir, clock)
+    admin = await login(client, "admin", ADMIN_PASSWORD)
+    await create_user(client, admin, "bob", BOB_PASSWORD)
+    bob = await login(client, "bob", BOB_PASSWORD)
+    bob_id = await token_id_of(client, bob)
+
+    answers = await asyncio.gather(
+        *(
+            client.post("/v1/tokens/revoke", json={"token": attenuated(bob, f"declared n {n}")})
+            for n in range(8)
+        )
+    )
+
+    assert [resp.status for resp in answers] == [204] * 8
+    revoked = [e for e in await _trail(client, admin) if e[1:] == ("token_revoked", bob_id)]
+    assert len(revoked) == 1, revoked

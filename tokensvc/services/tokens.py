@@ -241,10 +241,16 @@ class TokenService:
         register: bool = False,
         first: Callable[[AsyncConnection], Awaitable[None]] | None = None,
     ) -> None:
-        already = record.revoked_at is not None
+        revoked_here = False
 
-        async def audit_rows(conn: AsyncConnection, descendants: list[Descendant]) -> None:
-            if not already:
+        async def audit_rows(
+            conn: AsyncConnection, descendants: list[Descendant], newly: bool
+        ) -> None:
+            # Whether this transaction revoked it, not whether it was revoked when read: of
+            # requests revoking one token at once, one writes the row (red team: 8 did).
+            nonlocal revoked_here
+            revoked_here = newly
+            if newly:
                 await self._audit.record(
                     by,
                     "token_revoked",
@@ -259,7 +265,7 @@ class TokenService:
         revoked = await self._revocations.revoke_token(
             record.token_id, register=record if register else None, first=first, also=audit_rows
         )
-        if revoked is not None and (revoked.descendants or not already):
+        if revoked is not None and (revoked.descendants or revoked_here):
             security_event(
                 "token_revoked",
                 by=by[:64],

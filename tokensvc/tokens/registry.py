@@ -198,7 +198,7 @@ class TokenRegistry:
         *,
         register: TokenRecord | None = None,
         first: Callable[[AsyncConnection], Awaitable[None]] | None = None,
-        with_conn: Callable[[AsyncConnection, builtins.list[Descendant]], Awaitable[None]]
+        with_conn: Callable[[AsyncConnection, builtins.list[Descendant], bool], Awaitable[None]]
         | None = None,
     ) -> Revoked | None:
         """Mark the token revoked, and every token minted with it (recursively): its row and
@@ -208,7 +208,7 @@ class TokenRegistry:
         alive). `register` inserts the row first if it is missing (a genuine token minted before
         the registry existed). `first` runs first in the transaction (the revoking token's own
         check, before its row or a descendant's is touched). `with_conn` runs in the same
-        transaction, with the descendants
+        transaction, with the descendants and whether this call revoked the token itself
         (deleting service keys, the audit record); so do the events of every token revoked here,
         last (an event append serialises the writers: no row lock may be taken after it).
         """
@@ -242,7 +242,7 @@ class TokenRegistry:
             record = _record(found)
             descendants = await revoke_descendants(conn, children_of_token(token_id), now=now)
             if with_conn is not None:
-                await with_conn(conn, descendants)
+                await with_conn(conn, descendants, newly)
             # The stream's events, last in the transaction (tokensvc.tokens.events).
             if newly:
                 expires = record.expires_at.timestamp()

@@ -148,7 +148,7 @@ class Revocations:
         *,
         register: TokenRecord | None = None,
         first: Callable[[AsyncConnection], Awaitable[None]] | None = None,
-        also: Callable[[AsyncConnection, list[Descendant]], Awaitable[None]] | None = None,
+        also: Callable[[AsyncConnection, list[Descendant], bool], Awaitable[None]] | None = None,
     ) -> Revoked | None:
         """Revoke one token everywhere, and every token minted with it: the registry rows
         first, then this process, then the rest.
@@ -156,16 +156,18 @@ class Revocations:
         Idempotent. None if the registry has no such token (and `register` was not given).
         `first` runs first in the registry's transaction (the revoker's check:
         Authorizer.confirm); `also` runs in it, when there is a row, with the descendants
-        revoked along (the audit record).
+        revoked along and whether this call revoked the token itself (the audit record).
         """
         drop_key = self.delete_service_key
 
-        async def with_conn(conn: AsyncConnection, descendants: list[Descendant]) -> None:
+        async def with_conn(
+            conn: AsyncConnection, descendants: list[Descendant], newly: bool
+        ) -> None:
             if drop_key is not None:
                 await drop_key(conn, token_id)
             await self._drop_service_keys(conn, descendants)
             if also is not None:
-                await also(conn, descendants)
+                await also(conn, descendants, newly)
 
         revoked = await self._registry.revoke(
             token_id, register=register, first=first, with_conn=with_conn
