@@ -355,3 +355,28 @@ async def test_a_body_that_trickles_in_holds_no_slot(
 
     assert app[GOVERNOR].default.active == app[GOVERNOR].login.active == 0
     assert answered != 503, answered
+
+
+async def test_a_body_that_fails_to_read_still_takes_a_slot(small_limits_config: Config) -> None:
+    """Red team (helper-40): a request whose body failed to read (too large, here) skipped the
+    governor, so requests that read no body ran past the cap: 60 of 60 answered where a cap of
+    4 and a queue of 4 let 8 through. They now queue for a slot like any other."""
+    config = small_limits_config.model_copy(update={"max_concurrent": 1, "max_queue": 0})
+    app = create_app(config)
+    release = asyncio.Event()
+
+    async def hold(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({})
+
+    add_routes(app, [web.post("/v1/_test/hold", hold)])
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        held = asyncio.create_task(session.post(server.make_url("/v1/_test/hold")))
+        while app[GOVERNOR].default.active == 0:  # noqa: ASYNC110 - the governor has no event to wait on
+            await asyncio.sleep(0.01)
+
+        oversized = await session.post(server.make_url("/v1/_test/hold"), data=b"x" * 200_000)
+
+        assert oversized.status == 503, await oversized.text()
+        release.set()
+        assert (await held).status == 200
