@@ -16,16 +16,28 @@ from caveats.context import Context
 from caveats.errors import CaveatError, UnknownCaveat
 from caveats.registry import Caveat, decode
 from caveats.result import REASON_ECHO_LIMIT, SUCCESS, Failure, Success, clip
-from caveats.standard import Audience, Expiry, Generation, NotBefore, Operations, Resources, Subject
+from caveats.standard import (
+    Audience,
+    ClientCIDR,
+    Expiry,
+    Generation,
+    NotBefore,
+    Operations,
+    Resources,
+    Subject,
+)
 
 #: How many decoded predicates the cache holds: the shared ones (operations, resources,
 #: audiences: few distinct values) and the recent per-token ones; a miss only costs a decode.
 #: When it is full it is emptied and fills again. ~16,000 entries are ~4 MB of a verify
 #: worker's RSS (65,536 were ~16 MB under a stream of distinct tokens, for no more hits).
 CACHE_SIZE: Final = 16384
-#: Longer predicates are decoded every time rather than cached, which bounds the cache's memory
-#: (CACHE_SIZE × this) however predicates are chosen. Real caveats are tens of bytes.
+#: Longer predicates are decoded every time rather than cached. Real caveats are tens of bytes.
 MAX_CACHED_PREDICATE: Final = 1024
+#: What the decoded predicates in the cache may hold in all, by `footprint`: a predicate's bytes
+#: do not bound what it decodes to (red team: a 1 KB list of IPv6 networks decodes to ~65 KB,
+#: so 16,384 of them were ~680 MB). Past it the cache is emptied, as when it is full.
+CACHE_FOOTPRINT: Final = 8 * 1024 * 1024
 
 _CHECK_CRASHED: Final = Failure("caveat check failed unexpectedly")
 _NO_RESULT: Final = Failure("caveat check returned no result")
@@ -91,7 +103,7 @@ class Policy:
     and a type test per predicate.
     """
 
-    __slots__ = ("_ok", "_steps", "declared", "expires_at", "predicates", "subject")
+    __slots__ = ("_ok", "_steps", "declared", "expires_at", "footprint", "predicates", "subject")
 
     def __init__(self, predicates: Iterable[bytes | str]) -> None:
         # The predicates as the decode cache first saw them: tokens minted alike share their
@@ -110,6 +122,7 @@ class Policy:
         # Subjects (None) and declared keys seen with two different values; they stay out.
         conflicts: set[str | None] | None = None
         ok = True  # False: some predicate fails in every context
+        footprint = 0
         cached = _decoded.get
         for predicate in self.predicates:
             # The decode cache inline (bytes from a verified chain, seen before); anything else,
@@ -118,6 +131,7 @@ class Policy:
             item = cached(predicate) if type(predicate) is bytes else None
             if item is None:
                 item = _parsed(predicate)
+            footprint += _footprint(predicate, item)
             if type(item) is Subject:
                 value = item.subject
                 if subject is None:
@@ -152,6 +166,9 @@ class Policy:
                 steps.append(item)
         self.subject = subject
         self.expires_at = expires_at
+        # Bytes this policy keeps alive, estimated from above (`_footprint`): what a cache of
+        # policies weighs them by (tokensvc.tokens.verification.ChainCache).
+        self.footprint = footprint
         self.declared = declared or _NO_DECLARED
         self._steps = tuple(steps)
         self._ok = ok
@@ -267,16 +284,21 @@ _decoded: dict[bytes, _Parsed] = {}
 _canonical: dict[bytes, bytes] = {}
 
 
+# What the cache holds by `_footprint`, at most CACHE_FOOTPRINT (a one-element list: no global).
+_held: list[int] = [0]
+
+
 def _parse_cached(predicate: bytes) -> _Parsed:
     """`_parse` through the decode cache; for predicates of at most MAX_CACHED_PREDICATE bytes."""
     item = _decoded.get(predicate)
     if item is None:
         item = _parse(predicate)
-        if len(_decoded) >= CACHE_SIZE:
-            _decoded.clear()
-            _canonical.clear()
+        size = _footprint(predicate, item)
+        if len(_decoded) >= CACHE_SIZE or _held[0] + size > CACHE_FOOTPRINT:
+            clear_decode_cache()
         _decoded[predicate] = item
         _canonical[predicate] = predicate
+        _held[0] += size
     return item
 
 
@@ -284,6 +306,39 @@ def clear_decode_cache() -> None:
     """Forget every decoded predicate (benchmarks of the cold path; tests)."""
     _decoded.clear()
     _canonical.clear()
+    _held[0] = 0
+
+
+def decode_cache_footprint() -> int:
+    """What the decode cache holds, by `_footprint` (at most CACHE_FOOTPRINT)."""
+    return _held[0]
+
+
+# Bytes per element a decoded list keeps (a short str and its slot), and per network of a
+# ClientCIDR (an ip_network object, its address objects and the text), measured with tracemalloc:
+# ~60 and ~550 (IPv4) to ~970 (IPv6); rounded up.
+_PER_ELEMENT: Final = 64
+_PER_NETWORK: Final = 1024
+# A predicate's bytes object and its decoded object, besides the elements.
+_PER_PREDICATE: Final = 100
+
+
+def _footprint(predicate: object, item: _Parsed) -> int:
+    """The bytes `predicate` and what it decodes to keep alive, estimated from above: a list of
+    operations or networks costs per element, whatever the predicate's length."""
+    # Not bytes or text: an invalid predicate (`_NOT_BYTES`), whose object is the caller's.
+    length = len(predicate) if isinstance(predicate, bytes | str) else 0
+    size = _PER_PREDICATE + 2 * length
+    kind = type(item)
+    if kind is ClientCIDR:
+        size += _PER_NETWORK * len(item.cidrs)  # type: ignore[union-attr]
+    elif kind is Operations or kind is Allow or kind is Deny:
+        size += _PER_ELEMENT * len(item.operations)  # type: ignore[union-attr]
+    elif kind is Resources:
+        size += _PER_ELEMENT * len(item.resources)  # type: ignore[union-attr]
+    elif kind is Audience:
+        size += _PER_ELEMENT * len(item.audiences)  # type: ignore[union-attr]
+    return size
 
 
 def _echo(predicate: bytes) -> str:

@@ -477,7 +477,8 @@ async def test_the_chain_cache_is_bounded_by_what_its_tokens_weigh(
 ) -> None:
     """Red team (helper-38): the cache counted entries, and anyone could fill its 20,000 with
     15 KB tokens (a genuine token and 100 declared caveats added offline): ~41 KB each, 820 MB.
-    An entry now weighs one per started 512 bytes, and the weights stay within the limit."""
+    An entry now weighs one plus one per 2 KB its decoded caveats keep (~31 KB here: 16), and
+    the weights stay within the limit."""
     from tests.conftest import make_config
     from tests.security.attack import attenuated, login
     from tokensvc.tokens.verification import ChainCache
@@ -493,7 +494,7 @@ async def test_the_chain_cache_is_bounded_by_what_its_tokens_weigh(
         heavy = attenuated(token, *(f"declared k{n}_{i} {padding}" for i in range(100)))
         resp = await client.post("/v1/verify", json={"token": heavy})
         assert resp.status == 200, await resp.text()
-        assert len(cache) <= 100 // 20  # each weighs twenty or more
+        assert len(cache) <= 100 // 15  # each weighs fifteen or more
 
     assert cache.weight <= 100
     for n in range(40):  # ordinary tokens weigh one apiece: the whole limit
@@ -501,3 +502,30 @@ async def test_the_chain_cache_is_bounded_by_what_its_tokens_weigh(
         assert (await client.post("/v1/verify", json={"token": small})).status == 200
     assert cache.weight <= 100
     assert len(cache) >= 40  # every ordinary token is in, beside what heavy ones are left
+
+
+async def test_a_token_of_many_networks_weighs_what_it_decodes_to(
+    aiohttp_client: Any, sqlite_url: str, data_dir: Any, clock: FakeClock
+) -> None:
+    """Red team (helper-40): weighed by bytes, a token under 512 bytes with 15 networks (each an
+    ip_network object, ~1 KB) cost ~9 KB per unit of weight, and a 1 KB list of IPv6 networks
+    decodes to ~65 KB. The weight now counts networks (and listed values) as they decode."""
+    import json
+
+    from tests.conftest import make_config
+    from tests.security.attack import attenuated, login
+    from tokensvc.web.app import create_app
+
+    config = make_config(database_url=sqlite_url, data_dir=data_dir, verify_cache_entries=200)
+    client = await aiohttp_client(create_app(config, clock=clock))
+    token = await login(client, "admin", ADMIN_PASSWORD)
+    cache = client.app[appkeys.VERIFIER].cache
+    networks = [f"2001:db8::{i:x}/128" for i in range(60)]
+
+    for n in range(20):
+        narrowed = attenuated(token, json.dumps([6, [f"2001:db8:{n:x}::/48", *networks]]))
+        resp = await client.post("/v1/verify", json={"token": narrowed})
+        assert resp.status == 403, await resp.text()  # the test client is not in those networks
+
+    assert len(cache) <= 200 // 25  # ~61 KB decoded: each weighs about thirty
+    assert cache.weight <= 200

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from caveats import MFA_REQUIRED, Context, Policy, decide, subject_of
 from keystore import KeyDecryptionError, Keyring, RootKey, StoreUnavailable
@@ -133,12 +133,12 @@ def chain_key(token: str, discharges: Sequence[str] = ()) -> bytes:
 class ChainCache:
     """A bounded LRU of verified chains, keyed by `chain_key` of the exact token and discharges.
 
-    Bounded by weight, not by count: an entry holds its token's caveats, so a large token
-    costs more (red team: 15 KB tokens of 100 caveats, sent by anyone, cost ~41 KB each, and
-    20,000 of them 820 MB). An entry weighs one per started 512 bytes of its token and
-    discharges (`chain_weight`); the weights add up to at most `max_entries`, which ordinary
-    tokens of a few hundred bytes fill one apiece. An entry costs ~1.4 KB plus ~2.7 times its
-    bytes, so a unit of weight costs at most ~2.8 KB however tokens are chosen. Weights above one are kept apart, so a hit (the hot path)
+    Bounded by weight, not by count: an entry holds its token's decoded caveats, so a large
+    token costs more (red team: 15 KB tokens of 100 caveats, sent by anyone, cost ~41 KB each,
+    and 20,000 of them 820 MB; then tokens of IPv6 networks, ~65 KB per KB of caveat). An entry
+    weighs one plus one per 2 KB its decoded predicates keep (`chain_weight`); the weights add
+    up to at most `max_entries`, which ordinary tokens fill one apiece. An entry costs ~1.4 KB
+    besides its predicates, so a unit of weight costs at most ~2 KB however tokens are chosen. Weights above one are kept apart, so a hit (the hot path)
     reads the one dict it always did.
     """
 
@@ -185,13 +185,15 @@ class ChainCache:
         return len(self._entries)
 
 
-def chain_weight(token: str, discharges: Sequence[str] = ()) -> int:
-    """An entry's weight in the chain cache: one per started 512 bytes of the token and its
-    discharges (ChainCache)."""
-    size = len(token)
-    for discharge in discharges:
-        size += len(discharge)
-    return 1 + size // 512
+#: Estimated bytes (Policy.footprint) per unit of a cached chain's weight.
+WEIGHT_UNIT: Final = 2048
+
+
+def chain_weight(chained: _Chained) -> int:
+    """A cached chain's weight: one, and one more per WEIGHT_UNIT bytes its decoded predicates
+    keep alive (caveats.checker's footprint, which counts a list of networks per network, not
+    per byte: red team, ~65 KB from a 1 KB predicate)."""
+    return 1 + chained.policy.footprint // WEIGHT_UNIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +337,7 @@ class Verifier:
         chained, now = self._chained(cache_key, token, discharges)
         if chained is None:  # a root key this process has not cached yet: read it first
             chained = await self._verify_chain(token, discharges)
-            self.cache.put(cache_key, chained, chain_weight(token, discharges))
+            self.cache.put(cache_key, chained, chain_weight(chained))
             now = self._clock()
         return self._decide(chained, now, operation, resource, audience, client_ip, require_mfa)
 
@@ -352,7 +354,7 @@ class Verifier:
         chained, now = self._chained(cache_key, token, discharges)
         if chained is None:
             chained = await self._verify_chain(token, discharges)
-            self.cache.put(cache_key, chained, chain_weight(token, discharges))
+            self.cache.put(cache_key, chained, chain_weight(chained))
             now = self._clock()
         if self.stale:
             raise _stale()
@@ -424,7 +426,7 @@ class Verifier:
         if key is None:
             return None, now
         chained = self._check_chain(macaroon, identifier, parsed_discharges, key)
-        self.cache.put(cache_key, chained, chain_weight(token, discharges))
+        self.cache.put(cache_key, chained, chain_weight(chained))
         return chained, now
 
     def _decide(
