@@ -11,6 +11,7 @@ from keystore.errors import (
     KeystoreError,
     NoCurrentKey,
     StoreUnavailable,
+    UnusableDatabaseUrl,
 )
 from keystore.keyring import KeyInfo, Keyring, RootKey
 from keystore.policy import RotationPolicy
@@ -29,5 +30,6 @@ __all__ = [
     "SecretBytes",
     "StoreUnavailable",
     "UTCDateTime",
+    "UnusableDatabaseUrl",
     "create_engine",
 ]

@@ -16,7 +16,7 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
-from keystore.errors import StoreUnavailable
+from keystore.errors import StoreUnavailable, UnusableDatabaseUrl
 
 _T = TypeVar("_T")
 
@@ -82,12 +82,19 @@ def create_engine(url: str | URL, **options: Any) -> AsyncEngine:
     """
     parsed = _with_async_driver(make_url(url))
     backend = parsed.get_backend_name()
-    if backend == "postgresql":
-        return create_async_engine(parsed, **(_postgres_defaults() | options))
-    if backend == "sqlite":
-        engine = create_async_engine(parsed, **options)
-        _configure_sqlite(engine)
-        return engine
+    try:
+        if backend == "postgresql":
+            return create_async_engine(parsed, **(_postgres_defaults() | options))
+        if backend == "sqlite":
+            engine = create_async_engine(parsed, **options)
+            _configure_sqlite(engine)
+            return engine
+    except sa_exc.ArgumentError:
+        # Its message may quote the URL's values: it is not repeated (red team: a traceback).
+        raise UnusableDatabaseUrl(
+            f"the {backend} driver cannot use this database URL: check its port and its"
+            " query options"
+        ) from None
     raise ValueError(
         f"unsupported database {backend!r}: use postgresql+asyncpg or sqlite+aiosqlite"
     )

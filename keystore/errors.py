@@ -21,3 +21,8 @@ class StoreUnavailable(KeystoreError):
 
 class NoCurrentKey(KeystoreError):
     """No current root key could be established for the running interval."""
+
+
+class UnusableDatabaseUrl(KeystoreError, ValueError):
+    """The database URL parses, but its driver cannot use it (a port that is no number, an
+    unknown option): said in one line, without the URL or the option's value."""

@@ -110,8 +110,13 @@ def prepare_embedded_database(config: Config) -> None:
     TOKENSVC_DATABASE_URL names (red team: a URL's file held password hashes and sealed keys
     readable by every local user). A missing directory is left for SQLite to report."""
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    database = make_url(config.effective_database_url).database
-    if not database or database == ":memory:" or database.startswith("file:"):
+    url = make_url(config.effective_database_url)
+    database = url.database or ""
+    if database.startswith("file:"):  # the URI form (?uri=true): its path, if it names a file
+        if url.query.get("mode") == "memory":
+            return
+        database = database.removeprefix("file:").split("?", 1)[0]
+    if not database or database == ":memory:":
         return
     path = Path(database)
     if not path.exists() and path.parent.is_dir():

@@ -279,10 +279,18 @@ async def test_unreachable_database_fails_with_one_line_not_a_traceback(
     listed = await tokensvc(unreachable, "keys", "list", "--local", "--json")
     # Red team (helper-34): migrate printed a 100-line traceback for the same failure.
     migrated = await tokensvc(unreachable, "migrate")
+    # Red team (helper-40): and both did for a URL the driver cannot use (a port that is no
+    # number), whose value the line must not repeat.
+    unusable = {**cli_env, "TOKENSVC_DATABASE_URL": "postgresql://u@127.0.0.1/db?port=s3cr3t"}
+    unusable_results = [
+        await tokensvc(unusable, "migrate"),
+        await tokensvc(unusable, "keys", "list", "--local"),
+    ]
 
-    for result in (listed, migrated):
+    for result in (listed, migrated, *unusable_results):
         assert_clean_failure(result)
         assert result.stdout == ""
+        assert "s3cr3t" not in result.stderr
 
 
 async def test_local_actions_are_audited_like_the_api(

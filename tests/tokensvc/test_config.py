@@ -94,6 +94,8 @@ def test_other_databases_are_refused_without_echoing_the_password() -> None:
         ("REDIS_URL", "redis://127.0.0.1:6390/0?password=hunter2&socket_timeout=x"),
         ("DATABASE_URL", "mysql://app@db/app?password=hunter2"),
         ("DATABASE_URL", "mysql://app@db/app?sslpassword=hunter2;sslmode=require"),
+        # A name percent-encoded, as the driver decodes it (red team, helper-40).
+        ("DATABASE_URL", "mysql://app@db/app?%70assword=hunter2"),
     ],
 )
 def test_a_refused_url_never_echoes_a_password_in_its_query(variable: str, url: str) -> None:
@@ -103,7 +105,7 @@ def test_a_refused_url_never_echoes_a_password_in_its_query(variable: str, url: 
 
     assert message.startswith(f"TOKENSVC_{variable}: ")
     assert "hunter2" not in message
-    assert "password=***" in message
+    assert "=***" in message
 
 
 def test_postgresql_needs_a_kek_and_says_which_variables() -> None:

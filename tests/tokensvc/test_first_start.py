@@ -212,15 +212,17 @@ def test_first_start_keeps_its_secrets_private_and_a_restart_reuses_them(
     assert verify_status == 200
 
 
+@pytest.mark.parametrize("form", ["sqlite:///{}", "sqlite+aiosqlite:///file:{}?uri=true"])
 def test_a_sqlite_file_named_by_url_is_private_too(
-    bare_env: dict[str, str], tmp_path: Path
+    bare_env: dict[str, str], tmp_path: Path, form: str
 ) -> None:
     """Red team (helper-34): with TOKENSVC_DATABASE_URL naming a SQLite file, `tokensvc migrate`
     under umask 022 left the file (and its -wal, -shm) 0644, password hashes and sealed keys
     readable by every local user. Only the default file was made owner-only."""
     database = tmp_path / "elsewhere" / "tokens.db"
     database.parent.mkdir()
-    env = {**bare_env, "TOKENSVC_DATABASE_URL": f"sqlite:///{database}"}
+    # Also the URI form (red team, helper-40: it was left to SQLite, 0644).
+    env = {**bare_env, "TOKENSVC_DATABASE_URL": form.format(database)}
 
     migrated = subprocess.run(
         [script(), "migrate"],

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import unquote_plus
 
 from pydantic import BeforeValidator, Field, InstanceOf, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -439,12 +440,21 @@ class Config(BaseSettings):
 # Query parameters that carry credentials (redis-py's `password` and `sentinel_password`,
 # libpq's `password` and `sslpassword`, tokens and secrets of any driver): their values are masked
 # like the userinfo password (red team: a bad Redis URL echoed ?sentinel_password= in its error).
-_SECRET_QUERY = re.compile(r"([?&;][^=&#;]*(?:pass|secret|token|credential)[^=&#;]*=)[^&#;]*", re.I)
+# The name is matched once percent-decoded, as drivers decode it (red team: `?%70assword=`).
+_QUERY_PARAMETER = re.compile(r"([?&;])([^=&#;]*)=([^&#;]*)")
+_SECRET_NAME = re.compile(r"pass|secret|token|credential", re.I)
 
 
 def _mask_password(url: str) -> str:
     """`url` with the password of its userinfo and the values of credential parameters masked."""
-    return _SECRET_QUERY.sub(r"\1***", re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url))
+
+    def masked(parameter: re.Match[str]) -> str:
+        separator, name, _ = parameter.groups()
+        if _SECRET_NAME.search(unquote_plus(name)):
+            return f"{separator}{name}=***"
+        return parameter.group(0)
+
+    return _QUERY_PARAMETER.sub(masked, re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url))
 
 
 class Environment(PydanticBaseSettingsSource):
