@@ -6,7 +6,9 @@ held by an enabled user with the admin role — and, when one of that user's rol
 (TOKENSVC_MFA_REQUIRED_ROLES), a token minted after a second factor (the identifier's flag, which
 no holder can add), so an admin token minted before the policy or without a factor no longer
 administers. Its revocation, its root key's and its subject's generation are read fresh, not from
-this process's view, which learns of another replica's revocations only at its next refresh.
+this process's view, which learns of another replica's revocations only at its next refresh, and
+read again inside every write's transaction with the token's row locked (`confirm`), so that
+nothing a token does commits after its revocation has.
 What could create more power than the token holds asks more (`unbounded`: outliving it;
 `unrestricted`: granting a role or taking over a role-holder). Other operations
 (revoking one's own tokens, introspection) need any genuine token whose caveats allow them. A
