@@ -273,3 +273,39 @@ async def test_one_token_revoked_by_many_requests_at_once_is_audited_once(
     assert [resp.status for resp in answers] == [204] * 8
     revoked = [e for e in await _trail(client, admin) if e[1:] == ("token_revoked", bob_id)]
     assert len(revoked) == 1, revoked
+
+
+async def test_a_child_minted_while_its_parent_expires_dies_with_the_parents_subject(
+    aiohttp_client: Any, pg_url: str, data_dir: Any, clock: FakeClock
+) -> None:
+    """Red team (helper-41): a mint began with its parent alive, and was still in its
+    transaction (held here at its audit insert) when the parent expired. A revoke-all of the
+    parent's subject then locked only unexpired tokens, did not wait for the mint, and its walk
+    missed the child the mint committed after: a live child of a revoked subject. Rows expired
+    within LOCK_GRACE are locked too, so the revocation waits and its walk finds the child."""
+    from tests.security.attack import verify
+
+    client = await pg_client(aiohttp_client, pg_url, data_dir, clock)
+    admin, _ = await _two_admins(client)
+    await create_user(client, admin, "bob", BOB_PASSWORD, roles=["admin"])
+    bob = await login(client, "bob", BOB_PASSWORD)
+    status, parent = await call(
+        client, "POST", "/v1/tokens", bob, json={"subject": "bob", "admin": True, "ttl": "3s"}
+    )
+    assert status == 201, parent
+
+    async with open_transaction(pg_url) as (holder, holding):
+        await holder.execute("LOCK TABLE audit_log IN SHARE MODE")  # the mint waits at its audit
+        minting = asyncio.ensure_future(
+            call(
+                client, "POST", "/v1/tokens", parent["token"], json={"subject": "svc", "ttl": "1h"}
+            )
+        )
+        await asyncio.sleep(3.5)  # the parent has expired; the mint holds its row all the same
+        revoking = asyncio.ensure_future(call(client, "POST", "/v1/subjects/bob/revoke-all", admin))
+        await asyncio.sleep(0.5)
+        await holding.rollback()
+        (minted_status, child), (revoked_status, _) = await minting, await revoking
+
+    assert minted_status == 201 and revoked_status == 200, (child, revoked_status)
+    assert (await verify(client, child["token"]))[0] == 401

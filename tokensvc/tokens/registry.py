@@ -18,7 +18,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from sqlalchemy import (
@@ -130,6 +130,12 @@ def _record(row: RowMapping) -> TokenRecord:
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+#: How long after its expiry a token's row is still locked by a revocation of its subject or
+#: key (`lock_parents`): longer than any write's transaction (asyncpg's statement timeout is
+#: 30 s), so one that began before the expiry is waited for.
+LOCK_GRACE: Final = timedelta(hours=1)
 
 
 class TokenRegistry:
@@ -289,14 +295,19 @@ class TokenRegistry:
         """Lock every live token of `subject`, or signed by `key_id`, until `conn`'s transaction
         ends: a revoke-all (any raise of the subject's generation) or a key's revocation takes
         these locks before its walk, so a concurrent write with one of them waits and then sees
-        the revocation (`lock_acting`)."""
+        the revocation (`lock_acting`).
+
+        "Live" includes tokens expired within LOCK_GRACE: a write that began with its token
+        alive may still be in its transaction when the token expires, and must still be waited
+        for (red team, helper-41: a mint whose parent expired mid-transaction committed a child
+        after the parent's subject was revoked, and the child lived)."""
         whose = _TABLE.c.subject == subject if subject is not None else _TABLE.c.key_id == key_id
         await conn.execute(
             select(_TABLE.c.token_id)
             .where(
                 whose,
                 _TABLE.c.revoked_at.is_(None),
-                _TABLE.c.expires_at > now,
+                _TABLE.c.expires_at > now - LOCK_GRACE,
             )
             .order_by(_TABLE.c.token_id)  # one lock order for every revoker: no deadlocks
             .with_for_update()
