@@ -116,11 +116,14 @@ class TotpSecrets:
             activated_at=row["activated_at"],
         )
 
-    async def put_pending(self, user: str, secret: bytes) -> datetime | None:
+    async def put_pending(
+        self, user: str, secret: bytes, *, conn: AsyncConnection | None = None
+    ) -> datetime | None:
         """Store `secret` as the user's pending enrolment, replacing a pending one; returns the
         enrolment's `created_at` (what `activate` confirms), or None when the user has an active
         enrolment (never replaced here, even by a call racing its activation) or another
-        enrolment was stored meanwhile.
+        enrolment was stored meanwhile. In `conn`'s transaction if given (the caller then owns
+        the IntegrityError of an enrolment inserted meanwhile).
 
         Raises:
             StoreUnavailable: the database cannot be reached.
@@ -149,15 +152,19 @@ class TotpSecrets:
             )
             return True
 
+        if conn is not None:
+            return created_at if await write(conn) else None
         try:
             stored = await self._run(write, write=True)
         except IntegrityError:  # another enrolment inserted its row between our delete and insert
             return None
         return created_at if stored else None
 
-    async def activate(self, user: str, *, created_at: datetime) -> bool:
+    async def activate(
+        self, user: str, *, created_at: datetime, conn: AsyncConnection | None = None
+    ) -> bool:
         """Make the pending enrolment made at `created_at` active; False if it is not (any
-        more) the user's pending one.
+        more) the user's pending one. In `conn`'s transaction if given.
 
         Raises:
             StoreUnavailable: the database cannot be reached.
@@ -176,6 +183,8 @@ class TotpSecrets:
             )
             return int(result.rowcount)
 
+        if conn is not None:
+            return await write(conn) == 1
         return await self._run(write, write=True) == 1
 
     async def delete(self, user: str, *, conn: AsyncConnection | None = None) -> bool:

@@ -309,3 +309,49 @@ async def test_a_child_minted_while_its_parent_expires_dies_with_the_parents_sub
 
     assert minted_status == 201 and revoked_status == 200, (child, revoked_status)
     assert (await verify(client, child["token"]))[0] == 401
+
+
+async def test_a_factor_activated_with_a_token_revoked_on_another_replica_is_refused(
+    aiohttp_client: Any, pg_url: str, data_dir: Any, clock: FakeClock
+) -> None:
+    """Red team (helper-41): the victim's password was changed on another replica (her tokens
+    revoked there), and 13 ms later her old token, judged by this replica's view from before,
+    activated an MFA enrolment: the stolen token's holder owned the account's second factor
+    and the owner could not log in. Activation is now one transaction that re-checks the token.
+    Here the other replica's commit is a generation raised from outside, and this replica
+    refreshes its view once a minute."""
+    import asyncpg
+
+    from tests.conftest import make_config
+    from tests.security.mfa_support import VICTIM, VICTIM_PASSWORD, bearer, code, make_user
+    from tests.security.races import dsn
+    from tests.served import ServedTestServer
+    from tokensvc.web.app import create_app
+
+    config = make_config(database_url=pg_url, data_dir=data_dir, revocation_refresh_interval="60s")
+    client = await aiohttp_client(ServedTestServer(create_app(config, clock=clock)))
+    admin = await login(client, "admin", ADMIN_PASSWORD)
+    stolen = await make_user(client)
+    started = await client.post(
+        "/v1/mfa/enroll", json={"password": VICTIM_PASSWORD}, headers=bearer(stolen)
+    )
+    assert started.status == 200, await started.text()
+    secret = (await started.json())["secret"]
+    other_replica = await asyncpg.connect(dsn(pg_url))
+    try:
+        await other_replica.execute(
+            "INSERT INTO subject_generations (subject, generation, updated_at)"
+            " VALUES ($1, 1, now()) ON CONFLICT (subject)"
+            " DO UPDATE SET generation = subject_generations.generation + 1",
+            VICTIM,
+        )
+    finally:
+        await other_replica.close()
+
+    activated = await client.post(
+        "/v1/mfa/activate", json={"otp": code(secret, clock)}, headers=bearer(stolen)
+    )
+
+    assert activated.status == 401, await activated.text()
+    status, state = await call(client, "GET", f"/v1/users/{VICTIM}/mfa", admin)
+    assert status == 200 and state["enrolled"] is False, state

@@ -158,8 +158,11 @@ class RecoveryCodes:
         self._engine = engine
         self._clock = clock
 
-    async def replace(self, user: str, hashes: Sequence[tuple[str, str]]) -> None:
-        """Make `hashes` ((hint, argon2 hash) pairs) the user's codes; earlier ones die.
+    async def replace(
+        self, user: str, hashes: Sequence[tuple[str, str]], *, conn: AsyncConnection | None = None
+    ) -> None:
+        """Make `hashes` ((hint, argon2 hash) pairs) the user's codes; earlier ones die. In
+        `conn`'s transaction if given.
 
         Raises:
             StorageUnavailable: the database cannot be reached.
@@ -177,6 +180,9 @@ class RecoveryCodes:
                     ],
                 )
 
+        if conn is not None:
+            await write(conn)
+            return
         await self._run(write, write=True)
 
     async def candidates(self, user: str, hint: str) -> list[StoredCode]:

@@ -135,8 +135,9 @@ class SecondFactors:
             return None
         return found.created_at
 
-    async def new_recovery_codes(self, user: str) -> list[str]:
-        """Ten fresh codes for the user (shown once); every earlier one dies."""
+    async def hashed_recovery_codes(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """Ten fresh codes (shown once) and what `recovery_codes.replace` stores of them: hashed
+        before the transaction that stores them, since argon2 must not hold its locks."""
         codes = new_recovery_codes()
         hashes = []
         for code in codes:
@@ -144,8 +145,7 @@ class SecondFactors:
             hashes.append(
                 (recovery_hint(normalised), await self._hasher.hash_generated(normalised))
             )
-        await self.recovery_codes.replace(user, hashes)
-        return codes
+        return codes, hashes
 
     async def forget(self, user: str, *, conn: AsyncConnection | None = None) -> bool:
         """Drop the user's secret and recovery codes (in `conn`'s transaction if given: with

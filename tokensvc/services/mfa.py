@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tokensvc.accounts.admission import CheckPriority
@@ -138,7 +139,16 @@ class MfaService:
             security_event("mfa_enrol_reauth_fail", level=logging.WARNING, user=user)
             raise
         secret = new_totp_secret()
-        if await self._factors.secrets.put_pending(user, secret) is None:
+
+        async def run(conn: AsyncConnection) -> datetime | None:
+            await self._authz.confirm(conn, actor)  # a token revoked meanwhile enrols nothing
+            return await self._factors.secrets.put_pending(user, secret, conn=conn)
+
+        try:
+            stored = await run_db(self._engine, run, write=True, retry=False)
+        except IntegrityError:  # another enrolment inserted its row meanwhile
+            stored = None
+        if stored is None:
             # Activated (or enrolled again) between the look above and the write: never replaced.
             raise Conflict("a second factor is already active; disable it first")
         security_event("mfa_enrol_started", user=user)
@@ -166,10 +176,19 @@ class MfaService:
             security_event("mfa_activate_fail", level=logging.WARNING, user=user)
             raise Unauthenticated(WRONG_CODE)
         await self._otp_lockout.record_success(identity=identity, client_ip=client_ip, now=now)
-        codes = await self._factors.new_recovery_codes(user)
-        if not await self._factors.secrets.activate(user, created_at=created_at):
-            raise Conflict("the enrolment changed meanwhile; start again")
-        await self._audit.record(actor.name, "mfa_enrolled", user)
+        codes, hashes = await self._factors.hashed_recovery_codes()
+
+        # One transaction, the token re-checked in it (red team, helper-41: a token revoked by
+        # a password change on another replica still activated a factor 13 ms later, locking
+        # the owner out of the account): the codes, the activation and the audit row, or none.
+        async def run(conn: AsyncConnection) -> None:
+            await self._authz.confirm(conn, actor)
+            await self._factors.recovery_codes.replace(user, hashes, conn=conn)
+            if not await self._factors.secrets.activate(user, created_at=created_at, conn=conn):
+                raise Conflict("the enrolment changed meanwhile; start again")
+            await self._audit.record(actor.name, "mfa_enrolled", user, conn=conn)
+
+        await run_db(self._engine, run, write=True, retry=False)
         security_event("mfa_enrolled", user=user)
         return codes
 
@@ -204,8 +223,14 @@ class MfaService:
         """
         actor = await self._proved(who, otp=otp, client_ip=client_ip)
         user = actor.subject or ""
-        codes = await self._factors.new_recovery_codes(user)
-        await self._audit.record(actor.name, "mfa_recovery_codes_regenerated", user)
+        codes, hashes = await self._factors.hashed_recovery_codes()
+
+        async def run(conn: AsyncConnection) -> None:
+            await self._authz.confirm(conn, actor)
+            await self._factors.recovery_codes.replace(user, hashes, conn=conn)
+            await self._audit.record(actor.name, "mfa_recovery_codes_regenerated", user, conn=conn)
+
+        await run_db(self._engine, run, write=True, retry=False)
         security_event("mfa_recovery_codes_regenerated", user=user)
         return codes
 
