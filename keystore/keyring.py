@@ -8,13 +8,13 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Final
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystore.cache import KeyCache
 from keystore.crypto import KeyEncryptionKey, SecretBytes
@@ -146,12 +146,22 @@ class Keyring:
             return None
         return await self._cache.load(key_id, partial(self._fetch, key_id, now), now=now)
 
-    async def rotate(self) -> RootKey:
-        """Make a new key now (slot NULL); it becomes current for the rest of this interval."""
+    async def rotate(
+        self, *, within: Callable[[AsyncConnection, str], Awaitable[None]] | None = None
+    ) -> RootKey:
+        """Make a new key now (slot NULL); it becomes current for the rest of this interval.
+        `within` runs first in the insert's transaction, with the new key's id (the caller's
+        check that it may still rotate, and its record of it)."""
         async with self._current_lock:
             now = self._now()
             key, row = self._new_key(now, slot=None)
-            await self._store.insert(row)
+            hook = within
+
+            async def checked(conn: AsyncConnection) -> None:
+                if hook is not None:
+                    await hook(conn, key.id)
+
+            await self._store.insert(row, within=checked if hook is not None else None)
             self._cache.put(key)
             self._set_current(key, now)
             return key

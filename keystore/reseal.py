@@ -18,7 +18,7 @@ Not exported from `keystore/__init__.py`: import it by module path. Imports noth
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -27,6 +27,7 @@ from sqlalchemy import Table, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystore.crypto import KeyEncryptionKey
+from keystore.db import SQLITE_BEGIN_IMMEDIATE
 from keystore.db import run as run_database
 from keystore.deployment_key import SealedSecretRow, sealed_secret_aad
 from keystore.discharger_key import DischargerKeyRow, discharger_key_aad
@@ -202,6 +203,7 @@ async def reseal(
     *,
     now: datetime,
     batch_size: int = 100,
+    within: Callable[[AsyncConnection], Awaitable[None]] | None = None,
 ) -> ResealResult:
     """Re-seal every live row not under the current KEK; rows under unknown KEKs are reported.
 
@@ -210,6 +212,9 @@ async def reseal(
 
     A row under a known KEK that does not open (tampered, or moved between rows) is named in
     `damaged` and left as it is: re-sealing must never launder a forged row into a valid one.
+
+    `within` runs first in every batch's transaction (the caller's check that it may still
+    re-seal: a batch is then written or refused with it).
 
     Raises:
         StoreUnavailable: the database cannot be reached.
@@ -241,7 +246,7 @@ async def reseal(
                     continue
                 todo.append((row, sealer.seal(plaintext, aad=aad)))
             if todo:
-                result.resealed[sealed.name] += await _write(engine, sealed, todo)
+                result.resealed[sealed.name] += await _write(engine, sealed, todo, within)
     return result
 
 
@@ -274,10 +279,13 @@ async def _write(
     engine: AsyncEngine,
     sealed: _SealedTable,
     todo: list[tuple[Mapping[str, Any], Sealed]],
+    within: Callable[[AsyncConnection], Awaitable[None]] | None,
 ) -> int:
     table = sealed.table
 
     async def write(conn: AsyncConnection) -> int:
+        if within is not None:
+            await within(conn)
         done = 0
         for row, new in todo:
             # Compare-and-set on the old ciphertext: a row changed or deleted since it was read
@@ -295,4 +303,6 @@ async def _write(
         return done
 
     # Idempotent (compare-and-set), so one retry on a connection closed meanwhile is safe.
-    return await run_database(engine, write, write=True, what="the key database")
+    # Read (by `within`), then written: on SQLite the write lock is taken up front.
+    options = {SQLITE_BEGIN_IMMEDIATE: True} if within is not None else None
+    return await run_database(engine, write, write=True, what="the key database", options=options)

@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from keystore.db import SQLITE_BEGIN_IMMEDIATE
 from keystore.db import run as run_database
 from keystore.models import RootKeyRow
 
@@ -38,13 +39,27 @@ class RootKeyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def insert(self, row: RootKeyRow) -> None:
-        """Insert a key (a manual rotation); not retried, since the insert is not idempotent."""
+    async def insert(
+        self, row: RootKeyRow, *, within: Callable[[AsyncConnection], Awaitable[None]] | None = None
+    ) -> None:
+        """Insert a key (a manual rotation); not retried, since the insert is not idempotent.
+        `within` runs first in the same transaction (the caller's check and record of it)."""
 
         async def run(conn: AsyncConnection) -> None:
+            if within is not None:
+                await within(conn)
             await conn.execute(insert(_TABLE).values(_values(row)))
 
-        await self._run(run, write=True, retry=False)
+        # Read, then written: on SQLite the write lock is taken up front (no upgrade to fail).
+        options = {SQLITE_BEGIN_IMMEDIATE: True} if within is not None else None
+        await run_database(
+            self._engine,
+            run,
+            write=True,
+            retry=False,
+            what="the root key database",
+            options=options,
+        )
 
     async def insert_for_slot(self, row: RootKeyRow) -> bool:
         """Insert a scheduled key unless its slot already has one; True if this row went in.

@@ -353,6 +353,7 @@ async def runtime(
                 clock=clock,
             ),
             lockouts=LockoutService(
+                engine=engine,
                 authorizer=authorizer,
                 users=users,
                 lockout=lockout,

@@ -52,6 +52,12 @@ WRITES: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "revoke-all": ("POST", "/v1/subjects/bob/revoke-all", None),
     "revoke a token": ("DELETE", "/v1/tokens/{bob_token}", None),
     "revoke a root key": ("POST", "/v1/keys/{new_key}/revoke", None),
+    # Red team (helper-43): these wrote outside the service's transactions, and committed up to
+    # 1.6 s after their token's revocation.
+    "rotate the root key": ("POST", "/v1/keys/rotate", None),
+    "re-seal the keys": ("POST", "/v1/kek/reseal", None),
+    "clear a lockout": ("DELETE", "/v1/users/bob/lockout", None),
+    "reset a second factor": ("DELETE", "/v1/users/bob/mfa", None),
 }
 
 

@@ -20,6 +20,7 @@ from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
 from tokensvc.storage.audit import AuditLog
+from tokensvc.storage.db import run_db
 from tokensvc.tokens.registry import Descendant
 from tokensvc.tokens.revocation import Revocations
 
@@ -63,9 +64,14 @@ class KeyService:
             Unavailable: the key store is down.
         """
         actor = await self._authz.admin(who, "keys:rotate")
-        key = await self._keyring.rotate()
-        # The keystore commits the key in its own transaction; the record follows it.
-        await self._audit.record(actor.name, "key_rotated", key.id)
+
+        # In the key's own transaction: the token re-checked (red team, helper-43: a rotation
+        # held up 1.6 s committed after its token's revocation), then the audit record.
+        async def checked(conn: AsyncConnection, key_id: str) -> None:
+            await self._authz.confirm(conn, actor)
+            await self._audit.record(actor.name, "key_rotated", key_id, conn=conn)
+
+        key = await self._keyring.rotate(within=checked)
         security_event("key_rotated", by=actor.name[:64], key_id=key.id)
         return next(info for info in await self._keyring.list() if info.id == key.id)
 
@@ -121,14 +127,26 @@ class KeyService:
             Unavailable: the key store is down.
         """
         actor = await self._authz.admin(who, "keys:reseal")
-        result = await reseal(self._engine, self._keks, now=self._clock())
+        # Every batch re-checks the token in its transaction: none is written after its
+        # revocation (the audit record, after the last, re-checks it too).
+        result = await reseal(
+            self._engine,
+            self._keks,
+            now=self._clock(),
+            within=partial(self._authz.confirm, actor=actor),
+        )
         counts: dict[str, Any] = {
             "resealed": result.total,
             "unopened": sum(result.unopened.values()),
             "damaged": len(result.damaged),
         }
-        await self._audit.record(
-            actor.name, "keys_resealed", result.current_id, conn=None, **counts
-        )
+
+        async def record(conn: AsyncConnection) -> None:
+            await self._authz.confirm(conn, actor)
+            await self._audit.record(
+                actor.name, "keys_resealed", result.current_id, conn=conn, **counts
+            )
+
+        await run_db(self._engine, record, write=True, retry=False)
         security_event("keys_resealed", by=actor.name[:64], kek_id=result.current_id, **counts)
         return result
