@@ -138,8 +138,8 @@ class ChainCache:
     and 20,000 of them 820 MB; then tokens of IPv6 networks, ~65 KB per KB of caveat). An entry
     weighs one plus one per 2 KB its decoded predicates keep (`chain_weight`); the weights add
     up to at most `max_entries`, which ordinary tokens fill one apiece. An entry costs ~1.4 KB
-    besides its predicates, so a unit of weight costs at most ~2 KB however tokens are chosen. Weights above one are kept apart, so a hit (the hot path)
-    reads the one dict it always did.
+    besides its predicates, so a unit of weight costs at most ~2 KB however tokens are chosen.
+    Weights above one are kept apart, so a hit (the hot path) reads the one dict it always did.
     """
 
     def __init__(self, max_entries: int) -> None:
