@@ -30,26 +30,33 @@ def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
 
 @contextmanager
 def served(tmp_path: Path, **variables: str) -> Iterator[dict[str, str]]:
-    """`tokensvc serve` with `variables`, once its port accepts; the environment it ran with."""
+    """`tokensvc serve` with `variables`, once its port accepts; the environment it ran with.
+
+    A free port can be taken by another test worker between the look and the bind (a CI run
+    failed so): the server then says so and exits, and it starts again on other ports."""
     env = _clean_env(tmp_path)
-    env.update(
-        TOKENSVC_DATA_DIR=str(tmp_path / "data"),
-        TOKENSVC_PORT=str(_free_port()),
-        TOKENSVC_ADMIN_PASSWORD=ADMIN_PASSWORD,
-        TOKENSVC_PASSWORD_PROFILE="CHEAP_FOR_TESTS",
-        TOKENSVC_VERIFY_PORT=str(_free_port()),
-        # Plain HTTP on 0.0.0.0 is what one of these tests checks the health of.
-        TOKENSVC_ALLOW_INSECURE="test-password-profile,plain-http",
-        **variables,
-    )
     log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([TOKENSVC, "serve"], env=env, stdout=out, stderr=out)
-    try:
+    for attempt in range(3):
+        env.update(
+            TOKENSVC_DATA_DIR=str(tmp_path / "data"),
+            TOKENSVC_PORT=str(_free_port()),
+            TOKENSVC_ADMIN_PASSWORD=ADMIN_PASSWORD,
+            TOKENSVC_PASSWORD_PROFILE="CHEAP_FOR_TESTS",
+            TOKENSVC_VERIFY_PORT=str(_free_port()),
+            # Plain HTTP on 0.0.0.0 is what one of these tests checks the health of.
+            TOKENSVC_ALLOW_INSECURE="test-password-profile,plain-http",
+            **variables,
+        )
+        with log.open("wb") as out:
+            proc = subprocess.Popen([TOKENSVC, "serve"], env=env, stdout=out, stderr=out)
         deadline = time.monotonic() + 30
-        while b"Running on" not in log.read_bytes():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        while b"Running on" not in log.read_bytes() and proc.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
+        if proc.poll() is None:
+            break
+        assert b"Address already in use" in log.read_bytes() and attempt < 2, log.read_text()
+    try:
         yield env
     finally:
         proc.terminate()
