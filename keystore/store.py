@@ -52,14 +52,7 @@ class RootKeyStore:
 
         # Read, then written: on SQLite the write lock is taken up front (no upgrade to fail).
         options = {SQLITE_BEGIN_IMMEDIATE: True} if within is not None else None
-        await run_database(
-            self._engine,
-            run,
-            write=True,
-            retry=False,
-            what="the root key database",
-            options=options,
-        )
+        await self._run(run, write=True, retry=False, options=options)
 
     async def insert_for_slot(self, row: RootKeyRow) -> bool:
         """Insert a scheduled key unless its slot already has one; True if this row went in.
@@ -136,10 +129,20 @@ class RootKeyStore:
         return await self._run(run, write=False)
 
     async def _run(
-        self, op: Callable[[AsyncConnection], Awaitable[_T]], *, write: bool, retry: bool = True
+        self,
+        op: Callable[[AsyncConnection], Awaitable[_T]],
+        *,
+        write: bool,
+        retry: bool = True,
+        options: dict[str, Any] | None = None,
     ) -> _T:
         return await run_database(
-            self._engine, op, write=write, retry=retry, what="the root key database"
+            self._engine,
+            op,
+            write=write,
+            retry=retry,
+            what="the root key database",
+            options=options,
         )
 
 

@@ -286,23 +286,40 @@ async def test_2000_concurrent_requests_get_quick_answers(small_limits_config: C
             assert now - start == refused, (budget, reason)
 
 
-async def test_exempt_paths_answer_while_saturated(small_limits_config: Config) -> None:
-    """/healthz is answered even when every slot and the whole queue are taken."""
-    config = small_limits_config.model_copy(update={"max_concurrent": 1, "max_queue": 0})
-    app = create_app(config)
+HOLD = "/v1/_test/hold"
+
+
+def _one_slot_app(config: Config, method: str) -> tuple[web.Application, asyncio.Event]:
+    """The app with one slot and no queue, and a route (`method` HOLD) that holds its slot until
+    the event is set."""
+    app = create_app(config.model_copy(update={"max_concurrent": 1, "max_queue": 0}))
     release = asyncio.Event()
 
     async def hold(request: web.Request) -> web.Response:
         await release.wait()
         return web.json_response({})
 
-    add_routes(app, [web.get("/v1/_test/hold", hold)])
-    async with TestServer(app) as server, aiohttp.ClientSession() as session:
-        held = asyncio.create_task(session.get(server.make_url("/v1/_test/hold")))
-        while app[GOVERNOR].default.active == 0:  # noqa: ASYNC110 - the governor has no event to wait on
-            await asyncio.sleep(0.01)
+    add_routes(app, [web.route(method, HOLD, hold)])
+    return app, release
 
-        refused = await session.get(server.make_url("/v1/_test/hold"))
+
+async def _take_the_slot(
+    app: web.Application, server: TestServer, session: aiohttp.ClientSession, method: str
+) -> asyncio.Task[aiohttp.ClientResponse]:
+    """A request to HOLD, in flight and holding the one slot."""
+    held = asyncio.create_task(session.request(method, server.make_url(HOLD)))
+    while app[GOVERNOR].default.active == 0:  # noqa: ASYNC110 - the governor has no event to wait on
+        await asyncio.sleep(0.01)
+    return held
+
+
+async def test_exempt_paths_answer_while_saturated(small_limits_config: Config) -> None:
+    """/healthz is answered even when every slot and the whole queue are taken."""
+    app, release = _one_slot_app(small_limits_config, "GET")
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        held = await _take_the_slot(app, server, session, "GET")
+
+        refused = await session.get(server.make_url(HOLD))
         health = await session.get(server.make_url("/healthz"))
 
         assert refused.status == 503
@@ -361,21 +378,11 @@ async def test_a_body_that_fails_to_read_still_takes_a_slot(small_limits_config:
     """Red team (helper-40): a request whose body failed to read (too large, here) skipped the
     governor, so requests that read no body ran past the cap: 60 of 60 answered where a cap of
     4 and a queue of 4 let 8 through. They now queue for a slot like any other."""
-    config = small_limits_config.model_copy(update={"max_concurrent": 1, "max_queue": 0})
-    app = create_app(config)
-    release = asyncio.Event()
-
-    async def hold(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.json_response({})
-
-    add_routes(app, [web.post("/v1/_test/hold", hold)])
+    app, release = _one_slot_app(small_limits_config, "POST")
     async with TestServer(app) as server, aiohttp.ClientSession() as session:
-        held = asyncio.create_task(session.post(server.make_url("/v1/_test/hold")))
-        while app[GOVERNOR].default.active == 0:  # noqa: ASYNC110 - the governor has no event to wait on
-            await asyncio.sleep(0.01)
+        held = await _take_the_slot(app, server, session, "POST")
 
-        oversized = await session.post(server.make_url("/v1/_test/hold"), data=b"x" * 200_000)
+        oversized = await session.post(server.make_url(HOLD), data=b"x" * 200_000)
 
         assert oversized.status == 503, await oversized.text()
         release.set()
