@@ -98,13 +98,16 @@ class TokensvcClient:
         # /v1/verify (the benchmark's per-request baseline; a service that cannot hold a stream).
         self._subscribe = subscribe
         self.metrics = ClientMetrics()
-        self.state = RevocationState()
+        # Any change to the revocation facts forgets every remembered allow (see `allowed`).
+        self.state = RevocationState(on_change=self._forget_allowed)
         self.cache = VerdictCache(max_entries=max_entries, max_bytes=max_bytes)
         self.stream: RevocationStream | None = None
         self._inflight: dict[CacheKey, asyncio.Future[Verdict]] = {}
-        # Allows that may be reused (see `allowed`): key -> (principal, until, state version).
-        # Bounded like the cache, by entries and estimated bytes; emptied when either is passed.
-        self._allowed: dict[Hashable, tuple[Principal, float, int]] = {}
+        # Allows that may be reused (see `allowed`): key -> (principal, until). Bounded like the
+        # cache, by entries and estimated bytes; emptied when either is passed, and on every
+        # change to the revocation facts. Only ever cleared, never replaced: the aiohttp
+        # middleware holds this dict (its hit path is `allowed`, inline).
+        self._allowed: dict[Hashable, tuple[Principal, float]] = {}
         self._allowed_bytes = 0
         self._max_allowed_entries = max_entries
         self._max_allowed_bytes = max_bytes // 4
@@ -130,7 +133,9 @@ class TokensvcClient:
     def _reset(self) -> None:
         """The stream lost events: no cached verdict, and no remembered allow, may be used."""
         self.cache.clear()
-        self.state.invalidate()
+        self.state.invalidate()  # which forgets the remembered allows
+
+    def _forget_allowed(self) -> None:
         self._allowed.clear()
         self._allowed_bytes = 0
 
@@ -159,7 +164,7 @@ class TokensvcClient:
         when no caveat of the token reads the client address, and holds while
 
         - the revocation stream is live, and has applied no event since (any revocation, of
-          anything, and any reset, forgets every remembered allow);
+          anything, and any reset, forgets every remembered allow: RevocationState's on_change);
         - the verdict it was decided from is valid and no expiry caveat of the token has passed
           (the other caveats of a verdict give the same answer to the same request at any time:
           a not-before caveat that held still holds).
@@ -170,17 +175,10 @@ class TokensvcClient:
         entry = self._allowed.get(key)
         if entry is None:
             return None
-        principal, until, version = entry
-        stream = self.stream
-        if (
-            version != self.state.version
-            or stream is None
-            or monotonic() >= stream.trusted_until
-            or self._clock() >= until
-        ):
+        principal, until = entry
+        if monotonic() >= self.state.trusted_until or self._clock() >= until:
             return None
-        self.metrics.hits += 1
-        self.metrics.allowed += 1
+        self.metrics.reused += 1
         return principal
 
     def _remember(self, key: Hashable, principal: Principal, until: float) -> None:
@@ -196,7 +194,7 @@ class TokensvcClient:
         ):
             self._allowed.clear()
             self._allowed_bytes = 0
-        self._allowed[key] = (principal, until, self.state.version)
+        self._allowed[key] = (principal, until)
         self._allowed_bytes += size
 
     async def check(
@@ -220,10 +218,9 @@ class TokensvcClient:
         `reuse_as`: remember an allow decided from a cached verdict under this key, for
         `allowed` (whose docstring says what the key must determine).
         """
-        # stream.trusted_until: the monotonic deadline of the stream's liveness (0 when it is
-        # not connected or not caught up), so the hot path reads an attribute, not a method.
-        stream = self.stream
-        if stream is None or monotonic() >= stream.trusted_until:
+        # state.trusted_until: the monotonic deadline of the stream's liveness (0.0 when there
+        # is no stream, or it is not connected or not caught up).
+        if monotonic() >= self.state.trusted_until:
             return await self._untrusted(
                 token, discharges, operation, resource, audience, client_ip, require_mfa
             )
@@ -231,7 +228,7 @@ class TokensvcClient:
         now = self._clock()
         verdict = self.cache.get(key)
         if verdict is not None and now < verdict.valid_until:
-            self.metrics.hits += 1
+            self.metrics.checked_hits += 1
             principal = self._decide(
                 verdict, now, operation, resource, audience, client_ip, require_mfa
             )
@@ -286,7 +283,7 @@ class TokensvcClient:
         if require_mfa and not verdict.mfa:
             metrics.denied_403 += 1
             raise CaveatDenied(MFA_REQUIRED.reason)
-        metrics.allowed += 1
+        metrics.checked_allowed += 1
         return verdict.principal
 
     async def _fetch(self, key: CacheKey, token: str, discharges: Sequence[str]) -> Verdict:
@@ -394,7 +391,7 @@ class TokensvcClient:
         except (KeyError, TypeError, ValueError):
             self.metrics.unavailable += 1
             raise Unavailable("tokensvc answered an unusable /v1/verify body") from None
-        self.metrics.allowed += 1
+        self.metrics.checked_allowed += 1
         return principal
 
     def _check_sizes(self, token: str, discharges: Sequence[str]) -> None:

@@ -17,12 +17,13 @@ class ClientMetrics:
     """What one client did since it started."""
 
     __slots__ = (
-        "allowed",
+        "checked_allowed",
+        "checked_hits",
         "denied_401",
         "denied_403",
         "fallbacks",
-        "hits",
         "misses",
+        "reused",
         "stream_events",
         "stream_reconnects",
         "stream_resets",
@@ -32,12 +33,16 @@ class ClientMetrics:
     )
 
     def __init__(self) -> None:
-        self.hits = 0  # decided from a cached verdict
+        # Decisions from a cached verdict are counted in two parts, so that a remembered allow
+        # reused (TokensvcClient.allowed, the hot path) costs one increment: `hits` and
+        # `allowed` are the sums.
+        self.checked_hits = 0  # a cached verdict's caveats checked against the request
+        self.reused = 0  # a remembered allow reused: a hit and an allow, nothing checked again
         self.misses = 0  # a verdict fetched from tokensvc
         # Fetched verdicts not cached (the stream behind their cursor, or not live).
         self.uncacheable = 0
         self.fallbacks = 0  # /v1/verify asked because the cache was not trusted
-        self.allowed = 0
+        self.checked_allowed = 0  # allows decided by a check (from the cache, or /v1/verify)
         self.denied_401 = 0
         self.denied_403 = 0
         self.unavailable = 0  # 503s: tokensvc unreachable, or failing closed
@@ -46,6 +51,16 @@ class ClientMetrics:
         self.stream_resets = 0
         # Asked when read, so a stream gone quiet reads "stale" without an event to say so.
         self.stream_state_now: Callable[[], str] = lambda: "connecting"
+
+    @property
+    def hits(self) -> int:
+        """Decisions made from a cached verdict: checked, or a remembered allow reused."""
+        return self.checked_hits + self.reused
+
+    @property
+    def allowed(self) -> int:
+        """Requests allowed: by a check, or a remembered allow reused."""
+        return self.checked_allowed + self.reused
 
     @property
     def stream_state(self) -> str:
@@ -57,6 +72,8 @@ class ClientMetrics:
         out: dict[str, int | str] = {
             name: getattr(self, name) for name in self.__slots__ if name != "stream_state_now"
         }
+        out["hits"] = self.hits
+        out["allowed"] = self.allowed
         out["stream_state"] = self.stream_state
         return out
 

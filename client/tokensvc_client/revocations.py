@@ -8,6 +8,7 @@ verdict was cached. Pure bookkeeping: no I/O, times come in as arguments.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 #: Revoked token ids are kept until their token expires; this many applied events between sweeps.
@@ -30,7 +31,7 @@ def cursor_reached(have: str | None, want: str) -> bool:
 class RevocationState:
     """Revocation facts from the stream, checked on every local decision."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
         self.revoked_tokens: dict[str, float] = {}  # token id -> unix time it expires anyway
         self.generations: dict[str, int] = {}  # subject -> newest generation announced
         self.revoked_keys: set[str] = set()
@@ -40,14 +41,18 @@ class RevocationState:
         #: Where the stream started knowing (a fresh start's, or a reset's, cursor): events
         #: before it were never applied, so a verdict older than it may not be cached.
         self.start: str | None = None
-        #: Raised by every change to the facts above (and by `invalidate`): a decision remembered
-        #: at one version holds only while the version is the same (TokensvcClient.allowed).
-        self.version = 0
+        #: The time.monotonic() until which these facts are known to be complete: the revocation
+        #: stream's liveness deadline (0.0: not connected, or not caught up), kept current by
+        #: RevocationStream. A plain attribute: every cached decision reads it.
+        self.trusted_until = 0.0
+        #: Called on every change to the facts above (and by `invalidate`): nothing decided
+        #: before it may be reused (TokensvcClient forgets its remembered allows).
+        self._on_change = on_change
         self._since_prune = 0
 
     def invalidate(self) -> None:
         """Nothing decided before now may be reused (the stream lost events: a reset)."""
-        self.version += 1
+        self._on_change()
 
     def reached(self, cursor: str) -> bool:
         """Whether every event up to `cursor` has been applied."""
@@ -68,7 +73,7 @@ class RevocationState:
     def revoke_token(self, token_id: str, expires_at: float | None, *, now: float) -> None:
         """A revoked token id, remembered until the token would have expired anyway."""
         self.revoked_tokens[token_id] = float("inf") if expires_at is None else expires_at
-        self.version += 1
+        self._on_change()
         self._since_prune += 1
         if self._since_prune >= _PRUNE_EVERY:
             self.prune(now)
@@ -77,12 +82,12 @@ class RevocationState:
         """A subject's generation went up: its tokens minted under older generations are revoked."""
         if generation > self.generations.get(subject, -1):
             self.generations[subject] = generation
-            self.version += 1
+            self._on_change()
 
     def revoke_key(self, key_id: str) -> None:
         """A revoked root key: every token signed by it is bad."""
         self.revoked_keys.add(key_id)
-        self.version += 1
+        self._on_change()
 
     def generation(self, subject: str, known: int) -> int:
         """The subject's current generation: the newest of the verdict's and the stream's."""

@@ -70,17 +70,17 @@ class RevocationStream:
 
     # ---- what the client asks -------------------------------------------------------------
 
-    @property
-    def trusted_until(self) -> float:
-        """The time.monotonic() until which the stream is live (0.0: not connected, or not
-        caught up): the last byte's time + stale_after."""
-        if self._caught_up and self._connected:
-            return self._last_byte + self.stale_after
-        return 0.0
+    def _retrust(self) -> None:
+        """Set `state.trusted_until`, the time.monotonic() until which the stream is live (0.0:
+        not connected, or not caught up): the last message's time + stale_after. Called after
+        every change of _connected, _caught_up and _last_byte: a value the client's hot path
+        reads as a plain attribute (a property here was a Python call per request)."""
+        live = self._caught_up and self._connected
+        self.state.trusted_until = self._last_byte + self.stale_after if live else 0.0
 
     def live(self) -> bool:
         """Connected, caught up, and heard from within `stale_after` seconds."""
-        return time.monotonic() < self.trusted_until
+        return time.monotonic() < self.state.trusted_until
 
     def state_name(self) -> str:
         if not self._connected:
@@ -118,6 +118,7 @@ class RevocationStream:
             except asyncio.CancelledError:
                 pass
         self._connected = False
+        self._retrust()
 
     async def _run(self) -> None:
         low, high = self._backoff
@@ -133,6 +134,7 @@ class RevocationStream:
             finally:
                 self._connected = False
                 self._caught_up = False
+                self._retrust()
                 self._changed.set()
             # A connection that lived a while starts the backoff over; a failing one doubles it.
             delay = (
@@ -155,6 +157,7 @@ class RevocationStream:
                 log.error("revocation stream refused: %s %s", resp.status, body)
                 return
             self._connected = True
+            self._retrust()
             parser = EventStreamParser(self.state.cursor)
             rest = ""
             async for chunk in resp.content.iter_any():
@@ -166,8 +169,10 @@ class RevocationStream:
                     if event is not None:
                         self._last_byte = time.monotonic()
                         self._handle(event)
+                        self._retrust()
                     elif line.startswith(":"):  # the heartbeat
                         self._last_byte = time.monotonic()
+                        self._retrust()
                 self._changed.set()
 
     def _handle(self, event: Event) -> None:

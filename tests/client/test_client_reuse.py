@@ -6,16 +6,26 @@ would have let through that a full check refuses."""
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from caveats import Audience, ClientCIDR, Expiry, NotBefore, Operations, Subject, encode
+from caveats import (
+    Audience,
+    ClientCIDR,
+    Expiry,
+    Generation,
+    NotBefore,
+    Operations,
+    Subject,
+    encode,
+)
 from tests.client.test_client_units import verdict_body
 from tokensvc_client import TokensvcClient
 from tokensvc_client.errors import CaveatDenied, InvalidToken
 from tokensvc_client.verdicts import parse_verdict
+from tokensvc_client.web import principal, tokensvc_middleware
 
 TOKEN = "t0ken"
 
@@ -28,15 +38,17 @@ class Clock:
         return self.now
 
 
-def client_with(caveats: list[bytes], *, now: float = 1000.0, ttl: float = 60) -> Any:
+def client_with(
+    caveats: list[bytes], *, now: float = 1000.0, ttl: float = 60, **options: Any
+) -> Any:
     """A client whose cache holds TOKEN's verdict, with a live stream (a stand-in that only
     says until when it is live: these tests are about the decision, not the connection)."""
     clock = Clock(now)
-    client = TokensvcClient("http://tokensvc.invalid", "svc", clock=clock)
+    client = TokensvcClient("http://tokensvc.invalid", "svc", clock=clock, **options)
     verdict = parse_verdict(verdict_body(caveats, ttl=ttl), now=now, key_bytes=len(TOKEN))
     client.cache.put(TOKEN, verdict)
     client.state.advance("5")
-    client.stream = SimpleNamespace(trusted_until=time.monotonic() + 3600)
+    client.state.trusted_until = time.monotonic() + 3600
     return client
 
 
@@ -122,7 +134,7 @@ async def test_not_reused_when_the_stream_is_no_longer_live() -> None:
     client = client_with(READ)
     assert await remembered(client) is not None
 
-    client.stream = SimpleNamespace(trusted_until=time.monotonic() - 1)
+    client.state.trusted_until = time.monotonic() - 1
 
     assert client.allowed("k") is None
 
@@ -157,3 +169,73 @@ async def test_remembered_allows_are_bounded() -> None:
     await remembered(client, key=3)
 
     assert client.allowed(0) is None and client.allowed(3) is not None
+
+
+def _expire_token(client: Any) -> None:
+    client._clock.now = 1010.0
+
+
+def _expire_verdict(client: Any) -> None:
+    client._clock.now = 1005.0
+
+
+def _raise_generation(client: Any) -> None:
+    client.state.raise_generation("alice", 1)
+
+
+def _stream_stale(client: Any) -> None:
+    client.state.trusted_until = time.monotonic() - 1
+
+
+# What ends a remembered allow, each with the status the full check then answers: 401 for a
+# refusal from the cached verdict; 503 where the client must ask tokensvc (here unreachable).
+ENDINGS = [
+    ("another token revoked", READ, 60, lambda c: c.state.revoke_token("x", None, now=0), 200),
+    ("this token revoked", READ, 60, lambda c: c.state.revoke_token("aa", None, now=0), 401),
+    ("generation raised", [*READ, encode(Generation(0))], 60, _raise_generation, 401),
+    ("another subject's generation", READ, 60, lambda c: c.state.raise_generation("bob", 1), 200),
+    ("key revoked", READ, 60, lambda c: c.state.revoke_key("key-1"), 401),
+    ("reset", READ, 60, lambda c: c._reset(), 503),
+    ("expiry caveat passed", [*READ, encode(Expiry(1010))], 60, _expire_token, 401),
+    ("verdict no longer valid", READ, 5, _expire_verdict, 503),
+    ("stream not live", READ, 60, _stream_stale, 503),
+]
+
+
+@pytest.mark.parametrize(
+    ("caveats", "ttl", "event", "then"),
+    [pytest.param(*case[1:], id=case[0]) for case in ENDINGS],
+)
+async def test_the_aiohttp_middleware_reuses_exactly_what_allowed_reuses(
+    aiohttp_client: Any, caveats: list[bytes], ttl: float, event: Any, then: int
+) -> None:
+    """The aiohttp middleware runs `allowed`'s rule inline (its hot path): each way a remembered
+    allow ends must end the middleware's reuse too, and its next answer must be the full
+    check's. Counted: `metrics.reused` moves only for a request served by a remembered allow."""
+    client = client_with(caveats, ttl=ttl, subscribe=False, request_timeout=2)
+    await client.start()  # a session for the requests the client must make once untrusted
+
+    async def doc(request: web.Request) -> web.Response:
+        return web.json_response({"subject": principal(request).subject})
+
+    app = web.Application(middlewares=[tokensvc_middleware(client)])
+    app.router.add_get("/docs/{name}", doc)
+    http = await aiohttp_client(app)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        for _ in range(2):  # decided from the cached verdict (remembered), then reused
+            response = await http.get("/docs/1", headers=headers)
+            assert response.status == 200 and (await response.json())["subject"] == "alice"
+        assert client.metrics.reused == 1
+
+        event(client)
+        reused_before = client.metrics.reused
+        response = await http.get("/docs/1", headers=headers)
+
+        assert client.metrics.reused == reused_before  # decided afresh, not reused
+        assert response.status == then
+        if then == 200:  # and remembered again: the next one is reused
+            await http.get("/docs/1", headers=headers)
+            assert client.metrics.reused == reused_before + 1
+    finally:
+        await client.close()

@@ -4,6 +4,7 @@ resume with Last-Event-ID, reset, staleness. (The acceptance tests run against r
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -73,6 +74,35 @@ async def test_fresh_subscription_is_live_at_the_hello_cursor(aiohttp_server: An
         assert double.seen_last_ids == [None]
     finally:
         await client.close()
+
+
+async def test_the_trust_deadline_drops_to_zero_the_moment_the_link_does(
+    aiohttp_server: Any,
+) -> None:
+    """state.trusted_until, which every cached decision reads as a plain attribute, is kept by the
+    stream: stale_after ahead while live, and 0.0 as soon as the connection is cut (a reconnect
+    that hangs does not restore it) or the client closes, not when stale_after has passed."""
+    double = StreamDouble()
+    double.hang_reconnects = True
+    client = await started(aiohttp_server, double, stale_after=60)
+    closing = await started(aiohttp_server, StreamDouble(), stale_after=60)
+    try:
+        for live in (client, closing):
+            assert await live.stream.wait_live(5)  # type: ignore[union-attr]
+            assert live.state.trusted_until > time.monotonic() + 50
+
+        double.queue.put_nowait(None)  # the server ends the stream
+        for _ in range(500):
+            if client.state.trusted_until == 0.0:
+                break
+            await asyncio.sleep(0.01)
+        await closing.close()
+
+        assert client.state.trusted_until == 0.0
+        assert closing.state.trusted_until == 0.0
+    finally:
+        await client.close()
+        await closing.close()
 
 
 async def test_events_apply_and_reconnect_resumes_from_last_event_id(aiohttp_server: Any) -> None:

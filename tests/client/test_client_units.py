@@ -291,7 +291,7 @@ def test_metrics_export_to_a_prometheus_registry() -> None:
     metrics = ClientMetrics()
     registry = CollectorRegistry()
     register_prometheus(metrics, registry)
-    metrics.hits = 7
+    metrics.checked_hits = 7
     metrics.stream_state_now = lambda: "live"
 
     text = generate_latest(registry).decode()
