@@ -208,7 +208,11 @@ def tokensvc_middleware(
     async def check_then(
         request: web.Request, handler: Handler, key: Hashable
     ) -> web.StreamResponse:
-        requirement = requirement_of(handler, request.method, default)
+        # The route's own handler, not `handler`: what aiohttp hands a middleware is the next
+        # middleware when one follows (a partial of it, in a sub-app too), and a mark read
+        # through that would be lost (red team: `@require(operation=...)` fell back to the
+        # forward-auth mapping, and with protect_all=False the route was open).
+        requirement = requirement_of(request.match_info.handler, request.method, default)
         if requirement.public:  # never remembered: open routes pay the lookup and this
             return await handler(request)
         refusal = await admit(request, key, requirement)

@@ -1,0 +1,96 @@
+"""Red team: a route's `@require`/`@public` mark holds wherever tokensvc's aiohttp middleware sits.
+
+aiohttp hands a middleware the next middleware (a cached partial of it) when one follows, in the
+app or in a sub-app, not the route's handler. Reading the mark through that lost it (helper-44):
+a token that only reads reached a route marked `@require(operation="admin:delete")`, an
+`@require(mfa=True)` route took a password-only token, and with `protect_all=False` a marked
+route was open to a request with no token. Each test is that attack; a pass means it failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from caveats import Operations, Resources, Subject, encode
+from tests.client.test_client_reuse import TOKEN, client_with
+from tokensvc_client.web import require, tokensvc_middleware
+
+# A token that may only read under /admin (its verdict: no MFA).
+READER = [encode(Subject("alice")), encode(Operations(("read",))), encode(Resources(("/admin/*",)))]
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@web.middleware
+async def passing(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Any other middleware: a logger, a timer."""
+    return await handler(request)
+
+
+@require(operation="admin:delete", resource="/admin")
+async def delete_all(request: web.Request) -> web.Response:
+    return web.Response(text="deleted")
+
+
+@require(mfa=True)
+async def refund(request: web.Request) -> web.Response:
+    return web.Response(text="refunded")
+
+
+class Docs(web.View):
+    @require(operation="docs:audit")  # a GET the forward-auth mapping (read) would allow
+    async def get(self) -> web.Response:
+        return web.Response(text="audit log")
+
+
+async def status(
+    aiohttp_client: Any, app: web.Application, path: str, *, method: str = "GET", token: bool = True
+) -> int:
+    http = await aiohttp_client(app)
+    response = await http.request(method, path, headers=BEARER if token else {})
+    return int(response.status)
+
+
+async def test_operation_mark_holds_with_a_middleware_after_tokensvcs(aiohttp_client: Any) -> None:
+    for middlewares in ([], [passing], [passing, passing]):
+        app = web.Application(middlewares=[tokensvc_middleware(client_with(READER)), *middlewares])
+        app.router.add_get("/admin/all", delete_all)
+
+        assert await status(aiohttp_client, app, "/admin/all") == 403, middlewares
+
+
+async def test_mfa_mark_holds_with_a_middleware_after_tokensvcs(aiohttp_client: Any) -> None:
+    app = web.Application(middlewares=[tokensvc_middleware(client_with(READER)), passing])
+    app.router.add_get("/admin/refund", refund)
+
+    assert await status(aiohttp_client, app, "/admin/refund") == 403
+
+
+async def test_opt_in_mark_holds_with_a_middleware_after_tokensvcs(aiohttp_client: Any) -> None:
+    """protect_all=False checks only marked routes: a lost mark would leave this one open."""
+    app = web.Application(
+        middlewares=[tokensvc_middleware(client_with(READER), protect_all=False), passing]
+    )
+    app.router.add_get("/admin/all", delete_all)
+
+    assert await status(aiohttp_client, app, "/admin/all", token=False) == 401
+    assert await status(aiohttp_client, app, "/admin/all") == 403
+
+
+async def test_mark_holds_in_a_sub_app_with_its_own_middleware(aiohttp_client: Any) -> None:
+    app = web.Application(middlewares=[tokensvc_middleware(client_with(READER))])
+    admin = web.Application(middlewares=[passing])
+    admin.router.add_get("/all", delete_all)
+    app.add_subapp("/admin", admin)
+
+    assert await status(aiohttp_client, app, "/admin/all") == 403
+
+
+async def test_a_views_method_mark_holds_with_a_middleware_after_tokensvcs(
+    aiohttp_client: Any,
+) -> None:
+    app = web.Application(middlewares=[tokensvc_middleware(client_with(READER)), passing])
+    app.router.add_view("/admin/docs", Docs)
+
+    assert await status(aiohttp_client, app, "/admin/docs") == 403
