@@ -21,7 +21,6 @@ from caveats.standard import (
     ClientCIDR,
     Expiry,
     Generation,
-    NotBefore,
     Operations,
     Resources,
     Subject,
@@ -43,11 +42,13 @@ _CHECK_CRASHED: Final = Failure("caveat check failed unexpectedly")
 _NO_RESULT: Final = Failure("caveat check returned no result")
 _NOT_BYTES: Final = Failure("malformed caveat: predicate is not bytes", invalid=True)
 _SUBJECTS_CONFLICT: Final = Failure("conflicting subject caveats", invalid=True)
-#: The checks known not to read `Context.client_ip` (see Policy.ignores_client_ip). A list of the
-#: ones that do not, rather than of the ones that do, so a kind added later counts as reading it
-#: until it is added here.
-_IP_FREE: Final = frozenset(
-    (Expiry, NotBefore, Operations, Resources, Audience, Generation, TimeBefore, Allow, Deny)
+#: The checks whose answer for a request, once it held, holds for the same request from any client
+#: address and at any later time until the policy's expiry (see Policy.reusable). Not ClientCIDR
+#: (it reads `Context.client_ip`), nor NotBefore (a wall clock stepped back makes the token not
+#: yet valid again: red team). A list of the ones that qualify, rather than of the ones that do
+#: not, so a kind added later does not qualify until it is added here.
+_REUSABLE: Final = frozenset(
+    (Expiry, Operations, Resources, Audience, Generation, TimeBefore, Allow, Deny)
 )
 
 
@@ -185,10 +186,11 @@ class Policy:
             return False
         return True
 
-    def ignores_client_ip(self) -> bool:
-        """Whether no check of this policy reads the context's `client_ip`, so a decision made
-        for one client address holds for every other (a client may then reuse it)."""
-        return self._ok and all(type(step) in _IP_FREE for step in self._steps)
+    def reusable(self) -> bool:
+        """Whether an allow of this policy may be reused for the same request until the policy's
+        expiry: no check reads the context's `client_ip` (an allow for one address holds for
+        every other) or can fail later for a time it once held at (only an expiry can)."""
+        return self._ok and all(type(step) in _REUSABLE for step in self._steps)
 
     def explain(self, ctx: Context) -> list[Failure]:
         """Every failure in `ctx`, in predicate order; empty exactly when `holds(ctx)`."""

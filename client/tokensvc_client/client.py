@@ -161,13 +161,14 @@ class TokensvcClient:
         else None (then call `check`). The caller's `key` must determine every input of that
         check but the client address: the exact token and discharge strings, the operation,
         resource and audience, and whether MFA was required. An allow is remembered only
-        when no caveat of the token reads the client address, and holds while
+        when no caveat of the token reads the client address or is a not-before (which a wall
+        clock stepped back makes fail again; `caveats.Policy.reusable`), and holds while
 
         - the revocation stream is live, and has applied no event since (any revocation, of
           anything, and any reset, forgets every remembered allow: RevocationState's on_change);
         - the verdict it was decided from is valid and no expiry caveat of the token has passed
-          (the other caveats of a verdict give the same answer to the same request at any time:
-          a not-before caveat that held still holds).
+          (the other caveats of such a verdict give the same answer to the same request at any
+          time).
 
         So its answer is `check`'s, for the cost of a dictionary lookup: the aiohttp and ASGI
         middleware ask it first.

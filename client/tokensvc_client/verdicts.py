@@ -57,7 +57,7 @@ class Verdict:
     principal: Principal  # what an allowed request's handler gets, built once
     #: Until when an allow decided from this verdict may be reused (TokensvcClient.allowed): the
     #: earlier of valid_until and the token's first expiry caveat. None: never reused (a caveat
-    #: reads the client address, or one fails everywhere).
+    #: reads the client address, a not-before caveat, or one that fails everywhere).
     reusable_until: float | None
 
 
@@ -130,7 +130,7 @@ def parse_verdict(body: Any, *, now: float, key_bytes: int) -> Verdict:
         ),
         reusable_until=(
             min(t for t in (valid_until, policy.expires_at, expires) if t is not None)
-            if policy.ignores_client_ip()
+            if policy.reusable()
             else None
         ),
     )

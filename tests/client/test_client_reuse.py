@@ -124,10 +124,16 @@ async def test_not_reused_once_the_verdict_is_no_longer_valid() -> None:
     assert client.allowed("k") is None
 
 
-async def test_a_not_before_caveat_that_held_still_holds() -> None:
-    client = client_with([*READ, encode(NotBefore(900))])
+async def test_a_token_with_a_not_before_caveat_is_never_remembered() -> None:
+    """Red team (helper-44): a not-before that held fails again when the host's wall clock is
+    stepped back (an NTP correction); a remembered allow would outlive it. Checked every time."""
+    client = client_with([*READ, encode(NotBefore(995))])
 
-    assert await remembered(client) is not None
+    assert await remembered(client) is None
+    client._clock.now = 990.0  # stepped back 10 s
+    with pytest.raises(InvalidToken):
+        await client.check(TOKEN, operation="read", reuse_as="k")
+    assert client.allowed("k") is None
 
 
 async def test_not_reused_when_the_stream_is_no_longer_live() -> None:
