@@ -25,14 +25,17 @@ import orjson
 from aiohttp import web
 
 from tokensvc_client import TokensvcClient
-from tokensvc_client.web import PRINCIPAL, TokensvcGuard, principal, public, tokensvc_middleware
+from tokensvc_client.web import TokensvcGuard, public, tokensvc_middleware
 
 AUDIENCE = "files"
 
 
 async def doc(request: web.Request) -> web.Response:
-    who = principal(request).subject if PRINCIPAL in request else None
-    body = orjson.dumps({"doc": request.match_info["name"], "subject": who})
+    # The same handler in every mode, touching nothing of the token's: the rows then differ by
+    # what protects the route alone. (It used to read the Principal when present; under no auth
+    # that `PRINCIPAL in request` raised and caught a KeyError inside aiohttp's Mapping, ~3,900
+    # instructions the baseline paid and the protected rows did not, flattering their ratios.)
+    body = orjson.dumps({"doc": request.match_info["name"]})
     return web.Response(body=body, content_type="application/json")
 
 
