@@ -80,7 +80,12 @@ class TokensvcASGIMiddleware:
         authorization = headers.get("authorization")
         discharges_header = headers.get("x-macaroon-discharges")
         raw_path = scope.get("raw_path")
-        path = raw_path.decode("latin-1") if raw_path else _quote_path(scope["path"])
+        # UTF-8, as aiohttp reads a request target and forward-auth its X-Original-URI, so one
+        # request names one resource at every door (red team: latin-1 named `/docs/é` as
+        # `/docs/Ã©`); a byte that is not UTF-8 stays a surrogate, which resource_of refuses.
+        path = (
+            raw_path.decode("utf-8", "surrogateescape") if raw_path else _quote_path(scope["path"])
+        )
         # Every input of the check but the client address (see TokensvcClient.allowed).
         reuse_as = (authorization, discharges_header, method, path, requirement, self)
         found = self.client.allowed(reuse_as)

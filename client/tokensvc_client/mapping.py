@@ -79,7 +79,7 @@ def resource_of(path: str) -> str:
         )
     try:
         path = unquote_to_bytes(path).decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeError:  # an escape that is not UTF-8, or a raw byte (a surrogate from aiohttp)
         raise CaveatDenied("the request URI is not UTF-8") from None
     if not path.startswith("/") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
         raise CaveatDenied("the request URI is not an absolute path")

@@ -94,3 +94,43 @@ async def test_a_views_method_mark_holds_with_a_middleware_after_tokensvcs(
     app.router.add_view("/admin/docs", Docs)
 
     assert await status(aiohttp_client, app, "/admin/docs") == 403
+
+
+async def test_asgi_reads_a_raw_path_as_utf8_like_the_other_doors() -> None:
+    """Red team (helper-45): the ASGI middleware decoded raw_path as latin-1, so a raw `/docs/é`
+    named `/docs/Ã©` there and `/docs/é` at the aiohttp middleware and forward-auth. The same
+    request names one resource at every door; a byte that is not UTF-8 names none (403)."""
+    from tokensvc_client.asgi import TokensvcASGIMiddleware
+
+    client = client_with(
+        [encode(Subject("alice")), encode(Operations(("read",))), encode(Resources(("/docs/é",)))]
+    )
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"served"})
+
+    async def status_of(raw_path: bytes) -> int:
+        sent: list[Any] = []
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/docs/é",
+            "raw_path": raw_path,
+            "query_string": b"",
+            "headers": [(b"authorization", f"Bearer {TOKEN}".encode())],
+            "client": ("192.0.2.1", 1),
+        }
+        await TokensvcASGIMiddleware(app, client)(scope, receive, send)
+        return int(sent[0]["status"])
+
+    assert await status_of("/docs/é".encode()) == 200
+    assert await status_of(b"/docs/%C3%A9") == 200
+    assert await status_of(b"/docs/\xff") == 403

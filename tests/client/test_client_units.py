@@ -232,7 +232,8 @@ def test_cache_forgets_every_verdict_of_a_revoked_key() -> None:
 # ---- request mapping ------------------------------------------------------------------------------
 
 
-@given(st.text(alphabet="/.a%2e0fF5cC3bB;\\?#:é\x01", max_size=40).map(lambda s: "/" + s))
+# \udcff: a raw non-UTF-8 byte, as aiohttp hands it over (surrogateescape; red team: it raised).
+@given(st.text(alphabet="/.a%2e0fF5cC3bB;\\?#:é\x01\udcff", max_size=40).map(lambda s: "/" + s))
 def test_resource_mapping_equals_forward_auth(path: str) -> None:
     """The middleware maps a path to the resource exactly as GET /v1/auth does (or denies alike)."""
     try:

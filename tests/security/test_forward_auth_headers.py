@@ -59,6 +59,29 @@ async def test_a_client_cannot_override_traefiks_method_and_uri(shaped: Any, roo
     assert agreeing == 200
 
 
+async def test_a_uri_with_a_raw_byte_that_is_not_utf8_is_a_403_not_an_error(
+    shaped: Any, root: str
+) -> None:
+    """Red team (helper-45): nginx passes $request_uri as sent, raw bytes included; aiohttp hands
+    a non-UTF-8 byte of a header over as a surrogate, and decoding the path raised
+    UnicodeEncodeError: a 500 with a traceback in the log. It is a URI that names no resource."""
+    import asyncio
+
+    token = await _read_only_public(shaped, root)
+    reader, writer = await asyncio.open_connection("127.0.0.1", shaped.server.port)
+    try:
+        writer.write(
+            b"GET /v1/auth HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token.encode()
+            + b"\r\nX-Original-URI: /public/\xff\r\nConnection: close\r\n\r\n"
+        )  # fmt: skip
+        await writer.drain()
+        response = await reader.read()
+    finally:
+        writer.close()
+
+    assert response.split(b" ", 2)[1] == b"403", response[:300]
+
+
 async def test_a_context_header_sent_twice_is_not_the_clients_choice(
     shaped: Any, root: str
 ) -> None:
