@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -22,6 +23,10 @@ _REVOKED: Final = Failure("token revoked (subject generation)", invalid=True)
 _NO_OPERATION: Final = Failure("the token is limited to some operations; the request names none")
 _NO_RESOURCE: Final = Failure("the token is limited to some resources; the request names none")
 _NO_AUDIENCE: Final = Failure("the token is limited to some audiences; the request names none")
+#: A dot segment (`.`, `..`, `..;`: Tomcat's `..`), plain or percent-encoded, or an encoded `/` or
+#: `\`: what could take a resource matched by a prefix out of that prefix once the application
+#: resolves it (Resources.check).
+_CLIMBS: Final = re.compile(r"(?:^|[/\\])(?:\.|%2e){1,2}(?:[/\\;]|$)|%2f|%5c", re.IGNORECASE)
 _NO_CLIENT_IP: Final = Failure(
     "the token is limited to some networks; the request has no client IP"
 )
@@ -99,24 +104,42 @@ class Resources:
     """The request's resource must equal an entry, or start with an entry's text before a final `*`.
 
     Resources are compared as given: the caller normalises them (paths, case) before checking.
+    One exception, because callers of /v1/verify pass paths as their framework gives them: a
+    resource matched by a prefix must not be able to leave it, so one with a dot segment or an
+    encoded `/` or `\\` fails (red team: `/docs/../admin/x` passed a `/docs/*` token, and the
+    application served /admin/x). A bare `*` matches everything, so nothing is left there.
     """
 
     resources: tuple[str, ...]
     _exact: frozenset[str] = field(init=False, repr=False, compare=False)
     _prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _anything: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_fields(self)
         object.__setattr__(self, "_exact", frozenset(r for r in self.resources if r[-1] != "*"))
         object.__setattr__(self, "_prefixes", tuple(r[:-1] for r in self.resources if r[-1] == "*"))
+        object.__setattr__(self, "_anything", "" in self._prefixes)
 
     def check(self, ctx: Context) -> Result:
         """Holds when the context names a resource that an entry matches."""
         resource = ctx.resource
         if resource is None:
             return _NO_RESOURCE
-        if resource in self._exact or (self._prefixes and resource.startswith(self._prefixes)):
+        if resource in self._exact:
             return SUCCESS
+        if self._prefixes and resource.startswith(self._prefixes):
+            # The common resource has no `.`, `%` or `\\`: three substring tests, no regex.
+            if (
+                self._anything
+                or ("." not in resource and "%" not in resource and "\\" not in resource)
+                or _CLIMBS.search(resource) is None
+            ):
+                return SUCCESS
+            return Failure(
+                f"resource {clip(resource)} has a dot segment or an encoded separator: it could "
+                "name a resource outside the token's prefixes"
+            )
         return Failure(f"resource {clip(resource)} is not allowed by the token")
 
 

@@ -165,6 +165,49 @@ def test_resources_deny_everything_else(entries: tuple[str, ...], resource: str)
     assert not result.invalid
 
 
+@pytest.mark.parametrize(
+    "resource",
+    [
+        "/docs/../admin/x",
+        "/docs/x/../../admin",
+        "/docs/..",
+        "/docs/%2e%2e/admin/x",
+        "/docs/%2E./admin",
+        "/docs/..;/admin",
+        "/docs/./x",
+        "/docs/a%2fb",
+        "/docs/a%5C..%5Cadmin",
+        "/docs/..\\admin",
+    ],
+)
+def test_resources_deny_a_prefix_match_that_could_leave_the_prefix(resource: str) -> None:
+    """Red team (helper-45): /v1/verify callers pass paths as their framework gives them, and
+    `/docs/../admin/x` passed a `/docs/*` token while the application served /admin/x. A resource
+    matched by a prefix fails if a dot segment or an encoded separator could take it out."""
+
+    result = Resources(("/docs/*",)).check(ctx(resource=resource))
+
+    assert isinstance(result, Failure) and not result.invalid
+    assert "outside the token's prefixes" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("entries", "resource"),
+    [
+        (("/docs/*",), "/docs/.well-known"),
+        (("/docs/*",), "/docs/report.v2.pdf"),
+        (("/docs/*",), "/docs/..x"),
+        (("/docs/*",), "/docs/100%25"),
+        (("*",), "/docs/../admin"),  # a bare * allows everything: nothing to leave
+        (("/docs/../x",), "/docs/../x"),  # an exact entry is the token author's own choice
+    ],
+)
+def test_resources_keep_dots_that_leave_nothing(entries: tuple[str, ...], resource: str) -> None:
+    result = Resources(entries).check(ctx(resource=resource))
+
+    assert result is SUCCESS
+
+
 def test_resources_deny_missing_resource() -> None:
     """A request that names no resource cannot satisfy a resources restriction."""
 
