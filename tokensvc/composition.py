@@ -296,6 +296,7 @@ async def runtime(
             retention=config.revocation_event_retention,
             clock=clock,
             max_subscribers=config.revocation_stream_max_subscribers,
+            max_per_subject=config.revocation_stream_max_per_subject,
             heartbeat=config.revocation_stream_heartbeat.total_seconds(),
             outages=outages,
         )

@@ -304,6 +304,43 @@ async def test_subscribers_are_bounded(
     assert again.status == 200
 
 
+async def test_one_subject_cannot_take_every_slot(
+    aiohttp_client: Any, pg_url: str, data_dir: Path, clock: FakeClock
+) -> None:
+    """Red team (helper-46): every slot was open to one caller, so one service (or one leaked
+    service token) could hold them all and leave every other service's clients on /v1/verify.
+    Past TOKENSVC_REVOCATION_STREAM_MAX_PER_SUBJECT a subject gets 503, catch-up polls too,
+    while another subject still gets a stream; a slot freed is the subject's again."""
+    client, admin, svc = await _app_client(
+        aiohttp_client,
+        pg_url,
+        data_dir,
+        clock,
+        revocation_stream_max_subscribers=3,
+        revocation_stream_max_per_subject=1,
+    )
+    other = await mint(client, admin, subject="svc-2", operations=["tokens:verdict"], service=True)
+    first = await subscribe(client, svc)
+    await first.next()
+
+    again = await client.get(STREAM, headers=bearer(svc))
+    poll = await client.get(STREAM + "?until=now", headers=bearer(svc))
+    second_service = await subscribe(client, other["token"])
+    hello = await second_service.next()
+
+    assert again.status == 503 and "Retry-After" in again.headers
+    assert poll.status == 503
+    assert hello.kind == "hello"
+    first.response.close()
+    for _ in range(100):
+        freed = await client.get(STREAM + "?until=now", headers=bearer(svc))
+        await freed.read()
+        if freed.status == 200:
+            break
+        await asyncio.sleep(0.02)
+    assert freed.status == 200
+
+
 async def test_until_now_catches_up_and_ends(client: Client, admin_token: str, caller: str) -> None:
     """?until=now sends hello and every event after the cursor up to the newest, then ends."""
     tokens = [await mint(client, admin_token, subject="alice") for _ in range(2)]

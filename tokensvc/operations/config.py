@@ -257,6 +257,8 @@ class Config(BaseSettings):
     verdict_max_cache_ttl: Duration = timedelta(seconds=300)
     revocation_stream_heartbeat: Duration = timedelta(seconds=5)
     revocation_stream_max_subscribers: Annotated[int, _whole(1, 1_000_000)] = 1000
+    # Of those, how many one subject (a service) may hold: one cannot starve the others.
+    revocation_stream_max_per_subject: Annotated[int, _whole(1, 1_000_000)] = 250
     revocation_event_retention: Duration = timedelta(hours=24)
     # Expired tokens' registry rows are deleted this long after they expire (listed until then).
     token_retention: Duration = timedelta(days=30)

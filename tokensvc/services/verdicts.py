@@ -42,13 +42,15 @@ class Refused(NamedTuple):
 
 
 class Subscription(NamedTuple):
-    """An authorised stream: where it starts, why it must reset first (or None), its events."""
+    """An authorised stream: where it starts, why it must reset first (or None), its events,
+    and the subscriber slot it holds (`with subscription.slot:` around the stream frees it)."""
 
     start: int
     newest: int
     reset: str | None
     heartbeat: float
     batches: AsyncGenerator[list[RevocationEvent], None]
+    slot: contextlib.ExitStack
 
 
 def b64(predicate: bytes) -> str:
@@ -124,19 +126,30 @@ class VerdictService:
     ) -> Subscription:
         """Authorise a stream subscriber and place it: resumed after `cursor`, or from now.
 
-        Iterate `batches` inside `slot()`. `wait=False`: the batches end once the subscriber
-        has everything up to the newest event (a catch-up poll instead of a stream).
+        Iterate `batches` inside `with subscription.slot:`. `wait=False`: the batches end once
+        the subscriber has everything up to the newest event (a catch-up poll, not a stream).
+
+        The slot is taken before the revocation log is read (red team: a caller refused for want
+        of a slot still cost a log query each, past the request governor), and one subject holds
+        at most `max_per_subject` of them (red team: one service token took every slot).
 
         Raises:
             InvalidToken, CaveatDenied: the caller's token is bad or lacks `tokens:verdict`.
             Forbidden: neither a service token nor an enabled admin's (the stream names subjects).
-            Unavailable: the database is down (this process cannot read the revocation log,
-                or a resume is older than the in-memory ring).
+            Unavailable: no slot is free (for anyone, or for this subject); or the database is
+                down (this process cannot read the revocation log, or a resume is older than
+                the in-memory ring).
         """
-        await self._authz.service(who, VERDICT_OPERATION)
-        if not wait:  # "everything committed until now", not only what this process has read
-            await self._feed.catch_up()
-        start, reset = await self._feed.start(parse_cursor(cursor))
+        actor = await self._authz.service(who, VERDICT_OPERATION)
+        slot = contextlib.ExitStack()
+        slot.enter_context(self._feed.slot(actor.name))
+        try:
+            if not wait:  # "everything committed until now", not only what this process read
+                await self._feed.catch_up()
+            start, reset = await self._feed.start(parse_cursor(cursor))
+        except BaseException:
+            slot.close()
+            raise
         newest = self._feed.cursor
         return Subscription(
             start=start,
@@ -144,8 +157,5 @@ class VerdictService:
             reset=reset,
             heartbeat=self._feed.heartbeat,
             batches=self._feed.follow(start, until=None if wait else newest),
+            slot=slot,
         )
-
-    def slot(self) -> contextlib.AbstractContextManager[None]:
-        """A context manager holding one subscriber slot; Unavailable (503) when all are taken."""
-        return self._feed.slot()

@@ -55,6 +55,7 @@ class RevocationFeed:
         retention: timedelta,
         clock: Callable[[], datetime],
         max_subscribers: int,
+        max_per_subject: int,
         heartbeat: float,
         outages: Outages | None = None,
     ) -> None:
@@ -62,6 +63,7 @@ class RevocationFeed:
         self.poll_interval = poll_interval
         self.retention = retention
         self.max_subscribers = max_subscribers
+        self.max_per_subject = max_per_subject
         self.heartbeat = heartbeat
         self._clock = clock
         self._outages = outages
@@ -69,6 +71,7 @@ class RevocationFeed:
         self.cursor = 0
         self.on_event: list[Callable[[RevocationEvent], None]] = []
         self.subscribers = 0
+        self._by_subject: dict[str, int] = {}
         self._recent: deque[RevocationEvent] = deque(maxlen=RING)
         # The ring holds every event with an id above this one (up to `cursor`).
         self._floor = 0
@@ -226,16 +229,27 @@ class RevocationFeed:
         return cursor, None
 
     @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one of the `max_subscribers` stream slots; Unavailable (503) when none is free."""
+    def slot(self, subject: str) -> Iterator[None]:
+        """Hold one of the `max_subscribers` stream slots, at most `max_per_subject` of them for
+        one subject (so one service, or one leaked service token, cannot take them all);
+        Unavailable (503) when none is free."""
         if self.subscribers >= self.max_subscribers:
             raise Unavailable("too many revocation stream subscribers", retry_after=5)
+        held = self._by_subject.get(subject, 0)
+        if held >= self.max_per_subject:
+            raise Unavailable("too many revocation streams for this subject", retry_after=5)
         self.subscribers += 1
+        self._by_subject[subject] = held + 1
         metrics.STREAM_SUBSCRIBERS.inc()
         try:
             yield
         finally:
             self.subscribers -= 1
+            left = self._by_subject[subject] - 1
+            if left:
+                self._by_subject[subject] = left
+            else:
+                del self._by_subject[subject]
             metrics.STREAM_SUBSCRIBERS.dec()
 
     async def follow(

@@ -90,7 +90,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
     subscription = await verdicts.subscribe(who, cursor, wait=until is None)
 
-    with verdicts.slot():
+    with subscription.slot:
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
