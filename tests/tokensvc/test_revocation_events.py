@@ -64,3 +64,26 @@ async def test_prune_keeps_the_newest_event(engine: AsyncEngine) -> None:
     assert pruned == 2
     assert oldest == newest
     assert [e.fields() for e in await log.after(0, limit=10)] == [{"key_id": "c"}]
+
+
+async def test_prune_deletes_only_a_prefix_of_ids_when_times_are_out_of_order(
+    engine: AsyncEngine,
+) -> None:
+    """Red team (helper-46): ids are the cursor, but pruning went by created_at, and the two need
+    not agree (a transaction takes `now` before a long cascade, then waits for the append lock;
+    replicas' clocks differ). An event with a later id and an earlier time was deleted while an
+    earlier one was kept: a client resuming between them got neither it nor a reset. Only a
+    prefix of ids goes, so `oldest` tells a resuming reader whether it missed anything."""
+    from datetime import timedelta
+
+    log = EventLog(engine)
+    old = datetime.now(UTC) - timedelta(hours=25)
+    times = [old, old + timedelta(seconds=2), old, datetime.now(UTC)]  # the third: out of order
+    for n, at in enumerate(times):
+        async with engine.begin() as conn:
+            await events.append(conn, events.KEY, events.key_event(f"k{n}"), at=at)
+
+    await log.prune(old + timedelta(seconds=1))
+    kept = [e.fields()["key_id"] for e in await log.after(0, limit=10)]
+
+    assert kept == ["k1", "k2", "k3"]  # k0 went; k2 (older than the bound) stays behind k1

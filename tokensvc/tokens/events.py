@@ -126,13 +126,20 @@ class EventLog:
         return await run_db(self._engine, run, write=False)
 
     async def prune(self, before: datetime) -> int:
-        """Delete events created before `before`, except the newest; how many went."""
+        """Delete the events below the oldest one created at or after `before` (all of them but
+        the newest if there is none); how many went.
+
+        Only a prefix of ids goes, so the oldest id kept tells a resuming reader whether it
+        missed anything. Ids and creation times need not agree (a transaction takes its time
+        before a long cascade, then waits for the append lock; replicas' clocks differ): an
+        event older than `before` behind a newer one stays until the newer one goes (red team:
+        deleting by time alone left a gap no reset announced)."""
 
         async def run(conn: AsyncConnection) -> int:
             newest = select(func.max(_TABLE.c.id)).scalar_subquery()
-            result = await conn.execute(
-                delete(_TABLE).where(_TABLE.c.created_at < before, _TABLE.c.id < newest)
-            )
+            kept = select(func.min(_TABLE.c.id)).where(_TABLE.c.created_at >= before)
+            bound = func.coalesce(kept.scalar_subquery(), newest)
+            result = await conn.execute(delete(_TABLE).where(_TABLE.c.id < bound))
             return int(result.rowcount or 0)
 
         return await run_db(self._engine, run, write=True)
