@@ -225,8 +225,10 @@ def tokensvc_middleware(
         # Not a coroutine function: aiohttp awaits what a middleware returns (its Middleware
         # type returns an Awaitable), so a remembered allow hands back the handler's own
         # awaitable, with no coroutine of the middleware's in between; the rest is check_then.
-        # The handler aiohttp hands a middleware is one object per route, so it stands for the
-        # route's requirement in the key. A remembered allow costs a lookup and nothing more:
+        # The handler aiohttp hands a middleware is one object per route (the route's handler,
+        # or aiohttp's cached partial of the next middleware; an old-style middleware after
+        # this one makes a new one per request, and then nothing is reused), so it stands for
+        # the route's requirement in the key. A remembered allow costs a lookup and no more:
         # the key as _Gate.key builds it and the rule of TokensvcClient.allowed, both inline
         # (each call saved is ~1 % of a small request's time; tests/client/test_client_reuse.py
         # holds the middleware to the same answers as `allowed`).
