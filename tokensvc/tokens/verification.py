@@ -281,7 +281,21 @@ class Verifier:
                 raise Unavailable(
                     "this replica cannot open the token's root key", retry_after=2
                 ) from exc
+            if key_id in self._revoked_keys:
+                # Revoked while it loaded (another replica's revocation arrived meanwhile): the
+                # load has put it back in the key cache; take it out again (red team: it stayed
+                # cached, harmless only while every token it signed has a registry row).
+                self._forget_key(key_id)
+                raise InvalidToken("root key revoked")
         return key
+
+    def _forget_key(self, key_id: str) -> None:
+        if key_id.startswith(KEY_ID_PREFIX):
+            if self._service_keys is not None:
+                self._service_keys.forget(key_id)
+        else:
+            self._keyring.forget(key_id)
+        self.cache.forget_key(key_id)
 
     async def _read_key(self, key_id: str) -> RootKey:
         if key_id.startswith(KEY_ID_PREFIX):
