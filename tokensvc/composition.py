@@ -32,7 +32,7 @@ from keystore.deployment_key import DeploymentKey, load_deployment_key
 from keystore.discharger_key import DischargerKey, load_discharger_key
 from keystore.reseal import kek_usage
 from keystore.sealing import LocalKeks, Sealer, UnknownKek
-from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys, service_key_id
+from keystore.service_keys import ServiceKeys, service_key_id
 from keystore.totp_secrets import TotpSecrets
 from tokensvc.accounts.bootstrap import ensure_admin
 from tokensvc.accounts.lockout import (
@@ -289,7 +289,7 @@ async def runtime(
         registry = TokenRegistry(engine)
         service_keys = ServiceKeys(engine, kek=keks, clock=clock)
         revocations = await _revocations(config, engine, registry, subjects, stack, outages)
-        _wire_lifecycle(revocations, keyring, service_keys, verifier, generations)
+        _wire_lifecycle(revocations, service_keys, verifier, generations)
         feed = RevocationFeed(
             EventLog(engine),
             poll_interval=config.revocation_refresh_interval.total_seconds(),
@@ -579,25 +579,18 @@ async def _revocations(
 
 def _wire_lifecycle(
     revocations: Revocations,
-    keyring: Keyring,
     service_keys: ServiceKeys,
     verifier: Verifier,
     generations: SubjectGenerations,
 ) -> None:
     """What a revocation does to this process's caches, wherever it was made."""
 
-    def key_revoked(key_id: str) -> None:
-        if key_id.startswith(KEY_ID_PREFIX):
-            service_keys.forget(key_id)
-        else:
-            keyring.forget(key_id)
-        verifier.cache.forget_key(key_id)
-
     def token_revoked(token_id: str) -> None:
         service_keys.forget(service_key_id(token_id))
 
     revocations.delete_service_key = service_keys.delete
-    revocations.on_key_revoked.append(key_revoked)
+    # The verifier's service keys are attached (Verifier.attach) before anything is revoked.
+    revocations.on_key_revoked.append(verifier.forget_root_key)
     revocations.on_token_revoked.append(token_revoked)
     revocations.on_generation.append(generations.remember)
 

@@ -285,11 +285,13 @@ class Verifier:
                 # Revoked while it loaded (another replica's revocation arrived meanwhile): the
                 # load has put it back in the key cache; take it out again (red team: it stayed
                 # cached, harmless only while every token it signed has a registry row).
-                self._forget_key(key_id)
+                self.forget_root_key(key_id)
                 raise InvalidToken("root key revoked")
         return key
 
-    def _forget_key(self, key_id: str) -> None:
+    def forget_root_key(self, key_id: str) -> None:
+        """Drop a revoked root key (or service-token key) from every cache this process holds
+        of it: the key store's and the verified chains'."""
         if key_id.startswith(KEY_ID_PREFIX):
             if self._service_keys is not None:
                 self._service_keys.forget(key_id)
