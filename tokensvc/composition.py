@@ -210,6 +210,7 @@ async def runtime(
         stack.callback(hasher.close)
         subjects = SubjectStore(engine, clock=clock)
         generations = SubjectGenerations(subjects, outages=outages)
+        registry = TokenRegistry(engine)
         if serving and bootstrap:
             await ensure_admin(users, hasher, config, announce=announce)
         if serving:
@@ -232,6 +233,7 @@ async def runtime(
                 users=users,
                 lockout=lockout,
                 clock=clock,
+                issuer_of=registry.issuer_of,
                 mfa_required_roles=config.mfa_required_roles,
             ),
             clock=clock,
@@ -286,7 +288,6 @@ async def runtime(
             clock=time.time if clock is utc_now else lambda: clock().timestamp(),
         )
 
-        registry = TokenRegistry(engine)
         service_keys = ServiceKeys(engine, kek=keks, clock=clock)
         revocations = await _revocations(config, engine, registry, subjects, stack, outages)
         _wire_lifecycle(revocations, service_keys, verifier, generations)
@@ -331,6 +332,7 @@ async def runtime(
                 verifier=verifier,
                 registry=registry,
                 revocations=revocations,
+                users=users,
                 audit=audit,
                 default_ttl=config.default_token_ttl,
                 clock=clock,
@@ -341,6 +343,7 @@ async def runtime(
                 users=users,
                 hasher=hasher,
                 revocations=revocations,
+                registry=registry,
                 audit=audit,
                 factors=factors,
             ),

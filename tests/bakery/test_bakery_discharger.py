@@ -57,12 +57,20 @@ class Caller:
     def not_after(self) -> float | None:
         return None
 
+    def token_id(self) -> str | None:
+        return None  # authenticated as with a password
+
+
+async def _no_token_is_asked_about(token_id: str) -> str | None:
+    raise AssertionError("these callers authenticate as with a password")
+
 
 def discharger(*users: User) -> Discharger:
     conditions = Conditions(
         users=Users(*users),  # type: ignore[arg-type]
         lockout=MemoryLockoutStore(),
         clock=lambda: NOW,
+        issuer_of=_no_token_is_asked_about,
     )
     return Discharger(KEY, conditions=conditions, clock=lambda: NOW, ttl=timedelta(minutes=5))
 

@@ -288,6 +288,37 @@ async def test_user_is_refuses_anyone_else(
     await assert_bakery_error(svc_case, 403, "not an enabled user")
 
 
+async def test_only_a_users_own_credential_vouches_for_them(
+    client: Client, users: dict[str, str], admin_token: str
+) -> None:
+    """Red team: an admin token narrowed to `tokens:mint` and `discharge` (too weak to take
+    over a role-holder) minted a plain token for alice and was vouched for as her, `has-role
+    dev` included. A token someone else issued for a user vouches for nothing here; her login,
+    and an admin's token of its own, do."""
+
+    async def minted_by(token: str, **body: Any) -> str:
+        resp = await client.post("/v1/tokens", json=body, headers=bearer(token))
+        assert resp.status == 201, await resp.text()
+        return str((await resp.json())["token"])
+
+    narrowed = await minted_by(admin_token, admin=True, operations=["tokens:mint", "discharge"])
+    for_alice = {
+        "by a narrowed admin": await minted_by(narrowed, subject="alice"),
+        "by the admin": await minted_by(admin_token, subject="alice"),
+    }
+    own = await login(client, "alice", ALICE_PASSWORD)
+    admins_own = await minted_by(admin_token, subject="admin")
+
+    for name, token in for_alice.items():
+        for condition in ("has-role dev", "user-is alice"):
+            resp = await discharge_for(client, condition, headers=bearer(token))
+            assert await assert_bakery_error(resp, 403, "by someone else") == "permission denied", (
+                name
+            )
+    assert (await discharge_for(client, "has-role dev", headers=bearer(own))).status == 200
+    assert (await discharge_for(client, "user-is admin", headers=bearer(admins_own))).status == 200
+
+
 async def test_basic_guesses_through_the_discharger_are_locked_out_like_logins(
     client: Client, users: dict[str, str]
 ) -> None:

@@ -130,6 +130,7 @@ async def test_local_admin_mint_gives_a_token_the_service_accepts(
     cli_env: dict[str, str], aiohttp_client: AiohttpClient, pg_url: str, data_dir: Path, kek: str
 ) -> None:
     """`token mint --local --admin --subject admin --ttl 1h --json` makes a token that verifies and passes admin calls."""
+    client = await app_client(aiohttp_client, pg_url, data_dir, kek)  # its start creates admin
     minted = await tokensvc(
         cli_env,
         "token",
@@ -147,13 +148,43 @@ async def test_local_admin_mint_gives_a_token_the_service_accepts(
     body = minted.json()
     assert {"token", "token_id", "key_id", "subject", "admin", "expires_at"} <= set(body)
     assert body["subject"] == "admin" and body["admin"] is True
-    client = await app_client(aiohttp_client, pg_url, data_dir, kek)
     verified = await client.post("/v1/verify", json={"token": body["token"]})
     assert verified.status == 200, await verified.text()
     assert (await verified.json())["token_id"] == body["token_id"]
     keys = await client.get("/v1/keys", headers={"Authorization": f"Bearer {body['token']}"})
     assert keys.status == 200, await keys.text()
     assert body["key_id"] in {k["id"] for k in (await keys.json())["keys"]}
+
+
+async def test_the_break_glass_door_makes_admin_tokens_only_for_admins_and_audits_its_burns(
+    cli_env: dict[str, str], aiohttp_client: AiohttpClient, pg_url: str, data_dir: Path, kek: str
+) -> None:
+    """Red team: `token mint --local --admin` for a name that is not an enabled admin made a
+    dormant admin token that came alive when the name became an admin; `token revoke --local
+    --token` was audited as the token's subject, not as the operator who burned it."""
+    client = await app_client(aiohttp_client, pg_url, data_dir, kek)
+    added = await _with_stdin(
+        cli_env, "correct horse battery", "user", "add", "eve", "--password-stdin", "--local"
+    )
+    assert added.returncode == 0, added
+    admin_mint = ("token", "mint", "--local", "--admin", "--json", "--subject")
+
+    refused = {s: await tokensvc(cli_env, *admin_mint, s) for s in ("eve", "nobody-yet")}
+    leaked = (
+        await tokensvc(cli_env, "token", "mint", "--local", "--subject", "eve", "--json")
+    ).json()
+    burned = await tokensvc(
+        cli_env, "token", "revoke", "--local", "--token", "-", stdin=leaked["token"]
+    )
+    trail = await tokensvc(cli_env, "audit", "--local", "--target", leaked["token_id"], "--json")
+
+    for result in refused.values():
+        assert "enabled admin user" in assert_clean_failure(result)
+    assert burned.returncode == 0, burned
+    assert (await client.post("/v1/verify", json={"token": leaked["token"]})).status == 401
+    revoked = [e for e in trail.json()["entries"] if e["action"] == "token_revoked"]
+    assert [e["actor"] for e in revoked] == [f"local:{getpass.getuser()}"], trail.json()
+    assert revoked[0]["details"]["via"] == "presented"
 
 
 async def service_token(client: Any, **body: Any) -> dict[str, Any]:

@@ -75,6 +75,7 @@ async def test_hello_then_one_event_per_kind_of_revocation(
     send their event, with increasing ids, after a hello naming the cursor."""
     by_id = await mint(client, admin_token, subject="alice")
     burnt = await mint(client, admin_token, subject="alice")
+    await mint(client, admin_token, subject="bob")  # revoke-all takes subjects tokens exist for
     resp = await client.post(
         "/v1/users",
         json={"name": "dave", "password": "a long enough password 1"},

@@ -21,7 +21,7 @@ The caller is authenticated only when a condition needs it, so `account-active` 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Final, Protocol
 
@@ -68,6 +68,11 @@ class Caller(Protocol):
         or authenticated with a password."""
         ...
 
+    def token_id(self) -> str | None:
+        """The id of the token the caller authenticated with (after `authenticate`); None
+        when it authenticated with a password."""
+        ...
+
 
 class Conditions:
     """Checks a condition for a caller; returns the attributes the discharge declares."""
@@ -78,10 +83,14 @@ class Conditions:
         users: UserStore,
         lockout: LockoutStore,
         clock: Callable[[], datetime],
+        issuer_of: Callable[[str], Awaitable[str | None]],
         mfa_required_roles: frozenset[str] = frozenset(),
     ) -> None:
-        """`mfa_required_roles`: TOKENSVC_MFA_REQUIRED_ROLES; a member is vouched for only when
+        """`issuer_of`: who a token id was issued by (its registry row's `created_by`: the
+        subject itself for a login), None for an id the registry does not hold.
+        `mfa_required_roles`: TOKENSVC_MFA_REQUIRED_ROLES; a member is vouched for only when
         authenticated with a second factor, whatever the condition (as admin calls require)."""
+        self._issuer_of = issuer_of
         self._users = users
         self._lockout = lockout
         self._clock = clock
@@ -111,6 +120,18 @@ class Conditions:
         # generation is `BOB`'s, which bob's password change does not raise).
         if user is None or user.name != who or user.disabled:
             raise ConditionRefused(f"{condition}: the caller is not an enabled user")
+        # Only the user's own credential vouches for them: their password, or a token issued to
+        # them by themselves (a login, or minted with one of their tokens). A token an admin
+        # minted for a user names that user at /v1/verify but is not their login: a narrowed
+        # admin token, which may not take over a role-holder, could otherwise mint one for any
+        # admin or role-holder and be vouched for as them here (red team). It also keeps a token
+        # minted for a name before a user had it from speaking for that user.
+        token_id = caller.token_id()
+        if token_id is not None and await self._issuer_of(token_id) != user.name:
+            raise ConditionRefused(
+                f"{condition}: this token was issued to {clip(user.name)} by someone else;"
+                " authenticate with their own login (password, or a token from `tokensvc login`)"
+            )
         # A role that requires MFA is vouched for (by any condition: the discharge names the
         # user, and `has-role` reads their roles) only for a caller who used one: an admin token
         # minted without it (before the policy) is refused here as by admin calls.

@@ -241,7 +241,7 @@ def token_revoke(
         if local:
 
             async def burn(services: Any, who: Any) -> None:
-                await services.tokens.revoke_presented(raw)
+                await services.tokens.revoke_presented(raw, operator=who)
 
             common.local(burn)
         else:

@@ -89,7 +89,9 @@ class LockoutService:
             for c in codes.counters
             if c.failures > 0 or c.locked_until is not None
         )
-        return dataclasses.replace(password, counters=password.counters + second_factor)
+        return dataclasses.replace(
+            password, counters=password.counters + second_factor, identity=identity
+        )
 
     async def clear(self, who: Principal, identity: str) -> None:
         """Forget the identity's failures and locks: its password's and its second factor's.

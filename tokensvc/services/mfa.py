@@ -300,7 +300,10 @@ class MfaService:
         if actor.subject is None:
             raise Forbidden("a local operator has no second factor: use `tokensvc user mfa-reset`")
         found = await self._users.get(actor.subject)
-        if found is None or found.disabled:
+        # The exact name, as Authorizer.admin and the discharger's conditions ask: user lookups
+        # fold case, and a token minted for the subject `DAVE` is not dave's (red team: it
+        # enrolled a factor under `DAVE`, with dave's password, that no reset of dave's removed).
+        if found is None or found.disabled or found.name != actor.subject:
             raise Forbidden("the token's subject is not an enabled user")
         return actor
 

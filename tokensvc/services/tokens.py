@@ -15,6 +15,7 @@ from functools import partial
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystore.service_keys import KEY_ID_PREFIX
+from tokensvc.accounts.users import UserStore, user_name_or_none
 from tokensvc.errors import (
     BadRequest,
     Forbidden,
@@ -26,7 +27,7 @@ from tokensvc.operations.logs import security_event
 from tokensvc.services.audit import record_cascade
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
-from tokensvc.services.principals import Principal
+from tokensvc.services.principals import LocalOperator, Principal
 from tokensvc.storage.audit import AuditLog
 from tokensvc.storage.db import run_db
 from tokensvc.tokens.delegation import OUTLIVE_OPERATION, delegate, minted_generation
@@ -60,11 +61,13 @@ class TokenService:
         verifier: Verifier,
         registry: TokenRegistry,
         revocations: Revocations,
+        users: UserStore,
         audit: AuditLog,
         default_ttl: timedelta,
         clock: Callable[[], datetime],
     ) -> None:
         self._engine = engine
+        self._users = users
         self._authz = authorizer
         self._minter = minter
         self._verifier = verifier
@@ -91,6 +94,8 @@ class TokenService:
             raise BadRequest("subject is required")
         request = dataclasses.replace(request, subject=subject)
         request.validate()
+        if request.admin and actor.verified is None:
+            await self._admin_subject(subject)
         may_outlive = await self._authz.unbounded(actor, OUTLIVE_OPERATION)
         if actor.verified is not None:
             request = delegate(
@@ -202,11 +207,24 @@ class TokenService:
             actor.name, record, via="id", first=partial(self._authz.confirm, actor=actor)
         )
 
-    async def revoke_presented(self, token: str) -> None:
+    async def _admin_subject(self, subject: str) -> None:
+        """Forbidden unless `subject` is an enabled admin, for the break-glass door's admin
+        tokens (a token's admin-capable ones are for its own subject, tokens.delegation): an
+        admin-capable token for anyone else would lie dormant until that name became an admin
+        (red team: minted for a future user, it came alive with the role)."""
+        user = await self._users.get(subject)
+        if user is None or user.name != subject or user.disabled or not user.is_admin:
+            raise Forbidden(
+                "an admin-capable token can only be minted for an enabled admin user"
+                " (make one with `tokensvc user add NAME --admin`)"
+            )
+
+    async def revoke_presented(self, token: str, *, operator: LocalOperator | None = None) -> None:
         """Whoever holds a genuine token may burn it (also the leak-report path).
 
         Anything that is not a genuine token of ours changes nothing and raises nothing: the
-        caller never learns which it was.
+        caller never learns which it was. Audited as done by the token's subject (its holder),
+        or by `operator` when the CLI's break-glass door burns it (`local:<os user>`).
 
         Raises:
             Unavailable: storage or the key store is down (the token could not be judged).
@@ -230,7 +248,8 @@ class TokenService:
             description="(registered when revoked)",
             kind="service" if key_id.startswith(KEY_ID_PREFIX) else "rotating",
         )
-        await self._revoke(subject, register, via="presented", register=True)
+        by = subject if operator is None else operator.name
+        await self._revoke(by, register, via="presented", register=True)
 
     async def _revoke(
         self,
@@ -280,7 +299,7 @@ class TokenService:
 
         Raises:
             InvalidToken, CaveatDenied, Forbidden: the principal may not revoke.
-            BadRequest: not a usable subject.
+            BadRequest: not a usable subject. NotFound: no token was issued to the subject.
             Unavailable: storage is down.
         """
         actor = await self._authz.admin(who, "tokens:revoke")
@@ -290,6 +309,14 @@ class TokenService:
 
         async def run(conn: AsyncConnection) -> Raised:
             await self._authz.confirm(conn, actor)
+            # Subjects are exact (`Carol` is not the user carol): a revoke-all of a subject that
+            # is neither a user nor one any token was issued to would revoke nothing and look,
+            # in the answer and the audit trail, like an incident handled (red team: `Carol`,
+            # `carol ` for carol). A user's name is always accepted, tokens or not yet.
+            if not await self._registry.issued_to(conn, subject):
+                user = await self._users.get(subject, conn=conn)
+                if user is None or user.name != subject:
+                    raise NotFound(_no_tokens_for(subject))
             raised = await self._revocations.raise_generation(conn, subject)
             await self._audit.record(
                 actor.name,
@@ -314,3 +341,12 @@ class TokenService:
             descendants=len(raised.descendants),
         )
         return raised.generation
+
+
+def _no_tokens_for(subject: str) -> str:
+    """The 404's message, naming the user a near miss was probably meant for."""
+    message = "no user has this name and no token was issued to it (subjects are exact)"
+    user = user_name_or_none(subject.strip())
+    if user is not None and user != subject:
+        message += f"; a user's tokens carry its name as stored: {user!r}"
+    return message

@@ -23,6 +23,7 @@ from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
 from tokensvc.storage.audit import AuditLog
 from tokensvc.storage.db import run_db
+from tokensvc.tokens.registry import TokenRegistry
 from tokensvc.tokens.revocation import Raised, Revocations
 
 
@@ -63,12 +64,14 @@ class UserService:
         users: UserStore,
         hasher: PasswordHasher,
         revocations: Revocations,
+        registry: TokenRegistry,
         audit: AuditLog,
         factors: SecondFactors | None = None,
     ) -> None:
         """`factors`: a deleted user's second factor goes with it (a new user of the same name
-        must not inherit it)."""
+        must not inherit it). `registry`: whose names are already token subjects."""
         self._factors = factors
+        self._registry = registry
         self._engine = engine
         self._authz = authorizer
         self._users = users
@@ -82,17 +85,32 @@ class UserService:
         Raises:
             InvalidToken, CaveatDenied, Forbidden: the principal may not write users.
             BadRequest: a bad name, password or role. Conflict: the name is taken.
+            Forbidden: roles, or a name tokens were issued to, from a narrowed token.
             Unavailable: storage or the password hasher is unavailable.
         """
         actor = await self._authz.admin(who, "users:write")
-        canonical_name(new.name)  # validate before paying for a hash
-        if new.roles and not await self._authz.unrestricted(actor):
+        name = canonical_name(new.name)  # validate before paying for a hash
+        unrestricted = await self._authz.unrestricted(actor)
+        if new.roles and not unrestricted:
             raise Forbidden(UNRESTRICTED_NEEDED)
         # No user has a second factor at creation: the single-factor minimum applies.
         password_hash = await self._hasher.hash(new.password, username=new.name)
 
-        async def run(conn: AsyncConnection) -> User:
+        async def run(conn: AsyncConnection) -> tuple[User, Raised | None]:
             await self._authz.confirm(conn, actor)
+            # User names and token subjects are one namespace: a user called `payments` logs in
+            # to tokens of subject `payments`, may revoke that subject's tokens (as their own)
+            # and, deleted, takes them all with it. A name tokens were issued to (a service's,
+            # or a deleted user's) is therefore made a user only by a token that could mint for
+            # it, an unrestricted one (red team: a `users:write` token took over a service), and
+            # the new user starts with none of those tokens: they die here, as a re-created
+            # name's earlier tokens stay dead.
+            earlier = await self._registry.issued_to(conn, name)
+            if earlier and not unrestricted:
+                raise Forbidden(
+                    "tokens were issued to this name: only an unrestricted admin token"
+                    " (no caveats beyond its expiry) may make it a user"
+                )
             user = await self._users.create(
                 new.name,
                 password_hash=password_hash,
@@ -100,6 +118,7 @@ class UserService:
                 disabled=new.disabled,
                 conn=conn,
             )
+            raised = await self._revocations.raise_generation(conn, user.name) if earlier else None
             await self._audit.record(
                 actor.name,
                 "user_created",
@@ -107,10 +126,17 @@ class UserService:
                 conn=conn,
                 roles=list(user.roles),
                 disabled=user.disabled,
+                tokens_revoked=earlier,
             )
-            return user
+            if raised is not None:
+                await record_cascade(
+                    self._audit, conn, actor.name, raised.descendants, cause=f"user:{user.name}"
+                )
+            return user, raised
 
-        user = await run_db(self._engine, run, write=True, retry=False)
+        user, raised = await run_db(self._engine, run, write=True, retry=False)
+        if raised is not None:
+            await self._revocations.generation_raised(user.name, raised)
         security_event("user_created", by=actor.name[:64], user=user.name, roles=list(user.roles))
         return user
 

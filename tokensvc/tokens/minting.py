@@ -77,6 +77,10 @@ class MintRequest:
     def validate(self) -> None:
         """BadRequest unless every field is well-formed (the TTL's bound is the minter's)."""
         _check_names("subject", (self.subject,))
+        if self.subject[0].isspace() or self.subject[-1].isspace():
+            # Header parsers strip it: `X-Auth-Subject: bob ` reaches a backend as bob, while
+            # revoke-all, password changes and deletion of bob never touch `bob ` (red team).
+            raise BadRequest("subject may not begin or end with whitespace")
         if self.subject.startswith(RESERVED_SUBJECT_PREFIX):
             raise BadRequest(
                 f"subject may not start with {RESERVED_SUBJECT_PREFIX!r}"

@@ -161,6 +161,17 @@ class TokenRegistry:
 
         await run_db(self._engine, run, write=True, retry=False, what="the token registry")
 
+    async def issued_to(self, conn: AsyncConnection, subject: str) -> bool:
+        """Whether the registry holds a row of any state for `subject` (a row is kept until
+        TOKENSVC_TOKEN_RETENTION after its token expired): has the subject had live tokens."""
+        query = select(_TABLE.c.token_id).where(_TABLE.c.subject == subject).limit(1)
+        return (await conn.execute(query)).first() is not None
+
+    async def issuer_of(self, token_id: str) -> str | None:
+        """Who the token was issued by (`created_by`), None for an id without a row."""
+        record = await self.get(token_id)
+        return None if record is None else record.created_by
+
     async def get(self, token_id: str) -> TokenRecord | None:
         async def run(conn: AsyncConnection) -> TokenRecord | None:
             found = (

@@ -323,10 +323,13 @@ class Revocations:
             self.note_token(parts[1][:64], float(parts[2]))
         elif len(parts) == 2 and parts[0] == "k":
             self.note_key(parts[1][:64])
-        elif text.startswith("g ") and len(parts) >= 3 and parts[1].isdigit():
-            subject = text.split(" ", 2)[2]
-            for callback in self.on_generation:
-                callback(subject[:255], int(parts[1]))
+        elif text.startswith("g "):
+            # Split on single spaces: a subject may hold (and, minted before subjects were
+            # refused them, end in) spaces, which `parts` would have dropped.
+            head = text.split(" ", 2)
+            if len(head) == 3 and head[1].isdigit() and head[2]:
+                for callback in self.on_generation:
+                    callback(head[2][:255], int(head[1]))
 
     async def refresh(self) -> None:
         """Read what was revoked since the last refresh (everything live, the first time)."""

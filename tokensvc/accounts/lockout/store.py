@@ -80,6 +80,8 @@ class LockoutStatus:
     locked_until: float | None
     counters: tuple[CounterStatus, ...]
     trusted_ips: int
+    # The identity the counters are kept under (`ＥＲＩＮ ` is `erin`); set by the lockout service.
+    identity: str = ""
 
     @property
     def locked(self) -> bool:

@@ -208,6 +208,7 @@ class RequestCaller:
         self._who: str | None = None
         self._mfa = False
         self._not_after: float | None = None
+        self._token_id: str | None = None
 
     async def authenticate(self) -> str:
         if self._who is None:
@@ -220,6 +221,9 @@ class RequestCaller:
 
     def not_after(self) -> float | None:
         return self._not_after
+
+    def token_id(self) -> str | None:
+        return self._token_id
 
     async def _authenticate(self) -> str:
         header = self._request.headers.get("Authorization")
@@ -259,7 +263,8 @@ class RequestCaller:
         # login that yields only an enrol-capable token (a role that requires MFA, not yet
         # enrolled) vouches for nothing here either (tests/security/test_mfa_attacks.py).
         who = await self._token(minted.token)
-        self._not_after = None  # the password vouched, not the minute-long token it got
+        # The password vouched, not the minute-long token it got.
+        self._not_after = self._token_id = None
         return who
 
     async def _token(self, token: str) -> str:
@@ -272,4 +277,5 @@ class RequestCaller:
         )
         self._mfa = verified.mfa
         self._not_after = verified.expires_at
+        self._token_id = verified.token_id
         return verified.subject

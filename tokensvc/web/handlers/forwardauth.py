@@ -42,6 +42,7 @@ _AMBIGUOUS: Final = re.compile(r"%(?:2f|2e|5c|3b)|[\\#]|//|/\.\.?(?:[/;]|$)", re
 _MAX_NAME: Final = 255
 # Header values are sent as they are except `%` and anything outside printable ASCII.
 _HEADER_SAFE: Final = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+_EDGE_SPACES: Final = re.compile(r"^ +| +$")
 
 
 def setup(app: web.Application) -> None:
@@ -68,12 +69,20 @@ async def forward_auth(request: web.Request) -> web.Response:
     return web.Response(
         text="ok\n",
         headers={
-            "X-Auth-Subject": quote(verified.subject, safe=_HEADER_SAFE),
+            "X-Auth-Subject": _header_value(verified.subject),
             "X-Auth-Token-Id": verified.token_id,
             "X-Auth-MFA": "true" if verified.mfa else "false",
             "Cache-Control": "no-store",
         },
     )
+
+
+def _header_value(text: str) -> str:
+    """`text` as a header value a backend reads back exactly: `%` and what is not printable
+    ASCII percent-encoded, and spaces at either end too, which header parsers strip (a subject
+    `bob ` minted before subjects were refused such spaces would otherwise reach it as `bob`)."""
+    value = quote(text, safe=_HEADER_SAFE)
+    return _EDGE_SPACES.sub(lambda found: "%20" * len(found.group()), value)
 
 
 def operation_for(method: str) -> str:

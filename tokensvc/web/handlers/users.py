@@ -120,7 +120,7 @@ async def get_lockout(request: web.Request) -> web.Response:
 
     return json_response(
         {
-            "name": name[:64],
+            "name": status.identity[:64],  # what the counters are kept under, not the spelling
             "locked": status.locked,
             "failures": status.failures,
             "locked_until": iso(status.locked_until),

@@ -1,0 +1,152 @@
+"""Red team (round 2): one name, many doors. User names and token subjects are one namespace,
+read by user administration, revoke-all, the second-factor endpoints, the lockout and
+forward-auth's `X-Auth-Subject`; where two doors read a name differently, an attacker acted as
+someone else or escaped a revocation. Each test is an attack that worked before its fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from tests.security.attack import attenuated, call, create_user, login, verify
+
+PASSWORD = "first long copper passphrase"
+
+
+async def minted(client: Any, admin: str, **body: Any) -> dict[str, Any]:
+    status, answer = await call(client, "POST", "/v1/tokens", admin, json=body)
+    assert status == 201, answer
+    return dict(answer)
+
+
+async def test_a_users_write_token_cannot_make_a_services_subject_a_user(
+    shaped: Any, root: str
+) -> None:
+    """The reproduction: a token narrowed to `users:write` created the user `payments` (a
+    service's subject), logged in as it and held the service's identity, and deleting that user
+    revoked every token of the service: a revoke-all without `tokens:revoke`."""
+    service = await minted(shaped, root, subject="payments", service=True, ttl="30d")
+    users_only = attenuated(root, "allow users:write")
+
+    taken = await call(
+        shaped, "POST", "/v1/users", users_only, json={"name": "payments", "password": PASSWORD}
+    )
+    fresh = await call(
+        shaped, "POST", "/v1/users", users_only, json={"name": "newcomer", "password": PASSWORD}
+    )
+
+    assert taken[0] == 403 and "tokens were issued" in taken[1]["error"]["message"], taken
+    assert fresh[0] == 201, fresh  # a name no token was issued to is still the narrowed token's
+    assert (await verify(shaped, service["token"]))[0] == 200
+    assert (await call(shaped, "GET", "/v1/users/payments", root))[0] == 404
+
+
+async def test_an_unrestricted_admin_making_a_subject_a_user_starts_it_with_no_tokens(
+    shaped: Any, root: str
+) -> None:
+    """A token minted for `frank` before there was a user frank does not become the user's
+    (red team: it then got `has-role` discharges as frank): creating the user revokes it."""
+    early = await minted(shaped, root, subject="frank", service=True, ttl="30d")
+
+    await create_user(shaped, root, "frank", PASSWORD, roles=["ops"])
+    own = await login(shaped, "frank", PASSWORD)
+    status, trail = await call(shaped, "GET", "/v1/audit?action=user_created&target=frank", root)
+
+    assert (await verify(shaped, early["token"]))[0] == 401
+    assert (await verify(shaped, own))[0] == 200
+    assert status == 200 and trail["entries"][0]["details"]["tokens_revoked"] is True, trail
+
+
+@pytest.mark.parametrize(
+    ("spelling", "hint"), [("Carol", True), ("CAROL", True), ("carol ", True), ("ｃarol", False)]
+)
+async def test_revoke_all_of_another_spelling_of_a_user_is_refused_not_claimed(
+    shaped: Any, root: str, spelling: str, hint: bool
+) -> None:
+    """The reproduction: revoke-all of `Carol` answered 200 and audited `tokens_revoked_all`
+    while carol's tokens lived on (subjects are exact; the user endpoints fold case)."""
+    await create_user(shaped, root, "carol", PASSWORD)
+    token = await login(shaped, "carol", PASSWORD)
+
+    near = await call(shaped, "POST", f"/v1/subjects/{quote(spelling)}/revoke-all", root)
+    status, trail = await call(
+        shaped,
+        "GET",
+        "/v1/audit",
+        root,
+        params={"action": "tokens_revoked_all", "target": spelling},
+    )
+    still = (await verify(shaped, token))[0]
+    exact = await call(shaped, "POST", "/v1/subjects/carol/revoke-all", root)
+
+    assert near[0] == 404, near
+    assert ("'carol'" in near[1]["error"]["message"]) is hint, near
+    assert status == 200 and trail["entries"] == [], trail
+    assert still == 200
+    assert exact[0] == 200 and (await verify(shaped, token))[0] == 401
+
+
+async def test_revoke_all_still_takes_a_user_without_tokens_and_any_subject_with_some(
+    shaped: Any, root: str
+) -> None:
+    """What revoke-all answered before stays: a user's exact name (tokens or not yet) and any
+    subject a token was issued to; a name that is neither is the 404."""
+    await create_user(shaped, root, "dora", PASSWORD)
+    await minted(shaped, root, subject="Batch Job")
+
+    answers = {
+        subject: (await call(shaped, "POST", f"/v1/subjects/{quote(subject)}/revoke-all", root))[0]
+        for subject in ("dora", "Batch Job", "batch job", "nobody-here")
+    }
+
+    assert answers == {"dora": 200, "Batch Job": 200, "batch job": 404, "nobody-here": 404}
+
+
+@pytest.mark.parametrize("subject", [" bob", "bob ", " ", "\u3000bob", "bob\u00a0", "\u2003"])
+async def test_a_subject_with_whitespace_at_either_end_is_refused(
+    shaped: Any, root: str, subject: str
+) -> None:
+    """The reproduction: a token for `bob ` survived bob's revoke-all, password change and
+    deletion, while forward-auth's `X-Auth-Subject: bob ` reached backends as `bob`."""
+    status, body = await call(shaped, "POST", "/v1/tokens", root, json={"subject": subject})
+
+    assert status == 400 and "whitespace" in body["error"]["message"], body
+
+
+async def test_spaces_inside_a_subject_are_kept() -> None:
+    """Only the ends are refused; and forward-auth encodes spaces at either end of a subject
+    minted before that (header parsers strip them), so a backend reads back the exact name."""
+    from tokensvc.web.handlers.forwardauth import _header_value
+
+    assert _header_value("Batch Job") == "Batch Job"
+    assert _header_value(" bob  ") == "%20bob%20%20"
+    assert _header_value("50% of ü") == "50%25 of %C3%BC"
+
+
+async def test_a_token_for_another_spelling_of_a_user_is_not_that_users_for_mfa(
+    shaped: Any, root: str
+) -> None:
+    """The reproduction: a token for subject `DAVE` read and enrolled dave's second factor
+    (with dave's password), leaving a factor row under `DAVE` no reset of dave's removed."""
+    await create_user(shaped, root, "dave", PASSWORD)
+    other = (await minted(shaped, root, subject="DAVE"))["token"]
+    own = await login(shaped, "dave", PASSWORD)
+
+    status_other = await call(shaped, "GET", "/v1/mfa", other)
+    enrol_other = await call(shaped, "POST", "/v1/mfa/enroll", other, json={"password": PASSWORD})
+    status_own = await call(shaped, "GET", "/v1/mfa", own)
+
+    assert status_other[0] == 403 and enrol_other[0] == 403, (status_other, enrol_other)
+    assert status_own[0] == 200, status_own
+
+
+async def test_the_lockout_status_names_the_identity_its_counters_are_kept_under(
+    shaped: Any, root: str
+) -> None:
+    """`GET /v1/users/ＥＲＩＮ/lockout` shows erin's counters: it says `erin`, not the spelling."""
+    status, body = await call(shaped, "GET", f"/v1/users/{quote('ＥＲＩＮ')}/lockout", root)
+
+    assert status == 200 and body["name"] == "erin", body
