@@ -37,9 +37,9 @@ API_AUDIENCE: Final = "tokensvc"
 
 #: Why a narrowed admin token may not grant a role or take over a role-holder (`unrestricted`).
 UNRESTRICTED_NEEDED: Final = (
-    "granting a role, or re-enabling, changing the password or second factor of, or clearing the"
-    " lockout of a user who holds one, needs an admin token that is not narrowed (no caveats"
-    " beyond its own expiry)"
+    "granting a role, or any change to a user who holds one (password, second factor, lockout,"
+    " roles, disabling, re-enabling, deletion), needs an admin token that is not narrowed (no"
+    " caveats beyond its own expiry)"
 )
 
 

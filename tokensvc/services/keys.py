@@ -15,7 +15,7 @@ from keystore.reseal import KekUsage, ResealResult, kek_usage, reseal
 from keystore.sealing import Sealer
 from tokensvc.errors import NotFound
 from tokensvc.operations.logs import security_event
-from tokensvc.services.audit import record_cascade
+from tokensvc.services.audit import by_token, record_cascade
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
@@ -69,7 +69,9 @@ class KeyService:
         # held up 1.6 s committed after its token's revocation), then the audit record.
         async def checked(conn: AsyncConnection, key_id: str) -> None:
             await self._authz.confirm(conn, actor)
-            await self._audit.record(actor.name, "key_rotated", key_id, conn=conn)
+            await self._audit.record(
+                actor.name, "key_rotated", key_id, conn=conn, **by_token(actor)
+            )
 
         key = await self._keyring.rotate(within=checked)
         security_event("key_rotated", by=actor.name[:64], key_id=key.id)
@@ -88,7 +90,12 @@ class KeyService:
 
         async def audit_rows(conn: AsyncConnection, descendants: list[Descendant]) -> None:
             await self._audit.record(
-                actor.name, "key_revoked", key_id, conn=conn, descendants=len(descendants)
+                actor.name,
+                "key_revoked",
+                key_id,
+                conn=conn,
+                **by_token(actor),
+                descendants=len(descendants),
             )
             await record_cascade(self._audit, conn, actor.name, descendants, cause=f"key:{key_id}")
 
@@ -144,7 +151,12 @@ class KeyService:
         async def record(conn: AsyncConnection) -> None:
             await self._authz.confirm(conn, actor)
             await self._audit.record(
-                actor.name, "keys_resealed", result.current_id, conn=conn, **counts
+                actor.name,
+                "keys_resealed",
+                result.current_id,
+                conn=conn,
+                **by_token(actor),
+                **counts,
             )
 
         await run_db(self._engine, record, write=True, retry=False)

@@ -17,6 +17,7 @@ from tokensvc.accounts.users import UserStore
 from tokensvc.errors import BadRequest, Forbidden
 from tokensvc.operations import metrics
 from tokensvc.operations.logs import security_event
+from tokensvc.services.audit import by_token
 from tokensvc.services.authorization import UNRESTRICTED_NEEDED, Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
@@ -122,7 +123,9 @@ class LockoutService:
                 raise Forbidden(UNRESTRICTED_NEEDED)
             await self._lockout.clear(identity)
             await self._otp_lockout.clear(self._otp_identity(identity))
-            await self._audit.record(actor.name, "lockout_cleared", identity, conn=conn)
+            await self._audit.record(
+                actor.name, "lockout_cleared", identity, conn=conn, **by_token(actor)
+            )
 
         await run_db(self._engine, run, write=True, retry=False)
         metrics.LOCKOUT_CLEARS.inc()

@@ -37,6 +37,7 @@ from tokensvc.accounts.secondfactor import Enrolment, SecondFactors
 from tokensvc.accounts.users import UserStore, user_name_or_none
 from tokensvc.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthenticated
 from tokensvc.operations.logs import security_event
+from tokensvc.services.audit import by_token
 from tokensvc.services.authorization import UNRESTRICTED_NEEDED, Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.login import LoginService
@@ -186,7 +187,7 @@ class MfaService:
             await self._factors.recovery_codes.replace(user, hashes, conn=conn)
             if not await self._factors.secrets.activate(user, created_at=created_at, conn=conn):
                 raise Conflict("the enrolment changed meanwhile; start again")
-            await self._audit.record(actor.name, "mfa_enrolled", user, conn=conn)
+            await self._audit.record(actor.name, "mfa_enrolled", user, conn=conn, **by_token(actor))
 
         await run_db(self._engine, run, write=True, retry=False)
         security_event("mfa_enrolled", user=user)
@@ -206,7 +207,7 @@ class MfaService:
         async def run(conn: AsyncConnection) -> None:
             await self._authz.confirm(conn, actor)  # a token revoked meanwhile disables nothing
             await self._factors.forget(user, conn=conn)
-            await self._audit.record(actor.name, "mfa_disabled", user, conn=conn)
+            await self._audit.record(actor.name, "mfa_disabled", user, conn=conn, **by_token(actor))
 
         await run_db(self._engine, run, write=True, retry=False)
         security_event("mfa_disabled", user=user, by=actor.name[:64])
@@ -228,7 +229,9 @@ class MfaService:
         async def run(conn: AsyncConnection) -> None:
             await self._authz.confirm(conn, actor)
             await self._factors.recovery_codes.replace(user, hashes, conn=conn)
-            await self._audit.record(actor.name, "mfa_recovery_codes_regenerated", user, conn=conn)
+            await self._audit.record(
+                actor.name, "mfa_recovery_codes_regenerated", user, conn=conn, **by_token(actor)
+            )
 
         await run_db(self._engine, run, write=True, retry=False)
         security_event("mfa_recovery_codes_regenerated", user=user)
@@ -263,7 +266,9 @@ class MfaService:
             if found.roles and not unrestricted:
                 raise Forbidden(UNRESTRICTED_NEEDED)
             had = await self._factors.forget(user, conn=conn)
-            await self._audit.record(actor.name, "mfa_reset", user, conn=conn, had_factor=had)
+            await self._audit.record(
+                actor.name, "mfa_reset", user, conn=conn, **by_token(actor), had_factor=had
+            )
             return had
 
         had = await run_db(self._engine, run, write=True, retry=False)

@@ -23,8 +23,9 @@ from tokensvc.errors import (
     TokensvcError,
     Unavailable,
 )
+from tokensvc.macaroons.describe import earliest_expiry
 from tokensvc.operations.logs import security_event
-from tokensvc.services.audit import record_cascade
+from tokensvc.services.audit import by_token, record_cascade
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import LocalOperator, Principal
@@ -204,7 +205,11 @@ class TokenService:
         if record is None or (not is_admin and record.subject != actor.subject):
             raise NotFound("no such token")
         await self._revoke(
-            actor.name, record, via="id", first=partial(self._authz.confirm, actor=actor)
+            actor.name,
+            record,
+            via="id",
+            first=partial(self._authz.confirm, actor=actor),
+            acting=by_token(actor),
         )
 
     async def _admin_subject(self, subject: str) -> None:
@@ -216,7 +221,7 @@ class TokenService:
         if user is None or user.name != subject or user.disabled or not user.is_admin:
             raise Forbidden(
                 "an admin-capable token can only be minted for an enabled admin user"
-                " (make one with `tokensvc user add NAME --admin`)"
+                " (make one with `tokensvc user add NAME --admin --local`)"
             )
 
     async def revoke_presented(self, token: str, *, operator: LocalOperator | None = None) -> None:
@@ -238,6 +243,8 @@ class TokenService:
         if token_id in self._revocations.tokens:
             return
         now = self._clock()
+        if await self._stale_copy(token, token_id, now):
+            return
         # A genuine token minted before the registry existed gets a row now, so it can be denied.
         register = TokenRecord(
             token_id=token_id,
@@ -251,6 +258,27 @@ class TokenService:
         by = subject if operator is None else operator.name
         await self._revoke(by, register, via="presented", register=True)
 
+    async def _stale_copy(self, token: str, token_id: str, now: datetime) -> bool:
+        """Whether `token` is a copy its holder narrowed in time (offline attenuation keeps the
+        token id), expired as presented, of a token that still lives. Such a copy is harmless:
+        revoking its id would let whoever kept a stale copy kill the live token and everything
+        minted with it (red team: a copy expired an hour earlier did). A live copy, however
+        narrowed, does revoke it: copies share the id, and a leaked one must die; and so does
+        the token itself once expired, for what it minted."""
+        presented_expiry = earliest_expiry(token)
+        if presented_expiry is None or presented_expiry > now.timestamp():
+            return False
+        record = await self._registry.get(token_id)
+        if record is None or record.expires_at <= now:
+            return False
+        security_event(
+            "token_revoke_ignored",
+            token_id=token_id,
+            subject=record.subject[:64],
+            reason="presented copy expired, token live",
+        )
+        return True
+
     async def _revoke(
         self,
         by: str,
@@ -259,7 +287,9 @@ class TokenService:
         via: str,
         register: bool = False,
         first: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+        acting: dict[str, str] | None = None,
     ) -> None:
+        """`acting`: audit details naming the token it was done with (services.audit.by_token)."""
         revoked_here = False
 
         async def audit_rows(
@@ -278,6 +308,7 @@ class TokenService:
                     subject=record.subject,
                     via=via,
                     descendants=len(descendants),
+                    **(acting or {}),
                 )
             await record_cascade(self._audit, conn, by, descendants, cause=record.token_id)
 
@@ -323,6 +354,7 @@ class TokenService:
                 "tokens_revoked_all",
                 subject,
                 conn=conn,
+                **by_token(actor),
                 generation=raised.generation,
                 descendants=len(raised.descendants),
             )

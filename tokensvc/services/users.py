@@ -17,7 +17,7 @@ from tokensvc.accounts.secondfactor import SecondFactors
 from tokensvc.accounts.users import User, UserStore, canonical_name
 from tokensvc.errors import BadRequest, Forbidden, NotFound
 from tokensvc.operations.logs import security_event
-from tokensvc.services.audit import record_cascade
+from tokensvc.services.audit import by_token, record_cascade
 from tokensvc.services.authorization import UNRESTRICTED_NEEDED, Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
@@ -124,6 +124,7 @@ class UserService:
                 "user_created",
                 user.name,
                 conn=conn,
+                **by_token(actor),
                 roles=list(user.roles),
                 disabled=user.disabled,
                 tokens_revoked=earlier,
@@ -198,11 +199,13 @@ class UserService:
             if before is None:
                 raise NotFound("no such user")
             granting = change.roles is not None and not set(change.roles) <= set(before.roles)
-            taking_over = new_hash is not None and bool(before.roles)
-            # Re-enabling a role-holder gives its credential the role's power back (red team:
-            # a narrowed token re-enabled a disabled admin, who then logged in as one).
-            reviving = change.disabled is False and before.disabled and bool(before.roles)
-            if (granting or taking_over or reviving) and not unrestricted:
+            # Any change to a role-holder (its password, disabling or re-enabling it, its
+            # roles): a narrowed token manages role-less users only. Re-enabling gives the
+            # credential the role's power back (red team: a narrowed token re-enabled a disabled
+            # admin, who then logged in as one); demoting made the account role-less, so the
+            # same token could then set its password, and disabling or demoting every admin
+            # locked the admins out (red team).
+            if (granting or before.roles) and not unrestricted:
                 raise Forbidden(UNRESTRICTED_NEEDED)
             after = before
             if new_hash is not None:
@@ -224,6 +227,7 @@ class UserService:
                 "user_updated",
                 before.name,
                 conn=conn,
+                **by_token(actor),
                 changed=change.fields,
                 tokens_revoked=revokes,
             )
@@ -247,19 +251,24 @@ class UserService:
             NotFound: no such user. Unavailable: storage is down.
         """
         actor = await self._authz.admin(who, "users:write")
+        unrestricted = await self._authz.unrestricted(actor)
 
         async def run(conn: AsyncConnection) -> tuple[str, Raised]:
             user = await self._users.get(name, for_update=True, conn=conn)
             await self._authz.confirm(conn, actor)  # after the row, as in `update`
             if user is None:
                 raise NotFound("no such user")
+            if user.roles and not unrestricted:  # as in `update`: not a narrowed token's
+                raise Forbidden(UNRESTRICTED_NEEDED)
             raised = await self._revocations.raise_generation(conn, user.name)
             await self._users.delete(user.name, conn=conn)
             # Its second factor goes with it, in the same transaction: a new user of the same
             # name must not inherit it, even if the process stops right after the commit.
             if self._factors is not None:
                 await self._factors.forget(user.name, conn=conn)
-            await self._audit.record(actor.name, "user_deleted", user.name, conn=conn)
+            await self._audit.record(
+                actor.name, "user_deleted", user.name, conn=conn, **by_token(actor)
+            )
             await record_cascade(
                 self._audit, conn, actor.name, raised.descendants, cause=f"user:{user.name}"
             )

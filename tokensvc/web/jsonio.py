@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import zlib
-from typing import Any, Final
+from typing import Any, Final, overload
 
 import orjson
 from aiohttp import hdrs, web
@@ -223,3 +223,18 @@ def printable(value: str | None, name: str, *, max_len: int = 255) -> str | None
     if len(value) > max_len or _CONTROL.search(value) is not None:
         raise BadRequest(f"{name} must be at most {max_len} characters, none of them a control")
     return value
+
+
+@overload
+def whole_number(request: web.Request, name: str, default: int) -> int: ...
+@overload
+def whole_number(request: web.Request, name: str, default: None) -> int | None: ...
+def whole_number(request: web.Request, name: str, default: int | None) -> int | None:
+    """A query parameter that is a whole number in ASCII digits (`int()` alone also takes `٣`,
+    `1_0` and ` 7`), or `default` when absent; BadRequest otherwise."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²".isdigit() is True
+        raise BadRequest(f"{name} must be a whole number")
+    return int(raw)

@@ -4,30 +4,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tokensvc.errors import BadRequest
 from tokensvc.services.audit import AuditQuery
 from tokensvc.web import appkeys
 from tokensvc.web.auth import principal
 from tokensvc.web.handlers.verify import iso
-from tokensvc.web.jsonio import json_response, printable
-
-
-def _int(request: web.Request, name: str, default: int | None) -> int | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²".isdigit() is True
-        raise BadRequest(f"{name} must be a whole number")
-    return int(raw)
+from tokensvc.web.jsonio import json_response, printable, whole_number
 
 
 async def list_audit(request: web.Request) -> web.Response:
     who = principal(request)
-    limit = _int(request, "limit", 100)
-    assert limit is not None  # noqa: S101 - narrows the type; _int() with a default never returns None
+    limit = whole_number(request, "limit", 100)
     query = AuditQuery(
         limit=limit,
-        before=_int(request, "before", None),
+        before=whole_number(request, "before", None),
         actor=printable(request.query.get("actor"), "actor"),
         action=printable(request.query.get("action"), "action"),
         target=printable(request.query.get("target"), "target"),

@@ -23,6 +23,7 @@ from tokensvc.web.jsonio import (
     read_json_object,
     reject_unknown,
     str_list,
+    whole_number,
 )
 
 _MINT_FIELDS = frozenset(
@@ -115,10 +116,7 @@ def _flag(request: web.Request, name: str) -> bool:
 async def list_tokens(request: web.Request) -> web.Response:
     """GET /v1/tokens?subject=&include_revoked=&include_expired=&limit=&after="""
     who = principal(request)
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        raise BadRequest("limit must be a whole number") from None
+    limit = whole_number(request, "limit", 100)
     query = TokenFilter(
         subject=printable(request.query.get("subject"), "subject"),
         include_revoked=_flag(request, "include_revoked"),

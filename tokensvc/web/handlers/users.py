@@ -12,7 +12,13 @@ from tokensvc.services.users import NewUser, UserChange
 from tokensvc.web import appkeys
 from tokensvc.web.auth import principal
 from tokensvc.web.handlers.verify import iso
-from tokensvc.web.jsonio import json_response, read_json_object, reject_unknown, str_list
+from tokensvc.web.jsonio import (
+    json_response,
+    read_json_object,
+    reject_unknown,
+    str_list,
+    whole_number,
+)
 
 _CREATE = frozenset(("name", "password", "roles", "disabled"))
 _PATCH = frozenset(("password", "roles", "disabled"))
@@ -69,10 +75,7 @@ async def create_user(request: web.Request) -> web.Response:
 
 async def list_users(request: web.Request) -> web.Response:
     who = principal(request)
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        raise BadRequest("limit must be a whole number") from None
+    limit = whole_number(request, "limit", 100)
 
     users = await request.app[appkeys.SERVICES].users.list(
         who, after=request.query.get("after"), limit=limit
