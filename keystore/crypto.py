@@ -129,7 +129,9 @@ class KeyEncryptionKey:
         if value is not None:
             return cls.from_base64(value)
         if file is not None:
-            return cls._read_file(Path(file))
+            path = Path(file)
+            _refuse_if_world_accessible(path)
+            return cls._read_file(path)
         if data_dir is not None:
             return cls._load_or_create(Path(data_dir) / KEK_FILE_NAME)
         raise InvalidKeyEncryptionKey(
@@ -271,3 +273,19 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _refuse_if_world_accessible(path: Path) -> None:
+    """InvalidKeyEncryptionKey if every user of the host may read or write the KEK file a
+    deployment names (TOKENSVC_KEK_FILE). Group access is allowed: a Kubernetes Secret volume
+    is shared with the pod's fsGroup (deploy/k8s: mode 0440); the generated data-dir file is
+    held to 0600 (`_load_or_create`). A file that does not exist is reported by `_read_file`."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return
+    if mode & 0o007:
+        raise InvalidKeyEncryptionKey(
+            f"key-encryption key file {path} is accessible to every user of this host"
+            f" (mode {mode:04o}); run `chmod o-rwx {path}` (0600, or 0640 for a group)"
+        )

@@ -166,6 +166,7 @@ def test_load_prefers_the_value_then_the_file_then_the_data_dir(tmp_path: Path) 
     other = KeyEncryptionKey.generate()
     key_file = tmp_path / "kek.b64"
     key_file.write_text(base64.b64encode(b"f" * 32).decode())
+    key_file.chmod(0o600)
     data_dir = tmp_path / "data"
     data_dir.mkdir(mode=0o700)
 
@@ -182,16 +183,32 @@ def test_load_reads_a_base64_file_such_as_a_mounted_secret(tmp_path: Path) -> No
     """A file holding the base64 key (trailing newline allowed) loads."""
     key_file = tmp_path / "kek"
     key_file.write_text(KEY_B64 + "\n")
+    key_file.chmod(0o440)  # a Kubernetes Secret volume shared with the pod's fsGroup
 
     kek = KeyEncryptionKey.load(file=str(key_file))
 
     assert kek.kek_id == KeyEncryptionKey(KEY).kek_id
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o602, 0o666])
+def test_load_refuses_a_kek_file_every_user_may_read_or_write(tmp_path: Path, mode: int) -> None:
+    """docs/security.md promised it; only the generated data-dir file was checked (red team):
+    a TOKENSVC_KEK_FILE open to every user of the host is refused, naming the fix."""
+    key_file = tmp_path / "kek"
+    key_file.write_text(KEY_B64 + "\n")
+    key_file.chmod(mode)
+
+    with pytest.raises(InvalidKeyEncryptionKey, match="chmod o-rwx") as refused:
+        KeyEncryptionKey.load(file=str(key_file))
+
+    assert KEY_B64 not in str(refused.value)
+
+
 def test_load_names_a_missing_or_malformed_file(tmp_path: Path) -> None:
     """A missing file or one without a valid key fails with the path in the message."""
     missing, malformed = tmp_path / "absent", tmp_path / "bad"
     malformed.write_text("definitely not a key")
+    malformed.chmod(0o600)
 
     with pytest.raises(InvalidKeyEncryptionKey, match="does not exist") as absent_error:
         KeyEncryptionKey.load(file=str(missing))

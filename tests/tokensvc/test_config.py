@@ -119,6 +119,7 @@ def test_a_kek_and_a_kek_file_are_refused_together(tmp_path: Path) -> None:
     """Two sources of one key: refused, rather than one of them silently winning."""
     path = tmp_path / "kek"
     path.write_text(KEK)
+    path.chmod(0o600)
 
     assert "not both" in refusal(KEK=KEK, KEK_FILE=str(path))
 

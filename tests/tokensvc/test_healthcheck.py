@@ -108,3 +108,17 @@ def test_native_tls_is_checked_with_the_configured_certificate(tmp_path: Path) -
     assert plain.returncode == 1, plain
     assert impostor.returncode == 1, impostor
     assert "CERTIFICATE_VERIFY_FAILED" in impostor.stderr
+
+
+def test_empty_variables_count_as_unset(tmp_path: Path) -> None:
+    """As `tokensvc serve` reads them: an empty TOKENSVC_PORT or TOKENSVC_HOST is the default
+    (127.0.0.1:8080), not a bad value (docs audit: it was `must be a port number, got ''`)."""
+    env = {**_clean_env(tmp_path), "TOKENSVC_PORT": "", "TOKENSVC_HOST": ""}
+
+    result = check(env, "--timeout", "1")
+
+    assert "must be a port number" not in result.stderr, result.stderr
+    # Whether something answers on 8080 here is not this test's business; where it asked is.
+    assert result.returncode == 0 or result.stderr.startswith("Error: http://127.0.0.1:8080/"), (
+        result.stderr
+    )

@@ -54,8 +54,9 @@ def healthcheck(ready: bool, timeout: float) -> None:
     The address, port and TLS certificate are TOKENSVC_HOST, TOKENSVC_PORT and
     TOKENSVC_TLS_CERT_FILE, as `tokensvc serve` reads them.
     """
-    host = _target(os.environ.get("TOKENSVC_HOST", "127.0.0.1"))
-    port_text = os.environ.get("TOKENSVC_PORT", "8080")
+    # An empty variable counts as unset, as everywhere in the configuration.
+    host = _target(os.environ.get("TOKENSVC_HOST") or "127.0.0.1")
+    port_text = os.environ.get("TOKENSVC_PORT") or "8080"
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise click.ClickException(f"TOKENSVC_PORT must be a port number, got {port_text!r}")
     cert_file = os.environ.get("TOKENSVC_TLS_CERT_FILE")

@@ -142,7 +142,7 @@ def token_inspect(token_string: str | None, as_json: bool) -> None:
     """Show what a token says, offline (TOKEN, or `-` for standard input). Nothing is verified."""
     from tokensvc.macaroons.describe import caveat_text, describe
 
-    info = describe(read_value(token_string, "a TOKEN"))
+    info = describe(read_value(token_string, "TOKEN"))
 
     def human(i: dict[str, Any]) -> str:
         lines = [
@@ -290,7 +290,7 @@ def token_attenuate(
     from tokensvc.macaroons.attenuation import attenuate
     from tokensvc.macaroons.describe import earliest_expiry
 
-    raw = read_value(token_string, "a TOKEN")
+    raw = read_value(token_string, "TOKEN")
     predicates = []
     try:
         if operations:
@@ -336,7 +336,7 @@ def token_check(token_string: str | None, as_json: bool) -> None:
     """
     from tokensvc.macaroons.attenuation import check_format
 
-    result = check_format(read_value(token_string, "a TOKEN"))
+    result = check_format(read_value(token_string, "TOKEN"))
     if as_json:
         emit(result, as_json, str)
     elif result["ok"]:

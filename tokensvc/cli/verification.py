@@ -40,7 +40,7 @@ def verify_command(
     """
     from tokensvc.cli.client import ApiError, Client
 
-    raw = read_value(token_string, "a TOKEN")
+    raw = read_value(token_string, "TOKEN")
     context = {
         name: value
         for name, value in (
@@ -82,7 +82,7 @@ def introspect_command(token_string: str | None, url: str | None, as_json: bool)
     """
     from tokensvc.cli.client import Client
 
-    raw = read_value(token_string, "a TOKEN")
+    raw = read_value(token_string, "TOKEN")
     result = Client.signed_in(url).request("POST", "/v1/introspect", form={"token": raw})
 
     def human(r: dict[str, Any]) -> str:
