@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import tempfile
 
-from tests.redis_servers import free_port
+from tests.ports import free_port
 
 IS_ROOT = os.geteuid() == 0
 

@@ -8,7 +8,6 @@ Debian package brings along) fails the test that needs it: it never skips.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,14 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.ports import free_port
+
 START_TIMEOUT = 20.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def redis_binary(name: str = "redis-server") -> str:

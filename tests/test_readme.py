@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.tokensvc.test_cli_login import _free_port, http
+from tests.ports import free_port
+from tests.tokensvc.test_cli_login import http
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -120,7 +121,7 @@ def test_the_readme_first_token_examples_run_as_written(tmp_path: Path) -> None:
     # A free port is free when picked, not when bound (the verify port is the next one): a
     # parallel test may take one first, so a start that loses that race is tried again.
     for _attempt in range(3):
-        port = _free_port()
+        port = free_port()
         with server_log.open("wb") as log:
             server = subprocess.Popen(
                 [TOKENSVC, "serve", "--port", str(port)],

@@ -26,7 +26,8 @@ from tests.conftest import (
     fresh_database,
     fresh_redis_prefix,
 )
-from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port, stop
+from tests.ports import free_port
+from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, stop
 
 T = TypeVar("T")
 
@@ -136,7 +137,7 @@ async def serve_tokensvc(
     tmp_path: Path, *, pg_url: str, redis_url: str, redis_prefix: str, **extra_env: str
 ) -> AsyncIterator[Served]:
     """`tokensvc serve` on its own ports until the block ends (terminated by its own pid)."""
-    port, verify_port = _free_port(), _free_port()
+    port, verify_port = free_port(), free_port()
     env = _clean_env(tmp_path)
     env.update(
         TOKENSVC_DATA_DIR=str(tmp_path / "data"),
@@ -168,7 +169,7 @@ async def serve_tokensvc(
                 bases = [base, f"http://127.0.0.1:{verify_port}"]
                 if await _healthy(session, proc, bases, log_path):
                     break
-                port, verify_port = _free_port(), _free_port()
+                port, verify_port = free_port(), free_port()
             else:
                 raise RuntimeError("tokensvc found its ports taken three times")
             async with session.post(
@@ -222,7 +223,7 @@ class TcpProxy:
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
-        self.port = _free_port()
+        self.port = free_port()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.client.served_tokensvc import serve_tokensvc
-from tests.tokensvc.test_cli_login import _free_port
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ async def test_example_service_protects_its_routes(
         minted = await served.mint(
             session, subject="alice", operations=["read"], resources=["/docs/*"]
         )
-        port = _free_port()
+        port = free_port()
         env = dict(
             os.environ,
             PYTHONPATH=str(ROOT / "client"),

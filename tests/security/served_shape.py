@@ -31,7 +31,8 @@ import asyncpg
 import redis
 
 from tests.conftest import ADMIN_PASSWORD, PG_ADMIN_DSN, REDIS_URL, _pg_url_for
-from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
+from tests.ports import free_port
+from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env
 
 # A bound on one answer, not a goal: a login on a loaded 2-core host takes milliseconds.
 ANSWER_TIMEOUT = 30.0
@@ -103,7 +104,7 @@ def own_redis_prefix() -> Iterator[str]:
 def serving(tmp_path: Path, database_url: str, redis_prefix: str, *args: str) -> Iterator[Served]:
     """`tokensvc serve --workers 2 *args` on `database_url`, the test Redis under `redis_prefix`
     and a cheap argon2 profile, once it answers /healthz; stopped with SIGTERM at the end."""
-    port, verify_port = _free_port(), _free_port()
+    port, verify_port = free_port(), free_port()
     env = _clean_env(tmp_path)
     env.update(
         TOKENSVC_DATA_DIR=str(tmp_path / "data"),

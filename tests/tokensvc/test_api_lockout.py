@@ -25,6 +25,7 @@ import orjson
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth, make_config, mask_challenge
+from tests.ports import free_port
 from tokensvc.tokens.minting import MintRequest
 from tokensvc.web import appkeys
 from tokensvc.web.app import create_app
@@ -546,12 +547,6 @@ async def test_unreachable_redis_fails_login_closed_but_verify_serves(
     assert users.status == 200, await users.text()  # admin calls that need no Redis still work
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def private_redis(port: int, directory: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A throwaway redis-server of our own on `port` (never the shared one), stopped afterwards."""
@@ -598,7 +593,7 @@ async def test_stopped_redis_fails_login_closed_and_recovers(
     aiohttp_client, pg_url: str, data_dir: Path, tmp_path: Path, clock: FakeClock
 ) -> None:  # type: ignore[no-untyped-def]
     """Redis stopped under a running app: login 503 + Retry-After while a token from before still verifies; back up, login works again."""
-    port = _free_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     config = make_config(database_url=pg_url, data_dir=data_dir, redis_url=url)
     client = await aiohttp_client(create_app(config, clock=clock))

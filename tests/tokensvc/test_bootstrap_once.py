@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
+from tests.ports import free_port
+from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env
 
 PASSWORD_LINE = re.compile(r"created user 'admin' with password: (\S+)")
 NO_ADMIN = "no admin user exists"
@@ -23,7 +24,7 @@ NO_ADMIN = "no admin user exists"
 @contextmanager
 def serving_two_workers(env: dict[str, str], log: Path) -> Iterator[str]:
     """`tokensvc serve --workers 2` with `env`, until every process answered; its base URL."""
-    port = _free_port()
+    port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
@@ -32,7 +33,7 @@ def serving_two_workers(env: dict[str, str], log: Path) -> Iterator[str]:
                 "--port",
                 str(port),
                 "--verify-port",
-                str(_free_port()),
+                str(free_port()),
                 "--workers",
                 "2",
             ],

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD
+from tests.ports import free_port
 from tests.tokensvc.test_cli_login import (  # noqa: F401
     Cli,
-    _free_port,
     assert_one_line_failure,
     http,
     server,
@@ -89,7 +89,7 @@ def _serve(listener: Listener) -> tuple[ThreadingHTTPServer, threading.Thread]:
 @pytest.fixture
 def listeners() -> Iterator[list[Listener]]:
     """Two recording listeners on free ports; shut down after the test."""
-    made = [Listener(f"http://127.0.0.1:{_free_port()}") for _ in range(2)]
+    made = [Listener(f"http://127.0.0.1:{free_port()}") for _ in range(2)]
     running = [_serve(x) for x in made]
     yield made
     for httpd, thread in running:

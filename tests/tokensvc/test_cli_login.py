@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth
+from tests.ports import free_port
 
 TOKENSVC = str(Path(sys.executable).with_name("tokensvc"))
 BOB_PASSWORD = "his long lantern passphrase"
@@ -43,12 +43,6 @@ def stop(proc: subprocess.Popen[Any]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http(
@@ -75,7 +69,7 @@ def http(
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`tokensvc serve` on a free port with a fresh data dir; its base URL. Always terminated."""
     home = tmp_path_factory.mktemp("server")
-    port = _free_port()
+    port = free_port()
     env = _clean_env(home)
     env.update(
         TOKENSVC_DATA_DIR=str(home / "data"),
@@ -85,7 +79,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
-        [TOKENSVC, "serve", "--port", str(port), "--verify-port", str(_free_port())],
+        [TOKENSVC, "serve", "--port", str(port), "--verify-port", str(free_port())],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -230,7 +224,7 @@ def test_unreachable_server_fails_in_one_line(tmp_path: Path) -> None:
     result = cli(
         "login",
         "--url",
-        f"http://127.0.0.1:{_free_port()}",
+        f"http://127.0.0.1:{free_port()}",
         "--password-stdin",
         "admin",
         stdin=ADMIN_PASSWORD + "\n",

@@ -16,7 +16,8 @@ from pathlib import Path
 import pyotp
 
 from tests.conftest import ADMIN_PASSWORD
-from tests.tokensvc.test_cli_login import TOKENSVC, Cli, _clean_env, _free_port, http, stop
+from tests.ports import free_port
+from tests.tokensvc.test_cli_login import TOKENSVC, Cli, _clean_env, http, stop
 
 ALICE = "her long lantern passphrase"
 
@@ -24,11 +25,11 @@ ALICE = "her long lantern passphrase"
 @contextmanager
 def replica(home: Path, env: dict[str, str]) -> Iterator[str]:
     """One `tokensvc serve` with `env` on free ports; its base URL. Always terminated."""
-    port = _free_port()
+    port = free_port()
     log_path = home / f"server-{port}.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [TOKENSVC, "serve", "--port", str(port), "--verify-port", str(_free_port())],
+        [TOKENSVC, "serve", "--port", str(port), "--verify-port", str(free_port())],
         env={**_clean_env(home), **env},
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
+from tests.ports import free_port
+from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 FORKS = Path(__file__).with_name("serve_forks.py")
@@ -131,7 +132,7 @@ def _case(name: str, tmp_path: Path) -> tuple[str, dict[str, str]]:
     env = _clean_env(home)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     # A free port: if a bad value slipped through, the server would start, not take 8080.
-    env.update(TOKENSVC_DATA_DIR=str(home / "data"), TOKENSVC_PORT=str(_free_port()))
+    env.update(TOKENSVC_DATA_DIR=str(home / "data"), TOKENSVC_PORT=str(free_port()))
     value = paths.get(BAD_VALUES[name], BAD_VALUES[name])
     for other, setting in CONTEXT.get(name, {}).items():
         env[other] = paths.get(setting, setting)
@@ -254,7 +255,7 @@ def test_a_public_host_from_the_command_line_is_checked_too(tmp_path: Path) -> N
     env["TOKENSVC_DATA_DIR"] = str(tmp_path / "data")
 
     done = subprocess.run(
-        [TOKENSVC, "serve", "--host", "0.0.0.0", "--port", str(_free_port())],  # noqa: S104
+        [TOKENSVC, "serve", "--host", "0.0.0.0", "--port", str(free_port())],  # noqa: S104
         env=env,
         check=False,
         capture_output=True,

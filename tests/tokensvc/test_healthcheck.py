@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import ADMIN_PASSWORD
-from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
+from tests.ports import free_port
+from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env
 
 
 def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
@@ -39,10 +40,10 @@ def served(tmp_path: Path, **variables: str) -> Iterator[dict[str, str]]:
     for attempt in range(3):
         env.update(
             TOKENSVC_DATA_DIR=str(tmp_path / "data"),
-            TOKENSVC_PORT=str(_free_port()),
+            TOKENSVC_PORT=str(free_port()),
             TOKENSVC_ADMIN_PASSWORD=ADMIN_PASSWORD,
             TOKENSVC_PASSWORD_PROFILE="CHEAP_FOR_TESTS",
-            TOKENSVC_VERIFY_PORT=str(_free_port()),
+            TOKENSVC_VERIFY_PORT=str(free_port()),
             # Plain HTTP on 0.0.0.0 is what one of these tests checks the health of.
             TOKENSVC_ALLOW_INSECURE="test-password-profile,plain-http",
             **variables,
@@ -81,7 +82,7 @@ def test_plain_http_is_checked_on_the_configured_port(tmp_path: Path) -> None:
     with served(tmp_path, TOKENSVC_HOST="0.0.0.0") as env:  # noqa: S104
         alive = check(env)
         ready = check(env, "--ready")
-    nothing = check({**env, "TOKENSVC_PORT": str(_free_port())})
+    nothing = check({**env, "TOKENSVC_PORT": str(free_port())})
 
     assert alive.returncode == 0, alive.stderr
     assert alive.stdout.strip() == "/healthz: ok"

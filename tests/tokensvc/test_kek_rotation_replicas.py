@@ -34,7 +34,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth
-from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
+from tests.ports import free_port
+from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env
 
 
 def _kek() -> str:
@@ -183,7 +184,7 @@ def test_kek_rotation_with_three_live_replicas_loses_no_verify_and_no_key(
     def env(current: str, *previous: str) -> dict[str, str]:
         return {**base, "TOKENSVC_KEK": current, "TOKENSVC_KEK_PREVIOUS": ",".join(previous)}
 
-    replicas = [Replica(f"r{i}", _free_port(), tmp_path) for i in range(3)]
+    replicas = [Replica(f"r{i}", free_port(), tmp_path) for i in range(3)]
     loop = VerifyLoop(replicas)
     try:
         for replica in replicas:
@@ -239,7 +240,7 @@ def test_kek_rotation_with_three_live_replicas_loses_no_verify_and_no_key(
         }
         for replica in replicas:
             replica.stop()
-        refused = Replica("only-old", _free_port(), tmp_path)
+        refused = Replica("only-old", free_port(), tmp_path)
         with pytest.raises(RuntimeError):
             refused.start(env(old))
         assert refused.proc is not None

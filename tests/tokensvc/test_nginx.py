@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, FakeClock, basic_auth
+from tests.ports import free_port
 from tokensvc.web.app import create_app
 from tokensvc.web.handlers import forwardauth
 
@@ -59,12 +60,6 @@ def nginx_binary() -> str:
     if "http_auth_request_module" not in version:
         pytest.fail(f"{found} was built without the auth_request module:\n{version}")
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def nginx_conf(
@@ -132,7 +127,7 @@ def nginx_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def nginx_port() -> int:
-    return _free_port()
+    return free_port()
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import asyncpg
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth
-from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
+from tests.ports import free_port
+from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env
 
 REPLICAS = 3
 
@@ -51,7 +52,7 @@ async def replicas(
     bases: list[str] = []
     try:
         for i in range(REPLICAS):
-            port = _free_port()
+            port = free_port()
             env = _clean_env(tmp_path / f"r{i}")
             env.update(
                 TOKENSVC_DATA_DIR=str(tmp_path / f"r{i}" / "data"),
@@ -67,7 +68,7 @@ async def replicas(
             logs.append(log)
             procs.append(
                 subprocess.Popen(  # noqa: ASYNC220 - returns at once, nothing blocks
-                    [TOKENSVC, "serve", "--port", str(port), "--verify-port", str(_free_port())],
+                    [TOKENSVC, "serve", "--port", str(port), "--verify-port", str(free_port())],
                     env=env,
                     stdout=log,
                     stderr=log,

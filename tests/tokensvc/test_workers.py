@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD
-from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env, _free_port
+from tests.ports import free_port
+from tests.tokensvc.test_cli_login import TOKENSVC, _clean_env
 
 _HEALTHZ_COUNT = re.compile(
     r'^tokensvc_http_request_duration_seconds_count\{route="/healthz",status_class="2xx"\} (\S+)$',
@@ -33,7 +34,7 @@ def serving(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`tokensvc serve *args` on the embedded database and a private Redis prefix, answering
     /healthz (then `settle` s more); its base URL and process. Stopped with SIGTERM at the end."""
-    port = _free_port()
+    port = free_port()
     env = _clean_env(tmp_path)
     env.update(
         TOKENSVC_DATA_DIR=str(tmp_path / "data"),
@@ -45,7 +46,7 @@ def serving(
     )
     with (tmp_path / "server.log").open("wb") as log:
         proc = subprocess.Popen(
-            [TOKENSVC, "serve", "--port", str(port), "--verify-port", str(_free_port()), *args],
+            [TOKENSVC, "serve", "--port", str(port), "--verify-port", str(free_port()), *args],
             env=env,
             stdout=log,
             stderr=log,
