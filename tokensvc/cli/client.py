@@ -7,7 +7,9 @@ token; the API itself never redirects, so the CLI stops and names where it was s
 
 from __future__ import annotations
 
+import http.client
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,6 +21,7 @@ from tokensvc.cli.credentials import (
     Credential,
     credential_for,
     normalize_url,
+    refuse_plain_http,
     require_credential,
     target_url,
 )
@@ -27,6 +30,15 @@ from tokensvc.errors import TokensvcError
 __all__ = ["DEFAULT_URL", "ApiError", "Client"]
 
 TIMEOUT_SECONDS = 30
+#: The largest answer read: every API answer is far smaller (a page of 1,000 registry rows).
+MAX_ANSWER_BYTES = 8 << 20
+
+
+def printable(text: str, limit: int = 500) -> str:
+    """Text from the server as it may be shown on a terminal: anything not printable escaped,
+    so an answer cannot move the cursor or retitle the window (red team: an OSC sequence in
+    an error message reached the terminal)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
 
 
 class ApiError(TokensvcError):
@@ -94,6 +106,7 @@ class Client:
         Raises:
             ApiError: the service answered an error, redirected, or could not be reached.
         """
+        refuse_plain_http(self.url)
         all_headers = {"Accept": "application/json", **(headers or {})}
         if self.credential is not None and "Authorization" not in all_headers:
             all_headers["Authorization"] = f"Bearer {self.credential.token}"
@@ -107,12 +120,20 @@ class Client:
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=all_headers)  # noqa: S310 - normalize_url admits http(s) only
         try:
             with _OPENER.open(req, timeout=TIMEOUT_SECONDS) as resp:
-                raw = resp.read()
+                raw = _read_bounded(resp)
         except urllib.error.HTTPError as exc:
             raise self._error(exc) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc
-            raise ApiError(0, "unreachable", f"cannot reach {self.url}: {reason}") from None
+            raise ApiError(
+                0, "unreachable", f"cannot reach {self.url}: {printable(str(reason))}"
+            ) from None
+        except (http.client.HTTPException, ValueError, UnicodeError) as exc:
+            # http.client refusing what it was to send (its message may quote a header, and
+            # so a token) or a broken answer: named by type only.
+            raise ApiError(
+                0, "bad_exchange", f"no exchange with {self.url} ({type(exc).__name__})"
+            ) from None
         try:
             return json.loads(raw) if raw else None
         except ValueError:
@@ -122,7 +143,7 @@ class Client:
 
     def _error(self, exc: urllib.error.HTTPError) -> ApiError:
         if 300 <= exc.code < 400:
-            where = exc.headers.get("Location", "?")[:200]
+            where = printable(exc.headers.get("Location", "?"), 200)
             return ApiError(
                 exc.code,
                 "redirected",
@@ -141,6 +162,24 @@ class Client:
                 code, message = str(answer["error"]["code"]), str(answer["error"]["message"])
         except (ValueError, KeyError, TypeError, OSError):
             code, message = "http_error", f"HTTP {exc.code}"
+        message = printable(message)
         if exc.code == 401 and self.credential is not None:
             message = f"{message}; {self.credential.login_hint}"
-        return ApiError(exc.code, code, message, challenge=challenge)
+        return ApiError(exc.code, printable(code, 64), message, challenge=challenge)
+
+
+def _read_bounded(resp: Any) -> bytes:
+    """The answer's body, at most MAX_ANSWER_BYTES, read within TIMEOUT_SECONDS in all: the
+    socket timeout alone bounds each read, and a server sending a byte at a time would
+    otherwise hold a command for ever (red team)."""
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := resp.read1(65536):  # what has arrived: the deadline is checked between
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise ValueError("answer too large")
+        if time.monotonic() > deadline:
+            raise TimeoutError("answer too slow")
+        chunks.append(chunk)
+    return b"".join(chunks)

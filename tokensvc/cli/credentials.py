@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
+import stat
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,13 +34,66 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from tokensvc.cli.errors import BadUrl, CredentialsUnreadable, NotLoggedIn
+from tokensvc.cli.errors import BadToken, BadUrl, CredentialsUnreadable, InsecureUrl, NotLoggedIn
 
 DEFAULT_URL: Final = "http://127.0.0.1:8080"
 TOKEN_ENV: Final = "TOKENSVC_TOKEN"  # noqa: S105 - the variable's name, not a secret
 URL_ENV: Final = "TOKENSVC_URL"
 VERSION: Final = 2
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+#: The server's variable of insecure choices; `plain-http` there also lets the CLI talk plain
+#: http to a host that is not this machine.
+INSECURE_ENV: Final = "TOKENSVC_ALLOW_INSECURE"
+_MAX_TOKEN: Final = 1 << 20
+
+
+def checked_token(value: object, where: str) -> str:
+    """`value` if it can be a token: printable ASCII without whitespace, at most 1 MiB.
+
+    A token holding a line break would be refused by http.client with the whole header in the
+    message (a traceback that printed it, red team); one with other odd characters is no token
+    of ours either. The message names where it came from, never the value.
+
+    Raises:
+        BadToken: anything else.
+    """
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > _MAX_TOKEN
+        or not value.isascii()
+        or not value.isprintable()
+        or any(c.isspace() for c in value)
+    ):
+        raise BadToken(f"{where} is not a token (whitespace, control or non-ASCII characters)")
+    return value
+
+
+def is_loopback(url: str) -> bool:
+    """Whether `url` (normalized) names this machine: localhost or a loopback address."""
+    host = (urllib.parse.urlsplit(url).hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_plain_http(url: str) -> None:
+    """InsecureUrl for an http:// URL to another machine, unless TOKENSVC_ALLOW_INSECURE names
+    `plain-http`: every CLI call carries a password or token (in a header or the body), and
+    plain http would hand it to anyone on the path (red team: `--url tokens.corp.example` sent
+    the admin password in clear, and `host:443` too)."""
+    if not url.startswith("http://") or is_loopback(url):
+        return
+    allowed = {part.strip() for part in os.environ.get(INSECURE_ENV, "").split(",")}
+    if "plain-http" in allowed:
+        return
+    raise InsecureUrl(
+        f"{url} is plain http to another machine: passwords and tokens would cross the network"
+        f" readable; use https://, or set {INSECURE_ENV}=plain-http to allow it"
+    )
 
 
 def normalize_url(raw: str) -> str:
@@ -54,6 +109,13 @@ def normalize_url(raw: str) -> str:
     text = raw.strip()
     if "://" not in text:
         text = "http://" + text
+    if not text.isascii() or not text.isprintable() or " " in text:
+        # http.client would refuse it later with a traceback; an IDN host goes in its
+        # ASCII (punycode) form, a path's odd characters percent-encoded.
+        raise BadUrl(
+            f"not a service URL: {raw[:200]!r} (ASCII only, no spaces: write an international"
+            " host name in its xn-- form, and percent-encode a path)"
+        )
     try:
         parts = urllib.parse.urlsplit(text)
         port = parts.port
@@ -188,12 +250,43 @@ class Store:
         entry = server["users"].get(name) if isinstance(name, str) else None
         if not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
             return None
-        return Credential(
-            url=url, token=entry["token"], user=name, expires_at=entry.get("expires_at")
+        token = checked_token(entry["token"], f"the token stored for {name} at {url}")
+        return Credential(url=url, token=token, user=name, expires_at=entry.get("expires_at"))
+
+
+def _owned_and_private(path: Path, *, what: str, fix: str, forbidden: int) -> None:
+    """CredentialsUnreadable unless `path` (followed, if a link) belongs to this user and has
+    none of the `forbidden` mode bits: like ssh's StrictModes, a credentials store another user
+    could write is not trusted (red team: one rewrote `default` to their server, and the next
+    `tokensvc login` sent it the admin password)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CredentialsUnreadable(f"cannot read {path}: {exc.strerror}") from None
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.getuid() or mode & forbidden:
+        raise CredentialsUnreadable(
+            f"{what} {path} belongs to another user or others may change it (mode {mode:04o});"
+            f" {fix}"
         )
 
 
+def _check_store(path: Path) -> None:
+    _owned_and_private(
+        path.parent,
+        what="the credentials directory",
+        fix=f"run `chmod 700 {path.parent}` if it is yours",
+        forbidden=0o022,
+    )
+    _owned_and_private(
+        path, what="the credentials file", fix=f"run `chmod 600 {path}`", forbidden=0o077
+    )
+
+
 def _load(path: Path) -> Store:
+    _check_store(path)
     try:
         raw = path.read_text()
     except FileNotFoundError:
@@ -215,7 +308,10 @@ def _load(path: Path) -> Store:
     data = _migrated(data)
     servers = data.get("servers")
     if not isinstance(servers, dict) or not all(
-        isinstance(s, dict) and isinstance(s.get("users"), dict) for s in servers.values()
+        isinstance(s, dict)
+        and isinstance(s.get("users"), dict)
+        and all(isinstance(entry, dict) for entry in s["users"].values())
+        for s in servers.values()
     ):
         raise CredentialsUnreadable(f"{path} is not a credentials file: remove it and log in again")
     return Store(data, path, migrated=migrated)
@@ -242,7 +338,10 @@ def editing() -> Iterator[Store]:
     """The store, locked against other `tokensvc` processes, written back when the block ends."""
     path = credentials_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lock_fd = os.open(path.parent / ".credentials.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    _check_store(path)
+    lock_fd = os.open(
+        path.parent / ".credentials.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600
+    )
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         store = _load(path)
@@ -269,12 +368,20 @@ def target_url(url: str | None) -> str:
     chosen = url or os.environ.get(URL_ENV)
     if chosen:
         return normalize_url(chosen)
-    return load().default or DEFAULT_URL
+    default = load().default
+    if default is None:
+        return DEFAULT_URL
+    try:
+        return normalize_url(default)
+    except BadUrl:
+        raise CredentialsUnreadable(
+            f"the default server in {credentials_path()} is not a service URL: log in again"
+        ) from None
 
 
 def env_token() -> str | None:
     value = os.environ.get(TOKEN_ENV, "").strip()
-    return value or None
+    return checked_token(value, TOKEN_ENV) if value else None
 
 
 def credential_for(url: str) -> Credential | None:

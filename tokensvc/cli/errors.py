@@ -40,6 +40,20 @@ class CredentialsUnreadable(CliError):
     code = "credentials_unreadable"
 
 
+class BadToken(CliError):
+    """A token (TOKENSVC_TOKEN, a stored one, a login's answer) that cannot be one of ours: it
+    holds whitespace, a control character or non-ASCII text. Never printed."""
+
+    code = "bad_token"
+
+
+class InsecureUrl(CliError):
+    """A plain-http URL to a host that is not this machine: passwords and tokens would cross
+    the network readable."""
+
+    code = "insecure_url"
+
+
 class Refused(CliError):
     """The CLI will not do what was asked, and says why (e.g. a caveat that would do nothing)."""
 

@@ -17,7 +17,7 @@ from tokensvc.cli import credentials
 from tokensvc.cli.client import ApiError, Client
 from tokensvc.cli.common import emit, fail_on_errors, json_option, url_option
 from tokensvc.cli.credentials import TOKEN_ENV, parse_time, target_url
-from tokensvc.cli.errors import NotLoggedIn
+from tokensvc.cli.errors import NotLoggedIn, Refused
 from tokensvc.errors import TokensvcError
 from tokensvc.operations.durations import format_duration
 
@@ -55,8 +55,10 @@ def login(
     """
     client = Client.anonymous(url)
     username = username or click.prompt("Username")
+    if ":" in username:  # HTTP Basic would send it as the user before the colon
+        raise click.UsageError("a user name cannot contain ':'")
     if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+        password = sys.stdin.readline().rstrip("\r\n")  # a CRLF file's line too
     else:
         password = click.prompt("Password", hide_input=True)
     basic = base64.b64encode(f"{username}:{password}".encode()).decode()
@@ -89,13 +91,15 @@ def login(
             answer["ttl"] = ttl
         result = client.request("POST", "/v1/login", answer)
 
-    subject = str(result["subject"])
+    result = _answer(client, result, subject=str, token=str, expires_at=str)
+    subject = result["subject"]
+    token = credentials.checked_token(result["token"], f"the token {client.url} answered")
     with credentials.editing() as store:
         store.put(
             client.url,
             subject,
             {
-                "token": result["token"],
+                "token": token,
                 "token_id": result.get("token_id"),
                 "expires_at": result["expires_at"],
             },
@@ -126,20 +130,42 @@ def whoami(url: str | None, as_json: bool) -> None:
     client = Client.signed_in(url)
     assert client.credential is not None  # noqa: S101 - signed_in() always sets one
 
-    result = client.request("POST", "/v1/verify", {"token": client.credential.token})
+    result = _answer(
+        client,
+        client.request("POST", "/v1/verify", {"token": client.credential.token}),
+        subject=str,
+        expires_at=(str, type(None)),
+    )
 
     info = {"subject": result["subject"], "expires_at": result["expires_at"], "url": client.url}
     emit(info, as_json, lambda i: f"{i['subject']} (token expires {i['expires_at']}) at {i['url']}")
 
 
+def _answer(client: Client, result: Any, **fields: type | tuple[type, ...]) -> dict[str, Any]:
+    """`result` if it is an object with these fields of these types, else a one-line error
+    (red team: a server answering `{}` or `[1]` made a traceback)."""
+    if not isinstance(result, dict) or not all(
+        isinstance(result.get(name), kind) for name, kind in fields.items()
+    ):
+        raise ApiError(0, "bad_answer", f"{client.url} answered something that is not tokensvc's")
+    return result
+
+
 @click.command()
 @click.argument("username", required=False)
 @url_option
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Forget the stored token even if the server cannot be asked to revoke it.",
+)
 @fail_on_errors
-def logout(username: str | None, url: str | None) -> None:
-    """Revoke your stored token for the server (best effort) and forget it.
+def logout(username: str | None, url: str | None, force: bool) -> None:
+    """Revoke your stored token for the server and forget it.
 
-    USERNAME: which of the server's logins (default: its active one).
+    USERNAME: which of the server's logins (default: its active one). If the server cannot be
+    reached, the token is kept (it still works until it expires) so a later `logout` can revoke
+    it; --force forgets it anyway.
     """
     base = target_url(url)
     store = credentials.load()
@@ -151,6 +177,14 @@ def logout(username: str | None, url: str | None) -> None:
         # Anonymous on purpose, and to the token's own server: presenting it authorises burning it.
         Client(url=found.url).request("POST", "/v1/tokens/revoke", {"token": found.token})
     except TokensvcError as exc:
+        if not force:
+            # Forgetting it now would leave a live token no one can name (red team: logout
+            # with the server down deleted a working admin token and exited 0).
+            raise Refused(
+                f"could not revoke the stored token ({exc.message}); it is kept, and works until"
+                f" {found.expires_at}: run `tokensvc logout` again when {found.url} answers, or"
+                " add --force to forget it anyway"
+            ) from None
         click.echo(f"warning: could not revoke the stored token ({exc.message})", err=True)
     with credentials.editing() as fresh:
         fresh.remove(found.url, str(found.user))
