@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -220,6 +221,16 @@ def use_verify_ports(
 
 
 def _admin_token(env: dict[str, str]) -> str:
+    """An admin token from the break-glass door, which makes one only for an enabled admin
+    user: on a data directory no server has started on yet, the user is made first."""
+    add = [_tokensvc_bin(), "user", "add", "admin", "--admin", "--local", "--password-stdin"]
+    password = env.get("TOKENSVC_ADMIN_PASSWORD") or secrets.token_urlsafe(18)
+    added = subprocess.run(
+        add, env=env, input=password + "\n", capture_output=True, text=True, timeout=120,
+        cwd=ROOT, check=False,
+    )  # fmt: skip
+    if added.returncode != 0 and "already exists" not in added.stderr:
+        raise RuntimeError(f"`tokensvc user add admin` failed: {added.stderr[-2000:]}")
     cmd = [
         _tokensvc_bin(),
         "token",

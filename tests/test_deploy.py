@@ -225,12 +225,15 @@ def by_kind(kind: str) -> dict[str, Any]:
 
 
 def test_kustomization_lists_every_manifest() -> None:
-    """No manifest is left out of `kubectl apply -k deploy/k8s`, none is listed twice."""
+    """No manifest is left out of `kubectl apply -k deploy/k8s`, none is listed twice, and no
+    Secret is applied: the example's placeholders would overwrite the real one (deploy
+    review: a pod restarted after `apply -k` read the placeholder KEK)."""
     listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
 
     assert sorted(listed) == sorted(
         p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"
     )
+    assert "Secret" not in {d["kind"] for d in k8s_documents()}
 
 
 def test_k8s_manifests_validate_against_the_kubernetes_schemas() -> None:
@@ -294,7 +297,8 @@ def test_the_deployment_is_probed_hardened_and_fed_by_the_secret() -> None:
     """Liveness /healthz, readiness /readyz; non-root, read-only root, no privilege escalation,
     an emptyDir where it writes; resources set; every *_FILE names a key of the Secret; the PDB
     and the Service select its pods; the Service exposes the API and the verify port."""
-    deployment, secret = by_kind("Deployment"), by_kind("Secret")
+    deployment = by_kind("Deployment")
+    (secret,) = yaml.safe_load_all((K8S / "examples" / "secret.yaml").read_text())
     pdb, service = by_kind("PodDisruptionBudget"), by_kind("Service")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -324,6 +328,21 @@ def test_the_deployment_is_probed_hardened_and_fed_by_the_secret() -> None:
         assert path is not None and path.startswith(secret_dir + "/"), variable
         assert path.removeprefix(secret_dir + "/") in secret["stringData"], variable
     assert not {"TOKENSVC_KEK", "TOKENSVC_DATABASE_URL"} & set(env)
+    assert env["TOKENSVC_AUTO_MIGRATE"] == "false"
+    assert pod["enableServiceLinks"] is False  # else TOKENSVC_PORT=tcp://… from the Service
+    assert (
+        container["resources"]["requests"]["memory"] == container["resources"]["limits"]["memory"]
+    )
+    assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "/bin/sleep"
+
+    # Migrations in an init container, with the container's image and what `migrate` needs
+    # (deploy review: the Job lacked the KEK, so `tokensvc migrate` refused to run).
+    (migrate,) = pod["initContainers"]
+    assert migrate["args"] == ["migrate"] and migrate["image"] == container["image"]
+    init_env = {e["name"]: e.get("value") for e in migrate["env"]}
+    assert {"TOKENSVC_KEK_FILE", "TOKENSVC_DATABASE_URL_FILE"} <= set(init_env)
+    assert {k: env[k] for k in init_env} == init_env
+    assert migrate["securityContext"] == container["securityContext"]
 
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert service["spec"]["selector"].items() <= labels.items()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -68,11 +70,12 @@ from tokensvc.services.keys import KeyService
 from tokensvc.services.lockouts import LockoutService
 from tokensvc.services.login import LoginService
 from tokensvc.services.mfa import MfaService
+from tokensvc.services.principals import LocalOperator
 from tokensvc.services.tokens import TokenService
-from tokensvc.services.users import UserService
+from tokensvc.services.users import NewUser, UserService
 from tokensvc.services.verdicts import VerdictService
 from tokensvc.storage.audit import AuditLog
-from tokensvc.storage.migrate import at_head, upgrade, upgrade_in_child
+from tokensvc.storage.migrate import at_head, behind_head, upgrade, upgrade_in_child
 from tokensvc.tokens import events
 from tokensvc.tokens.events import EventLog
 from tokensvc.tokens.feed import RevocationFeed
@@ -211,8 +214,6 @@ async def runtime(
         subjects = SubjectStore(engine, clock=clock)
         generations = SubjectGenerations(subjects, outages=outages)
         registry = TokenRegistry(engine)
-        if serving and bootstrap:
-            await ensure_admin(users, hasher, config, announce=announce)
         if serving:
             await stack.enter_async_context(generations.running())
 
@@ -395,6 +396,10 @@ async def runtime(
                 max_cache_ttl=config.verdict_max_cache_ttl,
             ),
         )
+        if serving and bootstrap:
+            await ensure_admin(
+                users, functools.partial(_create_user, services.users), config, announce=announce
+            )
         if serving:
             await stack.enter_async_context(
                 _maintaining(keyring, registry, config, outages, clock=clock)
@@ -514,6 +519,13 @@ async def preflight(config: Config, *, clock: Callable[[], datetime] = utc_now) 
         if config.auto_migrate and not await at_head(engine):
             # In a child: this process goes on to serve, and should not hold alembic for life.
             await asyncio.to_thread(upgrade_in_child, config.effective_database_url)
+        elif not config.auto_migrate and await behind_head(engine):
+            # Serving would fail request by request on tables this release expects (deploy
+            # review: Kubernetes pods came up Ready on a database never migrated).
+            raise ConfigError(
+                "TOKENSVC_AUTO_MIGRATE is false and the database lacks this release's"
+                " migrations: run `tokensvc migrate` first"
+            )
         await check_keks(engine, keks, now=clock())
     finally:
         await engine.dispose()
@@ -578,6 +590,15 @@ async def _revocations(
         channel=config.redis_prefix + CHANNEL_SUFFIX,
         outages=outages,
     )
+
+
+#: The audit trail's actor for what the service does at its own start (`local:bootstrap`).
+_BOOTSTRAP: Final = LocalOperator("bootstrap")
+
+
+async def _create_user(users: UserService, name: str, password: str, role: str) -> object:
+    """The bootstrap admin, created through the user service as any other user is."""
+    return await users.create(_BOOTSTRAP, NewUser(name, password, roles=(role,)))
 
 
 def _wire_lifecycle(

@@ -145,7 +145,11 @@ async def test_each_cascaded_revocation_is_audited_with_its_cause(shaped: Any, r
     assert status == 200
     by_target = {e["target"]: e["details"] for e in body["entries"]}
     assert by_target[leaked_id]["descendants"] == 1
-    assert by_target[child_id] == {"via": "cascade", "cause": leaked_id}
+    assert by_target[child_id] == {
+        "via": "cascade",
+        "cause": leaked_id,
+        "by_token": await token_id_of(shaped, root),  # the token the revocation was done with
+    }
 
 
 async def test_a_cascade_reaches_a_replica_that_only_polls(

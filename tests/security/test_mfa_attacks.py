@@ -436,7 +436,8 @@ async def test_delegation_never_makes_a_token_mfa(
 
     from_plain = await mint(plain_admin, subject="admin", ttl=600)
     for_other = await mint(strong["token"], subject=VICTIM, ttl=600)
-    service_for_other = await mint(strong["token"], subject=VICTIM, service=True)
+    # (Not for the user VICTIM's name itself: a service token for a user's name is refused.)
+    service_for_other = await mint(strong["token"], subject=f"{VICTIM}-svc", service=True)
     for_self = await mint(strong["token"], subject="admin", ttl=600)
 
     assert strong["mfa"] is True

@@ -47,6 +47,45 @@ async def test_a_copy_expired_as_presented_does_not_burn_the_live_token(
     assert after_live == (401, 401)
 
 
+async def test_a_stale_copy_cannot_burn_what_its_token_minted_once_that_token_expired(
+    shaped: Any, root: str, clock: FakeClock
+) -> None:
+    """Red team: the copy expired as presented revoked nothing while its token lived; once
+    the token itself had expired, the same copy took the month-long service token it had
+    minted. A copy (an expiry before the token's own) expired as presented never revokes;
+    the token itself, presented after its expiry, still does, for what it minted."""
+    service = await minted(shaped, root, subject="billing", service=True, ttl="30d")
+    soon = format_rfc3339((clock.now + timedelta(minutes=1)).timestamp())
+    copy = attenuated(root, "allow read", f"time-before {soon}")
+
+    clock.advance(hours=9)  # past the copy's expiry and the 8-hour login's
+    by_copy = await shaped.post("/v1/tokens/revoke", json={"token": copy})
+    after_copy = (await verify(shaped, service["token"]))[0]
+    by_token = await shaped.post("/v1/tokens/revoke", json={"token": root})
+    after_token = (await verify(shaped, service["token"]))[0]
+
+    assert by_copy.status == by_token.status == 204
+    assert after_copy == 200
+    assert after_token == 401
+
+
+async def test_a_cascade_row_names_the_token_it_was_done_with(shaped: Any, root: str) -> None:
+    """Red team: the direct row of a delegate's revocation named its token, the rows of the
+    tokens it took along did not, and read as the admin's own session's."""
+    parent = await minted(shaped, root, subject="admin", admin=True, ttl="1h")
+    child = await minted(shaped, parent["token"], subject="worker")
+    revoker = await minted(shaped, root, admin=True, operations=["tokens:revoke"])
+
+    status, _ = await call(shaped, "DELETE", f"/v1/tokens/{parent['token_id']}", revoker["token"])
+    _, trail = await call(
+        shaped, "GET", "/v1/audit", root, params={"target": child["token_id"], "limit": "5"}
+    )
+
+    cascade = [e for e in trail["entries"] if e["details"].get("via") == "cascade"]
+    assert status == 204
+    assert [e["details"]["by_token"] for e in cascade] == [revoker["token_id"]], trail
+
+
 async def test_a_narrowed_users_write_token_cannot_demote_disable_or_delete_a_role_holder(
     shaped: Any, root: str
 ) -> None:
@@ -85,7 +124,9 @@ async def test_every_admin_action_names_the_token_it_was_done_with(shaped: Any, 
     await create_user(shaped, root, "ann", PASSWORD)
     status, trail = await call(shaped, "GET", "/v1/audit", root, params={"limit": "10"})
 
-    rows = {e["action"]: e for e in trail["entries"]}
+    rows: dict[str, Any] = {}
+    for entry in trail["entries"]:  # newest first: the newest row of each action
+        rows.setdefault(entry["action"], entry)
     assert status == 200
     assert rows["key_rotated"]["details"]["by_token"] == ci_bot["token_id"]
     assert rows["user_created"]["details"]["by_token"] == session

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.conftest import FakeClock
 from tests.security.attack import attenuated, call, create_user, login, verify
 
 PASSWORD = "first long copper passphrase"
@@ -105,7 +106,14 @@ async def test_revoke_all_still_takes_a_user_without_tokens_and_any_subject_with
     assert answers == {"dora": 200, "Batch Job": 200, "batch job": 404, "nobody-here": 404}
 
 
-@pytest.mark.parametrize("subject", [" bob", "bob ", " ", "\u3000bob", "bob\u00a0", "\u2003"])
+@pytest.mark.parametrize(
+    "subject",
+    [
+        *(" bob", "bob ", " ", "\u3000bob", "bob\u00a0", "\u2003"),
+        # Invisible, and trimmed by some runtimes (JavaScript's trim() takes U+FEFF) (red team).
+        *("bob\ufeff", "\u200bbob", "bob\u180e", "bob\u2060"),
+    ],
+)
 async def test_a_subject_with_whitespace_at_either_end_is_refused(
     shaped: Any, root: str, subject: str
 ) -> None:
@@ -114,6 +122,56 @@ async def test_a_subject_with_whitespace_at_either_end_is_refused(
     status, body = await call(shaped, "POST", "/v1/tokens", root, json={"subject": subject})
 
     assert status == 400 and "whitespace" in body["error"]["message"], body
+
+
+async def test_a_service_token_is_never_minted_for_a_users_name(shaped: Any, root: str) -> None:
+    """Red team, the reverse order: a `users:write` delegate created the user `payments`
+    first; the service token an admin later minted for that name was the delegate's to use (as
+    the user) and, deleting the user, to kill. A service subject is no user's name."""
+    users_only = attenuated(root, "allow users:write")
+    made = await call(
+        shaped, "POST", "/v1/users", users_only, json={"name": "payments", "password": PASSWORD}
+    )
+
+    status, body = await call(
+        shaped, "POST", "/v1/tokens", root, json={"subject": "payments", "service": True}
+    )
+    other = await call(
+        shaped, "POST", "/v1/tokens", root, json={"subject": "payments-svc", "service": True}
+    )
+
+    assert made[0] == 201, made
+    assert status == 409 and "user's name" in body["error"]["message"], body
+    assert other[0] == 201, other
+
+
+async def test_the_bootstrap_admin_re_created_at_a_start_has_none_of_the_names_tokens(
+    shaped: Any, root: str, shape_config: Any, clock: FakeClock, aiohttp_client: Any
+) -> None:
+    """Red team: `admin` deleted, a plain token minted for the free name, and at the next start
+    the bootstrap re-created `admin` straight in the user table: the token spoke for the new
+    admin (and could revoke its logins as "the same subject"), with no audit row. The bootstrap
+    now creates through the user service: audited, the name's earlier tokens revoked."""
+    from tests.conftest import ADMIN_PASSWORD
+    from tests.served import ServedTestServer
+    from tokensvc.web.app import create_app
+
+    await create_user(shaped, root, "root2", PASSWORD, roles=["admin"])
+    second = await login(shaped, "root2", PASSWORD)
+    assert (await call(shaped, "DELETE", "/v1/users/admin", second))[0] == 204
+    squatter = await minted(shaped, second, subject="admin")
+
+    restarted = await aiohttp_client(ServedTestServer(create_app(shape_config, clock=clock)))
+    fresh = await login(restarted, "admin", ADMIN_PASSWORD)
+    status, trail = await call(
+        restarted, "GET", "/v1/audit", fresh, params={"action": "user_created", "target": "admin"}
+    )
+
+    assert (await verify(restarted, squatter["token"]))[0] == 401
+    assert (await verify(restarted, fresh))[0] == 200
+    assert status == 200, trail
+    assert trail["entries"][0]["actor"] == "local:bootstrap"
+    assert trail["entries"][0]["details"]["tokens_revoked"] is True
 
 
 async def test_spaces_inside_a_subject_are_kept() -> None:

@@ -93,6 +93,44 @@ async def test_at_head_reads_the_version_and_knows_a_new_database(tmp_path: obje
         await engine.dispose()
 
 
+async def test_serving_without_auto_migration_refuses_a_database_behind_this_release(
+    tmp_path: object,
+) -> None:
+    """Deploy review: with TOKENSVC_AUTO_MIGRATE=false (Kubernetes, compose: migrations are a
+    step of their own) pods came up Ready on a database never migrated, and failed request by
+    request. `serve` refuses to start behind this release's head, in one line; at the head,
+    or at a revision it does not know (a newer release's, in a rolling update), it starts."""
+    from pathlib import Path
+
+    from sqlalchemy import text
+
+    from keystore import create_engine
+    from tests.conftest import make_config
+    from tokensvc.composition import preflight
+    from tokensvc.operations.config import ConfigError
+    from tokensvc.storage.migrate import behind_head, downgrade, upgrade
+
+    assert isinstance(tmp_path, Path)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    config = make_config(database_url=url, data_dir=tmp_path / "data", auto_migrate=False)
+    engine = create_engine(url)
+    try:
+        with pytest.raises(ConfigError, match="tokensvc migrate"):
+            await preflight(config)  # never migrated
+        await upgrade(engine)
+        await downgrade(engine, "0008_mfa")
+        with pytest.raises(ConfigError, match="tokensvc migrate"):
+            await preflight(config)  # an older revision of ours
+        await upgrade(engine)
+        await preflight(config)
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = '0099_future'"))
+        assert not await behind_head(engine)
+        await preflight(config)
+    finally:
+        await engine.dispose()
+
+
 async def test_upgrade_in_child_migrates_there_and_reports_an_unreachable_database(
     tmp_path: object,
 ) -> None:

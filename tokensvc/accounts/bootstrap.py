@@ -7,9 +7,9 @@ import os
 import secrets
 import shutil
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tokensvc.accounts.passwords import PasswordHasher
 from tokensvc.accounts.users import ADMIN_ROLE, UserStore
 from tokensvc.errors import Conflict
 from tokensvc.operations.config import Config
@@ -20,9 +20,18 @@ ADMIN_NAME = "admin"
 
 
 async def ensure_admin(
-    users: UserStore, hasher: PasswordHasher, config: Config, *, announce: bool = True
+    users: UserStore,
+    create: Callable[[str, str, str], Awaitable[object]],
+    config: Config,
+    *,
+    announce: bool = True,
 ) -> bool:
     """Create `admin` if missing; True if this call created it.
+
+    `create(name, password, role)` is the user service's creation (the composition root passes
+    it), so this door creates as every other does: audited, and a name tokens were issued to
+    starts with none of them (red team: `admin` deleted, a token minted for the free name, then
+    re-created at the next start, and the token spoke for the new admin).
 
     Whatever is said about it is said once per service, not once per process: what this call
     created only by the process whose insert won (the others get Conflict), and that no admin
@@ -43,11 +52,7 @@ async def ensure_admin(
             return False
         password = secrets.token_urlsafe(18)
     try:
-        await users.create(
-            ADMIN_NAME,
-            password_hash=await hasher.hash(password, username=ADMIN_NAME),
-            roles=[ADMIN_ROLE],
-        )
+        await create(ADMIN_NAME, password, ADMIN_ROLE)
     except Conflict:  # another replica or worker made it first
         return False
     if generated:

@@ -63,9 +63,13 @@ async def record_cascade(
     descendants: Sequence[Descendant],
     *,
     cause: str,
+    acting: dict[str, str] | None = None,
 ) -> None:
     """One audit row per token a revocation took with it (its descendants: tokens minted with
     the revoked token, or with a token of the subject whose tokens were revoked), naming the
-    cause, in the revoking transaction."""
+    cause and (`acting`, from `by_token`) the token it was done with, in the revoking
+    transaction."""
     for token_id, _, _ in descendants:
-        await audit.record(by, "token_revoked", token_id, conn=conn, via="cascade", cause=cause)
+        await audit.record(
+            by, "token_revoked", token_id, conn=conn, via="cascade", cause=cause, **(acting or {})
+        )

@@ -97,7 +97,14 @@ class KeyService:
                 **by_token(actor),
                 descendants=len(descendants),
             )
-            await record_cascade(self._audit, conn, actor.name, descendants, cause=f"key:{key_id}")
+            await record_cascade(
+                self._audit,
+                conn,
+                actor.name,
+                descendants,
+                cause=f"key:{key_id}",
+                acting=by_token(actor),
+            )
 
         # The durable record first: were the delete to fail after it, replicas still drop the key.
         # Tokens minted with tokens the key signed are revoked in the same transaction.

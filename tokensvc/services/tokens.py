@@ -18,6 +18,7 @@ from keystore.service_keys import KEY_ID_PREFIX
 from tokensvc.accounts.users import UserStore, user_name_or_none
 from tokensvc.errors import (
     BadRequest,
+    Conflict,
     Forbidden,
     NotFound,
     TokensvcError,
@@ -97,6 +98,8 @@ class TokenService:
         request.validate()
         if request.admin and actor.verified is None:
             await self._admin_subject(subject)
+        if request.service:
+            await self._not_a_user(subject)
         may_outlive = await self._authz.unbounded(actor, OUTLIVE_OPERATION)
         if actor.verified is not None:
             request = delegate(
@@ -224,6 +227,19 @@ class TokenService:
                 " (make one with `tokensvc user add NAME --admin --local`)"
             )
 
+    async def _not_a_user(self, subject: str) -> None:
+        """Conflict if `subject` is a user's name, for service tokens: a service token of a
+        user's name is that user's, and whoever may set a role-less user's password (a
+        `users:write` delegate) acts as its subject (red team: a delegate created the user
+        `payments` first, and the service token later minted for it was theirs to use and,
+        deleting the user, to kill)."""
+        user = await self._users.get(subject)
+        if user is not None and user.name == subject:
+            raise Conflict(
+                f"{subject!r} is a user's name: a service token for it would be that user's;"
+                " give the service a subject no user has"
+            )
+
     async def revoke_presented(self, token: str, *, operator: LocalOperator | None = None) -> None:
         """Whoever holds a genuine token may burn it (also the leak-report path).
 
@@ -260,22 +276,25 @@ class TokenService:
 
     async def _stale_copy(self, token: str, token_id: str, now: datetime) -> bool:
         """Whether `token` is a copy its holder narrowed in time (offline attenuation keeps the
-        token id), expired as presented, of a token that still lives. Such a copy is harmless:
-        revoking its id would let whoever kept a stale copy kill the live token and everything
-        minted with it (red team: a copy expired an hour earlier did). A live copy, however
-        narrowed, does revoke it: copies share the id, and a leaked one must die; and so does
-        the token itself once expired, for what it minted."""
+        token id: an expiry before the token's own, as registered) that has expired as
+        presented. Such a copy is harmless, and revoking its id would let whoever kept it kill
+        the token and everything minted with it (red team: a copy expired an hour earlier did;
+        then the same copy once the token itself had expired, taking a month-long service
+        token it had minted). A live copy, however narrowed, does revoke it: copies share the
+        id, and a leaked one must die; and so does the token itself, even expired, for what it
+        minted."""
         presented_expiry = earliest_expiry(token)
         if presented_expiry is None or presented_expiry > now.timestamp():
             return False
         record = await self._registry.get(token_id)
-        if record is None or record.expires_at <= now:
+        # The registered expiry is the token's own (to the second): an earlier one is a copy's.
+        if record is None or presented_expiry >= record.expires_at.timestamp() - 1:
             return False
         security_event(
             "token_revoke_ignored",
             token_id=token_id,
             subject=record.subject[:64],
-            reason="presented copy expired, token live",
+            reason="a narrowed copy, expired as presented",
         )
         return True
 
@@ -310,7 +329,9 @@ class TokenService:
                     descendants=len(descendants),
                     **(acting or {}),
                 )
-            await record_cascade(self._audit, conn, by, descendants, cause=record.token_id)
+            await record_cascade(
+                self._audit, conn, by, descendants, cause=record.token_id, acting=acting
+            )
 
         revoked = await self._revocations.revoke_token(
             record.token_id, register=record if register else None, first=first, also=audit_rows
@@ -359,7 +380,12 @@ class TokenService:
                 descendants=len(raised.descendants),
             )
             await record_cascade(
-                self._audit, conn, actor.name, raised.descendants, cause=f"subject:{subject}"
+                self._audit,
+                conn,
+                actor.name,
+                raised.descendants,
+                cause=f"subject:{subject}",
+                acting=by_token(actor),
             )
             return raised
 

@@ -131,7 +131,12 @@ class UserService:
             )
             if raised is not None:
                 await record_cascade(
-                    self._audit, conn, actor.name, raised.descendants, cause=f"user:{user.name}"
+                    self._audit,
+                    conn,
+                    actor.name,
+                    raised.descendants,
+                    cause=f"user:{user.name}",
+                    acting=by_token(actor),
                 )
             return user, raised
 
@@ -233,7 +238,12 @@ class UserService:
             )
             if raised is not None:
                 await record_cascade(
-                    self._audit, conn, actor.name, raised.descendants, cause=f"user:{before.name}"
+                    self._audit,
+                    conn,
+                    actor.name,
+                    raised.descendants,
+                    cause=f"user:{before.name}",
+                    acting=by_token(actor),
                 )
             return after, raised
 
@@ -270,7 +280,12 @@ class UserService:
                 actor.name, "user_deleted", user.name, conn=conn, **by_token(actor)
             )
             await record_cascade(
-                self._audit, conn, actor.name, raised.descendants, cause=f"user:{user.name}"
+                self._audit,
+                conn,
+                actor.name,
+                raised.descendants,
+                cause=f"user:{user.name}",
+                acting=by_token(actor),
             )
             return user.name, raised
 

@@ -135,6 +135,27 @@ async def at_head(engine: AsyncEngine) -> bool:
     return await run_database(engine, read, write=False, what="the database (migrations)")
 
 
+async def behind_head(engine: AsyncEngine) -> bool:
+    """Whether the database lacks migrations of this release: never migrated, or at one of
+    this release's older revisions. False at HEAD, and at a revision this release does not
+    know: a newer release's, whose migrations this one runs beside in a rolling update."""
+    if await at_head(engine):
+        return False
+
+    async def read(conn: AsyncConnection) -> list[str]:
+        try:
+            version = await conn.execute(text("SELECT version_num FROM alembic_version"))
+        except DBAPIError as exc:
+            if _no_version_table(exc):
+                return []
+            raise
+        return [str(row[0]) for row in version]
+
+    current = await run_database(engine, read, write=False, what="the database (migrations)")
+    ours = {path.stem for path in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py")}
+    return not current or set(current) <= ours
+
+
 def _no_version_table(exc: DBAPIError) -> bool:
     """The SELECT found no alembic_version table (SQLite's or PostgreSQL's words for it)."""
     return "no such table" in str(exc) or "does not exist" in str(exc)

@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,6 +33,16 @@ _NOT_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 #: Subjects with this prefix name the CLI's break-glass operators in the audit trail
 #: (`local:<os user>`): no token may be minted for one, so no holder is audited as an operator.
 RESERVED_SUBJECT_PREFIX = "local:"
+
+
+#: Invisible characters some runtimes' trim() removes besides whitespace (JavaScript: U+FEFF;
+#: older .NET: U+200B; U+180E was whitespace before Unicode 6.3): after `bob` they would make
+#: a subject that backends read as bob and bob's revocations never reach (red team).
+_ALSO_TRIMMED: Final = frozenset("\u180e\u200b\u200c\u200d\u2060\ufeff")
+
+
+def _trimmed(char: str) -> bool:
+    return char.isspace() or char in _ALSO_TRIMMED
 
 
 def is_name(value: object) -> bool:
@@ -77,10 +87,12 @@ class MintRequest:
     def validate(self) -> None:
         """BadRequest unless every field is well-formed (the TTL's bound is the minter's)."""
         _check_names("subject", (self.subject,))
-        if self.subject[0].isspace() or self.subject[-1].isspace():
+        if _trimmed(self.subject[0]) or _trimmed(self.subject[-1]):
             # Header parsers strip it: `X-Auth-Subject: bob ` reaches a backend as bob, while
             # revoke-all, password changes and deletion of bob never touch `bob ` (red team).
-            raise BadRequest("subject may not begin or end with whitespace")
+            raise BadRequest(
+                "subject may not begin or end with whitespace (or an invisible character)"
+            )
         if self.subject.startswith(RESERVED_SUBJECT_PREFIX):
             raise BadRequest(
                 f"subject may not start with {RESERVED_SUBJECT_PREFIX!r}"
