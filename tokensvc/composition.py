@@ -75,7 +75,7 @@ from tokensvc.services.tokens import TokenService
 from tokensvc.services.users import NewUser, UserService
 from tokensvc.services.verdicts import VerdictService
 from tokensvc.storage.audit import AuditLog
-from tokensvc.storage.migrate import at_head, behind_head, upgrade, upgrade_in_child
+from tokensvc.storage.migrate import behind_head, upgrade, upgrade_in_child
 from tokensvc.tokens import events
 from tokensvc.tokens.events import EventLog
 from tokensvc.tokens.feed import RevocationFeed
@@ -516,10 +516,11 @@ async def preflight(config: Config, *, clock: Callable[[], datetime] = utc_now) 
     keks = load_keks(config)
     engine = create_engine(config.effective_database_url)
     try:
-        if config.auto_migrate and not await at_head(engine):
+        behind = await behind_head(engine)
+        if config.auto_migrate and behind:
             # In a child: this process goes on to serve, and should not hold alembic for life.
             await asyncio.to_thread(upgrade_in_child, config.effective_database_url)
-        elif not config.auto_migrate and await behind_head(engine):
+        elif behind:
             # Serving would fail request by request on tables this release expects (deploy
             # review: Kubernetes pods came up Ready on a database never migrated).
             raise ConfigError(
@@ -592,8 +593,8 @@ async def _revocations(
     )
 
 
-#: The audit trail's actor for what the service does at its own start (`local:bootstrap`).
-_BOOTSTRAP: Final = LocalOperator("bootstrap")
+#: The audit trail's actor for what the service does at its own start (`local:(service start)`).
+_BOOTSTRAP: Final = LocalOperator("(service start)")  # no OS user can be called that
 
 
 async def _create_user(users: UserService, name: str, password: str, role: str) -> object:

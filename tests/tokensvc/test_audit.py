@@ -35,7 +35,7 @@ async def test_admin_actions_are_audited_without_secrets(client: Client, admin_t
     resp = await client.get("/v1/audit?limit=50", headers=h)
     body = await resp.json()
     # The first start's own row: the bootstrap admin, created through the user service.
-    bootstrap = [e for e in body["entries"] if e["actor"] == "local:bootstrap"]
+    bootstrap = [e for e in body["entries"] if e["actor"] == "local:(service start)"]
     body["entries"] = [e for e in body["entries"] if e not in bootstrap]
 
     assert resp.status == 200

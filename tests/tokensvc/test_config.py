@@ -250,3 +250,19 @@ def test_keyword_construction_reads_no_environment(monkeypatch: pytest.MonkeyPat
     with pytest.raises(ConfigError, match="unknown setting 'max_quueue'"):
         Config(max_quueue=1)
     assert config.model_copy(update={"max_queue": 3}).max_queue == 3
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o606])
+def test_a_secret_file_every_user_may_read_or_write_is_refused(tmp_path: Path, mode: int) -> None:
+    """Code review: only TOKENSVC_KEK_FILE was held to its mode, while
+    TOKENSVC_KEK_PREVIOUS_FILE opens every root key not yet resealed (and the pepper, the
+    database URL's password, the admin's password are secrets too). Group access is allowed."""
+    secret = tmp_path / "pepper"
+    secret.write_text("a pepper of at least sixteen bytes")
+    secret.chmod(mode)
+    message = refusal(PEPPER_FILE=str(secret))
+    secret.chmod(0o640)
+
+    assert message.startswith("TOKENSVC_PEPPER_FILE") and "chmod o-rwx" in message
+    assert "sixteen" not in message
+    assert load(PEPPER_FILE=str(secret)).pepper is not None  # 0640 is accepted

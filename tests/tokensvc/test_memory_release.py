@@ -99,7 +99,9 @@ async def test_serving_without_auto_migration_refuses_a_database_behind_this_rel
     """Deploy review: with TOKENSVC_AUTO_MIGRATE=false (Kubernetes, compose: migrations are a
     step of their own) pods came up Ready on a database never migrated, and failed request by
     request. `serve` refuses to start behind this release's head, in one line; at the head,
-    or at a revision it does not know (a newer release's, in a rolling update), it starts."""
+    or at a revision it does not know (a newer release's, in a rolling update), it starts, and
+    `migrate` (each pod's init container) leaves such a database alone (code review: alembic
+    refused it, and a rollback's pods never started)."""
     from pathlib import Path
 
     from sqlalchemy import text
@@ -127,6 +129,7 @@ async def test_serving_without_auto_migration_refuses_a_database_behind_this_rel
             await conn.execute(text("UPDATE alembic_version SET version_num = '0099_future'"))
         assert not await behind_head(engine)
         await preflight(config)
+        await upgrade(engine)  # a newer release's revision: nothing to do, no "Can't locate"
     finally:
         await engine.dispose()
 

@@ -72,7 +72,7 @@ def checked_token(value: object, where: str) -> str:
 def is_loopback(url: str) -> bool:
     """Whether `url` (normalized) names this machine: localhost or a loopback address."""
     host = (urllib.parse.urlsplit(url).hostname or "").rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":  # not `*.localhost`: without nss-myhostname those go to DNS
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -483,6 +484,16 @@ class Environment(PydanticBaseSettingsSource):
         if path is None:
             return direct
         try:
+            mode = stat.S_IMODE(Path(path).stat().st_mode)
+            if mode & 0o007:
+                # As for the KEK file (keystore): a secret every user of the host may read or
+                # change is refused (code review: TOKENSVC_KEK_PREVIOUS_FILE opens every root
+                # key not yet resealed). Group access stays: a Kubernetes Secret volume is the
+                # pod's fsGroup's (deploy/k8s: 0440).
+                raise ConfigError(
+                    f"{PREFIX}{name}_FILE {path!r} is accessible to every user of this host"
+                    f" (mode {mode:04o}); run `chmod o-rwx` on it (0600, or 0640 for a group)"
+                )
             return Path(path).read_text().strip()
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"

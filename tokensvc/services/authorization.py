@@ -218,7 +218,7 @@ class Authorizer:
         record = await self._registry.get(verified.token_id)
         if record is None or record.bounded or verified.expires_at is None:
             return False
-        return verified.expires_at >= record.expires_at.timestamp()
+        return not record.narrowed_in_time(verified.expires_at)
 
     async def _verify(self, who: BearerToken, operation: str) -> Verified:
         return await self._verifier.verify(

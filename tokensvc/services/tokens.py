@@ -15,7 +15,8 @@ from functools import partial
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystore.service_keys import KEY_ID_PREFIX
-from tokensvc.accounts.users import UserStore, user_name_or_none
+from tokensvc.accounts.lockout.store import normalise_identity
+from tokensvc.accounts.users import UserStore
 from tokensvc.errors import (
     BadRequest,
     Conflict,
@@ -31,7 +32,7 @@ from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import LocalOperator, Principal
 from tokensvc.storage.audit import AuditLog
-from tokensvc.storage.db import run_db
+from tokensvc.storage.db import lock_name, run_db
 from tokensvc.tokens.delegation import OUTLIVE_OPERATION, delegate, minted_generation
 from tokensvc.tokens.minting import MintedToken, Minter, MintRequest, is_name
 from tokensvc.tokens.registry import Descendant, TokenRecord, TokenRegistry
@@ -98,8 +99,6 @@ class TokenService:
         request.validate()
         if request.admin and actor.verified is None:
             await self._admin_subject(subject)
-        if request.service:
-            await self._not_a_user(subject)
         may_outlive = await self._authz.unbounded(actor, OUTLIVE_OPERATION)
         if actor.verified is not None:
             request = delegate(
@@ -115,10 +114,17 @@ class TokenService:
 
         parent = actor.verified
 
+        # An admin's own service token is theirs already; one for another name must not be a
+        # user's (checked in the transaction, under the name's lock: UserService.create).
+        service_for_other = request.service and subject != actor.subject
+
         async def in_transaction(conn: AsyncConnection, minted: MintedToken) -> None:
             # The minting token is still alive: a revocation of it cannot pass this child unseen
             # (either it committed first and the mint is refused, or its walk revokes the child).
             await self._authz.confirm(conn, actor)
+            if service_for_other:
+                await lock_name(conn, minted.subject)
+                await self._not_a_user(conn, minted.subject)
             await self._audit.record(
                 actor.name,
                 "token_minted",
@@ -227,13 +233,14 @@ class TokenService:
                 " (make one with `tokensvc user add NAME --admin --local`)"
             )
 
-    async def _not_a_user(self, subject: str) -> None:
+    async def _not_a_user(self, conn: AsyncConnection, subject: str) -> None:
         """Conflict if `subject` is a user's name, for service tokens: a service token of a
         user's name is that user's, and whoever may set a role-less user's password (a
         `users:write` delegate) acts as its subject (red team: a delegate created the user
         `payments` first, and the service token later minted for it was theirs to use and,
-        deleting the user, to kill)."""
-        user = await self._users.get(subject)
+        deleting the user, to kill). Run under the name's lock, as the user's creation checks
+        the registry under it: of the two racing, one sees the other."""
+        user = await self._users.get(subject, conn=conn)
         if user is not None and user.name == subject:
             raise Conflict(
                 f"{subject!r} is a user's name: a service token for it would be that user's;"
@@ -287,8 +294,7 @@ class TokenService:
         if presented_expiry is None or presented_expiry > now.timestamp():
             return False
         record = await self._registry.get(token_id)
-        # The registered expiry is the token's own (to the second): an earlier one is a copy's.
-        if record is None or presented_expiry >= record.expires_at.timestamp() - 1:
+        if record is None or not record.narrowed_in_time(presented_expiry):
             return False
         security_event(
             "token_revoke_ignored",
@@ -361,14 +367,18 @@ class TokenService:
 
         async def run(conn: AsyncConnection) -> Raised:
             await self._authz.confirm(conn, actor)
-            # Subjects are exact (`Carol` is not the user carol): a revoke-all of a subject that
-            # is neither a user nor one any token was issued to would revoke nothing and look,
-            # in the answer and the audit trail, like an incident handled (red team: `Carol`,
-            # `carol ` for carol). A user's name is always accepted, tokens or not yet.
+            # Subjects are exact (`Carol` is not the user carol): a revoke-all of another
+            # spelling of a user's name, which no token was issued to, would revoke nothing and
+            # look, in the answer and the audit trail, like an incident handled (red team:
+            # `Carol`, `carol `, `ｃarol` for carol). Any other subject is taken, registered or
+            # not: tokens minted before the registry existed must stay revocable.
             if not await self._registry.issued_to(conn, subject):
-                user = await self._users.get(subject, conn=conn)
-                if user is None or user.name != subject:
-                    raise NotFound(_no_tokens_for(subject))
+                near = await self._users.get(normalise_identity(subject), conn=conn)
+                if near is not None and near.name != subject:
+                    raise NotFound(
+                        "no token was issued to this subject, and subjects are exact: the"
+                        f" user's tokens carry its name as stored, {near.name!r}"
+                    )
             raised = await self._revocations.raise_generation(conn, subject)
             await self._audit.record(
                 actor.name,
@@ -399,12 +409,3 @@ class TokenService:
             descendants=len(raised.descendants),
         )
         return raised.generation
-
-
-def _no_tokens_for(subject: str) -> str:
-    """The 404's message, naming the user a near miss was probably meant for."""
-    message = "no user has this name and no token was issued to it (subjects are exact)"
-    user = user_name_or_none(subject.strip())
-    if user is not None and user != subject:
-        message += f"; a user's tokens carry its name as stored: {user!r}"
-    return message

@@ -22,7 +22,7 @@ from tokensvc.services.authorization import UNRESTRICTED_NEEDED, Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
 from tokensvc.storage.audit import AuditLog
-from tokensvc.storage.db import run_db
+from tokensvc.storage.db import lock_name, run_db
 from tokensvc.tokens.registry import TokenRegistry
 from tokensvc.tokens.revocation import Raised, Revocations
 
@@ -105,6 +105,7 @@ class UserService:
             # it, an unrestricted one (red team: a `users:write` token took over a service), and
             # the new user starts with none of those tokens: they die here, as a re-created
             # name's earlier tokens stay dead.
+            await lock_name(conn, name)  # a service token minted for it meanwhile: see tokens.py
             earlier = await self._registry.issued_to(conn, name)
             if earlier and not unrestricted:
                 raise Forbidden(

@@ -7,11 +7,13 @@ Stores raise storage errors, never service or HTTP ones: the services translate
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystore.db import SQLITE_BEGIN_IMMEDIATE
@@ -87,3 +89,16 @@ async def run_db(
             )
     except StoreUnavailable as exc:
         raise StorageUnavailable(str(exc)) from exc
+
+
+async def lock_name(conn: AsyncConnection, name: str) -> None:
+    """Hold `name` (a user name, a token subject) until `conn`'s transaction ends, so that two
+    transactions that each check the other's table for the name before writing it (a user
+    created while a service token is minted for the same name) run one after the other. On
+    PostgreSQL a transaction-scoped advisory lock; SQLite's write transactions already run one
+    at a time (BEGIN IMMEDIATE)."""
+    if conn.dialect.name != "postgresql":
+        return
+    digest = hashlib.blake2b(name.encode(), digest_size=8, person=b"tokensvc-name").digest()
+    key = int.from_bytes(digest, "big", signed=True)
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})

@@ -55,8 +55,10 @@ def head_revision() -> str | None:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    """Bring the database to `revision` (default: the newest); a no-op when already there."""
-    if revision == "head" and await at_head(engine):
+    """Bring the database to `revision` (default: the newest); a no-op when already there, and
+    at a revision this release does not know: a newer release's, met by a pod of this one in a
+    rolling update or a rollback, which alembic would refuse ("Can't locate revision")."""
+    if revision == "head" and not await behind_head(engine):
         return
     from alembic import command
 
@@ -120,38 +122,34 @@ def _upgrade_main() -> int:
     return 0
 
 
-async def at_head(engine: AsyncEngine) -> bool:
-    """Whether the database is at HEAD, by one SELECT (False when it was never migrated)."""
-
-    async def read(conn: AsyncConnection) -> bool:
-        try:
-            version = await conn.execute(text("SELECT version_num FROM alembic_version"))
-        except DBAPIError as exc:
-            if _no_version_table(exc):
-                return False  # a new database
-            raise
-        return [row[0] for row in version] == [HEAD]
-
-    return await run_database(engine, read, write=False, what="the database (migrations)")
-
-
-async def behind_head(engine: AsyncEngine) -> bool:
-    """Whether the database lacks migrations of this release: never migrated, or at one of
-    this release's older revisions. False at HEAD, and at a revision this release does not
-    know: a newer release's, whose migrations this one runs beside in a rolling update."""
-    if await at_head(engine):
-        return False
+async def _versions(engine: AsyncEngine) -> list[str]:
+    """The database's alembic revisions, by one SELECT (none when it was never migrated)."""
 
     async def read(conn: AsyncConnection) -> list[str]:
         try:
             version = await conn.execute(text("SELECT version_num FROM alembic_version"))
         except DBAPIError as exc:
             if _no_version_table(exc):
-                return []
+                return []  # a new database
             raise
         return [str(row[0]) for row in version]
 
-    current = await run_database(engine, read, write=False, what="the database (migrations)")
+    return await run_database(engine, read, write=False, what="the database (migrations)")
+
+
+async def at_head(engine: AsyncEngine) -> bool:
+    """Whether the database is at HEAD, by one SELECT (False when it was never migrated)."""
+    return await _versions(engine) == [HEAD]
+
+
+async def behind_head(engine: AsyncEngine) -> bool:
+    """Whether the database lacks migrations of this release, by one SELECT: never migrated,
+    or at one of this release's older revisions. False at HEAD, and at a revision this release
+    does not know: a newer release's, whose migrations this one runs beside in a rolling
+    update (or a rollback)."""
+    current = await _versions(engine)
+    if current == [HEAD]:
+        return False
     ours = {path.stem for path in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py")}
     return not current or set(current) <= ours
 

@@ -95,6 +95,13 @@ class TokenRecord:
     key_id: str | None = None
     bounded: bool = False
 
+    def narrowed_in_time(self, presented_expiry: float) -> bool:
+        """Whether a token of this id whose earliest expiry is `presented_expiry` (unix
+        seconds) ends before the token as minted: a copy its holder narrowed in time, since
+        offline attenuation keeps the id. The registered expiry may hold a fraction of a
+        second the whole-second caveat does not: one second of slack."""
+        return presented_expiry < self.expires_at.timestamp() - 1
+
     def public(self, *, now: datetime) -> dict[str, object]:
         """The record as the API and the CLI show it: no token, no key, nothing that verifies;
         times in RFC 3339 UTC, whole seconds."""
