@@ -114,9 +114,11 @@ class TokenService:
 
         parent = actor.verified
 
-        # An admin's own service token is theirs already; one for another name must not be a
-        # user's (checked in the transaction, under the name's lock: UserService.create).
-        service_for_other = request.service and subject != actor.subject
+        # An admin's own service token is theirs already, and an admin-capable one is only ever
+        # an enabled admin's (delegation; `_admin_subject` for the operator); any other must
+        # not be for a user's name (checked in the transaction, under the name's lock, as
+        # UserService.create checks the registry).
+        service_for_other = request.service and not request.admin and subject != actor.subject
 
         async def in_transaction(conn: AsyncConnection, minted: MintedToken) -> None:
             # The minting token is still alive: a revocation of it cannot pass this child unseen
