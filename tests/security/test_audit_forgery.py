@@ -59,6 +59,20 @@ async def test_a_lockout_cleared_under_an_alias_is_audited_under_the_identity(
     assert len(entries) == 1
 
 
+async def test_a_lockout_cleared_for_a_256_character_name_is_audited_whole(
+    shaped: Any, root: str
+) -> None:
+    """Red team: a login name may be 256 characters, the audit target 255, so clearing the
+    lockout of `x` * 255 + `y` was audited as the other identity `x` * 255, and no search
+    could find the right one. The whole identity is in the details."""
+    long_name = "x" * 255 + "y"
+
+    assert (await call(shaped, "DELETE", f"/v1/users/{long_name}/lockout", root))[0] == 204
+
+    (entry,) = await audit(shaped, root, action="lockout_cleared")
+    assert entry["details"]["identity"] == long_name
+
+
 @pytest.mark.parametrize(
     "subject",
     ["local:root", "admin\u009b", "admin\u2028x", "ops\u0085"],

@@ -123,8 +123,11 @@ class LockoutService:
                 raise Forbidden(UNRESTRICTED_NEEDED)
             await self._lockout.clear(identity)
             await self._otp_lockout.clear(self._otp_identity(identity))
+            # The target column holds 255 characters, a login name 256: the whole identity in
+            # the details when it is longer, or the row would name another one (red team).
+            whole = {"identity": identity} if len(identity) > 255 else {}
             await self._audit.record(
-                actor.name, "lockout_cleared", identity, conn=conn, **by_token(actor)
+                actor.name, "lockout_cleared", identity, conn=conn, **by_token(actor), **whole
             )
 
         await run_db(self._engine, run, write=True, retry=False)
