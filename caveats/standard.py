@@ -23,10 +23,18 @@ _REVOKED: Final = Failure("token revoked (subject generation)", invalid=True)
 _NO_OPERATION: Final = Failure("the token is limited to some operations; the request names none")
 _NO_RESOURCE: Final = Failure("the token is limited to some resources; the request names none")
 _NO_AUDIENCE: Final = Failure("the token is limited to some audiences; the request names none")
-#: A dot segment (`.`, `..`, `..;`: Tomcat's `..`), plain or percent-encoded, or an encoded `/` or
-#: `\`: what could take a resource matched by a prefix out of that prefix once the application
-#: resolves it (Resources.check).
-_CLIMBS: Final = re.compile(r"(?:^|[/\\])(?:\.|%2e){1,2}(?:[/\\;]|$)|%2f|%5c", re.IGNORECASE)
+#: What could take a resource matched by a prefix out of that prefix once the application
+#: resolves it (Resources.check): a dot segment (`.`, `..`), its dots plain, percent-encoded,
+#: double-encoded, overlong UTF-8 or fullwidth, ended by a separator or by what a backend cuts
+#: a path at (`;`: Tomcat's `..;`, `?`, `#`, NUL or another control, whitespace: trimmed), plain
+#: or encoded; or an encoded `/` or `\` anywhere (red team: `/docs/..%3b/admin`, `/docs/..?x`,
+#: `/docs/..%00` and `/docs/%252e%252e/admin` passed a `/docs/*` token).
+_DOT: Final = r"(?:\.|%2e|%252e|%c0%ae|\uff0e|%ef%bc%8e)"
+_CUT: Final = r"(?:[/\\;?#\s\x00-\x1f\x7f]|%(?:2f|5c|3b|3f|23|00|25)|$)"
+_CLIMBS: Final = re.compile(
+    rf"(?:^|[/\\]|%2f|%5c){_DOT}{{1,2}}{_CUT}|%2f|%5c|%25(?:2f|5c)|%c0%af|%c1%9c",
+    re.IGNORECASE,
+)
 _NO_CLIENT_IP: Final = Failure(
     "the token is limited to some networks; the request has no client IP"
 )
@@ -129,10 +137,15 @@ class Resources:
         if resource in self._exact:
             return SUCCESS
         if self._prefixes and resource.startswith(self._prefixes):
-            # The common resource has no `.`, `%` or `\\`: three substring tests, no regex.
+            # The common resource has no `.`, `%`, `\\` or `．`: four substring tests, no regex.
             if (
                 self._anything
-                or ("." not in resource and "%" not in resource and "\\" not in resource)
+                or (
+                    "." not in resource
+                    and "%" not in resource
+                    and "\\" not in resource
+                    and "\uff0e" not in resource
+                )
                 or _CLIMBS.search(resource) is None
             ):
                 return SUCCESS
@@ -211,6 +224,11 @@ def _parse_networks(cidrs: tuple[str, ...]) -> tuple[_IPNetwork, ...]:
     networks: list[_IPNetwork] = []
     for index, text in enumerate(cidrs):
         try:
+            # `addr` or `addr/prefixlen` only: ipaddress also reads a zone (`fe80::1%eth0`),
+            # which it then ignores, and a netmask (`10.0.0.0/0.255.255.255`), both a network
+            # other than the one written (red team).
+            if "%" in text or ("/" in text and not text.rpartition("/")[2].isdigit()):
+                raise ValueError(text)
             network = ipaddress.ip_network(text, strict=False)
         except ValueError:
             raise CaveatError(f"ClientCIDR.cidrs[{index}] is not an IP network") from None
@@ -232,7 +250,10 @@ def _unmap_network(network: _IPNetwork) -> _IPNetwork:
 
 @functools.lru_cache(maxsize=4096)
 def _parse_ip(text: str) -> _IPAddress | None:
-    """The address in `text` (IPv4-mapped IPv6 as IPv4), or None; cached, clients repeat."""
+    """The address in `text` (IPv4-mapped IPv6 as IPv4), or None; cached, clients repeat. An
+    address with a zone (`fe80::1%eth0`) is none: a network caveat cannot name zones."""
+    if "%" in text:
+        return None
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from caveats import (
     SUCCESS,
     Audience,
+    CaveatError,
     ClientCIDR,
     Context,
     Expiry,
@@ -314,3 +315,20 @@ def test_reasons_echo_only_a_bounded_part_of_request_data() -> None:
 
     assert isinstance(result, Failure)
     assert len(result.reason) < 160
+
+
+@pytest.mark.parametrize("cidr", ["fe80::1%eth0/128", "fe80::1%eth0", "10.0.0.0/0.255.255.255"])
+def test_client_cidr_refuses_a_zone_or_a_netmask(cidr: str) -> None:
+    """Red team (helper-56): ipaddress reads `fe80::1%eth0/128` and then matches any zone, and
+    `10.0.0.0/0.255.255.255` as /8: networks other than the one written. Refused, as any typo."""
+    with pytest.raises(CaveatError):
+        ClientCIDR((cidr,))
+
+
+@pytest.mark.parametrize("client_ip", ["fe80::1%eth0", "::ffff:10.0.0.1%eth0"])
+def test_a_client_address_with_a_zone_is_no_address(client_ip: str) -> None:
+    """`::ffff:10.0.0.1%eth0` matched as 10.0.0.1 while `10.0.0.1%eth0` was refused: a zoned
+    address is refused alike (a network caveat names no zone)."""
+    result = ClientCIDR(("10.0.0.0/8", "fe80::/10")).check(ctx(client_ip=client_ip))
+
+    assert isinstance(result, Failure) and "not an IP address" in result.reason

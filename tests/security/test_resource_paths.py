@@ -13,7 +13,25 @@ from tests.security.attack import call, verify
 
 @pytest.mark.parametrize(
     "resource",
-    ["/docs/../admin/x", "/docs/%2e%2e/admin/x", "/docs/x/../../admin", "/docs/a%2F..%2Fadmin"],
+    [
+        "/docs/../admin/x",
+        "/docs/%2e%2e/admin/x",
+        "/docs/x/../../admin",
+        "/docs/a%2F..%2Fadmin",
+        # Red team (helper-56): a dot segment ended by what a backend cuts a path at, or whose
+        # dots are double-encoded, overlong UTF-8 or fullwidth.
+        "/docs/..?x",
+        "/docs/..#x",
+        "/docs/..%3b/admin",
+        "/docs/..%3B/admin",
+        "/docs/..%00",
+        "/docs/..\u0000",
+        "/docs/.. ",
+        "/docs/..\t",
+        "/docs/%252e%252e/admin",
+        "/docs/%c0%ae%c0%ae/admin",
+        "/docs/\uff0e\uff0e/admin",
+    ],
 )
 async def test_verify_refuses_a_prefix_match_that_could_leave_the_prefix(
     shaped: Any, root: str, resource: str
@@ -29,3 +47,32 @@ async def test_verify_refuses_a_prefix_match_that_could_leave_the_prefix(
     assert allowed_status == 200
     assert status == 403, body
     assert "outside the token's prefixes" in body["reason"]
+
+
+@pytest.mark.parametrize(
+    "resource", ["/docs/a.b", "/docs/.well-known/x", "/docs/v1.2/x", "/docs/a..b", "/docs/x?y=1"]
+)
+async def test_dots_and_queries_that_leave_nothing_still_match(
+    shaped: Any, root: str, resource: str
+) -> None:
+    """The refusal is for dot segments, not for dots: names with dots, and a query after a
+    name, stay inside the prefix and are allowed."""
+    status, minted = await call(
+        shaped, "POST", "/v1/tokens", root, json={"subject": "d", "resources": ["/docs/*"]}
+    )
+    assert status == 201, minted
+
+    assert (await verify(shaped, minted["token"], resource=resource))[0] == 200
+
+
+@pytest.mark.parametrize("cidr", ["fe80::1%eth0/128", "10.0.0.0/0.255.255.255"])
+async def test_a_network_with_a_zone_or_a_netmask_is_refused_at_mint(
+    shaped: Any, root: str, cidr: str
+) -> None:
+    """Red team (helper-56): the mint took these and the caveat then matched another network
+    than the one written (any zone; a /8). A 400 now, by the caveat's own rule."""
+    status, body = await call(
+        shaped, "POST", "/v1/tokens", root, json={"subject": "d", "cidrs": [cidr]}
+    )
+
+    assert status == 400 and "not an IP network" in body["error"]["message"], body

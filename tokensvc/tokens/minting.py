@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -12,7 +11,17 @@ from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from caveats import Audience, ClientCIDR, Expiry, Generation, Operations, Resources, Subject, encode
+from caveats import (
+    Audience,
+    CaveatError,
+    ClientCIDR,
+    Expiry,
+    Generation,
+    Operations,
+    Resources,
+    Subject,
+    encode,
+)
 from keystore import Keyring, RootKey
 from keystore.discharger_key import DischargerKey
 from keystore.service_keys import KEY_ID_PREFIX, ServiceKeys, service_key_id
@@ -106,9 +115,9 @@ class MintRequest:
         if len(self.cidrs) > 64:
             raise BadRequest("at most 64 cidrs")
         for cidr in self.cidrs:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except (TypeError, ValueError):
+            try:  # the caveat's own rule: `addr[/prefixlen]`, no zone, no netmask
+                ClientCIDR((cidr,))
+            except (TypeError, ValueError, CaveatError):
                 raise BadRequest(f"not an IP network: {str(cidr)[:64]!r}") from None
         if len(self.description) > 1024 or _NOT_TEXT.search(self.description):
             raise BadRequest(
