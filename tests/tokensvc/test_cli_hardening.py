@@ -237,3 +237,19 @@ def test_an_answer_is_read_within_a_deadline_and_a_size(monkeypatch: pytest.Monk
     monkeypatch.setattr(client, "MAX_ANSWER_BYTES", 10)
     with pytest.raises(ValueError, match="too large"):
         client._read_bounded(Drip())
+
+
+def test_a_token_to_inspect_cannot_drive_the_terminal(cli: Cli) -> None:
+    """Red team: `tokensvc token inspect` is for tokens of anyone's (one to be judged), and
+    printed its holder's caveat text raw: an OSC sequence retitled the window, a CSI one
+    coloured the output. Everything it shows of the token is escaped."""
+    from pymacaroons import MACAROON_V2, Macaroon
+
+    macaroon = Macaroon(location="x\x1b[2J", identifier="id", key="k" * 32, version=MACAROON_V2)
+    macaroon.add_first_party_caveat("\x1b]0;pwned\x07 allow read")
+    macaroon.add_first_party_caveat("declared user \x1b[31mred")
+
+    shown = cli.ok("token", "inspect", macaroon.serialize())
+
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "pwned" in shown and "red" in shown

@@ -25,6 +25,7 @@ from tokensvc.cli.credentials import (
     require_credential,
     target_url,
 )
+from tokensvc.cli.render import shown
 from tokensvc.errors import TokensvcError
 
 __all__ = ["DEFAULT_URL", "ApiError", "Client"]
@@ -35,10 +36,10 @@ MAX_ANSWER_BYTES = 8 << 20
 
 
 def printable(text: str, limit: int = 500) -> str:
-    """Text from the server as it may be shown on a terminal: anything not printable escaped,
-    so an answer cannot move the cursor or retitle the window (red team: an OSC sequence in
-    an error message reached the terminal)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    """Text from the server as it may be shown on a terminal, at most `limit` characters,
+    escaped as every value the CLI shows is (render.shown): an answer cannot move the cursor
+    or retitle the window (red team: an OSC sequence in an error message reached it)."""
+    return shown(text[:limit])
 
 
 class ApiError(TokensvcError):

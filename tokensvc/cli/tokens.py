@@ -22,7 +22,7 @@ from tokensvc.cli.common import (
 )
 from tokensvc.cli.discharge import discharge_command
 from tokensvc.cli.errors import Refused
-from tokensvc.cli.render import record_body, token_table
+from tokensvc.cli.render import record_body, shown, token_table
 from tokensvc.cli.verification import introspect_command, verify_command
 from tokensvc.operations.config import ConfigError, parse_duration
 from tokensvc.operations.durations import format_duration
@@ -144,13 +144,15 @@ def token_inspect(token_string: str | None, as_json: bool) -> None:
 
     info = describe(read_value(token_string, "TOKEN"))
 
+    # The token may be anyone's (one to be judged): whatever its holder wrote in a caveat or
+    # its location is escaped, so it can neither drive the terminal nor forge a line (red team).
     def human(i: dict[str, Any]) -> str:
         lines = [
-            f"{k}: {str(v).lower() if isinstance(v, bool) else v}"
+            f"{k}: {str(v).lower() if isinstance(v, bool) else shown(str(v))}"
             for k, v in i.items()
             if k != "caveats"
         ]
-        lines += [f"caveat: {caveat_text(c)}" for c in i["caveats"]]
+        lines += [f"caveat: {shown(caveat_text(c))}" for c in i["caveats"]]
         return "\n".join(lines)
 
     emit(info, as_json, human)

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from tokensvc.cli.common import emit, fail_on_errors, iso, json_option, read_value, url_option
+from tokensvc.cli.render import shown
 
 
 @click.command("verify")
@@ -63,9 +64,10 @@ def verify_command(
     if as_json:
         emit(result, True, str)
     elif result.get("valid"):
-        click.echo(f"valid: subject {result['subject']}, expires {result['expires_at']}")
+        subject, expires = shown(str(result["subject"])), shown(str(result["expires_at"]))
+        click.echo(f"valid: subject {subject}, expires {expires}")
     else:
-        click.echo(f"Error: not valid: {result.get('reason')}", err=True)
+        click.echo(f"Error: not valid: {shown(str(result.get('reason')))}", err=True)
     if not result.get("valid"):
         sys.exit(1)
 
@@ -89,8 +91,9 @@ def introspect_command(token_string: str | None, url: str | None, as_json: bool)
         if not r.get("active"):
             return "not active (unknown, expired, revoked or not ours)"
         return (
-            f"active: subject {r['sub']}, expires {iso(datetime.fromtimestamp(r['exp'], UTC))}"
-            + (f", scope {r['scope']}" if r.get("scope") else "")
+            f"active: subject {shown(str(r['sub']))},"
+            f" expires {iso(datetime.fromtimestamp(r['exp'], UTC))}"
+            + (f", scope {shown(str(r['scope']))}" if r.get("scope") else "")
         )
 
     emit(result, as_json, human)
