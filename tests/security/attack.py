@@ -37,6 +37,13 @@ async def token_id_of(client: Any, token: str) -> str:
     return str(body["token_id"])
 
 
+async def minted(client: Any, token: str, **body: Any) -> dict[str, Any]:
+    """The answer of POST /v1/tokens made with `token` (fails the test unless 201)."""
+    status, answer = await call(client, "POST", "/v1/tokens", token, json=body)
+    assert status == 201, answer
+    return dict(answer)
+
+
 async def create_user(client: Any, admin: str, name: str, password: str, **body: Any) -> None:
     status, answer = await call(
         client, "POST", "/v1/users", admin, json={"name": name, "password": password, **body}

@@ -13,15 +13,9 @@ import pytest
 
 from caveats import format_rfc3339
 from tests.conftest import FakeClock
-from tests.security.attack import attenuated, call, create_user, token_id_of, verify
+from tests.security.attack import attenuated, call, create_user, minted, token_id_of, verify
 
 PASSWORD = "first long copper passphrase"
-
-
-async def minted(client: Any, token: str, **body: Any) -> dict[str, Any]:
-    status, answer = await call(client, "POST", "/v1/tokens", token, json=body)
-    assert status == 201, answer
-    return dict(answer)
 
 
 async def test_a_copy_expired_as_presented_does_not_burn_the_live_token(

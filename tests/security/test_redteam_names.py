@@ -12,15 +12,9 @@ from urllib.parse import quote
 import pytest
 
 from tests.conftest import FakeClock
-from tests.security.attack import attenuated, call, create_user, login, verify
+from tests.security.attack import attenuated, call, create_user, login, minted, verify
 
 PASSWORD = "first long copper passphrase"
-
-
-async def minted(client: Any, admin: str, **body: Any) -> dict[str, Any]:
-    status, answer = await call(client, "POST", "/v1/tokens", admin, json=body)
-    assert status == 201, answer
-    return dict(answer)
 
 
 async def test_a_users_write_token_cannot_make_a_services_subject_a_user(

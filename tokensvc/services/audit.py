@@ -73,3 +73,15 @@ async def record_cascade(
         await audit.record(
             by, "token_revoked", token_id, conn=conn, via="cascade", cause=cause, **(acting or {})
         )
+
+
+async def record_cascade_by(
+    audit: AuditLog,
+    conn: AsyncConnection,
+    actor: Actor,
+    descendants: Sequence[Descendant],
+    *,
+    cause: str,
+) -> None:
+    """`record_cascade` for what an authorised actor did: its name, and the token it acted with."""
+    await record_cascade(audit, conn, actor.name, descendants, cause=cause, acting=by_token(actor))

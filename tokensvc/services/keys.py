@@ -15,7 +15,7 @@ from keystore.reseal import KekUsage, ResealResult, kek_usage, reseal
 from keystore.sealing import Sealer
 from tokensvc.errors import NotFound
 from tokensvc.operations.logs import security_event
-from tokensvc.services.audit import by_token, record_cascade
+from tokensvc.services.audit import by_token, record_cascade_by
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
@@ -97,14 +97,7 @@ class KeyService:
                 **by_token(actor),
                 descendants=len(descendants),
             )
-            await record_cascade(
-                self._audit,
-                conn,
-                actor.name,
-                descendants,
-                cause=f"key:{key_id}",
-                acting=by_token(actor),
-            )
+            await record_cascade_by(self._audit, conn, actor, descendants, cause=f"key:{key_id}")
 
         # The durable record first: were the delete to fail after it, replicas still drop the key.
         # Tokens minted with tokens the key signed are revoked in the same transaction.

@@ -27,7 +27,7 @@ from tokensvc.errors import (
 )
 from tokensvc.macaroons.describe import earliest_expiry
 from tokensvc.operations.logs import security_event
-from tokensvc.services.audit import by_token, record_cascade
+from tokensvc.services.audit import by_token, record_cascade, record_cascade_by
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import LocalOperator, Principal
@@ -391,13 +391,8 @@ class TokenService:
                 generation=raised.generation,
                 descendants=len(raised.descendants),
             )
-            await record_cascade(
-                self._audit,
-                conn,
-                actor.name,
-                raised.descendants,
-                cause=f"subject:{subject}",
-                acting=by_token(actor),
+            await record_cascade_by(
+                self._audit, conn, actor, raised.descendants, cause=f"subject:{subject}"
             )
             return raised
 

@@ -17,7 +17,7 @@ from tokensvc.accounts.secondfactor import SecondFactors
 from tokensvc.accounts.users import User, UserStore, canonical_name
 from tokensvc.errors import BadRequest, Forbidden, NotFound
 from tokensvc.operations.logs import security_event
-from tokensvc.services.audit import by_token, record_cascade
+from tokensvc.services.audit import by_token, record_cascade_by
 from tokensvc.services.authorization import UNRESTRICTED_NEEDED, Authorizer
 from tokensvc.services.boundary import service
 from tokensvc.services.principals import Principal
@@ -131,13 +131,8 @@ class UserService:
                 tokens_revoked=earlier,
             )
             if raised is not None:
-                await record_cascade(
-                    self._audit,
-                    conn,
-                    actor.name,
-                    raised.descendants,
-                    cause=f"user:{user.name}",
-                    acting=by_token(actor),
+                await record_cascade_by(
+                    self._audit, conn, actor, raised.descendants, cause=f"user:{user.name}"
                 )
             return user, raised
 
@@ -238,13 +233,8 @@ class UserService:
                 tokens_revoked=revokes,
             )
             if raised is not None:
-                await record_cascade(
-                    self._audit,
-                    conn,
-                    actor.name,
-                    raised.descendants,
-                    cause=f"user:{before.name}",
-                    acting=by_token(actor),
+                await record_cascade_by(
+                    self._audit, conn, actor, raised.descendants, cause=f"user:{before.name}"
                 )
             return after, raised
 
@@ -280,13 +270,8 @@ class UserService:
             await self._audit.record(
                 actor.name, "user_deleted", user.name, conn=conn, **by_token(actor)
             )
-            await record_cascade(
-                self._audit,
-                conn,
-                actor.name,
-                raised.descendants,
-                cause=f"user:{user.name}",
-                acting=by_token(actor),
+            await record_cascade_by(
+                self._audit, conn, actor, raised.descendants, cause=f"user:{user.name}"
             )
             return user.name, raised
 
