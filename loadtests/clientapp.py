@@ -4,6 +4,8 @@ served four ways (one process each; the protected ones also answer GET /_client/
 - `noauth`:  no token check at all (the baseline);
 - `cached`:  tokensvc-client's middleware, decisions from cached verdicts (a hot token: hits);
 - `guarded`: no middleware; the handler protected per route by tokensvc-client's TokensvcGuard;
+- `passthrough`: an empty middleware (it hands the request on): what aiohttp's middleware chain
+             costs by itself, the floor under `cached`;
 - `verify`:  the same middleware with a client whose revocation stream is not started, so every
              request is sent to tokensvc's POST /v1/verify (what services do without the client).
 
@@ -54,10 +56,22 @@ async def client_metrics(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(request.app[CLIENT].metrics.snapshot()))
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+def passthrough(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    # Shaped like tokensvc_middleware's hit path (a plain function handing back the handler's
+    # awaitable), so the difference between the two rows is the token check alone.
+    return handler(request)
+
+
 def make_app(mode: str, tokensvc: str, verify_url: str, service_token: str) -> web.Application:
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]] = doc
+    handler: Handler = doc
     if mode == "noauth":
         app = web.Application()
+    elif mode == "passthrough":
+        app = web.Application(middlewares=[passthrough])
     else:
         # verify: a client that never subscribes, so every request goes to /v1/verify.
         client = TokensvcClient(
@@ -92,7 +106,9 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests.clientapp")
-    parser.add_argument("--mode", choices=("noauth", "cached", "guarded", "verify"), required=True)
+    parser.add_argument(
+        "--mode", choices=("noauth", "passthrough", "cached", "guarded", "verify"), required=True
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tokensvc", default="http://127.0.0.1:8080")
     parser.add_argument("--verify-url", default=None)

@@ -6,7 +6,8 @@ anywhere from 0.78× to 1.20× of no auth, which cannot decide a 0.88-vs-0.90 qu
 counts the instructions a process executes the same way every run.
 
 One tokensvc (embedded SQLite, not under valgrind) issues a service token and a user token; then
-each sample app (loadtests.clientapp: `noauth`, `cached` — the middleware —, `guarded`) runs under
+each sample app (loadtests.clientapp: `noauth`, `passthrough` — an empty middleware —, `cached` —
+the middleware —, `guarded`) runs under
 `valgrind --tool=callgrind --instr-atstart=no` with PYTHONHASHSEED=0. This process is the client:
 one keep-alive connection over a plain blocking socket sends GET /docs/1 with the token, --warmup
 requests first (the verdict is fetched, the allow remembered, the stream goes live), then
@@ -15,7 +16,13 @@ requests first (the verdict is fetched, the allow remembered, the stream goes li
 the counted stretch) must show that every counted request was a hit: no fetch, no fallback to
 /v1/verify.
 
-    python -m loadtests client-instructions [--requests 2000] [--warmup 300]
+Counts still move by about ±1,000 per request between runs of the same app (timers and the
+stream's heartbeats that fall inside the counted stretch), so each app is measured --repeat times
+and the median is reported. The `passthrough` row is the floor under the middleware: what
+aiohttp's middleware chain costs with nothing in it (partial, lru_cache of the chain, a call with
+a keyword argument), which no middleware can avoid.
+
+    python -m loadtests client-instructions [--requests 2000] [--warmup 300] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from loadtests.common import (
     free_ports,
     loadavg_note,
     machine_info,
+    median,
     ratio,
     table,
     write_results,
@@ -43,9 +51,12 @@ from loadtests.common import (
 from loadtests.httpbench import Server, _start
 from loadtests.instructions import _connect, _read_response
 
-TARGETS = ("noauth", "cached", "guarded")
+TARGETS = ("noauth", "passthrough", "cached", "guarded")
+# Apps without a TokensvcClient: no stream to wait for, no counters to check.
+UNCHECKED = ("noauth", "passthrough")
 LABELS = {
     "noauth": "no auth",
+    "passthrough": "empty middleware (aiohttp's chain)",
     "cached": "middleware, remembered allow",
     "guarded": "TokensvcGuard, remembered allow",
 }
@@ -124,7 +135,7 @@ def measure(
     pid = app.proc.pid
     try:
         with _connect(port, app.proc, STEP_TIMEOUT) as sock, sock.makefile("rb") as stream:
-            if mode != "noauth":
+            if mode not in UNCHECKED:
                 deadline = time.monotonic() + STEP_TIMEOUT
                 while _metrics(sock, stream)["stream_state"] != "live":
                     if time.monotonic() > deadline:
@@ -132,14 +143,14 @@ def measure(
                     time.sleep(0.5)
             for i in range(args.warmup + args.requests):
                 if i == args.warmup:
-                    before = _metrics(sock, stream) if mode != "noauth" else {}
+                    before = _metrics(sock, stream) if mode not in UNCHECKED else {}
                     _callgrind_control(pid, "-i", "on")
                 status, body = _get(sock, stream, PATH, token)
                 if status != 200:
                     raise RuntimeError(f"{mode}: request {i + 1} answered {status}: {body[:300]!r}")
             _callgrind_control(pid, "-i", "off")
             _callgrind_control(pid, "-d")
-            if mode != "noauth":
+            if mode not in UNCHECKED:
                 after = _metrics(sock, stream)
                 moved = {k: after[k] - before[k] for k in ("misses", "fallbacks", "unavailable")}
                 if any(moved.values()) or after["hits"] - before["hits"] != args.requests:
@@ -160,10 +171,13 @@ def run(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--requests", type=int, default=2000, help="counted requests (2000)")
     parser.add_argument("--warmup", type=int, default=300, help="uncounted requests first (300)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per app, median taken (3)")
     parser.add_argument("--no-save", action="store_true", help="do not write a results file")
     args = parser.parse_args(argv)
-    if not (100 <= args.requests <= 100_000 and 10 <= args.warmup <= 100_000):
-        parser.error("--requests in 100..100000, --warmup in 10..100000")
+    if not (
+        100 <= args.requests <= 100_000 and 10 <= args.warmup <= 100_000 and 1 <= args.repeat <= 9
+    ):
+        parser.error("--requests in 100..100000, --warmup in 10..100000, --repeat in 1..9")
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print(
             "client-instructions: valgrind is not installed; install it with "
@@ -173,12 +187,13 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     note = loadavg_note()
     print(
-        f"client-instructions: {len(TARGETS)} apps × {args.requests} counted requests under "
-        "callgrind (~1 min each)" + (f"; {note}" if note else ""),
+        f"client-instructions: {len(TARGETS)} apps × {args.repeat} runs × {args.requests} counted "
+        "requests under callgrind (~10 s a run)" + (f"; {note}" if note else ""),
         flush=True,
     )
     workdir = Path(tempfile.mkdtemp(prefix="tokensvc-bench-client-instr-"))
     per_request: dict[str, float] = {}
+    runs: dict[str, list[float]] = {t: [] for t in TARGETS}
     servers: list[Server] = []
     try:
         issuer = start_issuer(workdir, None, servers)
@@ -187,13 +202,16 @@ def run(argv: list[str] | None = None) -> int:
             "base": issuer.server.base,
             "verify_url": issuer.verify_url,
         }
-        for mode in TARGETS:
-            total = measure(mode, issuer.user_token, args, issuer.app_env, where)
-            per_request[mode] = total / args.requests
-            print(
-                f"client-instructions: {LABELS[mode]:32} {per_request[mode]:>10,.0f} per request",
-                flush=True,
-            )
+        for run_no in range(args.repeat):  # apps interleaved, so a slow stretch is shared
+            for mode in TARGETS:
+                total = measure(mode, issuer.user_token, args, issuer.app_env, where)
+                runs[mode].append(total / args.requests)
+                print(
+                    f"client-instructions: run {run_no + 1}/{args.repeat} {LABELS[mode]:34} "
+                    f"{runs[mode][-1]:>10,.0f} per request",
+                    flush=True,
+                )
+        per_request = {t: median(runs[t]) for t in TARGETS}
     finally:
         for server in servers:
             server.stop()
@@ -217,9 +235,16 @@ def run(argv: list[str] | None = None) -> int:
             f"{LABELS[mode]}: {share:.3f}× of no auth's throughput, if throughput follows "
             f"instructions (goal ≥ {GOAL_RATIO}×: {'met' if share >= GOAL_RATIO else 'NOT met'})"
         )
+    floor = per_request["passthrough"] - base
+    budget = base / GOAL_RATIO - base - floor
+    print(
+        f"aiohttp's middleware chain alone: +{floor:,.0f} ({ratio(base, base + floor):.3f}×), so "
+        f"a middleware meets the goal only if its own work is ≤ {budget:,.0f} per request; "
+        f"tokensvc_middleware's is {per_request['cached'] - per_request['passthrough']:,.0f}"
+    )
     print(
         "note: the app process only, user-space instructions (the socket syscalls, the same for "
-        "all three, are not counted); instructions are not time, so the ratio is an estimate"
+        "every app, are not counted); instructions are not time, so the ratio is an estimate"
     )
     if not args.no_save:
         path = write_results(
@@ -228,6 +253,7 @@ def run(argv: list[str] | None = None) -> int:
                 "args": vars(args),
                 "machine": machine_info(),
                 "instructions_per_request": per_request,
+                "runs": runs,
                 "expected_throughput_ratio": {
                     t: ratio(base, per_request[t]) for t in TARGETS if t != "noauth"
                 },
