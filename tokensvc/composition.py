@@ -402,7 +402,7 @@ async def runtime(
             )
         if serving:
             await stack.enter_async_context(
-                _maintaining(keyring, registry, config, outages, clock=clock)
+                _maintaining(keyring, registry, audit, config, outages, clock=clock)
             )
             await stack.enter_async_context(services.health.monitoring())
             # The feed first: it starts at the newest event, then the loads below (and the
@@ -595,6 +595,11 @@ async def _revocations(
 
 #: The audit trail's actor for what the service does at its own start (`local:(service start)`).
 _BOOTSTRAP: Final = LocalOperator("(service start)")  # no OS user can be called that
+#: ... and for the audit rows TOKENSVC_AUDIT_RETENTION removes (`local:(retention)`).
+_RETENTION: Final = LocalOperator("(retention)")
+#: Audit pruning runs at most this often (seconds): each run that deletes rows adds one, so
+#: pruning with every key maintenance round (a minute) would fill the trail with its own rows.
+_AUDIT_PRUNE_EVERY: Final = 3600.0
 
 
 async def _create_user(users: UserService, name: str, password: str, role: str) -> object:
@@ -646,18 +651,35 @@ def _wire_feed(feed: RevocationFeed, revocations: Revocations) -> None:
 async def _maintaining(
     keyring: Keyring,
     registry: TokenRegistry,
+    audit: AuditLog,
     config: Config,
     outages: Outages,
     *,
     clock: Callable[[], datetime],
 ) -> AsyncIterator[None]:
     """Make the next root key ahead of need and purge expired ones, and delete the registry
-    rows of tokens expired longer than TOKENSVC_TOKEN_RETENTION, periodically."""
+    rows of tokens expired longer than TOKENSVC_TOKEN_RETENTION, periodically; with
+    TOKENSVC_AUDIT_RETENTION, the audit rows older than that, hourly."""
+    audit_pruned_at: float | None = None
 
     async def maintain() -> None:
+        nonlocal audit_pruned_at
         try:
             await keyring.maintain()
             await registry.prune_expired(clock() - config.token_retention)
+            retention = config.audit_retention
+            due = (
+                audit_pruned_at is None or time.monotonic() - audit_pruned_at >= _AUDIT_PRUNE_EVERY
+            )
+            if retention is not None and due:
+                before = clock() - retention
+                pruned = await audit.prune(before)
+                audit_pruned_at = time.monotonic()
+                if pruned:
+                    # The trail says where its beginning went: a gap is retention, not a cover-up.
+                    await audit.record(
+                        _RETENTION.name, "audit_pruned", "audit_log", deleted=pruned, before=before
+                    )
         except Exception:
             metrics.DATABASE_ERRORS.inc()
             raise

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from aiohttp.test_utils import TestClient as Client
 
 from tests.conftest import ADMIN_PASSWORD, basic_auth
+from tokensvc.operations.config import Config
+from tokensvc.storage.audit import AuditLog
+from tokensvc.web import appkeys
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -100,3 +107,60 @@ async def test_audit_is_for_admins_only(client: Client, admin_token: str) -> Non
 
     assert denied.status == 403 and anonymous.status == 401 and bad.status == 400
     assert ADMIN_PASSWORD not in await denied.text()
+
+
+async def test_audit_retention_deletes_old_entries_and_records_that_it_did(
+    aiohttp_client: Any, app_config: Config
+) -> None:
+    """With TOKENSVC_AUDIT_RETENTION, key maintenance deletes the entries older than it, keeps
+    the rest, and adds one `audit_pruned` entry saying how many went and from before when; by
+    default (off) nothing is deleted."""
+    from tokensvc.web.app import create_app
+
+    config = app_config.model_copy(
+        update={
+            "key_maintenance_interval": timedelta(seconds=1),
+            "audit_retention": timedelta(days=30),
+        }
+    )
+    client = await aiohttp_client(create_app(config))
+    engine = client.app[appkeys.ENGINE]
+    now = datetime.now(UTC)
+    for age, target in ((40, "old-1"), (31, "old-2"), (29, "kept")):
+        await AuditLog(engine, clock=lambda age=age: now - timedelta(days=age)).record(
+            "admin", "user_created", target
+        )
+    audit = AuditLog(engine)
+
+    async with asyncio.timeout(10):
+        while not await audit.recent(action="audit_pruned"):  # noqa: ASYNC110 - no event to wait on
+            await asyncio.sleep(0.1)
+
+    targets = {entry.target for entry in await audit.recent(action="user_created")}
+    assert targets == {"admin", "kept"}  # the bootstrap admin's creation, and the young one
+    (pruned,) = await audit.recent(action="audit_pruned")
+    assert (pruned.actor, pruned.target, pruned.details["deleted"]) == (
+        "local:(retention)",
+        "audit_log",
+        2,
+    )
+    cutoff = datetime.fromisoformat(pruned.details["before"].replace("Z", "+00:00"))
+    assert now - timedelta(days=30) <= cutoff <= datetime.now(UTC) - timedelta(days=30)
+
+
+async def test_audit_entries_are_kept_without_a_retention(
+    aiohttp_client: Any, sqlite_url: str, data_dir: Path
+) -> None:
+    from tests.conftest import make_config
+    from tokensvc.web.app import create_app
+
+    config = make_config(database_url=sqlite_url, data_dir=data_dir, key_maintenance_interval="1s")
+    client = await aiohttp_client(create_app(config))
+    engine = client.app[appkeys.ENGINE]
+    old = datetime.now(UTC) - timedelta(days=3650)
+    await AuditLog(engine, clock=lambda: old).record("admin", "user_created", "ancient")
+    await asyncio.sleep(2.5)  # two maintenance rounds
+
+    audit = AuditLog(engine)
+    assert [e.target for e in await audit.recent(action="user_created")] == ["ancient", "admin"]
+    assert await audit.recent(action="audit_pruned") == []

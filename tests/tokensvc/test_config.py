@@ -266,3 +266,17 @@ def test_a_secret_file_every_user_may_read_or_write_is_refused(tmp_path: Path, m
     assert message.startswith("TOKENSVC_PEPPER_FILE") and "chmod o-rwx" in message
     assert "sixteen" not in message
     assert load(PEPPER_FILE=str(secret)).pepper is not None  # 0640 is accepted
+
+
+def test_audit_retention_is_off_or_at_least_a_day() -> None:
+    """TOKENSVC_AUDIT_RETENTION: kept for ever by default and with `off`; a duration under a day
+    (a slip of the unit, `1h` for `1d`) is refused rather than emptying the trail."""
+    assert load().audit_retention is None
+    assert load(AUDIT_RETENTION="off").audit_retention is None
+    assert load(AUDIT_RETENTION="400d").audit_retention == timedelta(days=400)
+    assert load(AUDIT_RETENTION="24h").audit_retention == timedelta(days=1)
+    assert refusal(AUDIT_RETENTION="1h") == (
+        "TOKENSVC_AUDIT_RETENTION: expected off, or a duration such as 90s, 15m, 1h30m or 2d of "
+        "at least 1d; got '1h'"
+    )
+    assert refusal(AUDIT_RETENTION="forever").startswith("TOKENSVC_AUDIT_RETENTION: expected off")

@@ -263,6 +263,12 @@ class Config(BaseSettings):
     revocation_event_retention: Duration = timedelta(hours=24)
     # Expired tokens' registry rows are deleted this long after they expire (listed until then).
     token_retention: Duration = timedelta(days=30)
+    # Audit rows older than this are deleted (hourly, each deletion itself audited as
+    # `audit_pruned`); None (`off`, the default): kept for ever, as Keycloak keeps admin events
+    # unless told otherwise. At least a day: `1h` typed for `1d` must not empty the trail.
+    audit_retention: Annotated[
+        timedelta | None, _parsed(values.duration_or_off(timedelta(days=1)))
+    ] = None
     auto_migrate: Flag = True
     password_profile: Annotated[str, _parsed(_password_profile)] = "OWASP"  # noqa: S105 - a name
     # NIST SP 800-63B-4: 15 characters when the password is the only factor, 8 with a second

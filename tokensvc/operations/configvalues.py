@@ -27,6 +27,7 @@ __all__ = [
     "ConfigError",
     "database_url",
     "duration",
+    "duration_or_off",
     "flag",
     "host",
     "is_loopback",
@@ -78,6 +79,27 @@ def duration(value: Any) -> Any:
     if isinstance(value, timedelta) and value <= timedelta(0):
         raise ValueError(accepts)
     return value
+
+
+def duration_or_off(minimum: timedelta) -> Callable[[Any], Any]:
+    """`off` (None: never), or a duration of at least `minimum` — a floor for settings where a
+    slip of the unit (`1h` for `1d`) would throw away what an operator meant to keep."""
+    floor = f"{minimum.days}d" if minimum.days and not minimum.seconds else f"{minimum}"
+    accepts = f"off, or {DURATION_FORMS} of at least {floor}"
+
+    def parse(value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "off"):
+            return None
+        if isinstance(value, str):
+            try:
+                value = parse_duration(value)
+            except ConfigError:
+                raise ValueError(accepts) from None
+        if isinstance(value, timedelta) and value < minimum:
+            raise ValueError(accepts)
+        return value
+
+    return parse
 
 
 def whole_number(low: int, high: int) -> Callable[[Any], Any]:

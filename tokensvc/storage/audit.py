@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import JSON, BigInteger, Integer, String, Table, insert, select
+from sqlalchemy import JSON, BigInteger, Integer, String, Table, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -110,6 +110,27 @@ class AuditLog:
             log.exception(
                 "could not write the audit entry %s %s by %s", action, target[:64], actor[:64]
             )
+
+    async def prune(self, before: datetime, *, batch: int = 1000, passes: int = 20) -> int:
+        """Delete the entries recorded before `before` (TOKENSVC_AUDIT_RETENTION); how many went.
+        At most `passes` statements of `batch` rows each, oldest first, so one call stays short;
+        what is left waits for the next."""
+        oldest = select(_TABLE.c.id).where(_TABLE.c.at < before).order_by(_TABLE.c.id).limit(batch)
+        deleted = 0
+        for _ in range(passes):
+
+            async def run(conn: AsyncConnection) -> int:
+                ids = [row[0] for row in await conn.execute(oldest)]
+                if not ids:
+                    return 0
+                result = await conn.execute(delete(_TABLE).where(_TABLE.c.id.in_(ids)))
+                return int(result.rowcount or 0)
+
+            pruned = await run_db(self._engine, run, write=True, what="the audit log")
+            deleted += pruned
+            if pruned == 0:
+                break
+        return deleted
 
     async def recent(
         self,
