@@ -407,3 +407,89 @@ async def test_metrics_count_subscribers_and_events(
     lines = {line.split(" ")[0]: line.split(" ")[1] for line in text.splitlines() if " " in line}
     assert float(lines["tokensvc_revocation_stream_subscribers"]) >= 1
     assert float(lines["tokensvc_revocation_events_total"]) >= 1
+
+
+# ---- red team (helper-59): a stream lived on after its token --------------------------------
+
+
+async def test_a_stream_ends_when_its_own_token_is_revoked(
+    client: Client, admin_token: str
+) -> None:
+    """Events reach a stream only while its token would still be let in: the revocation of the
+    token itself ends it, and nothing revoked later is sent (it named every subject revoked
+    since, to a token the service no longer honoured)."""
+    minted = await mint(
+        client, admin_token, subject="svc", operations=["tokens:verdict"], service=True
+    )
+    other = await mint(client, admin_token, subject="alice")
+    await mint(client, admin_token, subject="bob")
+    stream = await subscribe(client, str(minted["token"]))
+    assert (await stream.next_event()).kind == "hello"
+    await revoke(client, admin_token, other["token_id"])
+    assert (await stream.next_event()).data["token_id"] == other["token_id"]
+
+    await revoke(client, admin_token, minted["token_id"])
+    resp = await client.post("/v1/subjects/bob/revoke-all", headers=bearer(admin_token))
+    assert resp.status == 200
+
+    with pytest.raises(EOFError):
+        await stream.next(within=5.0)
+
+
+async def test_a_stream_ends_once_its_token_has_expired(
+    aiohttp_client: Any, pg_url: str, data_dir: Path, clock: FakeClock
+) -> None:
+    """A copy its holder narrowed offline to a minute streams for that minute: after it, the
+    next heartbeat ends the stream instead of pinging, and no event is sent."""
+    from tests.security.attack import attenuated
+
+    client, admin, svc = await _app_client(
+        aiohttp_client, pg_url, data_dir, clock, revocation_stream_heartbeat=0.2
+    )
+    until = datetime.fromtimestamp(clock().timestamp() + 60, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stream = await subscribe(client, attenuated(svc, f"time-before {until}"))
+    assert (await stream.next()).kind == "hello"
+    assert (await stream.next(within=2.0)).kind == "ping"
+
+    clock.advance(seconds=61)
+    await mint(client, admin, subject="bob")
+    resp = await client.post("/v1/subjects/bob/revoke-all", headers=bearer(admin))
+    assert resp.status == 200
+
+    async def kinds_until_the_end() -> list[str]:
+        seen = []
+        try:
+            while True:
+                seen.append((await stream.next(within=2.0)).kind)
+        except EOFError:
+            return seen
+
+    assert set(await kinds_until_the_end()) <= {"ping"}  # at most the ping already on its way
+
+
+async def test_an_admins_stream_ends_when_the_admin_is_disabled(
+    client: Client, admin_token: str
+) -> None:
+    """An admin's own token may follow the stream while the admin is one: disabling the user
+    raises their generation, and the batch saying so is the stream's last check."""
+    resp = await client.post(
+        "/v1/users",
+        json={"name": "root2", "password": "a long enough password 1", "roles": ["admin"]},
+        headers=bearer(admin_token),
+    )
+    assert resp.status == 201, await resp.text()
+    login = await client.post("/v1/login", headers=basic_auth("root2", "a long enough password 1"))
+    assert login.status == 200, await login.text()
+    stream = await subscribe(client, str((await login.json())["token"]))
+    assert (await stream.next_event()).kind == "hello"
+
+    resp = await client.patch(
+        "/v1/users/root2", json={"disabled": True}, headers=bearer(admin_token)
+    )
+    assert resp.status == 200, await resp.text()
+    await mint(client, admin_token, subject="bob")
+    resp = await client.post("/v1/subjects/bob/revoke-all", headers=bearer(admin_token))
+    assert resp.status == 200
+
+    with pytest.raises(EOFError):
+        await stream.next(within=5.0)

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 from collections.abc import AsyncGenerator
 from datetime import timedelta
 from typing import Any, Final, NamedTuple
 
-from tokensvc.errors import InvalidToken
+from tokensvc.errors import CaveatDenied, Forbidden, InvalidToken
 from tokensvc.macaroons.describe import caveat_object
 from tokensvc.services.authorization import Authorizer
 from tokensvc.services.boundary import service
@@ -33,6 +34,8 @@ from tokensvc.tokens.verification import Verifier
 
 #: The operation a caller's token must allow to ask for verdicts and follow the stream.
 VERDICT_OPERATION: Final = "tokens:verdict"
+
+log = logging.getLogger("tokensvc.services.verdicts")
 
 
 class Refused(NamedTuple):
@@ -156,6 +159,32 @@ class VerdictService:
             newest=newest,
             reset=reset,
             heartbeat=self._feed.heartbeat,
-            batches=self._feed.follow(start, until=None if wait else newest),
+            batches=self._while_allowed(
+                who, actor.name, self._feed.follow(start, until=None if wait else newest)
+            ),
             slot=slot,
         )
+
+    async def _while_allowed(
+        self,
+        who: Principal,
+        name: str,
+        batches: AsyncGenerator[list[RevocationEvent], None],
+    ) -> AsyncGenerator[list[RevocationEvent], None]:
+        """`batches`, each (events or a ping) only while the subscriber's token still passes
+        the check it passed at connect; the stream ends the first time it does not.
+
+        Red team (helper-59): the token was checked once, at connect, so a stream outlived its
+        token's revocation, its expiry, a lifetime its holder had narrowed offline and its
+        admin's lost role, and went on naming every subject revoked since. The check before
+        each batch is the in-memory verify (revocations, generations, keys, expiry), plus the
+        admin's user row for an admin's token; the batch that revokes the token itself is
+        never sent, and at most a heartbeat of pings follows an expiry."""
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                try:
+                    await self._authz.service(who, VERDICT_OPERATION)
+                except (InvalidToken, CaveatDenied, Forbidden) as exc:
+                    log.info("revocation stream of %s ended: %s", name[:64], exc)
+                    return
+                yield batch
