@@ -7,6 +7,10 @@ them never touches the shared ones the rest of the suite uses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -260,3 +264,63 @@ async def test_a_stalled_redis_does_not_hold_a_revocation(
     assert refused == 401
     assert cascaded[0] == 204
     assert cascade_took < 5, cascade_took
+
+
+@contextlib.contextmanager
+def stalled(redis: RedisServer, seconds: float) -> Iterator[None]:
+    """Freeze the server (SIGSTOP) for `seconds` from now: it holds what it was sent meanwhile
+    and runs it when it resumes, as a Redis stalled by a fork or a slow disk does."""
+    assert redis.process is not None
+    pid = redis.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    timer = threading.Timer(seconds, os.kill, (pid, signal.SIGCONT))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.join()
+
+
+async def test_a_stalled_redis_is_unavailable_never_a_spent_code_or_a_double_count(
+    private_redis: RedisServer,
+) -> None:
+    """Red team (helper-58): Redis frozen for 1.5 s, longer than the client's 1 s timeout. The
+    client sent each command a second time after the timeout, and Redis ran both: a code never
+    used before came back "already used" (the login answered "wrong code", counted it, and a
+    recovery code was lost), and one login attempt counted twice. Now the caller is told the
+    store is unavailable (a 503 that counts nothing), and what Redis ran late ran once."""
+    from tokensvc.accounts.lockout import RedisLockoutStore
+    from tokensvc.accounts.otpstate import RedisOnceStore
+    from tokensvc.errors import Unavailable
+    from tokensvc.operations.redisconn import redis_client_from_url
+
+    client = redis_client_from_url(private_redis.url)
+    once = RedisOnceStore(client, prefix="t:once:")
+    lockout = RedisLockoutStore(client, prefix="t:lockout:")
+    try:
+        assert await once.claim("warm", ttl=60, now=0)  # a connection in the pool
+        with stalled(private_redis, 1.5), pytest.raises(Unavailable):
+            await once.claim("fresh", ttl=60, now=0)
+        with stalled(private_redis, 1.5), pytest.raises(Unavailable):
+            await lockout.begin_attempt(identity="alice", client_ip="192.0.2.7", now=time.time())
+        await asyncio.sleep(0.2)  # what the frozen server held has run
+
+        status = await lockout.status("alice", time.time())
+        assert status.failures <= 1  # the attempt Redis ran late, once; never twice
+        with private_redis.client() as sync:
+            ip_counters = [sync.hget(key, "n") for key in sync.keys("t:lockout:ip:*")]
+        assert all(int(n or 0) <= 1 for n in ip_counters), ip_counters
+    finally:
+        await client.aclose()
+
+
+async def test_a_claim_redis_receives_twice_answers_the_same(private_redis: RedisServer) -> None:
+    """The spent-code claim is its claimant's: the same command run twice (a retry after a
+    dropped connection reached Redis after all) says yes both times, another claimant no."""
+    from tokensvc.accounts.otpstate import _CLAIM
+
+    with private_redis.client() as sync:
+        claim = sync.register_script(_CLAIM)
+        first, again = (claim(keys=["t:c"], args=["me", 60000]) for _ in range(2))
+        other = claim(keys=["t:c"], args=["someone else", 60000])
+    assert (first, again, other) == (1, 1, 0)

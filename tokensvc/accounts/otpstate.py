@@ -93,30 +93,43 @@ class MemoryOnceStore:
         return True
 
 
+#: Claim KEYS[1] for ARGV[2] ms under the claimant's own ARGV[1]: 1 if this claimant holds it
+#: (now, or from an earlier copy of the same command), 0 if another claimant does. A command
+#: Redis receives twice (a retry after a dropped connection) then answers the same both times.
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
+
+
 class RedisOnceStore:
     """OnceStore in Redis (one server, Sentinel or Cluster): shared by every worker and replica."""
 
     def __init__(self, redis: RedisClient, *, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._claim = redis.register_script(_CLAIM)
 
     def __repr__(self) -> str:
         return f"RedisOnceStore(prefix={self._prefix!r})"
 
     async def claim(self, name: str, *, ttl: float, now: float) -> bool:
-        """True the first time within `ttl` seconds (one atomic SET NX PX); Redis keeps the
-        time of the TTL, `now` is not needed."""
+        """True the first time within `ttl` seconds (an atomic SET NX PX, by a script that
+        also says yes to this claim's own earlier copy); Redis keeps the time of the TTL, `now`
+        is not needed."""
         del now
         try:
-            done = await self._redis.set(
-                self._prefix + name, b"1", nx=True, px=max(1, math.ceil(ttl * 1000))
+            done = await self._claim(
+                keys=[self._prefix + name],
+                args=[secrets.token_hex(16), max(1, math.ceil(ttl * 1000))],
             )
         except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
             metrics.REDIS_ERRORS.inc()
             raise Unavailable(
                 "the second-factor store is unavailable", retry_after=UNAVAILABLE_RETRY_AFTER
             ) from exc
-        return bool(done)
+        return bool(done == 1)
 
 
 @dataclass(frozen=True, slots=True)

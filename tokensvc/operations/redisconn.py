@@ -117,7 +117,12 @@ def _options(overrides: dict[str, Any]) -> dict[str, Any]:
     options: dict[str, Any] = {
         "socket_connect_timeout": 0.5,
         "socket_timeout": 1.0,
-        "retry": Retry(NoBackoff(), 1),
+        # One retry when the connection failed (a pooled connection Redis closed while idle),
+        # never after a timeout: the command may then have reached Redis, which runs it when it
+        # catches up, and the counting scripts and the spent-code SET must not run twice (red
+        # team, helper-58: a 1-2 s stall spent a fresh code and counted it as a wrong one).
+        # A timeout is reported: a 503, and the attempt is not counted against anyone.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         "health_check_interval": 30,
         "max_connections": 64,
         "timeout": 1.0,  # the longest wait for a free connection
