@@ -83,8 +83,14 @@ def requirement_of(handler: object, method: str, default: Requirement) -> Requir
     (`web.View`) on its method for `method` (`get`, `post`, ...), else on the class; else
     `default`. A mark must never be lost on the way: a lost `@require(operation=...)` would
     leave the route checked with the weaker forward-auth mapping, a lost one on a view method
-    with `protect_all=False` would leave it open."""
+    with `protect_all=False` would leave it open. A mark on a partial itself counts too, before
+    one on what it wraps: the outermost is the route's own (red team, helper-57:
+    `require(operation="admin")(functools.partial(h, ...))` was read through to `h`, unmarked,
+    and the route was checked as `read`, or left open)."""
     while isinstance(handler, functools.partial):
+        found = getattr(handler, _ATTR, None)
+        if isinstance(found, Requirement):
+            return found
         handler = handler.func
     if _is_view(handler):
         found = getattr(getattr(handler, method.lower(), None), _ATTR, None)

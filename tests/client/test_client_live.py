@@ -227,3 +227,29 @@ async def test_with_the_stream_cut_a_revoked_token_is_refused_after_the_bound(
     assert client.metrics.stream_reconnects >= 1
     if when_stale == "verify":
         assert client.metrics.fallbacks == 1
+
+
+async def test_too_many_discharges_is_the_servers_400(
+    served: Served, session: aiohttp.ClientSession
+) -> None:
+    """Red team (helper-57): 17 discharges were a 401 from the client's own limit of 16, where
+    /v1/verify says 400 (and a server configured for more would have allowed them). The client
+    now leaves the limit to the server, and its 400 comes back as BadRequest."""
+    from tokensvc_client.errors import BadRequest
+    from tokensvc_client.mapping import discharges_from
+
+    minted = await mint_reader(served, session)
+    discharges = discharges_from(",".join(["not-a-discharge"] * 17))
+    client = await live_client(served.base, served)
+    try:
+        with pytest.raises(BadRequest, match="at most 16 discharges"):
+            await client.check(minted["token"], discharges, **READ_DOC)
+    finally:
+        await client.close()
+    async with session.post(
+        served.verify_base + "/v1/verify",
+        json={"token": minted["token"], "discharges": list(discharges), "context": READ_DOC},
+    ) as resp:
+        assert resp.status == 400
+    with pytest.raises(BadRequest):
+        discharges_from(",".join(["d"] * 1025))

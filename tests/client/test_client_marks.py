@@ -134,3 +134,39 @@ async def test_asgi_reads_a_raw_path_as_utf8_like_the_other_doors() -> None:
     assert await status_of("/docs/é".encode()) == 200
     assert await status_of(b"/docs/%C3%A9") == 200
     assert await status_of(b"/docs/\xff") == 403
+
+
+async def _handle(request: web.Request, *, kind: str) -> web.Response:
+    return web.Response(text=kind)
+
+
+async def test_a_mark_on_a_partial_holds_at_every_door(aiohttp_client: Any) -> None:
+    """Red team (helper-57): a mark put on a `functools.partial` route handler (the way to mark
+    one route of a shared function) was read through to the unmarked function: with the
+    middleware the route was checked as a plain `read` (200 to a reader), with
+    protect_all=False it was open, and TokensvcGuard weakened it the same way."""
+    import functools
+
+    from tokensvc_client.web import TokensvcGuard, public
+
+    def marked() -> Any:
+        return require(operation="admin:delete")(functools.partial(_handle, kind="admin"))
+
+    for protect_all in (True, False):
+        app = web.Application(
+            middlewares=[tokensvc_middleware(client_with(READER), protect_all=protect_all)]
+        )
+        app.router.add_get("/admin/partial", marked())
+        assert await status(aiohttp_client, app, "/admin/partial") == 403, protect_all
+        assert await status(aiohttp_client, app, "/admin/partial", token=False) == 401
+
+    guard = TokensvcGuard(client_with(READER))
+    app = web.Application()
+    app.router.add_get("/admin/protected", guard.protect(marked()))
+    table = web.RouteTableDef()
+    table.get("/admin/routed")(marked())
+    table.get("/admin/open")(public(functools.partial(_handle, kind="open")))
+    app.add_routes(guard.routes(table))
+    assert await status(aiohttp_client, app, "/admin/protected") == 403
+    assert await status(aiohttp_client, app, "/admin/routed") == 403
+    assert await status(aiohttp_client, app, "/admin/open", token=False) == 200
