@@ -833,3 +833,28 @@ async def test_no_second_factor_secret_reaches_a_log(
         if s in text
     ]
     assert secrets_seen == [] and digits_seen == []
+
+
+async def test_a_challenge_from_before_a_password_change_trusts_nothing(
+    aiohttp_client: Any, mfa_config: Any, clock: FakeClock
+) -> None:
+    """Red team (helper-58): with the old password, a challenge taken before the owner changed
+    it, then one code, answered 200 with a token born revoked, and on the way cleared the
+    owner's counters and made the attacker's address one the owner "logs in from" (exempt from
+    the account-wide counter). Now the answer is the second step's 401, and nothing is settled."""
+    client = await serve(aiohttp_client, mfa_config, clock)
+    secret, _, _ = await enrolled_victim(client, clock)
+    status, first = await password_login(client, VICTIM, VICTIM_PASSWORD, ip=ATTACKER_IP)
+    assert status == 401 and first["mfa_required"] is True
+    admin = bearer(await admin_token(client), ADMIN_IP)
+    changed = await client.patch(
+        f"/v1/users/{VICTIM}", json={"password": "a new and long password 2"}, headers=admin
+    )
+    assert changed.status == 200, await changed.text()
+    before = await (await client.get(f"/v1/users/{VICTIM}/lockout", headers=admin)).json()
+
+    status, body = await answer(client, first["challenge"], code(secret, clock), ip=ATTACKER_IP)
+
+    after = await (await client.get(f"/v1/users/{VICTIM}/lockout", headers=admin)).json()
+    assert status == 401 and "token" not in body
+    assert after["trusted_ips"] == before["trusted_ips"]

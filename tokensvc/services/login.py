@@ -431,6 +431,11 @@ class LoginService:
         if (
             user is None
             or user.disabled
+            # A password change (disable, lost role, revoke-all) since the password step: its
+            # token would be born revoked, and the answer must not clear the counters or make
+            # the address one the owner logs in from (red team, helper-58: an old password and
+            # a challenge taken before the change, then one code, did both).
+            or await self._generations.fetch(user.name) > challenge.generation
             or (
                 challenge.nonce
                 and not await self._factors.once.claim(
