@@ -858,3 +858,37 @@ async def test_a_challenge_from_before_a_password_change_trusts_nothing(
     after = await (await client.get(f"/v1/users/{VICTIM}/lockout", headers=admin)).json()
     assert status == 401 and "token" not in body
     assert after["trusted_ips"] == before["trusted_ips"]
+
+
+async def test_a_self_service_code_check_that_cannot_finish_counts_nothing(
+    aiohttp_client: Any, mfa_config: Any, clock: FakeClock
+) -> None:
+    """Red team (helper-58): /v1/mfa/disable, /activate and /recovery-codes counted the code
+    attempt before checking it and never took it back when the check could not finish (the
+    hasher, database or spent-code store down): a 503 left a failure counted against the
+    user, as a login's would not. Here the check fails as a store outage would."""
+    from tokensvc.errors import Unavailable
+    from tokensvc.web import appkeys
+
+    client = await serve(aiohttp_client, mfa_config, clock)
+    secret, _, _ = await enrolled_victim(client, clock)
+    token = (await mfa_login(client, clock, secret))["token"]
+    factors = client.app[appkeys.FACTORS]
+
+    async def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise Unavailable("the second-factor store is unavailable", retry_after=5)
+
+    factors.check = unavailable
+    statuses = [
+        (
+            await client.post(
+                "/v1/mfa/disable", json={"otp": code(secret, clock)}, headers=bearer(token)
+            )
+        ).status
+        for _ in range(6)
+    ]
+    admin = bearer(await admin_token(client), ADMIN_IP)
+    seen = await (await client.get(f"/v1/users/{VICTIM}/lockout", headers=admin)).json()
+
+    assert set(statuses) == {503}
+    assert [c for c in seen["counters"] if c["scope"].startswith("second_factor")] == []

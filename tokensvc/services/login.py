@@ -63,7 +63,7 @@ from datetime import datetime, timedelta
 
 from keystore.totp_secrets import TotpSecret
 from tokensvc.accounts.admission import OVERLOADED, CheckPriority
-from tokensvc.accounts.lockout import AttemptStanding, LockoutStore
+from tokensvc.accounts.lockout import AttemptStanding, LockoutStore, judged_or_taken_back
 from tokensvc.accounts.lockout.store import hash_identity, hash_ip
 from tokensvc.accounts.otpstate import Challenge, ChallengeCodec
 from tokensvc.accounts.passwords import PasswordHasher
@@ -309,29 +309,28 @@ class LoginService:
         if standing is None:
             raise Unavailable(OVERLOADED, retry_after=1)
         priority = _priority(standing)
-        judged = False
-        try:
-            # The check's turn first, then the database: a login shed from the hasher's queue
-            # (displaced by a better-placed one, or timed out) has cost no read, and the reads
-            # of the logins that go first never queue behind those of the ones that will not.
-            async with self._hasher.slot(priority) as slot:
-                # The generation first, the user row second: a password change, disable or role
-                # loss that commits between the two reads has already raised the generation this
-                # token is minted at, or is seen in the row whose hash is checked — never
-                # neither. Every name a user could have pays the same three reads (generation,
-                # user, TOTP secret), known or not (no timing oracle); a name no user could
-                # have (any byte may come in) is sent to the database by none.
-                subject = user_name_or_none(identity)
-                generation = await self._generations.fetch(subject) if subject is not None else 0
-                user = await self._users.get(subject) if subject is not None else None
-                secret = await self._factors.active_secret(subject) if subject is not None else None
-                stored = user.password_hash if user is not None and not user.disabled else None
-                result = await self._hasher.verify_in(slot, stored, request.password)
-            judged = True
-        finally:
-            if not judged:
-                # Never judged (database down, hasher overloaded, request cancelled): uncount it.
-                await self._abandon(identity=identity, client_ip=request.client_ip, now=now)
+        # Never judged (database down, hasher overloaded, request cancelled): uncounted. The
+        # check's turn first, then the database: a login shed from the hasher's queue
+        # (displaced by a better-placed one, or timed out) has cost no read, and the reads of
+        # the logins that go first never queue behind those of the ones that will not.
+        async with (
+            judged_or_taken_back(
+                self._lockout, identity=identity, client_ip=request.client_ip, now=now
+            ),
+            self._hasher.slot(priority) as slot,
+        ):
+            # The generation first, the user row second: a password change, disable or role
+            # loss that commits between the two reads has already raised the generation this
+            # token is minted at, or is seen in the row whose hash is checked — never
+            # neither. Every name a user could have pays the same three reads (generation,
+            # user, TOTP secret), known or not (no timing oracle); a name no user could
+            # have (any byte may come in) is sent to the database by none.
+            subject = user_name_or_none(identity)
+            generation = await self._generations.fetch(subject) if subject is not None else 0
+            user = await self._users.get(subject) if subject is not None else None
+            secret = await self._factors.active_secret(subject) if subject is not None else None
+            stored = user.password_hash if user is not None and not user.disabled else None
+            result = await self._hasher.verify_in(slot, stored, request.password)
         if not result.ok or user is None:
             metrics.LOGIN_FAIL.inc()
             security_event(
@@ -409,8 +408,9 @@ class LoginService:
             )
             raise
         factor: Factor | None = None
-        judged = False
-        try:
+        async with judged_or_taken_back(
+            self._otp_lockout, identity=identity, client_ip=request.client_ip, now=now
+        ):
             user_name = challenge.user
             if secret is None:
                 # The two-step path: every challenge pays the read of the TOTP secret, a decoy's
@@ -419,10 +419,6 @@ class LoginService:
                 # password step has already paid it for every name.)
                 secret = await self._factors.active_secret(user_name or "")
             factor = await self._factors.check(user_name, otp, now=now, secret=secret)
-            judged = True
-        finally:
-            if not judged:
-                await self._abandon_otp(identity=identity, client_ip=request.client_ip, now=now)
         user = (
             await self._users.get(challenge.user) if factor is not None and challenge.user else None
         )
@@ -525,18 +521,6 @@ class LoginService:
             generation=challenge.generation,
             expires_at=challenge.expires_at,
         )
-
-    async def _abandon_otp(self, *, identity: str, client_ip: str, now: float) -> None:
-        try:
-            await self._otp_lockout.abandon_attempt(identity=identity, client_ip=client_ip, now=now)
-        except Exception:  # the original failure is the one to report
-            log.warning("could not take back a code attempt that was never judged", exc_info=True)
-
-    async def _abandon(self, *, identity: str, client_ip: str, now: float) -> None:
-        try:
-            await self._lockout.abandon_attempt(identity=identity, client_ip=client_ip, now=now)
-        except Exception:  # the original failure is the one to report
-            log.warning("could not take back an attempt that was never judged", exc_info=True)
 
     def _identity_hash(self, identity: str) -> str:
         """How log events name `identity`: a keyed hash of its normalised form, shortened."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
@@ -30,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tokensvc.accounts.admission import CheckPriority
-from tokensvc.accounts.lockout import LockoutStore
+from tokensvc.accounts.lockout import LockoutStore, judged_or_taken_back
 from tokensvc.accounts.lockout.store import hash_identity
 from tokensvc.accounts.mfa import new_totp_secret, provisioning_uri
 from tokensvc.accounts.secondfactor import Enrolment, SecondFactors
@@ -172,7 +173,8 @@ class MfaService:
         now = self._clock().timestamp()
         identity = self._identity(user)
         await self._otp_lockout.begin_attempt(identity=identity, client_ip=client_ip, now=now)
-        created_at = await self._factors.check_pending(user, otp, now=now)
+        async with self._judging(identity, client_ip, now):
+            created_at = await self._factors.check_pending(user, otp, now=now)
         if created_at is None:
             security_event("mfa_activate_fail", level=logging.WARNING, user=user)
             raise Unauthenticated(WRONG_CODE)
@@ -322,11 +324,23 @@ class MfaService:
         identity = self._identity(user)
         await self._otp_lockout.begin_attempt(identity=identity, client_ip=client_ip, now=now)
         # Signed in (a token for `user`): a recovery code checked here queues with trusted logins.
-        if await self._factors.check(user, otp, now=now, priority=CheckPriority.TRUSTED) is None:
+        async with self._judging(identity, client_ip, now):
+            factor = await self._factors.check(user, otp, now=now, priority=CheckPriority.TRUSTED)
+        if factor is None:
             security_event("mfa_proof_fail", level=logging.WARNING, user=user)
             raise Unauthenticated(WRONG_CODE)
         await self._otp_lockout.record_success(identity=identity, client_ip=client_ip, now=now)
         return actor
+
+    def _judging(
+        self, identity: str, client_ip: str, now: float
+    ) -> AbstractAsyncContextManager[None]:
+        # A code check that fails to finish (the hasher, the database or the spent-code store
+        # down) never counts against the user (red team, helper-58: these self-service checks
+        # left it counted, as the login's did not).
+        return judged_or_taken_back(
+            self._otp_lockout, identity=identity, client_ip=client_ip, now=now
+        )
 
     def _identity(self, user: str) -> str:
         # The OTP counters' identity, as the login service names it (hash of the typed name).

@@ -12,6 +12,7 @@ from tokensvc.accounts.lockout.store import (
     CounterStatus,
     LockoutStatus,
     LockoutStore,
+    judged_or_taken_back,
 )
 from tokensvc.operations.redisconn import redis_client_from_url
 
@@ -23,5 +24,6 @@ __all__ = [
     "LockoutStore",
     "MemoryLockoutStore",
     "RedisLockoutStore",
+    "judged_or_taken_back",
     "redis_client_from_url",
 ]

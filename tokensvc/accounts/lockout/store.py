@@ -26,9 +26,12 @@ alone, so they say nothing about whether a user exists.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
+import logging
 import unicodedata
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -127,6 +130,29 @@ class LockoutStore(Protocol):
     async def clear(self, identity: str) -> None:
         """Forget the identity's failures (not its trusted IPs, not per-IP counters)."""
         ...
+
+
+log = logging.getLogger("tokensvc.accounts.lockout")
+
+
+@contextlib.asynccontextmanager
+async def judged_or_taken_back(
+    store: LockoutStore, *, identity: str, client_ip: str, now: float
+) -> AsyncIterator[None]:
+    """Around the check of an attempt `begin_attempt` counted: if the block does not finish
+    (the hasher, the database or a store failed, or the request was cancelled), the attempt
+    was never judged and is taken back off its counters, so it never counts against the
+    user. The block's own failure is the one reported; one taking back fails is logged."""
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        if not finished:
+            try:
+                await store.abandon_attempt(identity=identity, client_ip=client_ip, now=now)
+            except Exception:
+                log.warning("could not take back an attempt that was never judged", exc_info=True)
 
 
 def normalise_identity(identity: str) -> str:
