@@ -493,3 +493,46 @@ async def test_an_admins_stream_ends_when_the_admin_is_disabled(
 
     with pytest.raises(EOFError):
         await stream.next(within=5.0)
+
+
+async def test_a_departed_subscribers_slot_is_free_before_its_next_heartbeat(
+    tmp_path: Path, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    """Red team (helper-59): a stream whose client left held its slot until its next write, a
+    heartbeat away, so a service's fleet reconnecting after a network blip got 503s for that
+    long. At the limit, slots whose clients are gone are not counted. (Against `tokensvc
+    serve` itself: aiohttp's test server cancels a handler whose client leaves, which hides
+    this; the production server does not.)"""
+    import aiohttp
+
+    from tests.client.served_tokensvc import serve_tokensvc
+
+    async with (
+        serve_tokensvc(
+            tmp_path,
+            pg_url=pg_url,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            TOKENSVC_REVOCATION_STREAM_HEARTBEAT="60",
+            TOKENSVC_REVOCATION_STREAM_MAX_PER_SUBJECT="2",
+        ) as served,
+        aiohttp.ClientSession() as session,
+    ):
+        url, auth = served.base + STREAM, bearer(served.service_token)
+        streams = [await session.get(url, headers=auth) for _ in range(2)]
+        for stream in streams:
+            assert stream.status == 200
+            await SSEReader(stream).next()
+        async with session.get(url, headers=auth) as refused:
+            assert refused.status == 503
+
+        for stream in streams:
+            stream.close()
+        statuses = []
+        for _ in range(50):  # the server sees the connections close within milliseconds
+            async with session.get(url, headers=auth) as again:
+                statuses.append(again.status)
+            if statuses[-1] == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert statuses[-1] == 200, statuses  # well before the 60 s heartbeat

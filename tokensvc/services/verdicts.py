@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from datetime import timedelta
 from typing import Any, Final, NamedTuple
 
@@ -125,12 +125,18 @@ class VerdictService:
         }
 
     async def subscribe(
-        self, who: Principal, cursor: str | None, *, wait: bool = True
+        self,
+        who: Principal,
+        cursor: str | None,
+        *,
+        wait: bool = True,
+        connected: Callable[[], bool] = lambda: True,
     ) -> Subscription:
         """Authorise a stream subscriber and place it: resumed after `cursor`, or from now.
 
         Iterate `batches` inside `with subscription.slot:`. `wait=False`: the batches end once
         the subscriber has everything up to the newest event (a catch-up poll, not a stream).
+        `connected`: whether the subscriber is still there (RevocationFeed.slot).
 
         The slot is taken before the revocation log is read (red team: a caller refused for want
         of a slot still cost a log query each, past the request governor), and one subject holds
@@ -145,7 +151,7 @@ class VerdictService:
         """
         actor = await self._authz.service(who, VERDICT_OPERATION)
         slot = contextlib.ExitStack()
-        slot.enter_context(self._feed.slot(actor.name))
+        slot.enter_context(self._feed.slot(actor.name, connected))
         try:
             if not wait:  # "everything committed until now", not only what this process read
                 await self._feed.catch_up()

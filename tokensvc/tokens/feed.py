@@ -71,7 +71,8 @@ class RevocationFeed:
         self.cursor = 0
         self.on_event: list[Callable[[RevocationEvent], None]] = []
         self.subscribers = 0
-        self._by_subject: dict[str, int] = {}
+        # Each slot held, by subject: whether its subscriber is still connected.
+        self._by_subject: dict[str, list[Callable[[], bool]]] = {}
         self._recent: deque[RevocationEvent] = deque(maxlen=RING)
         # The ring holds every event with an id above this one (up to `cursor`).
         self._floor = 0
@@ -229,28 +230,44 @@ class RevocationFeed:
         return cursor, None
 
     @contextlib.contextmanager
-    def slot(self, subject: str) -> Iterator[None]:
+    def slot(self, subject: str, connected: Callable[[], bool] = lambda: True) -> Iterator[None]:
         """Hold one of the `max_subscribers` stream slots, at most `max_per_subject` of them for
         one subject (so one service, or one leaked service token, cannot take them all);
-        Unavailable (503) when none is free."""
-        if self.subscribers >= self.max_subscribers:
+        Unavailable (503) when none is free.
+
+        `connected` says whether the slot's subscriber is still there. A stream whose client
+        left frees its slot only at its next write (a heartbeat away), so at a limit the slots
+        of departed subscribers are not counted (red team, helper-59: a fleet reconnecting
+        after a network blip got 503s for a heartbeat)."""
+        holders = self._by_subject.setdefault(subject, [])
+        if self.subscribers >= self.max_subscribers and self.subscribers - self._departed() >= (
+            self.max_subscribers
+        ):
+            self._drop_if_empty(subject)
             raise Unavailable("too many revocation stream subscribers", retry_after=5)
-        held = self._by_subject.get(subject, 0)
-        if held >= self.max_per_subject:
+        if len(holders) >= self.max_per_subject and (
+            sum(1 for held in holders if held()) >= self.max_per_subject
+        ):
+            self._drop_if_empty(subject)
             raise Unavailable("too many revocation streams for this subject", retry_after=5)
         self.subscribers += 1
-        self._by_subject[subject] = held + 1
+        holders.append(connected)
         metrics.STREAM_SUBSCRIBERS.inc()
         try:
             yield
         finally:
             self.subscribers -= 1
-            left = self._by_subject[subject] - 1
-            if left:
-                self._by_subject[subject] = left
-            else:
-                del self._by_subject[subject]
+            holders.remove(connected)
+            self._drop_if_empty(subject)
             metrics.STREAM_SUBSCRIBERS.dec()
+
+    def _departed(self) -> int:
+        """Slots whose subscribers have left (asked only at the limit)."""
+        return sum(1 for held in self._by_subject.values() for alive in held if not alive())
+
+    def _drop_if_empty(self, subject: str) -> None:
+        if not self._by_subject.get(subject, True):
+            del self._by_subject[subject]
 
     async def follow(
         self, position: int, *, until: int | None = None

@@ -88,7 +88,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
         raise BadRequest("until must be `now` (or absent: follow the stream)")
     verdicts = request.app[appkeys.SERVICES].verdicts
 
-    subscription = await verdicts.subscribe(who, cursor, wait=until is None)
+    def connected() -> bool:
+        transport = request.transport
+        return transport is not None and not transport.is_closing()
+
+    subscription = await verdicts.subscribe(who, cursor, wait=until is None, connected=connected)
 
     with subscription.slot:
         response = web.StreamResponse(
