@@ -49,7 +49,14 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float = START_TIME
 class RedisServer:
     """One redis-server on a free loopback port, stoppable and restartable."""
 
-    def __init__(self, *, args: Sequence[str] = (), directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        args: Sequence[str] = (),
+        directory: Path | None = None,
+        login: tuple[str, str] | None = None,
+    ) -> None:
+        self.login = login  # (user, password) of client(): for a server with an ACL file
         self.server = redis_binary()
         self.port = free_port()
         self.dir = directory or Path(tempfile.mkdtemp(prefix="tokensvc-redis."))
@@ -63,7 +70,14 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A synchronous client, for setting servers up and inspecting them in tests."""
-        return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
+        user, password = self.login or (None, None)
+        return redis.Redis(
+            port=self.port,
+            socket_timeout=5,
+            decode_responses=True,
+            username=user,
+            password=password,
+        )
 
     def start(self) -> None:
         self.process = subprocess.Popen(

@@ -74,6 +74,12 @@ def _secret_names(service: dict[str, Any]) -> set[str]:
     return {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
 
 
+def _networks(service: dict[str, Any]) -> list[str]:
+    """The networks a service joins, from either form (list, or map of name to options)."""
+    value = service.get("networks", [])
+    return list(value) if isinstance(value, (list, dict)) else []
+
+
 def _published(service: dict[str, Any]) -> list[tuple[str, str]]:
     """(host address, host port) of every published port, from either form."""
     found = []
@@ -104,13 +110,17 @@ def check_compose_model(model: dict[str, Any]) -> None:
     environment = tokensvc["environment"]
     assert environment["TOKENSVC_AUTO_MIGRATE"] == "false"
     # Secrets arrive as files, never as values in the environment.
-    assert {"TOKENSVC_KEK", "TOKENSVC_DATABASE_URL", "TOKENSVC_ADMIN_PASSWORD"}.isdisjoint(
-        environment
-    )
+    assert {
+        "TOKENSVC_KEK",
+        "TOKENSVC_DATABASE_URL",
+        "TOKENSVC_ADMIN_PASSWORD",
+        "TOKENSVC_REDIS_URL",
+    }.isdisjoint(environment)
     for variable, secret in [
         ("TOKENSVC_KEK_FILE", "kek"),
         ("TOKENSVC_DATABASE_URL_FILE", "database_url"),
         ("TOKENSVC_ADMIN_PASSWORD_FILE", "admin_password"),
+        ("TOKENSVC_REDIS_URL_FILE", "redis_url"),
     ]:
         assert environment[variable] == f"/run/secrets/{secret}"
         assert secret in _secret_names(tokensvc)
@@ -127,6 +137,21 @@ def check_compose_model(model: dict[str, Any]) -> None:
     assert sorted(port for _, port in _published(nginx)) == ["8000", "8080"]
     for name in ("postgres", "redis"):
         assert services[name]["healthcheck"]["test"], name
+
+    # The data stores sit on an internal network that only tokensvc (and its migration run)
+    # shares with them: nothing on the front network (the app, nginx) can reach them.
+    assert model["networks"]["data"]["internal"] is True
+    for name, service in services.items():
+        on_data = "data" in _networks(service)
+        assert on_data == (name in {"postgres", "redis", "migrate", "tokensvc"}), name
+    for name in ("postgres", "redis"):
+        assert set(_networks(services[name])) == {"data"}, name
+    # Redis: an ACL file with no default user, the health check reading PING's answer.
+    redis = services["redis"]
+    command = redis["command"]
+    assert command[command.index("--aclfile") + 1] == "/run/secrets/redis_acl"
+    assert "redis_acl" in _secret_names(redis) and "redis_acl" in model["secrets"]
+    assert "grep -qx PONG" in " ".join(redis["healthcheck"]["test"])
 
 
 def test_compose_file_is_valid_and_has_the_production_shape(
@@ -205,6 +230,73 @@ def test_nginx_config_of_the_compose_file_passes_nginx_t(
     )  # fmt: skip
 
     assert tested.returncode == 0, tested.stderr
+
+
+def _made_secrets(tmp_path: Path) -> Path:
+    """deploy/make-secrets.sh run in a copy of deploy/; the secrets directory it wrote."""
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    shutil.copy(DEPLOY / "make-secrets.sh", deploy)
+    made = subprocess.run(
+        ["sh", str(deploy / "make-secrets.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    return deploy / "secrets"
+
+
+async def test_the_compose_redis_acl_admits_tokensvc_and_nothing_else(tmp_path: Path) -> None:
+    """The secrets make-secrets.sh writes, on a real redis-server started with its ACL file:
+    without a login nothing answers; the health check's user may PING and nothing more;
+    tokensvc's user (the URL it is given) runs tokensvc's own work — the lockout scripts,
+    the spent-code claims, revocation pub/sub — but no admin command and no other key."""
+    import redis as redis_sync
+    from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+
+    from tests.redis_servers import RedisServer
+    from tokensvc.accounts.lockout import RedisLockoutStore
+    from tokensvc.accounts.otpstate import RedisOnceStore
+    from tokensvc.operations.redisconn import redis_client_from_url
+
+    secrets_dir = _made_secrets(tmp_path)
+    acl = secrets_dir / "redis_acl"
+    assert oct(acl.stat().st_mode & 0o777) == "0o600"
+    assert (secrets_dir / "redis_password").read_text() not in acl.read_text()  # a hash only
+
+    server = RedisServer(args=["--aclfile", str(acl)], login=("healthcheck", "x"))
+    try:
+        server.start()
+        url = (secrets_dir / "redis_url").read_text()
+        url = url.replace("@redis:6379", f"@127.0.0.1:{server.port}")
+        anonymous = redis_sync.Redis(port=server.port, socket_timeout=5)
+        with pytest.raises((AuthenticationError, ResponseError), match=r"(?i)noauth|authenticat"):
+            anonymous.ping()
+        health = server.client()
+        assert health.ping() is True
+        with pytest.raises(NoPermissionError):
+            health.get("tokensvc:anything")
+        own = redis_sync.Redis.from_url(url)
+        for denied in (("FLUSHALL",), ("KEYS", "*"), ("CONFIG", "GET", "*"), ("GET", "other")):
+            with pytest.raises(NoPermissionError):
+                own.execute_command(*denied)
+
+        client = redis_client_from_url(url)
+        try:
+            lockout = RedisLockoutStore(client)  # the default prefix, tokensvc:lockout:
+            standing = await lockout.begin_attempt(
+                identity="alice", client_ip="192.0.2.1", now=1_000_000.0
+            )
+            await lockout.record_success(identity="alice", client_ip="192.0.2.1", now=1_000_001.0)
+            assert await RedisOnceStore(client, prefix="tokensvc:otp:").claim("x", ttl=5, now=0)
+            assert await client.publish("tokensvc:revocations", b"{}") == 0
+        finally:
+            await client.aclose()
+        assert standing.recent_failures is False
+    finally:
+        server.remove()
 
 
 # ---- Kubernetes ----------------------------------------------------------------------------------
