@@ -271,17 +271,19 @@ async def test_the_compose_redis_acl_admits_tokensvc_and_nothing_else(tmp_path: 
         server.start()
         url = (secrets_dir / "redis_url").read_text()
         url = url.replace("@redis:6379", f"@127.0.0.1:{server.port}")
-        anonymous = redis_sync.Redis(port=server.port, socket_timeout=5)
-        with pytest.raises((AuthenticationError, ResponseError), match=r"(?i)noauth|authenticat"):
+        with (
+            redis_sync.Redis(port=server.port, socket_timeout=5) as anonymous,
+            pytest.raises((AuthenticationError, ResponseError), match=r"(?i)noauth|authenticat"),
+        ):
             anonymous.ping()
-        health = server.client()
-        assert health.ping() is True
-        with pytest.raises(NoPermissionError):
-            health.get("tokensvc:anything")
-        own = redis_sync.Redis.from_url(url)
-        for denied in (("FLUSHALL",), ("KEYS", "*"), ("CONFIG", "GET", "*"), ("GET", "other")):
+        with server.client() as health:
+            assert health.ping() is True
             with pytest.raises(NoPermissionError):
-                own.execute_command(*denied)
+                health.get("tokensvc:anything")
+        with redis_sync.Redis.from_url(url) as own:
+            for denied in (("FLUSHALL",), ("KEYS", "*"), ("CONFIG", "GET", "*"), ("GET", "x")):
+                with pytest.raises(NoPermissionError):
+                    own.execute_command(*denied)
 
         client = redis_client_from_url(url)
         try:
@@ -342,6 +344,25 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas() -> None:
             errors.append(f"{document['kind']}/{document['metadata']['name']}: {exc.message}")
 
     assert not errors, errors
+
+
+def test_the_example_network_policy_is_valid_and_fits_the_deployment() -> None:
+    """deploy/k8s/examples/networkpolicy.yaml: valid for the Kubernetes API; it selects the
+    Deployment's pods, lets in only the API and verify ports (by the container's port names),
+    and lets out only DNS, PostgreSQL and Redis."""
+    import kubernetes_validate
+
+    (policy,) = yaml.safe_load_all((K8S / "examples" / "networkpolicy.yaml").read_text())
+    kubernetes_validate.validate(policy, kubernetes_validate.latest_version(), strict=True)
+    deployment = by_kind("Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    spec = policy["spec"]
+
+    assert spec["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    port_names = {p["name"] for p in container["ports"]}
+    assert {p["port"] for rule in spec["ingress"] for p in rule["ports"]} == port_names
+    assert {p["port"] for rule in spec["egress"] for p in rule["ports"]} == {53, 5432, 6379}
 
 
 def test_kustomize_build_validates_too(record_property: Any) -> None:
