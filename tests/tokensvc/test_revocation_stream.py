@@ -536,3 +536,58 @@ async def test_a_departed_subscribers_slot_is_free_before_its_next_heartbeat(
                 break
             await asyncio.sleep(0.05)
         assert statuses[-1] == 200, statuses  # well before the 60 s heartbeat
+
+
+async def test_a_subscriber_that_stops_reading_loses_its_slot(
+    aiohttp_client: Any, pg_url: str, data_dir: Path, clock: FakeClock
+) -> None:
+    """Red team (helper-59): a client that subscribes and never reads blocks the stream's
+    writes once the buffers fill, and held its slot for as long as it kept the connection
+    open. A write that takes more than three heartbeats ends the stream and frees the slot."""
+    import socket
+
+    from tokensvc.tokens import events
+
+    client, _admin, svc = await _app_client(
+        aiohttp_client,
+        pg_url,
+        data_dir,
+        clock,
+        revocation_stream_heartbeat=0.3,
+        revocation_stream_max_per_subject=1,
+    )
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills fast
+    sock.connect((client.host, client.port))
+    sock.sendall(
+        f"GET {STREAM} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {svc}\r\n\r\n".encode()
+    )
+    try:
+        sock.settimeout(5)
+        seen = b""
+        while b"event: hello" not in seen:  # subscribed; from here on it reads nothing
+            seen += await asyncio.to_thread(sock.recv, 4096)
+        busy = await client.get(STREAM, headers=bearer(svc))  # the one slot is taken
+        busy.release()
+        assert busy.status == 503
+        engine = client.app[appkeys.ENGINE]
+        # ~16 MB the reader will never take (more than the kernel buffers on loopback hold:
+        # their autotuning takes a few MB without a pause); large events keep the rows few.
+        padding = "0" * 16_000
+        async with engine.begin() as conn:
+            for n in range(1000):
+                await events.append(
+                    conn, "token", {"token_id": f"{n:032x}{padding}", "expires_at": 1}, at=clock()
+                )
+
+        statuses = []
+        for _ in range(150):  # the writes stall, then time out after 0.9 s
+            again = await client.get(STREAM + "?until=now", headers=bearer(svc))
+            statuses.append(again.status)
+            await again.read()
+            if again.status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert statuses[-1] == 200, statuses
+    finally:
+        sock.close()

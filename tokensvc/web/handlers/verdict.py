@@ -12,6 +12,7 @@ sent: a catch-up poll for clients behind proxies that buffer streams (and for cu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Final
@@ -35,6 +36,8 @@ STREAM_PATH: Final = "/v1/revocations/stream"
 _ALLOWED: Final = frozenset(("token", "discharges"))
 _PING: Final = b": ping\n\n"
 _MAX_CURSOR: Final = 64  # openapi.yaml's maxLength; any shorter string is answered (a reset)
+# A subscriber that takes none of a write for this many heartbeats has gone, or never reads.
+_WRITE_HEARTBEATS: Final = 3
 # A verdict describes a bearer credential: shared caches must not keep it (the client does).
 _NO_STORE: Final = {"Cache-Control": "no-store"}
 
@@ -111,13 +114,22 @@ async def stream(request: web.Request) -> web.StreamResponse:
         first = _frame("hello", orjson.dumps(hello), subscription.start)
         if subscription.reset is not None:
             first += _frame("reset", orjson.dumps({"reason": subscription.reset}))
+        # Bounded writes: a client that stops reading would otherwise hold its slot, and this
+        # coroutine, for as long as its connection stays open (red team, helper-59).
+        timeout = max(1.0, _WRITE_HEARTBEATS * subscription.heartbeat)
         try:
-            await response.write(first)
+            async with asyncio.timeout(timeout):
+                await response.write(first)
             async with contextlib.aclosing(subscription.batches) as batches:
                 async for batch in batches:
-                    await response.write(_events(batch) if batch else _PING)
+                    async with asyncio.timeout(timeout):
+                        await response.write(_events(batch) if batch else _PING)
         except ConnectionError:
             pass  # the client left; its slot is freed on the way out
+        except TimeoutError:
+            log.info("revocation stream ended: the subscriber took nothing for %.0f s", timeout)
+            if request.transport is not None:
+                request.transport.abort()  # what is buffered for it can never be sent
         except Exception:  # past the headers, ending the stream is all there is to do
             # (the database went away while this subscriber read behind the ring): the client
             # reconnects with its Last-Event-ID and misses nothing.
