@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     Client = TestClient[web.Request, web.Application]
 
 STREAM = "/v1/revocations/stream"
+SUBSCRIBERS_GAUGE = "tokensvc_revocation_stream_subscribers"
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -529,13 +530,26 @@ async def test_a_departed_subscribers_slot_is_free_before_its_next_heartbeat(
         for stream in streams:
             stream.close()
         statuses = []
-        for _ in range(50):  # the server sees the connections close within milliseconds
+        for _ in range(60):  # each stream looks every second whether its client is there
             async with session.get(url, headers=auth) as again:
                 statuses.append(again.status)
             if statuses[-1] == 200:
                 break
             await asyncio.sleep(0.05)
         assert statuses[-1] == 200, statuses  # well before the 60 s heartbeat
+
+        # Red team (helper-60): connecting and leaving in a loop must not pile up streams past
+        # the limits (a first fix stopped counting departed streams, and 60 cycles left 60).
+        peak = 0.0
+        for _ in range(20):
+            async with session.get(url, headers=auth) as cycled:
+                if cycled.status == 200:
+                    await SSEReader(cycled).next()
+            async with session.get(served.base + "/metrics") as metrics:
+                text = await metrics.text()
+            (line,) = [row for row in text.splitlines() if row.startswith(SUBSCRIBERS_GAUGE + " ")]
+            peak = max(peak, float(line.split()[1]))
+        assert peak <= 2
 
 
 async def test_a_subscriber_that_stops_reading_loses_its_slot(

@@ -136,7 +136,8 @@ class VerdictService:
 
         Iterate `batches` inside `with subscription.slot:`. `wait=False`: the batches end once
         the subscriber has everything up to the newest event (a catch-up poll, not a stream).
-        `connected`: whether the subscriber is still there (RevocationFeed.slot).
+        `connected`: whether the subscriber is still there; the stream ends within a second
+        of its leaving, and frees its slot (RevocationFeed.follow).
 
         The slot is taken before the revocation log is read (red team: a caller refused for want
         of a slot still cost a log query each, past the request governor), and one subject holds
@@ -151,7 +152,7 @@ class VerdictService:
         """
         actor = await self._authz.service(who, VERDICT_OPERATION)
         slot = contextlib.ExitStack()
-        slot.enter_context(self._feed.slot(actor.name, connected))
+        slot.enter_context(self._feed.slot(actor.name))
         try:
             if not wait:  # "everything committed until now", not only what this process read
                 await self._feed.catch_up()
@@ -166,7 +167,9 @@ class VerdictService:
             reset=reset,
             heartbeat=self._feed.heartbeat,
             batches=self._while_allowed(
-                who, actor.name, self._feed.follow(start, until=None if wait else newest)
+                who,
+                actor.name,
+                self._feed.follow(start, until=None if wait else newest, connected=connected),
             ),
             slot=slot,
         )

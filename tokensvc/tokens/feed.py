@@ -35,6 +35,8 @@ log = logging.getLogger("tokensvc.tokens.feed")
 PAGE: Final = 500
 #: How many recent events the shared ring holds (subscribers further behind read the database).
 RING: Final = 4096
+#: How often (seconds) a waiting stream looks whether its subscriber is still connected.
+PRESENCE_CHECK: Final = 1.0
 #: How often old events are pruned.
 PRUNE_EVERY: Final = 3600.0
 
@@ -71,8 +73,7 @@ class RevocationFeed:
         self.cursor = 0
         self.on_event: list[Callable[[RevocationEvent], None]] = []
         self.subscribers = 0
-        # Each slot held, by subject: whether its subscriber is still connected.
-        self._by_subject: dict[str, list[Callable[[], bool]]] = {}
+        self._by_subject: dict[str, int] = {}
         self._recent: deque[RevocationEvent] = deque(maxlen=RING)
         # The ring holds every event with an id above this one (up to `cursor`).
         self._floor = 0
@@ -192,6 +193,28 @@ class RevocationFeed:
         if self._closed:
             raise FeedClosed
 
+    async def _wait_while_connected(
+        self, position: int, connected: Callable[[], bool] | None
+    ) -> bool:
+        """wait_beyond for a heartbeat, looking every PRESENCE_CHECK seconds whether the
+        subscriber is still `connected`; False as soon as it is not. A stream whose client left
+        must give its slot back now, not at its next write a heartbeat away (red team,
+        helper-59: a fleet reconnecting after a network blip got 503s that long), and the
+        limits count every slot held (helper-60: not counting departed ones let a client that
+        connects and leaves in a loop pile up streams without bound)."""
+        if connected is None:
+            await self.wait_beyond(position, self.heartbeat)
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.heartbeat
+        while (left := deadline - loop.time()) > 0:
+            await self.wait_beyond(position, min(left, PRESENCE_CHECK))
+            if not connected():
+                return False
+            if self.cursor > position:
+                break
+        return True
+
     async def events_after(self, position: int) -> list[RevocationEvent]:
         """Up to PAGE events after `position` that this process has applied, in id order."""
         newest = self.cursor
@@ -230,47 +253,35 @@ class RevocationFeed:
         return cursor, None
 
     @contextlib.contextmanager
-    def slot(self, subject: str, connected: Callable[[], bool] = lambda: True) -> Iterator[None]:
+    def slot(self, subject: str) -> Iterator[None]:
         """Hold one of the `max_subscribers` stream slots, at most `max_per_subject` of them for
         one subject (so one service, or one leaked service token, cannot take them all);
-        Unavailable (503) when none is free.
-
-        `connected` says whether the slot's subscriber is still there. A stream whose client
-        left frees its slot only at its next write (a heartbeat away), so at a limit the slots
-        of departed subscribers are not counted (red team, helper-59: a fleet reconnecting
-        after a network blip got 503s for a heartbeat)."""
-        holders = self._by_subject.setdefault(subject, [])
-        if self.subscribers >= self.max_subscribers and self.subscribers - self._departed() >= (
-            self.max_subscribers
-        ):
-            self._drop_if_empty(subject)
+        Unavailable (503) when none is free."""
+        if self.subscribers >= self.max_subscribers:
             raise Unavailable("too many revocation stream subscribers", retry_after=5)
-        if len(holders) >= self.max_per_subject and (
-            sum(1 for held in holders if held()) >= self.max_per_subject
-        ):
-            self._drop_if_empty(subject)
+        held = self._by_subject.get(subject, 0)
+        if held >= self.max_per_subject:
             raise Unavailable("too many revocation streams for this subject", retry_after=5)
         self.subscribers += 1
-        holders.append(connected)
+        self._by_subject[subject] = held + 1
         metrics.STREAM_SUBSCRIBERS.inc()
         try:
             yield
         finally:
             self.subscribers -= 1
-            holders.remove(connected)
-            self._drop_if_empty(subject)
+            left = self._by_subject[subject] - 1
+            if left:
+                self._by_subject[subject] = left
+            else:
+                del self._by_subject[subject]
             metrics.STREAM_SUBSCRIBERS.dec()
 
-    def _departed(self) -> int:
-        """Slots whose subscribers have left (asked only at the limit)."""
-        return sum(1 for held in self._by_subject.values() for alive in held if not alive())
-
-    def _drop_if_empty(self, subject: str) -> None:
-        if not self._by_subject.get(subject, True):
-            del self._by_subject[subject]
-
     async def follow(
-        self, position: int, *, until: int | None = None
+        self,
+        position: int,
+        *,
+        until: int | None = None,
+        connected: Callable[[], bool] | None = None,
     ) -> AsyncGenerator[list[RevocationEvent], None]:
         """Batches of events after `position` as they are applied here; an empty batch when
         `heartbeat` seconds pass without one (the caller sends a ping), if the feed is `fresh`:
@@ -290,7 +301,8 @@ class RevocationFeed:
                 yield batch
                 continue
             try:
-                await self.wait_beyond(position, self.heartbeat)
+                if not await self._wait_while_connected(position, connected):
+                    return
             except FeedClosed:
                 return
             if self.cursor <= position:
