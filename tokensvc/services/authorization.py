@@ -133,19 +133,33 @@ class Authorizer:
         if verified is None:
             return
         record = await self._registry.lock_acting(conn, verified.token_id)
-        if record is not None and record.revoked_at is not None:
+        if record is None:
+            # Every token this service mints has its row before it is returned, and a row goes
+            # only long after its token expired: a live token without one was signed with a
+            # stolen root key. It may not write — above all not mint, or its children (on keys
+            # of their own, with no lineage to follow) would outlive the stolen key's
+            # revocation (red team, helper-61).
+            _denied(verified, "confirm", "no registry row (not issued by this service)")
+            raise InvalidToken("token not issued by this service")
+        if record.revoked_at is not None:
             _denied(verified, "confirm", "token revoked (in the write's transaction)")
             raise InvalidToken("token revoked")
         if await self._key_revoked(verified.key_id, conn=conn):
             _denied(verified, "confirm", "root key revoked (in the write's transaction)")
             raise InvalidToken("root key revoked")
         minted_at = minted_generation(verified)
-        if (
-            minted_at is not None
-            and await self._subjects.generation(verified.subject, conn=conn) > minted_at
-        ):
-            _denied(verified, "confirm", "subject generation revoked (in the write's transaction)")
-            raise InvalidToken("token revoked (subject generation)")
+        if minted_at is not None:
+            current = await self._subjects.generation(verified.subject, conn=conn)
+            if current > minted_at:
+                _denied(
+                    verified, "confirm", "subject generation revoked (in the write's transaction)"
+                )
+                raise InvalidToken("token revoked (subject generation)")
+            if minted_at > current:
+                # Minted at a generation the subject never reached: forged (children are born
+                # at their minter's generation, so it would be handed on, past every revoke-all).
+                _denied(verified, "confirm", "generation ahead of its subject's")
+                raise InvalidToken("token not issued by this service")
 
     async def holder(self, who: Principal, operation: str) -> Actor:
         """An actor whose token (any genuine one) allows `operation` on this API.

@@ -179,6 +179,16 @@ class TokenRegistry:
         record = await self.get(token_id)
         return None if record is None else record.created_by
 
+    async def signed_with(self, key_id: str) -> bool:
+        """Whether any token on record was signed by root key `key_id` (live or long expired):
+        a key that may still have a lineage to revoke."""
+
+        async def run(conn: AsyncConnection) -> bool:
+            query = select(_TABLE.c.token_id).where(_TABLE.c.key_id == key_id).limit(1)
+            return (await conn.execute(query)).first() is not None
+
+        return await run_db(self._engine, run, write=False)
+
     async def get(self, token_id: str) -> TokenRecord | None:
         async def run(conn: AsyncConnection) -> TokenRecord | None:
             found = (
@@ -372,7 +382,14 @@ class TokenRegistry:
                 ids = [row[0] for row in await conn.execute(leaves)]
                 if not ids:
                     return 0
-                result = await conn.execute(delete(_TABLE).where(_TABLE.c.token_id.in_(ids)))
+                # Childless again at the delete: a mint may have committed a child of one of
+                # these since the select (red team, helper-61), and its lineage must stay.
+                result = await conn.execute(
+                    delete(_TABLE).where(
+                        _TABLE.c.token_id.in_(ids),
+                        ~exists().where(child.c.parent_id == _TABLE.c.token_id),
+                    )
+                )
                 return int(result.rowcount or 0)
 
             pruned = await run_db(self._engine, run, write=True, what="the token registry")

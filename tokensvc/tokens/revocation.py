@@ -264,6 +264,11 @@ class Revocations:
         await self._announce(descendants)
         return descendants
 
+    async def key_on_record(self, key_id: str) -> bool:
+        """Whether tokens signed by root key `key_id` are on record, though the key may have
+        expired and been purged: its revocation still has their descendants to reach."""
+        return await self._registry.signed_with(key_id)
+
     async def key_revoked(self, key_id: str, *, conn: AsyncConnection | None = None) -> bool:
         """Whether root key `key_id` has been revoked, read from the database: in `conn`'s
         transaction (a mint's check of its parent, after the parent's row lock:
