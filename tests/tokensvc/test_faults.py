@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -324,3 +325,33 @@ async def test_a_claim_redis_receives_twice_answers_the_same(private_redis: Redi
         first, again = (claim(keys=["t:c"], args=["me", 60000]) for _ in range(2))
         other = claim(keys=["t:c"], args=["someone else", 60000])
     assert (first, again, other) == (1, 1, 0)
+
+
+async def test_a_stalled_redis_cluster_counts_an_attempt_at_most_once(
+    redis_cluster: Any,
+) -> None:
+    """Review (helper-60): the cluster client retries on its own, timeouts included, so with
+    redis+cluster:// a stall still ran the counting scripts twice. Every node frozen for 1.5 s:
+    the caller hears the store is unavailable, and the attempt counts once at most."""
+    from tokensvc.accounts.lockout import RedisLockoutStore
+    from tokensvc.errors import Unavailable
+    from tokensvc.operations.redisconn import redis_client_from_url
+
+    client = redis_client_from_url(redis_cluster.url)
+    lockout = RedisLockoutStore(client, prefix="t-stall:lockout:")
+    try:
+        await lockout.status("carol", time.time())  # the slots are known, connections open
+        with contextlib.ExitStack() as stack:
+            for node in redis_cluster.nodes:
+                stack.enter_context(stalled(node, 1.5))
+            with pytest.raises(Unavailable):
+                await lockout.begin_attempt(
+                    identity="carol", client_ip="192.0.2.8", now=time.time()
+                )
+        await asyncio.sleep(0.5)  # what the frozen nodes held has run
+
+        status = await lockout.status("carol", time.time())
+        assert status.failures <= 1
+        await lockout.clear("carol")
+    finally:
+        await client.aclose()
