@@ -54,6 +54,7 @@ from tokensvc.bakery.thirdparty import ThirdPartyLocator
 from tokensvc.operations import metrics
 from tokensvc.operations.background import every, tasks_running
 from tokensvc.operations.config import Config, ConfigError
+from tokensvc.operations.logs import security_event
 from tokensvc.operations.outages import Outages
 from tokensvc.operations.redisconn import (
     close_client,
@@ -600,6 +601,8 @@ _RETENTION: Final = LocalOperator("(retention)")
 #: Audit pruning runs at most this often (seconds): each run that deletes rows adds one, so
 #: pruning with every key maintenance round (a minute) would fill the trail with its own rows.
 _AUDIT_PRUNE_EVERY: Final = 3600.0
+_AUDIT_PASSES: Final = 20
+_AUDIT_BATCH: Final = 1000
 
 
 async def _create_user(users: UserService, name: str, password: str, role: str) -> object:
@@ -673,13 +676,15 @@ async def _maintaining(
             )
             if retention is not None and due:
                 before = clock() - retention
-                pruned = await audit.prune(before)
-                audit_pruned_at = time.monotonic()
+                pruned = await audit.prune(
+                    before, actor=_RETENTION.name, batch=_AUDIT_BATCH, passes=_AUDIT_PASSES
+                )
                 if pruned:
-                    # The trail says where its beginning went: a gap is retention, not a cover-up.
-                    await audit.record(
-                        _RETENTION.name, "audit_pruned", "audit_log", deleted=pruned, before=before
-                    )
+                    security_event("audit_pruned", by=_RETENTION.name, deleted=pruned)
+                # A backlog (retention just turned on over a long trail) goes on at the next
+                # round, a minute away, instead of 20,000 rows an hour.
+                backlog = pruned >= _AUDIT_PASSES * _AUDIT_BATCH
+                audit_pruned_at = None if backlog else time.monotonic()
         except Exception:
             metrics.DATABASE_ERRORS.inc()
             raise

@@ -164,3 +164,32 @@ async def test_audit_entries_are_kept_without_a_retention(
     audit = AuditLog(engine)
     assert [e.target for e in await audit.recent(action="user_created")] == ["ancient", "admin"]
     assert await audit.recent(action="audit_pruned") == []
+
+
+async def test_each_retention_pass_says_what_it_deleted_and_quiet_trails_stay_quiet(
+    aiohttp_client: Any, sqlite_url: str, data_dir: Path
+) -> None:
+    """Review (helper-60): the `audit_pruned` entry was written once, after every pass, and
+    best effort: a pass that failed left earlier passes' deletions unexplained. Each pass now
+    records its own in its transaction. And a pass that deleted only earlier `audit_pruned`
+    entries records nothing: they would otherwise renew themselves for ever."""
+    from tests.conftest import make_config
+    from tokensvc.web.app import create_app
+
+    client = await aiohttp_client(
+        create_app(make_config(database_url=sqlite_url, data_dir=data_dir))
+    )
+    engine = client.app[appkeys.ENGINE]
+    old = datetime.now(UTC) - timedelta(days=100)
+    for target in ("a", "b", "c"):
+        await AuditLog(engine, clock=lambda: old).record("admin", "user_created", target)
+    audit = AuditLog(engine)
+    cutoff = datetime.now(UTC) - timedelta(days=30)
+
+    assert await audit.prune(cutoff, actor="local:(retention)", batch=1, passes=5) == 3
+    passes = await audit.recent(action="audit_pruned")
+    assert [p.details["deleted"] for p in passes] == [1, 1, 1]
+
+    await AuditLog(engine, clock=lambda: old).record("local:(retention)", "audit_pruned", "x")
+    assert await audit.prune(cutoff, actor="local:(retention)") == 1
+    assert len(await audit.recent(action="audit_pruned")) == 3  # none added for that one

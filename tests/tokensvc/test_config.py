@@ -207,8 +207,8 @@ def test_durations_name_their_variable() -> None:
     message = refusal(KEY_LIFETIME="1 day")
 
     assert message == (
-        "TOKENSVC_KEY_LIFETIME: expected a duration such as 90s, 15m, 1h30m or 2d, more than 0;"
-        " got '1 day'"
+        "TOKENSVC_KEY_LIFETIME: expected a duration such as 90s, 15m, 1h30m or 2d, more than 0"
+        " and at most 36500d; got '1 day'"
     )
     assert load(KEY_LIFETIME="2d").key_lifetime == timedelta(days=2)
 
@@ -276,7 +276,10 @@ def test_audit_retention_is_off_or_at_least_a_day() -> None:
     assert load(AUDIT_RETENTION="400d").audit_retention == timedelta(days=400)
     assert load(AUDIT_RETENTION="24h").audit_retention == timedelta(days=1)
     assert refusal(AUDIT_RETENTION="1h") == (
-        "TOKENSVC_AUDIT_RETENTION: expected off, or a duration such as 90s, 15m, 1h30m or 2d of "
-        "at least 1d; got '1h'"
+        "TOKENSVC_AUDIT_RETENTION: expected off, or a duration such as 90s, 15m, 1h30m or 2d "
+        "from 1d to 36500d; got '1h'"
     )
     assert refusal(AUDIT_RETENTION="forever").startswith("TOKENSVC_AUDIT_RETENTION: expected off")
+    # Past a hundred years the cut-off (now minus it) leaves the calendar: every round failed.
+    assert refusal(AUDIT_RETENTION="999999d").startswith("TOKENSVC_AUDIT_RETENTION: expected")
+    assert refusal(TOKEN_RETENTION="999999d").startswith("TOKENSVC_TOKEN_RETENTION: expected")

@@ -50,6 +50,9 @@ class ConfigError(TokensvcError):
 
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 DURATION_FORMS = "a duration such as 90s, 15m, 1h30m or 2d"
+# The longest duration any setting takes: a hundred years. Longer ones are no one's intent, and
+# subtracted from now (a retention's cut-off) they leave the calendar and fail every round.
+LONGEST: timedelta = timedelta(days=36500)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -70,13 +73,13 @@ def parse_duration(text: str) -> timedelta:
 
 def duration(value: Any) -> Any:
     """A positive duration."""
-    accepts = f"{DURATION_FORMS}, more than 0"
+    accepts = f"{DURATION_FORMS}, more than 0 and at most 36500d"
     if isinstance(value, str):
         try:
             value = parse_duration(value)
         except ConfigError:
             raise ValueError(accepts) from None
-    if isinstance(value, timedelta) and value <= timedelta(0):
+    if isinstance(value, timedelta) and not timedelta(0) < value <= LONGEST:
         raise ValueError(accepts)
     return value
 
@@ -85,7 +88,7 @@ def duration_or_off(minimum: timedelta) -> Callable[[Any], Any]:
     """`off` (None: never), or a duration of at least `minimum` — a floor for settings where a
     slip of the unit (`1h` for `1d`) would throw away what an operator meant to keep."""
     floor = f"{minimum.days}d" if minimum.days and not minimum.seconds else f"{minimum}"
-    accepts = f"off, or {DURATION_FORMS} of at least {floor}"
+    accepts = f"off, or {DURATION_FORMS} from {floor} to 36500d"
 
     def parse(value: Any) -> Any:
         if value is None or (isinstance(value, str) and value.strip().lower() == "off"):
@@ -95,7 +98,7 @@ def duration_or_off(minimum: timedelta) -> Callable[[Any], Any]:
                 value = parse_duration(value)
             except ConfigError:
                 raise ValueError(accepts) from None
-        if isinstance(value, timedelta) and value < minimum:
+        if isinstance(value, timedelta) and not minimum <= value <= LONGEST:
             raise ValueError(accepts)
         return value
 

@@ -24,6 +24,8 @@ from tokensvc.storage.db import run_db
 
 log = logging.getLogger("tokensvc.storage.audit")
 
+#: The action of the entry that records a retention pass (AuditLog.prune).
+PRUNED: Final = "audit_pruned"
 # Detail keys never stored, whatever a caller passes (defence in depth: callers pass none).
 _SECRET_KEYS: Final = frozenset(("password", "token", "secret", "key", "authorization", "pepper"))
 
@@ -111,24 +113,42 @@ class AuditLog:
                 "could not write the audit entry %s %s by %s", action, target[:64], actor[:64]
             )
 
-    async def prune(self, before: datetime, *, batch: int = 1000, passes: int = 20) -> int:
+    async def prune(
+        self, before: datetime, *, actor: str, batch: int = 1000, passes: int = 20
+    ) -> int:
         """Delete the entries recorded before `before` (TOKENSVC_AUDIT_RETENTION); how many went.
         At most `passes` statements of `batch` rows each, oldest first, so one call stays short;
-        what is left waits for the next."""
-        oldest = select(_TABLE.c.id).where(_TABLE.c.at < before).order_by(_TABLE.c.id).limit(batch)
+        what is left waits for the next.
+
+        Each pass records what it deleted as an `audit_pruned` entry by `actor` in its own
+        transaction: the trail never loses rows without saying so, whichever pass fails (review,
+        helper-60). A pass that deleted only earlier `audit_pruned` entries records nothing, so
+        those entries do not keep renewing themselves once the trail has gone quiet."""
+        oldest = (
+            select(_TABLE.c.id, _TABLE.c.action)
+            .where(_TABLE.c.at < before)
+            .order_by(_TABLE.c.id)
+            .limit(batch)
+        )
         deleted = 0
         for _ in range(passes):
 
             async def run(conn: AsyncConnection) -> int:
-                ids = [row[0] for row in await conn.execute(oldest)]
-                if not ids:
+                rows = (await conn.execute(oldest)).all()
+                if not rows:
                     return 0
+                ids = [row.id for row in rows]
                 result = await conn.execute(delete(_TABLE).where(_TABLE.c.id.in_(ids)))
-                return int(result.rowcount or 0)
+                gone = int(result.rowcount or 0)
+                if gone and any(row.action != PRUNED for row in rows):
+                    await self.record(
+                        actor, PRUNED, _TABLE.name, conn=conn, deleted=gone, before=before
+                    )
+                return gone
 
             pruned = await run_db(self._engine, run, write=True, what="the audit log")
             deleted += pruned
-            if pruned == 0:
+            if pruned < batch:
                 break
         return deleted
 
