@@ -222,13 +222,21 @@ def test_client_benchmark_prints_its_goals() -> None:
 
 
 def test_client_instructions_counts_hits_only_or_says_how_to_install_valgrind() -> None:
-    """`client-instructions` runs the three sample apps under callgrind and prints the goal —
+    """`client-instructions` runs the four sample apps under callgrind and prints the goal —
     having checked, through each app's counters, that every counted request was a hit. Where
     valgrind is missing, it says how to install it instead (and exits 2)."""
     import shutil
 
     proc = _run(
-        "client-instructions", "--requests", "100", "--warmup", "10", "--no-save", timeout=600
+        "client-instructions",
+        "--requests",
+        "100",
+        "--warmup",
+        "10",
+        "--repeat",
+        "1",
+        "--no-save",
+        timeout=600,
     )
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         assert proc.returncode == 2 and "apt-get install valgrind" in proc.stderr
@@ -236,18 +244,20 @@ def test_client_instructions_counts_hits_only_or_says_how_to_install_valgrind() 
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     for expected in (
         "no auth",
+        "empty middleware (aiohttp's chain)",
         "middleware, remembered allow",
         "TokensvcGuard, remembered allow",
         "of no auth's throughput, if throughput follows instructions (goal ≥ 0.9×",
     ):
         assert expected in proc.stdout, f"{expected!r} missing from:\n{proc.stdout}"
-    # Three positive per-request counts, the protected ones above no auth's.
+    # Four positive per-request counts (one run each), the others above no auth's.
     counts = [
         float(line.split()[-3].replace(",", ""))
         for line in proc.stdout.splitlines()
-        if line.startswith("client-instructions: ") and line.endswith(" per request")
+        if line.startswith("client-instructions: run ") and line.endswith(" per request")
     ]
-    assert len(counts) == 3 and 0 < counts[0] < min(counts[1:]), proc.stdout
+    assert len(counts) == 4 and 0 < counts[0] < min(counts[1:]), proc.stdout
+    assert "aiohttp's middleware chain alone: +" in proc.stdout
 
 
 def test_instructions_server_serves_tokensvcs_verify_listener_and_stops(tmp_path: Path) -> None:
