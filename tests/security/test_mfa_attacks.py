@@ -892,3 +892,38 @@ async def test_a_self_service_code_check_that_cannot_finish_counts_nothing(
 
     assert set(statuses) == {503}
     assert [c for c in seen["counters"] if c["scope"].startswith("second_factor")] == []
+
+
+async def test_a_second_step_that_cannot_finish_after_the_code_held_counts_nothing(
+    aiohttp_client: Any, mfa_config: Any, clock: FakeClock
+) -> None:
+    """Review (helper-60): the user read, the generation read and the challenge's one-use claim
+    ran after the attempt was settled as judged, so a store failing there answered 503 with a
+    failure counted against the user, though the code was right. Here the claim fails as a
+    Redis outage would."""
+    from tokensvc.errors import Unavailable
+    from tokensvc.web import appkeys
+
+    client = await serve(aiohttp_client, mfa_config, clock)
+    secret, _, _ = await enrolled_victim(client, clock)
+    once = client.app[appkeys.FACTORS].once
+    real_claim = once.claim
+
+    async def down_for_challenges(name: str, **kwargs: Any) -> bool:
+        if name.startswith("challenge:"):
+            raise Unavailable("the second-factor store is unavailable", retry_after=5)
+        return bool(await real_claim(name, **kwargs))
+
+    once.claim = down_for_challenges
+    statuses = []
+    for _ in range(3):
+        status, first = await password_login(client, VICTIM, VICTIM_PASSWORD)
+        assert status == 401, first
+        status, _ = await answer(client, first["challenge"], code(secret, clock))
+        statuses.append(status)
+        clock.advance(seconds=30)  # a fresh code for the next try
+    admin = bearer(await admin_token(client), ADMIN_IP)
+    seen = await (await client.get(f"/v1/users/{VICTIM}/lockout", headers=admin)).json()
+
+    assert set(statuses) == {503}
+    assert [c for c in seen["counters"] if c["scope"].startswith("second_factor")] == []

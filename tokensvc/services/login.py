@@ -408,6 +408,10 @@ class LoginService:
             )
             raise
         factor: Factor | None = None
+        user: User | None = None
+        # Everything that decides the answer runs inside: a store or the database failing at
+        # any step (the user, the generation, the challenge's one use) leaves the attempt
+        # unjudged and uncounted, not a failure held against the user (review, helper-60).
         async with judged_or_taken_back(
             self._otp_lockout, identity=identity, client_ip=request.client_ip, now=now
         ):
@@ -419,28 +423,28 @@ class LoginService:
                 # password step has already paid it for every name.)
                 secret = await self._factors.active_secret(user_name or "")
             factor = await self._factors.check(user_name, otp, now=now, secret=secret)
-        user = (
-            await self._users.get(challenge.user) if factor is not None and challenge.user else None
-        )
-        # A challenge that left this service yields one token: its one use is claimed last,
-        # after the code held, so a wrong code does not burn the owner's challenge.
-        if (
-            user is None
-            or user.disabled
-            # A password change (disable, lost role, revoke-all) since the password step: its
-            # token would be born revoked, and the answer must not clear the counters or make
-            # the address one the owner logs in from (red team, helper-58: an old password and
-            # a challenge taken before the change, then one code, did both).
-            or await self._generations.fetch(user.name) > challenge.generation
-            or (
-                challenge.nonce
-                and not await self._factors.once.claim(
-                    "challenge:" + challenge.nonce,
-                    ttl=max(1.0, challenge.expires_at - now),
-                    now=now,
+            if factor is not None and challenge.user:
+                user = await self._users.get(challenge.user)
+            # A challenge that left this service yields one token: its one use is claimed
+            # last, after the code held, so a wrong code does not burn the owner's challenge.
+            refused = (
+                user is None
+                or user.disabled
+                # A password change (disable, lost role, revoke-all) since the password step:
+                # its token would be born revoked, and the answer must not clear the counters
+                # or make the address one the owner logs in from (red team, helper-58: an old
+                # password and a challenge taken before the change, then one code, did both).
+                or await self._generations.fetch(user.name) > challenge.generation
+                or (
+                    bool(challenge.nonce)
+                    and not await self._factors.once.claim(
+                        "challenge:" + challenge.nonce,
+                        ttl=max(1.0, challenge.expires_at - now),
+                        now=now,
+                    )
                 )
             )
-        ):
+        if refused or user is None:
             metrics.LOGIN_MFA_FAIL.inc()
             security_event(
                 "authn_mfa_fail",
