@@ -97,3 +97,9 @@ async def test_an_expired_root_key_can_still_be_revoked_with_its_lineage(
     assert (await verify(shaped, child["token"], operation="read"))[0] == 401
     status, _ = await call(shaped, "POST", f"/v1/keys/{'0' * 16}/revoke", operator)
     assert status == 404  # a key nothing on record was signed with is still unknown
+    # Red team (helper-62): a key revoked already answered 204 again, each time with another
+    # audit row; it is gone, as before.
+    status, _ = await call(shaped, "POST", f"/v1/keys/{key_id}/revoke", operator)
+    assert status == 404
+    _, trail = await call(shaped, "GET", "/v1/audit?action=key_revoked", operator)
+    assert [entry["target"] for entry in trail["entries"]] == [key_id]
