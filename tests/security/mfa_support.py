@@ -134,3 +134,10 @@ async def mfa_login(client: Any, clock: FakeClock, secret: str, ip: str = VICTIM
 async def verify(client: Any, token: str, **context: Any) -> tuple[int, dict[str, Any]]:
     resp = await client.post("/v1/verify", json={"token": token, "context": context})
     return resp.status, dict(await resp.json())
+
+
+async def second_factor_counters(client: Any) -> list[dict[str, Any]]:
+    """The victim's second-factor lockout counters, as an admin sees them."""
+    admin = bearer(await admin_token(client), ADMIN_IP)
+    seen = await (await client.get(f"/v1/users/{VICTIM}/lockout", headers=admin)).json()
+    return [c for c in seen["counters"] if c["scope"].startswith("second_factor")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -20,7 +21,7 @@ from tokensvc.operations.logs import security_event
 from tokensvc.services.audit import by_token, record_cascade_by
 from tokensvc.services.authorization import UNRESTRICTED_NEEDED, Authorizer
 from tokensvc.services.boundary import service
-from tokensvc.services.principals import Principal
+from tokensvc.services.principals import Actor, Principal
 from tokensvc.storage.audit import AuditLog
 from tokensvc.storage.db import lock_name, run_db
 from tokensvc.tokens.registry import TokenRegistry
@@ -119,21 +120,15 @@ class UserService:
                 disabled=new.disabled,
                 conn=conn,
             )
-            raised = await self._revocations.raise_generation(conn, user.name) if earlier else None
-            await self._audit.record(
-                actor.name,
+            raised = await self._audited(
+                conn,
+                actor,
                 "user_created",
                 user.name,
-                conn=conn,
-                **by_token(actor),
+                revoke=earlier,
                 roles=list(user.roles),
                 disabled=user.disabled,
-                tokens_revoked=earlier,
             )
-            if raised is not None:
-                await record_cascade_by(
-                    self._audit, conn, actor, raised.descendants, cause=f"user:{user.name}"
-                )
             return user, raised
 
         user, raised = await run_db(self._engine, run, write=True, retry=False)
@@ -220,22 +215,9 @@ class UserService:
                 or (after.disabled and not before.disabled)
                 or not set(before.roles) <= set(after.roles)
             )
-            raised = (
-                await self._revocations.raise_generation(conn, before.name) if revokes else None
+            raised = await self._audited(
+                conn, actor, "user_updated", before.name, revoke=revokes, changed=change.fields
             )
-            await self._audit.record(
-                actor.name,
-                "user_updated",
-                before.name,
-                conn=conn,
-                **by_token(actor),
-                changed=change.fields,
-                tokens_revoked=revokes,
-            )
-            if raised is not None:
-                await record_cascade_by(
-                    self._audit, conn, actor, raised.descendants, cause=f"user:{before.name}"
-                )
             return after, raised
 
         user, raised = await run_db(self._engine, run, write=True, retry=False)
@@ -243,6 +225,28 @@ class UserService:
             await self._revocations.generation_raised(user.name, raised)
         security_event("user_updated", by=actor.name[:64], user=user.name, changed=change.fields)
         return user
+
+    async def _audited(
+        self,
+        conn: AsyncConnection,
+        actor: Actor,
+        action: str,
+        name: str,
+        *,
+        revoke: bool,
+        **details: Any,
+    ) -> Raised | None:
+        """In `conn`'s transaction: with `revoke`, raise user `name`'s generation; then the
+        audit row of `action` (saying whether tokens were revoked) and the cascade's rows."""
+        raised = await self._revocations.raise_generation(conn, name) if revoke else None
+        await self._audit.record(
+            actor.name, action, name, conn=conn, **by_token(actor), **details, tokens_revoked=revoke
+        )
+        if raised is not None:
+            await record_cascade_by(
+                self._audit, conn, actor, raised.descendants, cause=f"user:{name}"
+            )
+        return raised
 
     async def delete(self, who: Principal, name: str) -> None:
         """Delete a user; its tokens die with it, and re-creating the name brings none back.
