@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Final
+from urllib.parse import unquote
 
 from caveats.context import Context
 from caveats.errors import CaveatError
@@ -32,9 +34,31 @@ _NO_AUDIENCE: Final = Failure("the token is limited to some audiences; the reque
 _DOT: Final = r"(?:\.|%2e|%252e|%c0%ae|\uff0e|%ef%bc%8e)"
 _CUT: Final = r"(?:[/\\;?#\s\x00-\x1f\x7f]|%(?:2f|5c|3b|3f|23|00|25)|$)"
 _CLIMBS: Final = re.compile(
-    rf"(?:^|[/\\]|%2f|%5c){_DOT}{{1,2}}{_CUT}|%2f|%5c|%25(?:2f|5c)|%c0%af|%c1%9c",
+    rf"(?:^|[/\\]|%2f|%5c){_DOT}{{1,2}}{_CUT}|%2f|%5c|%25(?:2f|5c)|%c0%af|%c1%9c"
+    # IIS's `%uXXXX` escapes: no RFC 3986 client writes one, and a backend that decodes them
+    # reads `%u002e%u002e/` as `../` (red team, helper-65).
+    r"|%u[0-9a-f]{4}",
     re.IGNORECASE,
 )
+
+
+def _climbs(resource: str) -> bool:
+    """Whether `resource` could leave a prefix once a backend decodes or normalises it.
+
+    Besides the forms `_CLIMBS` names, a backend that percent-decodes and then NFKC-normalises
+    (some Java and IIS stacks) reads every compatibility form of `.`, `/` and `\\` as the ASCII
+    one: fullwidth `．．／`, U+2025 (two dots in one character), U+FE68 (a small `\\`), plain or
+    percent-encoded as UTF-8 (red team, helper-65: `/docs/．．／admin` passed a `/docs/*` token).
+    So a resource with `%` or anything outside ASCII is also checked in that reading.
+    """
+    if _CLIMBS.search(resource) is not None:
+        return True
+    if resource.isascii() and "%" not in resource:
+        return False
+    normalised = unicodedata.normalize("NFKC", unquote(resource, errors="replace"))
+    return normalised != resource and _CLIMBS.search(normalised) is not None
+
+
 _NO_CLIENT_IP: Final = Failure(
     "the token is limited to some networks; the request has no client IP"
 )
@@ -137,16 +161,16 @@ class Resources:
         if resource in self._exact:
             return SUCCESS
         if self._prefixes and resource.startswith(self._prefixes):
-            # The common resource has no `.`, `%`, `\\` or `．`: four substring tests, no regex.
+            # The common resource is ASCII with no `.`, `%` or `\\`: four cheap tests, no regex.
             if (
                 self._anything
                 or (
                     "." not in resource
                     and "%" not in resource
                     and "\\" not in resource
-                    and "\uff0e" not in resource
+                    and resource.isascii()
                 )
-                or _CLIMBS.search(resource) is None
+                or not _climbs(resource)
             ):
                 return SUCCESS
             return Failure(

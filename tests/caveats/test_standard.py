@@ -179,6 +179,17 @@ def test_resources_deny_everything_else(entries: tuple[str, ...], resource: str)
         "/docs/a%2fb",
         "/docs/a%5C..%5Cadmin",
         "/docs/..\\admin",
+        # Red team (helper-65): forms a backend that decodes, then NFKC-normalises, reads as `../`.
+        "/docs/\uff0e\uff0e\uff0fadmin",
+        "/docs/..\uff0fadmin",
+        "/docs/\uff0e\uff0e\uff3cadmin",
+        "/docs/\u2025/admin",
+        "/docs/..\ufe68admin",
+        "/docs/%ef%bc%8e%ef%bc%8e%ef%bc%8fadmin",
+        "/docs/..%EF%BC%8Fadmin",
+        "/docs/%e2%80%a5/admin",
+        "/docs/%u002e%u002e/admin",
+        "/docs/%uff0e./admin",
     ],
 )
 def test_resources_deny_a_prefix_match_that_could_leave_the_prefix(resource: str) -> None:
@@ -199,6 +210,9 @@ def test_resources_deny_a_prefix_match_that_could_leave_the_prefix(resource: str
         (("/docs/*",), "/docs/report.v2.pdf"),
         (("/docs/*",), "/docs/..x"),
         (("/docs/*",), "/docs/100%25"),
+        (("/docs/*",), "/docs/caf\u00e9/r\u00e9sum\u00e9.pdf"),
+        (("/docs/*",), "/docs/caf%C3%A9/%EF%BC%A1"),
+        (("/docs/*",), "/docs/\uff0e\uff0ex"),
         (("*",), "/docs/../admin"),  # a bare * allows everything: nothing to leave
         (("/docs/../x",), "/docs/../x"),  # an exact entry is the token author's own choice
     ],

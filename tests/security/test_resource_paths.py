@@ -31,6 +31,10 @@ from tests.security.attack import call, verify
         "/docs/%252e%252e/admin",
         "/docs/%c0%ae%c0%ae/admin",
         "/docs/\uff0e\uff0e/admin",
+        # Red team (helper-65): read as `../` by a backend that decodes `%u` escapes, or that
+        # NFKC-normalises (fullwidth solidus).
+        "/docs/..\uff0fadmin",
+        "/docs/%u002e%u002e/admin",
     ],
 )
 async def test_verify_refuses_a_prefix_match_that_could_leave_the_prefix(
