@@ -3,6 +3,7 @@ after it expired. Each test is the attack; a pass means it failed."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from datetime import timedelta
 from typing import Any
@@ -103,3 +104,22 @@ async def test_an_expired_root_key_can_still_be_revoked_with_its_lineage(
     assert status == 404
     _, trail = await call(shaped, "GET", "/v1/audit?action=key_revoked", operator)
     assert [entry["target"] for entry in trail["entries"]] == [key_id]
+
+
+async def test_revoking_one_key_at_once_from_many_requests_is_audited_once(
+    shaped: Any, root: str
+) -> None:
+    """Red team (helper-64): four revocations of one key sent at once (over two replicas, or
+    to one) each passed the "revoked already?" read before any had committed, and each wrote
+    a `key_revoked` audit row and security event. The one that records the revocation writes
+    them; the rest change nothing."""
+    status, key = await call(shaped, "POST", "/v1/keys/rotate", root)
+    assert status in (200, 201), key
+
+    answers = await asyncio.gather(
+        *(call(shaped, "POST", f"/v1/keys/{key['id']}/revoke", root) for _ in range(4))
+    )
+
+    assert {status for status, _ in answers} <= {204, 404}, answers
+    _, trail = await call(shaped, "GET", "/v1/audit?action=key_revoked", root)
+    assert [entry["target"] for entry in trail["entries"]] == [key["id"]]

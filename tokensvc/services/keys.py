@@ -100,15 +100,22 @@ class KeyService:
         ):
             raise NotFound("no such root key, live or with tokens on record")
 
-        async def audit_rows(conn: AsyncConnection, descendants: list[Descendant]) -> None:
-            await self._audit.record(
-                actor.name,
-                "key_revoked",
-                key_id,
-                conn=conn,
-                **by_token(actor),
-                descendants=len(descendants),
-            )
+        revoked_here = False
+
+        async def audit_rows(
+            conn: AsyncConnection, descendants: list[Descendant], newly: bool
+        ) -> None:
+            nonlocal revoked_here
+            revoked_here = newly
+            if newly:
+                await self._audit.record(
+                    actor.name,
+                    "key_revoked",
+                    key_id,
+                    conn=conn,
+                    **by_token(actor),
+                    descendants=len(descendants),
+                )
             await record_cascade_by(self._audit, conn, actor, descendants, cause=f"key:{key_id}")
 
         # The durable record first: were the delete to fail after it, replicas still drop the key.
@@ -119,9 +126,10 @@ class KeyService:
         await self._keyring.revoke(key_id)
         self._revocations.note_key(key_id)
         await self._revocations.publish_key(key_id)
-        security_event(
-            "key_revoked", by=actor.name[:64], key_id=key_id, descendants=len(descendants)
-        )
+        if revoked_here:
+            security_event(
+                "key_revoked", by=actor.name[:64], key_id=key_id, descendants=len(descendants)
+            )
 
     async def kek_status(self, who: Principal) -> KekUsage:
         """Live sealed keys per table and key-encryption key id, as this process's KEKs see them.

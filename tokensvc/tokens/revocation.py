@@ -233,12 +233,14 @@ class Revocations:
         *,
         by: str,
         first: Callable[[AsyncConnection], Awaitable[None]] | None = None,
-        also: Callable[[AsyncConnection, list[Descendant]], Awaitable[None]] | None = None,
+        also: Callable[[AsyncConnection, list[Descendant], bool], Awaitable[None]] | None = None,
     ) -> tuple[Descendant, ...]:
         """Write the revocation of root key `key_id` (idempotent), and revoke every token minted
         with a token it signed (recursively); those tokens, once committed, are applied here and
         published. `first` runs first in the transaction (the revoker's check:
-        Authorizer.confirm); `also` runs in it with the descendants (the audit record)."""
+        Authorizer.confirm); `also` runs in it with the descendants and whether this call
+        recorded the revocation (the audit record: of requests revoking one key at once, one
+        writes it; red team, helper-64: four did)."""
         now = self._wall_clock()
 
         async def run(conn: AsyncConnection) -> list[Descendant]:
@@ -247,16 +249,18 @@ class Revocations:
             await self._registry.lock_parents(conn, now=now, key_id=key_id)
             descendants = await revoke_descendants(conn, children_of_key(key_id), now=now)
             await self._drop_service_keys(conn, descendants)
-            if also is not None:
-                await also(conn, descendants)
             insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            # A concurrent revocation's uncommitted row holds this insert until it commits.
             result = await conn.execute(
                 insert(_KEYS)
                 .values(key_id=key_id, revoked_at=now, revoked_by=by[:255])
                 .on_conflict_do_nothing(index_elements=["key_id"])
             )
-            if result.rowcount:  # the stream's event, once
+            newly = bool(result.rowcount)
+            if newly:  # the stream's event, once
                 await events.append(conn, events.KEY, events.key_event(key_id), at=now)
+            if also is not None:
+                await also(conn, descendants, newly)
             await append_events(conn, descendants, now=now)
             return descendants
 
