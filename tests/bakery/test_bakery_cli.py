@@ -226,3 +226,68 @@ async def test_bearer_is_what_the_stored_login_sends(
     assert headers(url.rstrip("/") + "/bakery") == bearer(token)
     assert headers("http://elsewhere.example/bakery") == {}
     assert headers(url.rstrip("/") + "evil.example") == {}
+
+
+def with_hostile_location(token: str, location: str) -> str:
+    """`token` with a third-party caveat its holder added for `location` (no key needed)."""
+    import secrets
+
+    from tokensvc.macaroons import chain
+    from tokensvc.macaroons.tokenformat import decode_token, encode_token
+
+    macaroon = chain.add_third_party(
+        decode_token(token, max_bytes=1 << 16, max_caveats=128),
+        caveat_key=secrets.token_bytes(32),
+        caveat_id=b"anything",
+        location=location.encode(),
+        nonce=secrets.token_bytes(24),
+    )
+    return encode_token(macaroon)
+
+
+@pytest.mark.parametrize("tail", ["#", "?", "/x/..#"])
+async def test_a_location_cannot_turn_the_discharge_into_an_admin_call(
+    client: Client,
+    server: TestServer,
+    admin_token: str,
+    users: dict[str, str],
+    cli_env: dict[str, str],
+    tail: str,
+) -> None:
+    """Red team (helper-63): a caveat located at `{service}/v1/subjects/bob/revoke-all#` made
+    the CLI POST `{location}/discharge` with the admin's stored login, and the fragment cut the
+    `/discharge` off: bob's tokens were revoked, audited as the admin. Such a location is not
+    a plain URL: the command refuses it and sends nothing."""
+    bobs = await mint(client, admin_token, subject="bob")
+    base = str(server.make_url("")).rstrip("/")
+    token = with_hostile_location(
+        await mint(client, admin_token, subject="alice"), f"{base}/v1/subjects/bob/revoke-all{tail}"
+    )
+    store_login(cli_env, base, admin_token)
+
+    result = await run(cli_env, token)
+
+    verified = await client.post("/v1/verify", json={"token": bobs})
+    assert verified.status == 200, await verified.text()
+    assert result.returncode != 0, result
+    assert "is not a plain HTTP URL" in result.stderr
+
+
+def test_credentials_go_to_the_discharger_itself_only() -> None:
+    """Not to another path of the service, another port, a user name, a query or a fragment;
+    `TOKENSVC_BAKERY_PREFIX` names another prefix."""
+    from tokensvc.cli.discharge import credentials_for
+
+    headers = credentials_for("http://127.0.0.1:8080/", basic=None, token="T")
+
+    assert headers("http://127.0.0.1:8080/bakery") == {"Authorization": "Bearer T"}
+    for location in (
+        "http://127.0.0.1:8080/v1/keys/rotate",
+        "http://127.0.0.1:8080/bakery?",
+        "http://127.0.0.1:8080/bakery#",
+        "http://127.0.0.1:8080/bakery/..",
+        "http://127.0.0.1:8081/bakery",
+        "http://admin@127.0.0.1:8080/bakery",
+        "http://127.0.0.1:8080/bakery%2Fx",
+    ):
+        assert headers(location) == {}, location

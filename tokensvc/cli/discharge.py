@@ -5,15 +5,23 @@ bakery package: each third-party caveat (and any caveat of a discharge, breadth 
 is sent to `{location}/discharge` as a bakery client sends it; each answer is bound to the token
 as pymacaroons' `prepare_for_request` binds it; the token and its discharges go to /v1/verify.
 
-Credentials are sent only to tokensvc's own discharger (a location under the service URL): the
-stored login token as a bearer token, or HTTP Basic with `--user`. Other dischargers get nothing,
-so a token naming a hostile location cannot harvest them.
+Credentials are sent only to tokensvc's own discharger, `{service URL}/bakery` exactly (or the
+service URL plus `TOKENSVC_BAKERY_PREFIX` when the server was given another prefix): the stored
+login token as a bearer token, or HTTP Basic with `--user`. Other dischargers get nothing, so a
+token naming a hostile location cannot harvest them. A location is a plain http(s) URL (no user
+name, query, fragment, escape or dot segment) and redirects are never followed: red team
+(helper-63), a location under the service URL ending in `#` or `?` turned `{location}/discharge`
+into an authenticated POST to any admin endpoint (`/v1/subjects/bob/revoke-all#` revoked bob's
+tokens as the admin running the command), and a hostile discharger could hand back such a
+caveat inside its discharge.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 import sys
 import urllib.error
 import urllib.parse
@@ -38,6 +46,10 @@ TIMEOUT_SECONDS: Final = 30
 
 # (url, form fields, headers) → (HTTP status, body)
 Post = Callable[[str, dict[str, str], dict[str, str]], tuple[int, bytes]]
+DEFAULT_PREFIX: Final = "/bakery"
+PREFIX_ENV: Final = "TOKENSVC_BAKERY_PREFIX"
+# What may not appear in a location's path: an escape, a backslash, a control or a space.
+_UNPLAIN: Final = re.compile(r"[%\\\x00-\x20\x7f]")
 
 
 class DischargeFailed(TokensvcError):
@@ -46,8 +58,17 @@ class DischargeFailed(TokensvcError):
     code = "discharge_failed"
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx is a refusal: urllib would carry Authorization to any host
+
+
+_OPENER: Final = urllib.request.build_opener(_NoRedirects())
+
+
 def http_post_form(url: str, form: dict[str, str], headers: dict[str, str]) -> tuple[int, bytes]:
-    """POST an urlencoded form with urllib; the status and (bounded) body, errors included."""
+    """POST an urlencoded form with urllib, never following a redirect; the status and
+    (bounded) body, errors included."""
     data = urllib.parse.urlencode(form).encode("ascii")
     request = urllib.request.Request(  # noqa: S310 - the caller allows only http(s) locations
         url,
@@ -56,7 +77,7 @@ def http_post_form(url: str, form: dict[str, str], headers: dict[str, str]) -> t
         headers={"Content-Type": "application/x-www-form-urlencoded", **headers},
     )
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as resp:  # noqa: S310 - the caller allows only http(s) locations
+        with _OPENER.open(request, timeout=TIMEOUT_SECONDS) as resp:
             return resp.status, resp.read(MAX_RESPONSE_BYTES)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(MAX_RESPONSE_BYTES)
@@ -88,9 +109,7 @@ def acquire_discharges(
         caveat = pending.pop(0)
         if len(discharges) >= max_discharges:
             raise DischargeFailed(f"more than {max_discharges} discharges needed")
-        location = (caveat.location or b"").decode("utf-8", "replace").rstrip("/")
-        if not location.startswith(("https://", "http://")):
-            raise DischargeFailed(f"third-party location {location[:200]!r} is not an HTTP URL")
+        location = plain_location((caveat.location or b"").decode("utf-8", "replace"))
         form: dict[str, str] = {}
         try:
             form["id"] = caveat.cid.decode("utf-8")
@@ -125,14 +144,49 @@ def encode_discharge(macaroon: Macaroon) -> str:
     return base64.urlsafe_b64encode(serialize_v2(macaroon)).rstrip(b"=").decode("ascii")
 
 
+def plain_location(location: str) -> str:
+    """`location` without its trailing slashes, if it is a plain http(s) URL: a host, no user
+    name, query or fragment, and a path of plain segments; else DischargeFailed. So
+    `{location}/discharge` names a discharge endpoint and nothing else."""
+    location = location.rstrip("/")
+    try:
+        parts = urllib.parse.urlsplit(location)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or "@" in parts.netloc
+        or "?" in location
+        or "#" in location
+        or _UNPLAIN.search(parts.path) is not None
+        or any(segment in ("", ".", "..") for segment in parts.path.split("/")[1:])
+    ):
+        raise DischargeFailed(f"third-party location {location[:200]!r} is not a plain HTTP URL")
+    return location
+
+
+def _origin_and_path(url: str) -> tuple[str, str, int | None, str]:
+    parts = urllib.parse.urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, parts.hostname or "", parts.port or default, parts.path.rstrip("/")
+
+
 def credentials_for(
     service_url: str, *, basic: tuple[str, str] | None, token: str | None
 ) -> Callable[[str], dict[str, str]]:
-    """Authorization headers for tokensvc's own discharger; nothing for any other location."""
-    base = service_url.rstrip("/")
+    """Authorization headers for tokensvc's own discharger, the service URL plus the bakery
+    prefix (`/bakery`, or `TOKENSVC_BAKERY_PREFIX`) exactly; nothing for any other location."""
+    scheme, host, port, path = _origin_and_path(service_url)
+    own = (scheme, host, port, path + os.environ.get(PREFIX_ENV, DEFAULT_PREFIX).rstrip("/"))
 
     def headers(location: str) -> dict[str, str]:
-        if location != base and not location.startswith(base + "/"):
+        try:
+            if _origin_and_path(plain_location(location)) != own:
+                return {}
+        except DischargeFailed:
             return {}
         if basic is not None:
             raw = base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode("ascii")
