@@ -919,3 +919,33 @@ async def test_a_second_step_that_cannot_finish_after_the_code_held_counts_nothi
         clock.advance(seconds=30)  # a fresh code for the next try
     assert set(statuses) == {503}
     assert await second_factor_counters(client) == []
+
+
+async def test_a_second_step_refused_for_another_reason_does_not_spend_the_code(
+    aiohttp_client: Any, mfa_config: Any, clock: FakeClock
+) -> None:
+    """Red team (helper-65): the code was spent before the challenge's one use, the user and
+    the generation were checked, so a double-submitted second step (or one answered after a
+    password change) used up a recovery code on a 401, and the owner lost it unknowingly.
+    Now the code is spent only by an answer that yields a token."""
+    client = await serve(aiohttp_client, mfa_config, clock)
+    _, codes, _ = await enrolled_victim(client, clock)
+    status, first = await password_login(client, VICTIM, VICTIM_PASSWORD)
+    assert status == 401 and first["mfa_required"] is True
+    assert (await answer(client, first["challenge"], codes[0]))[0] == 200
+
+    replayed, _ = await answer(client, first["challenge"], codes[1])
+    status, taken_before = await password_login(client, VICTIM, VICTIM_PASSWORD)
+    admin = bearer(await admin_token(client), ADMIN_IP)
+    changed = await client.patch(
+        f"/v1/users/{VICTIM}", json={"password": "a new and long password 2"}, headers=admin
+    )
+    assert changed.status == 200, await changed.text()
+    stale, _ = await answer(client, taken_before["challenge"], codes[2])
+
+    assert (replayed, stale) == (401, 401)
+    for unspent in codes[1:3]:
+        status, fresh = await password_login(client, VICTIM, "a new and long password 2")
+        assert status == 401 and fresh["mfa_required"] is True, fresh
+        status, body = await answer(client, fresh["challenge"], unspent)
+        assert status == 200, body

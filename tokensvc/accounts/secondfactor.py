@@ -6,6 +6,11 @@ enrolment, only from the steps now ±1, and only if its step has not been accept
 before (claimed in the OnceStore, shared by replicas through Redis); a recovery code only if
 unused, and it is marked used in the same compare-and-set that accepts it.
 
+`check` judges and spends in one call. A caller with refusals of its own to make after the code
+held (the login's second step: the user, the generation, the challenge's one use) calls `match`,
+makes them, and only then `spend`s: a code spent on an answer that is refused anyway is lost to
+its owner (red team, helper-65: a double-submitted second step burned a recovery code).
+
 Failure counting (lockout) is the caller's, before calling `check`: counting is what bounds
 the guesses, and it must come before any secret is compared.
 """
@@ -34,12 +39,26 @@ from tokensvc.accounts.mfa import (
 from tokensvc.accounts.otpstate import OnceStore
 from tokensvc.accounts.passwords import PasswordHasher
 
-__all__ = ["Factor", "SecondFactors"]
+__all__ = ["CLOCK_SKEW_MARGIN", "Factor", "Proof", "SecondFactors"]
 
 Factor = Literal["totp", "recovery_code"]
 
+#: Added to every one-time claim's lifetime: the claim is timed by the replica that made it, and
+#: another replica whose clock runs behind still accepts the code or challenge until its own
+#: clock reaches the end (red team, helper-64). Replicas kept within a minute of each other
+#: (NTP) cannot reuse one.
+CLOCK_SKEW_MARGIN: Final = 60.0
 # A step's claim must outlive every moment its code is still accepted (now ±1 step).
-_STEP_CLAIM_SECONDS: Final = (2 * SKEW_STEPS + 2) * STEP_SECONDS
+_STEP_CLAIM_SECONDS: Final = (2 * SKEW_STEPS + 2) * STEP_SECONDS + CLOCK_SKEW_MARGIN
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """A code that matched and is not spent yet: a TOTP step's claim, or a recovery code's row."""
+
+    factor: Factor
+    claim: str | None = None
+    recovery_code_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +113,30 @@ class SecondFactors:
         secret: TotpSecret | None = None,
         priority: CheckPriority = CheckPriority.NORMAL,
     ) -> Factor | None:
-        """Which factor `otp` proved for `user`, or None. `user` None (a decoy) costs what a
-        real check costs and fails. `secret`: the user's active secret if already read.
+        """Which factor `otp` proved for `user`, spent, or None (see `match`)."""
+        proof = await self.match(user, otp, now=now, secret=secret, priority=priority)
+        return None if proof is None else await self.spend(proof, now=now)
+
+    async def spend(self, proof: Proof, *, now: float) -> Factor | None:
+        """Use the code `proof` matched, once: its factor, or None if it was used meanwhile."""
+        if proof.claim is not None:
+            spent = await self.once.claim(proof.claim, ttl=_STEP_CLAIM_SECONDS, now=now)
+        else:
+            assert proof.recovery_code_id is not None  # noqa: S101 - a Proof has one or the other
+            spent = await self.recovery_codes.use(proof.recovery_code_id)
+        return proof.factor if spent else None
+
+    async def match(
+        self,
+        user: str | None,
+        otp: str,
+        *,
+        now: float,
+        secret: TotpSecret | None = None,
+        priority: CheckPriority = CheckPriority.NORMAL,
+    ) -> Proof | None:
+        """What `otp` matched for `user`, not spent yet, or None. `user` None (a decoy) costs
+        what a real check costs and fails. `secret`: the user's active secret if already read.
 
         `priority`: where a recovery code's argon2 check queues. NORMAL for a login's second
         step, which anyone can send (a decoy challenge, or a guessed password with a code in
@@ -108,7 +149,10 @@ class SecondFactors:
         if is_totp_code(otp):
             if user is None or secret is None or not secret.active:
                 return None
-            return "totp" if await self._totp(user, secret.secret.reveal(), otp, now) else None
+            step = match_step(secret.secret.reveal(), otp, now=now)
+            if step is None:
+                return None
+            return Proof("totp", claim=f"totp:{hash_identity(user, key=self._name_key)}:{step}")
         normalised = normalise_recovery_code(otp)
         if normalised is None:
             return None
@@ -123,7 +167,7 @@ class SecondFactors:
         for stored in candidates:
             result = await self._hasher.verify(stored.code_hash, normalised, priority=priority)
             if result.ok:
-                return "recovery_code" if await self.recovery_codes.use(stored.id) else None
+                return Proof("recovery_code", recovery_code_id=stored.id)
         return None
 
     async def check_pending(self, user: str, otp: str, *, now: float) -> datetime | None:

@@ -67,7 +67,7 @@ from tokensvc.accounts.lockout import AttemptStanding, LockoutStore, judged_or_t
 from tokensvc.accounts.lockout.store import hash_identity, hash_ip
 from tokensvc.accounts.otpstate import Challenge, ChallengeCodec
 from tokensvc.accounts.passwords import PasswordHasher
-from tokensvc.accounts.secondfactor import Factor, SecondFactors
+from tokensvc.accounts.secondfactor import CLOCK_SKEW_MARGIN, Factor, SecondFactors
 from tokensvc.accounts.users import User, UserStore, user_name_or_none
 from tokensvc.errors import (
     BadRequest,
@@ -422,11 +422,9 @@ class LoginService:
                 # challenge, and with it a right password, from a decoy. (In one call the
                 # password step has already paid it for every name.)
                 secret = await self._factors.active_secret(user_name or "")
-            factor = await self._factors.check(user_name, otp, now=now, secret=secret)
-            if factor is not None and challenge.user:
+            proof = await self._factors.match(user_name, otp, now=now, secret=secret)
+            if proof is not None and challenge.user:
                 user = await self._users.get(challenge.user)
-            # A challenge that left this service yields one token: its one use is claimed
-            # last, after the code held, so a wrong code does not burn the owner's challenge.
             refused = (
                 user is None
                 or user.disabled
@@ -435,15 +433,22 @@ class LoginService:
                 # or make the address one the owner logs in from (red team, helper-58: an old
                 # password and a challenge taken before the change, then one code, did both).
                 or await self._generations.fetch(user.name) > challenge.generation
-                or (
-                    bool(challenge.nonce)
-                    and not await self._factors.once.claim(
-                        "challenge:" + challenge.nonce,
-                        ttl=max(1.0, challenge.expires_at - now),
-                        now=now,
-                    )
-                )
             )
+            if proof is not None and not refused:
+                # Two one-use things, claimed only after the code held and nothing else
+                # refuses (so a wrong code burns neither): the challenge (one token per
+                # challenge that left this service) and the code. The one claimed first is
+                # burned when the second refuses, so a TOTP step (another comes in 30 s) goes
+                # first, and a used code leaves the owner's challenge for the next one; a
+                # recovery code (ten per set) goes last, so a replayed or double-submitted
+                # challenge does not use it up (red team, helper-65).
+                if proof.factor == "totp":
+                    factor = await self._factors.spend(proof, now=now)
+                    refused = factor is None or not await self._claim_challenge(challenge, now)
+                else:
+                    refused = not await self._claim_challenge(challenge, now)
+                    factor = None if refused else await self._factors.spend(proof, now=now)
+                    refused = factor is None
         if refused or user is None:
             metrics.LOGIN_MFA_FAIL.inc()
             security_event(
@@ -476,6 +481,14 @@ class LoginService:
             mfa=True,
             enrol_only=False,
             rehashed=False,
+        )
+
+    async def _claim_challenge(self, challenge: Challenge, now: float) -> bool:
+        """The one use of a challenge that left this service (a one-call login's has no nonce)."""
+        return not challenge.nonce or await self._factors.once.claim(
+            "challenge:" + challenge.nonce,
+            ttl=max(1.0, challenge.expires_at - now) + CLOCK_SKEW_MARGIN,
+            now=now,
         )
 
     async def _mint(
