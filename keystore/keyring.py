@@ -180,8 +180,17 @@ class Keyring:
             self._current = self._current_slot = None
 
     async def maintain(self) -> None:
-        """Ensure this interval's key exists and purge expired ones; run it periodically."""
-        await self.current()
+        """Ensure this interval's key exists, mint with the newest one, and purge expired ones;
+        run it periodically.
+
+        The newest key is read again each time, not taken from memory: a rotation another
+        replica made becomes this one's current key by its next round (red team, helper-64:
+        replicas kept minting on the key an operator rotated away from until the hour ended).
+        """
+        async with self._current_lock:
+            now = self._now()
+            key = await self._establish_current(now)
+            self._set_current(key, now)
         await self.purge()
 
     async def purge(self) -> int:

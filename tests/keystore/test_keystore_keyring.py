@@ -249,6 +249,22 @@ async def test_other_replicas_see_a_manual_rotation_as_current_once_they_reload(
     assert replica_current.secret == rotated.secret
 
 
+async def test_a_replica_mints_with_another_replicas_rotation_after_its_next_round(
+    engine: AsyncEngine, kek: KeyEncryptionKey, clock: FakeClock
+) -> None:
+    """Red team (helper-64): a replica with a cached current key kept minting on it after
+    another replica rotated, until its interval ended (an hour). Its maintenance round, a
+    minute away, now adopts the rotated key."""
+    replica = Keyring(engine, kek=kek, clock=clock)
+    before = await replica.current()
+    rotated = await Keyring(engine, kek=kek, clock=clock).rotate()
+
+    await replica.maintain()
+
+    assert before.id != rotated.id
+    assert (await replica.current()).id == rotated.id
+
+
 async def test_list_shows_metadata_of_live_keys_newest_first(
     keyring: Keyring, clock: FakeClock
 ) -> None:
