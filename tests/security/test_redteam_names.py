@@ -17,6 +17,47 @@ from tests.security.attack import attenuated, call, create_user, login, minted, 
 PASSWORD = "first long copper passphrase"
 
 
+async def legacy_token(shaped: Any, subject: str) -> str:
+    """A registered token for `subject` as the service minted it before a subject had to be
+    a user name's one spelling (`test_a_subject_is_one_spelling_of_a_user_name`)."""
+    from datetime import timedelta
+
+    from tokensvc.tokens.minting import MintRequest
+    from tokensvc.web import appkeys
+
+    made = await shaped.app[appkeys.MINTER].mint(
+        MintRequest(subject=subject, ttl=timedelta(hours=1))
+    )
+    return made.token
+
+
+@pytest.mark.parametrize("subject", ["Ledger", "\uff42\uff49\uff4c\uff4c\uff49\uff4e\uff47", "FIN"])
+async def test_a_subject_is_one_spelling_of_a_user_name(
+    shaped: Any, root: str, subject: str
+) -> None:
+    """Red team (helper-66): a service token for `Ledger` (or fullwidth `ｂｉｌｌｉｎｇ`), then a
+    `users:write` delegate created the user `ledger` with its own password: a backend that
+    compares subjects loosely (a case-insensitive collation) took its logins for the service.
+    And a service token for `FIN` was minted while the user `fin` existed. A subject that is
+    another spelling of a possible user name is refused at the mint, so the exact checks on
+    both sides see every collision."""
+    await create_user(shaped, root, "fin", PASSWORD)
+    users_only = attenuated(root, "allow users:write")
+
+    status, body = await call(
+        shaped, "POST", "/v1/tokens", root, json={"subject": subject, "service": True, "ttl": "30d"}
+    )
+    spelled = subject.lower() if subject.isascii() else "billing"
+    taken = await call(
+        shaped, "POST", "/v1/users", users_only, json={"name": spelled, "password": PASSWORD}
+    )
+
+    assert status == 400 and f"write it as {spelled!r}" in body["error"]["message"], body
+    assert taken[0] in (201, 409), taken  # no token was issued to any spelling of it
+    assert (await minted(shaped, root, subject="Batch Job"))["token"]  # no user has that name
+    assert (await minted(shaped, root, subject="svc:Payments"))["token"]
+
+
 async def test_a_users_write_token_cannot_make_a_services_subject_a_user(
     shaped: Any, root: str
 ) -> None:
@@ -191,7 +232,7 @@ async def test_a_token_for_another_spelling_of_a_user_is_not_that_users_for_mfa(
     """The reproduction: a token for subject `DAVE` read and enrolled dave's second factor
     (with dave's password), leaving a factor row under `DAVE` no reset of dave's removed."""
     await create_user(shaped, root, "dave", PASSWORD)
-    other = (await minted(shaped, root, subject="DAVE"))["token"]
+    other = await legacy_token(shaped, "DAVE")
     own = await login(shaped, "dave", PASSWORD)
 
     status_other = await call(shaped, "GET", "/v1/mfa", other)

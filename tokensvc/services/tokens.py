@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystore.service_keys import KEY_ID_PREFIX
 from tokensvc.accounts.lockout.store import normalise_identity
-from tokensvc.accounts.users import UserStore
+from tokensvc.accounts.users import UserStore, user_name_or_none
 from tokensvc.errors import (
     BadRequest,
     Conflict,
@@ -97,6 +97,7 @@ class TokenService:
             raise BadRequest("subject is required")
         request = dataclasses.replace(request, subject=subject)
         request.validate()
+        _one_spelling(subject)
         if request.admin and actor.verified is None:
             await self._admin_subject(subject)
         may_outlive = await self._authz.unbounded(actor, OUTLIVE_OPERATION)
@@ -406,3 +407,23 @@ class TokenService:
             descendants=len(raised.descendants),
         )
         return raised.generation
+
+
+def _one_spelling(subject: str) -> None:
+    """BadRequest if `subject` is another spelling (case, width, compatibility form) of a name
+    a user could have: such a subject must be written as that name.
+
+    Subjects are exact wherever a token is judged, but a backend may compare them loosely (a
+    case-insensitive collation, NFKC): red team (helper-66), a service token for `Ledger` (or
+    `ｂｉｌｌｉｎｇ`), then a `users:write` delegate creating the user `ledger` with a password of
+    its choosing, whose logins such a backend took for the service; and the other order, a
+    service token for `FIN` while the user `fin` existed. With one spelling per name, the exact
+    checks of user creation (the registry's subjects) and of service mints (users' names) see
+    every collision.
+    """
+    spelled = user_name_or_none(normalise_identity(subject))
+    if spelled is not None and spelled != subject:
+        raise BadRequest(
+            f"subject {subject[:64]!r} is another spelling of the name {spelled!r}:"
+            f" write it as {spelled!r}"
+        )
