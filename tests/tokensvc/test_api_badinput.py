@@ -569,3 +569,24 @@ async def test_a_withheld_body_is_a_408_in_bounded_time(
 
     assert head.startswith(b"HTTP/1.1 408"), head
     assert json.loads(body)["error"]["code"] == "request_timeout"
+
+
+@pytest.mark.parametrize("path", ["/v1/verify", "/v1/login"])
+async def test_a_body_announced_over_the_limit_is_a_413_at_once(client: Client, path: str) -> None:
+    """Red team (helper-67): a Content-Length of 10^12 and no body waited for the body timeout
+    (a 408 after 30 s) on the service port, where the verify port answers 413 at once."""
+    server = client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(5):  # the body timeout is 30 s
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+    finally:
+        writer.close()
+
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert json.loads(body)["error"]["code"] == "payload_too_large"
