@@ -113,7 +113,12 @@ def prepare_embedded_database(config: Config) -> None:
     (its -wal and -shm files take the database file's mode): the default one, or the file a
     TOKENSVC_DATABASE_URL names (red team: a URL's file held password hashes and sealed keys
     readable by every local user). A missing directory is left for SQLite to report."""
-    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:  # a setting's fault: one line naming it (red team, helper-69)
+        raise ConfigError(
+            f"TOKENSVC_DATA_DIR: cannot create {str(config.data_dir)!r} ({exc.strerror})"
+        ) from None
     url = make_url(config.effective_database_url)
     database = url.database or ""
     if database.startswith("file:"):  # the URI form (?uri=true): its path, if it names a file

@@ -126,6 +126,43 @@ async def test_migrate_creates_the_schema(cli_env: dict[str, str], pg_url: str) 
     assert "up to date" in result.stdout
 
 
+async def test_migrate_does_not_call_a_newer_schema_up_to_date(
+    cli_env: dict[str, str], pg_url: str
+) -> None:
+    """Helper-69: at a revision this release does not ship (a newer release's), migrate left
+    it alone, as it must in a rolling update, but said "up to date"."""
+    assert (await tokensvc(cli_env, "migrate")).returncode == 0
+    engine = create_async_engine(pg_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = 'ffffdeadbeef'"))
+    finally:
+        await engine.dispose()
+
+    result = await tokensvc(cli_env, "migrate")
+
+    assert result.returncode == 0, result
+    assert "ffffdeadbeef, which this release does not know" in result.stdout
+    assert "up to date" not in result.stdout
+
+
+@pytest.mark.parametrize("command", [("migrate",), ("keys", "list", "--local")])
+async def test_a_data_dir_that_cannot_be_made_is_one_line_naming_it(
+    cli_env: dict[str, str], command: tuple[str, ...]
+) -> None:
+    """Helper-69: an uncreatable TOKENSVC_DATA_DIR was a 64-line traceback from `migrate`."""
+    embedded = {k: v for k, v in cli_env.items() if k != "TOKENSVC_DATABASE_URL"}
+    embedded["TOKENSVC_DATA_DIR"] = "/proc/no-such-dir/tokensvc"
+
+    result = await tokensvc(embedded, *command)
+
+    assert result.returncode == 2, result
+    assert assert_clean_failure(result) == (
+        "Error: TOKENSVC_DATA_DIR: cannot create '/proc/no-such-dir/tokensvc'"
+        " (No such file or directory)"
+    )
+
+
 async def test_local_admin_mint_gives_a_token_the_service_accepts(
     cli_env: dict[str, str], aiohttp_client: AiohttpClient, pg_url: str, data_dir: Path, kek: str
 ) -> None:

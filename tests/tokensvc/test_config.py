@@ -108,6 +108,25 @@ def test_a_refused_url_never_echoes_a_password_in_its_query(variable: str, url: 
     assert "=***" in message
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("REDIS_URL", "hunter2pw"),  # *_FILE pointed at the password file
+        ("DATABASE_URL", "hunter2pw"),
+        ("DATABASE_URL", "host=127.0.0.1 password=hunter2pw dbname=x"),  # libpq keywords
+        ("DATABASE_URL", "mysql://app@db/app ?password=hunter2pw"),
+    ],
+)
+def test_a_url_setting_that_is_no_url_is_not_shown(variable: str, value: str) -> None:
+    """Red team (helper-69): only a URL's password was masked, so a value with no `://` (a
+    password file given as the URL file, a libpq keyword string) was echoed whole."""
+    message = refusal(**{variable: value, "KEK": KEK})
+
+    assert message.startswith(f"TOKENSVC_{variable}: ")
+    assert "hunter2pw" not in message
+    assert "not shown" in message
+
+
 def test_postgresql_needs_a_kek_and_says_which_variables() -> None:
     """Without a KEK a PostgreSQL setup is refused at load, naming TOKENSVC_KEK and _FILE."""
     message = refusal(DATABASE_URL=PG)

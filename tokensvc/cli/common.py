@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from tokensvc.cli.errors import fail_on_errors
+from tokensvc.cli.errors import ConfigFailure, fail_on_errors
 from tokensvc.operations.config import Config, ConfigError
 
 if TYPE_CHECKING:
@@ -69,12 +69,6 @@ def run(coro: Awaitable[T]) -> T:
         return await coro
 
     return asyncio.run(main())
-
-
-class ConfigFailure(click.ClickException):
-    """A bad setting: one line on stderr naming the variable, exit status 2 (as for bad usage)."""
-
-    exit_code = 2
 
 
 def config() -> Config:

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from tokensvc.errors import TokensvcError
+from tokensvc.operations.configvalues import ConfigError
 
 
 class CliError(TokensvcError):
@@ -60,6 +61,12 @@ class Refused(CliError):
     code = "refused"
 
 
+class ConfigFailure(click.ClickException):
+    """A bad setting: one line on stderr naming the variable, exit status 2 (as for bad usage)."""
+
+    exit_code = 2
+
+
 def fail_on_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn our typed errors (service and keystore) into click's one-line failure."""
 
@@ -67,6 +74,8 @@ def fail_on_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except ConfigError as exc:  # found once running (helper-69: an uncreatable data dir)
+            raise ConfigFailure(exc.message) from None
         except TokensvcError as exc:
             raise click.ClickException(f"{exc.code}: {exc.message}") from None
         except Exception as exc:

@@ -102,20 +102,29 @@ def migrate() -> None:
     """Bring the database schema up to date."""
     from keystore import create_engine
     from tokensvc.composition import prepare_embedded_database
-    from tokensvc.storage.migrate import upgrade
+    from tokensvc.storage.migrate import unknown_revisions, upgrade
 
     settings = config()
 
-    async def go() -> None:
+    async def go() -> list[str]:
         if settings.embedded:
             prepare_embedded_database(settings)
         engine = create_engine(settings.effective_database_url)
         try:
             await upgrade(engine)
+            return await unknown_revisions(engine)
         finally:
             await engine.dispose()
 
-    run(go())
+    newer = run(go())
+    if newer:
+        # Left as it is, for a rolling update or a rollback, but not called up to date
+        # (helper-69: it said so of a schema this release does not know).
+        click.echo(
+            f"database at {settings.public_database_url} is at revision {', '.join(newer)},"
+            " which this release does not know (a newer release's?): nothing done"
+        )
+        return
     click.echo(f"database at {settings.public_database_url} is up to date")
 
 

@@ -452,6 +452,8 @@ class Config(BaseSettings):
 # The name is matched once percent-decoded, as drivers decode it (red team: `?%70assword=`).
 _QUERY_PARAMETER = re.compile(r"([?&;])([^=&#;]*)=([^&#;]*)")
 _SECRET_NAME = re.compile(r"pass|secret|token|credential", re.I)
+# A scheme and an authority: what a message may show of a URL setting, password masked.
+_URL_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _mask_password(url: str) -> str:
@@ -556,6 +558,11 @@ def describe(error: ValidationError) -> str:
 def _shown(field: str, value: Any) -> str:
     """The value as a message may show it: secrets hidden, URL passwords masked, one short line."""
     if field in ("database_url", "redis_url") and isinstance(value, str):
+        # Masked only when it is shaped like a URL; anything else may be a password itself (red
+        # team, helper-69: *_FILE pointed at the password file, or a libpq keyword string
+        # `host=… password=…`, was echoed whole).
+        if _URL_SHAPE.match(value) is None or any(c.isspace() for c in value):
+            return "a value that is no URL (not shown: it may hold a secret)"
         value = _mask_password(value)
     elif field in _SECRETS:
         return "a value (not shown: it is a secret)"

@@ -154,6 +154,12 @@ async def behind_head(engine: AsyncEngine) -> bool:
     return not current or set(current) <= ours
 
 
+async def unknown_revisions(engine: AsyncEngine) -> list[str]:
+    """The revisions the database is at that this release does not ship (a newer release's)."""
+    ours = {path.stem for path in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py")}
+    return [version for version in await _versions(engine) if version not in ours]
+
+
 def _no_version_table(exc: DBAPIError) -> bool:
     """The SELECT found no alembic_version table (SQLite's or PostgreSQL's words for it)."""
     return "no such table" in str(exc) or "does not exist" in str(exc)
