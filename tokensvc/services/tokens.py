@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+import unicodedata
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -419,11 +422,30 @@ def _one_spelling(subject: str) -> None:
     its choosing, whose logins such a backend took for the service; and the other order, a
     service token for `FIN` while the user `fin` existed. With one spelling per name, the exact
     checks of user creation (the registry's subjects) and of service mints (users' names) see
-    every collision.
+    every collision. "Another spelling" is read as loosely as a collation compares: case,
+    width, accents and invisible characters aside (helper-68: `le\\u200bdger`, `ledger\\u00ad`
+    and `adm\\u0130n` passed, and an ICU case-insensitive collation calls them equal).
     """
-    spelled = user_name_or_none(normalise_identity(subject))
+    spelled = user_name_or_none(_skeleton(subject))
     if spelled is not None and spelled != subject:
         raise BadRequest(
             f"subject {subject[:64]!r} is another spelling of the name {spelled!r}:"
             f" write it as {spelled!r}"
         )
+
+
+#: Characters a loose comparison ignores that NFKC keeps: Unicode's default-ignorable code
+#: points outside the format category (Cf, dropped by category): the combining grapheme
+#: joiner, Hangul fillers, Khmer inherent vowels, Mongolian variation selectors, variation
+#: selectors.
+_IGNORABLE: Final = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]"
+)
+
+
+def _skeleton(subject: str) -> str:
+    """`subject` as a case-, width- and accent-insensitive collation sees it: compatibility
+    forms folded, combining marks and invisible (default-ignorable) characters dropped."""
+    decomposed = unicodedata.normalize("NFKD", _IGNORABLE.sub("", subject))
+    kept = "".join(c for c in decomposed if unicodedata.category(c) not in ("Mn", "Me", "Cf"))
+    return normalise_identity(kept)
