@@ -94,6 +94,9 @@ class Keyring:
         self._current: RootKey | None = None
         self._current_slot: int | None = None
         self._current_lock = asyncio.Lock()
+        # Counts forget() calls: a key read from the database while one ran may be the key it
+        # dropped, and is not taken on (red team, helper-68).
+        self._forgotten = 0
         # Distinct random ids in forged tokens each miss the cache; bounding the lookups in flight
         # keeps such a flood from taking every pooled connection away from the rest of the service.
         self._miss_limit = asyncio.Semaphore(max_concurrent_misses)
@@ -118,7 +121,11 @@ class Keyring:
             now = self._now()
             key = self._cached_current(now)
             if key is None:
-                key = await self._establish_current(now)
+                # A key revoked while it was read is not taken on; read again, once its
+                # deletion (which comes before the word of it) is what the database shows.
+                key = await self._establish_current(now) or await self._establish_current(now)
+                if key is None:
+                    raise NoCurrentKey("the newest root key was revoked while it was read")
                 self._set_current(key, now)
             return key
 
@@ -175,6 +182,7 @@ class Keyring:
 
     def forget(self, key_id: str) -> None:
         """Drop a key from memory (revoked here or by another replica); never mint with it."""
+        self._forgotten += 1
         self._cache.evict(key_id)
         if self._current is not None and self._current.id == key_id:
             self._current = self._current_slot = None
@@ -190,7 +198,8 @@ class Keyring:
         async with self._current_lock:
             now = self._now()
             key = await self._establish_current(now)
-            self._set_current(key, now)
+            if key is not None:
+                self._set_current(key, now)
         await self.purge()
 
     async def purge(self) -> int:
@@ -235,7 +244,10 @@ class Keyring:
         self._current = key
         self._current_slot = self._policy.slot(now)
 
-    async def _establish_current(self, now: datetime) -> RootKey:
+    async def _establish_current(self, now: datetime) -> RootKey | None:
+        """The newest key of the interval `now` is in, made if there is none; None if a key was
+        forgotten (revoked) while it was read."""
+        forgotten = self._forgotten
         start = self._policy.slot_start(now)
         row = await self._store.newest_since(start)
         if row is None:
@@ -245,6 +257,8 @@ class Keyring:
             row = await self._store.newest_since(start)
             if row is None:
                 raise NoCurrentKey(f"no root key found for the interval starting {start}")
+        if self._forgotten != forgotten:
+            return None
         key = self._cache.get(row.id, now=now) or self._decrypt(row)
         self._cache.put(key)
         return key

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from keystore_fakes import START, FakeClock, StatementLog
@@ -263,6 +264,33 @@ async def test_a_replica_mints_with_another_replicas_rotation_after_its_next_rou
 
     assert before.id != rotated.id
     assert (await replica.current()).id == rotated.id
+
+
+async def test_a_key_revoked_while_a_round_reads_it_is_not_taken_on(
+    engine: AsyncEngine, kek: KeyEncryptionKey, clock: FakeClock
+) -> None:
+    """Red team (helper-68): replica B's round read the newest key; replica A revoked it, and
+    B heard of it (forget) before the round finished; B then minted with the revoked key and
+    put it back in its cache, where verification found it. The round keeps B's key instead."""
+    replica = Keyring(engine, kek=kek, clock=clock)
+    before = await replica.current()
+    other = Keyring(engine, kek=kek, clock=clock)
+    rotated = await other.rotate()
+    store = replica._store
+    read = store.newest_since
+
+    async def revoked_meanwhile(start: Any) -> Any:
+        row = await read(start)
+        await other.revoke(rotated.id)
+        replica.forget(rotated.id)  # the word of it, as the revocation feed brings it
+        return row
+
+    store.newest_since = revoked_meanwhile  # type: ignore[method-assign]
+    await replica.maintain()
+    store.newest_since = read  # type: ignore[method-assign]
+
+    assert (await replica.current()).id == before.id
+    assert replica.get_cached(rotated.id) is None
 
 
 async def test_list_shows_metadata_of_live_keys_newest_first(
