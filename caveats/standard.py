@@ -42,6 +42,16 @@ _CLIMBS: Final = re.compile(
 )
 
 
+_DECODINGS: Final = 3
+#: What Windows' "best fit" conversion to an ANSI code page turns into a separator, which NFKC
+#: leaves alone: `¥` and `₩` become `\\` (code pages 932 and 949), the division, fraction
+#: and reverse-solidus-operator slashes `/` and `\\` (red team, helper-68: `/docs/..¥admin`
+#: reaches /admin on an application using the ANSI file APIs).
+_BEST_FIT: Final = str.maketrans(
+    {"\u00a5": "\\", "\u20a9": "\\", "\u2215": "/", "\u2044": "/", "\u29f5": "\\"}
+)
+
+
 def _climbs(resource: str) -> bool:
     """Whether `resource` could leave a prefix once a backend decodes or normalises it.
 
@@ -49,13 +59,24 @@ def _climbs(resource: str) -> bool:
     (some Java and IIS stacks) reads every compatibility form of `.`, `/` and `\\` as the ASCII
     one: fullwidth `．．／`, U+2025 (two dots in one character), U+FE68 (a small `\\`), plain or
     percent-encoded as UTF-8 (red team, helper-65: `/docs/．．／admin` passed a `/docs/*` token).
-    So a resource with `%` or anything outside ASCII is also checked in that reading.
+    So a resource with `%` or anything outside ASCII is also checked in that reading, decoded
+    as often as it changes (up to three times), with Windows' best-fit separators.
     """
     if _CLIMBS.search(resource) is not None:
         return True
     if resource.isascii() and "%" not in resource:
         return False
-    normalised = unicodedata.normalize("NFKC", unquote(resource, errors="replace"))
+    decoded = resource
+    for _ in range(_DECODINGS):  # as often as a backend might decode (helper-68: twice)
+        once = unquote(decoded, errors="replace")
+        if once == decoded:
+            break
+        decoded = once
+    if "\ufffd" in decoded and "\ufffd" not in resource:
+        # An escape that is no UTF-8: overlong forms (`%e0%80%ae` is `.` to old IIS and Java
+        # decoders, helper-68) among them. No client sends one for a name.
+        return True
+    normalised = unicodedata.normalize("NFKC", decoded).translate(_BEST_FIT)
     return normalised != resource and _CLIMBS.search(normalised) is not None
 
 

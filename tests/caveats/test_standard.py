@@ -190,6 +190,13 @@ def test_resources_deny_everything_else(entries: tuple[str, ...], resource: str)
         "/docs/%e2%80%a5/admin",
         "/docs/%u002e%u002e/admin",
         "/docs/%uff0e./admin",
+        # Bypasses (helper-68): 3-byte overlong UTF-8, Windows best-fit separators, and the
+        # fullwidth form encoded twice.
+        "/docs/%e0%80%ae%e0%80%ae/admin",
+        "/docs/..%e0%80%afadmin",
+        "/docs/..\u00a5admin",
+        "/docs/..\u20a9admin",
+        "/docs/%25ef%25bc%258e%25ef%25bc%258e%25ef%25bc%258fadmin",
     ],
 )
 def test_resources_deny_a_prefix_match_that_could_leave_the_prefix(resource: str) -> None:
@@ -213,6 +220,8 @@ def test_resources_deny_a_prefix_match_that_could_leave_the_prefix(resource: str
         (("/docs/*",), "/docs/caf\u00e9/r\u00e9sum\u00e9.pdf"),
         (("/docs/*",), "/docs/caf%C3%A9/%EF%BC%A1"),
         (("/docs/*",), "/docs/\uff0e\uff0ex"),
+        (("/docs/*",), "/docs/price\u00a5100"),
+        (("/docs/*",), "/docs/100%2525"),
         (("*",), "/docs/../admin"),  # a bare * allows everything: nothing to leave
         (("/docs/../x",), "/docs/../x"),  # an exact entry is the token author's own choice
     ],
