@@ -80,8 +80,8 @@ def public(handler: H) -> H:
 def requirement_of(handler: object, method: str, default: Requirement) -> Requirement:
     """The requirement a route's handler carries for a request with `method`: the mark of
     `@require`/`@public` on the handler (through `functools.partial`), or for a class-based view
-    (`web.View`) on its method for `method` (`get`, `post`, ...), else on the class; else
-    `default`. A mark must never be lost on the way: a lost `@require(operation=...)` would
+    (`web.View`) on its method for `method` (`get`, `post`, ...), else on the class itself (not
+    a base class); else `default`. A method a subclass overrides carries its own mark or none. A mark must never be lost on the way: a lost `@require(operation=...)` would
     leave the route checked with the weaker forward-auth mapping, a lost one on a view method
     with `protect_all=False` would leave it open. A mark on a partial itself counts too, before
     one on what it wraps: the outermost is the route's own (red team, helper-57:
@@ -96,6 +96,11 @@ def requirement_of(handler: object, method: str, default: Requirement) -> Requir
         found = getattr(getattr(handler, method.lower(), None), _ATTR, None)
         if isinstance(found, Requirement):
             return found
+        # A view class's mark is its own, not its subclasses': `@public` on a base view opened
+        # every handler a subclass added (red team, helper-70: an unmarked `post` of a subclass
+        # served requests with no token).
+        found = vars(handler).get(_ATTR)
+        return found if isinstance(found, Requirement) else default
     found = getattr(handler, _ATTR, None)
     return found if isinstance(found, Requirement) else default
 

@@ -170,3 +170,31 @@ async def test_a_mark_on_a_partial_holds_at_every_door(aiohttp_client: Any) -> N
     assert await status(aiohttp_client, app, "/admin/protected") == 403
     assert await status(aiohttp_client, app, "/admin/routed") == 403
     assert await status(aiohttp_client, app, "/admin/open", token=False) == 200
+
+
+async def test_a_views_class_mark_is_not_inherited(aiohttp_client: Any) -> None:
+    """Red team (helper-70): `@public` on a base `web.View` was read through to a subclass
+    (class attributes are inherited), so a `post` the subclass added was served with no token,
+    with the middleware and with TokensvcGuard alike."""
+    from tokensvc_client.web import TokensvcGuard, public
+
+    @public
+    class Open(web.View):
+        async def get(self) -> web.Response:
+            return web.Response(text="open")
+
+    class Admin(Open):
+        async def post(self) -> web.Response:
+            return web.Response(text="admin")
+
+    app = web.Application(middlewares=[tokensvc_middleware(client_with(READER))])
+    app.router.add_view("/admin/view", Admin)
+    app.router.add_view("/admin/open", Open)
+    guard = TokensvcGuard(client_with(READER))
+    guarded = web.Application()
+    guarded.router.add_route("*", "/admin/view", guard.protect(Admin))
+
+    assert await status(aiohttp_client, app, "/admin/view", method="POST", token=False) == 401
+    assert await status(aiohttp_client, app, "/admin/view", method="POST") == 403  # reads only
+    assert await status(aiohttp_client, app, "/admin/open", token=False) == 200
+    assert await status(aiohttp_client, guarded, "/admin/view", method="POST", token=False) == 401
