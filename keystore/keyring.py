@@ -94,9 +94,10 @@ class Keyring:
         self._current: RootKey | None = None
         self._current_slot: int | None = None
         self._current_lock = asyncio.Lock()
-        # Counts forget() calls: a key read from the database while one ran may be the key it
-        # dropped, and is not taken on (red team, helper-68).
-        self._forgotten = 0
+        # Keys revoked since this process started (few): never taken on again, whatever a read
+        # of the database overlapping their revocation returned (red team, helper-68; review,
+        # helper-72: a round that began after the word of a revocation still read the row).
+        self._revoked: set[str] = set()
         # Distinct random ids in forged tokens each miss the cache; bounding the lookups in flight
         # keeps such a flood from taking every pooled connection away from the rest of the service.
         self._miss_limit = asyncio.Semaphore(max_concurrent_misses)
@@ -121,11 +122,9 @@ class Keyring:
             now = self._now()
             key = self._cached_current(now)
             if key is None:
-                # A key revoked while it was read is not taken on; read again, once its
-                # deletion (which comes before the word of it) is what the database shows.
-                key = await self._establish_current(now) or await self._establish_current(now)
+                key = await self._establish_current(now)
                 if key is None:
-                    raise NoCurrentKey("the newest root key was revoked while it was read")
+                    raise NoCurrentKey("the newest root key is revoked; its deletion is pending")
                 self._set_current(key, now)
             return key
 
@@ -149,7 +148,7 @@ class Keyring:
             return key
         if _PLAUSIBLE_KEY_ID.fullmatch(key_id) is None:
             return None
-        if self._cache.is_known_missing(key_id, now=now):
+        if self._cache.is_known_missing(key_id, now=now) or key_id in self._revoked:
             return None
         return await self._cache.load(key_id, partial(self._fetch, key_id, now), now=now)
 
@@ -173,16 +172,16 @@ class Keyring:
             self._set_current(key, now)
             return key
 
-    async def revoke(self, key_id: str) -> bool:
-        """Delete a root key now (every token it signed dies); False if there was none."""
-        async with self._current_lock:
-            deleted = await self._store.delete(key_id)
-            self.forget(key_id)
-        return deleted
+    async def revoke(self, key_id: str, *, conn: AsyncConnection | None = None) -> bool:
+        """Delete a root key now (every token it signed dies); False if there was none. In
+        `conn`'s transaction if given: its revocation record's, so that no replica hears of the
+        revocation while the key can still be read as the newest."""
+        self.forget(key_id)  # first: a read that overlaps the delete must not take it on
+        return await self._store.delete(key_id, conn=conn)
 
     def forget(self, key_id: str) -> None:
         """Drop a key from memory (revoked here or by another replica); never mint with it."""
-        self._forgotten += 1
+        self._revoked.add(key_id)
         self._cache.evict(key_id)
         if self._current is not None and self._current.id == key_id:
             self._current = self._current_slot = None
@@ -245,9 +244,8 @@ class Keyring:
         self._current_slot = self._policy.slot(now)
 
     async def _establish_current(self, now: datetime) -> RootKey | None:
-        """The newest key of the interval `now` is in, made if there is none; None if a key was
-        forgotten (revoked) while it was read."""
-        forgotten = self._forgotten
+        """The newest key of the interval `now` is in, made if there is none; None if that key
+        is revoked (its row not yet deleted, or read before the deletion)."""
         start = self._policy.slot_start(now)
         row = await self._store.newest_since(start)
         if row is None:
@@ -257,7 +255,7 @@ class Keyring:
             row = await self._store.newest_since(start)
             if row is None:
                 raise NoCurrentKey(f"no root key found for the interval starting {start}")
-        if self._forgotten != forgotten:
+        if row.id in self._revoked:
             return None
         key = self._cache.get(row.id, now=now) or self._decrypt(row)
         self._cache.put(key)
@@ -266,7 +264,7 @@ class Keyring:
     async def _fetch(self, key_id: str, now: datetime) -> RootKey | None:
         async with self._miss_limit:
             row = await self._store.get(key_id)
-        if row is None or row.expires_at <= now:
+        if row is None or row.expires_at <= now or key_id in self._revoked:
             return None
         return self._decrypt(row)
 

@@ -101,13 +101,16 @@ class RootKeyStore:
 
         return await self._run(run, write=False)
 
-    async def delete(self, key_id: str) -> bool:
-        """Delete the row with this id (a revoked key); whether there was one."""
+    async def delete(self, key_id: str, *, conn: AsyncConnection | None = None) -> bool:
+        """Delete the row with this id (a revoked key), in `conn`'s transaction if given;
+        whether there was one."""
 
         async def run(conn: AsyncConnection) -> bool:
             result = await conn.execute(delete(_TABLE).where(_TABLE.c.id == key_id))
             return bool(result.rowcount)
 
+        if conn is not None:
+            return await run(conn)
         return await self._run(run, write=True)
 
     async def delete_expired(self, now: datetime) -> int:

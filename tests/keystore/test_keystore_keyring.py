@@ -266,12 +266,19 @@ async def test_a_replica_mints_with_another_replicas_rotation_after_its_next_rou
     assert (await replica.current()).id == rotated.id
 
 
-async def test_a_key_revoked_while_a_round_reads_it_is_not_taken_on(
-    engine: AsyncEngine, kek: KeyEncryptionKey, clock: FakeClock
+@pytest.mark.parametrize("heard", ["before the round", "during the round"])
+async def test_a_revoked_key_is_never_taken_on_again(
+    engine: AsyncEngine,
+    kek: KeyEncryptionKey,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    heard: str,
 ) -> None:
-    """Red team (helper-68): replica B's round read the newest key; replica A revoked it, and
-    B heard of it (forget) before the round finished; B then minted with the revoked key and
-    put it back in its cache, where verification found it. The round keeps B's key instead."""
+    """Red team (helper-68), review (helper-72): replica B's round read the newest key while
+    replica A revoked it; B heard of the revocation (forget) during the read, or before the
+    round while the row was still there, and minted with the revoked key and put it back in
+    its cache, where its verification found it. B keeps its own key instead, and refuses the
+    revoked one by id."""
     replica = Keyring(engine, kek=kek, clock=clock)
     before = await replica.current()
     other = Keyring(engine, kek=kek, clock=clock)
@@ -281,16 +288,19 @@ async def test_a_key_revoked_while_a_round_reads_it_is_not_taken_on(
 
     async def revoked_meanwhile(start: Any) -> Any:
         row = await read(start)
-        await other.revoke(rotated.id)
         replica.forget(rotated.id)  # the word of it, as the revocation feed brings it
         return row
 
-    store.newest_since = revoked_meanwhile  # type: ignore[method-assign]
+    if heard == "before the round":
+        replica.forget(rotated.id)  # the record committed, the row not deleted yet
+    else:
+        monkeypatch.setattr(store, "newest_since", revoked_meanwhile)
     await replica.maintain()
-    store.newest_since = read  # type: ignore[method-assign]
+    monkeypatch.undo()
 
     assert (await replica.current()).id == before.id
     assert replica.get_cached(rotated.id) is None
+    assert await replica.get(rotated.id) is None
 
 
 async def test_list_shows_metadata_of_live_keys_newest_first(

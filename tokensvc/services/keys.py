@@ -117,13 +117,15 @@ class KeyService:
                     descendants=len(descendants),
                 )
             await record_cascade_by(self._audit, conn, actor, descendants, cause=f"key:{key_id}")
+            # The key's row goes with its revocation record: a replica that hears of one (by
+            # the stream or by polling the record) can no longer read the key as the newest
+            # and take it on again (review, helper-72).
+            await self._keyring.revoke(key_id, conn=conn)
 
-        # The durable record first: were the delete to fail after it, replicas still drop the key.
         # Tokens minted with tokens the key signed are revoked in the same transaction.
         descendants = await self._revocations.record_key(
             key_id, by=actor.name, first=partial(self._authz.confirm, actor=actor), also=audit_rows
         )
-        await self._keyring.revoke(key_id)
         self._revocations.note_key(key_id)
         await self._revocations.publish_key(key_id)
         if revoked_here:
