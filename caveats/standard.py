@@ -68,14 +68,18 @@ def _climbs(resource: str) -> bool:
         return False
     decoded = resource
     for _ in range(_DECODINGS):  # as often as a backend might decode (helper-68: twice)
-        once = unquote(decoded, errors="replace")
+        try:
+            once = unquote(decoded, errors="strict")
+        except UnicodeDecodeError:
+            # An escape that is no UTF-8: overlong forms (`%e0%80%ae` is `.` to old IIS and
+            # Java decoders, helper-68) among them. No client sends one for a name.
+            return True
         if once == decoded:
             break
         decoded = once
-    if "\ufffd" in decoded and "\ufffd" not in resource:
-        # An escape that is no UTF-8: overlong forms (`%e0%80%ae` is `.` to old IIS and Java
-        # decoders, helper-68) among them. No client sends one for a name.
-        return True
+    else:
+        if unquote(decoded) != decoded:
+            return True  # encoded more often than any backend decodes: no name is (helper-72)
     normalised = unicodedata.normalize("NFKC", decoded).translate(_BEST_FIT)
     return normalised != resource and _CLIMBS.search(normalised) is not None
 

@@ -273,15 +273,19 @@ async def test_a_location_cannot_turn_the_discharge_into_an_admin_call(
     assert "is not a plain HTTP URL" in result.stderr
 
 
-def test_credentials_go_to_the_discharger_itself_only() -> None:
+def test_credentials_go_to_the_discharger_itself_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Not to another path of the service, another port, a user name, a query or a fragment;
-    `TOKENSVC_BAKERY_PREFIX` names another prefix."""
+    `TOKENSVC_BAKERY_PREFIX` names another prefix, and set empty it is the default, as the
+    server reads it (review, helper-72: the bare service URL got the credentials)."""
     from tokensvc.cli.discharge import credentials_for
+
+    monkeypatch.setenv("TOKENSVC_BAKERY_PREFIX", "")
 
     headers = credentials_for("http://127.0.0.1:8080/", basic=None, token="T")
 
     assert headers("http://127.0.0.1:8080/bakery") == {"Authorization": "Bearer T"}
     for location in (
+        "http://127.0.0.1:8080",
         "http://127.0.0.1:8080/v1/keys/rotate",
         "http://127.0.0.1:8080/bakery?",
         "http://127.0.0.1:8080/bakery#",
@@ -291,3 +295,7 @@ def test_credentials_go_to_the_discharger_itself_only() -> None:
         "http://127.0.0.1:8080/bakery%2Fx",
     ):
         assert headers(location) == {}, location
+    monkeypatch.setenv("TOKENSVC_BAKERY_PREFIX", "/auth/bakery")
+    moved = credentials_for("http://127.0.0.1:8080/", basic=None, token="T")
+    assert moved("http://127.0.0.1:8080/auth/bakery") == {"Authorization": "Bearer T"}
+    assert moved("http://127.0.0.1:8080/bakery") == {}

@@ -197,6 +197,11 @@ def test_resources_deny_everything_else(entries: tuple[str, ...], resource: str)
         "/docs/..\u00a5admin",
         "/docs/..\u20a9admin",
         "/docs/%25ef%25bc%258e%25ef%25bc%258e%25ef%25bc%258fadmin",
+        # Review (helper-72): a literal U+FFFD switched the no-UTF-8 check off, and a fourth
+        # encoding outlasted the decoding.
+        "/docs/\ufffd/%e0%80%ae%e0%80%ae/admin",
+        "/docs/%252525EF%252525BC%2525258E%252525EF%252525BC%2525258E%252525EF%252525BC%2525258Fadmin",
+        "/docs/%2525252e%2525252e/admin",
     ],
 )
 def test_resources_deny_a_prefix_match_that_could_leave_the_prefix(resource: str) -> None:

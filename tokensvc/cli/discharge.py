@@ -180,7 +180,7 @@ def credentials_for(
     """Authorization headers for tokensvc's own discharger, the service URL plus the bakery
     prefix (`/bakery`, or `TOKENSVC_BAKERY_PREFIX`) exactly; nothing for any other location."""
     scheme, host, port, path = _origin_and_path(service_url)
-    own = (scheme, host, port, path + os.environ.get(PREFIX_ENV, DEFAULT_PREFIX).rstrip("/"))
+    own = (scheme, host, port, path + (os.environ.get(PREFIX_ENV) or DEFAULT_PREFIX).rstrip("/"))
 
     def headers(location: str) -> dict[str, str]:
         try:
