@@ -949,3 +949,37 @@ async def test_a_second_step_refused_for_another_reason_does_not_spend_the_code(
         assert status == 401 and fresh["mfa_required"] is True, fresh
         status, body = await answer(client, fresh["challenge"], unspent)
         assert status == 200, body
+
+
+async def test_metrics_do_not_tell_a_right_password_from_a_wrong_one(
+    aiohttp_client: Any, mfa_config: Any, clock: FakeClock
+) -> None:
+    """Red team (helper-73): for an enrolled user a wrong and a right password got the same
+    401 and challenge, but /metrics (open to whoever reaches it) counted `fail` for the wrong
+    one only: a guessed password was confirmed past the second factor. In one call (password
+    and a wrong code) as well."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = await serve(aiohttp_client, mfa_config, clock)
+    await enrolled_victim(client, clock)
+
+    async def counts() -> dict[str, float]:
+        text = await (await client.get("/metrics")).text()
+        return {
+            sample.labels["outcome"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "tokensvc_login_total"
+        }
+
+    async def deltas(password: str, **body: Any) -> dict[str, float]:
+        before = await counts()
+        status, _ = await password_login(client, VICTIM, password, ip=ATTACKER_IP, **body)
+        assert status == 401
+        after = await counts()
+        return {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k)}
+
+    assert await deltas("a wrong guess at it") == await deltas(VICTIM_PASSWORD)
+    assert await deltas("a wrong guess at it", otp="000000") == await deltas(
+        VICTIM_PASSWORD, otp="000000"
+    )

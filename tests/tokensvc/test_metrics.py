@@ -91,8 +91,11 @@ async def test_verify_outcomes_are_counted_by_reason(http: Any) -> None:
 
 
 async def test_login_outcomes_are_counted(http: Any) -> None:
-    """A good login, a wrong password, and a locked-out attempt each count under their outcome."""
-    outcomes = ("success", "fail", "locked")
+    """A good login, a wrong password, and a locked-out attempt each count under their outcome.
+    A wrong password is answered with a (decoy) challenge and counted as one, as a right
+    password of an enrolled user is: red team (helper-73), `fail` counted only the wrong ones
+    and /metrics confirmed a guessed password the second factor was hiding."""
+    outcomes = ("success", "fail", "mfa_challenge", "locked")
     before = {o: sample("tokensvc_login_total", outcome=o) for o in outcomes}
 
     await http.post("/v1/login", headers=basic_auth("admin", ADMIN_PASSWORD))
@@ -104,7 +107,8 @@ async def test_login_outcomes_are_counted(http: Any) -> None:
     after = {o: sample("tokensvc_login_total", outcome=o) for o in outcomes}
     assert statuses[-1] == 429
     assert after["success"] - before["success"] == 1
-    assert after["fail"] - before["fail"] == statuses.count(401)
+    assert after["mfa_challenge"] - before["mfa_challenge"] == statuses.count(401)
+    assert after["fail"] == before["fail"]
     assert after["locked"] - before["locked"] == statuses.count(429)
 
 

@@ -121,8 +121,11 @@ def flush_requests() -> None:
 
 LOGIN_OUTCOMES = Counter(
     "tokensvc_login_total",
-    "Password logins by outcome: success, fail (wrong credentials), locked (refused by lockout, "
-    "argon2 never ran), unavailable (lockout store unreachable: fails closed).",
+    "Password logins by outcome: success, fail (a wrong password where the answer says so: "
+    "re-authentication; a login answers one with a challenge, counted as mfa_challenge, so that "
+    "this count does not tell a right password of an enrolled user from a wrong one), locked "
+    "(refused by lockout, argon2 never ran), unavailable (lockout store unreachable: fails "
+    "closed).",
     ("outcome",),
 )
 LOGIN_SUCCESS = LOGIN_OUTCOMES.labels("success")

@@ -206,7 +206,7 @@ class LoginService:
             if challenge is None:
                 metrics.LOGIN_MFA_FAIL.inc()
                 raise Unauthenticated(SECOND_STEP_FAILURE)
-            return await self._second_step(request, challenge, ttl=ttl, secret=None)
+            return await self._second_step(request, challenge, ttl=ttl, secret=None, read=False)
         # Shed first: in a storm most logins find the hasher's queue full, and each would
         # otherwise cost two lockout round trips and a user look-up before its 503.
         self._hasher.check_capacity(CheckPriority.TRUSTED)
@@ -225,7 +225,10 @@ class LoginService:
                 expires_at=now + CHALLENGE_SECONDS,
             )
             if request.otp is not None:  # password and code in one call (scripts)
-                return await self._second_step(request, challenge, ttl=ttl, secret=step.secret)
+                # The password step read the secret for every name, right password or not.
+                return await self._second_step(
+                    request, challenge, ttl=ttl, secret=step.secret, read=True
+                )
             metrics.LOGIN_MFA_CHALLENGE.inc()
             raise SecondFactorNeeded(PASSWORD_STEP_FAILURE, challenge=self._issue(challenge))
 
@@ -265,6 +268,7 @@ class LoginService:
             request, identity=user, user_hash=self._identity_hash(user), now=now
         )
         if step.user is None:
+            metrics.LOGIN_FAIL.inc()  # the answer says so: the caller holds the user's token
             raise Unauthenticated(REAUTH_FAILURE)
         if step.secret is not None:  # left counted by the login order; here it is settled
             await self._lockout.record_success(identity=user, client_ip=client_ip, now=now)
@@ -332,7 +336,10 @@ class LoginService:
             stored = user.password_hash if user is not None and not user.disabled else None
             result = await self._hasher.verify_in(slot, stored, request.password)
         if not result.ok or user is None:
-            metrics.LOGIN_FAIL.inc()
+            # Not counted as `fail` here: a login answers a wrong password as it answers a
+            # right one of an enrolled user (a challenge, decoy or real), and /metrics, open to
+            # whoever reaches it, must not tell them apart either (red team, helper-73: the
+            # `fail` count confirmed a guessed password the second factor was hiding).
             security_event(
                 "authn_login_fail",
                 level=logging.WARNING,
@@ -371,8 +378,10 @@ class LoginService:
         *,
         ttl: timedelta,
         secret: TotpSecret | None,
+        read: bool,
     ) -> MintedToken:
-        """The code for a challenge: counted first, then checked, then the challenge spent."""
+        """The code for a challenge: counted first, then checked, then the challenge spent.
+        `read`: whether `secret` is the user's as read already (one call), else it is read here."""
         otp = request.otp or ""
         now = self._clock().timestamp()
         identity = challenge.identity
@@ -416,11 +425,12 @@ class LoginService:
             self._otp_lockout, identity=identity, client_ip=request.client_ip, now=now
         ):
             user_name = challenge.user
-            if secret is None:
+            if not read:
                 # The two-step path: every challenge pays the read of the TOTP secret, a decoy's
                 # too (a name no user has), so the time of a wrong code does not tell a real
                 # challenge, and with it a right password, from a decoy. (In one call the
-                # password step has already paid it for every name.)
+                # password step has already paid it for every name: reading it again for a
+                # wrong password only told the two apart, helper-73.)
                 secret = await self._factors.active_secret(user_name or "")
             proof = await self._factors.match(user_name, otp, now=now, secret=secret)
             if proof is not None and challenge.user:
