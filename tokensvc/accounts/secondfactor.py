@@ -39,7 +39,7 @@ from tokensvc.accounts.mfa import (
 from tokensvc.accounts.otpstate import OnceStore
 from tokensvc.accounts.passwords import PasswordHasher
 
-__all__ = ["CLOCK_SKEW_MARGIN", "Factor", "Proof", "SecondFactors"]
+__all__ = ["CLOCK_SKEW_MARGIN", "Factor", "Proof", "RecoveryProof", "SecondFactors", "TotpProof"]
 
 Factor = Literal["totp", "recovery_code"]
 
@@ -53,12 +53,22 @@ _STEP_CLAIM_SECONDS: Final = (2 * SKEW_STEPS + 2) * STEP_SECONDS + CLOCK_SKEW_MA
 
 
 @dataclass(frozen=True, slots=True)
-class Proof:
-    """A code that matched and is not spent yet: a TOTP step's claim, or a recovery code's row."""
+class TotpProof:
+    """A TOTP code that matched, its step not claimed yet: `claim` names it in the OnceStore."""
 
-    factor: Factor
-    claim: str | None = None
-    recovery_code_id: int | None = None
+    claim: str
+    factor: Factor = "totp"
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryProof:
+    """A recovery code that matched, not used yet: its row."""
+
+    code_id: int
+    factor: Factor = "recovery_code"
+
+
+Proof = TotpProof | RecoveryProof
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +129,10 @@ class SecondFactors:
 
     async def spend(self, proof: Proof, *, now: float) -> Factor | None:
         """Use the code `proof` matched, once: its factor, or None if it was used meanwhile."""
-        if proof.claim is not None:
+        if isinstance(proof, TotpProof):
             spent = await self.once.claim(proof.claim, ttl=_STEP_CLAIM_SECONDS, now=now)
         else:
-            assert proof.recovery_code_id is not None  # noqa: S101 - a Proof has one or the other
-            spent = await self.recovery_codes.use(proof.recovery_code_id)
+            spent = await self.recovery_codes.use(proof.code_id)
         return proof.factor if spent else None
 
     async def match(
@@ -152,7 +161,7 @@ class SecondFactors:
             step = match_step(secret.secret.reveal(), otp, now=now)
             if step is None:
                 return None
-            return Proof("totp", claim=f"totp:{hash_identity(user, key=self._name_key)}:{step}")
+            return TotpProof(self._step_claim(user, step))
         normalised = normalise_recovery_code(otp)
         if normalised is None:
             return None
@@ -167,7 +176,7 @@ class SecondFactors:
         for stored in candidates:
             result = await self._hasher.verify(stored.code_hash, normalised, priority=priority)
             if result.ok:
-                return Proof("recovery_code", recovery_code_id=stored.id)
+                return RecoveryProof(stored.id)
         return None
 
     async def check_pending(self, user: str, otp: str, *, now: float) -> datetime | None:
@@ -202,5 +211,9 @@ class SecondFactors:
         step = match_step(secret, otp, now=now)
         if step is None:
             return False
-        name = f"totp:{hash_identity(user, key=self._name_key)}:{step}"
-        return await self.once.claim(name, ttl=_STEP_CLAIM_SECONDS, now=now)
+        return await self.once.claim(self._step_claim(user, step), ttl=_STEP_CLAIM_SECONDS, now=now)
+
+    def _step_claim(self, user: str, step: int) -> str:
+        """The OnceStore name of a user's TOTP step: one for every door that accepts a code, so
+        a code used at one (enrolment, login, self-service) is used at all."""
+        return f"totp:{hash_identity(user, key=self._name_key)}:{step}"

@@ -150,14 +150,18 @@ async def behind_head(engine: AsyncEngine) -> bool:
     current = await _versions(engine)
     if current == [HEAD]:
         return False
-    ours = {path.stem for path in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py")}
-    return not current or set(current) <= ours
+    return not current or set(current) <= _our_revisions()
 
 
 async def unknown_revisions(engine: AsyncEngine) -> list[str]:
     """The revisions the database is at that this release does not ship (a newer release's)."""
-    ours = {path.stem for path in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py")}
+    ours = _our_revisions()
     return [version for version in await _versions(engine) if version not in ours]
+
+
+def _our_revisions() -> set[str]:
+    """The revisions this release ships."""
+    return {path.stem for path in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py")}
 
 
 def _no_version_table(exc: DBAPIError) -> bool:
