@@ -72,6 +72,61 @@ async def test_a_subject_is_one_spelling_of_a_user_name(
     assert (await minted(shaped, root, subject="svc:Payments"))["token"]
 
 
+async def test_a_spelling_issued_before_the_rule_still_guards_its_user_name(
+    shaped: Any, root: str
+) -> None:
+    """Review (helper-72): a `Ledger` token minted before the mint refused that spelling was
+    not seen by user creation (the registry matched subjects exactly), so a `users:write`
+    delegate made `ledger` a user of its own. The row records the name it spells."""
+    await legacy_token(shaped, "L\u00e9d\u200bger")
+    users_only = attenuated(root, "allow users:write")
+
+    taken = await call(
+        shaped, "POST", "/v1/users", users_only, json={"name": "ledger", "password": PASSWORD}
+    )
+
+    assert taken[0] == 403 and "tokens were issued" in taken[1]["error"]["message"], taken
+    assert (await call(shaped, "GET", "/v1/users/ledger", root))[0] == 404
+
+
+async def test_the_migration_records_the_spelling_of_older_tokens(pg_url: str) -> None:
+    """Revision 0011 fills `spelling_of` for rows minted before it, and only for subjects that
+    spell another user name."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    from keystore import create_engine
+    from tokensvc.storage.migrate import downgrade, upgrade
+
+    engine = create_engine(pg_url)
+    try:
+        await upgrade(engine)
+        await downgrade(engine, "0010_token_parent")
+        async with engine.begin() as conn:
+            for n, subject in enumerate(["Ledger", "ledger", "svc:Payments", "\uff26\uff29\uff2e"]):
+                await conn.execute(
+                    text(
+                        "INSERT INTO tokens (token_id, subject, description, created_by,"
+                        " created_at, expires_at, admin, kind, bounded) VALUES (:i, :s, '',"
+                        " 'admin', :t, :t, false, 'rotating', false)"
+                    ),
+                    {"i": f"{n:032x}", "s": subject, "t": datetime.now(UTC)},
+                )
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            rows = dict((await conn.execute(text("SELECT subject, spelling_of FROM tokens"))).all())
+    finally:
+        await engine.dispose()
+
+    assert rows == {
+        "Ledger": "ledger",
+        "ledger": None,
+        "svc:Payments": None,
+        "\uff26\uff29\uff2e": "fin",
+    }
+
+
 async def test_a_users_write_token_cannot_make_a_services_subject_a_user(
     shaped: Any, root: str
 ) -> None:

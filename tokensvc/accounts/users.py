@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
+from tokensvc.accounts.lockout.store import normalise_identity
 from tokensvc.errors import BadRequest, Conflict, NotFound
 from tokensvc.storage.base import Base
 from tokensvc.storage.db import run_db
@@ -106,6 +108,32 @@ def canonical_name(name: str) -> str:
             " starting with a letter or digit"
         )
     return lowered
+
+
+def spelling_of(subject: str) -> str | None:
+    """The user name `subject` is another spelling of, or None (the name itself, or a subject
+    no user could be called): read as loosely as a collation compares, case, width, accents
+    and invisible characters aside (tokensvc.services.tokens refuses to mint such a subject;
+    the registry keeps it for older tokens, so user creation sees them)."""
+    spelled = user_name_or_none(_skeleton(subject))
+    return spelled if spelled != subject else None
+
+
+#: Characters a loose comparison ignores that NFKC keeps: Unicode's default-ignorable code
+#: points outside the format category (Cf, dropped by category): the combining grapheme
+#: joiner, Hangul fillers, Khmer inherent vowels, Mongolian variation selectors, variation
+#: selectors.
+_IGNORABLE: Final = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]"
+)
+
+
+def _skeleton(subject: str) -> str:
+    """`subject` as a case-, width- and accent-insensitive collation sees it: compatibility
+    forms folded, combining marks and invisible (default-ignorable) characters dropped."""
+    decomposed = unicodedata.normalize("NFKD", _IGNORABLE.sub("", subject))
+    kept = "".join(c for c in decomposed if unicodedata.category(c) not in ("Mn", "Me", "Cf"))
+    return normalise_identity(kept)
 
 
 def user_name_or_none(name: str) -> str | None:

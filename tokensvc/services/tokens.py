@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
-import unicodedata
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystore.service_keys import KEY_ID_PREFIX
 from tokensvc.accounts.lockout.store import normalise_identity
-from tokensvc.accounts.users import UserStore, user_name_or_none
+from tokensvc.accounts.users import UserStore, spelling_of
 from tokensvc.errors import (
     BadRequest,
     Conflict,
@@ -426,26 +423,9 @@ def _one_spelling(subject: str) -> None:
     width, accents and invisible characters aside (helper-68: `le\\u200bdger`, `ledger\\u00ad`
     and `adm\\u0130n` passed, and an ICU case-insensitive collation calls them equal).
     """
-    spelled = user_name_or_none(_skeleton(subject))
-    if spelled is not None and spelled != subject:
+    spelled = spelling_of(subject)
+    if spelled is not None:
         raise BadRequest(
             f"subject {subject[:64]!r} is another spelling of the name {spelled!r}:"
             f" write it as {spelled!r}"
         )
-
-
-#: Characters a loose comparison ignores that NFKC keeps: Unicode's default-ignorable code
-#: points outside the format category (Cf, dropped by category): the combining grapheme
-#: joiner, Hangul fillers, Khmer inherent vowels, Mongolian variation selectors, variation
-#: selectors.
-_IGNORABLE: Final = re.compile(
-    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]"
-)
-
-
-def _skeleton(subject: str) -> str:
-    """`subject` as a case-, width- and accent-insensitive collation sees it: compatibility
-    forms folded, combining marks and invisible (default-ignorable) characters dropped."""
-    decomposed = unicodedata.normalize("NFKD", _IGNORABLE.sub("", subject))
-    kept = "".join(c for c in decomposed if unicodedata.category(c) not in ("Mn", "Me", "Cf"))
-    return normalise_identity(kept)

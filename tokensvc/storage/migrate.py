@@ -29,7 +29,7 @@ MIGRATIONS_DIR: Final[Path] = Path(__file__).resolve().parent / "migrations"
 # The newest revision in migrations/versions (a test checks it is alembic's head). A database at
 # this revision needs nothing, and finding that out takes one SELECT: alembic (and mako, ~10 MiB
 # of a verify worker's RSS, issue 17's bound) is imported only when there is work to do.
-HEAD: Final = "0010_token_parent"
+HEAD: Final = "0011_subject_spellings"
 
 # pg_advisory_xact_lock key for migrations: the bytes "tokensvc" as a signed 64-bit integer.
 MIGRATION_LOCK_KEY: Final[int] = int.from_bytes(b"tokensvc", "big", signed=True)

@@ -16,6 +16,7 @@ revocation either sees the child or is seen by the mint (docs/security.md, §8).
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql import Select
 
 from keystore.db import UTCDateTime
+from tokensvc.accounts.users import spelling_of
 from tokensvc.storage.base import Base
 from tokensvc.storage.db import run_db
 from tokensvc.tokens import events
@@ -72,6 +74,9 @@ class TokenRow(Base):
     # Minted by a token that could not mint past its own expiry: neither can this one (nor
     # create what outlives it), whatever its caveats (tokensvc.services.authorization).
     bounded: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The user name the subject is another spelling of (`Ledger`: `ledger`), for tokens minted
+    # before the mint refused such subjects: making that name a user is making it theirs.
+    spelling_of: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 _TABLE: Final[Table] = TokenRow.__table__  # type: ignore[assignment]
@@ -94,6 +99,11 @@ class TokenRecord:
     parent_id: str | None = None
     key_id: str | None = None
     bounded: bool = False
+
+    @property
+    def spelling_of(self) -> str | None:
+        """The user name the subject is another spelling of, if any (its registry column)."""
+        return spelling_of(self.subject)
 
     def narrowed_in_time(self, presented_expiry: float) -> bool:
         """Whether a token of this id whose earliest expiry is `presented_expiry` (unix
@@ -131,8 +141,11 @@ def _rfc3339(value: datetime | None) -> str | None:
     return None if value is None else value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_RECORD_FIELDS: Final = tuple(f.name for f in dataclasses.fields(TokenRecord))
+
+
 def _record(row: RowMapping) -> TokenRecord:
-    return TokenRecord(**{c.key: row[c.key] for c in _TABLE.columns})
+    return TokenRecord(**{name: row[name] for name in _RECORD_FIELDS})
 
 
 def _utc_now() -> datetime:
@@ -170,8 +183,12 @@ class TokenRegistry:
 
     async def issued_to(self, conn: AsyncConnection, subject: str) -> bool:
         """Whether the registry holds a row of any state for `subject` (a row is kept until
-        TOKENSVC_TOKEN_RETENTION after its token expired): has the subject had live tokens."""
-        query = select(_TABLE.c.token_id).where(_TABLE.c.subject == subject).limit(1)
+        TOKENSVC_TOKEN_RETENTION after its token expired): has the subject had live tokens.
+        For a user name, another spelling of it counts too (review, helper-72: a `Ledger`
+        service token minted before the mint refused that spelling, then a `users:write`
+        delegate made `ledger` a user of its own)."""
+        named = (_TABLE.c.subject == subject) | (_TABLE.c.spelling_of == subject)
+        query = select(_TABLE.c.token_id).where(named).limit(1)
         return (await conn.execute(query)).first() is not None
 
     async def issuer_of(self, token_id: str) -> str | None:
