@@ -173,11 +173,14 @@ class Keyring:
             return key
 
     async def revoke(self, key_id: str, *, conn: AsyncConnection | None = None) -> bool:
-        """Delete a root key now (every token it signed dies); False if there was none. In
-        `conn`'s transaction if given: its revocation record's, so that no replica hears of the
-        revocation while the key can still be read as the newest."""
-        self.forget(key_id)  # first: a read that overlaps the delete must not take it on
-        return await self._store.delete(key_id, conn=conn)
+        """Delete a root key now (every token it signed dies) and forget it; False if there was
+        none. In `conn`'s transaction if given (its revocation record's, so that no replica hears
+        of the revocation while the key can still be read as the newest), the caller forgets it
+        once that commits: a transaction rolled back must leave the key as it was."""
+        deleted = await self._store.delete(key_id, conn=conn)
+        if conn is None:
+            self.forget(key_id)
+        return deleted
 
     def forget(self, key_id: str) -> None:
         """Drop a key from memory (revoked here or by another replica); never mint with it."""

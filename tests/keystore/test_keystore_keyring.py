@@ -303,6 +303,26 @@ async def test_a_revoked_key_is_never_taken_on_again(
     assert await replica.get(rotated.id) is None
 
 
+async def test_a_revocation_rolled_back_leaves_the_key_usable(
+    engine: AsyncEngine, kek: KeyEncryptionKey, clock: FakeClock
+) -> None:
+    """The key's deletion runs in its revocation's transaction; if that is rolled back (the
+    revoker's check failed in it, the commit failed), this process still has the key."""
+    keyring = Keyring(engine, kek=kek, clock=clock)
+    key = await keyring.current()
+
+    async def refused_in_the_transaction() -> None:
+        async with engine.begin() as conn:
+            assert await keyring.revoke(key.id, conn=conn)
+            raise RuntimeError("the revoker's check failed")
+
+    with pytest.raises(RuntimeError):
+        await refused_in_the_transaction()
+
+    assert (await keyring.current()).id == key.id
+    assert await Keyring(engine, kek=kek, clock=clock).get(key.id) is not None
+
+
 async def test_list_shows_metadata_of_live_keys_newest_first(
     keyring: Keyring, clock: FakeClock
 ) -> None:
