@@ -194,6 +194,31 @@ def test_nginx_config_of_the_compose_file_does_forward_auth() -> None:
     assert "location = /metrics { return 404; }" in conf
 
 
+@pytest.mark.parametrize("shipped", ["deploy/nginx/nginx.conf", "docs/forward-auth.md"])
+def test_nginx_sets_or_clears_every_header_tokensvc_and_the_app_believe(shipped: str) -> None:
+    """Red team (helper-75, High): the compose nginx cleared neither `X-Auth-Operation` nor
+    `X-Auth-Require-MFA`, and nginx passes the client's own headers to the auth subrequest: a
+    read-only token sent a POST with `X-Auth-Operation: read` and it reached the app. Nor did it
+    replace `X-Auth-MFA`, so a client's `X-Auth-MFA: true` reached the app. Every X-Auth-*
+    header /v1/auth reads must be set in the auth location, and every one it answers with in
+    the app's; the lists come from the handler, so a new header cannot be forgotten here."""
+    handler = (ROOT / "tokensvc" / "web" / "handlers" / "forwardauth.py").read_text()
+    asked = set(re.findall(r'_(?:name|flag)\(request, "(X-Auth-[A-Za-z-]+)"\)', handler))
+    answered = set(re.findall(r'"(X-Auth-[A-Za-z-]+)": ', handler))
+    text = (ROOT / shipped).read_text()
+    auth = text[text.index("location = /_tokensvc_auth") :]
+    auth = auth[: auth.index("}")]
+    app = text[text.index("auth_request /_tokensvc_auth;") :]
+    app = app[: app.index("}")]
+
+    assert asked == {"X-Auth-Operation", "X-Auth-Audience", "X-Auth-Require-MFA"}
+    assert answered == {"X-Auth-Subject", "X-Auth-Token-Id", "X-Auth-MFA"}
+    for header in asked:
+        assert f"proxy_set_header {header} " in auth, header
+    for header in answered:
+        assert f"proxy_set_header {header} $" in app, header
+
+
 def test_nginx_config_of_the_compose_file_passes_nginx_t(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
