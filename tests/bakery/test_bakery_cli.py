@@ -295,6 +295,13 @@ def test_credentials_go_to_the_discharger_itself_only(monkeypatch: pytest.Monkey
         "http://127.0.0.1:8080/bakery%2Fx",
     ):
         assert headers(location) == {}, location
+    # Red team (helper-74): over plain http to another machine only when allowed, as for
+    # every other command.
+    from tokensvc.cli.errors import InsecureUrl
+
+    remote = credentials_for("http://tokens.example", basic=("alice", "pw"), token=None)
+    with pytest.raises(InsecureUrl):
+        remote("http://tokens.example/bakery")
     monkeypatch.setenv("TOKENSVC_BAKERY_PREFIX", "/auth/bakery")
     moved = credentials_for("http://127.0.0.1:8080/", basic=None, token="T")
     assert moved("http://127.0.0.1:8080/auth/bakery") == {"Authorization": "Bearer T"}

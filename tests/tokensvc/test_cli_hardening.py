@@ -148,8 +148,10 @@ def test_plain_http_is_for_loopback_unless_allowed(monkeypatch: pytest.MonkeyPat
     for url in ("http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080"):
         refuse_plain_http(url)
     refuse_plain_http("https://tokens.example")
-    with pytest.raises(InsecureUrl):
-        refuse_plain_http("http://tokens.example")
+    # Red team (helper-74): with a trailing dot these are names the resolver asks DNS about.
+    for url in ("http://tokens.example", "http://localhost.:8080", "http://127.0.0.1.:8080"):
+        with pytest.raises(InsecureUrl):
+            refuse_plain_http(url)
     monkeypatch.setenv("TOKENSVC_ALLOW_INSECURE", "test-password-profile, plain-http")
     refuse_plain_http("http://tokens.example")
 
@@ -173,6 +175,28 @@ def test_a_credentials_store_others_can_change_is_not_trusted(
     assert len(hostile.authorizations) == 1  # the first login only
 
 
+def test_the_folders_made_for_the_store_are_private_whatever_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Red team (helper-74): under umask 000 the missing folders above the store were made
+    0777, so another user could swap the store's folder for one of theirs."""
+    import os
+
+    from tokensvc.cli.credentials import editing
+
+    config = tmp_path / "home" / ".config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    old = os.umask(0)
+    try:
+        with editing():
+            pass
+    finally:
+        os.umask(old)
+
+    for folder in (tmp_path / "home", config, config / "tokensvc"):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+
+
 def test_a_servers_text_cannot_drive_the_terminal(cli: Cli, hostile: Hostile) -> None:
     """The reproduction: an error message holding an OSC sequence reached the terminal raw."""
     body = {"error": {"code": "\x1b[31mbad", "message": "\x1b]0;pwned\x07 hi"}}
@@ -183,6 +207,41 @@ def test_a_servers_text_cannot_drive_the_terminal(cli: Cli, hostile: Hostile) ->
     line = one_line_failure(result)
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr
     assert "pwned" in line and "hi" in line
+
+
+def test_a_proxy_never_carries_plain_http(cli: Cli, hostile: Hostile) -> None:
+    """Red team (helper-74): urllib sent http:// requests, Authorization and all, to the proxy
+    in HTTP_PROXY, loopback URLs included: the proxy read `tokensvc login`'s password and the
+    stored token. Plain http goes straight to the service; https may still use a proxy (a
+    tunnel it cannot read)."""
+    proxy = Hostile()
+    proxy.start()
+    try:
+        cli.env["HTTP_PROXY"] = cli.env["http_proxy"] = proxy.url
+        cli.ok("login", "--url", hostile.url, "--password-stdin", "admin", stdin="pw\n")
+        cli("token", "list", "--url", hostile.url)
+    finally:
+        proxy.stop()
+
+    assert proxy.authorizations == []
+    assert len(hostile.authorizations) >= 2
+
+
+def test_a_servers_text_is_escaped_wherever_it_is_printed(cli: Cli, hostile: Hostile) -> None:
+    """Red team (helper-74): a subject in a login answer set the terminal's title in `login`,
+    `whoami` and `auth status`: only error messages were escaped. Every string of an answer is
+    escaped as it arrives; a token spoiled that way is no token."""
+    hostile.answers["/v1/login"] = lambda: hostile.login_answer(subject="\x1b]0;pwned\x07adm")
+
+    logged = cli("login", "--url", hostile.url, "--password-stdin", "admin", stdin="pw\n")
+    status = cli("auth", "status")
+    hostile.answers["/v1/login"] = lambda: hostile.login_answer(token=GOOD_TOKEN + "\x1b")
+    spoiled = cli("login", "--url", hostile.url, "--password-stdin", "admin", stdin="pw\n")
+
+    assert logged.returncode == 0, logged
+    for output in (logged.stdout + logged.stderr, status.stdout + status.stderr):
+        assert "\x1b" not in output and "\x07" not in output and "pwned" in output
+    assert "bad_token" in one_line_failure(spoiled)
 
 
 def test_a_password_from_a_crlf_file_is_the_password(cli: Cli, hostile: Hostile) -> None:

@@ -21,6 +21,7 @@ from tokensvc.cli.credentials import (
     Credential,
     credential_for,
     normalize_url,
+    opener,
     refuse_plain_http,
     require_credential,
     target_url,
@@ -60,7 +61,7 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None  # the 3xx surfaces as an HTTPError, answered below
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects())
+_OPENER = opener(_NoRedirects())
 
 
 @dataclass
@@ -136,8 +137,8 @@ class Client:
                 0, "bad_exchange", f"no exchange with {self.url} ({type(exc).__name__})"
             ) from None
         try:
-            return json.loads(raw) if raw else None
-        except ValueError:
+            return _displayable(json.loads(raw)) if raw else None
+        except (ValueError, RecursionError):
             raise ApiError(
                 0, "bad_answer", f"{self.url} answered something that is not JSON"
             ) from None
@@ -153,7 +154,7 @@ class Client:
             )
         challenge = None
         try:
-            answer = json.loads(exc.read())
+            answer = json.loads(_read_bounded(exc))
             if isinstance(answer.get("challenge"), str):
                 challenge = answer["challenge"]
             if "reason" in answer:  # /v1/verify's {"valid": false, "reason"}
@@ -161,12 +162,28 @@ class Client:
                 message = str(answer["reason"])
             else:
                 code, message = str(answer["error"]["code"]), str(answer["error"]["message"])
-        except (ValueError, KeyError, TypeError, OSError):
+        except (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError):
+            # Not tokensvc's error shape (a list, a string, nesting past the parser's depth).
             code, message = "http_error", f"HTTP {exc.code}"
         message = printable(message)
         if exc.code == 401 and self.credential is not None:
             message = f"{message}; {self.credential.login_hint}"
         return ApiError(exc.code, printable(code, 64), message, challenge=challenge)
+
+
+def _displayable(answer: Any) -> Any:
+    """`answer` with every string's unprintable characters escaped (`render.shown`), once, as
+    it arrives: whatever prints a field of it (a table, a success line, the stored login's
+    subject) cannot be driven by a hostile server's escape sequences (red team, helper-74: a
+    subject set the terminal's title in `login`, `whoami` and `auth status`). Tokens are
+    printable ASCII already (`checked_token`), so they come through as they are."""
+    if isinstance(answer, str):
+        return shown(answer)
+    if isinstance(answer, list):
+        return [_displayable(item) for item in answer]
+    if isinstance(answer, dict):
+        return {shown(str(key)): _displayable(value) for key, value in answer.items()}
+    return answer
 
 
 def _read_bounded(resp: Any) -> bytes:

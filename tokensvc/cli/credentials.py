@@ -28,6 +28,7 @@ import json
 import os
 import stat
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +65,7 @@ def checked_token(value: object, where: str) -> str:
         or not value.isascii()
         or not value.isprintable()
         or any(c.isspace() for c in value)
+        or "\\" in value  # no token has one; an answer's control characters arrive escaped
     ):
         raise BadToken(f"{where} is not a token (whitespace, control or non-ASCII characters)")
     return value
@@ -71,13 +73,24 @@ def checked_token(value: object, where: str) -> str:
 
 def is_loopback(url: str) -> bool:
     """Whether `url` (normalized) names this machine: localhost or a loopback address."""
-    host = (urllib.parse.urlsplit(url).hostname or "").rstrip(".")
-    if host == "localhost":  # not `*.localhost`: without nss-myhostname those go to DNS
+    # Exactly: `localhost.` and `127.0.0.1.` are names the resolver sends to DNS (red team,
+    # helper-74), and not `*.localhost`, which goes there too without nss-myhostname.
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def opener(*handlers: urllib.request.BaseHandler) -> urllib.request.OpenerDirector:
+    """A urllib opener for the CLI's calls that never sends plain http through a proxy: urllib
+    would hand an http:// request, Authorization header and all, to the proxy in HTTP_PROXY,
+    loopback URLs included (red team, helper-74: the proxy read `tokensvc login`'s password).
+    An https proxy only tunnels (CONNECT), and NO_PROXY still applies to it."""
+    https_only = {k: v for k, v in urllib.request.getproxies().items() if k == "https"}
+    return urllib.request.build_opener(urllib.request.ProxyHandler(https_only), *handlers)
 
 
 def refuse_plain_http(url: str) -> None:
@@ -337,7 +350,11 @@ def _save(store: Store) -> None:
 def editing() -> Iterator[Store]:
     """The store, locked against other `tokensvc` processes, written back when the block ends."""
     path = credentials_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Every missing folder on the way 0700, not only the last: `parents=True` makes the others
+    # with the umask's mode, and under umask 000 another local user could swap the store's
+    # folder between its check and its read (red team, helper-74).
+    for folder in reversed([d for d in (path.parent, *path.parent.parents) if not d.exists()]):
+        folder.mkdir(mode=0o700, exist_ok=True)
     _check_store(path)
     lock_fd = os.open(
         path.parent / ".credentials.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600

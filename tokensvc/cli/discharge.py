@@ -34,6 +34,7 @@ import click
 from tokensvc.bakery.codec import LATEST_VERSION
 from tokensvc.bakery.jsonmacaroon import from_bakery_json
 from tokensvc.cli.common import json_option, url_option
+from tokensvc.cli.credentials import opener, refuse_plain_http
 from tokensvc.cli.errors import fail_on_errors
 from tokensvc.errors import TokensvcError
 from tokensvc.macaroons import chain
@@ -63,7 +64,7 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None  # the 3xx is a refusal: urllib would carry Authorization to any host
 
 
-_OPENER: Final = urllib.request.build_opener(_NoRedirects())
+_OPENER: Final = opener(_NoRedirects())
 
 
 def http_post_form(url: str, form: dict[str, str], headers: dict[str, str]) -> tuple[int, bytes]:
@@ -188,6 +189,9 @@ def credentials_for(
                 return {}
         except DischargeFailed:
             return {}
+        # As every other command: no credential over plain http to another machine unless
+        # allowed (red team, helper-74: `--user` passwords and TOKENSVC_TOKEN went in clear).
+        refuse_plain_http(location)
         if basic is not None:
             raw = base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode("ascii")
             return {"Authorization": f"Basic {raw}"}
