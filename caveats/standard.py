@@ -35,7 +35,8 @@ _DOT: Final = r"(?:\.|%2e|%252e|%c0%ae|\uff0e|%ef%bc%8e)"
 _CUT: Final = r"(?:[/\\;?#\s\x00-\x1f\x7f]|%(?:2f|5c|3b|3f|23|00|25)|$)"
 _CLIMBS: Final = re.compile(
     rf"(?:^|[/\\]|%2f|%5c){_DOT}{{1,2}}{_CUT}|%2f|%5c|%25(?:2f|5c)|%c0%af|%c1%9c"
-    # IIS's `%uXXXX` escapes: no RFC 3986 client writes one, and a backend that decodes them
+    # IIS's `%u` escapes (four hex digits): no RFC 3986 client writes one, and a backend that
+    # decodes them
     # reads `%u002e%u002e/` as `../` (red team, helper-65).
     r"|%u[0-9a-f]{4}",
     re.IGNORECASE,

@@ -540,6 +540,19 @@ def test_random_token_lookalikes_are_refused(app_config: Config) -> None:
     )
 
 
+async def raw_exchange(client: Client, request: bytes) -> tuple[bytes, bytes]:
+    """Send `request` as raw bytes; the answer's head and body, which must come within 5 s."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            return head, await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
 @pytest.mark.parametrize(
     "withheld",
     [
@@ -556,16 +569,7 @@ async def test_a_withheld_body_is_a_408_in_bounded_time(
     from tokensvc.web import jsonio
 
     monkeypatch.setattr(jsonio, "BODY_TIMEOUT", 0.5)
-    server = client.server
-    reader, writer = await asyncio.open_connection(server.host, server.port)
-    try:
-        writer.write(b"POST /v1/login HTTP/1.1\r\nHost: x\r\n" + withheld)
-        async with asyncio.timeout(5):
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            body = await reader.readexactly(length)
-    finally:
-        writer.close()
+    head, body = await raw_exchange(client, b"POST /v1/login HTTP/1.1\r\nHost: x\r\n" + withheld)
 
     assert head.startswith(b"HTTP/1.1 408"), head
     assert json.loads(body)["error"]["code"] == "request_timeout"
@@ -575,18 +579,8 @@ async def test_a_withheld_body_is_a_408_in_bounded_time(
 async def test_a_body_announced_over_the_limit_is_a_413_at_once(client: Client, path: str) -> None:
     """Red team (helper-67): a Content-Length of 10^12 and no body waited for the body timeout
     (a 408 after 30 s) on the service port, where the verify port answers 413 at once."""
-    server = client.server
-    reader, writer = await asyncio.open_connection(server.host, server.port)
-    try:
-        writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n".encode()
-        )
-        async with asyncio.timeout(5):  # the body timeout is 30 s
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            body = await reader.readexactly(length)
-    finally:
-        writer.close()
+    request = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n"
+    head, body = await raw_exchange(client, request.encode())  # within 5 s; the body's is 30 s
 
     assert head.startswith(b"HTTP/1.1 413"), head
     assert json.loads(body)["error"]["code"] == "payload_too_large"
